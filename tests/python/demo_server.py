@@ -1,0 +1,64 @@
+"""A PyTango device server used by the integration tests.
+
+Usage: demo_server.py INSTANCE PORT DEVICE [DEVICE ...]
+Runs without a database on 127.0.0.1:PORT; a device's `peer` property-free
+`ReadPeer` command reads `temperature` from the device named by argin.
+"""
+
+import sys
+
+import tango
+from tango.server import Device, attribute, command
+
+
+class Demo(Device):
+    _counter = 0
+    _temperature = 21.5
+
+    @attribute(dtype=float)
+    def temperature(self):
+        return self._temperature
+
+    @attribute(dtype=int)
+    def counter(self):
+        return self._counter
+
+    @counter.write
+    def counter(self, value):
+        self._counter = value
+
+    @command
+    def Increment(self):
+        self._counter += 1
+
+    @command(dtype_in=str, dtype_out=str)
+    def Echo(self, text):
+        return text
+
+    @command(dtype_in=str, dtype_out=float)
+    def ReadPeer(self, peer):
+        return tango.DeviceProxy(peer).read_attribute("temperature").value
+
+    @command(dtype_in=str)
+    def Fail(self, reason):
+        tango.Except.throw_exception(reason, "Failed on request", "Demo.Fail")
+
+    @command
+    def PushTemperature(self):
+        self._temperature += 1.0
+        self.push_change_event("temperature", self._temperature)
+
+    def init_device(self):
+        super().init_device()
+        self.set_change_event("temperature", True, False)
+
+
+def main():
+    instance, port, *devices = sys.argv[1:]
+    args = ["Demo", instance, "-nodb", "-dlist", ",".join(devices),
+            "-ORBendPoint", f"giop:tcp:127.0.0.1:{port}"]
+    Demo.run_server(args=args)
+
+
+if __name__ == "__main__":
+    main()

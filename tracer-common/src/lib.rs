@@ -1,0 +1,96 @@
+//! Records that cross the ring buffer from the probes to the daemon.
+//!
+//! Every record starts with a [`RecordHeader`]; its `kind` says which struct follows.
+//! All structs are `#[repr(C)]` and free of padding surprises so both sides agree.
+#![no_std]
+
+/// Largest number of payload bytes copied from one send/receive.
+/// GIOP headers, Tango arguments, ClntIdent and DevFailed errors fit well within it.
+pub const MAX_CAPTURE: usize = 4096;
+
+/// Record kinds (the first field of every record).
+pub mod kind {
+    /// [`super::DataRecord`]: bytes a target process sent or received on a socket.
+    pub const DATA: u32 = 1;
+    /// [`super::ProcessRecord`]: a target process closed a socket fd it had used.
+    pub const CLOSE: u32 = 2;
+    /// [`super::ProcessRecord`]: a process opened a file whose name looks like omniORB.
+    pub const LIB_OPENED: u32 = 3;
+    /// [`super::ProcessRecord`]: a target process (thread group leader) exited.
+    pub const EXIT: u32 = 4;
+    /// [`super::ProcessRecord`]: a target process called exec.
+    pub const EXEC: u32 = 5;
+    /// [`super::ProcessRecord`]: a target process forked a child (`fd` holds the child pid).
+    pub const FORK: u32 = 6;
+}
+
+/// Direction of a [`DataRecord`].
+pub mod direction {
+    pub const SEND: u8 = 0;
+    pub const RECV: u8 = 1;
+}
+
+/// Fields common to every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    pub kind: u32,
+    /// Thread group id (the process id users see).
+    pub pid: u32,
+    /// Kernel thread id (what `gettid` returns).
+    pub tid: u32,
+    /// Socket fd for data and close records, child pid for fork records.
+    pub fd: i32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall entered (send) or returned (receive).
+    pub ts_ns: u64,
+}
+
+/// A send or receive of a target process whose bytes look like GIOP (or continue a GIOP message).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataRecord {
+    pub header: RecordHeader,
+    /// Bytes the syscall actually moved.
+    pub total_len: u32,
+    /// Bytes of `data` that are valid (`min(total_len, capture limit)`).
+    pub captured_len: u32,
+    pub direction: u8,
+    pub _pad: [u8; 7],
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// Size of a [`DataRecord`] without its payload.
+pub const DATA_RECORD_HEADER_LEN: usize = core::mem::size_of::<DataRecord>() - MAX_CAPTURE;
+
+/// Process lifecycle records carry only the header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessRecord {
+    pub header: RecordHeader,
+}
+
+/// Per-target settings the daemon writes into the `TARGETS` map (key: pid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TargetConfig {
+    /// How many payload bytes to copy per send/receive (≤ [`MAX_CAPTURE`]).
+    pub capture_len: u32,
+    pub flags: u32,
+}
+
+/// Key of the in-kernel map that follows a GIOP message across several syscalls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamKey {
+    pub pid: u32,
+    pub fd: i32,
+    pub direction: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all fields are plain integers or byte arrays, `#[repr(C)]`, no invalid bit patterns.
+    unsafe impl aya::Pod for super::TargetConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StreamKey {}
+}
