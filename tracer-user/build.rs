@@ -1,5 +1,5 @@
 use anyhow::{Context as _, anyhow};
-use aya_build::{Toolchain, cargo_metadata};
+use aya_build::{Package, Toolchain};
 
 /// Builds the eBPF programs with the pinned nightly (its LLVM must match bpf-linker's).
 /// `AYA_BUILD_SKIP=1` skips it where bpf-linker is absent (docs, clippy of userspace only).
@@ -8,10 +8,14 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("MetadataCommand::exec")?;
-    let ebpf_package = packages
-        .into_iter()
-        .find(|cargo_metadata::Package { name, .. }| name.as_str() == "tracer-ebpf")
+    let ebpf = packages
+        .iter()
+        .find(|package| package.name.as_str() == "tracer-ebpf")
         .ok_or_else(|| anyhow!("tracer-ebpf package not found"))?;
-    let toolchain = Toolchain::Custom(env!("TANGO_TRACER_EBPF_TOOLCHAIN"));
-    aya_build::build_ebpf([ebpf_package], toolchain)
+    let root_dir = ebpf
+        .manifest_path
+        .parent()
+        .ok_or_else(|| anyhow!("tracer-ebpf manifest has no parent directory"))?;
+    let package = Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
+    aya_build::build_ebpf([package], Toolchain::Custom(env!("TANGO_TRACER_EBPF_TOOLCHAIN")))
 }

@@ -1,1 +1,394 @@
-fn main() {}
+//! eBPF programs of tango-tracer. All of them only read: they never write to a traced process.
+//!
+//! - Syscall tracepoints on `sendto`/`recvfrom` copy GIOP messages (TCP and Unix sockets alike) of
+//!   target processes into the ring buffer. Other processes pay one hash lookup.
+//! - `openat` notices a process loading omniORB and makes it a target at once, in the kernel, so no
+//!   request is missed while the daemon reacts.
+//! - Scheduler tracepoints report fork, exec and exit of targets so the daemon can free state.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use tracer_common::{
+    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, StreamKey,
+    TargetConfig, direction, kind,
+};
+
+/// Target processes (key: tgid), written by the daemon and by `openat` below.
+#[map]
+static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(8192, 0);
+
+/// Arguments of a `recvfrom` in flight, per thread, read back when it returns.
+#[map]
+static PENDING_RECV: LruHashMap<u64, RecvArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Bytes still to come of a GIOP message that one syscall did not move whole.
+#[map]
+static STREAMS: LruHashMap<StreamKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket fds on which a record was sent, so `close` reports only those.
+#[map]
+static SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// One record being built per CPU (too large for the 512-byte stack).
+#[map]
+static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records lost because the ring buffer was full (index 0), read by the daemon.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Capture limit for processes made targets in the kernel (set by the daemon before attaching).
+#[unsafe(no_mangle)]
+static DEFAULT_CAPTURE_LEN: u32 = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RecvArgs {
+    buf: u64,
+    fd: i32,
+    _pad: u32,
+}
+
+const GIOP_HEADER_LEN: usize = 12;
+
+// Offsets of the syscall tracepoint fields (see events/syscalls/*/format): args start at 16.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+#[tracepoint]
+pub fn sendto_enter(ctx: TracePointContext) -> u32 {
+    match try_sendto_enter(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_sendto_enter(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+        return Ok(());
+    };
+    let capture_len = target.capture_len;
+    // SAFETY: offsets come from the tracepoint's format file.
+    let (fd, buf, len) = unsafe {
+        (
+            ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
+            ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
+            ctx.read_at::<u64>(ARG2).map_err(|_| ())?,
+        )
+    };
+    emit_data(pid_tgid, fd, buf, len, direction::SEND, capture_len)
+}
+
+#[tracepoint]
+pub fn recvfrom_enter(ctx: TracePointContext) -> u32 {
+    match try_recvfrom_enter(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_recvfrom_enter(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return Ok(());
+    }
+    // SAFETY: offsets come from the tracepoint's format file.
+    let args = unsafe {
+        RecvArgs {
+            fd: ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
+            buf: ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
+            _pad: 0,
+        }
+    };
+    PENDING_RECV.insert(&pid_tgid, &args, 0).map_err(|_| ())
+}
+
+#[tracepoint]
+pub fn recvfrom_exit(ctx: TracePointContext) -> u32 {
+    match try_recvfrom_exit(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_recvfrom_exit(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a map lookup; the value is copied out before the entry is removed.
+    let Some(args) = (unsafe { PENDING_RECV.get(&pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    let _ = PENDING_RECV.remove(&pid_tgid);
+    // SAFETY: offset comes from the tracepoint's format file.
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(|_| ())?;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+        return Ok(());
+    };
+    let capture_len = target.capture_len;
+    emit_data(pid_tgid, args.fd, args.buf, ret as u64, direction::RECV, capture_len)
+}
+
+/// Copies the first bytes of a send/receive into the ring buffer when they start a GIOP message
+/// or continue one that an earlier syscall began.
+#[inline(always)]
+fn emit_data(
+    pid_tgid: u64,
+    fd: i32,
+    buf: u64,
+    len: u64,
+    dir: u8,
+    capture_len: u32,
+) -> Result<(), ()> {
+    let pid = (pid_tgid >> 32) as u32;
+    let key = StreamKey { pid, fd, direction: dir as u32 };
+    // SAFETY: a map lookup; the value is copied out.
+    let pending = unsafe { STREAMS.get(&key) }.copied().unwrap_or(0);
+    if pending > 0 {
+        if len >= pending {
+            let _ = STREAMS.remove(&key);
+        } else {
+            let _ = STREAMS.insert(&key, &(pending - len), 0);
+        }
+    } else {
+        let mut head = [0u8; GIOP_HEADER_LEN];
+        if len < 4 {
+            return Ok(());
+        }
+        // SAFETY: reading user memory the syscall itself reads or wrote.
+        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.map_err(|_| ())?;
+        if &head[..4] != b"GIOP" {
+            return Ok(());
+        }
+        let body_len = if head[6] & 1 == 1 {
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]])
+        } else {
+            u32::from_be_bytes([head[8], head[9], head[10], head[11]])
+        };
+        let message_len = GIOP_HEADER_LEN as u64 + body_len as u64;
+        if message_len > len {
+            let _ = STREAMS.insert(&key, &(message_len - len), 0);
+        }
+    }
+
+    let record = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let record = unsafe { &mut *record };
+    record.header = RecordHeader {
+        kind: kind::DATA,
+        pid,
+        tid: pid_tgid as u32,
+        fd,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    record.total_len = len.min(u32::MAX as u64) as u32;
+    record.direction = dir;
+    let mut captured = len as usize;
+    let limit = capture_len as usize;
+    if captured > limit {
+        captured = limit;
+    }
+    if captured > MAX_CAPTURE {
+        captured = MAX_CAPTURE;
+    }
+    record.captured_len = captured as u32;
+    if captured > 0 {
+        // SAFETY: reading user memory the syscall itself reads or wrote.
+        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut record.data[..captured]) }
+            .map_err(|_| ())?;
+    }
+    let size = DATA_RECORD_HEADER_LEN + captured;
+    // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (record as *const DataRecord).cast::<u8>(),
+            size.min(core::mem::size_of::<DataRecord>()),
+        )
+    };
+    if EVENTS.output(bytes, 0).is_err() {
+        count_lost();
+    }
+    let _ = SOCKETS.insert(&socket_key(pid, fd), &1, 0);
+    Ok(())
+}
+
+#[inline(always)]
+fn socket_key(pid: u32, fd: i32) -> u64 {
+    ((pid as u64) << 32) | fd as u32 as u64
+}
+
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        unsafe { *lost += 1 };
+    }
+}
+
+fn emit_process(kind: u32, pid: u32, tid: u32, fd: i32) {
+    let record = ProcessRecord {
+        header: RecordHeader {
+            kind,
+            pid,
+            tid,
+            fd,
+            // SAFETY: helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+    };
+    if EVENTS.output(&record, 0).is_err() {
+        count_lost();
+    }
+}
+
+#[tracepoint]
+pub fn close_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: offset comes from the tracepoint's format file.
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    let fd = fd as i32;
+    if SOCKETS.remove(&socket_key(pid, fd)).is_ok() {
+        for dir in [direction::SEND, direction::RECV] {
+            let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
+        }
+        emit_process(kind::CLOSE, pid, pid_tgid as u32, fd);
+    }
+    0
+}
+
+/// `libomniORB4` as it appears in the wheel's hashed names and in the system's.
+const OMNIORB: &[u8; 11] = b"libomniORB4";
+const PATH_MAX_SCAN: usize = 256;
+
+#[tracepoint]
+pub fn openat_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_openat_enter(&ctx);
+    0
+}
+
+fn try_openat_enter(ctx: &TracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_some() {
+        return Ok(());
+    }
+    // SAFETY: offset comes from the tracepoint's format file.
+    let filename = unsafe { ctx.read_at::<u64>(ARG1) }.map_err(|_| ())?;
+    let mut path = [0u8; PATH_MAX_SCAN];
+    // SAFETY: reading the path string the syscall itself reads.
+    let path = unsafe { bpf_probe_read_user_str_bytes(filename as *const u8, &mut path) }
+        .map_err(|_| ())?;
+    if !contains(path, OMNIORB) {
+        return Ok(());
+    }
+    let config = TargetConfig {
+        // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+        capture_len: unsafe { core::ptr::read_volatile(&DEFAULT_CAPTURE_LEN) },
+        flags: 0,
+    };
+    let _ = TARGETS.insert(&pid, &config, 0);
+    emit_process(kind::LIB_OPENED, pid, pid_tgid as u32, -1);
+    Ok(())
+}
+
+#[inline(always)]
+fn contains(haystack: &[u8], needle: &[u8; 11]) -> bool {
+    let n = haystack.len();
+    let mut i = 0;
+    while i < PATH_MAX_SCAN - needle.len() {
+        if i + needle.len() > n {
+            return false;
+        }
+        let mut j = 0;
+        let mut same = true;
+        while j < needle.len() {
+            if haystack.get(i + j) != Some(&needle[j]) {
+                same = false;
+                break;
+            }
+            j += 1;
+        }
+        if same {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return 0;
+    }
+    // SAFETY: `child_pid` offset from sched/sched_process_fork/format.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+        return 0;
+    };
+    emit_process(kind::FORK, pid, bpf_get_current_pid_tgid() as u32, child);
+    0
+}
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if TARGETS.remove(&pid).is_ok() {
+        emit_process(kind::EXEC, pid, pid_tgid as u32, -1);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // The leader's exit ends the process for us; threads exiting do not.
+    if pid != pid_tgid as u32 {
+        return 0;
+    }
+    let _ = ctx.as_ptr();
+    if TARGETS.remove(&pid).is_ok() {
+        emit_process(kind::EXIT, pid, pid_tgid as u32, -1);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

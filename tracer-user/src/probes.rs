@@ -1,0 +1,136 @@
+//! Loading the eBPF programs, attaching them, and managing the set of target processes.
+//!
+//! Tracepoints are attached once, for the whole host; they filter by the `TARGETS` map in the
+//! kernel. A process joins that map either here (found by the daemon's scan) or in the kernel
+//! itself the moment it opens an omniORB library.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use log::{debug, info};
+use tracer_common::{MAX_CAPTURE, TargetConfig};
+
+/// The compiled eBPF object, built by `build.rs` with the pinned nightly.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// (program name, tracepoint category, tracepoint name)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
+    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
+    ("close_enter", "syscalls", "sys_enter_close"),
+    ("openat_enter", "syscalls", "sys_enter_openat"),
+    ("process_fork", "sched", "sched_process_fork"),
+    ("process_exec", "sched", "sched_process_exec"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// Errors of loading and attaching the probes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The kernel refused the object or a map/program is missing from it.
+    #[error("loading the eBPF programs failed (root, CAP_BPF and CAP_PERFMON are needed)")]
+    Load(#[from] aya::EbpfError),
+    /// A program could not be loaded or attached.
+    #[error("attaching {program} to {category}:{name} failed")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A program or map named here is absent from the object.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("eBPF map operation failed")]
+    Map(#[from] aya::maps::MapError),
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
+    Tracefs(std::io::Error),
+}
+
+/// The loaded programs plus handles on the maps the daemon uses.
+pub struct Probes {
+    // Keeps programs and their links alive.
+    _ebpf: Ebpf,
+    targets: HashMap<MapData, u32, TargetConfig>,
+    lost: PerCpuArray<MapData, u64>,
+    capture_len: u32,
+}
+
+impl Probes {
+    /// Loads the programs and attaches every tracepoint. `capture_len` is clamped to
+    /// [`MAX_CAPTURE`].
+    pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        ensure_tracefs()?;
+        let capture_len = capture_len.clamp(64, MAX_CAPTURE as u32);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
+            .load(EBPF_OBJECT)?;
+        for &(program, category, name) in TRACEPOINTS {
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::Missing(program))?
+                .try_into()
+                .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+            tp.load()
+                .and_then(|()| tp.attach(category, name).map(|_| ()))
+                .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+            debug!("attached {program} to tracepoint {category}:{name}");
+        }
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
+        let targets =
+            HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
+        info!(
+            "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
+            TRACEPOINTS.len()
+        );
+        Ok((Self { _ebpf: ebpf, targets, lost, capture_len }, events))
+    }
+
+    /// Makes `pid` a target (idempotent).
+    pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
+        self.targets.insert(&pid, &config, 0)?;
+        Ok(())
+    }
+
+    /// Stops capturing for `pid` (idempotent).
+    pub fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// Whether the kernel currently captures for `pid`.
+    pub fn is_target(&self, pid: u32) -> bool {
+        self.targets.get(&pid, 0).is_ok()
+    }
+
+    /// Records the kernel could not queue because the ring buffer was full.
+    pub fn lost_records(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let events = std::path::Path::new("/sys/kernel/tracing/events");
+    if events.exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .map_err(ProbeError::Tracefs)?;
+    if status.success() && events.exists() {
+        Ok(())
+    } else {
+        Err(ProbeError::Tracefs(std::io::Error::other("mount -t tracefs failed")))
+    }
+}
