@@ -1,7 +1,14 @@
 //! tango-tracer: rebuilds Tango operations seen by eBPF probes as OpenTelemetry spans.
 //!
-//! Data flows one way: [`probes`] → [`records`] → wire parsers (`tracer-wire`) → assembly →
-//! configuration → export (`tracer-export`).
+//! Data flows one way: [`probes`] → [`records`] → wire parsers (`tracer-wire`) →
+//! [`assembly`] → [`resources`] → export (`tracer-export`). [`daemon`] wires them together.
 
+pub mod assembly;
+pub mod daemon;
+pub mod discovery;
 pub mod probes;
+pub mod procinfo;
 pub mod records;
+pub mod resources;
+pub mod sockets;
+pub mod topics;

@@ -1,17 +1,186 @@
-use aya::maps::RingBuf;
-use tango_tracer::{probes::Probes, records::Record};
+//! `tango-tracer`: the host daemon and its companion commands.
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    env_logger::init();
-    let (_probes, mut ring): (Probes, RingBuf<_>) = Probes::load(1024)?;
-    loop {
-        while let Some(item) = ring.next() {
-            match Record::decode(&item) {
-                Ok(r) => println!("{r:?}"),
-                Err(e) => eprintln!("{e}"),
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tango_tracer::daemon::{self, RunOptions};
+use tracer_export::{ConsoleStream, Destination, ExportConfig};
+
+/// Zero-instrumentation tracing of Tango Controls device servers and clients.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root).
+    Run(RunArgs),
+    /// Print the traces kept in the embedded store as trees.
+    Show(ShowArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Exporter {
+    /// OTLP to OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL.
+    Otlp,
+    /// One line per span on standard output, as spans finish.
+    Console,
+    /// The embedded store (JSON lines), read back with `tango-tracer show`.
+    Store,
+}
+
+#[derive(Parser, Debug)]
+struct RunArgs {
+    /// Where spans go. Default: OTLP when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else the store.
+    #[arg(long = "exporter", value_enum)]
+    exporters: Vec<Exporter>,
+    /// File of the embedded store.
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
+    store: PathBuf,
+    /// Longest time a finished span waits before it is exported.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    export_interval: Duration,
+    /// Bytes copied from each GIOP message (headers and Tango arguments fit in 1–2 KiB).
+    #[arg(long, default_value_t = 2048)]
+    capture_bytes: u32,
+    /// File created once probes are attached to all current target processes.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Trace only processes whose environment contains NAME=VALUE.
+    #[arg(long, value_parser = parse_name_value)]
+    select_env: Option<(String, String)>,
+    /// Trace only these processes (repeatable; combines with --select-env).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Also trace operations native telemetry leaves out: ping, state, status, info, …
+    #[arg(long)]
+    all_operations: bool,
+    /// Write every probe record to this file as JSON lines (for replay and benchmarks).
+    #[arg(long)]
+    record: Option<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+struct ShowArgs {
+    /// File of the embedded store.
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
+    store: PathBuf,
+    /// Only this trace (full or leading hex digits of the trace id).
+    #[arg(long)]
+    trace: Option<String>,
+    /// Only the last N traces.
+    #[arg(long)]
+    last: Option<usize>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| text.split_at(i))
+        .unwrap_or((text, "s"));
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text}"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit in {text} (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_name_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got {text}"))
+}
+
+fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
+    let from_env = tracer_export::destinations_from_otel_env(|name| std::env::var(name).ok())
+        .context("reading the OTEL_EXPORTER_OTLP_* environment")?;
+    let exporters = if args.exporters.is_empty() {
+        vec![if from_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
+    } else {
+        args.exporters.clone()
+    };
+    let mut destinations = Vec::new();
+    for exporter in exporters {
+        match exporter {
+            Exporter::Otlp => match &from_env {
+                Some(list) => destinations.extend(list.iter().cloned()),
+                None => bail!("--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            },
+            Exporter::Console => destinations.push(Destination::Console { stream: ConsoleStream::Stdout }),
+            Exporter::Store => destinations.push(Destination::Store { path: args.store.clone() }),
+        }
+    }
+    destinations.dedup();
+    Ok(destinations)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.export_interval > Duration::from_secs(5) {
+        bail!("--export-interval must be at most 5s so traces show up promptly");
+    }
+    let export = ExportConfig { flush_interval: args.export_interval, ..ExportConfig::default() };
+    let options = RunOptions {
+        destinations: destinations(&args)?,
+        export,
+        capture_bytes: args.capture_bytes,
+        ready_file: args.ready_file,
+        select_env: args.select_env,
+        select_pids: args.pids,
+        extended_operations: args.all_operations,
+        record_to: args.record,
+        proc_root: PathBuf::from("/proc"),
+    };
+    daemon::run(options).await
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let mut spans = tracer_export::read_store(&args.store)
+        .with_context(|| format!("reading the store {}", args.store.display()))?;
+    if let Some(prefix) = &args.trace {
+        let prefix = prefix.to_ascii_lowercase();
+        spans.retain(|s| s.trace_id.starts_with(&prefix));
+    }
+    if let Some(last) = args.last {
+        let mut traces: Vec<(u64, String)> = Vec::new();
+        for span in &spans {
+            match traces.iter_mut().find(|(_, id)| *id == span.trace_id) {
+                Some(entry) => entry.0 = entry.0.min(span.start_ns),
+                None => traces.push((span.start_ns, span.trace_id.clone())),
             }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        traces.sort();
+        let keep: Vec<String> = traces.into_iter().rev().take(last).map(|(_, id)| id).collect();
+        spans.retain(|s| keep.contains(&s.trace_id));
+    }
+    print!("{}", tracer_export::tree::render_trees(&spans));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run(args))),
+        Command::Show(args) => show(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tango-tracer: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,581 @@
+//! Span assembly: GIOP messages of every traced process → Tango client and server spans.
+//!
+//! Roles come from direction: a process that writes a Request is its client, one that reads it is
+//! its server. Request and Reply pair on (pid, fd, request id). The two ends of one call on this
+//! host pair by the request's bytes (identical on both sides), so the server span becomes the
+//! child of the client span without any instrumentation; a W3C `trace_parent` inside a CPP_6
+//! `ClntIdent` wins when present. While a thread serves a request, the requests it sends are
+//! children of that server span (omniORB serves a connection on one worker thread).
+//!
+//! The output is [`AssembledSpan`]s: everything but the resource, which [`crate::resources`]
+//! resolves from the process and the device.
+
+use std::{
+    collections::{HashMap, VecDeque, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+};
+
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanId, SpanKind, TraceId},
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+use tracer_wire::{
+    cdr::CdrReader,
+    giop::{self, Message, MessageAssembler, ReplyStatus},
+    tango::{self, ClntIdent, LockerLanguage, TangoCall, TangoRequest},
+};
+
+use crate::{
+    records::{Direction, Record},
+    topics::{Operation, OperationClass},
+};
+
+/// How long a client request waits for its server side before it stops being a candidate parent.
+const MATCH_WINDOW_NS: u64 = 10_000_000_000;
+
+/// Context of a span, enough to parent another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanContextLite {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
+/// An exception recorded on a span, as cppTango records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExceptionEvent {
+    pub ts_ns: u64,
+    pub exception_type: String,
+    pub message: String,
+}
+
+/// A finished span without its resource; timestamps are kernel monotonic nanoseconds.
+#[derive(Clone, Debug)]
+pub struct AssembledSpan {
+    pub name: String,
+    pub kind: SpanKind,
+    pub context: SpanContextLite,
+    pub parent: Option<SpanContextLite>,
+    pub parent_is_remote: bool,
+    pub trace_state: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: Vec<KeyValue>,
+    pub exception: Option<ExceptionEvent>,
+    /// Error status without a Tango exception (connection lost, process exited, CORBA error).
+    pub error: Option<String>,
+    /// The process the span belongs to.
+    pub pid: u32,
+    /// Object key of the device whose resource the span carries: the served device for server
+    /// spans and for calls made while serving; `None` for plain client processes.
+    pub device_key: Option<Vec<u8>>,
+    /// Object key of the device a client span calls.
+    pub target_key: Option<Vec<u8>>,
+    /// What kind of operation this is, for topic filtering.
+    pub operation: OperationClass,
+}
+
+/// Device facts learnt from `info` replies seen on the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceFacts {
+    pub dev_class: String,
+    pub server_id: String,
+}
+
+/// Counters the daemon reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AssemblyStats {
+    pub messages: u64,
+    pub unparsable: u64,
+    pub orphan_replies: u64,
+    pub spans: u64,
+}
+
+#[derive(Debug)]
+struct PendingCall {
+    fd: i32,
+    tid: u32,
+    start_ns: u64,
+    object_key: Vec<u8>,
+    operation: String,
+    request: TangoRequest,
+    context: SpanContextLite,
+    parent: Option<SpanContextLite>,
+    parent_is_remote: bool,
+    trace_state: String,
+    /// For server calls: the serving device; for client calls: the device served by the thread.
+    device_key: Option<Vec<u8>>,
+    /// Native telemetry of the client already traces this call: emit no client span.
+    suppressed: bool,
+}
+
+#[derive(Default)]
+struct Connection {
+    assemblers: [Option<MessageAssembler>; 2],
+}
+
+/// Turns GIOP messages into spans; owns all per-process and per-connection state.
+pub struct Assembler {
+    max_keep: usize,
+    ids: RandomIdGenerator,
+    connections: HashMap<(u32, i32), Connection>,
+    client_calls: HashMap<(u32, i32, u32), PendingCall>,
+    server_calls: HashMap<(u32, i32, u32), PendingCall>,
+    /// Server spans being served, per (pid, tid), innermost last.
+    serving: HashMap<(u32, u32), Vec<(SpanContextLite, Vec<u8>)>>,
+    /// Client requests not yet seen arriving at a traced server, by request fingerprint.
+    unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
+    /// Processes seen serving requests.
+    servers: HashMap<u32, ()>,
+    /// Processes whose native telemetry sends W3C context (not traced twice).
+    native_clients: HashMap<u32, ()>,
+    devices: HashMap<Vec<u8>, DeviceFacts>,
+    /// Peer addresses of server-side connections, resolved by the daemon from `/proc`.
+    locations: HashMap<(u32, i32), String>,
+    finished: Vec<AssembledSpan>,
+    stats: AssemblyStats,
+}
+
+impl Assembler {
+    /// `max_keep` bounds the bytes kept per message (the capture length).
+    pub fn new(max_keep: usize) -> Self {
+        Assembler {
+            max_keep,
+            ids: RandomIdGenerator::default(),
+            connections: HashMap::new(),
+            client_calls: HashMap::new(),
+            server_calls: HashMap::new(),
+            serving: HashMap::new(),
+            unmatched: HashMap::new(),
+            servers: HashMap::new(),
+            native_clients: HashMap::new(),
+            devices: HashMap::new(),
+            locations: HashMap::new(),
+            finished: Vec::new(),
+            stats: AssemblyStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> AssemblyStats {
+        self.stats
+    }
+
+    /// Spans finished since the last call.
+    pub fn drain(&mut self) -> Vec<AssembledSpan> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Facts about the device behind `object_key`, when an `info` reply has shown them.
+    pub fn device(&self, object_key: &[u8]) -> Option<&DeviceFacts> {
+        self.devices.get(object_key)
+    }
+
+    /// Records facts about a device learnt elsewhere (database, a query of the daemon's own).
+    pub fn learn_device(&mut self, object_key: Vec<u8>, facts: DeviceFacts) {
+        self.devices.insert(object_key, facts);
+    }
+
+    /// Whether `pid` has served requests.
+    pub fn is_server(&self, pid: u32) -> bool {
+        self.servers.contains_key(&pid)
+    }
+
+    /// Whether `pid` sends W3C context itself (its native telemetry is on).
+    pub fn is_natively_traced(&self, pid: u32) -> bool {
+        self.native_clients.contains_key(&pid)
+    }
+
+    /// The daemon tells where the client of a server-side connection is (`giop:tcp:…`).
+    pub fn set_location(&mut self, pid: u32, fd: i32, location: String) {
+        self.locations.insert((pid, fd), location);
+    }
+
+    /// Whether the daemon still needs to resolve the peer of this server-side connection.
+    pub fn needs_location(&self, pid: u32, fd: i32) -> bool {
+        !self.locations.contains_key(&(pid, fd))
+    }
+
+    /// Feeds one probe record.
+    pub fn push(&mut self, record: &Record) {
+        match record {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes } => {
+                let mut messages = Vec::new();
+                let connection = self.connections.entry((*pid, *fd)).or_default();
+                let slot = match direction {
+                    Direction::Send => 0,
+                    Direction::Recv => 1,
+                };
+                connection.assemblers[slot]
+                    .get_or_insert_with(|| MessageAssembler::new(self.max_keep))
+                    .push(bytes, *total_len as usize, &mut messages);
+                for message in messages {
+                    self.on_message(*pid, *tid, *fd, *ts_ns, *direction, &message.bytes);
+                }
+            }
+            Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
+            Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
+            Record::LibOpened { .. } | Record::Fork { .. } => {}
+        }
+    }
+
+    fn on_message(&mut self, pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
+        self.stats.messages += 1;
+        let Ok((_, message)) = giop::parse_message(bytes) else {
+            self.stats.unparsable += 1;
+            return;
+        };
+        match (message, direction) {
+            (Message::Request(request), Direction::Send) => {
+                let parsed = tango::parse_request(request.operation, request.body.clone());
+                self.on_client_request(pid, tid, fd, ts_ns, request.request_id, request.object_key, request.operation, parsed, request.response_expected, bytes);
+            }
+            (Message::Request(request), Direction::Recv) => {
+                let parsed = tango::parse_request(request.operation, request.body.clone());
+                self.on_server_request(pid, tid, fd, ts_ns, request.request_id, request.object_key, request.operation, parsed, request.response_expected, bytes);
+            }
+            (Message::Reply(reply), Direction::Recv) => {
+                match self.client_calls.remove(&(pid, fd, reply.request_id)) {
+                    Some(call) => self.finish_call(pid, SpanKind::Client, call, ts_ns, reply.status, reply.body),
+                    None => self.stats.orphan_replies += 1,
+                }
+            }
+            (Message::Reply(reply), Direction::Send) => {
+                match self.server_calls.remove(&(pid, fd, reply.request_id)) {
+                    Some(call) => {
+                        if let Some(stack) = self.serving.get_mut(&(pid, call.tid)) {
+                            stack.retain(|(ctx, _)| *ctx != call.context);
+                        }
+                        self.finish_call(pid, SpanKind::Server, call, ts_ns, reply.status, reply.body);
+                    }
+                    None => self.stats.orphan_replies += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
+    fn on_client_request(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        ts_ns: u64,
+        request_id: u32,
+        object_key: &[u8],
+        operation: &str,
+        request: TangoRequest,
+        response_expected: bool,
+        bytes: &[u8],
+    ) {
+        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).cloned();
+        let (parent, device_key) = match serving {
+            Some((ctx, key)) => (Some(ctx), Some(key)),
+            None => (None, None),
+        };
+        let suppressed = match request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()) {
+            Some(tp) if !tp.is_empty() => {
+                self.native_clients.insert(pid, ());
+                true
+            }
+            _ => false,
+        };
+        let context = SpanContextLite {
+            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            span_id: self.ids.new_span_id(),
+        };
+        if !suppressed {
+            let window = self.unmatched.entry(fingerprint(bytes)).or_default();
+            window.push_back((ts_ns, context));
+        }
+        let call = PendingCall {
+            fd,
+            tid,
+            start_ns: ts_ns,
+            object_key: object_key.to_vec(),
+            operation: operation.to_string(),
+            request,
+            context,
+            parent,
+            parent_is_remote: false,
+            trace_state: String::new(),
+            device_key,
+            suppressed,
+        };
+        if response_expected {
+            self.client_calls.insert((pid, fd, request_id), call);
+        } else {
+            self.finish_call(pid, SpanKind::Client, call, ts_ns, ReplyStatus::NoException, CdrReader::new(&[], true, 0));
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
+    fn on_server_request(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        ts_ns: u64,
+        request_id: u32,
+        object_key: &[u8],
+        operation: &str,
+        request: TangoRequest,
+        response_expected: bool,
+        bytes: &[u8],
+    ) {
+        self.servers.insert(pid, ());
+        let w3c = request
+            .client_ident
+            .as_ref()
+            .and_then(|c| c.trace_parent.as_deref())
+            .and_then(parse_traceparent);
+        let (parent, parent_is_remote) = match w3c {
+            Some(ctx) => (Some(ctx), true),
+            None => (self.take_client_match(bytes, ts_ns), false),
+        };
+        let trace_state = request
+            .client_ident
+            .as_ref()
+            .and_then(|c| c.trace_state.clone())
+            .unwrap_or_default();
+        let context = SpanContextLite {
+            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            span_id: self.ids.new_span_id(),
+        };
+        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
+        let call = PendingCall {
+            fd,
+            tid,
+            start_ns: ts_ns,
+            object_key: object_key.to_vec(),
+            operation: operation.to_string(),
+            request,
+            context,
+            parent,
+            parent_is_remote,
+            trace_state,
+            device_key: Some(object_key.to_vec()),
+            suppressed: false,
+        };
+        if response_expected {
+            self.server_calls.insert((pid, fd, request_id), call);
+        } else {
+            if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
+                stack.retain(|(ctx, _)| *ctx != context);
+            }
+            self.finish_call(pid, SpanKind::Server, call, ts_ns, ReplyStatus::NoException, CdrReader::new(&[], true, 0));
+        }
+    }
+
+    /// The oldest client request with the same bytes sent within the window, if any.
+    fn take_client_match(&mut self, bytes: &[u8], ts_ns: u64) -> Option<SpanContextLite> {
+        let key = fingerprint(bytes);
+        let window = self.unmatched.get_mut(&key)?;
+        while let Some(&(sent, ctx)) = window.front() {
+            window.pop_front();
+            if sent <= ts_ns && ts_ns - sent <= MATCH_WINDOW_NS {
+                if window.is_empty() {
+                    self.unmatched.remove(&key);
+                }
+                return Some(ctx);
+            }
+        }
+        self.unmatched.remove(&key);
+        None
+    }
+
+    fn finish_call(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end_ns: u64, status: ReplyStatus, body: CdrReader<'_>) {
+        // Replies are parsed for what users see: Tango errors, device facts from `info`.
+        let mut exception = None;
+        let mut error = None;
+        match status {
+            ReplyStatus::NoException => {
+                if call.operation.starts_with("info") {
+                    if let Ok(info) = tango::parse_info_reply(&call.operation, body) {
+                        self.devices.insert(
+                            call.object_key.clone(),
+                            DeviceFacts { dev_class: info.dev_class, server_id: info.server_id },
+                        );
+                    }
+                }
+            }
+            ReplyStatus::UserException => {
+                exception = Some(match tango::parse_user_exception(body) {
+                    Ok(user) => ExceptionEvent {
+                        ts_ns: end_ns,
+                        exception_type: "Tango::DevFailed".to_string(),
+                        message: match user.errors.first() {
+                            Some(e) => format!("REASON:{};DESC:{};ORIGIN:{}", e.reason, e.desc, e.origin),
+                            None => "REASON:unknown;DESC:unknown;ORIGIN:unknown".to_string(),
+                        },
+                    },
+                    Err(_) => ExceptionEvent {
+                        ts_ns: end_ns,
+                        exception_type: "Tango::DevFailed".to_string(),
+                        message: "REASON:unknown;DESC:unknown;ORIGIN:unknown".to_string(),
+                    },
+                });
+            }
+            ReplyStatus::SystemException => {
+                let desc = tango::parse_system_exception(body)
+                    .map(|e| format!("{} (minor {:#x})", e.repository_id, e.minor))
+                    .unwrap_or_else(|_| "CORBA system exception".to_string());
+                exception = Some(ExceptionEvent {
+                    ts_ns: end_ns,
+                    exception_type: "Tango::DevFailed".to_string(),
+                    message: format!("REASON:API_CorbaException;DESC:{desc};ORIGIN:{}", call.operation),
+                });
+            }
+            ReplyStatus::LocationForward | ReplyStatus::LocationForwardPerm | ReplyStatus::NeedsAddressingMode | ReplyStatus::Unknown(_) => {
+                error = Some(format!("GIOP reply status {status:?}"));
+            }
+        }
+        self.emit(pid, kind, call, end_ns, exception, error);
+    }
+
+    fn emit(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end_ns: u64, exception: Option<ExceptionEvent>, error: Option<String>) {
+        if call.suppressed || (kind == SpanKind::Client && self.native_clients.contains_key(&pid)) {
+            return;
+        }
+        let operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
+        let (name, mut attributes) = match kind {
+            SpanKind::Server => server_span(&call, &operation),
+            _ => client_span(&call, &operation),
+        };
+        if kind == SpanKind::Server {
+            if let Some(ident) = &call.request.client_ident {
+                attributes.extend(client_ident_attributes(ident));
+            }
+            if let Some(location) = self.locations.get(&(pid, call.fd)) {
+                attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
+            }
+        }
+        self.stats.spans += 1;
+        self.finished.push(AssembledSpan {
+            name,
+            kind,
+            context: call.context,
+            parent: call.parent,
+            parent_is_remote: call.parent_is_remote,
+            trace_state: call.trace_state,
+            start_ns: call.start_ns,
+            end_ns: end_ns.max(call.start_ns),
+            attributes,
+            exception,
+            error,
+            pid,
+            target_key: (kind != SpanKind::Server).then(|| call.object_key.clone()),
+            device_key: call.device_key,
+            operation: operation.class,
+        });
+    }
+
+    /// A connection closed: its calls still waiting for a reply end in error.
+    fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
+        self.connections.remove(&(pid, fd));
+        self.locations.remove(&(pid, fd));
+        self.fail_pending(|&(p, f, _)| p == pid && f == fd, ts_ns, "connection closed before the reply");
+    }
+
+    /// A process ended: everything it had in flight ends in error and its state is freed.
+    fn on_exit(&mut self, pid: u32, ts_ns: u64) {
+        self.fail_pending(|&(p, _, _)| p == pid, ts_ns, "process exited before the reply");
+        self.connections.retain(|&(p, _), _| p != pid);
+        self.locations.retain(|&(p, _), _| p != pid);
+        self.serving.retain(|&(p, _), _| p != pid);
+        self.servers.remove(&pid);
+        self.native_clients.remove(&pid);
+    }
+
+    fn fail_pending(&mut self, matches: impl Fn(&(u32, i32, u32)) -> bool, ts_ns: u64, why: &str) {
+        let client_keys: Vec<_> = self.client_calls.keys().filter(|k| matches(k)).copied().collect();
+        for key in client_keys {
+            if let Some(call) = self.client_calls.remove(&key) {
+                self.emit(key.0, SpanKind::Client, call, ts_ns, None, Some(why.to_string()));
+            }
+        }
+        let server_keys: Vec<_> = self.server_calls.keys().filter(|k| matches(k)).copied().collect();
+        for key in server_keys {
+            if let Some(call) = self.server_calls.remove(&key) {
+                if let Some(stack) = self.serving.get_mut(&(key.0, call.tid)) {
+                    stack.retain(|(ctx, _)| *ctx != call.context);
+                }
+                self.emit(key.0, SpanKind::Server, call, ts_ns, None, Some(why.to_string()));
+            }
+        }
+    }
+
+    /// Forgets client requests that no traced server picked up (their server is elsewhere).
+    pub fn expire(&mut self, now_ns: u64) {
+        self.unmatched.retain(|_, window| {
+            window.retain(|(sent, _)| now_ns.saturating_sub(*sent) <= MATCH_WINDOW_NS);
+            !window.is_empty()
+        });
+    }
+
+    /// Ends every call still open (daemon shutdown): nothing is lost.
+    pub fn flush_all(&mut self, now_ns: u64) {
+        self.fail_pending(|_| true, now_ns, "tracer stopped before the reply");
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+pub fn parse_traceparent(text: &str) -> Option<SpanContextLite> {
+    let mut parts = text.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let _flags = parts.next()?;
+    if version.len() != 2 || trace.len() != 32 || span.len() != 16 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(SpanContextLite { trace_id, span_id })
+}
+
+fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
+    let mut attributes = Vec::new();
+    let lang = match ident.lang {
+        LockerLanguage::Cpp | LockerLanguage::Cpp6 => "CPP",
+        LockerLanguage::Java | LockerLanguage::Java6 => "JAVA",
+        LockerLanguage::Unknown(_) => "UNKNOWN",
+    };
+    if let Some(pid) = ident.pid {
+        attributes.push(KeyValue::new("tango.client_ident.pid", i64::from(pid)));
+    }
+    attributes.push(KeyValue::new("tango.client_ident.lang", lang));
+    if let Some(class) = &ident.java_main_class {
+        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
+    }
+    if let Some(uuid) = ident.java_uuid {
+        attributes.push(KeyValue::new("tango.client_ident.java_ident", format!("{:016x}{:016x}", uuid[0], uuid[1])));
+    }
+    attributes
+}
+
+/// Server span name and attributes, as cppTango 10.3 names its servant methods.
+fn server_span(call: &PendingCall, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let TangoCall::CommandInout { command, .. } = &call.request.call {
+        attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
+    }
+    (operation.server_span_name(), attributes)
+}
+
+/// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
+/// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
+fn client_span(call: &PendingCall, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let Some(argument) = operation.client_argument(&call.request.call) {
+        attributes.push(KeyValue::new("tango.operation.argument", argument));
+    }
+    attributes.push(KeyValue::new("thread.id", call.tid.to_string()));
+    (operation.client_span_name(&call.request.call), attributes)
+}

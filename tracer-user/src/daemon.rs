@@ -1,0 +1,407 @@
+//! The `run` loop: probe records in, spans out.
+//!
+//! One task owns all state (processes, assembly, resources) and reads the ring buffer when the
+//! kernel signals it; a timer tick expires stale state and releases spans that waited for device
+//! facts. SIGINT/SIGTERM end every open call, flush the exporters and return.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use log::{info, warn};
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState},
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tracer_export::{Destination, ExportHub, SpanRecord};
+
+use crate::{
+    assembly::{AssembledSpan, Assembler},
+    discovery,
+    probes::Probes,
+    procinfo::ProcessInfo,
+    records::{Direction, Record},
+    resources::{self, ResourceKey, Resources},
+    sockets,
+    topics::OperationClass,
+};
+
+/// How long a server span may wait for its device's class before it goes out without it.
+const DEVICE_FACTS_WAIT: Duration = Duration::from_secs(2);
+/// How long the facts of an exited process are kept for spans still in flight.
+const EXITED_KEEP: Duration = Duration::from_secs(30);
+
+/// Options of `tango-tracer run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub destinations: Vec<Destination>,
+    pub export: tracer_export::ExportConfig,
+    pub capture_bytes: u32,
+    pub ready_file: Option<PathBuf>,
+    /// Trace only processes whose environment has this `NAME=value` (tests, scoped sessions).
+    pub select_env: Option<(String, String)>,
+    /// Trace only these pids (and processes selected by `select_env`).
+    pub select_pids: Vec<u32>,
+    /// Also trace operations native telemetry leaves out (ping, state, info, …).
+    pub extended_operations: bool,
+    /// Write every probe record as a JSON line here (for replay and benchmarks).
+    pub record_to: Option<PathBuf>,
+    pub proc_root: PathBuf,
+}
+
+struct TracedProcess {
+    info: ProcessInfo,
+    exited_at: Option<Instant>,
+}
+
+struct Daemon {
+    options: RunOptions,
+    probes: Probes,
+    assembler: Assembler,
+    resources: Resources,
+    processes: HashMap<u32, TracedProcess>,
+    /// Server spans waiting for their device's class, with the time they started waiting.
+    waiting: Vec<(Instant, AssembledSpan)>,
+    hub: ExportHub,
+    clock: ClockOffset,
+    recorder: Option<std::io::BufWriter<std::fs::File>>,
+    own_pid: u32,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let (probes, ring) = Probes::load(options.capture_bytes)?;
+    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+    let hub = ExportHub::start(options.export.clone());
+    let recorder = match &options.record_to {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let mut daemon = Daemon {
+        assembler: Assembler::new(options.capture_bytes as usize),
+        options,
+        probes,
+        resources: Resources::default(),
+        processes: HashMap::new(),
+        waiting: Vec::new(),
+        hub,
+        clock: ClockOffset::now(),
+        recorder,
+        own_pid: std::process::id(),
+    };
+    for destination in &daemon.options.destinations {
+        info!("exporting spans to {destination:?}");
+    }
+    daemon.scan_existing();
+    if let Some(path) = &daemon.options.ready_file {
+        std::fs::write(path, format!("{}\n", daemon.own_pid))
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    match Record::decode(&item) {
+                        Ok(record) => daemon.on_record(record),
+                        Err(e) => warn!("skipping a probe record: {e}"),
+                    }
+                }
+                guard.clear_ready();
+                daemon.release_spans(false);
+            }
+            _ = tick.tick() => daemon.on_tick(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    daemon.shutdown().await;
+    Ok(())
+}
+
+impl Daemon {
+    fn selected(&self, info: &ProcessInfo) -> bool {
+        let by_env = self
+            .options
+            .select_env
+            .as_ref()
+            .map(|(name, value)| info.environ.get(name) == Some(value));
+        let by_pid = (!self.options.select_pids.is_empty()).then(|| self.options.select_pids.contains(&info.pid));
+        match (by_env, by_pid) {
+            (None, None) => true,
+            (env, pid) => env.unwrap_or(false) || pid.unwrap_or(false),
+        }
+    }
+
+    fn scan_existing(&mut self) {
+        for pid in discovery::scan(&self.options.proc_root, self.own_pid) {
+            self.adopt(pid);
+        }
+    }
+
+    /// Starts tracing `pid` if it is selected; otherwise makes sure the kernel ignores it.
+    fn adopt(&mut self, pid: u32) {
+        if self.processes.get(&pid).is_some_and(|p| p.exited_at.is_none()) {
+            return;
+        }
+        let info = ProcessInfo::read(&self.options.proc_root, pid);
+        if !self.selected(&info) {
+            self.probes.remove_target(pid);
+            return;
+        }
+        if let Err(e) = self.probes.add_target(pid) {
+            warn!("cannot trace pid {pid}: {e}");
+            return;
+        }
+        info!(
+            "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: syscalls sendto/recvfrom (GIOP over TCP and Unix sockets)",
+            info.comm,
+            lib_text(info.libraries.omniorb.as_ref()),
+            lib_text(info.libraries.tango.as_ref()),
+        );
+        self.processes.insert(pid, TracedProcess { info, exited_at: None });
+    }
+
+    fn on_record(&mut self, record: Record) {
+        if let Some(recorder) = &mut self.recorder {
+            if let Ok(line) = serde_json::to_string(&record) {
+                let _ = writeln!(recorder, "{line}");
+            }
+        }
+        match &record {
+            Record::LibOpened { pid, .. } => {
+                self.adopt(*pid);
+                return;
+            }
+            Record::Fork { child, .. } => {
+                // A new process (not a thread) inherits the parent's omniORB mapping.
+                if is_process(&self.options.proc_root, *child) {
+                    self.adopt(*child);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let pid = record.pid();
+        if !self.processes.contains_key(&pid) {
+            return;
+        }
+        if let Record::Data { fd, direction: Direction::Recv, bytes, .. } = &record {
+            // The peer of a server-side connection must be read while the socket exists.
+            if is_giop_request(bytes) && self.assembler.needs_location(pid, *fd) {
+                if let Some(location) = sockets::peer_location(&self.options.proc_root, pid, *fd) {
+                    self.assembler.set_location(pid, *fd, location);
+                }
+            }
+        }
+        if let Record::Data { .. } = &record {
+            if let Some(process) = self.processes.get_mut(&pid) {
+                if process.info.libraries.tango.is_none() {
+                    process.info.refresh_libraries(&self.options.proc_root);
+                }
+            }
+        }
+        self.assembler.push(&record);
+        if let Record::Exit { .. } | Record::Exec { .. } = record {
+            self.release_spans(false);
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.exited_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.assembler.expire(monotonic_ns());
+        self.release_spans(false);
+        self.processes.retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_KEEP));
+        let lost = self.probes.lost_records();
+        if lost > 0 {
+            log::debug!("{lost} probe records lost to a full ring buffer so far");
+        }
+    }
+
+    /// Sends finished spans to their destinations; server spans wait a little for their device's
+    /// class (learnt from `info` replies) unless `force`.
+    fn release_spans(&mut self, force: bool) {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        for span in self.assembler.drain() {
+            if self.wanted(&span) {
+                self.waiting.push((now, span));
+            }
+        }
+        let waiting = std::mem::take(&mut self.waiting);
+        for (since, span) in waiting {
+            let known = span.device_key.as_ref().is_none_or(|key| self.assembler.device(key).is_some());
+            if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
+                ready.push(span);
+            } else {
+                self.waiting.push((since, span));
+            }
+        }
+        for span in ready {
+            let record = self.to_record(span);
+            self.hub.submit(record, &self.options.destinations);
+        }
+    }
+
+    fn wanted(&self, span: &AssembledSpan) -> bool {
+        match span.operation {
+            OperationClass::User | OperationClass::Database => true,
+            OperationClass::Extended => self.options.extended_operations,
+            OperationClass::Internal => false,
+        }
+    }
+
+    fn to_record(&mut self, span: AssembledSpan) -> SpanRecord {
+        let process = self.processes.get(&span.pid).map(|p| &p.info);
+        let is_server = self.assembler.is_server(span.pid);
+        let key = match &span.device_key {
+            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
+            None => ResourceKey::Process { pid: span.pid },
+        };
+        let device_name = span.device_key.as_deref().and_then(resources::device_name_from_key);
+        let facts = span.device_key.as_deref().and_then(|k| self.assembler.device(k));
+        let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
+        let scope = resources::scope_for(process);
+
+        let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
+        if let Some(target) = &span.target_key {
+            let name = resources::device_name_from_key(target)
+                .map(|n| if target == crate::topics::DATABASE_KEY { "sys/database/2".to_string() } else { n })
+                .unwrap_or_else(|| hex::encode(target));
+            attributes.push(KeyValue::new("tango.operation.target", name));
+        }
+        attributes.extend(span.attributes);
+
+        let mut events = SpanEvents::default();
+        let status = match (&span.exception, &span.error) {
+            (Some(exception), _) => {
+                events.events.push(opentelemetry::trace::Event::new(
+                    "exception caught",
+                    self.clock.to_system(exception.ts_ns),
+                    vec![
+                        KeyValue::new("exception.type", exception.exception_type.clone()),
+                        KeyValue::new("exception.message", exception.message.clone()),
+                    ],
+                    0,
+                ));
+                Status::error("exception caught (see associated event)")
+            }
+            (None, Some(error)) => Status::error(error.clone()),
+            (None, None) => Status::Unset,
+        };
+        let trace_state = TraceState::from_key_value(
+            span.trace_state.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim())),
+        )
+        .unwrap_or_default();
+        let data = SpanData {
+            span_context: SpanContext::new(
+                span.context.trace_id,
+                span.context.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                trace_state,
+            ),
+            parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(opentelemetry::trace::SpanId::INVALID),
+            parent_span_is_remote: span.parent_is_remote,
+            span_kind: span.kind,
+            name: Cow::Owned(span.name),
+            start_time: self.clock.to_system(span.start_ns),
+            end_time: self.clock.to_system(span.end_ns),
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope,
+        };
+        let _ = SpanKind::Internal;
+        SpanRecord { resource, data }
+    }
+
+    async fn shutdown(&mut self) {
+        info!("stopping: ending open calls and flushing exporters");
+        self.assembler.flush_all(monotonic_ns());
+        self.release_spans(true);
+        self.hub.shutdown(Duration::from_secs(10)).await;
+        if let Some(recorder) = &mut self.recorder {
+            let _ = recorder.flush();
+        }
+        let stats = self.assembler.stats();
+        info!(
+            "stopped: {} GIOP messages, {} spans, {} unparsable, {} probe records lost",
+            stats.messages,
+            stats.spans,
+            stats.unparsable,
+            self.probes.lost_records()
+        );
+    }
+}
+
+fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {
+    match lib {
+        Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
+        None => "not yet mapped".to_string(),
+    }
+}
+
+fn is_giop_request(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == b"GIOP" && bytes[7] == 0
+}
+
+/// A task id is a process when it leads its thread group.
+fn is_process(proc_root: &Path, pid: u32) -> bool {
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+            line.split_whitespace().nth(1)?.parse::<u32>().ok()
+        })
+        == Some(pid)
+}
+
+/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockOffset {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl ClockOffset {
+    pub fn now() -> Self {
+        let mono = monotonic_ns() as i128;
+        let real = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        ClockOffset { realtime_minus_monotonic_ns: real - mono }
+    }
+
+    pub fn to_system(&self, monotonic_ns: u64) -> SystemTime {
+        let real = (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64;
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(real)
+    }
+}
