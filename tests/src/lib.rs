@@ -1,1 +1,11 @@
+//! Integration tests of tango-tracer, and the test peers they need.
+//!
+//! - [`otlp_receiver`]: a real OTLP/HTTP + OTLP/gRPC receiver on 127.0.0.1 (also the
+//!   `otlp-receiver` binary, for benchmarks and humans).
+//!
+//! The tests themselves live in `src/tests/`, one file per feature.
 
+pub mod otlp_receiver;
+
+#[cfg(test)]
+mod tests;

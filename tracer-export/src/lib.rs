@@ -1,1 +1,76 @@
-//! Span export.
+//! Span export: where finished spans go once assembly has built them.
+//!
+//! The tracer sees many Tango processes and devices at once, and each of them is its own
+//! OpenTelemetry [`Resource`](opentelemetry_sdk::Resource). The SDK's exporters fix one resource
+//! per tracer provider, so this crate does not use them: it keeps the SDK's [`SpanData`] and the
+//! `opentelemetry-proto` transforms, but groups spans of *all* resources that go to one endpoint
+//! into a single `ExportTraceServiceRequest` (one `ResourceSpans` per resource) and sends that
+//! itself, over OTLP/HTTP (protobuf POST) or OTLP/gRPC (`TraceServiceClient`).
+//!
+//! - [`ExportHub`] owns one worker task per [`Destination`], created on first use. Each worker
+//!   has a bounded queue ([`ExportHub::submit`] never blocks: when the queue is full the span is
+//!   dropped and counted), batches across resources, retries with exponential backoff and keeps
+//!   going when a backend is down.
+//! - [`Destination`] says where spans go: OTLP/HTTP, OTLP/gRPC, the console, or the embedded
+//!   store (a JSON-lines file in the same [`json`] form that OTLP would carry).
+//! - [`json`] and [`tree`] turn spans into the readable forms used by the store, by test
+//!   receivers and by humans.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tracer_export::{Destination, ExportConfig, ExportHub};
+//!
+//! # async fn example(span: tracer_export::SpanRecord) -> Result<(), tracer_export::Error> {
+//! let hub = ExportHub::start(ExportConfig::default());
+//! let otlp = Destination::parse("http", "http://127.0.0.1:4318")?;
+//! hub.submit(span, &[otlp]);
+//! hub.shutdown(Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+//!
+//! [`SpanData`]: opentelemetry_sdk::trace::SpanData
+
+mod console;
+mod destination;
+mod hub;
+pub mod json;
+pub mod otlp;
+mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod tree;
+
+pub use console::ConsoleError;
+pub use destination::{ConsoleStream, Destination, DestinationError, destinations_from_otel_env};
+pub use hub::{DestinationStats, ExportConfig, ExportHub, ExportStats};
+pub use otlp::OtlpError;
+pub use store::{StoreError, read_store};
+
+/// One finished span together with the resource (Tango process or device) it belongs to.
+///
+/// The instrumentation scope travels inside [`SpanData`](opentelemetry_sdk::trace::SpanData)
+/// (`tango.cpp`, with the traced libtango's version).
+#[derive(Clone, Debug)]
+pub struct SpanRecord {
+    /// The process or device that produced the span.
+    pub resource: opentelemetry_sdk::Resource,
+    /// The span itself, in the SDK's form.
+    pub data: opentelemetry_sdk::trace::SpanData,
+}
+
+/// Every error of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A destination could not be parsed from its configuration.
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// Sending to an OTLP endpoint failed.
+    #[error(transparent)]
+    Otlp(#[from] OtlpError),
+    /// Writing to or reading the embedded store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing to the console failed.
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+}

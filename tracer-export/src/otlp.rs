@@ -1,0 +1,498 @@
+//! OTLP: one request for many resources, sent over HTTP or gRPC.
+//!
+//! The SDK's OTLP exporter wraps everything it sends into a single `ResourceSpans` because its
+//! resource is fixed per provider. An eBPF tracer has one resource per traced process or device,
+//! so [`build_request`] groups a batch by resource itself, converts each group with
+//! `opentelemetry-proto`'s own `group_spans_by_resource_and_scope`, and concatenates the results:
+//! one `ExportTraceServiceRequest`, one `ResourceSpans` per resource, whatever the number of
+//! devices.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    io::Write as _,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use opentelemetry::Value;
+use opentelemetry_proto::{
+    tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_client::TraceServiceClient,
+    },
+    transform::{
+        common::tonic::ResourceAttributesWithSchema,
+        trace::tonic::group_spans_by_resource_and_scope,
+    },
+};
+use opentelemetry_sdk::{Resource, trace::SpanData};
+use prost::Message as _;
+use tonic::{
+    Code,
+    codec::CompressionEncoding,
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::SpanRecord;
+
+/// Longest part of an error response body kept in an error message.
+const MAX_ERROR_BODY: usize = 256;
+/// Largest request a backend is asked to take; OTLP collectors accept 4 MiB by default for gRPC
+/// and more over HTTP, and a batch of a few hundred spans is far below.
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Why a request to an OTLP endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    /// The HTTP request could not be made or got no answer (refused, timed out, TLS failed).
+    #[error("OTLP/HTTP request to {endpoint} failed: {source}")]
+    Http {
+        /// The endpoint.
+        endpoint: String,
+        /// The client's error.
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("OTLP/HTTP client for {endpoint} could not be built: {source}")]
+    HttpClient {
+        /// The endpoint.
+        endpoint: String,
+        /// The client's error.
+        source: reqwest::Error,
+    },
+    /// The backend answered with an HTTP error status.
+    #[error("OTLP/HTTP endpoint {endpoint} answered {status}: {body}")]
+    HttpStatus {
+        /// The endpoint.
+        endpoint: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response body.
+        body: String,
+    },
+    /// The gRPC call failed (including connection failures).
+    #[error("OTLP/gRPC export to {endpoint} failed: {code:?}: {message}")]
+    Grpc {
+        /// The endpoint.
+        endpoint: String,
+        /// The gRPC status code.
+        code: Code,
+        /// The status message.
+        message: String,
+    },
+    /// The gRPC endpoint could not be turned into a channel.
+    #[error("OTLP/gRPC endpoint {endpoint} is not usable: {source}")]
+    GrpcEndpoint {
+        /// The endpoint.
+        endpoint: String,
+        /// tonic's error.
+        source: tonic::transport::Error,
+    },
+    /// The backend accepted the request but rejected some spans.
+    #[error("{endpoint} rejected {rejected} spans: {message}")]
+    PartialSuccess {
+        /// The endpoint.
+        endpoint: String,
+        /// How many spans were rejected.
+        rejected: u64,
+        /// The backend's explanation.
+        message: String,
+    },
+    /// Compressing the request body failed.
+    #[error("compressing a request for {endpoint} failed: {source}")]
+    Compress {
+        /// The endpoint.
+        endpoint: String,
+        /// The compressor's error.
+        source: std::io::Error,
+    },
+}
+
+impl OtlpError {
+    /// Whether sending the same request again may succeed (the OTLP specification's list of
+    /// retryable HTTP statuses and gRPC codes; transport failures are retried too).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            OtlpError::Http { .. } => true,
+            OtlpError::HttpStatus { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            OtlpError::Grpc { code, .. } => matches!(
+                code,
+                Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::OutOfRange
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ),
+            OtlpError::HttpClient { .. }
+            | OtlpError::GrpcEndpoint { .. }
+            | OtlpError::PartialSuccess { .. }
+            | OtlpError::Compress { .. } => false,
+        }
+    }
+}
+
+/// Builds one request carrying every span of `records`, with one `ResourceSpans` per distinct
+/// resource (in order of first appearance) and, inside it, one `ScopeSpans` per scope.
+pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
+    let mut groups: Vec<(Resource, Vec<SpanData>)> = Vec::new();
+    // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
+    // one candidate, so grouping stays linear in the batch size with thousands of devices.
+    let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
+    for SpanRecord { resource, data } in records {
+        let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
+        match candidates
+            .iter()
+            .copied()
+            .find(|&i| groups[i].0 == resource)
+        {
+            Some(i) => groups[i].1.push(data),
+            None => {
+                candidates.push(groups.len());
+                groups.push((resource, vec![data]));
+            }
+        }
+    }
+    let resource_spans = groups
+        .into_iter()
+        .flat_map(|(resource, spans)| {
+            let resource = ResourceAttributesWithSchema::from(&resource);
+            group_spans_by_resource_and_scope(spans, &resource)
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+/// A hash of a resource's attributes and schema URL, independent of attribute order.
+fn fingerprint(resource: &Resource) -> u64 {
+    let mut sum = 0u64;
+    for (key, value) in resource.iter() {
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        match value {
+            Value::Bool(b) => b.hash(&mut hasher),
+            Value::I64(i) => i.hash(&mut hasher),
+            Value::F64(f) => f.to_bits().hash(&mut hasher),
+            Value::String(s) => s.as_str().hash(&mut hasher),
+            // Arrays (and future kinds) are rare in resources: their text is good enough.
+            other => other.to_string().hash(&mut hasher),
+        }
+        sum = sum.wrapping_add(hasher.finish());
+    }
+    let mut hasher = DefaultHasher::new();
+    sum.hash(&mut hasher);
+    resource.schema_url().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How many spans a request carries.
+pub(crate) fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum()
+}
+
+/// Sends requests to one OTLP endpoint, over either protocol.
+pub(crate) enum OtlpSender {
+    Http(HttpSender),
+    Grpc(GrpcSender),
+}
+
+/// What one successful attempt achieved.
+pub(crate) struct Accepted {
+    /// Spans the backend said it rejected (OTLP partial success).
+    pub rejected: u64,
+    /// The backend's explanation of the rejection.
+    pub message: String,
+}
+
+impl OtlpSender {
+    /// One attempt. `encoded` keeps the HTTP body between attempts so that encoding and
+    /// compression are not repeated on retries.
+    pub(crate) async fn send(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        encoded: &mut Option<Bytes>,
+    ) -> Result<Accepted, OtlpError> {
+        match self {
+            OtlpSender::Http(http) => {
+                let body = match encoded {
+                    Some(body) => body.clone(),
+                    None => encoded.insert(http.encode(request)?).clone(),
+                };
+                http.send(body).await
+            }
+            OtlpSender::Grpc(grpc) => grpc.send(request.clone()).await,
+        }
+    }
+}
+
+/// OTLP/HTTP with protobuf bodies, optionally gzip-compressed.
+pub(crate) struct HttpSender {
+    client: reqwest::Client,
+    endpoint: String,
+    gzip: bool,
+}
+
+impl HttpSender {
+    pub(crate) fn new(endpoint: &str, timeout: Duration, gzip: bool) -> Result<Self, OtlpError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|source| OtlpError::HttpClient {
+                endpoint: endpoint.to_owned(),
+                source,
+            })?;
+        Ok(HttpSender {
+            client,
+            endpoint: endpoint.to_owned(),
+            gzip,
+        })
+    }
+
+    fn encode(&self, request: &ExportTraceServiceRequest) -> Result<Bytes, OtlpError> {
+        let raw = request.encode_to_vec();
+        if !self.gzip {
+            return Ok(Bytes::from(raw));
+        }
+        let compress = || {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 4),
+                flate2::Compression::fast(),
+            );
+            encoder.write_all(&raw)?;
+            encoder.finish()
+        };
+        compress()
+            .map(Bytes::from)
+            .map_err(|source| OtlpError::Compress {
+                endpoint: self.endpoint.clone(),
+                source,
+            })
+    }
+
+    async fn send(&self, body: Bytes) -> Result<Accepted, OtlpError> {
+        let mut request = self
+            .client
+            .post(&self.endpoint)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+            .body(body);
+        if self.gzip {
+            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        let http_error = |source| OtlpError::Http {
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(http_error)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(http_error)?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.chars().take(MAX_ERROR_BODY).collect();
+            return Err(OtlpError::HttpStatus {
+                endpoint: self.endpoint.clone(),
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        // A success body is an `ExportTraceServiceResponse`; an empty or foreign one means all
+        // spans were accepted.
+        let response = ExportTraceServiceResponse::decode(body).unwrap_or_default();
+        Ok(accepted(response))
+    }
+}
+
+/// OTLP/gRPC through `opentelemetry-proto`'s generated tonic client.
+pub(crate) struct GrpcSender {
+    client: TraceServiceClient<Channel>,
+    endpoint: String,
+}
+
+impl GrpcSender {
+    /// Creates the channel lazily: a backend that is down now is connected to later.
+    /// Must be called inside a tokio runtime.
+    pub(crate) fn new(endpoint: &str, timeout: Duration, gzip: bool) -> Result<Self, OtlpError> {
+        let uri = grpc_uri(endpoint);
+        let grpc_error = |source| OtlpError::GrpcEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let mut channel = Endpoint::from_shared(uri.clone())
+            .map_err(grpc_error)?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        if uri.starts_with("https://") {
+            channel = channel
+                .tls_config(ClientTlsConfig::new().with_webpki_roots())
+                .map_err(grpc_error)?;
+        }
+        let mut client = TraceServiceClient::new(channel.connect_lazy())
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE);
+        if gzip {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(GrpcSender {
+            client,
+            endpoint: endpoint.to_owned(),
+        })
+    }
+
+    async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, OtlpError> {
+        match self.client.export(request).await {
+            Ok(response) => Ok(accepted(response.into_inner())),
+            Err(status) => Err(OtlpError::Grpc {
+                endpoint: self.endpoint.clone(),
+                code: status.code(),
+                message: status.message().to_owned(),
+            }),
+        }
+    }
+}
+
+/// tonic wants `http(s)://`; Tango writes `grpc://`.
+fn grpc_uri(endpoint: &str) -> String {
+    if let Some(rest) = endpoint.strip_prefix("grpc://") {
+        format!("http://{rest}")
+    } else if let Some(rest) = endpoint.strip_prefix("grpcs://") {
+        format!("https://{rest}")
+    } else {
+        endpoint.to_owned()
+    }
+}
+
+fn accepted(response: ExportTraceServiceResponse) -> Accepted {
+    match response.partial_success {
+        Some(partial) => Accepted {
+            rejected: u64::try_from(partial.rejected_spans).unwrap_or(0),
+            message: partial.error_message,
+        },
+        None => Accepted {
+            rejected: 0,
+            message: String::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::time::{Duration, SystemTime};
+
+    use opentelemetry::{
+        InstrumentationScope, KeyValue,
+        trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+    };
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+
+    use super::*;
+
+    fn record(resource: &Resource, span_id: u64) -> SpanRecord {
+        SpanRecord {
+            resource: resource.clone(),
+            data: SpanData {
+                span_context: SpanContext::new(
+                    TraceId::from(7u128),
+                    SpanId::from(span_id),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                ),
+                parent_span_id: SpanId::INVALID,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Server,
+                name: "op".into(),
+                start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+                end_time: SystemTime::UNIX_EPOCH + Duration::from_secs(2),
+                attributes: vec![],
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: InstrumentationScope::builder("tango.cpp")
+                    .with_version("10.3.3")
+                    .build(),
+            },
+        }
+    }
+
+    fn device(name: &str, pid: i64) -> Resource {
+        Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "Demo"),
+                KeyValue::new("service.instance.id", name.to_owned()),
+                KeyValue::new("tango.process.id", pid),
+            ])
+            .build()
+    }
+
+    #[test]
+    fn one_request_with_one_resource_spans_per_resource() {
+        let a = device("test/demo/1", 1);
+        let b = device("test/demo/2", 1);
+        // Equal but separately built: must share a group.
+        let a_again = device("test/demo/1", 1);
+        let request = build_request(vec![
+            record(&a, 1),
+            record(&b, 2),
+            record(&a_again, 3),
+            record(&b, 4),
+        ]);
+        assert_eq!(request.resource_spans.len(), 2);
+        let ids: Vec<Vec<u8>> = request.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|s| s.span_id.clone())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![1u64.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec()]
+        );
+        assert_eq!(request.resource_spans[1].scope_spans[0].spans.len(), 2);
+        assert_eq!(span_count(&request), 4);
+    }
+
+    #[test]
+    fn fingerprint_ignores_attribute_order() {
+        let one = Resource::builder_empty()
+            .with_attributes([KeyValue::new("a", 1), KeyValue::new("b", "x")])
+            .build();
+        let two = Resource::builder_empty()
+            .with_attributes([KeyValue::new("b", "x"), KeyValue::new("a", 1)])
+            .build();
+        assert_eq!(fingerprint(&one), fingerprint(&two));
+        assert_ne!(fingerprint(&one), fingerprint(&device("x", 1)));
+    }
+
+    #[test]
+    fn retryable_statuses() {
+        let status = |status| OtlpError::HttpStatus {
+            endpoint: String::new(),
+            status,
+            body: String::new(),
+        };
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(400).is_retryable());
+        assert!(!status(404).is_retryable());
+        let grpc = |code| OtlpError::Grpc {
+            endpoint: String::new(),
+            code,
+            message: String::new(),
+        };
+        assert!(grpc(Code::Unavailable).is_retryable());
+        assert!(!grpc(Code::InvalidArgument).is_retryable());
+        assert_eq!(grpc_uri("grpc://h:1"), "http://h:1");
+        assert_eq!(grpc_uri("http://h:1"), "http://h:1");
+    }
+}

@@ -1,0 +1,348 @@
+//! The embedded store: spans appended to a JSON-lines file, one [`SpanJson`] per line.
+//!
+//! It is the default sink when no backend is configured, and it keeps exactly what OTLP would
+//! carry: every batch goes through [`build_request`] and [`request_to_json`]. Lines are written
+//! whole at each flush; a line torn by a crash is cut off when the file is next opened for
+//! writing and skipped by [`read_store`] when it is the last one.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _},
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    SpanRecord,
+    json::{SpanJson, request_to_json},
+    otlp::build_request,
+};
+
+/// Why the store could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file or its directory could not be created or opened.
+    #[error("cannot open span store {path}: {source}")]
+    Open {
+        /// The store's file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Appending or syncing failed.
+    #[error("cannot write span store {path}: {source}")]
+    Write {
+        /// The store's file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Reading failed.
+    #[error("cannot read span store {path}: {source}")]
+    Read {
+        /// The store's file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A complete line is not a span.
+    #[error("span store {path} line {line} is not a span: {source}")]
+    BadLine {
+        /// The store's file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What the JSON parser objected to.
+        source: serde_json::Error,
+    },
+    /// A span could not be turned into JSON.
+    #[error("cannot encode a span for store {path}: {source}")]
+    Encode {
+        /// The store's file.
+        path: PathBuf,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+}
+
+/// Reads every span of a store file, in file order. A torn last line (no newline, not valid
+/// JSON: the writer was stopped mid-line) is skipped; any other bad line is an error.
+pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
+    let path = path.as_ref();
+    let read_error = |source| StoreError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let mut reader = BufReader::new(file);
+    let mut spans = Vec::new();
+    let mut line = String::new();
+    let mut number = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(read_error)? == 0 {
+            return Ok(spans);
+        }
+        number += 1;
+        let complete = line.ends_with('\n');
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        match serde_json::from_str(text) {
+            Ok(span) => spans.push(span),
+            Err(_) if !complete => return Ok(spans),
+            Err(source) => {
+                return Err(StoreError::BadLine {
+                    path: path.to_owned(),
+                    line: number,
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Appends batches to one store file. The file is opened on first use and reopened after an
+/// error, so a store on a disk that was full or a directory that was missing recovers.
+pub(crate) struct StoreWriter {
+    path: PathBuf,
+    file: Option<File>,
+    /// Written since the last sync: an idle store costs no syscalls at ticks.
+    dirty: bool,
+}
+
+impl StoreWriter {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        StoreWriter {
+            path,
+            file: None,
+            dirty: false,
+        }
+    }
+
+    /// Writes `batch` as whole lines; with `sync`, also asks the kernel to put it on disk.
+    pub(crate) async fn write(
+        &mut self,
+        batch: Vec<SpanRecord>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        for span in request_to_json(&build_request(batch)) {
+            serde_json::to_writer(&mut bytes, &span).map_err(|source| StoreError::Encode {
+                path: self.path.clone(),
+                source,
+            })?;
+            bytes.push(b'\n');
+        }
+        self.run_blocking(move |path, file| {
+            file.write_all(&bytes)
+                .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
+                .map_err(|source| StoreError::Write {
+                    path: path.to_owned(),
+                    source,
+                })
+        })
+        .await?;
+        self.dirty = !sync;
+        Ok(())
+    }
+
+    /// Puts what was written on disk (at flush ticks and at shutdown).
+    pub(crate) async fn sync(&mut self) -> Result<(), StoreError> {
+        if self.file.is_none() || !self.dirty {
+            return Ok(());
+        }
+        self.run_blocking(|path, file| {
+            file.sync_data().map_err(|source| StoreError::Write {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .await?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Runs file I/O on the blocking pool, opening the file first if needed.
+    async fn run_blocking(
+        &mut self,
+        work: impl FnOnce(&Path, &mut File) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let file = self.file.take();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => open_for_append(&path)?,
+            };
+            work(&path, &mut file)?;
+            Ok(file)
+        });
+        match task.await {
+            Ok(Ok(file)) => {
+                self.file = Some(file);
+                Ok(())
+            }
+            // The file is dropped: the next batch reopens it.
+            Ok(Err(err)) => Err(err),
+            Err(join) => Err(StoreError::Write {
+                path: self.path.clone(),
+                source: std::io::Error::other(join.to_string()),
+            }),
+        }
+    }
+}
+
+/// Opens (creating it and its directories) the store for appending, cutting off a torn last
+/// line so that the next record starts on a line of its own.
+fn open_for_append(path: &Path) -> Result<File, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(open_error)?;
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(open_error)?;
+    let len = file.metadata().map_err(open_error)?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        file.seek(SeekFrom::Start(len - 1)).map_err(open_error)?;
+        file.read_exact(&mut last).map_err(open_error)?;
+        if last[0] != b'\n' {
+            let keep = last_line_start(&mut file, len).map_err(open_error)?;
+            file.set_len(keep).map_err(open_error)?;
+            log::warn!(
+                "span store {}: cut off a torn last line ({} bytes)",
+                path.display(),
+                len - keep
+            );
+        }
+    }
+    Ok(file)
+}
+
+/// The offset just after the last newline before `len` (0 if there is none).
+fn last_line_start(file: &mut File, len: u64) -> std::io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + pos as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::testing::{TempDir, reference_command_inout};
+
+    #[tokio::test]
+    async fn writes_reads_and_survives_a_torn_line() {
+        let dir = TempDir::new("store");
+        let path = dir.path().join("nested/dir/spans.jsonl");
+        let mut writer = StoreWriter::new(path.clone());
+        writer.write(reference_command_inout(), true).await.unwrap();
+        let spans = read_store(&path).unwrap();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, "Tango::Connection::command_inout");
+
+        // A crash mid-line: readers skip it, the next writer cuts it off.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"resource": {"service.na"#).unwrap();
+        drop(file);
+        assert_eq!(read_store(&path).unwrap().len(), 2);
+        let mut writer = StoreWriter::new(path.clone());
+        writer
+            .write(reference_command_inout(), false)
+            .await
+            .unwrap();
+        writer.sync().await.unwrap();
+        assert_eq!(read_store(&path).unwrap().len(), 4);
+
+        // A bad line in the middle is reported with its number.
+        std::fs::write(&path, "{}\n{\"x\": 1}\n").unwrap();
+        assert!(matches!(
+            read_store(&path),
+            Err(StoreError::BadLine { line: 1, .. })
+        ));
+        assert!(matches!(
+            read_store(dir.path().join("missing.jsonl")),
+            Err(StoreError::Read { .. })
+        ));
+    }
+
+    /// The store holds exactly the reference JSON form of cppTango's own spans.
+    #[tokio::test]
+    async fn matches_the_native_reference_captures() {
+        let dir = TempDir::new("store-golden");
+        let path = dir.path().join("spans.jsonl");
+        let mut writer = StoreWriter::new(path.clone());
+        let mut records = reference_command_inout();
+        records.push(crate::testing::reference_command_inout_error());
+        writer.write(records, true).await.unwrap();
+        let stored = read_store(&path).unwrap();
+
+        let mut expected: Vec<SpanJson> =
+            serde_json::from_str(include_str!("../tests/fixtures/command_inout.json")).unwrap();
+        expected.extend(
+            serde_json::from_str::<Vec<SpanJson>>(include_str!(
+                "../tests/fixtures/command_inout_error.json"
+            ))
+            .unwrap(),
+        );
+        assert_eq!(stored.len(), expected.len());
+        for (mut got, mut want) in stored.into_iter().zip(expected) {
+            // The captures name the transport they arrived by; resource order is a hash's.
+            want.transport = None;
+            got.resource.0.sort_by(|a, b| a.0.cmp(&b.0));
+            want.resource.0.sort_by(|a, b| a.0.cmp(&b.0));
+            assert_eq!(got, want);
+        }
+        // The raw line has the reference keys in the reference order.
+        let first_line = std::fs::read_to_string(&path).unwrap();
+        let mut keys: Vec<String> =
+            serde_json::from_str::<serde_json::Value>(first_line.lines().next().unwrap())
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
+        keys.sort_unstable();
+        let mut sorted_expected = vec![
+            "resource",
+            "scope",
+            "name",
+            "kind",
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "trace_state",
+            "start_ns",
+            "end_ns",
+            "duration_us",
+            "attributes",
+            "events",
+            "links",
+            "status",
+        ];
+        sorted_expected.sort_unstable();
+        assert_eq!(keys, sorted_expected);
+    }
+}

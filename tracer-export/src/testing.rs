@@ -1,0 +1,280 @@
+//! Spans and helpers for tests of this crate and of the integration tests (feature `testing`).
+//!
+//! The spans mirror cppTango 10.3.3's own telemetry for one `command_inout` (client span in the
+//! client process, server span in the device server) and for a failed call (status ERROR and an
+//! `exception caught` event), as captured in the reference files kept under `tests/fixtures/`.
+
+use std::{
+    borrow::Cow,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
+
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
+};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{SpanData, SpanEvents, SpanLinks},
+};
+
+use crate::SpanRecord;
+
+/// The scope cppTango 10.3.3 uses.
+pub fn tango_scope() -> InstrumentationScope {
+    InstrumentationScope::builder("tango.cpp")
+        .with_version("10.3.3")
+        .build()
+}
+
+/// The resource of a Tango client process (no device).
+pub fn client_resource(pid: i64) -> Resource {
+    process_resource("client", pid)
+}
+
+/// The resource of a Tango process's client side: `kind` is `client`, or `server` for calls a
+/// device server makes outside any device.
+pub fn process_resource(kind: &'static str, pid: i64) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("telemetry.sdk.version", "1.27.0"),
+            KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+            KeyValue::new("telemetry.sdk.language", "cpp"),
+            KeyValue::new("tango.host", "vm:10000"),
+            KeyValue::new("tango.process.kind", kind),
+            KeyValue::new("tango.process.id", pid),
+            KeyValue::new("service.name", "tango.telemetry.default"),
+            KeyValue::new("service.namespace", "tango"),
+        ])
+        .build()
+}
+
+/// The resource of one device of a Tango device server.
+pub fn device_resource(class: &str, device: &str, server: &str, pid: i64) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("telemetry.sdk.version", "1.27.0"),
+            KeyValue::new("telemetry.sdk.language", "cpp"),
+            KeyValue::new("tango.process.kind", "server"),
+            KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+            KeyValue::new("service.instance.id", device.to_owned()),
+            KeyValue::new("tango.process.id", pid),
+            KeyValue::new("service.name", class.to_owned()),
+            KeyValue::new("tango.server.name", server.to_owned()),
+            KeyValue::new("service.namespace", "tango"),
+        ])
+        .build()
+}
+
+/// The parts of a span that vary between tests.
+#[derive(Clone, Debug)]
+pub struct SpanSpec {
+    /// The trace, as 32 hex digits.
+    pub trace_id: &'static str,
+    /// The span, as 16 hex digits.
+    pub span_id: &'static str,
+    /// The parent, as 16 hex digits, or empty for a root.
+    pub parent_span_id: &'static str,
+    /// The span's kind.
+    pub kind: SpanKind,
+    /// The span's name.
+    pub name: &'static str,
+    /// Start, ns since the epoch.
+    pub start_ns: u64,
+    /// End, ns since the epoch.
+    pub end_ns: u64,
+    /// The span's attributes.
+    pub attributes: Vec<KeyValue>,
+}
+
+/// Builds SDK span data from a spec, with the Tango scope.
+pub fn span_data(spec: SpanSpec) -> SpanData {
+    let trace_id = TraceId::from_hex(spec.trace_id).unwrap_or(TraceId::INVALID);
+    let span_id = SpanId::from_hex(spec.span_id).unwrap_or(SpanId::INVALID);
+    let parent = if spec.parent_span_id.is_empty() {
+        SpanId::INVALID
+    } else {
+        SpanId::from_hex(spec.parent_span_id).unwrap_or(SpanId::INVALID)
+    };
+    SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: parent,
+        parent_span_is_remote: false,
+        span_kind: spec.kind,
+        name: Cow::Borrowed(spec.name),
+        start_time: at_ns(spec.start_ns),
+        end_time: at_ns(spec.end_ns),
+        attributes: spec.attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: Status::Unset,
+        instrumentation_scope: tango_scope(),
+    }
+}
+
+/// A time `ns` nanoseconds after the Unix epoch.
+pub fn at_ns(ns: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// The client and server span of one `command_inout("Increment")` (reference
+/// `command_inout.json`).
+pub fn reference_command_inout() -> Vec<SpanRecord> {
+    let client = span_data(SpanSpec {
+        trace_id: "b2a1fcf8dbcb987a87fc0305c3fe9fde",
+        span_id: "5d5c121137108f77",
+        parent_span_id: "",
+        kind: SpanKind::Client,
+        name: "Tango::Connection::command_inout",
+        start_ns: 1_795_245_243_497_905_958,
+        end_ns: 1_795_245_243_498_409_819,
+        attributes: vec![
+            KeyValue::new("tango.operation.argument", "Increment"),
+            KeyValue::new("tango.operation.target", "test/demo/1"),
+            KeyValue::new("code.filepath", "Connection.cpp"),
+            KeyValue::new("code.lineno", "1219"),
+            KeyValue::new("thread.id", "139831653333888"),
+        ],
+    });
+    let server = span_data(SpanSpec {
+        trace_id: "b2a1fcf8dbcb987a87fc0305c3fe9fde",
+        span_id: "9621b4e802d9b75d",
+        parent_span_id: "5d5c121137108f77",
+        kind: SpanKind::Server,
+        name: "Tango::Device_4Impl::command_inout_4",
+        start_ns: 1_795_245_243_498_110_550,
+        end_ns: 1_795_245_243_498_348_755,
+        attributes: vec![
+            KeyValue::new("tango.client_ident.lang", "CPP"),
+            KeyValue::new("tango.client_ident.location", "giop:tcp:127.0.0.1:58618"),
+            KeyValue::new("tango.client_ident.pid", 17915),
+            KeyValue::new("tango.operation.argument", "Increment"),
+        ],
+    });
+    vec![
+        SpanRecord {
+            resource: client_resource(17915),
+            data: client,
+        },
+        SpanRecord {
+            resource: device_resource("Demo", "test/demo/1", "Demo/Demo", 17811),
+            data: server,
+        },
+    ]
+}
+
+/// A failed `command_inout("Kill")`: status ERROR and an `exception caught` event (reference
+/// `command_inout_error.json`).
+pub fn reference_command_inout_error() -> SpanRecord {
+    let mut data = span_data(SpanSpec {
+        trace_id: "d73ff5135a28554bb87a33ea2bd64e2f",
+        span_id: "4e3b64c1db11e738",
+        parent_span_id: "",
+        kind: SpanKind::Client,
+        name: "Tango::Connection::command_inout",
+        start_ns: 1_795_245_252_978_358_145,
+        end_ns: 1_795_245_252_978_528_342,
+        attributes: vec![
+            KeyValue::new("tango.operation.argument", "Kill"),
+            KeyValue::new("tango.operation.target", "dserver/demo/demo"),
+            KeyValue::new("code.filepath", "Connection.cpp"),
+            KeyValue::new("code.lineno", "1219"),
+            KeyValue::new("thread.id", "140207104490368"),
+        ],
+    });
+    data.events.events.push(Event::new(
+        "exception caught",
+        at_ns(1_795_245_252_978_503_135),
+        vec![
+            KeyValue::new(
+                "exception.message",
+                "REASON:API_CorbaException;DESC:BAD_INV_ORDER CORBA system exception: \
+                 BAD_INV_ORDER_ORBHasShutdown;ORIGIN:virtual Tango::DeviceData \
+                 Tango::Connection::command_inout(const std::string&, const Tango::DeviceData&) \
+                 at (/src/cppTango/src/client/Connection.cpp:1416)",
+            ),
+            KeyValue::new("exception.type", "Tango::DevFailed"),
+        ],
+        0,
+    ));
+    data.status = Status::error("exception caught (see associated event)");
+    // The caller was a device server's own process, outside any device.
+    SpanRecord {
+        resource: process_resource("server", 17811),
+        data,
+    }
+}
+
+/// `n` root spans of one resource with distinct ids, for volume tests.
+pub fn many_spans(resource: &Resource, n: u64, first_id: u64) -> Vec<SpanRecord> {
+    (0..n)
+        .map(|i| {
+            let id = first_id + i;
+            let mut data = span_data(SpanSpec {
+                trace_id: "0af7651916cd43dd8448eb211c80319c",
+                span_id: "0000000000000001",
+                parent_span_id: "",
+                kind: SpanKind::Server,
+                name: "Tango::Device_5Impl::read_attributes_5",
+                start_ns: 1_000_000 + id * 1000,
+                end_ns: 1_000_500 + id * 1000,
+                attributes: vec![KeyValue::new("seq", id as i64)],
+            });
+            data.span_context = SpanContext::new(
+                data.span_context.trace_id(),
+                SpanId::from(id),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            );
+            SpanRecord {
+                resource: resource.clone(),
+                data,
+            }
+        })
+        .collect()
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `<tmp>/tracer-export-<label>-<pid>-<n>`.
+    ///
+    /// # Panics
+    /// When the directory cannot be created (tests only).
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tracer-export-{label}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        if let Err(err) = std::fs::create_dir_all(&path) {
+            panic!("cannot create {}: {err}", path.display());
+        }
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
