@@ -16,6 +16,13 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("tracer-ebpf manifest has no parent directory"))?;
-    let package = Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
-    aya_build::build_ebpf([package], Toolchain::Custom(env!("TANGO_TRACER_EBPF_TOOLCHAIN")))
+    let package = Package {
+        name: ebpf.name.as_str(),
+        root_dir: root_dir.as_str(),
+        ..Default::default()
+    };
+    aya_build::build_ebpf(
+        [package],
+        Toolchain::Custom(env!("TANGO_TRACER_EBPF_TOOLCHAIN")),
+    )
 }

@@ -198,7 +198,15 @@ impl Assembler {
     /// Feeds one probe record.
     pub fn push(&mut self, record: &Record) {
         match record {
-            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes } => {
+            Record::Data {
+                pid,
+                tid,
+                fd,
+                ts_ns,
+                direction,
+                total_len,
+                bytes,
+            } => {
                 let mut messages = Vec::new();
                 let connection = self.connections.entry((*pid, *fd)).or_default();
                 let slot = match direction {
@@ -218,7 +226,15 @@ impl Assembler {
         }
     }
 
-    fn on_message(&mut self, pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
+    fn on_message(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        fd: i32,
+        ts_ns: u64,
+        direction: Direction,
+        bytes: &[u8],
+    ) {
         self.stats.messages += 1;
         let Ok((_, message)) = giop::parse_message(bytes) else {
             self.stats.unparsable += 1;
@@ -227,15 +243,44 @@ impl Assembler {
         match (message, direction) {
             (Message::Request(request), Direction::Send) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_client_request(pid, tid, fd, ts_ns, request.request_id, request.object_key, request.operation, parsed, request.response_expected, bytes);
+                self.on_client_request(
+                    pid,
+                    tid,
+                    fd,
+                    ts_ns,
+                    request.request_id,
+                    request.object_key,
+                    request.operation,
+                    parsed,
+                    request.response_expected,
+                    bytes,
+                );
             }
             (Message::Request(request), Direction::Recv) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_server_request(pid, tid, fd, ts_ns, request.request_id, request.object_key, request.operation, parsed, request.response_expected, bytes);
+                self.on_server_request(
+                    pid,
+                    tid,
+                    fd,
+                    ts_ns,
+                    request.request_id,
+                    request.object_key,
+                    request.operation,
+                    parsed,
+                    request.response_expected,
+                    bytes,
+                );
             }
             (Message::Reply(reply), Direction::Recv) => {
                 match self.client_calls.remove(&(pid, fd, reply.request_id)) {
-                    Some(call) => self.finish_call(pid, SpanKind::Client, call, ts_ns, reply.status, reply.body),
+                    Some(call) => self.finish_call(
+                        pid,
+                        SpanKind::Client,
+                        call,
+                        ts_ns,
+                        reply.status,
+                        reply.body,
+                    ),
                     None => self.stats.orphan_replies += 1,
                 }
             }
@@ -245,7 +290,14 @@ impl Assembler {
                         if let Some(stack) = self.serving.get_mut(&(pid, call.tid)) {
                             stack.retain(|(ctx, _)| *ctx != call.context);
                         }
-                        self.finish_call(pid, SpanKind::Server, call, ts_ns, reply.status, reply.body);
+                        self.finish_call(
+                            pid,
+                            SpanKind::Server,
+                            call,
+                            ts_ns,
+                            reply.status,
+                            reply.body,
+                        );
                     }
                     None => self.stats.orphan_replies += 1,
                 }
@@ -254,7 +306,10 @@ impl Assembler {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one parsed GIOP request"
+    )]
     fn on_client_request(
         &mut self,
         pid: u32,
@@ -268,12 +323,20 @@ impl Assembler {
         response_expected: bool,
         bytes: &[u8],
     ) {
-        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).cloned();
+        let serving = self
+            .serving
+            .get(&(pid, tid))
+            .and_then(|stack| stack.last())
+            .cloned();
         let (parent, device_key) = match serving {
             Some((ctx, key)) => (Some(ctx), Some(key)),
             None => (None, None),
         };
-        let suppressed = match request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()) {
+        let suppressed = match request
+            .client_ident
+            .as_ref()
+            .and_then(|c| c.trace_parent.as_deref())
+        {
             Some(tp) if !tp.is_empty() => {
                 self.native_clients.insert(pid, ());
                 true
@@ -281,7 +344,9 @@ impl Assembler {
             _ => false,
         };
         let context = SpanContextLite {
-            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            trace_id: parent
+                .map(|p| p.trace_id)
+                .unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
         if !suppressed {
@@ -305,11 +370,21 @@ impl Assembler {
         if response_expected {
             self.client_calls.insert((pid, fd, request_id), call);
         } else {
-            self.finish_call(pid, SpanKind::Client, call, ts_ns, ReplyStatus::NoException, CdrReader::new(&[], true, 0));
+            self.finish_call(
+                pid,
+                SpanKind::Client,
+                call,
+                ts_ns,
+                ReplyStatus::NoException,
+                CdrReader::new(&[], true, 0),
+            );
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fields of one parsed GIOP request"
+    )]
     fn on_server_request(
         &mut self,
         pid: u32,
@@ -339,10 +414,15 @@ impl Assembler {
             .and_then(|c| c.trace_state.clone())
             .unwrap_or_default();
         let context = SpanContextLite {
-            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            trace_id: parent
+                .map(|p| p.trace_id)
+                .unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
-        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
+        self.serving
+            .entry((pid, tid))
+            .or_default()
+            .push((context, object_key.to_vec()));
         let call = PendingCall {
             fd,
             tid,
@@ -363,7 +443,14 @@ impl Assembler {
             if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
                 stack.retain(|(ctx, _)| *ctx != context);
             }
-            self.finish_call(pid, SpanKind::Server, call, ts_ns, ReplyStatus::NoException, CdrReader::new(&[], true, 0));
+            self.finish_call(
+                pid,
+                SpanKind::Server,
+                call,
+                ts_ns,
+                ReplyStatus::NoException,
+                CdrReader::new(&[], true, 0),
+            );
         }
     }
 
@@ -384,7 +471,15 @@ impl Assembler {
         None
     }
 
-    fn finish_call(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end_ns: u64, status: ReplyStatus, body: CdrReader<'_>) {
+    fn finish_call(
+        &mut self,
+        pid: u32,
+        kind: SpanKind,
+        call: PendingCall,
+        end_ns: u64,
+        status: ReplyStatus,
+        body: CdrReader<'_>,
+    ) {
         // Replies are parsed for what users see: Tango errors, device facts from `info`.
         let mut exception = None;
         let mut error = None;
@@ -394,7 +489,10 @@ impl Assembler {
                     if let Ok(info) = tango::parse_info_reply(&call.operation, body) {
                         self.devices.insert(
                             call.object_key.clone(),
-                            DeviceFacts { dev_class: info.dev_class, server_id: info.server_id },
+                            DeviceFacts {
+                                dev_class: info.dev_class,
+                                server_id: info.server_id,
+                            },
                         );
                     }
                 }
@@ -405,7 +503,9 @@ impl Assembler {
                         ts_ns: end_ns,
                         exception_type: "Tango::DevFailed".to_string(),
                         message: match user.errors.first() {
-                            Some(e) => format!("REASON:{};DESC:{};ORIGIN:{}", e.reason, e.desc, e.origin),
+                            Some(e) => {
+                                format!("REASON:{};DESC:{};ORIGIN:{}", e.reason, e.desc, e.origin)
+                            }
                             None => "REASON:unknown;DESC:unknown;ORIGIN:unknown".to_string(),
                         },
                     },
@@ -423,31 +523,50 @@ impl Assembler {
                 exception = Some(ExceptionEvent {
                     ts_ns: end_ns,
                     exception_type: "Tango::DevFailed".to_string(),
-                    message: format!("REASON:API_CorbaException;DESC:{desc};ORIGIN:{}", call.operation),
+                    message: format!(
+                        "REASON:API_CorbaException;DESC:{desc};ORIGIN:{}",
+                        call.operation
+                    ),
                 });
             }
-            ReplyStatus::LocationForward | ReplyStatus::LocationForwardPerm | ReplyStatus::NeedsAddressingMode | ReplyStatus::Unknown(_) => {
+            ReplyStatus::LocationForward
+            | ReplyStatus::LocationForwardPerm
+            | ReplyStatus::NeedsAddressingMode
+            | ReplyStatus::Unknown(_) => {
                 error = Some(format!("GIOP reply status {status:?}"));
             }
         }
         self.emit(pid, kind, call, end_ns, exception, error);
     }
 
-    fn emit(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end_ns: u64, exception: Option<ExceptionEvent>, error: Option<String>) {
+    fn emit(
+        &mut self,
+        pid: u32,
+        kind: SpanKind,
+        call: PendingCall,
+        end_ns: u64,
+        exception: Option<ExceptionEvent>,
+        error: Option<String>,
+    ) {
         if call.suppressed || (kind == SpanKind::Client && self.native_clients.contains_key(&pid)) {
             return;
         }
         let operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
-        let (name, mut attributes) = match kind {
-            SpanKind::Server => server_span(&call, &operation),
-            _ => client_span(&call, &operation),
+        let is_server = kind == SpanKind::Server;
+        let (name, mut attributes) = if is_server {
+            server_span(&call, &operation)
+        } else {
+            client_span(&call, &operation)
         };
-        if kind == SpanKind::Server {
+        if is_server {
             if let Some(ident) = &call.request.client_ident {
                 attributes.extend(client_ident_attributes(ident));
             }
             if let Some(location) = self.locations.get(&(pid, call.fd)) {
-                attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
+                attributes.push(KeyValue::new(
+                    "tango.client_ident.location",
+                    location.clone(),
+                ));
             }
         }
         self.stats.spans += 1;
@@ -464,7 +583,7 @@ impl Assembler {
             exception,
             error,
             pid,
-            target_key: (kind != SpanKind::Server).then(|| call.object_key.clone()),
+            target_key: (!is_server).then(|| call.object_key.clone()),
             device_key: call.device_key,
             operation: operation.class,
         });
@@ -474,12 +593,20 @@ impl Assembler {
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
         self.connections.remove(&(pid, fd));
         self.locations.remove(&(pid, fd));
-        self.fail_pending(|&(p, f, _)| p == pid && f == fd, ts_ns, "connection closed before the reply");
+        self.fail_pending(
+            |&(p, f, _)| p == pid && f == fd,
+            ts_ns,
+            "connection closed before the reply",
+        );
     }
 
     /// A process ended: everything it had in flight ends in error and its state is freed.
     fn on_exit(&mut self, pid: u32, ts_ns: u64) {
-        self.fail_pending(|&(p, _, _)| p == pid, ts_ns, "process exited before the reply");
+        self.fail_pending(
+            |&(p, _, _)| p == pid,
+            ts_ns,
+            "process exited before the reply",
+        );
         self.connections.retain(|&(p, _), _| p != pid);
         self.locations.retain(|&(p, _), _| p != pid);
         self.serving.retain(|&(p, _), _| p != pid);
@@ -488,19 +615,43 @@ impl Assembler {
     }
 
     fn fail_pending(&mut self, matches: impl Fn(&(u32, i32, u32)) -> bool, ts_ns: u64, why: &str) {
-        let client_keys: Vec<_> = self.client_calls.keys().filter(|k| matches(k)).copied().collect();
+        let client_keys: Vec<_> = self
+            .client_calls
+            .keys()
+            .filter(|k| matches(k))
+            .copied()
+            .collect();
         for key in client_keys {
             if let Some(call) = self.client_calls.remove(&key) {
-                self.emit(key.0, SpanKind::Client, call, ts_ns, None, Some(why.to_string()));
+                self.emit(
+                    key.0,
+                    SpanKind::Client,
+                    call,
+                    ts_ns,
+                    None,
+                    Some(why.to_string()),
+                );
             }
         }
-        let server_keys: Vec<_> = self.server_calls.keys().filter(|k| matches(k)).copied().collect();
+        let server_keys: Vec<_> = self
+            .server_calls
+            .keys()
+            .filter(|k| matches(k))
+            .copied()
+            .collect();
         for key in server_keys {
             if let Some(call) = self.server_calls.remove(&key) {
                 if let Some(stack) = self.serving.get_mut(&(key.0, call.tid)) {
                     stack.retain(|(ctx, _)| *ctx != call.context);
                 }
-                self.emit(key.0, SpanKind::Server, call, ts_ns, None, Some(why.to_string()));
+                self.emit(
+                    key.0,
+                    SpanKind::Server,
+                    call,
+                    ts_ns,
+                    None,
+                    Some(why.to_string()),
+                );
             }
         }
     }
@@ -537,7 +688,8 @@ pub fn parse_traceparent(text: &str) -> Option<SpanContextLite> {
     }
     let trace_id = TraceId::from_hex(trace).ok()?;
     let span_id = SpanId::from_hex(span).ok()?;
-    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(SpanContextLite { trace_id, span_id })
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
+        .then_some(SpanContextLite { trace_id, span_id })
 }
 
 fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
@@ -552,10 +704,16 @@ fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
     }
     attributes.push(KeyValue::new("tango.client_ident.lang", lang));
     if let Some(class) = &ident.java_main_class {
-        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
+        attributes.push(KeyValue::new(
+            "tango.client_ident.java_class",
+            class.clone(),
+        ));
     }
     if let Some(uuid) = ident.java_uuid {
-        attributes.push(KeyValue::new("tango.client_ident.java_ident", format!("{:016x}{:016x}", uuid[0], uuid[1])));
+        attributes.push(KeyValue::new(
+            "tango.client_ident.java_ident",
+            format!("{:016x}{:016x}", uuid[0], uuid[1]),
+        ));
     }
     attributes
 }

@@ -76,26 +76,53 @@ impl Probes {
                 .program_mut(program)
                 .ok_or(ProbeError::Missing(program))?
                 .try_into()
-                .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+                .map_err(|source| ProbeError::Attach {
+                    program,
+                    category,
+                    name,
+                    source,
+                })?;
             tp.load()
                 .and_then(|()| tp.attach(category, name).map(|_| ()))
-                .map_err(|source| ProbeError::Attach { program, category, name, source })?;
+                .map_err(|source| ProbeError::Attach {
+                    program,
+                    category,
+                    name,
+                    source,
+                })?;
             debug!("attached {program} to tracepoint {category}:{name}");
         }
-        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
-        let targets =
-            HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
-        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(ProbeError::Missing("EVENTS"))?,
+        )?;
+        let targets = HashMap::try_from(
+            ebpf.take_map("TARGETS")
+                .ok_or(ProbeError::Missing("TARGETS"))?,
+        )?;
+        let lost =
+            PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
         info!(
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        Ok((Self { _ebpf: ebpf, targets, lost, capture_len }, events))
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                targets,
+                lost,
+                capture_len,
+            },
+            events,
+        ))
     }
 
     /// Makes `pid` a target (idempotent).
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
+        let config = TargetConfig {
+            capture_len: self.capture_len,
+            flags: 0,
+        };
         self.targets.insert(&pid, &config, 0)?;
         Ok(())
     }
@@ -131,6 +158,8 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     if status.success() && events.exists() {
         Ok(())
     } else {
-        Err(ProbeError::Tracefs(std::io::Error::other("mount -t tracefs failed")))
+        Err(ProbeError::Tracefs(std::io::Error::other(
+            "mount -t tracefs failed",
+        )))
     }
 }

@@ -23,11 +23,28 @@ pub enum Record {
         #[serde(with = "hex_bytes")]
         bytes: Vec<u8>,
     },
-    Close { pid: u32, fd: i32, ts_ns: u64 },
-    LibOpened { pid: u32, ts_ns: u64 },
-    Exit { pid: u32, ts_ns: u64 },
-    Exec { pid: u32, ts_ns: u64 },
-    Fork { pid: u32, child: u32, ts_ns: u64 },
+    Close {
+        pid: u32,
+        fd: i32,
+        ts_ns: u64,
+    },
+    LibOpened {
+        pid: u32,
+        ts_ns: u64,
+    },
+    Exit {
+        pid: u32,
+        ts_ns: u64,
+    },
+    Exec {
+        pid: u32,
+        ts_ns: u64,
+    },
+    Fork {
+        pid: u32,
+        child: u32,
+        ts_ns: u64,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -68,7 +85,11 @@ impl Record {
                     tid,
                     fd,
                     ts_ns,
-                    direction: if dir == direction::SEND { Direction::Send } else { Direction::Recv },
+                    direction: if dir == direction::SEND {
+                        Direction::Send
+                    } else {
+                        Direction::Recv
+                    },
                     total_len,
                     bytes: raw[DATA_RECORD_HEADER_LEN..end].to_vec(),
                 }
@@ -77,7 +98,11 @@ impl Record {
             kind::LIB_OPENED => Record::LibOpened { pid, ts_ns },
             kind::EXIT => Record::Exit { pid, ts_ns },
             kind::EXEC => Record::Exec { pid, ts_ns },
-            kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
+            kind::FORK => Record::Fork {
+                pid,
+                child: fd as u32,
+                ts_ns,
+            },
             other => return Err(RecordError::UnknownKind(other)),
         })
     }

@@ -1,0 +1,34 @@
+//! `cargo xtask test`: every test, unit and integration (the latter need root and eBPF).
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(options: Options) -> anyhow::Result<()> {
+    crate::bootstrap(true)?;
+    crate::sh(
+        "cargo",
+        &[
+            "build",
+            "--package",
+            "tango-tracer",
+            "--package",
+            "integration-tests",
+        ],
+        &[],
+    )?;
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--no-fail-fast",
+    ];
+    args.extend(options.args.iter().map(String::as_str));
+    // Integration tests start real servers and the daemon: one at a time keeps them clear.
+    args.extend(["--", "--test-threads=1"]);
+    crate::sh("cargo", &args, &[])
+}
