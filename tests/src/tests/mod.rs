@@ -1,3 +1,4 @@
 //! The integration tests, one module per feature.
 
 mod export;
+mod pytango;
