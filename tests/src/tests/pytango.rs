@@ -94,7 +94,21 @@ fn assert_pair<'a>(
     client_pid: i64,
     server_pid: i64,
 ) -> (&'a SpanJson, &'a SpanJson) {
-    let client = find(spans, client_name, argument, "CLIENT");
+    let client = spans
+        .iter()
+        .find(|s| {
+            s.name == client_name
+                && s.kind == "CLIENT"
+                && s.resource.get_i64("tango.process.id") == Some(client_pid)
+                && argument
+                    .is_none_or(|a| s.attributes.get_str("tango.operation.argument") == Some(a))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no CLIENT span {client_name} ({argument:?}) of pid {client_pid} in\n{}",
+                render_trees(spans)
+            )
+        });
     assert_eq!(
         client.parent_span_id, "",
         "a client call of a plain client is a root span"
