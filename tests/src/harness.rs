@@ -15,10 +15,7 @@ use std::{
 pub const MARKER: &str = "TANGO_TRACER_TEST";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// The Python of the venv holding PyTango (set up by the bootstrap script).
@@ -36,26 +33,17 @@ pub fn script(name: &str) -> PathBuf {
 
 /// The daemon binary (built before the tests run).
 pub fn tracer_binary() -> PathBuf {
-    std::env::var_os("TANGO_TRACER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let release = workspace_root().join("target/release/tango-tracer");
-            if release.exists() {
-                release
-            } else {
-                workspace_root().join("target/debug/tango-tracer")
-            }
-        })
+    std::env::var_os("TANGO_TRACER_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let release = workspace_root().join("target/release/tango-tracer");
+        if release.exists() { release } else { workspace_root().join("target/debug/tango-tracer") }
+    })
 }
 
 /// Fails loudly unless the tests can load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests load eBPF programs and must run as root"
-    );
+    assert_eq!(euid, 0, "these tests load eBPF programs and must run as root");
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
@@ -69,11 +57,7 @@ pub fn free_port() -> u16 {
 /// A unique marker value for this test.
 pub fn unique_marker(test: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{test}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{test}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A child process stopped by PID when dropped (SIGTERM, then SIGKILL).
@@ -120,17 +104,11 @@ pub fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) {
             return;
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!(
-                "{} exited ({status}) before listening on port {port}",
-                proc.name
-            );
+            panic!("{} exited ({status}) before listening on port {port}", proc.name);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!(
-        "{} did not listen on port {port} within {timeout:?}",
-        proc.name
-    );
+    panic!("{} did not listen on port {port} within {timeout:?}", proc.name);
 }
 
 /// A PyTango `Demo` device server without database (tests/python/demo_server.py).
@@ -153,10 +131,7 @@ impl DemoServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting demo_server.py");
-        let mut proc = Proc {
-            child,
-            name: format!("demo server {instance}"),
-        };
+        let mut proc = Proc { child, name: format!("demo server {instance}") };
         wait_for_port(port, &mut proc, Duration::from_secs(30));
         DemoServer { proc, port }
     }
@@ -170,10 +145,7 @@ impl DemoServer {
 /// Runs `demo_client.py` to completion with extra environment; returns its JSON output.
 pub fn run_client(marker: &str, args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let mut command = Command::new(python());
-    command
-        .arg(script("demo_client.py"))
-        .args(args)
-        .env(MARKER, marker);
+    command.arg(script("demo_client.py")).args(args).env(MARKER, marker);
     for (name, value) in env {
         command.env(name, value);
     }
@@ -215,10 +187,7 @@ impl TracerDaemon {
             .arg("200ms")
             .args(args)
             .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::inherit())
@@ -226,22 +195,14 @@ impl TracerDaemon {
         for (name, value) in env {
             command.env(name, value);
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
-        let mut proc = Proc {
-            child,
-            name: "tango-tracer".into(),
-        };
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
+        let mut proc = Proc { child, name: "tango-tracer".into() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 panic!("tango-tracer exited ({status}) before it was ready");
             }
-            assert!(
-                Instant::now() < deadline,
-                "tango-tracer was not ready within 60 s"
-            );
+            assert!(Instant::now() < deadline, "tango-tracer was not ready within 60 s");
             std::thread::sleep(Duration::from_millis(50));
         }
         TracerDaemon { proc, dir }

@@ -111,11 +111,7 @@ pub struct ReceiverOptions {
 impl Default for ReceiverOptions {
     fn default() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        ReceiverOptions {
-            http: any,
-            grpc: any,
-            out: None,
-        }
+        ReceiverOptions { http: any, grpc: any, out: None }
     }
 }
 
@@ -149,10 +145,8 @@ impl Shared {
 
     /// Whether this request is to be refused (see [`OtlpReceiver::fail_next`]).
     fn take_failure(&self) -> bool {
-        let refuse = self
-            .fail_next
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let refuse =
+            self.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
         if refuse {
             self.lock().refused += 1;
         }
@@ -174,12 +168,8 @@ impl Shared {
                 eprintln!("otlp-receiver: cannot write spans: {err}");
             }
         }
-        let info = RequestInfo {
-            protocol,
-            resource_spans: request.resource_spans.len(),
-            spans: spans.len(),
-            gzip,
-        };
+        let info =
+            RequestInfo { protocol, resource_spans: request.resource_spans.len(), spans: spans.len(), gzip };
         let mut state = self.lock();
         state.requests.push(info);
         state.spans.extend(spans);
@@ -224,10 +214,7 @@ impl OtlpReceiver {
             }
             None => None,
         };
-        let shared = Arc::new(Shared {
-            out,
-            ..Shared::default()
-        });
+        let shared = Arc::new(Shared { out, ..Shared::default() });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -235,19 +222,11 @@ impl OtlpReceiver {
             .build()?;
         let (stop, stopped) = oneshot::channel();
         let serving = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("otlp-receiver".into())
-            .spawn(move || {
-                runtime.block_on(serve(http, grpc, serving, stopped));
-                // Dropping the runtime here closes the listeners and every open connection.
-            })?;
-        Ok(OtlpReceiver {
-            http_addr,
-            grpc_addr,
-            shared,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name("otlp-receiver".into()).spawn(move || {
+            runtime.block_on(serve(http, grpc, serving, stopped));
+            // Dropping the runtime here closes the listeners and every open connection.
+        })?;
+        Ok(OtlpReceiver { http_addr, grpc_addr, shared, stop: Some(stop), thread: Some(thread) })
     }
 
     /// The OTLP/HTTP traces URL, `http://127.0.0.1:PORT/v1/traces`.
@@ -282,12 +261,7 @@ impl OtlpReceiver {
 
     /// How many export requests were accepted over `protocol`.
     pub fn requests_by(&self, protocol: Protocol) -> usize {
-        self.shared
-            .lock()
-            .requests
-            .iter()
-            .filter(|r| r.protocol == protocol)
-            .count()
+        self.shared.lock().requests.iter().filter(|r| r.protocol == protocol).count()
     }
 
     /// Every accepted request, in arrival order.
@@ -297,12 +271,7 @@ impl OtlpReceiver {
 
     /// The number of `resource_spans` of each accepted request, in arrival order.
     pub fn resource_spans_per_request(&self) -> Vec<usize> {
-        self.shared
-            .lock()
-            .requests
-            .iter()
-            .map(|r| r.resource_spans)
-            .collect()
+        self.shared.lock().requests.iter().map(|r| r.resource_spans).collect()
     }
 
     /// Refuses the next `n` export requests (HTTP 503, gRPC `UNAVAILABLE`: both retryable), as a
@@ -328,11 +297,7 @@ impl OtlpReceiver {
     ///
     /// # Panics
     /// On timeout, with every span received drawn as trees.
-    pub async fn wait_for(
-        &self,
-        done: impl Fn(&[SpanJson]) -> bool,
-        timeout: Duration,
-    ) -> Vec<SpanJson> {
+    pub async fn wait_for(&self, done: impl Fn(&[SpanJson]) -> bool, timeout: Duration) -> Vec<SpanJson> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(spans) = self.check(&done, deadline, timeout) {
@@ -346,11 +311,7 @@ impl OtlpReceiver {
     ///
     /// # Panics
     /// On timeout, with every span received drawn as trees.
-    pub fn wait_for_blocking(
-        &self,
-        done: impl Fn(&[SpanJson]) -> bool,
-        timeout: Duration,
-    ) -> Vec<SpanJson> {
+    pub fn wait_for_blocking(&self, done: impl Fn(&[SpanJson]) -> bool, timeout: Duration) -> Vec<SpanJson> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(spans) = self.check(&done, deadline, timeout) {
@@ -404,32 +365,21 @@ impl Drop for OtlpReceiver {
     }
 }
 
-async fn serve(
-    http: TcpListener,
-    grpc: TcpListener,
-    shared: Arc<Shared>,
-    stopped: oneshot::Receiver<()>,
-) {
-    let (http, grpc) = match (
-        tokio::net::TcpListener::from_std(http),
-        tokio::net::TcpListener::from_std(grpc),
-    ) {
-        (Ok(http), Ok(grpc)) => (http, grpc),
-        (Err(err), _) | (_, Err(err)) => {
-            eprintln!("otlp-receiver: cannot listen: {err}");
-            return;
-        }
-    };
-    let grpc_service = TraceServiceServer::new(GrpcReceiver {
-        shared: shared.clone(),
-    })
-    .accept_compressed(CompressionEncoding::Gzip)
-    .send_compressed(CompressionEncoding::Gzip)
-    .max_decoding_message_size(MAX_MESSAGE_SIZE);
-    let grpc_server = tonic::transport::Server::builder().serve_with_incoming(
-        grpc_service,
-        tonic::transport::server::TcpIncoming::from(grpc),
-    );
+async fn serve(http: TcpListener, grpc: TcpListener, shared: Arc<Shared>, stopped: oneshot::Receiver<()>) {
+    let (http, grpc) =
+        match (tokio::net::TcpListener::from_std(http), tokio::net::TcpListener::from_std(grpc)) {
+            (Ok(http), Ok(grpc)) => (http, grpc),
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("otlp-receiver: cannot listen: {err}");
+                return;
+            }
+        };
+    let grpc_service = TraceServiceServer::new(GrpcReceiver { shared: shared.clone() })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let grpc_server = tonic::transport::Server::builder()
+        .serve_with_incoming(grpc_service, tonic::transport::server::TcpIncoming::from(grpc));
     tokio::select! {
         _ = stopped => {}
         () = serve_http(http, shared) => {}
@@ -467,18 +417,10 @@ async fn handle_http(
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path() != "/v1/traces" {
-        return Ok(reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "only /v1/traces is served",
-        ));
+        return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces is served"));
     }
     if request.method() != Method::POST {
-        return Ok(reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "POST only",
-        ));
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only"));
     }
     let header = |name: &str| {
         request
@@ -493,28 +435,16 @@ async fn handle_http(
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(err) => {
-            return Ok(reply(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                err.to_string(),
-            ));
+            return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", err.to_string()));
         }
     };
     if shared.take_failure() {
-        return Ok(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "refused for the test",
-        ));
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "refused for the test"));
     }
     let body = if gzip {
         let mut raw = Vec::new();
         if let Err(err) = flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut raw) {
-            return Ok(reply(
-                StatusCode::BAD_REQUEST,
-                "text/plain",
-                format!("bad gzip: {err}"),
-            ));
+            return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", format!("bad gzip: {err}")));
         }
         Bytes::from(raw)
     } else {
@@ -539,9 +469,7 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
-        response
-            .headers_mut()
-            .insert(hyper::header::CONTENT_TYPE, value);
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
     }
     response
 }

@@ -11,16 +11,15 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
     },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, StreamKey,
-    TargetConfig, direction, kind,
+    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, StreamKey, TargetConfig,
+    direction, kind,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below.
@@ -152,14 +151,7 @@ fn try_recvfrom_exit(ctx: &TracePointContext) -> Result<(), ()> {
 /// Copies the first bytes of a send/receive into the ring buffer when they start a GIOP message
 /// or continue one that an earlier syscall began.
 #[inline(always)]
-fn emit_data(
-    pid_tgid: u64,
-    fd: i32,
-    buf: u64,
-    len: u64,
-    dir: u8,
-    capture_len: u32,
-) -> Result<(), ()> {
+fn emit_data(pid_tgid: u64, fd: i32, buf: u64, len: u64, dir: u8, capture_len: u32) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
     let key = StreamKey { pid, fd, direction: dir as u32 };
     // SAFETY: a map lookup; the value is copied out.
@@ -214,8 +206,7 @@ fn emit_data(
     record.captured_len = captured as u32;
     if captured > 0 {
         // SAFETY: reading user memory the syscall itself reads or wrote.
-        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut record.data[..captured]) }
-            .map_err(|_| ())?;
+        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut record.data[..captured]) }.map_err(|_| ())?;
     }
     let size = DATA_RECORD_HEADER_LEN + captured;
     // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
@@ -303,8 +294,7 @@ fn try_openat_enter(ctx: &TracePointContext) -> Result<(), ()> {
     let filename = unsafe { ctx.read_at::<u64>(ARG1) }.map_err(|_| ())?;
     let mut path = [0u8; PATH_MAX_SCAN];
     // SAFETY: reading the path string the syscall itself reads.
-    let path = unsafe { bpf_probe_read_user_str_bytes(filename as *const u8, &mut path) }
-        .map_err(|_| ())?;
+    let path = unsafe { bpf_probe_read_user_str_bytes(filename as *const u8, &mut path) }.map_err(|_| ())?;
     if !contains(path, OMNIORB) {
         return Ok(());
     }

@@ -29,11 +29,7 @@ pub enum ConsoleError {
 
 /// Formats one span as one line, without the newline.
 pub(crate) fn format_line(span: &SpanJson) -> String {
-    let parent = if span.parent_span_id.is_empty() {
-        "-"
-    } else {
-        span.parent_span_id.as_str()
-    };
+    let parent = if span.parent_span_id.is_empty() { "-" } else { span.parent_span_id.as_str() };
     let process = |key| span.resource.get(key).map(value_text).unwrap_or_default();
     let mut line = format!(
         "{} {} trace={} span={} parent={} dur={}us svc={} {}:{}",
@@ -81,17 +77,11 @@ impl ConsoleWriter {
             ConsoleStream::Stdout => write_all(tokio::io::stdout(), text.as_bytes()).await,
             ConsoleStream::Stderr => write_all(tokio::io::stderr(), text.as_bytes()).await,
         };
-        result.map_err(|source| ConsoleError::Write {
-            stream: self.stream,
-            source,
-        })
+        result.map_err(|source| ConsoleError::Write { stream: self.stream, source })
     }
 }
 
-async fn write_all(
-    mut stream: impl tokio::io::AsyncWrite + Unpin,
-    bytes: &[u8],
-) -> std::io::Result<()> {
+async fn write_all(mut stream: impl tokio::io::AsyncWrite + Unpin, bytes: &[u8]) -> std::io::Result<()> {
     stream.write_all(bytes).await?;
     stream.flush().await
 }

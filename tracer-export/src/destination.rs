@@ -142,14 +142,10 @@ impl Destination {
                 if endpoint.is_empty() {
                     Err(DestinationError::MissingStorePath)
                 } else {
-                    Ok(Destination::Store {
-                        path: PathBuf::from(endpoint),
-                    })
+                    Ok(Destination::Store { path: PathBuf::from(endpoint) })
                 }
             }
-            _ => Err(DestinationError::UnknownExporter {
-                exporter: exporter.to_owned(),
-            }),
+            _ => Err(DestinationError::UnknownExporter { exporter: exporter.to_owned() }),
         }
     }
 }
@@ -159,12 +155,8 @@ impl fmt::Display for Destination {
         match self {
             Destination::OtlpHttp { endpoint } => write!(f, "OTLP/HTTP {endpoint}"),
             Destination::OtlpGrpc { endpoint } => write!(f, "OTLP/gRPC {endpoint}"),
-            Destination::Console {
-                stream: ConsoleStream::Stdout,
-            } => f.write_str("console (stdout)"),
-            Destination::Console {
-                stream: ConsoleStream::Stderr,
-            } => f.write_str("console (stderr)"),
+            Destination::Console { stream: ConsoleStream::Stdout } => f.write_str("console (stdout)"),
+            Destination::Console { stream: ConsoleStream::Stderr } => f.write_str("console (stderr)"),
             Destination::Store { path } => write!(f, "store {}", path.display()),
         }
     }
@@ -175,9 +167,7 @@ impl fmt::Display for Destination {
 /// signal-specific variable).
 fn http_destination(endpoint: &str, default_path: bool) -> Result<Destination, DestinationError> {
     if endpoint.is_empty() {
-        return Ok(Destination::OtlpHttp {
-            endpoint: DEFAULT_HTTP_ENDPOINT.to_owned(),
-        });
+        return Ok(Destination::OtlpHttp { endpoint: DEFAULT_HTTP_ENDPOINT.to_owned() });
     }
     let mut url = parse_url("http", endpoint)?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -189,24 +179,17 @@ fn http_destination(endpoint: &str, default_path: bool) -> Result<Destination, D
         });
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(DestinationError::MissingHost {
-            exporter: "http",
-            endpoint: endpoint.to_owned(),
-        });
+        return Err(DestinationError::MissingHost { exporter: "http", endpoint: endpoint.to_owned() });
     }
     if default_path && matches!(url.path(), "" | "/") {
         url.set_path(TRACES_PATH);
     }
-    Ok(Destination::OtlpHttp {
-        endpoint: url.to_string(),
-    })
+    Ok(Destination::OtlpHttp { endpoint: url.to_string() })
 }
 
 fn grpc_destination(endpoint: &str) -> Result<Destination, DestinationError> {
     if endpoint.is_empty() {
-        return Ok(Destination::OtlpGrpc {
-            endpoint: DEFAULT_GRPC_ENDPOINT.to_owned(),
-        });
+        return Ok(Destination::OtlpGrpc { endpoint: DEFAULT_GRPC_ENDPOINT.to_owned() });
     }
     let url = parse_url("grpc", endpoint)?;
     let scheme = match url.scheme() {
@@ -222,21 +205,14 @@ fn grpc_destination(endpoint: &str) -> Result<Destination, DestinationError> {
         }
     };
     let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
-        return Err(DestinationError::MissingHost {
-            exporter: "grpc",
-            endpoint: endpoint.to_owned(),
-        });
+        return Err(DestinationError::MissingHost { exporter: "grpc", endpoint: endpoint.to_owned() });
     };
     if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-        return Err(DestinationError::GrpcPath {
-            endpoint: endpoint.to_owned(),
-        });
+        return Err(DestinationError::GrpcPath { endpoint: endpoint.to_owned() });
     }
     // `grpc` is no scheme the URL parser knows a default port for; http(s) keep theirs.
     let port = url.port_or_known_default().unwrap_or(DEFAULT_GRPC_PORT);
-    Ok(Destination::OtlpGrpc {
-        endpoint: format!("{scheme}://{host}:{port}"),
-    })
+    Ok(Destination::OtlpGrpc { endpoint: format!("{scheme}://{host}:{port}") })
 }
 
 fn console_destination(endpoint: &str) -> Result<Destination, DestinationError> {
@@ -244,9 +220,7 @@ fn console_destination(endpoint: &str) -> Result<Destination, DestinationError> 
         "" | "cout" | "stdout" => ConsoleStream::Stdout,
         "cerr" | "stderr" => ConsoleStream::Stderr,
         _ => {
-            return Err(DestinationError::UnknownConsoleStream {
-                endpoint: endpoint.to_owned(),
-            });
+            return Err(DestinationError::UnknownConsoleStream { endpoint: endpoint.to_owned() });
         }
     };
     Ok(Destination::Console { stream })
@@ -277,11 +251,7 @@ pub fn destinations_from_otel_env(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<Vec<Destination>>, DestinationError> {
     // An empty variable counts as unset, as in the SDKs.
-    let var = |name: &str| {
-        env(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    };
+    let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
 
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(Some(Vec::new()));
@@ -295,21 +265,13 @@ pub fn destinations_from_otel_env(
 
     let mut destinations: Vec<Destination> = Vec::new();
     let exporters = exporters.unwrap_or_else(|| "otlp".to_owned());
-    for name in exporters
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-    {
+    for name in exporters.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let destination = match name.to_ascii_lowercase().as_str() {
             "none" => return Ok(Some(Vec::new())),
-            "console" | "logging" => Destination::Console {
-                stream: ConsoleStream::Stdout,
-            },
+            "console" | "logging" => Destination::Console { stream: ConsoleStream::Stdout },
             "otlp" => otlp_from_env(&var, traces_endpoint.as_deref(), base_endpoint.as_deref())?,
             _ => {
-                return Err(DestinationError::UnknownTracesExporter {
-                    value: name.to_owned(),
-                });
+                return Err(DestinationError::UnknownTracesExporter { value: name.to_owned() });
             }
         };
         if !destinations.contains(&destination) {
@@ -326,10 +288,7 @@ fn otlp_from_env(
 ) -> Result<Destination, DestinationError> {
     let (variable, protocol) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
         Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
-        None => (
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            var("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ),
+        None => ("OTEL_EXPORTER_OTLP_PROTOCOL", var("OTEL_EXPORTER_OTLP_PROTOCOL")),
     };
     let grpc = match protocol.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("http/protobuf") => false,
@@ -362,44 +321,27 @@ mod tests {
     use super::*;
 
     fn http(endpoint: &str) -> Destination {
-        Destination::OtlpHttp {
-            endpoint: endpoint.to_owned(),
-        }
+        Destination::OtlpHttp { endpoint: endpoint.to_owned() }
     }
 
     fn grpc(endpoint: &str) -> Destination {
-        Destination::OtlpGrpc {
-            endpoint: endpoint.to_owned(),
-        }
+        Destination::OtlpGrpc { endpoint: endpoint.to_owned() }
     }
 
     #[test]
     fn parses_tango_http_endpoints() {
         let cases = [
-            (
-                "http://127.0.0.1:4318/v1/traces",
-                "http://127.0.0.1:4318/v1/traces",
-            ),
+            ("http://127.0.0.1:4318/v1/traces", "http://127.0.0.1:4318/v1/traces"),
             ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
             ("http://127.0.0.1:4318/", "http://127.0.0.1:4318/v1/traces"),
-            (
-                "https://collector.example:443/custom/path",
-                "https://collector.example/custom/path",
-            ),
+            ("https://collector.example:443/custom/path", "https://collector.example/custom/path"),
             ("http://[::1]:4318", "http://[::1]:4318/v1/traces"),
             ("", DEFAULT_HTTP_ENDPOINT),
         ];
         for (endpoint, expected) in cases {
-            assert_eq!(
-                Destination::parse("http", endpoint).unwrap(),
-                http(expected),
-                "{endpoint}"
-            );
+            assert_eq!(Destination::parse("http", endpoint).unwrap(), http(expected), "{endpoint}");
         }
-        assert_eq!(
-            Destination::parse(" HTTP ", "http://h:1").unwrap(),
-            http("http://h:1/v1/traces")
-        );
+        assert_eq!(Destination::parse(" HTTP ", "http://h:1").unwrap(), http("http://h:1/v1/traces"));
     }
 
     #[test]
@@ -409,65 +351,36 @@ mod tests {
             ("http://127.0.0.1:4317", "http://127.0.0.1:4317"),
             ("http://127.0.0.1:4317/", "http://127.0.0.1:4317"),
             ("grpc://collector", "http://collector:4317"),
-            (
-                "https://collector.example:4317",
-                "https://collector.example:4317",
-            ),
-            (
-                "grpcs://collector.example:4317",
-                "https://collector.example:4317",
-            ),
+            ("https://collector.example:4317", "https://collector.example:4317"),
+            ("grpcs://collector.example:4317", "https://collector.example:4317"),
             ("grpc://[::1]:4317", "http://[::1]:4317"),
             ("", DEFAULT_GRPC_ENDPOINT),
         ];
         for (endpoint, expected) in cases {
-            assert_eq!(
-                Destination::parse("grpc", endpoint).unwrap(),
-                grpc(expected),
-                "{endpoint}"
-            );
+            assert_eq!(Destination::parse("grpc", endpoint).unwrap(), grpc(expected), "{endpoint}");
         }
     }
 
     #[test]
     fn parses_console_and_store() {
-        let out = Destination::Console {
-            stream: ConsoleStream::Stdout,
-        };
-        let err = Destination::Console {
-            stream: ConsoleStream::Stderr,
-        };
-        for (endpoint, expected) in [
-            ("cout", &out),
-            ("stdout", &out),
-            ("", &out),
-            ("cerr", &err),
-            ("STDERR", &err),
-        ] {
+        let out = Destination::Console { stream: ConsoleStream::Stdout };
+        let err = Destination::Console { stream: ConsoleStream::Stderr };
+        for (endpoint, expected) in
+            [("cout", &out), ("stdout", &out), ("", &out), ("cerr", &err), ("STDERR", &err)]
+        {
             assert_eq!(&Destination::parse("console", endpoint).unwrap(), expected);
         }
         assert_eq!(
             Destination::parse("store", "spans/out.jsonl").unwrap(),
-            Destination::Store {
-                path: PathBuf::from("spans/out.jsonl")
-            }
+            Destination::Store { path: PathBuf::from("spans/out.jsonl") }
         );
     }
 
     #[test]
     fn rejects_bad_configuration_clearly() {
         let err = Destination::parse("zipkin", "http://h:1").unwrap_err();
-        assert_eq!(
-            err,
-            DestinationError::UnknownExporter {
-                exporter: "zipkin".into()
-            }
-        );
-        assert!(
-            err.to_string()
-                .contains("expected http, grpc, console or store"),
-            "{err}"
-        );
+        assert_eq!(err, DestinationError::UnknownExporter { exporter: "zipkin".into() });
+        assert!(err.to_string().contains("expected http, grpc, console or store"), "{err}");
 
         assert!(matches!(
             Destination::parse("http", "localhost:4318").unwrap_err(),
@@ -475,17 +388,11 @@ mod tests {
         ));
         assert!(matches!(
             Destination::parse("http", "not a url").unwrap_err(),
-            DestinationError::InvalidUrl {
-                exporter: "http",
-                ..
-            }
+            DestinationError::InvalidUrl { exporter: "http", .. }
         ));
         assert!(matches!(
             Destination::parse("http", "grpc://h:4317").unwrap_err(),
-            DestinationError::UnsupportedScheme {
-                exporter: "http",
-                ..
-            }
+            DestinationError::UnsupportedScheme { exporter: "http", .. }
         ));
         assert!(matches!(
             Destination::parse("http", "http://:4318/v1/traces").unwrap_err(),
@@ -493,10 +400,7 @@ mod tests {
         ));
         assert!(matches!(
             Destination::parse("grpc", "ftp://h:1").unwrap_err(),
-            DestinationError::UnsupportedScheme {
-                exporter: "grpc",
-                ..
-            }
+            DestinationError::UnsupportedScheme { exporter: "grpc", .. }
         ));
         assert!(matches!(
             Destination::parse("grpc", "grpc://h:4317/v1/traces").unwrap_err(),
@@ -504,45 +408,26 @@ mod tests {
         ));
         assert!(matches!(
             Destination::parse("grpc", "grpc://h:99999").unwrap_err(),
-            DestinationError::InvalidUrl {
-                exporter: "grpc",
-                ..
-            }
+            DestinationError::InvalidUrl { exporter: "grpc", .. }
         ));
         let err = Destination::parse("console", "clog").unwrap_err();
-        assert_eq!(
-            err,
-            DestinationError::UnknownConsoleStream {
-                endpoint: "clog".into()
-            }
-        );
+        assert_eq!(err, DestinationError::UnknownConsoleStream { endpoint: "clog".into() });
         assert!(err.to_string().contains("cout, cerr"), "{err}");
-        assert_eq!(
-            Destination::parse("store", " ").unwrap_err(),
-            DestinationError::MissingStorePath
-        );
+        assert_eq!(Destination::parse("store", " ").unwrap_err(), DestinationError::MissingStorePath);
     }
 
     fn from_env(vars: &[(&str, &str)]) -> Result<Option<Vec<Destination>>, DestinationError> {
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         destinations_from_otel_env(|name| vars.get(name).cloned())
     }
 
     #[test]
     fn otel_env_nothing_configured() {
         assert_eq!(from_env(&[]).unwrap(), None);
-        assert_eq!(
-            from_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap(),
-            None
-        );
+        assert_eq!(from_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap(), None);
         // A protocol alone does not ask for export.
-        assert_eq!(
-            from_env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(),
-            None
-        );
+        assert_eq!(from_env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(), None);
     }
 
     #[test]
@@ -587,11 +472,7 @@ mod tests {
             Some(vec![http(DEFAULT_HTTP_ENDPOINT)])
         );
         assert_eq!(
-            from_env(&[
-                ("OTEL_TRACES_EXPORTER", "otlp"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            ])
-            .unwrap(),
+            from_env(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(),
             Some(vec![grpc(DEFAULT_GRPC_ENDPOINT)])
         );
     }
@@ -606,25 +487,16 @@ mod tests {
             .unwrap(),
             Some(vec![
                 http("http://c:4318/v1/traces"),
-                Destination::Console {
-                    stream: ConsoleStream::Stdout
-                }
+                Destination::Console { stream: ConsoleStream::Stdout }
             ])
         );
         assert_eq!(
-            from_env(&[
-                ("OTEL_TRACES_EXPORTER", "none"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")
-            ])
-            .unwrap(),
+            from_env(&[("OTEL_TRACES_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")])
+                .unwrap(),
             Some(vec![])
         );
         assert_eq!(
-            from_env(&[
-                ("OTEL_SDK_DISABLED", "TRUE"),
-                ("OTEL_TRACES_EXPORTER", "console")
-            ])
-            .unwrap(),
+            from_env(&[("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "console")]).unwrap(),
             Some(vec![])
         );
     }
@@ -633,15 +505,10 @@ mod tests {
     fn otel_env_errors() {
         assert_eq!(
             from_env(&[("OTEL_TRACES_EXPORTER", "zipkin")]).unwrap_err(),
-            DestinationError::UnknownTracesExporter {
-                value: "zipkin".into()
-            }
+            DestinationError::UnknownTracesExporter { value: "zipkin".into() }
         );
-        let err = from_env(&[
-            ("OTEL_TRACES_EXPORTER", "otlp"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ])
-        .unwrap_err();
+        let err = from_env(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
+            .unwrap_err();
         assert_eq!(
             err,
             DestinationError::UnsupportedProtocol {

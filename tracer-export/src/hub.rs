@@ -79,9 +79,7 @@ impl ExportConfig {
     /// The wait before retry number `attempt` (0 for the first retry).
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
     }
 }
 
@@ -114,10 +112,7 @@ pub struct ExportStats {
 impl ExportStats {
     /// The statistics of one destination, if it was ever used.
     pub fn get(&self, destination: &Destination) -> Option<&DestinationStats> {
-        self.destinations
-            .iter()
-            .find(|(d, _)| d == destination)
-            .map(|(_, s)| s)
+        self.destinations.iter().find(|(d, _)| d == destination).map(|(_, s)| s)
     }
 
     /// The sums over all destinations (`last_error` is the last listed one that is set).
@@ -146,9 +141,7 @@ pub struct ExportHub {
 
 impl std::fmt::Debug for ExportHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportHub")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("ExportHub").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -195,19 +188,12 @@ impl Counters {
             spans_queued: self.queued.load(Ordering::Relaxed),
             requests_sent: self.requests.load(Ordering::Relaxed),
             requests_failed: self.requests_failed.load(Ordering::Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            last_error: self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         }
     }
 
     fn set_error(&self, error: String) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
     }
 
     /// Counts spans dropped before reaching the worker and warns, rate-limited.
@@ -219,9 +205,7 @@ impl Counters {
                 suppressed + count
             );
         } else {
-            self.drop_warning
-                .suppressed
-                .fetch_add(count, Ordering::Relaxed);
+            self.drop_warning.suppressed.fetch_add(count, Ordering::Relaxed);
         }
     }
 }
@@ -263,13 +247,7 @@ impl ExportHub {
         if config.flush_interval.is_zero() {
             config.flush_interval = Duration::from_millis(1);
         }
-        ExportHub {
-            inner: Arc::new(Inner {
-                config,
-                runtime,
-                workers: RwLock::new(Workers::default()),
-            }),
-        }
+        ExportHub { inner: Arc::new(Inner { config, runtime, workers: RwLock::new(Workers::default()) }) }
     }
 
     /// Queues `span` for each destination. Never blocks and never panics: a destination whose
@@ -286,29 +264,16 @@ impl ExportHub {
 
     fn submit_one(&self, span: SpanRecord, destination: &Destination) {
         {
-            let workers = self
-                .inner
-                .workers
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let workers = self.inner.workers.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(worker) = workers.running.get(destination) {
                 self.offer(worker, span, destination);
                 return;
             }
         }
-        let mut workers = self
-            .inner
-            .workers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut workers = self.inner.workers.write().unwrap_or_else(PoisonError::into_inner);
         if workers.closed {
             let counters = counters_for(&mut workers.counters, destination);
-            counters.drop_spans(
-                destination,
-                1,
-                "export is shut down",
-                self.inner.config.warn_interval,
-            );
+            counters.drop_spans(destination, 1, "export is shut down", self.inner.config.warn_interval);
             return;
         }
         if !workers.running.contains_key(destination) {
@@ -329,9 +294,7 @@ impl ExportHub {
                 TrySendError::Full(_) => "queue full",
                 TrySendError::Closed(_) => "exporter stopped",
             };
-            worker
-                .counters
-                .drop_spans(destination, 1, why, self.inner.config.warn_interval);
+            worker.counters.drop_spans(destination, 1, why, self.inner.config.warn_interval);
         }
     }
 
@@ -349,11 +312,7 @@ impl ExportHub {
             counters.clone(),
         ));
         debug!("export to {destination}: worker started");
-        Worker {
-            queue,
-            counters,
-            task,
-        }
+        Worker { queue, counters, task }
     }
 
     /// Sends everything queued, then stops the workers. Spans still unsent when `timeout`
@@ -361,11 +320,7 @@ impl ExportHub {
     /// and counted.
     pub async fn shutdown(&self, timeout: Duration) {
         let running = {
-            let mut workers = self
-                .inner
-                .workers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut workers = self.inner.workers.write().unwrap_or_else(PoisonError::into_inner);
             workers.closed = true;
             std::mem::take(&mut workers.running)
         };
@@ -393,25 +348,14 @@ impl ExportHub {
 
     /// A snapshot of every destination's counters.
     pub fn stats(&self) -> ExportStats {
-        let workers = self
-            .inner
-            .workers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let workers = self.inner.workers.read().unwrap_or_else(PoisonError::into_inner);
         ExportStats {
-            destinations: workers
-                .counters
-                .iter()
-                .map(|(d, c)| (d.clone(), c.snapshot()))
-                .collect(),
+            destinations: workers.counters.iter().map(|(d, c)| (d.clone(), c.snapshot())).collect(),
         }
     }
 }
 
-fn counters_for(
-    all: &mut Vec<(Destination, Arc<Counters>)>,
-    destination: &Destination,
-) -> Arc<Counters> {
+fn counters_for(all: &mut Vec<(Destination, Arc<Counters>)>, destination: &Destination) -> Arc<Counters> {
     if let Some((_, counters)) = all.iter().find(|(d, _)| d == destination) {
         return counters.clone();
     }
@@ -469,13 +413,7 @@ async fn run_worker(
     let sink = Sink::new(&destination, &config);
     // The console shows each span as it finishes rather than once per interval.
     let immediate = matches!(destination, Destination::Console { .. });
-    let mut state = WorkerState {
-        destination,
-        config,
-        counters,
-        sink,
-        failing: false,
-    };
+    let mut state = WorkerState { destination, config, counters, sink, failing: false };
     let max_batch = state.config.max_batch;
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(max_batch.min(4096));
     let mut ticker = tokio::time::interval_at(
@@ -509,16 +447,11 @@ impl WorkerState {
         let count = batch.len() as u64;
         let counters = &self.counters;
         let result = match &mut self.sink {
-            Sink::Store(store) if batch.is_empty() => if tick {
-                store.sync().await.map_err(|e| e.to_string())
-            } else {
-                Ok(())
+            Sink::Store(store) if batch.is_empty() => {
+                if tick { store.sync().await.map_err(|e| e.to_string()) } else { Ok(()) }.map(|()| 0)
             }
-            .map(|()| 0),
             _ if batch.is_empty() => return,
-            Sink::Otlp(sender) => {
-                send_otlp(sender, batch, &self.config, counters, &self.destination).await
-            }
+            Sink::Otlp(sender) => send_otlp(sender, batch, &self.config, counters, &self.destination).await,
             Sink::Console(console) => count_write(counters, console.write(batch).await),
             Sink::Store(store) => count_write(counters, store.write(batch, tick).await),
             Sink::Broken(reason) => Err(reason.clone()),
@@ -527,9 +460,7 @@ impl WorkerState {
         match result {
             Ok(rejected) => {
                 let rejected = rejected.min(count);
-                counters
-                    .exported
-                    .fetch_add(count - rejected, Ordering::Relaxed);
+                counters.exported.fetch_add(count - rejected, Ordering::Relaxed);
                 counters.failed.fetch_add(rejected, Ordering::Relaxed);
                 if self.failing {
                     self.failing = false;
@@ -547,16 +478,10 @@ impl WorkerState {
                         } else {
                             String::new()
                         };
-                        warn!(
-                            "export to {}: {count} span(s) lost{earlier}: {err}",
-                            self.destination
-                        );
+                        warn!("export to {}: {count} span(s) lost{earlier}: {err}", self.destination);
                     }
                     None => {
-                        counters
-                            .fail_warning
-                            .suppressed
-                            .fetch_add(count, Ordering::Relaxed);
+                        counters.fail_warning.suppressed.fetch_add(count, Ordering::Relaxed);
                     }
                 }
             }
@@ -565,10 +490,7 @@ impl WorkerState {
 }
 
 /// Counts one console or store write.
-fn count_write<E: std::fmt::Display>(
-    counters: &Counters,
-    result: Result<(), E>,
-) -> Result<u64, String> {
+fn count_write<E: std::fmt::Display>(counters: &Counters, result: Result<(), E>) -> Result<u64, String> {
     counters.requests.fetch_add(1, Ordering::Relaxed);
     result.map(|()| 0).map_err(|err| {
         counters.requests_failed.fetch_add(1, Ordering::Relaxed);
@@ -659,10 +581,7 @@ mod tests {
         for span in reference_command_inout() {
             hub.submit(span, std::slice::from_ref(&store));
         }
-        hub.submit(
-            crate::testing::reference_command_inout_error(),
-            std::slice::from_ref(&store),
-        );
+        hub.submit(crate::testing::reference_command_inout_error(), std::slice::from_ref(&store));
         hub.shutdown(Duration::from_secs(5)).await;
 
         let spans = read_store(&path).unwrap();
@@ -684,30 +603,17 @@ mod tests {
              \"giop:tcp:127.0.0.1:58618\", \"tango.client_ident.pid\": 17915, \
              \"tango.operation.argument\": \"Increment\"} dur=238.205us"
         );
-        assert!(
-            lines[2].ends_with("status=ERROR(\"exception caught (see associated event)\")"),
-            "{tree}"
-        );
+        assert!(lines[2].ends_with("status=ERROR(\"exception caught (see associated event)\")"), "{tree}");
         let stats = hub.stats();
         let s = stats.get(&store).unwrap();
-        assert_eq!(
-            (
-                s.spans_exported,
-                s.spans_dropped,
-                s.spans_failed,
-                s.spans_queued
-            ),
-            (3, 0, 0, 0)
-        );
+        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_failed, s.spans_queued), (3, 0, 0, 0));
         assert_eq!(s.last_error, None);
     }
 
     #[tokio::test]
     async fn queue_overflow_is_counted_not_blocking() {
         let dir = TempDir::new("hub-overflow");
-        let store = Destination::Store {
-            path: dir.path().join("spans.jsonl"),
-        };
+        let store = Destination::Store { path: dir.path().join("spans.jsonl") };
         // A long interval and a big batch: nothing leaves the queue while we submit.
         let hub = ExportHub::start(ExportConfig {
             flush_interval: Duration::from_secs(60),
@@ -724,27 +630,13 @@ mod tests {
         assert_eq!(s.spans_queued, 10);
         hub.shutdown(Duration::from_secs(5)).await;
         let s = hub.stats().get(&store).cloned().unwrap();
-        assert_eq!(
-            (s.spans_exported, s.spans_dropped, s.spans_queued),
-            (10, 15, 0)
-        );
-        assert_eq!(
-            read_store(dir.path().join("spans.jsonl")).unwrap().len(),
-            10
-        );
+        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_queued), (10, 15, 0));
+        assert_eq!(read_store(dir.path().join("spans.jsonl")).unwrap().len(), 10);
 
         // After shutdown, submits are counted drops, for known and new destinations alike.
-        hub.submit(
-            many_spans(&resource, 1, 99).remove(0),
-            std::slice::from_ref(&store),
-        );
-        let console = Destination::Console {
-            stream: crate::ConsoleStream::Stderr,
-        };
-        hub.submit(
-            many_spans(&resource, 1, 100).remove(0),
-            std::slice::from_ref(&console),
-        );
+        hub.submit(many_spans(&resource, 1, 99).remove(0), std::slice::from_ref(&store));
+        let console = Destination::Console { stream: crate::ConsoleStream::Stderr };
+        hub.submit(many_spans(&resource, 1, 100).remove(0), std::slice::from_ref(&console));
         let stats = hub.stats();
         assert_eq!(stats.get(&store).unwrap().spans_dropped, 16);
         assert_eq!(stats.get(&console).unwrap().spans_dropped, 1);
@@ -762,28 +654,19 @@ mod tests {
         });
         let a = device_resource("Demo", "test/demo/1", "Demo/Demo", 1);
         let b = device_resource("Demo", "test/demo/2", "Demo/Demo", 2);
-        for (x, y) in many_spans(&a, 500, 1)
-            .into_iter()
-            .zip(many_spans(&b, 500, 1001))
-        {
+        for (x, y) in many_spans(&a, 500, 1).into_iter().zip(many_spans(&b, 500, 1001)) {
             hub.submit(x, std::slice::from_ref(&store));
             hub.submit(y, std::slice::from_ref(&store));
         }
         hub.shutdown(Duration::from_secs(10)).await;
         let spans = read_store(&path).unwrap();
         assert_eq!(spans.len(), 1000);
-        let mut seqs: Vec<i64> = spans
-            .iter()
-            .filter_map(|s| s.attributes.get_i64("seq"))
-            .collect();
+        let mut seqs: Vec<i64> = spans.iter().filter_map(|s| s.attributes.get_i64("seq")).collect();
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), 1000);
         let s = hub.stats().total();
-        assert_eq!(
-            (s.spans_exported, s.spans_dropped, s.spans_failed),
-            (1000, 0, 0)
-        );
+        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_failed), (1000, 0, 0));
     }
 
     #[tokio::test]
@@ -805,33 +688,23 @@ mod tests {
 
     #[tokio::test]
     async fn unusable_endpoint_fails_batches_without_panicking() {
-        let destination = Destination::OtlpGrpc {
-            endpoint: "not a uri at all".into(),
-        };
+        let destination = Destination::OtlpGrpc { endpoint: "not a uri at all".into() };
         let hub = ExportHub::start(fast_config());
         for span in reference_command_inout() {
             hub.submit(span, std::slice::from_ref(&destination));
         }
         hub.shutdown(Duration::from_secs(5)).await;
         let s = hub.stats().get(&destination).cloned().unwrap();
-        assert_eq!(
-            (s.spans_exported, s.spans_failed, s.spans_queued),
-            (0, 2, 0)
-        );
+        assert_eq!((s.spans_exported, s.spans_failed, s.spans_queued), (0, 2, 0));
         assert!(s.last_error.unwrap().contains("not a uri at all"));
     }
 
     #[test]
     fn runs_on_a_runtime_from_a_plain_thread() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let dir = TempDir::new("hub-plain");
-        let store = Destination::Store {
-            path: dir.path().join("s.jsonl"),
-        };
+        let store = Destination::Store { path: dir.path().join("s.jsonl") };
         let hub = ExportHub::start_on(fast_config(), runtime.handle().clone());
         for span in reference_command_inout() {
             hub.submit(span, &[store.clone(), store.clone()]);

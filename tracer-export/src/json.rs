@@ -189,10 +189,7 @@ impl<'de> Deserialize<'de> for Attributes {
                 f.write_str("a JSON object of attributes")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Attributes, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
                 let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
                 while let Some(entry) = map.next_entry::<String, Value>()? {
                     entries.push(entry);
@@ -214,14 +211,9 @@ impl SpanJson {
         let status = span.status.as_ref();
         SpanJson {
             transport: None,
-            resource: resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default(),
+            resource: resource.map(|r| attributes(&r.attributes)).unwrap_or_default(),
             scope: scope
-                .map(|s| ScopeJson {
-                    name: s.name.clone(),
-                    version: s.version.clone(),
-                })
+                .map(|s| ScopeJson { name: s.name.clone(), version: s.version.clone() })
                 .unwrap_or_default(),
             name: span.name.clone(),
             kind: kind_name(span.kind).to_owned(),
@@ -231,10 +223,7 @@ impl SpanJson {
             trace_state: span.trace_state.clone(),
             start_ns: span.start_time_unix_nano,
             end_ns: span.end_time_unix_nano,
-            duration_us: span
-                .end_time_unix_nano
-                .saturating_sub(span.start_time_unix_nano) as f64
-                / 1000.0,
+            duration_us: span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano) as f64 / 1000.0,
             attributes: attributes(&span.attributes),
             events: span
                 .events
@@ -263,11 +252,7 @@ impl SpanJson {
 
     /// `service.name`, then `/service.instance.id` when there is one.
     pub fn service(&self) -> String {
-        let name = self
-            .resource
-            .get("service.name")
-            .map(value_text)
-            .unwrap_or_default();
+        let name = self.resource.get("service.name").map(value_text).unwrap_or_default();
         match self.resource.get("service.instance.id") {
             Some(instance) => format!("{name}/{}", value_text(instance)),
             None => name,
@@ -317,14 +302,7 @@ fn kind_name(kind: i32) -> &'static str {
 }
 
 fn attributes(kvs: &[KeyValue]) -> Attributes {
-    kvs.iter()
-        .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value.as_ref().map_or(Value::Null, any_value_json),
-            )
-        })
-        .collect()
+    kvs.iter().map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, any_value_json))).collect()
 }
 
 fn any_value_json(value: &AnyValue) -> Value {
@@ -334,20 +312,14 @@ fn any_value_json(value: &AnyValue) -> Value {
         Some(V::BoolValue(b)) => Value::Bool(*b),
         Some(V::IntValue(i)) => Value::from(*i),
         // JSON has no NaN or infinity: keep them readable as strings.
-        Some(V::DoubleValue(d)) => serde_json::Number::from_f64(*d)
-            .map_or_else(|| Value::String(d.to_string()), Value::Number),
-        Some(V::ArrayValue(array)) => {
-            Value::Array(array.values.iter().map(any_value_json).collect())
+        Some(V::DoubleValue(d)) => {
+            serde_json::Number::from_f64(*d).map_or_else(|| Value::String(d.to_string()), Value::Number)
         }
+        Some(V::ArrayValue(array)) => Value::Array(array.values.iter().map(any_value_json).collect()),
         Some(V::KvlistValue(list)) => Value::Object(
             list.values
                 .iter()
-                .map(|kv| {
-                    (
-                        kv.key.clone(),
-                        kv.value.as_ref().map_or(Value::Null, any_value_json),
-                    )
-                })
+                .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Value::Null, any_value_json)))
                 .collect(),
         ),
         Some(V::BytesValue(bytes)) => Value::String(hex(bytes)),
@@ -376,18 +348,12 @@ mod tests {
         let line = r#"{"resource": {"service.name": "Demo", "service.instance.id": "test/demo/1", "tango.process.id": 17811}, "scope": {"name": "tango.cpp", "version": "10.3.3"}, "name": "Tango::Device_4Impl::command_inout_4", "kind": "SERVER", "trace_id": "b2a1fcf8dbcb987a87fc0305c3fe9fde", "span_id": "9621b4e802d9b75d", "parent_span_id": "5d5c121137108f77", "trace_state": "", "start_ns": 1795245243498110550, "end_ns": 1795245243498348755, "duration_us": 238.205, "attributes": {"tango.client_ident.pid": 17915, "tango.operation.argument": "Increment"}, "events": [], "links": [], "status": {"code": 0, "message": ""}}"#;
         let span: SpanJson = serde_json::from_str(line).unwrap();
         assert_eq!(span.service(), "Demo/test/demo/1");
-        assert_eq!(
-            span.attributes.get_i64("tango.client_ident.pid"),
-            Some(17915)
-        );
+        assert_eq!(span.attributes.get_i64("tango.client_ident.pid"), Some(17915));
         assert_eq!(span.transport, None);
         let again: SpanJson = serde_json::from_str(&serde_json::to_string(&span).unwrap()).unwrap();
         assert_eq!(again, span);
         let text = serde_json::to_string(&span).unwrap();
-        assert!(
-            text.starts_with(r#"{"resource":{"service.name":"Demo","#),
-            "{text}"
-        );
+        assert!(text.starts_with(r#"{"resource":{"service.name":"Demo","#), "{text}");
         assert!(!text.contains("transport"), "{text}");
         assert_eq!(
             span.attributes.to_compact_json(|_| false),
@@ -400,22 +366,10 @@ mod tests {
         use any_value::Value as V;
         let value = |v| AnyValue { value: Some(v) };
         assert_eq!(any_value_json(&value(V::IntValue(-3))), Value::from(-3));
-        assert_eq!(
-            any_value_json(&value(V::DoubleValue(1.5))),
-            Value::from(1.5)
-        );
-        assert_eq!(
-            any_value_json(&value(V::DoubleValue(f64::NAN))),
-            Value::from("NaN")
-        );
-        assert_eq!(
-            any_value_json(&value(V::BoolValue(true))),
-            Value::Bool(true)
-        );
-        assert_eq!(
-            any_value_json(&value(V::BytesValue(vec![0xab, 1]))),
-            Value::from("ab01")
-        );
+        assert_eq!(any_value_json(&value(V::DoubleValue(1.5))), Value::from(1.5));
+        assert_eq!(any_value_json(&value(V::DoubleValue(f64::NAN))), Value::from("NaN"));
+        assert_eq!(any_value_json(&value(V::BoolValue(true))), Value::Bool(true));
+        assert_eq!(any_value_json(&value(V::BytesValue(vec![0xab, 1]))), Value::from("ab01"));
         assert_eq!(kind_name(3), "CLIENT");
         assert_eq!(kind_name(42), "UNSPECIFIED");
     }

@@ -18,12 +18,10 @@ use bytes::Bytes;
 use opentelemetry::Value;
 use opentelemetry_proto::{
     tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_client::TraceServiceClient,
+        ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
     },
     transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
+        common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope,
     },
 };
 use opentelemetry_sdk::{Resource, trace::SpanData};
@@ -143,11 +141,7 @@ pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
     let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
     for SpanRecord { resource, data } in records {
         let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        match candidates
-            .iter()
-            .copied()
-            .find(|&i| groups[i].0 == resource)
-        {
+        match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
             Some(i) => groups[i].1.push(data),
             None => {
                 candidates.push(groups.len());
@@ -189,12 +183,7 @@ fn fingerprint(resource: &Resource) -> u64 {
 
 /// How many spans a request carries.
 pub(crate) fn span_count(request: &ExportTraceServiceRequest) -> u64 {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len() as u64)
-        .sum()
+    request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
 }
 
 /// Sends requests to one OTLP endpoint, over either protocol.
@@ -245,15 +234,8 @@ impl HttpSender {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|source| OtlpError::HttpClient {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?;
-        Ok(HttpSender {
-            client,
-            endpoint: endpoint.to_owned(),
-            gzip,
-        })
+            .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip })
     }
 
     fn encode(&self, request: &ExportTraceServiceRequest) -> Result<Bytes, OtlpError> {
@@ -262,19 +244,14 @@ impl HttpSender {
             return Ok(Bytes::from(raw));
         }
         let compress = || {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(raw.len() / 4),
-                flate2::Compression::fast(),
-            );
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
             encoder.write_all(&raw)?;
             encoder.finish()
         };
         compress()
             .map(Bytes::from)
-            .map_err(|source| OtlpError::Compress {
-                endpoint: self.endpoint.clone(),
-                source,
-            })
+            .map_err(|source| OtlpError::Compress { endpoint: self.endpoint.clone(), source })
     }
 
     async fn send(&self, body: Bytes) -> Result<Accepted, OtlpError> {
@@ -286,10 +263,7 @@ impl HttpSender {
         if self.gzip {
             request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }
-        let http_error = |source| OtlpError::Http {
-            endpoint: self.endpoint.clone(),
-            source,
-        };
+        let http_error = |source| OtlpError::Http { endpoint: self.endpoint.clone(), source };
         let response = request.send().await.map_err(http_error)?;
         let status = response.status();
         let body = response.bytes().await.map_err(http_error)?;
@@ -320,18 +294,11 @@ impl GrpcSender {
     /// Must be called inside a tokio runtime.
     pub(crate) fn new(endpoint: &str, timeout: Duration, gzip: bool) -> Result<Self, OtlpError> {
         let uri = grpc_uri(endpoint);
-        let grpc_error = |source| OtlpError::GrpcEndpoint {
-            endpoint: endpoint.to_owned(),
-            source,
-        };
-        let mut channel = Endpoint::from_shared(uri.clone())
-            .map_err(grpc_error)?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+        let grpc_error = |source| OtlpError::GrpcEndpoint { endpoint: endpoint.to_owned(), source };
+        let mut channel =
+            Endpoint::from_shared(uri.clone()).map_err(grpc_error)?.connect_timeout(timeout).timeout(timeout);
         if uri.starts_with("https://") {
-            channel = channel
-                .tls_config(ClientTlsConfig::new().with_webpki_roots())
-                .map_err(grpc_error)?;
+            channel = channel.tls_config(ClientTlsConfig::new().with_webpki_roots()).map_err(grpc_error)?;
         }
         let mut client = TraceServiceClient::new(channel.connect_lazy())
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
@@ -341,10 +308,7 @@ impl GrpcSender {
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
         }
-        Ok(GrpcSender {
-            client,
-            endpoint: endpoint.to_owned(),
-        })
+        Ok(GrpcSender { client, endpoint: endpoint.to_owned() })
     }
 
     async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, OtlpError> {
@@ -376,10 +340,7 @@ fn accepted(response: ExportTraceServiceResponse) -> Accepted {
             rejected: u64::try_from(partial.rejected_spans).unwrap_or(0),
             message: partial.error_message,
         },
-        None => Accepted {
-            rejected: 0,
-            message: String::new(),
-        },
+        None => Accepted { rejected: 0, message: String::new() },
     }
 }
 
@@ -442,22 +403,11 @@ mod tests {
         let b = device("test/demo/2", 1);
         // Equal but separately built: must share a group.
         let a_again = device("test/demo/1", 1);
-        let request = build_request(vec![
-            record(&a, 1),
-            record(&b, 2),
-            record(&a_again, 3),
-            record(&b, 4),
-        ]);
+        let request = build_request(vec![record(&a, 1), record(&b, 2), record(&a_again, 3), record(&b, 4)]);
         assert_eq!(request.resource_spans.len(), 2);
-        let ids: Vec<Vec<u8>> = request.resource_spans[0].scope_spans[0]
-            .spans
-            .iter()
-            .map(|s| s.span_id.clone())
-            .collect();
-        assert_eq!(
-            ids,
-            vec![1u64.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec()]
-        );
+        let ids: Vec<Vec<u8>> =
+            request.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.span_id.clone()).collect();
+        assert_eq!(ids, vec![1u64.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec()]);
         assert_eq!(request.resource_spans[1].scope_spans[0].spans.len(), 2);
         assert_eq!(span_count(&request), 4);
     }
@@ -476,20 +426,12 @@ mod tests {
 
     #[test]
     fn retryable_statuses() {
-        let status = |status| OtlpError::HttpStatus {
-            endpoint: String::new(),
-            status,
-            body: String::new(),
-        };
+        let status = |status| OtlpError::HttpStatus { endpoint: String::new(), status, body: String::new() };
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
         assert!(!status(400).is_retryable());
         assert!(!status(404).is_retryable());
-        let grpc = |code| OtlpError::Grpc {
-            endpoint: String::new(),
-            code,
-            message: String::new(),
-        };
+        let grpc = |code| OtlpError::Grpc { endpoint: String::new(), code, message: String::new() };
         assert!(grpc(Code::Unavailable).is_retryable());
         assert!(!grpc(Code::InvalidArgument).is_retryable());
         assert_eq!(grpc_uri("grpc://h:1"), "http://h:1");

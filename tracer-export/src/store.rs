@@ -68,10 +68,7 @@ pub enum StoreError {
 /// JSON: the writer was stopped mid-line) is skipped; any other bad line is an error.
 pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
     let path = path.as_ref();
-    let read_error = |source| StoreError::Read {
-        path: path.to_owned(),
-        source,
-    };
+    let read_error = |source| StoreError::Read { path: path.to_owned(), source };
     let file = File::open(path).map_err(read_error)?;
     let mut reader = BufReader::new(file);
     let mut spans = Vec::new();
@@ -92,11 +89,7 @@ pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
             Ok(span) => spans.push(span),
             Err(_) if !complete => return Ok(spans),
             Err(source) => {
-                return Err(StoreError::BadLine {
-                    path: path.to_owned(),
-                    line: number,
-                    source,
-                });
+                return Err(StoreError::BadLine { path: path.to_owned(), line: number, source });
             }
         }
     }
@@ -113,34 +106,21 @@ pub(crate) struct StoreWriter {
 
 impl StoreWriter {
     pub(crate) fn new(path: PathBuf) -> Self {
-        StoreWriter {
-            path,
-            file: None,
-            dirty: false,
-        }
+        StoreWriter { path, file: None, dirty: false }
     }
 
     /// Writes `batch` as whole lines; with `sync`, also asks the kernel to put it on disk.
-    pub(crate) async fn write(
-        &mut self,
-        batch: Vec<SpanRecord>,
-        sync: bool,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn write(&mut self, batch: Vec<SpanRecord>, sync: bool) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for span in request_to_json(&build_request(batch)) {
-            serde_json::to_writer(&mut bytes, &span).map_err(|source| StoreError::Encode {
-                path: self.path.clone(),
-                source,
-            })?;
+            serde_json::to_writer(&mut bytes, &span)
+                .map_err(|source| StoreError::Encode { path: self.path.clone(), source })?;
             bytes.push(b'\n');
         }
         self.run_blocking(move |path, file| {
             file.write_all(&bytes)
                 .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
-                .map_err(|source| StoreError::Write {
-                    path: path.to_owned(),
-                    source,
-                })
+                .map_err(|source| StoreError::Write { path: path.to_owned(), source })
         })
         .await?;
         self.dirty = !sync;
@@ -153,10 +133,7 @@ impl StoreWriter {
             return Ok(());
         }
         self.run_blocking(|path, file| {
-            file.sync_data().map_err(|source| StoreError::Write {
-                path: path.to_owned(),
-                source,
-            })
+            file.sync_data().map_err(|source| StoreError::Write { path: path.to_owned(), source })
         })
         .await?;
         self.dirty = false;
@@ -196,19 +173,11 @@ impl StoreWriter {
 /// Opens (creating it and its directories) the store for appending, cutting off a torn last
 /// line so that the next record starts on a line of its own.
 fn open_for_append(path: &Path) -> Result<File, StoreError> {
-    let open_error = |source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_error = |source| StoreError::Open { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(open_error)?;
     }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)
-        .map_err(open_error)?;
+    let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(open_error)?;
     let len = file.metadata().map_err(open_error)?.len();
     if len > 0 {
         let mut last = [0u8; 1];
@@ -217,11 +186,7 @@ fn open_for_append(path: &Path) -> Result<File, StoreError> {
         if last[0] != b'\n' {
             let keep = last_line_start(&mut file, len).map_err(open_error)?;
             file.set_len(keep).map_err(open_error)?;
-            log::warn!(
-                "span store {}: cut off a torn last line ({} bytes)",
-                path.display(),
-                len - keep
-            );
+            log::warn!("span store {}: cut off a torn last line ({} bytes)", path.display(), len - keep);
         }
     }
     Ok(file)
@@ -268,23 +233,14 @@ mod tests {
         drop(file);
         assert_eq!(read_store(&path).unwrap().len(), 2);
         let mut writer = StoreWriter::new(path.clone());
-        writer
-            .write(reference_command_inout(), false)
-            .await
-            .unwrap();
+        writer.write(reference_command_inout(), false).await.unwrap();
         writer.sync().await.unwrap();
         assert_eq!(read_store(&path).unwrap().len(), 4);
 
         // A bad line in the middle is reported with its number.
         std::fs::write(&path, "{}\n{\"x\": 1}\n").unwrap();
-        assert!(matches!(
-            read_store(&path),
-            Err(StoreError::BadLine { line: 1, .. })
-        ));
-        assert!(matches!(
-            read_store(dir.path().join("missing.jsonl")),
-            Err(StoreError::Read { .. })
-        ));
+        assert!(matches!(read_store(&path), Err(StoreError::BadLine { line: 1, .. })));
+        assert!(matches!(read_store(dir.path().join("missing.jsonl")), Err(StoreError::Read { .. })));
     }
 
     /// The store holds exactly the reference JSON form of cppTango's own spans.
@@ -301,10 +257,8 @@ mod tests {
         let mut expected: Vec<SpanJson> =
             serde_json::from_str(include_str!("../tests/fixtures/command_inout.json")).unwrap();
         expected.extend(
-            serde_json::from_str::<Vec<SpanJson>>(include_str!(
-                "../tests/fixtures/command_inout_error.json"
-            ))
-            .unwrap(),
+            serde_json::from_str::<Vec<SpanJson>>(include_str!("../tests/fixtures/command_inout_error.json"))
+                .unwrap(),
         );
         assert_eq!(stored.len(), expected.len());
         for (mut got, mut want) in stored.into_iter().zip(expected) {

@@ -24,9 +24,7 @@ use crate::SpanRecord;
 
 /// The scope cppTango 10.3.3 uses.
 pub fn tango_scope() -> InstrumentationScope {
-    InstrumentationScope::builder("tango.cpp")
-        .with_version("10.3.3")
-        .build()
+    InstrumentationScope::builder("tango.cpp").with_version("10.3.3").build()
 }
 
 /// The resource of a Tango client process (no device).
@@ -99,13 +97,7 @@ pub fn span_data(spec: SpanSpec) -> SpanData {
         SpanId::from_hex(spec.parent_span_id).unwrap_or(SpanId::INVALID)
     };
     SpanData {
-        span_context: SpanContext::new(
-            trace_id,
-            span_id,
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
+        span_context: SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::default()),
         parent_span_id: parent,
         parent_span_is_remote: false,
         span_kind: spec.kind,
@@ -161,14 +153,8 @@ pub fn reference_command_inout() -> Vec<SpanRecord> {
         ],
     });
     vec![
-        SpanRecord {
-            resource: client_resource(17915),
-            data: client,
-        },
-        SpanRecord {
-            resource: device_resource("Demo", "test/demo/1", "Demo/Demo", 17811),
-            data: server,
-        },
+        SpanRecord { resource: client_resource(17915), data: client },
+        SpanRecord { resource: device_resource("Demo", "test/demo/1", "Demo/Demo", 17811), data: server },
     ]
 }
 
@@ -208,10 +194,7 @@ pub fn reference_command_inout_error() -> SpanRecord {
     ));
     data.status = Status::error("exception caught (see associated event)");
     // The caller was a device server's own process, outside any device.
-    SpanRecord {
-        resource: process_resource("server", 17811),
-        data,
-    }
+    SpanRecord { resource: process_resource("server", 17811), data }
 }
 
 /// `n` root spans of one resource with distinct ids, for volume tests.
@@ -236,10 +219,7 @@ pub fn many_spans(resource: &Resource, n: u64, first_id: u64) -> Vec<SpanRecord>
                 false,
                 TraceState::default(),
             );
-            SpanRecord {
-                resource: resource.clone(),
-                data,
-            }
+            SpanRecord { resource: resource.clone(), data }
         })
         .collect()
 }
@@ -258,8 +238,7 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("tracer-export-{label}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("tracer-export-{label}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         if let Err(err) = std::fs::create_dir_all(&path) {
             panic!("cannot create {}: {err}", path.display());

@@ -21,9 +21,7 @@ pub fn render_trees(spans: &[SpanJson]) -> String {
     let mut by_id: HashMap<(&str, &str), usize> = HashMap::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
         // A span reported twice is shown once.
-        by_id
-            .entry((span.trace_id.as_str(), span.span_id.as_str()))
-            .or_insert(i);
+        by_id.entry((span.trace_id.as_str(), span.span_id.as_str())).or_insert(i);
     }
     let mut children: HashMap<usize, Vec<usize>> = HashMap::new();
     let mut roots: Vec<(usize, bool)> = Vec::new();
@@ -56,8 +54,7 @@ pub fn render_trees(spans: &[SpanJson]) -> String {
     // Spans in a parent cycle are reachable from no root: still show them.
     let mut rest: Vec<usize> = (0..spans.len())
         .filter(|&i| {
-            !shown[i]
-                && by_id.get(&(spans[i].trace_id.as_str(), spans[i].span_id.as_str())) == Some(&i)
+            !shown[i] && by_id.get(&(spans[i].trace_id.as_str(), spans[i].span_id.as_str())) == Some(&i)
         })
         .collect();
     rest.sort_by(by_start);
@@ -93,11 +90,7 @@ fn render(
 
 fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
     let short = |id: &str| id.get(..8).unwrap_or(id).to_owned();
-    let parent = if span.parent_span_id.is_empty() {
-        "-".to_owned()
-    } else {
-        short(&span.parent_span_id)
-    };
+    let parent = if span.parent_span_id.is_empty() { "-".to_owned() } else { short(&span.parent_span_id) };
     let process = |key| span.resource.get(key).map(value_text).unwrap_or_default();
     let _ = write!(
         out,
@@ -133,16 +126,10 @@ mod tests {
     fn span(trace: &str, id: &str, parent: &str, start: u64, name: &str) -> SpanJson {
         SpanJson {
             transport: None,
-            resource: [
-                ("service.name", "Demo".into()),
-                ("service.instance.id", "test/demo/1".into()),
-            ]
-            .into_iter()
-            .collect(),
-            scope: ScopeJson {
-                name: "tango.cpp".into(),
-                version: "10.3.3".into(),
-            },
+            resource: [("service.name", "Demo".into()), ("service.instance.id", "test/demo/1".into())]
+                .into_iter()
+                .collect(),
+            scope: ScopeJson { name: "tango.cpp".into(), version: "10.3.3".into() },
             name: name.into(),
             kind: "SERVER".into(),
             trace_id: trace.into(),
@@ -163,22 +150,13 @@ mod tests {
     fn nests_orders_and_marks_orphans() {
         let t = "de19b7e0aaaaaaaaaaaaaaaaaaaaaaaa";
         let mut error = span(t, "6e5316640000000a", "a8613fc70000000a", 30, "read");
-        error.status = StatusJson {
-            code: 2,
-            message: "boom".into(),
-        };
+        error.status = StatusJson { code: 2, message: "boom".into() };
         let spans = vec![
             error,
             span(t, "a8613fc70000000a", "dc8c9b4c0000000a", 10, "server"),
             span(t, "990bfa420000000a", "a8613fc70000000a", 20, "connect"),
             span(t, "dc8c9b4c0000000a", "", 5, "client"),
-            span(
-                "11111111bbbbbbbbbbbbbbbbbbbbbbbb",
-                "d51762130000000a",
-                "ffffffff0000000a",
-                1,
-                "lost",
-            ),
+            span("11111111bbbbbbbbbbbbbbbbbbbbbbbb", "d51762130000000a", "ffffffff0000000a", 1, "lost"),
         ];
         let text = render_trees(&spans);
         let lines: Vec<&str> = text.lines().collect();
@@ -191,10 +169,7 @@ mod tests {
         assert!(lines[2].starts_with("    - [SERVER] server "), "{text}");
         assert!(lines[3].starts_with("      - [SERVER] connect "), "{text}");
         assert!(lines[4].starts_with("      - [SERVER] read "), "{text}");
-        assert!(
-            lines[4].ends_with("scope=tango.cpp {} dur=1.5us status=ERROR(\"boom\")"),
-            "{text}"
-        );
+        assert!(lines[4].ends_with("scope=tango.cpp {} dur=1.5us status=ERROR(\"boom\")"), "{text}");
     }
 
     #[test]

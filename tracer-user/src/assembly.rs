@@ -109,6 +109,9 @@ struct PendingCall {
     suppressed: bool,
 }
 
+/// Server spans open on one thread, with the object key each serves; innermost last.
+type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
+
 #[derive(Default)]
 struct Connection {
     assemblers: [Option<MessageAssembler>; 2],
@@ -122,7 +125,7 @@ pub struct Assembler {
     client_calls: HashMap<(u32, i32, u32), PendingCall>,
     server_calls: HashMap<(u32, i32, u32), PendingCall>,
     /// Server spans being served, per (pid, tid), innermost last.
-    serving: HashMap<(u32, u32), Vec<(SpanContextLite, Vec<u8>)>>,
+    serving: HashMap<(u32, u32), ServingStack>,
     /// Client requests not yet seen arriving at a traced server, by request fingerprint.
     unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
     /// Processes seen serving requests.
@@ -198,24 +201,18 @@ impl Assembler {
     /// Feeds one probe record.
     pub fn push(&mut self, record: &Record) {
         match record {
-            Record::Data {
-                pid,
-                tid,
-                fd,
-                ts_ns,
-                direction,
-                total_len,
-                bytes,
-            } => {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes } => {
                 let mut messages = Vec::new();
                 let connection = self.connections.entry((*pid, *fd)).or_default();
                 let slot = match direction {
                     Direction::Send => 0,
                     Direction::Recv => 1,
                 };
-                connection.assemblers[slot]
-                    .get_or_insert_with(|| MessageAssembler::new(self.max_keep))
-                    .push(bytes, *total_len as usize, &mut messages);
+                connection.assemblers[slot].get_or_insert_with(|| MessageAssembler::new(self.max_keep)).push(
+                    bytes,
+                    *total_len as usize,
+                    &mut messages,
+                );
                 for message in messages {
                     self.on_message(*pid, *tid, *fd, *ts_ns, *direction, &message.bytes);
                 }
@@ -226,15 +223,7 @@ impl Assembler {
         }
     }
 
-    fn on_message(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        fd: i32,
-        ts_ns: u64,
-        direction: Direction,
-        bytes: &[u8],
-    ) {
+    fn on_message(&mut self, pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
         self.stats.messages += 1;
         let Ok((_, message)) = giop::parse_message(bytes) else {
             self.stats.unparsable += 1;
@@ -273,14 +262,9 @@ impl Assembler {
             }
             (Message::Reply(reply), Direction::Recv) => {
                 match self.client_calls.remove(&(pid, fd, reply.request_id)) {
-                    Some(call) => self.finish_call(
-                        pid,
-                        SpanKind::Client,
-                        call,
-                        ts_ns,
-                        reply.status,
-                        reply.body,
-                    ),
+                    Some(call) => {
+                        self.finish_call(pid, SpanKind::Client, call, ts_ns, reply.status, reply.body)
+                    }
                     None => self.stats.orphan_replies += 1,
                 }
             }
@@ -290,14 +274,7 @@ impl Assembler {
                         if let Some(stack) = self.serving.get_mut(&(pid, call.tid)) {
                             stack.retain(|(ctx, _)| *ctx != call.context);
                         }
-                        self.finish_call(
-                            pid,
-                            SpanKind::Server,
-                            call,
-                            ts_ns,
-                            reply.status,
-                            reply.body,
-                        );
+                        self.finish_call(pid, SpanKind::Server, call, ts_ns, reply.status, reply.body);
                     }
                     None => self.stats.orphan_replies += 1,
                 }
@@ -306,10 +283,7 @@ impl Assembler {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of one parsed GIOP request"
-    )]
+    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
     fn on_client_request(
         &mut self,
         pid: u32,
@@ -323,20 +297,12 @@ impl Assembler {
         response_expected: bool,
         bytes: &[u8],
     ) {
-        let serving = self
-            .serving
-            .get(&(pid, tid))
-            .and_then(|stack| stack.last())
-            .cloned();
+        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).cloned();
         let (parent, device_key) = match serving {
             Some((ctx, key)) => (Some(ctx), Some(key)),
             None => (None, None),
         };
-        let suppressed = match request
-            .client_ident
-            .as_ref()
-            .and_then(|c| c.trace_parent.as_deref())
-        {
+        let suppressed = match request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()) {
             Some(tp) if !tp.is_empty() => {
                 self.native_clients.insert(pid, ());
                 true
@@ -344,9 +310,7 @@ impl Assembler {
             _ => false,
         };
         let context = SpanContextLite {
-            trace_id: parent
-                .map(|p| p.trace_id)
-                .unwrap_or_else(|| self.ids.new_trace_id()),
+            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
         if !suppressed {
@@ -381,10 +345,7 @@ impl Assembler {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the fields of one parsed GIOP request"
-    )]
+    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
     fn on_server_request(
         &mut self,
         pid: u32,
@@ -399,30 +360,19 @@ impl Assembler {
         bytes: &[u8],
     ) {
         self.servers.insert(pid, ());
-        let w3c = request
-            .client_ident
-            .as_ref()
-            .and_then(|c| c.trace_parent.as_deref())
-            .and_then(parse_traceparent);
+        let w3c =
+            request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()).and_then(parse_traceparent);
         let (parent, parent_is_remote) = match w3c {
             Some(ctx) => (Some(ctx), true),
             None => (self.take_client_match(bytes, ts_ns), false),
         };
-        let trace_state = request
-            .client_ident
-            .as_ref()
-            .and_then(|c| c.trace_state.clone())
-            .unwrap_or_default();
+        let trace_state =
+            request.client_ident.as_ref().and_then(|c| c.trace_state.clone()).unwrap_or_default();
         let context = SpanContextLite {
-            trace_id: parent
-                .map(|p| p.trace_id)
-                .unwrap_or_else(|| self.ids.new_trace_id()),
+            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
-        self.serving
-            .entry((pid, tid))
-            .or_default()
-            .push((context, object_key.to_vec()));
+        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
         let call = PendingCall {
             fd,
             tid,
@@ -485,16 +435,13 @@ impl Assembler {
         let mut error = None;
         match status {
             ReplyStatus::NoException => {
-                if call.operation.starts_with("info") {
-                    if let Ok(info) = tango::parse_info_reply(&call.operation, body) {
-                        self.devices.insert(
-                            call.object_key.clone(),
-                            DeviceFacts {
-                                dev_class: info.dev_class,
-                                server_id: info.server_id,
-                            },
-                        );
-                    }
+                if call.operation.starts_with("info")
+                    && let Ok(info) = tango::parse_info_reply(&call.operation, body)
+                {
+                    self.devices.insert(
+                        call.object_key.clone(),
+                        DeviceFacts { dev_class: info.dev_class, server_id: info.server_id },
+                    );
                 }
             }
             ReplyStatus::UserException => {
@@ -523,10 +470,7 @@ impl Assembler {
                 exception = Some(ExceptionEvent {
                     ts_ns: end_ns,
                     exception_type: "Tango::DevFailed".to_string(),
-                    message: format!(
-                        "REASON:API_CorbaException;DESC:{desc};ORIGIN:{}",
-                        call.operation
-                    ),
+                    message: format!("REASON:API_CorbaException;DESC:{desc};ORIGIN:{}", call.operation),
                 });
             }
             ReplyStatus::LocationForward
@@ -553,20 +497,14 @@ impl Assembler {
         }
         let operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
         let is_server = kind == SpanKind::Server;
-        let (name, mut attributes) = if is_server {
-            server_span(&call, &operation)
-        } else {
-            client_span(&call, &operation)
-        };
+        let (name, mut attributes) =
+            if is_server { server_span(&call, &operation) } else { client_span(&call, &operation) };
         if is_server {
             if let Some(ident) = &call.request.client_ident {
                 attributes.extend(client_ident_attributes(ident));
             }
             if let Some(location) = self.locations.get(&(pid, call.fd)) {
-                attributes.push(KeyValue::new(
-                    "tango.client_ident.location",
-                    location.clone(),
-                ));
+                attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
             }
         }
         self.stats.spans += 1;
@@ -593,20 +531,12 @@ impl Assembler {
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
         self.connections.remove(&(pid, fd));
         self.locations.remove(&(pid, fd));
-        self.fail_pending(
-            |&(p, f, _)| p == pid && f == fd,
-            ts_ns,
-            "connection closed before the reply",
-        );
+        self.fail_pending(|&(p, f, _)| p == pid && f == fd, ts_ns, "connection closed before the reply");
     }
 
     /// A process ended: everything it had in flight ends in error and its state is freed.
     fn on_exit(&mut self, pid: u32, ts_ns: u64) {
-        self.fail_pending(
-            |&(p, _, _)| p == pid,
-            ts_ns,
-            "process exited before the reply",
-        );
+        self.fail_pending(|&(p, _, _)| p == pid, ts_ns, "process exited before the reply");
         self.connections.retain(|&(p, _), _| p != pid);
         self.locations.retain(|&(p, _), _| p != pid);
         self.serving.retain(|&(p, _), _| p != pid);
@@ -615,43 +545,19 @@ impl Assembler {
     }
 
     fn fail_pending(&mut self, matches: impl Fn(&(u32, i32, u32)) -> bool, ts_ns: u64, why: &str) {
-        let client_keys: Vec<_> = self
-            .client_calls
-            .keys()
-            .filter(|k| matches(k))
-            .copied()
-            .collect();
+        let client_keys: Vec<_> = self.client_calls.keys().filter(|k| matches(k)).copied().collect();
         for key in client_keys {
             if let Some(call) = self.client_calls.remove(&key) {
-                self.emit(
-                    key.0,
-                    SpanKind::Client,
-                    call,
-                    ts_ns,
-                    None,
-                    Some(why.to_string()),
-                );
+                self.emit(key.0, SpanKind::Client, call, ts_ns, None, Some(why.to_string()));
             }
         }
-        let server_keys: Vec<_> = self
-            .server_calls
-            .keys()
-            .filter(|k| matches(k))
-            .copied()
-            .collect();
+        let server_keys: Vec<_> = self.server_calls.keys().filter(|k| matches(k)).copied().collect();
         for key in server_keys {
             if let Some(call) = self.server_calls.remove(&key) {
                 if let Some(stack) = self.serving.get_mut(&(key.0, call.tid)) {
                     stack.retain(|(ctx, _)| *ctx != call.context);
                 }
-                self.emit(
-                    key.0,
-                    SpanKind::Server,
-                    call,
-                    ts_ns,
-                    None,
-                    Some(why.to_string()),
-                );
+                self.emit(key.0, SpanKind::Server, call, ts_ns, None, Some(why.to_string()));
             }
         }
     }
@@ -704,10 +610,7 @@ fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
     }
     attributes.push(KeyValue::new("tango.client_ident.lang", lang));
     if let Some(class) = &ident.java_main_class {
-        attributes.push(KeyValue::new(
-            "tango.client_ident.java_class",
-            class.clone(),
-        ));
+        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
     }
     if let Some(uuid) = ident.java_uuid {
         attributes.push(KeyValue::new(

@@ -107,10 +107,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
-    info!(
-        "tango-tracer ready: {} target process(es)",
-        daemon.processes.len()
-    );
+    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -140,13 +137,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
 impl Daemon {
     fn selected(&self, info: &ProcessInfo) -> bool {
-        let by_env = self
-            .options
-            .select_env
-            .as_ref()
-            .map(|(name, value)| info.environ.get(name) == Some(value));
-        let by_pid = (!self.options.select_pids.is_empty())
-            .then(|| self.options.select_pids.contains(&info.pid));
+        let by_env =
+            self.options.select_env.as_ref().map(|(name, value)| info.environ.get(name) == Some(value));
+        let by_pid =
+            (!self.options.select_pids.is_empty()).then(|| self.options.select_pids.contains(&info.pid));
         match (by_env, by_pid) {
             (None, None) => true,
             (env, pid) => env.unwrap_or(false) || pid.unwrap_or(false),
@@ -161,11 +155,7 @@ impl Daemon {
 
     /// Starts tracing `pid` if it is selected; otherwise makes sure the kernel ignores it.
     fn adopt(&mut self, pid: u32) {
-        if self
-            .processes
-            .get(&pid)
-            .is_some_and(|p| p.exited_at.is_none())
-        {
+        if self.processes.get(&pid).is_some_and(|p| p.exited_at.is_none()) {
             return;
         }
         let info = ProcessInfo::read(&self.options.proc_root, pid);
@@ -183,20 +173,14 @@ impl Daemon {
             lib_text(info.libraries.omniorb.as_ref()),
             lib_text(info.libraries.tango.as_ref()),
         );
-        self.processes.insert(
-            pid,
-            TracedProcess {
-                info,
-                exited_at: None,
-            },
-        );
+        self.processes.insert(pid, TracedProcess { info, exited_at: None });
     }
 
     fn on_record(&mut self, record: Record) {
-        if let Some(recorder) = &mut self.recorder {
-            if let Ok(line) = serde_json::to_string(&record) {
-                let _ = writeln!(recorder, "{line}");
-            }
+        if let Some(recorder) = &mut self.recorder
+            && let Ok(line) = serde_json::to_string(&record)
+        {
+            let _ = writeln!(recorder, "{line}");
         }
         match &record {
             Record::LibOpened { pid, .. } => {
@@ -216,26 +200,20 @@ impl Daemon {
         if !self.processes.contains_key(&pid) {
             return;
         }
-        if let Record::Data {
-            fd,
-            direction: Direction::Recv,
-            bytes,
-            ..
-        } = &record
-        {
+        if let Record::Data { fd, direction: Direction::Recv, bytes, .. } = &record {
             // The peer of a server-side connection must be read while the socket exists.
-            if is_giop_request(bytes) && self.assembler.needs_location(pid, *fd) {
-                if let Some(location) = sockets::peer_location(&self.options.proc_root, pid, *fd) {
-                    self.assembler.set_location(pid, *fd, location);
-                }
+            if is_giop_request(bytes)
+                && self.assembler.needs_location(pid, *fd)
+                && let Some(location) = sockets::peer_location(&self.options.proc_root, pid, *fd)
+            {
+                self.assembler.set_location(pid, *fd, location);
             }
         }
-        if let Record::Data { .. } = &record {
-            if let Some(process) = self.processes.get_mut(&pid) {
-                if process.info.libraries.tango.is_none() {
-                    process.info.refresh_libraries(&self.options.proc_root);
-                }
-            }
+        if let Record::Data { .. } = &record
+            && let Some(process) = self.processes.get_mut(&pid)
+            && process.info.libraries.tango.is_none()
+        {
+            process.info.refresh_libraries(&self.options.proc_root);
         }
         self.assembler.push(&record);
         if let Record::Exit { .. } | Record::Exec { .. } = record {
@@ -249,8 +227,7 @@ impl Daemon {
     fn on_tick(&mut self) {
         self.assembler.expire(monotonic_ns());
         self.release_spans(false);
-        self.processes
-            .retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_KEEP));
+        self.processes.retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_KEEP));
         let lost = self.probes.lost_records();
         if lost > 0 {
             log::debug!("{lost} probe records lost to a full ring buffer so far");
@@ -269,10 +246,7 @@ impl Daemon {
         }
         let waiting = std::mem::take(&mut self.waiting);
         for (since, span) in waiting {
-            let known = span
-                .device_key
-                .as_ref()
-                .is_none_or(|key| self.assembler.device(key).is_some());
+            let known = span.device_key.as_ref().is_none_or(|key| self.assembler.device(key).is_some());
             if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
                 ready.push(span);
             } else {
@@ -280,7 +254,7 @@ impl Daemon {
             }
         }
         for span in ready {
-            let record = self.to_record(span);
+            let record = self.span_record(span);
             self.hub.submit(record, &self.options.destinations);
         }
     }
@@ -293,39 +267,22 @@ impl Daemon {
         }
     }
 
-    fn to_record(&mut self, span: AssembledSpan) -> SpanRecord {
+    fn span_record(&mut self, span: AssembledSpan) -> SpanRecord {
         let process = self.processes.get(&span.pid).map(|p| &p.info);
         let is_server = self.assembler.is_server(span.pid);
         let key = match &span.device_key {
-            Some(object_key) => ResourceKey::Device {
-                pid: span.pid,
-                object_key: object_key.clone(),
-            },
+            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
             None => ResourceKey::Process { pid: span.pid },
         };
-        let device_name = span
-            .device_key
-            .as_deref()
-            .and_then(resources::device_name_from_key);
-        let facts = span
-            .device_key
-            .as_deref()
-            .and_then(|k| self.assembler.device(k));
-        let resource =
-            self.resources
-                .resolve(&key, process, is_server, device_name.as_deref(), facts);
+        let device_name = span.device_key.as_deref().and_then(resources::device_name_from_key);
+        let facts = span.device_key.as_deref().and_then(|k| self.assembler.device(k));
+        let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
 
         let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
         if let Some(target) = &span.target_key {
             let name = resources::device_name_from_key(target)
-                .map(|n| {
-                    if target == crate::topics::DATABASE_KEY {
-                        "sys/database/2".to_string()
-                    } else {
-                        n
-                    }
-                })
+                .map(|n| if target == crate::topics::DATABASE_KEY { "sys/database/2".to_string() } else { n })
                 .unwrap_or_else(|| hex::encode(target));
             attributes.push(KeyValue::new("tango.operation.target", name));
         }
@@ -363,10 +320,7 @@ impl Daemon {
                 false,
                 trace_state,
             ),
-            parent_span_id: span
-                .parent
-                .map(|p| p.span_id)
-                .unwrap_or(opentelemetry::trace::SpanId::INVALID),
+            parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(opentelemetry::trace::SpanId::INVALID),
             parent_span_is_remote: span.parent_is_remote,
             span_kind: span.kind,
             name: Cow::Owned(span.name),
@@ -404,11 +358,7 @@ impl Daemon {
 
 fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {
     match lib {
-        Some(lib) => format!(
-            "{} ({})",
-            lib.version.as_deref().unwrap_or("?"),
-            lib.path.display()
-        ),
+        Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
         None => "not yet mapped".to_string(),
     }
 }
@@ -419,21 +369,15 @@ fn is_giop_request(bytes: &[u8]) -> bool {
 
 /// A task id is a process when it leads its thread group.
 fn is_process(proc_root: &Path, pid: u32) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
-            line.split_whitespace().nth(1)?.parse::<u32>().ok()
-        })
-        == Some(pid)
+    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok().and_then(|status| {
+        let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+        line.split_whitespace().nth(1)?.parse::<u32>().ok()
+    }) == Some(pid)
 }
 
 /// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -452,9 +396,7 @@ impl ClockOffset {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
-        ClockOffset {
-            realtime_minus_monotonic_ns: real - mono,
-        }
+        ClockOffset { realtime_minus_monotonic_ns: real - mono }
     }
 
     pub fn to_system(&self, monotonic_ns: u64) -> SystemTime {

@@ -39,11 +39,7 @@ struct RunArgs {
     #[arg(long = "exporter", value_enum)]
     exporters: Vec<Exporter>,
     /// File of the embedded store.
-    #[arg(
-        long,
-        env = "TANGO_TRACER_STORE",
-        default_value = "/var/lib/tango-tracer/spans.jsonl"
-    )]
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
     store: PathBuf,
     /// Longest time a finished span waits before it is exported.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -71,11 +67,7 @@ struct RunArgs {
 #[derive(Parser, Debug)]
 struct ShowArgs {
     /// File of the embedded store.
-    #[arg(
-        long,
-        env = "TANGO_TRACER_STORE",
-        default_value = "/var/lib/tango-tracer/spans.jsonl"
-    )]
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
     store: PathBuf,
     /// Only this trace (full or leading hex digits of the trace id).
     #[arg(long)]
@@ -87,13 +79,9 @@ struct ShowArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| text.split_at(i))
-        .unwrap_or((text, "s"));
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("not a duration: {text}"))?;
+    let (number, unit) =
+        text.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| text.split_at(i)).unwrap_or((text, "s"));
+    let value: f64 = number.parse().map_err(|_| format!("not a duration: {text}"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,
@@ -113,11 +101,7 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
     let from_env = tracer_export::destinations_from_otel_env(|name| std::env::var(name).ok())
         .context("reading the OTEL_EXPORTER_OTLP_* environment")?;
     let exporters = if args.exporters.is_empty() {
-        vec![if from_env.is_some() {
-            Exporter::Otlp
-        } else {
-            Exporter::Store
-        }]
+        vec![if from_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
     } else {
         args.exporters.clone()
     };
@@ -130,12 +114,8 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
                     "--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
                 ),
             },
-            Exporter::Console => destinations.push(Destination::Console {
-                stream: ConsoleStream::Stdout,
-            }),
-            Exporter::Store => destinations.push(Destination::Store {
-                path: args.store.clone(),
-            }),
+            Exporter::Console => destinations.push(Destination::Console { stream: ConsoleStream::Stdout }),
+            Exporter::Store => destinations.push(Destination::Store { path: args.store.clone() }),
         }
     }
     destinations.dedup();
@@ -146,10 +126,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.export_interval > Duration::from_secs(5) {
         bail!("--export-interval must be at most 5s so traces show up promptly");
     }
-    let export = ExportConfig {
-        flush_interval: args.export_interval,
-        ..ExportConfig::default()
-    };
+    let export = ExportConfig { flush_interval: args.export_interval, ..ExportConfig::default() };
     let options = RunOptions {
         destinations: destinations(&args)?,
         export,
@@ -180,12 +157,7 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
             }
         }
         traces.sort();
-        let keep: Vec<String> = traces
-            .into_iter()
-            .rev()
-            .take(last)
-            .map(|(_, id)| id)
-            .collect();
+        let keep: Vec<String> = traces.into_iter().rev().take(last).map(|(_, id)| id).collect();
         spans.retain(|s| keep.contains(&s.trace_id));
     }
     print!("{}", tracer_export::tree::render_trees(&spans));

@@ -32,7 +32,7 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 pub enum ProbeError {
     /// The kernel refused the object or a map/program is missing from it.
     #[error("loading the eBPF programs failed (root, CAP_BPF and CAP_PERFMON are needed)")]
-    Load(#[from] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program could not be loaded or attached.
     #[error("attaching {program} to {category}:{name} failed")]
     Attach {
@@ -40,17 +40,30 @@ pub enum ProbeError {
         category: &'static str,
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// A program or map named here is absent from the object.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     /// A map operation failed.
     #[error("eBPF map operation failed")]
-    Map(#[from] aya::maps::MapError),
+    Map(#[source] Box<aya::maps::MapError>),
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
     Tracefs(std::io::Error),
+}
+
+// Boxed: aya's errors are large and would bloat every `Result` of this module.
+impl From<aya::EbpfError> for ProbeError {
+    fn from(error: aya::EbpfError) -> Self {
+        ProbeError::Load(Box::new(error))
+    }
+}
+
+impl From<aya::maps::MapError> for ProbeError {
+    fn from(error: aya::maps::MapError) -> Self {
+        ProbeError::Map(Box::new(error))
+    }
 }
 
 /// The loaded programs plus handles on the maps the daemon uses.
@@ -68,61 +81,31 @@ impl Probes {
     pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
         let capture_len = capture_len.clamp(64, MAX_CAPTURE as u32);
-        let mut ebpf = EbpfLoader::new()
-            .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
-            .load(EBPF_OBJECT)?;
+        let mut ebpf =
+            EbpfLoader::new().override_global("DEFAULT_CAPTURE_LEN", &capture_len, true).load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
-            let tp: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::Missing(program))?
-                .try_into()
-                .map_err(|source| ProbeError::Attach {
-                    program,
-                    category,
-                    name,
-                    source,
-                })?;
+            let tp: &mut TracePoint =
+                ebpf.program_mut(program).ok_or(ProbeError::Missing(program))?.try_into().map_err(
+                    |source| ProbeError::Attach { program, category, name, source: Box::new(source) },
+                )?;
             tp.load()
                 .and_then(|()| tp.attach(category, name).map(|_| ()))
-                .map_err(|source| ProbeError::Attach {
-                    program,
-                    category,
-                    name,
-                    source,
-                })?;
+                .map_err(|source| ProbeError::Attach { program, category, name, source: Box::new(source) })?;
             debug!("attached {program} to tracepoint {category}:{name}");
         }
-        let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or(ProbeError::Missing("EVENTS"))?,
-        )?;
-        let targets = HashMap::try_from(
-            ebpf.take_map("TARGETS")
-                .ok_or(ProbeError::Missing("TARGETS"))?,
-        )?;
-        let lost =
-            PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
+        let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
         info!(
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        Ok((
-            Self {
-                _ebpf: ebpf,
-                targets,
-                lost,
-                capture_len,
-            },
-            events,
-        ))
+        Ok((Self { _ebpf: ebpf, targets, lost, capture_len }, events))
     }
 
     /// Makes `pid` a target (idempotent).
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let config = TargetConfig {
-            capture_len: self.capture_len,
-            flags: 0,
-        };
+        let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
         self.targets.insert(&pid, &config, 0)?;
         Ok(())
     }
@@ -139,10 +122,7 @@ impl Probes {
 
     /// Records the kernel could not queue because the ring buffer was full.
     pub fn lost_records(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
 }
 
@@ -158,8 +138,6 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     if status.success() && events.exists() {
         Ok(())
     } else {
-        Err(ProbeError::Tracefs(std::io::Error::other(
-            "mount -t tracefs failed",
-        )))
+        Err(ProbeError::Tracefs(std::io::Error::other("mount -t tracefs failed")))
     }
 }

@@ -45,10 +45,7 @@ impl TangoLibraries {
                 continue;
             };
             if slot.is_none() {
-                *slot = Some(MappedLibrary {
-                    path: PathBuf::from(path),
-                    version: version_of(name),
-                });
+                *slot = Some(MappedLibrary { path: PathBuf::from(path), version: version_of(name) });
             }
         }
         libs
@@ -78,32 +75,16 @@ impl ProcessInfo {
     /// Reads what `/proc/<pid>` tells; missing pieces stay empty (the process may be gone).
     pub fn read(proc_root: &Path, pid: u32) -> Self {
         let dir = proc_root.join(pid.to_string());
-        let comm = fs::read_to_string(dir.join("comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default().trim().to_string();
         let cmdline = fs::read(dir.join("cmdline"))
-            .map(|raw| {
-                split_nul(&raw)
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect()
-            })
+            .map(|raw| split_nul(&raw).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
             .unwrap_or_default();
-        let environ = fs::read(dir.join("environ"))
-            .map(|raw| parse_environ(&raw))
-            .unwrap_or_default();
+        let environ = fs::read(dir.join("environ")).map(|raw| parse_environ(&raw)).unwrap_or_default();
         let libraries = fs::read_to_string(dir.join("maps"))
             .map(|maps| TangoLibraries::from_maps(&maps))
             .unwrap_or_default();
         let tangorc = read_tangorc(&dir, effective_uid(&dir));
-        ProcessInfo {
-            pid,
-            comm,
-            cmdline,
-            environ,
-            tangorc,
-            libraries,
-        }
+        ProcessInfo { pid, comm, cmdline, environ, tangorc, libraries }
     }
 
     /// Re-reads the mapped libraries (a library loaded by `dlopen` after the first look).
@@ -123,10 +104,7 @@ impl ProcessInfo {
             return Some(value.as_str());
         }
         let lower = name.to_ascii_lowercase();
-        self.tangorc
-            .iter()
-            .find(|(n, _)| *n == lower)
-            .map(|(_, v)| v.as_str())
+        self.tangorc.iter().find(|(n, _)| *n == lower).map(|(_, v)| v.as_str())
     }
 
     /// `TANGO_HOST` as the process would use it.
@@ -136,10 +114,7 @@ impl ProcessInfo {
 
     /// Version of the libtango the process maps.
     pub fn tango_version(&self) -> Option<&str> {
-        self.libraries
-            .tango
-            .as_ref()
-            .and_then(|l| l.version.as_deref())
+        self.libraries.tango.as_ref().and_then(|l| l.version.as_deref())
     }
 }
 
@@ -187,8 +162,7 @@ fn home_of(root: &Path, uid: u32) -> Option<String> {
     let passwd = fs::read_to_string(root.join("etc/passwd")).ok()?;
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
-        (fields.get(2)?.parse::<u32>().ok()? == uid)
-            .then(|| fields.get(5).map(|h| h.to_string()))?
+        (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(5).map(|h| h.to_string()))?
     })
 }
 
@@ -221,25 +195,12 @@ mod tests {
                     7f04-7f05 r-xp 00000000 fe:00 125 /usr/lib/x86_64-linux-gnu/libzmq.so.5.2.4\n\
                     7f06-7f07 rw-p 00000000 00:00 0 \n";
         let libs = TangoLibraries::from_maps(maps);
-        assert_eq!(
-            libs.omniorb.as_ref().and_then(|l| l.version.as_deref()),
-            Some("3.4")
-        );
-        assert_eq!(
-            libs.tango.as_ref().and_then(|l| l.version.as_deref()),
-            Some("10.3.3")
-        );
-        assert_eq!(
-            libs.zmq.as_ref().and_then(|l| l.version.as_deref()),
-            Some("5.2.4")
-        );
-        let debian = TangoLibraries::from_maps(
-            "1-2 r-xp 0 fe:00 1 /usr/lib/x86_64-linux-gnu/libtango.so.9.3.4\n",
-        );
-        assert_eq!(
-            debian.tango.and_then(|l| l.version),
-            Some("9.3.4".to_string())
-        );
+        assert_eq!(libs.omniorb.as_ref().and_then(|l| l.version.as_deref()), Some("3.4"));
+        assert_eq!(libs.tango.as_ref().and_then(|l| l.version.as_deref()), Some("10.3.3"));
+        assert_eq!(libs.zmq.as_ref().and_then(|l| l.version.as_deref()), Some("5.2.4"));
+        let debian =
+            TangoLibraries::from_maps("1-2 r-xp 0 fe:00 1 /usr/lib/x86_64-linux-gnu/libtango.so.9.3.4\n");
+        assert_eq!(debian.tango.and_then(|l| l.version), Some("9.3.4".to_string()));
     }
 
     #[test]
@@ -251,10 +212,7 @@ mod tests {
             parsed,
             vec![
                 ("tango_host".to_string(), "vm:10000".to_string()),
-                (
-                    "tango_telemetry_types".to_string(),
-                    "tracing,logging".to_string()
-                )
+                ("tango_telemetry_types".to_string(), "tracing,logging".to_string())
             ]
         );
     }
@@ -267,10 +225,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(info.tango_host(), Some("a:1"));
-        let info = ProcessInfo {
-            tangorc: vec![("tango_host".into(), "b:2".into())],
-            ..Default::default()
-        };
+        let info = ProcessInfo { tangorc: vec![("tango_host".into(), "b:2".into())], ..Default::default() };
         assert_eq!(info.tango_host(), Some("b:2"));
     }
 }

@@ -85,11 +85,7 @@ impl Record {
                     tid,
                     fd,
                     ts_ns,
-                    direction: if dir == direction::SEND {
-                        Direction::Send
-                    } else {
-                        Direction::Recv
-                    },
+                    direction: if dir == direction::SEND { Direction::Send } else { Direction::Recv },
                     total_len,
                     bytes: raw[DATA_RECORD_HEADER_LEN..end].to_vec(),
                 }
@@ -98,11 +94,7 @@ impl Record {
             kind::LIB_OPENED => Record::LibOpened { pid, ts_ns },
             kind::EXIT => Record::Exit { pid, ts_ns },
             kind::EXEC => Record::Exec { pid, ts_ns },
-            kind::FORK => Record::Fork {
-                pid,
-                child: fd as u32,
-                ts_ns,
-            },
+            kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
             other => return Err(RecordError::UnknownKind(other)),
         })
     }

@@ -75,9 +75,7 @@ impl Resources {
                 let class = device.map(|d| d.dev_class.clone());
                 attributes.push(KeyValue::new(
                     "service.name",
-                    class
-                        .clone()
-                        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+                    class.clone().unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
                 ));
                 if let Some(name) = device_name {
                     attributes.push(KeyValue::new("service.instance.id", name.to_string()));
@@ -94,10 +92,8 @@ impl Resources {
                 class.is_some()
             }
             ResourceKey::Process { .. } => {
-                attributes.push(KeyValue::new(
-                    "tango.process.kind",
-                    if is_server { "server" } else { "client" },
-                ));
+                attributes
+                    .push(KeyValue::new("tango.process.kind", if is_server { "server" } else { "client" }));
                 let service = process
                     .and_then(|p| p.environ.get("PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME"))
                     .filter(|s| !s.is_empty())
@@ -111,9 +107,7 @@ impl Resources {
                 is_server
             }
         };
-        let resource = Resource::builder_empty()
-            .with_attributes(attributes)
-            .build();
+        let resource = Resource::builder_empty().with_attributes(attributes).build();
         if cacheable {
             self.cache.insert(key.clone(), resource.clone());
         }
@@ -123,11 +117,6 @@ impl Resources {
 
 /// The instrumentation scope of spans of a process: cppTango's, versioned by its libtango.
 pub fn scope_for(process: Option<&ProcessInfo>) -> InstrumentationScope {
-    let version = process
-        .and_then(|p| p.tango_version())
-        .unwrap_or("unknown")
-        .to_string();
-    InstrumentationScope::builder(SCOPE_NAME)
-        .with_version(version)
-        .build()
+    let version = process.and_then(|p| p.tango_version()).unwrap_or("unknown").to_string();
+    InstrumentationScope::builder(SCOPE_NAME).with_version(version).build()
 }

@@ -8,23 +8,14 @@ pub fn peer_location(proc_root: &Path, pid: u32, fd: i32) -> Option<String> {
     let dir = proc_root.join(pid.to_string());
     let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
     let link = link.to_str()?;
-    let inode: u64 = link
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()?;
+    let inode: u64 = link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
     let net = dir.join("net");
     for table in ["tcp", "tcp6"] {
-        if let Some(location) = fs::read_to_string(net.join(table))
-            .ok()
-            .and_then(|t| tcp_peer(&t, inode))
-        {
+        if let Some(location) = fs::read_to_string(net.join(table)).ok().and_then(|t| tcp_peer(&t, inode)) {
             return Some(location);
         }
     }
-    fs::read_to_string(net.join("unix"))
-        .ok()
-        .and_then(|t| unix_path(&t, inode))
+    fs::read_to_string(net.join("unix")).ok().and_then(|t| unix_path(&t, inode))
 }
 
 /// Finds `inode` in a `/proc/net/tcp{,6}` table and formats its remote address.
@@ -49,9 +40,7 @@ fn tcp_peer(table: &str, inode: u64) -> Option<String> {
 fn ipv6_text(hex: &str) -> Option<String> {
     let mut bytes = [0u8; 16];
     for word in 0..4 {
-        let value = u32::from_str_radix(hex.get(word * 8..word * 8 + 8)?, 16)
-            .ok()?
-            .swap_bytes();
+        let value = u32::from_str_radix(hex.get(word * 8..word * 8 + 8)?, 16).ok()?.swap_bytes();
         bytes[word * 4..word * 4 + 4].copy_from_slice(&value.to_be_bytes());
     }
     let ip = std::net::Ipv6Addr::from(bytes);
@@ -80,10 +69,7 @@ mod tests {
     fn tcp_table_row() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
            0: 0100007F:AFC3 0100007F:E47A 01 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 20 4 30 10 -1\n";
-        assert_eq!(
-            tcp_peer(table, 123456).as_deref(),
-            Some("giop:tcp:127.0.0.1:58490")
-        );
+        assert_eq!(tcp_peer(table, 123456).as_deref(), Some("giop:tcp:127.0.0.1:58490"));
         assert_eq!(tcp_peer(table, 1), None);
     }
 
@@ -91,9 +77,6 @@ mod tests {
     fn unix_table_row() {
         let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
             0000000000000000: 00000003 00000000 00000000 0001 03 777 /tmp/omni-root/000123-1700000000\n";
-        assert_eq!(
-            unix_path(table, 777).as_deref(),
-            Some("giop:unix:/tmp/omni-root/000123-1700000000")
-        );
+        assert_eq!(unix_path(table, 777).as_deref(), Some("giop:unix:/tmp/omni-root/000123-1700000000"));
     }
 }

@@ -38,8 +38,7 @@ impl Operation {
                 | TangoCall::SetAttributeConfig { .. }
                 | TangoCall::Pipe { .. }
         );
-        let class = if giop == "_is_a" || giop == "_non_existent" || giop.starts_with("_interface")
-        {
+        let class = if giop == "_is_a" || giop == "_non_existent" || giop.starts_with("_interface") {
             OperationClass::Internal
         } else if object_key == DATABASE_KEY {
             OperationClass::Database
@@ -48,10 +47,7 @@ impl Operation {
         } else {
             OperationClass::Extended
         };
-        Operation {
-            giop: giop.to_string(),
-            class,
-        }
+        Operation { giop: giop.to_string(), class }
     }
 
     /// `read_attributes_5` → 5; `command_inout` → 1.
@@ -78,10 +74,7 @@ impl Operation {
 
     /// The client API method cppTango names its CLIENT span after.
     pub fn client_span_name(&self, call: &TangoCall) -> String {
-        let base = self
-            .giop
-            .trim_end_matches(|c: char| c.is_ascii_digit())
-            .trim_end_matches('_');
+        let base = self.giop.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('_');
         match call {
             TangoCall::ReadAttributes { names } if names.len() == 1 => {
                 "Tango::DeviceProxy::read_attribute".into()
@@ -93,19 +86,14 @@ impl Operation {
                 "Tango::DeviceProxy::write_attribute".into()
             }
             TangoCall::WriteAttributes { .. } => "Tango::DeviceProxy::write_attributes".into(),
-            TangoCall::WriteReadAttributes { written, read }
-                if written.len() == 1 && read.len() <= 1 =>
-            {
+            TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
                 "Tango::DeviceProxy::write_read_attribute".into()
             }
             TangoCall::WriteReadAttributes { .. } => {
-                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::write_read_attributes"
-                    .into()
+                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::write_read_attributes".into()
             }
             TangoCall::CommandInout { .. } => "Tango::Connection::command_inout".into(),
-            TangoCall::SetAttributeConfig { .. } => {
-                "Tango::DeviceProxy::set_attribute_config".into()
-            }
+            TangoCall::SetAttributeConfig { .. } => "Tango::DeviceProxy::set_attribute_config".into(),
             TangoCall::Pipe { .. } => format!("Tango::DeviceProxy::{base}"),
             TangoCall::Other => {
                 let method = match base {
@@ -133,9 +121,7 @@ impl Operation {
             {
                 names.first().cloned()
             }
-            TangoCall::WriteReadAttributes { written, read }
-                if written.len() == 1 && read.len() <= 1 =>
-            {
+            TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
                 written.first().cloned()
             }
             TangoCall::CommandInout { command, .. } => Some(command.clone()),
@@ -155,75 +141,35 @@ mod tests {
 
     #[test]
     fn server_names_follow_the_servant_class() {
-        assert_eq!(
-            op("read_attributes_5").server_span_name(),
-            "Tango::Device_5Impl::read_attributes_5"
-        );
-        assert_eq!(
-            op("write_attributes_4").server_span_name(),
-            "Tango::Device_4Impl::write_attributes_4"
-        );
-        assert_eq!(
-            op("command_inout_4").server_span_name(),
-            "Tango::Device_4Impl::command_inout_4"
-        );
-        assert_eq!(
-            op("command_inout").server_span_name(),
-            "Tango::DeviceImpl::command_inout"
-        );
-        assert_eq!(
-            op("_get_state").server_span_name(),
-            "Tango::DeviceImpl::state"
-        );
+        assert_eq!(op("read_attributes_5").server_span_name(), "Tango::Device_5Impl::read_attributes_5");
+        assert_eq!(op("write_attributes_4").server_span_name(), "Tango::Device_4Impl::write_attributes_4");
+        assert_eq!(op("command_inout_4").server_span_name(), "Tango::Device_4Impl::command_inout_4");
+        assert_eq!(op("command_inout").server_span_name(), "Tango::DeviceImpl::command_inout");
+        assert_eq!(op("_get_state").server_span_name(), "Tango::DeviceImpl::state");
     }
 
     #[test]
     fn client_names_follow_the_api_method() {
-        let one = TangoCall::ReadAttributes {
-            names: vec!["temperature".into()],
-        };
-        let two = TangoCall::ReadAttributes {
-            names: vec!["a".into(), "b".into()],
-        };
+        let one = TangoCall::ReadAttributes { names: vec!["temperature".into()] };
+        let two = TangoCall::ReadAttributes { names: vec!["a".into(), "b".into()] };
         let o = op("read_attributes_5");
-        assert_eq!(
-            o.client_span_name(&one),
-            "Tango::DeviceProxy::read_attribute"
-        );
+        assert_eq!(o.client_span_name(&one), "Tango::DeviceProxy::read_attribute");
         assert_eq!(o.client_argument(&one).as_deref(), Some("temperature"));
         assert_eq!(
             o.client_span_name(&two),
             "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes"
         );
         assert_eq!(o.client_argument(&two), None);
-        let cmd = TangoCall::CommandInout {
-            command: "Echo".into(),
-            argin: None,
-        };
-        assert_eq!(
-            op("command_inout_4").client_span_name(&cmd),
-            "Tango::Connection::command_inout"
-        );
-        assert_eq!(
-            op("_get_state").client_span_name(&TangoCall::Other),
-            "Tango::DeviceProxy::state"
-        );
+        let cmd = TangoCall::CommandInout { command: "Echo".into(), argin: None };
+        assert_eq!(op("command_inout_4").client_span_name(&cmd), "Tango::Connection::command_inout");
+        assert_eq!(op("_get_state").client_span_name(&TangoCall::Other), "Tango::DeviceProxy::state");
     }
 
     #[test]
     fn classes() {
-        let cmd = TangoCall::CommandInout {
-            command: "DbImportDevice".into(),
-            argin: None,
-        };
-        assert_eq!(
-            Operation::classify("command_inout", DATABASE_KEY, &cmd).class,
-            OperationClass::Database
-        );
-        assert_eq!(
-            Operation::classify("command_inout_4", b"x/y/z", &cmd).class,
-            OperationClass::User
-        );
+        let cmd = TangoCall::CommandInout { command: "DbImportDevice".into(), argin: None };
+        assert_eq!(Operation::classify("command_inout", DATABASE_KEY, &cmd).class, OperationClass::Database);
+        assert_eq!(Operation::classify("command_inout_4", b"x/y/z", &cmd).class, OperationClass::User);
         assert_eq!(op("ping").class, OperationClass::Extended);
         assert_eq!(op("_non_existent").class, OperationClass::Internal);
     }

@@ -165,9 +165,7 @@ impl<'a> CdrReader<'a> {
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let bytes = self.bytes(N)?;
-        bytes
-            .try_into()
-            .map_err(|_| WireError::Malformed("internal: slice length"))
+        bytes.try_into().map_err(|_| WireError::Malformed("internal: slice length"))
     }
 
     /// `octet`.
@@ -373,9 +371,7 @@ mod tests {
         // A big-endian parent holding the little-endian encapsulation of a
         // DevVarStringArray TypeCode: length 16, byte order 1 (LE), 3 pad bytes,
         // tk_string (0x12), bound 0, sequence bound 0.
-        let data = [
-            0, 0, 0, 0x10, 0x01, 0, 0, 0, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xaa,
-        ];
+        let data = [0, 0, 0, 0x10, 0x01, 0, 0, 0, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xaa];
         let mut r = CdrReader::new(&data, false, 0);
         let mut e = r.encapsulation().expect("encapsulation");
         assert!(e.little_endian());

@@ -101,8 +101,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
     if flags & !known_flags != 0 {
         return Err(WireError::Malformed("unknown GIOP flag bits"));
     }
-    let msg_type =
-        MsgType::from_u8(msg_type).ok_or(WireError::Malformed("unknown GIOP message type"))?;
+    let msg_type = MsgType::from_u8(msg_type).ok_or(WireError::Malformed("unknown GIOP message type"))?;
     if minor == 0 && msg_type == MsgType::Fragment {
         return Err(WireError::Malformed("Fragment in GIOP 1.0"));
     }
@@ -114,11 +113,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
         little_endian,
         more_fragments: flags & 0x02 != 0,
         msg_type,
-        body_len: if little_endian {
-            u32::from_le_bytes(len)
-        } else {
-            u32::from_be_bytes(len)
-        },
+        body_len: if little_endian { u32::from_le_bytes(len) } else { u32::from_be_bytes(len) },
     })
 }
 
@@ -199,9 +194,7 @@ pub fn parse_message(msg: &[u8]) -> Result<(Header, Message<'_>), WireError> {
     let message = match header.msg_type {
         MsgType::Request => Message::Request(parse_request(&header, r)?),
         MsgType::Reply => Message::Reply(parse_reply(&header, r)?),
-        MsgType::Fragment if header.minor >= 2 => Message::Fragment {
-            request_id: Some(r.u32()?),
-        },
+        MsgType::Fragment if header.minor >= 2 => Message::Fragment { request_id: Some(r.u32()?) },
         MsgType::Fragment => Message::Fragment { request_id: None },
         other => Message::Other(other),
     };
@@ -222,11 +215,7 @@ fn skip_service_contexts(r: &mut CdrReader<'_>) -> Result<(), WireError> {
 /// a body may end before the padding.
 fn align_body(r: &mut CdrReader<'_>) -> Result<(), WireError> {
     let pad = (8 - r.offset() % 8) % 8;
-    if r.remaining() <= pad && !r.may_be_truncated() {
-        r.skip(r.remaining())
-    } else {
-        r.skip(pad)
-    }
+    if r.remaining() <= pad && !r.may_be_truncated() { r.skip(r.remaining()) } else { r.skip(pad) }
 }
 
 /// Reads the header fields after the ones a tracer needs (operation, status). A capture cut
@@ -293,13 +282,7 @@ fn parse_request<'a>(h: &Header, mut r: CdrReader<'a>) -> Result<Request<'a>, Wi
         operation = r.string()?;
         header_tail(&mut r, |r| r.octets().map(drop))?;
     }
-    Ok(Request {
-        request_id,
-        response_expected,
-        object_key,
-        operation,
-        body: r.rebased(),
-    })
+    Ok(Request { request_id, response_expected, object_key, operation, body: r.rebased() })
 }
 
 fn parse_reply<'a>(h: &Header, mut r: CdrReader<'a>) -> Result<Reply<'a>, WireError> {
@@ -318,11 +301,7 @@ fn parse_reply<'a>(h: &Header, mut r: CdrReader<'a>) -> Result<Reply<'a>, WireEr
         request_id = r.u32()?;
         status = ReplyStatus::from_u32(r.u32()?);
     }
-    Ok(Reply {
-        request_id,
-        status,
-        body: r.rebased(),
-    })
+    Ok(Reply { request_id, status, body: r.rebased() })
 }
 
 /// `CORBA::CompletionStatus` of a system exception.
@@ -364,11 +343,7 @@ pub fn parse_system_exception(mut body: CdrReader<'_>) -> Result<SystemException
         2 => CompletionStatus::Maybe,
         v => CompletionStatus::Unknown(v),
     };
-    Ok(SystemException {
-        repository_id,
-        minor,
-        completed,
-    })
+    Ok(SystemException { repository_id, minor, completed })
 }
 
 /// One whole GIOP message cut out of a stream.
@@ -475,13 +450,10 @@ impl MessageAssembler {
         while p < total {
             if let Some(cur) = self.current.as_mut() {
                 let n = (cur.total_len - cur.seen).min(total - p);
-                let known = captured
-                    .get(p..(p + n).min(captured.len()))
-                    .unwrap_or_default();
+                let known = captured.get(p..(p + n).min(captured.len())).unwrap_or_default();
                 if cur.complete_capture {
                     let room = self.max_keep.saturating_sub(cur.bytes.len());
-                    cur.bytes
-                        .extend_from_slice(known.get(..room.min(known.len())).unwrap_or_default());
+                    cur.bytes.extend_from_slice(known.get(..room.min(known.len())).unwrap_or_default());
                 }
                 if known.len() < n {
                     // Later bytes of this message would land at the wrong place: stop keeping.
@@ -503,10 +475,9 @@ impl MessageAssembler {
                 return;
             };
             let take = (HEADER_LEN - self.header_len).min(avail.len());
-            if let (Some(dst), Some(src)) = (
-                self.header.get_mut(self.header_len..self.header_len + take),
-                avail.get(..take),
-            ) {
+            if let (Some(dst), Some(src)) =
+                (self.header.get_mut(self.header_len..self.header_len + take), avail.get(..take))
+            {
                 dst.copy_from_slice(src);
             }
             let had = self.header_len;
@@ -580,11 +551,11 @@ mod tests {
         0x03, 0x00, 0x00, 0x00, // response flags 3, reserved
         0x00, 0x00, // TargetAddress: KeyAddr
         0x30, 0x30, // padding
-        0x0e, 0x00, 0x00, 0x00, 0xfe, 0x52, 0x53, 0x01, 0x6b, 0x00, 0x00, 0x23, 0xf2, 0x00, 0x00,
-        0x00, 0x00, 0x00, // 14-byte transient POA key
+        0x0e, 0x00, 0x00, 0x00, 0xfe, 0x52, 0x53, 0x01, 0x6b, 0x00, 0x00, 0x23, 0xf2, 0x00, 0x00, 0x00, 0x00,
+        0x00, // 14-byte transient POA key
         0x2f, 0x73, // padding
-        0x0e, 0x00, 0x00, 0x00, b'_', b'n', b'o', b'n', b'_', b'e', b'x', b'i', b's', b't', b'e',
-        b'n', b't', 0x00, // operation
+        0x0e, 0x00, 0x00, 0x00, b'_', b'n', b'o', b'n', b'_', b'e', b'x', b'i', b's', b't', b'e', b'n', b't',
+        0x00, // operation
         0x32, 0x3a, // padding
         0x01, 0x00, 0x00, 0x00, // one service context
         0x01, 0x00, 0x00, 0x00, // id 1: CodeSets
@@ -605,27 +576,16 @@ mod tests {
     fn header_errors() {
         assert_eq!(parse_header(b"GIO"), Err(WireError::Incomplete));
         assert_eq!(parse_header(b"GIOP\x01\x00"), Err(WireError::Incomplete));
-        assert_eq!(
-            parse_header(b"HTTP/1.1 200"),
-            Err(WireError::NotThisProtocol)
-        );
-        assert_eq!(
-            parse_header(b"GIOP\x02\x00\x00\x00\0\0\0\0"),
-            Err(WireError::NotThisProtocol)
-        );
-        assert!(matches!(
-            parse_header(b"GIOP\x01\x02\x00\x09\0\0\0\0"),
-            Err(WireError::Malformed(_))
-        ));
+        assert_eq!(parse_header(b"HTTP/1.1 200"), Err(WireError::NotThisProtocol));
+        assert_eq!(parse_header(b"GIOP\x02\x00\x00\x00\0\0\0\0"), Err(WireError::NotThisProtocol));
+        assert!(matches!(parse_header(b"GIOP\x01\x02\x00\x09\0\0\0\0"), Err(WireError::Malformed(_))));
         assert!(!check_payload(b"GIOP"));
     }
 
     #[test]
     fn request_1_0() {
         let (_, m) = parse_message(&PING_1_0).expect("parse");
-        let Message::Request(r) = m else {
-            panic!("not a request")
-        };
+        let Message::Request(r) = m else { panic!("not a request") };
         assert_eq!(r.request_id, 8);
         assert!(r.response_expected);
         assert_eq!(r.object_key, b"test/demo/1");
@@ -637,9 +597,7 @@ mod tests {
     fn request_1_2_with_codeset_context() {
         let (h, m) = parse_message(&NON_EXISTENT_1_2).expect("parse");
         assert_eq!(h.minor, 2);
-        let Message::Request(r) = m else {
-            panic!("not a request")
-        };
+        let Message::Request(r) = m else { panic!("not a request") };
         assert_eq!(r.request_id, 2);
         assert_eq!(r.object_key.len(), 14);
         assert_eq!(r.operation, "_non_existent");
@@ -649,14 +607,9 @@ mod tests {
     #[test]
     fn truncated_body_still_gives_header() {
         let (_, m) = parse_message(&PING_1_0[..50]).expect("parse");
-        let Message::Request(r) = m else {
-            panic!("not a request")
-        };
+        let Message::Request(r) = m else { panic!("not a request") };
         assert_eq!(r.operation, "ping");
-        assert_eq!(
-            parse_message(&PING_1_0[..30]).err(),
-            Some(WireError::Incomplete)
-        );
+        assert_eq!(parse_message(&PING_1_0[..30]).err(), Some(WireError::Incomplete));
     }
 
     #[test]
@@ -671,9 +624,7 @@ mod tests {
         ];
         let (h, m) = parse_message(&msg).expect("parse");
         assert!(!h.little_endian);
-        let Message::Reply(r) = m else {
-            panic!("not a reply")
-        };
+        let Message::Reply(r) = m else { panic!("not a reply") };
         assert_eq!((r.request_id, r.status), (7, ReplyStatus::NoException));
     }
 

@@ -82,10 +82,7 @@ impl<'a> Frame<'a> {
         // u8 name length | name | data
         let (&len, rest) = self.body.split_first()?;
         let name = rest.get(..usize::from(len))?;
-        Some(Command {
-            name: std::str::from_utf8(name).ok()?,
-            data: rest.get(usize::from(len)..)?,
-        })
+        Some(Command { name: std::str::from_utf8(name).ok()?, data: rest.get(usize::from(len)..)? })
     }
 }
 
@@ -106,11 +103,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<(Frame<'_>, &[u8]), WireError> {
         (usize::from(size), rest)
     };
     let body = rest.get(..len).ok_or(WireError::Incomplete)?;
-    let frame = Frame {
-        more: flags & 0x01 != 0,
-        command: flags & 0x04 != 0,
-        body,
-    };
+    let frame = Frame { more: flags & 0x01 != 0, command: flags & 0x04 != 0, body };
     Ok((frame, rest.get(len..).unwrap_or_default()))
 }
 
@@ -191,13 +184,7 @@ pub fn parse_topic(topic: &str) -> Option<Topic<'_>> {
         Some(i) => (path.get(..i)?, path.get(i + 1..)),
         None => (path, None),
     };
-    Some(Topic {
-        host,
-        device,
-        attribute,
-        event,
-        no_database,
-    })
+    Some(Topic { host, device, attribute, event, no_database })
 }
 
 /// A Tango event message.
@@ -226,17 +213,12 @@ impl<'a> EventMessage<'a> {
 pub fn parse_event<'a>(frames: &[Frame<'a>]) -> Result<EventMessage<'a>, WireError> {
     // topic | byte order octet | ZmqCallInfo | value
     let [topic, order, call_info, data] = frames else {
-        return Err(if frames.len() < 4 {
-            WireError::Incomplete
-        } else {
-            WireError::NotThisProtocol
-        });
+        return Err(if frames.len() < 4 { WireError::Incomplete } else { WireError::NotThisProtocol });
     };
     if frames.iter().any(|f| f.command) {
         return Err(WireError::NotThisProtocol);
     }
-    let topic =
-        std::str::from_utf8(topic.body).map_err(|_| WireError::Malformed("topic is not text"))?;
+    let topic = std::str::from_utf8(topic.body).map_err(|_| WireError::Malformed("topic is not text"))?;
     if !topic.starts_with("tango://") {
         return Err(WireError::NotThisProtocol);
     }
@@ -259,8 +241,7 @@ mod tests {
 
     #[test]
     fn topic_parts() {
-        let t = parse_topic("tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change")
-            .expect("topic");
+        let t = parse_topic("tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change").expect("topic");
         assert_eq!(t.host, "vm:45871");
         assert_eq!(t.device, "test/demo/1");
         assert_eq!(t.attribute, Some("temperature"));
@@ -289,9 +270,7 @@ mod tests {
 
     #[test]
     fn frames_and_commands() {
-        let bytes = [
-            0x04, 0x06, 0x05, b'R', b'E', b'A', b'D', b'Y', 0x01, 0x01, 0xaa, 0x00,
-        ];
+        let bytes = [0x04, 0x06, 0x05, b'R', b'E', b'A', b'D', b'Y', 0x01, 0x01, 0xaa, 0x00];
         let (msgs, rest) = split_messages(&bytes).expect("split");
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0][0].as_command().map(|c| c.name), Some("READY"));

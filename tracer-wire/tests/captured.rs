@@ -27,11 +27,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 fn is_w3c_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
-    parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
+    parts.len() == 4 && parts[0] == "00" && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2)
 }
 
 #[test]
@@ -67,12 +63,7 @@ fn read_attributes_5() {
     assert_eq!(r.operation, "read_attributes_5");
     let req = parse_request(r.operation, r.body);
     assert!(req.args_complete);
-    assert_eq!(
-        req.call,
-        TangoCall::ReadAttributes {
-            names: strings(&["temperature", "counter"])
-        }
-    );
+    assert_eq!(req.call, TangoCall::ReadAttributes { names: strings(&["temperature", "counter"]) });
     // Telemetry off: a 10.x client still sends CPP_6, with empty trace strings.
     let id = req.client_ident.expect("ClntIdent");
     assert_eq!(id.lang, LockerLanguage::Cpp6);
@@ -94,28 +85,14 @@ fn read_attributes_5() {
 #[test]
 fn write_attributes_4() {
     for (name, expect, pid) in [
-        (
-            "demo-req-write_attributes_4",
-            &["counter"][..],
-            DEMO_CLIENT_PID,
-        ),
-        (
-            "demo-req-write_attributes_4-two",
-            &["counter", "temperature"][..],
-            EXTRA_CLIENT_PID,
-        ),
+        ("demo-req-write_attributes_4", &["counter"][..], DEMO_CLIENT_PID),
+        ("demo-req-write_attributes_4-two", &["counter", "temperature"][..], EXTRA_CLIENT_PID),
     ] {
         let bytes = fixture(name);
         let r = request(&bytes);
         let req = parse_request(r.operation, r.body);
         assert!(req.args_complete, "{name}");
-        assert_eq!(
-            req.call,
-            TangoCall::WriteAttributes {
-                names: strings(expect)
-            },
-            "{name}"
-        );
+        assert_eq!(req.call, TangoCall::WriteAttributes { names: strings(expect) }, "{name}");
         assert_eq!(req.client_ident.and_then(|c| c.pid), Some(pid), "{name}");
     }
 }
@@ -128,14 +105,10 @@ fn write_read_attributes_5() {
     assert!(req.args_complete);
     assert_eq!(
         req.call,
-        TangoCall::WriteReadAttributes {
-            written: strings(&["counter"]),
-            read: strings(&["counter"]),
-        }
+        TangoCall::WriteReadAttributes { written: strings(&["counter"]), read: strings(&["counter"]) }
     );
     let rep = fixture("demo-rep-write_read_attributes_5");
-    let values =
-        parse_attributes_reply("write_read_attributes_5", reply_body(&rep)).expect("values");
+    let values = parse_attributes_reply("write_read_attributes_5", reply_body(&rep)).expect("values");
     assert_eq!(values.len(), 1);
     assert_eq!(values[0].name, "counter");
 
@@ -157,12 +130,7 @@ fn set_attribute_config_5() {
     let r = request(&bytes);
     let req = parse_request(r.operation, r.body);
     assert!(req.args_complete);
-    assert_eq!(
-        req.call,
-        TangoCall::SetAttributeConfig {
-            names: strings(&["counter"])
-        }
-    );
+    assert_eq!(req.call, TangoCall::SetAttributeConfig { names: strings(&["counter"]) });
     // The ClntIdent comes after the whole AttributeConfig_5: its pid proves the skip.
     assert_eq!(req.client_ident.and_then(|c| c.pid), Some(EXTRA_CLIENT_PID));
 }
@@ -175,16 +143,10 @@ fn command_inout_4_echo_and_reply() {
     assert!(req.args_complete);
     assert_eq!(
         req.call,
-        TangoCall::CommandInout {
-            command: "Echo".into(),
-            argin: Some(ArgValue::String("hi".into())),
-        }
+        TangoCall::CommandInout { command: "Echo".into(), argin: Some(ArgValue::String("hi".into())) }
     );
     let rep = fixture("demo-rep-command_inout_4-echo");
-    assert_eq!(
-        parse_command_reply(reply_body(&rep)),
-        Ok(ArgValue::String("hi".into()))
-    );
+    assert_eq!(parse_command_reply(reply_body(&rep)), Ok(ArgValue::String("hi".into())));
     let bytes = fixture("demo-req-command_inout_4-increment");
     let r = request(&bytes);
     let req = parse_request(r.operation, r.body);
@@ -235,10 +197,7 @@ fn server_side_reply() {
     let values = parse_attributes_reply("read_attributes_5", rep.body).expect("values");
     assert_eq!(values[0].name, "temperature");
     let bytes = fixture("srv-send-command_inout_4-echo");
-    assert_eq!(
-        parse_command_reply(reply_body(&bytes)),
-        Ok(ArgValue::String("traced".into()))
-    );
+    assert_eq!(parse_command_reply(reply_body(&bytes)), Ok(ArgValue::String("traced".into())));
 }
 
 #[test]
@@ -261,19 +220,13 @@ fn event_subscription_command() {
         }
     );
     let rep = fixture("tele-rep-command_inout_4-zmqeventsubscriptionchange");
-    let Ok(ArgValue::LongStringArray { longs, strings }) = parse_command_reply(reply_body(&rep))
-    else {
+    let Ok(ArgValue::LongStringArray { longs, strings }) = parse_command_reply(reply_body(&rep)) else {
         panic!("not a DevVarLongStringArray");
     };
     assert!(!longs.is_empty());
+    assert!(strings.iter().any(|s| s.starts_with("tcp://")), "{strings:?}");
     assert!(
-        strings.iter().any(|s| s.starts_with("tcp://")),
-        "{strings:?}"
-    );
-    assert!(
-        strings
-            .iter()
-            .any(|s| s.starts_with("tango://") && s.ends_with("/temperature#dbase=no.idl5_change")),
+        strings.iter().any(|s| s.starts_with("tango://") && s.ends_with("/temperature#dbase=no.idl5_change")),
         "{strings:?}"
     );
 }
@@ -298,10 +251,7 @@ fn admin_commands_with_array_arguments() {
     let rep = fixture("admin-rep-command_inout_4-istelemetryenabled");
     assert_eq!(
         parse_command_reply(reply_body(&rep)),
-        Ok(ArgValue::LongStringArray {
-            longs: vec![0],
-            strings: strings(&["test/demo/1"]),
-        })
+        Ok(ArgValue::LongStringArray { longs: vec![0], strings: strings(&["test/demo/1"]) })
     );
     let bytes = fixture("admin-req-command_inout_4-settelemetrytracing");
     let r = request(&bytes);
@@ -311,10 +261,7 @@ fn admin_commands_with_array_arguments() {
         req.call,
         TangoCall::CommandInout {
             command: "SetTelemetryTracing".into(),
-            argin: Some(ArgValue::LongStringArray {
-                longs: vec![0],
-                strings: strings(&["test/demo/1"]),
-            }),
+            argin: Some(ArgValue::LongStringArray { longs: vec![0], strings: strings(&["test/demo/1"]) }),
         }
     );
     let rep = fixture("admin-rep-command_inout_4-stoptelemetry");
@@ -343,10 +290,7 @@ fn devfailed_reply() {
     let req = parse_request(r.operation, r.body);
     assert_eq!(
         req.call,
-        TangoCall::CommandInout {
-            command: "Fail".into(),
-            argin: Some(ArgValue::String("Boom".into())),
-        }
+        TangoCall::CommandInout { command: "Fail".into(), argin: Some(ArgValue::String("Boom".into())) }
     );
 }
 
@@ -399,14 +343,8 @@ fn info_replies() {
         let info = parse_info_reply("info_6", reply_body(&bytes)).expect("info_6");
         assert_eq!(info.dev_class, "Demo", "{name}");
         assert_eq!(info.dev_type, "Demo", "{name}");
-        assert!(
-            info.version_info
-                .contains(&("cppTango".to_owned(), "10.3.3".to_owned()))
-        );
-        assert!(
-            info.version_info
-                .contains(&("idl".to_owned(), "6.0.4".to_owned()))
-        );
+        assert!(info.version_info.contains(&("cppTango".to_owned(), "10.3.3".to_owned())));
+        assert!(info.version_info.contains(&("idl".to_owned(), "6.0.4".to_owned())));
     }
 
     let bytes = fixture("tt-rep-info_3");
@@ -442,29 +380,18 @@ fn giop_1_2_requests() {
     assert!(req.args_complete);
     assert_eq!(
         req.call,
-        TangoCall::CommandInout {
-            command: "Echo".into(),
-            argin: Some(ArgValue::String("over-db".into())),
-        }
+        TangoCall::CommandInout { command: "Echo".into(), argin: Some(ArgValue::String("over-db".into())) }
     );
     assert_eq!(req.client_ident.and_then(|c| c.pid), Some(DB_CLIENT_PID));
     let rep = fixture("giop12-rep-command_inout_4-echo");
     let rep = reply(&rep);
     assert_eq!(rep.request_id, 10);
-    assert_eq!(
-        parse_command_reply(rep.body),
-        Ok(ArgValue::String("over-db".into()))
-    );
+    assert_eq!(parse_command_reply(rep.body), Ok(ArgValue::String("over-db".into())));
 
     let bytes = fixture("giop12-req-read_attributes_5");
     let r = request(&bytes);
     let req = parse_request(r.operation, r.body);
-    assert_eq!(
-        req.call,
-        TangoCall::ReadAttributes {
-            names: strings(&["temperature"])
-        }
-    );
+    assert_eq!(req.call, TangoCall::ReadAttributes { names: strings(&["temperature"]) });
     let bytes = fixture("giop12-rep-read_attributes_5");
     let values = parse_attributes_reply("read_attributes_5", reply_body(&bytes)).expect("values");
     assert_eq!(values[0].name, "temperature");
@@ -493,8 +420,7 @@ fn database_import_device() {
         }
     );
     let rep = fixture("dbclient-rep-command_inout_4-dbimportdevice");
-    let Ok(ArgValue::LongStringArray { longs, strings }) = parse_command_reply(reply_body(&rep))
-    else {
+    let Ok(ArgValue::LongStringArray { longs, strings }) = parse_command_reply(reply_body(&rep)) else {
         panic!("not a DevVarLongStringArray");
     };
     assert_eq!(strings.first().map(String::as_str), Some("test/dbdemo/1"));
@@ -515,23 +441,14 @@ fn tangotest_command_types() {
         ("devfloat", ArgValue::Double(1.5)),
         ("devdouble", ArgValue::Double(2.25)),
         ("devstring", ArgValue::String("tt".into())),
-        (
-            "devvarstringarray",
-            ArgValue::StringArray(strings(&["a", "bc"])),
-        ),
+        ("devvarstringarray", ArgValue::StringArray(strings(&["a", "bc"]))),
         (
             "devvarlongstringarray",
-            ArgValue::LongStringArray {
-                longs: vec![1, -2],
-                strings: strings(&["x", "yz"]),
-            },
+            ArgValue::LongStringArray { longs: vec![1, -2], strings: strings(&["x", "yz"]) },
         ),
         (
             "devvardoublestringarray",
-            ArgValue::DoubleStringArray {
-                doubles: vec![1.5, -2.5],
-                strings: strings(&["d"]),
-            },
+            ArgValue::DoubleStringArray { doubles: vec![1.5, -2.5], strings: strings(&["d"]) },
         ),
         ("devvardoublearray", ArgValue::DoubleArray(vec![0.5, 1.0])),
         ("devvoid", ArgValue::Void),
@@ -549,18 +466,11 @@ fn tangotest_command_types() {
         assert_eq!(argin.as_ref(), Some(&value), "{cmd} argin");
         // TangoTest 9.3.4 is an IDL-5 server: the 10.x client sends a plain CPP ClntIdent.
         let id = req.client_ident.expect("ClntIdent");
-        assert_eq!(
-            (id.lang, id.pid),
-            (LockerLanguage::Cpp, Some(TT_CLIENT_PID))
-        );
+        assert_eq!((id.lang, id.pid), (LockerLanguage::Cpp, Some(TT_CLIENT_PID)));
         assert_eq!(id.trace_parent, None);
 
         let rep = fixture(&format!("tt-rep-command_inout_4-{cmd}"));
-        assert_eq!(
-            parse_command_reply(reply_body(&rep)),
-            Ok(value),
-            "{cmd} reply"
-        );
+        assert_eq!(parse_command_reply(reply_body(&rep)), Ok(value), "{cmd} reply");
     }
     let rep = fixture("tt-rep-command_inout_4-state");
     assert_eq!(
@@ -578,12 +488,7 @@ fn tangotest_read_reply() {
     let bytes = fixture("tt-req-read_attributes_5");
     let r = request(&bytes);
     let req = parse_request(r.operation, r.body);
-    assert_eq!(
-        req.call,
-        TangoCall::ReadAttributes {
-            names: strings(&["double_scalar", "long_scalar"])
-        }
-    );
+    assert_eq!(req.call, TangoCall::ReadAttributes { names: strings(&["double_scalar", "long_scalar"]) });
     let bytes = fixture("tt-rep-read_attributes_5");
     let values = parse_attributes_reply("read_attributes_5", reply_body(&bytes)).expect("values");
     let names: Vec<&str> = values.iter().map(|v| v.name.as_str()).collect();
@@ -597,22 +502,14 @@ fn every_fixture_parses_whole() {
         assert_eq!(h.message_len(), bytes.len(), "{name}");
         match msg {
             Message::Request(r) => {
-                assert!(
-                    name.contains("-req-") || name.starts_with("srv-recv"),
-                    "{name}"
-                );
+                assert!(name.contains("-req-") || name.starts_with("srv-recv"), "{name}");
                 let req = parse_request(r.operation, r.body);
                 assert!(req.args_complete, "{name}");
             }
             Message::Reply(r) => {
+                assert!(name.contains("-rep-") || name.starts_with("srv-send"), "{name}");
                 assert!(
-                    name.contains("-rep-") || name.starts_with("srv-send"),
-                    "{name}"
-                );
-                assert!(
-                    r.body.remaining() > 0
-                        || name.ends_with("ping")
-                        || name.contains("write_attributes"),
+                    r.body.remaining() > 0 || name.ends_with("ping") || name.contains("write_attributes"),
                     "{name}"
                 );
             }
@@ -630,20 +527,14 @@ fn zmq_event_messages() {
     assert_eq!(messages.len(), 2);
     for frames in &messages {
         let ev = zmtp::parse_event(frames).expect("event");
-        assert_eq!(
-            ev.topic,
-            "tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change"
-        );
+        assert_eq!(ev.topic, "tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change");
         assert!(ev.little_endian);
         assert_eq!(ev.call_info.version, 1);
         assert_eq!(ev.call_info.ctr, 1);
         assert!(!ev.call_info.call_is_except);
         assert!(ev.data.starts_with(&zmtp::VALUE_MARKER));
         let topic = zmtp::parse_topic(ev.topic).expect("topic");
-        assert_eq!(
-            (topic.device, topic.attribute),
-            ("test/demo/1", Some("temperature"))
-        );
+        assert_eq!((topic.device, topic.attribute), ("test/demo/1", Some("temperature")));
         let value = tango::parse_attribute_value_5(&mut ev.value_reader()).expect("value");
         assert_eq!(value.name, "temperature");
         assert_eq!(value.data_type, Some(5));
@@ -659,18 +550,12 @@ fn zmq_greeting_and_subscribe() {
     let (g, rest) = zmtp::parse_greeting(&bytes).expect("greeting");
     assert_eq!((g.major, g.minor, g.mechanism), (3, 1, "NULL"));
     assert!(rest.is_empty());
-    assert_eq!(
-        zmtp::parse_greeting(&bytes[..10]).err(),
-        Some(tracer_wire::WireError::Incomplete)
-    );
+    assert_eq!(zmtp::parse_greeting(&bytes[..10]).err(), Some(tracer_wire::WireError::Incomplete));
 
     let bytes = common::zmtp("client-send-subscribe");
     let (frame, rest) = zmtp::parse_frame(&bytes).expect("frame");
     assert!(rest.is_empty());
     let cmd = frame.as_command().expect("command");
     assert_eq!(cmd.name, "SUBSCRIBE");
-    assert_eq!(
-        cmd.data,
-        b"tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change"
-    );
+    assert_eq!(cmd.data, b"tango://vm:45871/test/demo/1/temperature#dbase=no.idl5_change");
 }

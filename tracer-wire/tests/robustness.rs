@@ -166,10 +166,7 @@ fn every_truncation_of_every_fixture() {
                     }
                     if let Ok(ex) = tango::parse_user_exception(t.body.clone()) {
                         let full_ex = tango::parse_user_exception(f.body.clone()).expect("full");
-                        assert!(
-                            full_ex.errors.starts_with(&ex.errors),
-                            "{name} cut at {cut}"
-                        );
+                        assert!(full_ex.errors.starts_with(&ex.errors), "{name} cut at {cut}");
                     }
                     if let Ok(info) = tango::parse_info_reply(op, t.body) {
                         assert_eq!(Ok(info), tango::parse_info_reply(op, f.body.clone()));
@@ -179,20 +176,13 @@ fn every_truncation_of_every_fixture() {
             }
         }
         // Cut right after the header: the header fields are still there.
-        assert_eq!(
-            giop::parse_header(&bytes[..giop::HEADER_LEN]).map(|h| h.message_len()),
-            Ok(bytes.len())
-        );
+        assert_eq!(giop::parse_header(&bytes[..giop::HEADER_LEN]).map(|h| h.message_len()), Ok(bytes.len()));
     }
 }
 
 #[test]
 fn every_truncation_of_zmtp_fixtures() {
-    for name in [
-        "srv-send-event-temperature-x2",
-        "client-send-greeting",
-        "client-send-subscribe",
-    ] {
+    for name in ["srv-send-event-temperature-x2", "client-send-greeting", "client-send-subscribe"] {
         let bytes = common::zmtp(name);
         for cut in 0..=bytes.len() {
             exercise(&bytes[..cut], "command_inout_4", 0);
@@ -420,8 +410,5 @@ proptest! {
 fn incomplete_versus_not_giop() {
     let bytes = common::giop("demo-req-ping");
     assert_eq!(giop::parse_header(&bytes[..7]), Err(WireError::Incomplete));
-    assert_eq!(
-        giop::parse_header(b"\x16\x03\x01TLS"),
-        Err(WireError::NotThisProtocol)
-    );
+    assert_eq!(giop::parse_header(b"\x16\x03\x01TLS"), Err(WireError::NotThisProtocol));
 }

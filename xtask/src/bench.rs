@@ -9,27 +9,8 @@ pub struct Options {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(true)?;
-    crate::sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "tango-tracer",
-            "--package",
-            "benches",
-        ],
-        &[],
-    )?;
-    let mut args = vec![
-        "run",
-        "--release",
-        "--package",
-        "benches",
-        "--bin",
-        "tango-bench",
-        "--",
-    ];
+    crate::sh("cargo", &["build", "--release", "--package", "tango-tracer", "--package", "benches"], &[])?;
+    let mut args = vec!["run", "--release", "--package", "benches", "--bin", "tango-bench", "--"];
     args.extend(options.args.iter().map(String::as_str));
     crate::sh("cargo", &args, &[])
 }

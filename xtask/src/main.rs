@@ -35,10 +35,7 @@ fn main() -> anyhow::Result<()> {
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> std::path::PathBuf {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
+    manifest.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
 /// Runs a command in the workspace root, failing on a non-zero exit.
@@ -49,11 +46,7 @@ pub fn sh(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<
         .current_dir(workspace_root())
         .status()
         .map_err(|e| anyhow::anyhow!("starting {program}: {e}"))?;
-    anyhow::ensure!(
-        status.success(),
-        "{program} {} failed: {status}",
-        args.join(" ")
-    );
+    anyhow::ensure!(status.success(), "{program} {} failed: {status}", args.join(" "));
     Ok(())
 }
 

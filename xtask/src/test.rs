@@ -9,24 +9,8 @@ pub struct Options {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(true)?;
-    crate::sh(
-        "cargo",
-        &[
-            "build",
-            "--package",
-            "tango-tracer",
-            "--package",
-            "integration-tests",
-        ],
-        &[],
-    )?;
-    let mut args = vec![
-        "test",
-        "--workspace",
-        "--exclude",
-        "tracer-ebpf",
-        "--no-fail-fast",
-    ];
+    crate::sh("cargo", &["build", "--package", "tango-tracer", "--package", "integration-tests"], &[])?;
+    let mut args = vec!["test", "--workspace", "--exclude", "tracer-ebpf", "--no-fail-fast"];
     args.extend(options.args.iter().map(String::as_str));
     // Integration tests start real servers and the daemon: one at a time keeps them clear.
     args.extend(["--", "--test-threads=1"]);

@@ -42,19 +42,12 @@ fn main() -> anyhow::Result<()> {
         "otlp-receiver: OTLP/HTTP {} OTLP/gRPC {}{}",
         receiver.http_endpoint(),
         receiver.grpc_endpoint(),
-        options
-            .out
-            .as_ref()
-            .map(|p| format!(", spans to {}", p.display()))
-            .unwrap_or_default()
+        options.out.as_ref().map(|p| format!(", spans to {}", p.display())).unwrap_or_default()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut reported = 0;
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 result = tokio::signal::ctrl_c() => { result?; break; }
@@ -76,11 +69,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let spans = receiver.spans();
-    eprintln!(
-        "otlp-receiver: {} spans in {} requests",
-        spans.len(),
-        receiver.requests()
-    );
+    eprintln!("otlp-receiver: {} spans in {} requests", spans.len(), receiver.requests());
     if !options.quiet {
         print!("{}", render_trees(&spans));
     }

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 use tracer_export::{
     Destination, ExportConfig, ExportHub, SpanRecord,
     testing::{
-        client_resource, device_resource, many_spans, reference_command_inout,
-        reference_command_inout_error,
+        client_resource, device_resource, many_spans, reference_command_inout, reference_command_inout_error,
     },
     tree::render_trees,
 };
@@ -57,10 +56,7 @@ async fn wait_stats(
         if done(&stats) {
             return stats;
         }
-        assert!(
-            Instant::now() < deadline,
-            "stats never got there: {stats:?}"
-        );
+        assert!(Instant::now() < deadline, "stats never got there: {stats:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -76,55 +72,26 @@ async fn three_resources_in_one_request(protocol: Protocol) {
     hub_submit_all(&hub, three_resources(), &destination);
 
     let spans = receiver.wait_for(|s| s.len() >= 4, WAIT).await;
-    assert_eq!(
-        receiver.request_log().len(),
-        1,
-        "{:?}",
-        receiver.request_log()
-    );
+    assert_eq!(receiver.request_log().len(), 1, "{:?}", receiver.request_log());
     let request = &receiver.request_log()[0];
-    assert_eq!(
-        (request.protocol, request.resource_spans, request.spans),
-        (protocol, 3, 4)
-    );
+    assert_eq!((request.protocol, request.resource_spans, request.spans), (protocol, 3, 4));
     assert!(request.gzip, "requests are compressed by default");
-    assert!(
-        spans
-            .iter()
-            .all(|s| s.transport.as_deref() == Some(protocol.name()))
-    );
+    assert!(spans.iter().all(|s| s.transport.as_deref() == Some(protocol.name())));
 
     // The spans arrive as the native telemetry shows them.
-    let server = spans
-        .iter()
-        .find(|s| s.kind == "SERVER" && s.name.ends_with("command_inout_4"));
+    let server = spans.iter().find(|s| s.kind == "SERVER" && s.name.ends_with("command_inout_4"));
     let server = server.expect("server span received");
     assert_eq!(server.parent_span_id, "5d5c121137108f77");
     assert_eq!(server.service(), "Demo/test/demo/1");
-    assert_eq!(
-        server.attributes.get_i64("tango.client_ident.pid"),
-        Some(17915)
-    );
+    assert_eq!(server.attributes.get_i64("tango.client_ident.pid"), Some(17915));
     assert_eq!(server.resource.get_i64("tango.process.id"), Some(17811));
-    assert_eq!(
-        (server.scope.name.as_str(), server.scope.version.as_str()),
-        ("tango.cpp", "10.3.3")
-    );
+    assert_eq!((server.scope.name.as_str(), server.scope.version.as_str()), ("tango.cpp", "10.3.3"));
     assert_eq!(server.duration_us, 238.205);
-    let failed = spans
-        .iter()
-        .find(|s| s.is_error())
-        .expect("error span received");
-    assert_eq!(
-        failed.status.message,
-        "exception caught (see associated event)"
-    );
+    let failed = spans.iter().find(|s| s.is_error()).expect("error span received");
+    assert_eq!(failed.status.message, "exception caught (see associated event)");
     assert_eq!(failed.events.len(), 1);
     assert_eq!(failed.events[0].name, "exception caught");
-    assert_eq!(
-        failed.events[0].attributes.get_str("exception.type"),
-        Some("Tango::DevFailed")
-    );
+    assert_eq!(failed.events[0].attributes.get_str("exception.type"), Some("Tango::DevFailed"));
 
     let tree = render_trees(&spans);
     assert!(
@@ -144,14 +111,7 @@ async fn three_resources_in_one_request(protocol: Protocol) {
 
     hub.shutdown(Duration::from_secs(5)).await;
     let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!(
-        (
-            stats.spans_exported,
-            stats.requests_sent,
-            stats.requests_failed
-        ),
-        (4, 1, 0)
-    );
+    assert_eq!((stats.spans_exported, stats.requests_sent, stats.requests_failed), (4, 1, 0));
 }
 
 #[tokio::test]
@@ -167,31 +127,18 @@ async fn grpc_sends_three_resources_in_one_request() {
 #[tokio::test]
 async fn uncompressed_requests_are_accepted_too() {
     let receiver = OtlpReceiver::start().await;
-    let hub = ExportHub::start(ExportConfig {
-        gzip: false,
-        ..fast_config()
-    });
-    let http = Destination::OtlpHttp {
-        endpoint: receiver.http_endpoint(),
-    };
+    let hub = ExportHub::start(ExportConfig { gzip: false, ..fast_config() });
+    let http = Destination::OtlpHttp { endpoint: receiver.http_endpoint() };
     // Tango's spelling of a gRPC endpoint.
-    let grpc = Destination::parse(
-        "grpc",
-        &receiver.grpc_endpoint().replace("http://", "grpc://"),
-    )
-    .expect("grpc:// parses");
+    let grpc = Destination::parse("grpc", &receiver.grpc_endpoint().replace("http://", "grpc://"))
+        .expect("grpc:// parses");
     for span in reference_command_inout() {
         hub.submit(span, &[http.clone(), grpc.clone()]);
     }
     receiver.wait_for(|s| s.len() >= 4, WAIT).await;
     assert_eq!(receiver.requests_by(Protocol::Http), 1);
     assert_eq!(receiver.requests_by(Protocol::Grpc), 1);
-    assert!(
-        receiver
-            .request_log()
-            .iter()
-            .all(|r| !r.gzip && r.resource_spans == 2)
-    );
+    assert!(receiver.request_log().iter().all(|r| !r.gzip && r.resource_spans == 2));
     hub.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -201,12 +148,8 @@ async fn backend_comes_up_later(protocol: Protocol) {
     let http_addr = free_local_addr().expect("free port");
     let grpc_addr = free_local_addr().expect("free port");
     let destination = match protocol {
-        Protocol::Http => Destination::OtlpHttp {
-            endpoint: format!("http://{http_addr}/v1/traces"),
-        },
-        Protocol::Grpc => Destination::OtlpGrpc {
-            endpoint: format!("http://{grpc_addr}"),
-        },
+        Protocol::Http => Destination::OtlpHttp { endpoint: format!("http://{http_addr}/v1/traces") },
+        Protocol::Grpc => Destination::OtlpGrpc { endpoint: format!("http://{grpc_addr}") },
     };
     let hub = ExportHub::start(fast_config());
     hub_submit_all(&hub, reference_command_inout(), &destination);
@@ -220,24 +163,13 @@ async fn backend_comes_up_later(protocol: Protocol) {
         Protocol::Http => http_addr.port(),
         Protocol::Grpc => grpc_addr.port(),
     };
-    assert!(
-        error.contains(&port.to_string()),
-        "the error names the endpoint: {error}"
-    );
+    assert!(error.contains(&port.to_string()), "the error names the endpoint: {error}");
 
-    let receiver = OtlpReceiver::start_with(ReceiverOptions {
-        http: http_addr,
-        grpc: grpc_addr,
-        out: None,
-    })
-    .expect("receiver starts on the reserved ports");
+    let receiver = OtlpReceiver::start_with(ReceiverOptions { http: http_addr, grpc: grpc_addr, out: None })
+        .expect("receiver starts on the reserved ports");
     hub_submit_all(&hub, vec![reference_command_inout_error()], &destination);
     let spans = receiver.wait_for(|s| !s.is_empty(), WAIT).await;
-    assert_eq!(
-        spans.len(),
-        1,
-        "only the span submitted after the backend came up"
-    );
+    assert_eq!(spans.len(), 1, "only the span submitted after the backend came up");
     assert!(spans[0].is_error());
     let stats = wait_stats(&hub, &destination, |s| s.spans_exported == 1).await;
     assert_eq!(stats.spans_failed, 2);
@@ -258,24 +190,11 @@ async fn grpc_backend_down_then_up() {
 #[tokio::test]
 async fn refused_requests_are_retried() {
     let receiver = OtlpReceiver::start().await;
-    let config = ExportConfig {
-        max_retries: 3,
-        ..fast_config()
-    };
+    let config = ExportConfig { max_retries: 3, ..fast_config() };
     let hub = ExportHub::start(config);
     for (protocol, destination) in [
-        (
-            Protocol::Http,
-            Destination::OtlpHttp {
-                endpoint: receiver.http_endpoint(),
-            },
-        ),
-        (
-            Protocol::Grpc,
-            Destination::OtlpGrpc {
-                endpoint: receiver.grpc_endpoint(),
-            },
-        ),
+        (Protocol::Http, Destination::OtlpHttp { endpoint: receiver.http_endpoint() }),
+        (Protocol::Grpc, Destination::OtlpGrpc { endpoint: receiver.grpc_endpoint() }),
     ] {
         receiver.clear();
         receiver.fail_next(2);
@@ -284,14 +203,7 @@ async fn refused_requests_are_retried() {
         assert_eq!(receiver.refused(), 2, "{protocol:?}");
         assert_eq!(receiver.requests(), 1, "{protocol:?}");
         let stats = wait_stats(&hub, &destination, |s| s.spans_exported == 2).await;
-        assert_eq!(
-            (
-                stats.requests_sent,
-                stats.requests_failed,
-                stats.spans_failed
-            ),
-            (3, 2, 0)
-        );
+        assert_eq!((stats.requests_sent, stats.requests_failed, stats.spans_failed), (3, 2, 0));
     }
     hub.shutdown(Duration::from_secs(5)).await;
 }
@@ -300,18 +212,15 @@ async fn refused_requests_are_retried() {
 #[tokio::test]
 async fn shutdown_flushes_everything_queued() {
     let receiver = OtlpReceiver::start().await;
-    let destination = Destination::OtlpGrpc {
-        endpoint: receiver.grpc_endpoint(),
-    };
+    let destination = Destination::OtlpGrpc { endpoint: receiver.grpc_endpoint() };
     let hub = ExportHub::start(ExportConfig {
         // Nothing would leave before shutdown but for full batches.
         flush_interval: Duration::from_secs(3600),
         max_batch: 100,
         ..fast_config()
     });
-    let resources: Vec<_> = (1..=5)
-        .map(|i| device_resource("Demo", &format!("test/demo/{i}"), "Demo/Demo", 100 + i))
-        .collect();
+    let resources: Vec<_> =
+        (1..=5).map(|i| device_resource("Demo", &format!("test/demo/{i}"), "Demo/Demo", 100 + i)).collect();
     for round in 0..200u64 {
         for (i, resource) in resources.iter().enumerate() {
             let span = many_spans(resource, 1, round * 10 + i as u64 + 1).remove(0);
@@ -326,22 +235,10 @@ async fn shutdown_flushes_everything_queued() {
     assert_eq!(spans.len(), 1001);
     let log = receiver.request_log();
     assert_eq!(log.len(), 11, "ten full batches and the rest");
-    assert!(
-        log[..10]
-            .iter()
-            .all(|r| r.spans == 100 && r.resource_spans == 5),
-        "{log:?}"
-    );
+    assert!(log[..10].iter().all(|r| r.spans == 100 && r.resource_spans == 5), "{log:?}");
     assert_eq!((log[10].spans, log[10].resource_spans), (1, 1));
     let stats = hub.stats().total();
-    assert_eq!(
-        (
-            stats.spans_exported,
-            stats.spans_dropped,
-            stats.spans_failed
-        ),
-        (1001, 0, 0)
-    );
+    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_failed), (1001, 0, 0));
 }
 
 fn client_span() -> SpanRecord {
@@ -352,9 +249,7 @@ fn client_span() -> SpanRecord {
 #[tokio::test]
 async fn overflow_and_dead_backend_are_counted() {
     let dead = free_local_addr().expect("free port");
-    let destination = Destination::OtlpHttp {
-        endpoint: format!("http://{dead}/v1/traces"),
-    };
+    let destination = Destination::OtlpHttp { endpoint: format!("http://{dead}/v1/traces") };
     let hub = ExportHub::start(ExportConfig {
         flush_interval: Duration::from_secs(3600),
         max_batch: 1000,
@@ -363,23 +258,13 @@ async fn overflow_and_dead_backend_are_counted() {
     });
     let started = Instant::now();
     hub_submit_all(&hub, many_spans(&client_resource(1), 25, 1), &destination);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "submit never waits"
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "submit never waits");
     let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
     assert_eq!((stats.spans_dropped, stats.spans_queued), (15, 10));
 
     hub.shutdown(Duration::from_secs(10)).await;
     let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!(
-        (
-            stats.spans_exported,
-            stats.spans_dropped,
-            stats.spans_failed
-        ),
-        (0, 15, 10)
-    );
+    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_failed), (0, 15, 10));
     assert_eq!(stats.spans_queued, 0);
 }
 
@@ -390,26 +275,14 @@ async fn shutdown_times_out_on_a_hanging_backend() {
     // A listener that accepts (in the kernel's backlog) but never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr");
-    let destination = Destination::OtlpHttp {
-        endpoint: format!("http://{addr}/v1/traces"),
-    };
-    let hub = ExportHub::start(ExportConfig {
-        request_timeout: Duration::from_secs(30),
-        ..fast_config()
-    });
+    let destination = Destination::OtlpHttp { endpoint: format!("http://{addr}/v1/traces") };
+    let hub = ExportHub::start(ExportConfig { request_timeout: Duration::from_secs(30), ..fast_config() });
     hub_submit_all(&hub, reference_command_inout(), &destination);
     let started = Instant::now();
     hub.shutdown(Duration::from_millis(500)).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!(
-        (
-            stats.spans_exported,
-            stats.spans_dropped,
-            stats.spans_queued
-        ),
-        (0, 2, 0)
-    );
+    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_queued), (0, 2, 0));
     drop(silent);
 }
 
@@ -417,15 +290,10 @@ async fn shutdown_times_out_on_a_hanging_backend() {
 #[test]
 fn works_from_a_plain_test() {
     let receiver = OtlpReceiver::start_blocking();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let hub = ExportHub::start_on(fast_config(), runtime.handle().clone());
-    let destination = Destination::OtlpHttp {
-        endpoint: receiver.http_endpoint(),
-    };
+    let destination = Destination::OtlpHttp { endpoint: receiver.http_endpoint() };
     hub_submit_all(&hub, reference_command_inout(), &destination);
     let spans = receiver.wait_for_blocking(|s| s.len() == 2, WAIT);
     assert_eq!(spans[0].trace_id, "b2a1fcf8dbcb987a87fc0305c3fe9fde");
@@ -437,15 +305,10 @@ fn works_from_a_plain_test() {
 async fn receiver_file_is_a_store() {
     let dir = tracer_export::testing::TempDir::new("receiver-out");
     let out = dir.path().join("received/spans.jsonl");
-    let receiver = OtlpReceiver::start_with(ReceiverOptions {
-        out: Some(out.clone()),
-        ..Default::default()
-    })
-    .expect("receiver starts");
+    let receiver = OtlpReceiver::start_with(ReceiverOptions { out: Some(out.clone()), ..Default::default() })
+        .expect("receiver starts");
     let hub = ExportHub::start(fast_config());
-    let destination = Destination::OtlpHttp {
-        endpoint: receiver.http_endpoint(),
-    };
+    let destination = Destination::OtlpHttp { endpoint: receiver.http_endpoint() };
     hub_submit_all(&hub, reference_command_inout(), &destination);
     receiver.wait_for(|s| s.len() == 2, WAIT).await;
     hub.shutdown(Duration::from_secs(5)).await;

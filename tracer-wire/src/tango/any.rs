@@ -113,9 +113,9 @@ impl<'a> TypeCode<'a> {
             TypeCode::LongDouble => 16,
             TypeCode::Array(e, n) => e.min_size().saturating_mul(*n as usize),
             TypeCode::Alias(_, e) => e.min_size(),
-            TypeCode::Struct { members, .. } => members
-                .iter()
-                .fold(0usize, |acc, m| acc.saturating_add(m.min_size())),
+            TypeCode::Struct { members, .. } => {
+                members.iter().fold(0usize, |acc, m| acc.saturating_add(m.min_size()))
+            }
             TypeCode::Unsupported => 0,
         }
     }
@@ -133,11 +133,7 @@ impl<'a> TypeCode<'a> {
 }
 
 /// Reads a TypeCode; `budget` counts the nodes still allowed.
-fn typecode<'a>(
-    r: &mut CdrReader<'a>,
-    depth: u32,
-    budget: &mut u32,
-) -> Result<TypeCode<'a>, WireError> {
+fn typecode<'a>(r: &mut CdrReader<'a>, depth: u32, budget: &mut u32) -> Result<TypeCode<'a>, WireError> {
     if depth > MAX_DEPTH {
         return Err(r.fail(WireError::Malformed("TypeCode nested too deep")));
     }
@@ -250,9 +246,7 @@ fn skip_value(tc: &TypeCode<'_>, r: &mut CdrReader<'_>, depth: u32) -> Result<()
         TypeCode::Void => {}
         TypeCode::Boolean | TypeCode::Char | TypeCode::Octet => r.skip(1)?,
         TypeCode::Short | TypeCode::UShort => r.skip_aligned(2, 1)?,
-        TypeCode::Long | TypeCode::ULong | TypeCode::Float | TypeCode::Enum { .. } => {
-            r.skip_aligned(4, 1)?
-        }
+        TypeCode::Long | TypeCode::ULong | TypeCode::Float | TypeCode::Enum { .. } => r.skip_aligned(4, 1)?,
         TypeCode::LongLong | TypeCode::ULongLong | TypeCode::Double => r.skip_aligned(8, 1)?,
         TypeCode::LongDouble => r.skip_aligned(8, 2)?,
         TypeCode::String => {
@@ -284,20 +278,13 @@ fn skip_value(tc: &TypeCode<'_>, r: &mut CdrReader<'_>, depth: u32) -> Result<()
             }
         }
         TypeCode::Unsupported => {
-            return Err(r.fail(WireError::Malformed(
-                "any holds a type that cannot be skipped",
-            )));
+            return Err(r.fail(WireError::Malformed("any holds a type that cannot be skipped")));
         }
     }
     Ok(())
 }
 
-fn skip_n(
-    elem: &TypeCode<'_>,
-    count: usize,
-    r: &mut CdrReader<'_>,
-    depth: u32,
-) -> Result<(), WireError> {
+fn skip_n(elem: &TypeCode<'_>, count: usize, r: &mut CdrReader<'_>, depth: u32) -> Result<(), WireError> {
     // Fixed-size primitives: one jump instead of a loop.
     let fixed = match elem.resolved() {
         TypeCode::Boolean | TypeCode::Char | TypeCode::Octet => Some(1),
@@ -377,59 +364,41 @@ fn read_value(tc: &TypeCode<'_>, r: &mut CdrReader<'_>) -> Result<ArgValue, Wire
             }
         }
         TypeCode::Alias(id, inner) => match read_value(inner, r)? {
-            ArgValue::Other { .. } => ArgValue::Other {
-                type_id: (*id).to_owned(),
-            },
+            ArgValue::Other { .. } => ArgValue::Other { type_id: (*id).to_owned() },
             v => v,
         },
         TypeCode::Sequence(elem) => match read_array(elem, r)? {
             Some(v) => v,
             None => {
                 skip_value(tc, r, 0)?;
-                ArgValue::Other {
-                    type_id: tc.type_id(),
-                }
+                ArgValue::Other { type_id: tc.type_id() }
             }
         },
         TypeCode::Struct { id, members } => read_struct(id, members, r)?,
         other => {
             skip_value(other, r, 0)?;
-            ArgValue::Other {
-                type_id: other.type_id(),
-            }
+            ArgValue::Other { type_id: other.type_id() }
         }
     })
 }
 
 /// `DevVarLongStringArray` and `DevVarDoubleStringArray` by shape; other structs skipped.
-fn read_struct(
-    id: &str,
-    members: &[TypeCode<'_>],
-    r: &mut CdrReader<'_>,
-) -> Result<ArgValue, WireError> {
+fn read_struct(id: &str, members: &[TypeCode<'_>], r: &mut CdrReader<'_>) -> Result<ArgValue, WireError> {
     if let [first, second] = members
         && let (Some(numbers), Some(TypeCode::String)) = (first.seq_elem(), second.seq_elem())
     {
         let strings = |r: &mut CdrReader<'_>| read_seq(r, 4, text);
         match read_array(numbers, r)? {
             Some(ArgValue::LongArray(longs)) => {
-                return Ok(ArgValue::LongStringArray {
-                    longs,
-                    strings: strings(r)?,
-                });
+                return Ok(ArgValue::LongStringArray { longs, strings: strings(r)? });
             }
             Some(ArgValue::DoubleArray(doubles)) => {
-                return Ok(ArgValue::DoubleStringArray {
-                    doubles,
-                    strings: strings(r)?,
-                });
+                return Ok(ArgValue::DoubleStringArray { doubles, strings: strings(r)? });
             }
             Some(_) => {
                 // Another array type: its bytes are read; skip the strings.
                 skip_value(second, r, 1)?;
-                return Ok(ArgValue::Other {
-                    type_id: id.to_owned(),
-                });
+                return Ok(ArgValue::Other { type_id: id.to_owned() });
             }
             None => {}
         }
@@ -437,9 +406,7 @@ fn read_struct(
     for m in members {
         skip_value(m, r, 1)?;
     }
-    Ok(ArgValue::Other {
-        type_id: id.to_owned(),
-    })
+    Ok(ArgValue::Other { type_id: id.to_owned() })
 }
 
 impl<'a> TypeCode<'a> {
@@ -490,23 +457,19 @@ mod tests {
             0x15, 0, 0, 0, // tk_alias
             0x58, 0, 0, 0, // encapsulation: 88 bytes
             0x01, 0xc8, 0xff, 0xf2, // little-endian, 3 padding bytes
-            0x20, 0, 0, 0, b'I', b'D', b'L', b':', b'T', b'a', b'n', b'g', b'o', b'/', b'D', b'e',
-            b'v', b'V', b'a', b'r', b'S', b't', b'r', b'i', b'n', b'g', b'A', b'r', b'r', b'a',
-            b'y', b':', b'1', b'.', b'0', 0, // repository id
-            0x12, 0, 0, 0, b'D', b'e', b'v', b'V', b'a', b'r', b'S', b't', b'r', b'i', b'n', b'g',
-            b'A', b'r', b'r', b'a', b'y', 0, // name
+            0x20, 0, 0, 0, b'I', b'D', b'L', b':', b'T', b'a', b'n', b'g', b'o', b'/', b'D', b'e', b'v',
+            b'V', b'a', b'r', b'S', b't', b'r', b'i', b'n', b'g', b'A', b'r', b'r', b'a', b'y', b':', b'1',
+            b'.', b'0', 0, // repository id
+            0x12, 0, 0, 0, b'D', b'e', b'v', b'V', b'a', b'r', b'S', b't', b'r', b'i', b'n', b'g', b'A',
+            b'r', b'r', b'a', b'y', 0, // name
             0x70, 0x75, // padding
             0x13, 0, 0, 0, // tk_sequence
-            0x10, 0, 0, 0, 0x01, 0, 0, 0, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            0, // <string>, 0
+            0x10, 0, 0, 0, 0x01, 0, 0, 0, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // <string>, 0
             0x01, 0, 0, 0, // one string
             0x03, 0, 0, 0, b'a', b'b', 0,
         ];
         let mut r = CdrReader::new(&data, true, 0);
-        assert_eq!(
-            parse_any(&mut r),
-            Ok(ArgValue::StringArray(vec!["ab".into()]))
-        );
+        assert_eq!(parse_any(&mut r), Ok(ArgValue::StringArray(vec!["ab".into()])));
         assert!(r.is_empty());
     }
 
@@ -539,10 +502,7 @@ mod tests {
         }
         assert!(tc.len() < 8192);
         let mut r = CdrReader::new(&tc, true, 0);
-        assert_eq!(
-            parse_any(&mut r),
-            Err(WireError::Malformed("TypeCode too large"))
-        );
+        assert_eq!(parse_any(&mut r), Err(WireError::Malformed("TypeCode too large")));
     }
 
     #[test]
@@ -563,9 +523,7 @@ mod tests {
         enc.extend_from_slice(&2u32.to_le_bytes());
         name(&mut enc, "a");
         let first = enc.len();
-        enc.extend_from_slice(&[
-            0x13, 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
-        ]);
+        enc.extend_from_slice(&[0x13, 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]);
         name(&mut enc, "b");
         enc.extend_from_slice(&0xffff_ffffu32.to_le_bytes());
         let at = enc.len();
@@ -578,12 +536,7 @@ mod tests {
             data.extend_from_slice(&v.to_le_bytes());
         }
         let mut r = CdrReader::new(&data, true, 0);
-        assert_eq!(
-            parse_any(&mut r),
-            Ok(ArgValue::Other {
-                type_id: "IDL:Pair:1.0".into()
-            })
-        );
+        assert_eq!(parse_any(&mut r), Ok(ArgValue::Other { type_id: "IDL:Pair:1.0".into() }));
         assert!(r.is_empty());
     }
 }

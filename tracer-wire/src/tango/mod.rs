@@ -108,15 +108,9 @@ pub enum TangoCall {
     /// `write_attributes`, `_3`, `_4`.
     WriteAttributes { names: Vec<String> },
     /// `write_read_attributes_4` (reads what it writes) and `_5`.
-    WriteReadAttributes {
-        written: Vec<String>,
-        read: Vec<String>,
-    },
+    WriteReadAttributes { written: Vec<String>, read: Vec<String> },
     /// `command_inout`, `_2`, `_4`.
-    CommandInout {
-        command: String,
-        argin: Option<ArgValue>,
-    },
+    CommandInout { command: String, argin: Option<ArgValue> },
     /// `set_attribute_config`, `_2` … `_5`.
     SetAttributeConfig { names: Vec<String> },
     /// `read_pipe_5`, `write_pipe_5`, `write_read_pipe_5`, `set_pipe_config_5` (first name).
@@ -137,11 +131,7 @@ pub struct TangoRequest {
 /// Decodes the arguments of `operation` from a request body. Never fails: it returns what
 /// it could read.
 pub fn parse_request(operation: &str, mut body: CdrReader<'_>) -> TangoRequest {
-    let mut req = TangoRequest {
-        call: TangoCall::Other,
-        client_ident: None,
-        args_complete: true,
-    };
+    let mut req = TangoRequest { call: TangoCall::Other, client_ident: None, args_complete: true };
     req.args_complete = read_args(operation, &mut body, &mut req).is_ok();
     req
 }
@@ -173,11 +163,7 @@ fn read_args(op: &str, r: &mut CdrReader<'_>, req: &mut TangoRequest) -> Result<
             };
             req.call = TangoCall::WriteAttributes { names };
             res?;
-            if op == "write_attributes_4" {
-                (false, true)
-            } else {
-                (false, false)
-            }
+            if op == "write_attributes_4" { (false, true) } else { (false, false) }
         }
         "write_read_attributes_4" | "write_read_attributes_5" => {
             // AttributeValueList_4 [| DevVarStringArray r_names] | ClntIdent
@@ -200,10 +186,7 @@ fn read_args(op: &str, r: &mut CdrReader<'_>, req: &mut TangoRequest) -> Result<
             // string command | any argin [| DevSource] [| ClntIdent]
             let command = text(r)?;
             let argin = parse_any(r);
-            req.call = TangoCall::CommandInout {
-                command,
-                argin: argin.as_ref().ok().cloned(),
-            };
+            req.call = TangoCall::CommandInout { command, argin: argin.as_ref().ok().cloned() };
             argin?;
             match op {
                 "command_inout" => (false, false),
@@ -247,9 +230,7 @@ fn read_args(op: &str, r: &mut CdrReader<'_>, req: &mut TangoRequest) -> Result<
             // PipeConfigList | ClntIdent
             let mut names = Vec::new();
             let res = read_list(r, &mut names, pipe_config);
-            req.call = TangoCall::Pipe {
-                name: names.into_iter().next().unwrap_or_default(),
-            };
+            req.call = TangoCall::Pipe { name: names.into_iter().next().unwrap_or_default() };
             res?;
             (false, true)
         }
@@ -399,18 +380,8 @@ fn attribute_value(r: &mut CdrReader<'_>, layout: AttrLayout) -> Result<AttrRead
     let name = text(r)?;
     // dim_x | dim_y, or r_dim {x, y} | w_dim {x, y}
     r.skip_aligned(4, if layout == AttrLayout::V1 { 2 } else { 4 })?;
-    let errors = if layout == AttrLayout::V1 {
-        Vec::new()
-    } else {
-        read_dev_errors(r)?
-    };
-    Ok(AttrReading {
-        name,
-        quality,
-        data_format,
-        data_type,
-        errors,
-    })
+    let errors = if layout == AttrLayout::V1 { Vec::new() } else { read_dev_errors(r)? };
+    Ok(AttrReading { name, quality, data_format, data_type, errors })
 }
 
 /// Reads one `AttributeValue_5`, as in `read_attributes_5` replies and ZMQ events.
@@ -539,12 +510,7 @@ pub struct DevError {
 
 fn read_dev_error(r: &mut CdrReader<'_>) -> Result<DevError, WireError> {
     // string reason | u32 severity | string desc | string origin
-    Ok(DevError {
-        reason: text(r)?,
-        severity: r.u32()?,
-        desc: text(r)?,
-        origin: text(r)?,
-    })
+    Ok(DevError { reason: text(r)?, severity: r.u32()?, desc: text(r)?, origin: text(r)? })
 }
 
 /// `DevErrorList`: u32 count | count × DevError.
@@ -676,21 +642,17 @@ mod tests {
         0x02, 0x00, 0x00, 0x00, // ClntIdent: CPP_6
         0xbd, 0x18, 0x00, 0x00, // pid 6333
         0x00, 0x00, 0x00, 0x00, // TraceContext: W3C_TC_V0
-        0x38, 0x00, 0x00, 0x00, b'0', b'0', b'-', b'4', b'8', b'e', b'5', b'b', b'8', b'9', b'5',
-        b'0', b'1', b'0', b'7', b'3', b'a', b'4', b'b', b'f', b'5', b'0', b'f', b'1', b'd', b'0',
-        b'8', b'd', b'8', b'8', b'd', b'5', b'7', b'0', b'9', b'-', b'9', b'd', b'3', b'6', b'5',
-        b'1', b'1', b'8', b'a', b'b', b'4', b'3', b'6', b'e', b'1', b'8', b'-', b'0', b'3',
-        0x00, // trace_parent
+        0x38, 0x00, 0x00, 0x00, b'0', b'0', b'-', b'4', b'8', b'e', b'5', b'b', b'8', b'9', b'5', b'0', b'1',
+        b'0', b'7', b'3', b'a', b'4', b'b', b'f', b'5', b'0', b'f', b'1', b'd', b'0', b'8', b'd', b'8', b'8',
+        b'd', b'5', b'7', b'0', b'9', b'-', b'9', b'd', b'3', b'6', b'5', b'1', b'1', b'8', b'a', b'b', b'4',
+        b'3', b'6', b'e', b'1', b'8', b'-', b'0', b'3', 0x00, // trace_parent
         0x01, 0x00, 0x00, 0x00, 0x00, // trace_state ""
     ];
 
     #[test]
     fn command_with_trace_context() {
         // The arguments start at message offset 0x40 in the capture.
-        let req = parse_request(
-            "command_inout_4",
-            CdrReader::new(&ECHO_TRACED_ARGS, true, 0x40),
-        );
+        let req = parse_request("command_inout_4", CdrReader::new(&ECHO_TRACED_ARGS, true, 0x40));
         assert!(req.args_complete);
         assert_eq!(
             req.call,
@@ -711,14 +673,9 @@ mod tests {
 
     #[test]
     fn truncated_command_keeps_name() {
-        let req = parse_request(
-            "command_inout_4",
-            CdrReader::new(&ECHO_TRACED_ARGS[..40], true, 0x40),
-        );
+        let req = parse_request("command_inout_4", CdrReader::new(&ECHO_TRACED_ARGS[..40], true, 0x40));
         assert!(!req.args_complete);
-        assert!(
-            matches!(req.call, TangoCall::CommandInout { ref command, .. } if command == "Echo")
-        );
+        assert!(matches!(req.call, TangoCall::CommandInout { ref command, .. } if command == "Echo"));
         assert_eq!(req.client_ident, None);
     }
 

@@ -15,9 +15,7 @@ use tracer_wire::{
 };
 
 fn dir(kind: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(kind)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(kind)
 }
 
 /// The bytes of `fixtures/giop/<name>.bin`.
@@ -38,11 +36,7 @@ pub fn all_giop() -> Vec<(String, Vec<u8>)> {
         .expect("fixture dir")
         .map(|e| {
             let path = e.expect("dir entry").path();
-            let name = path
-                .file_stem()
-                .expect("stem")
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_stem().expect("stem").to_string_lossy().into_owned();
             (name, std::fs::read(&path).expect("fixture"))
         })
         .collect();
