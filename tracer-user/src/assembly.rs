@@ -640,3 +640,180 @@ fn client_span(call: &PendingCall, operation: &Operation) -> (String, Vec<KeyVal
     attributes.push(KeyValue::new("thread.id", call.tid.to_string()));
     (operation.client_span_name(&call.request.call), attributes)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Real GIOP messages captured from PyTango 10.3.1 (the parsers' fixtures), replayed as the
+    //! probes would report them from a client and a server process.
+
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tracer-wire/tests/fixtures/giop/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// GIOP 1.0 messages with an empty service-context list keep their request id at offset 16.
+    fn with_request_id(mut bytes: Vec<u8>, id: u32) -> Vec<u8> {
+        assert_eq!(&bytes[..6], b"GIOP\x01\x00");
+        assert_eq!(&bytes[12..16], &[0, 0, 0, 0], "no service contexts");
+        bytes[16..20].copy_from_slice(&id.to_le_bytes());
+        bytes
+    }
+
+    fn data(pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
+        Record::Data { pid, tid, fd, ts_ns, direction, total_len: bytes.len() as u32, bytes: bytes.to_vec() }
+    }
+
+    const CLIENT: u32 = 100;
+    const SERVER: u32 = 200;
+    const PEER: u32 = 300;
+
+    /// Client writes, server reads, server replies, client reads.
+    fn call(a: &mut Assembler, request: &[u8], reply: &[u8], t: u64) {
+        a.push(&data(CLIENT, CLIENT, 7, t, Direction::Send, request));
+        a.push(&data(SERVER, SERVER + 1, 21, t + 10, Direction::Recv, request));
+        a.push(&data(SERVER, SERVER + 1, 21, t + 20, Direction::Send, reply));
+        a.push(&data(CLIENT, CLIENT, 7, t + 30, Direction::Recv, reply));
+    }
+
+    #[test]
+    fn read_attribute_gives_a_client_span_and_its_server_child() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        let reply = with_request_id(fixture("demo-rep-read_attributes_5"), 8);
+        call(&mut a, &request, &reply, 1_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 2);
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server).expect("server span");
+        let client = spans.iter().find(|s| s.kind == SpanKind::Client).expect("client span");
+        assert_eq!(client.name, "Tango::DeviceProxy::read_attribute");
+        assert_eq!(server.name, "Tango::Device_5Impl::read_attributes_5");
+        assert_eq!(server.parent, Some(client.context));
+        assert_eq!(server.context.trace_id, client.context.trace_id);
+        assert_eq!(client.parent, None);
+        assert_eq!((client.start_ns, client.end_ns, server.start_ns, server.end_ns), (1_000, 1_030, 1_010, 1_020));
+        assert_eq!(client.target_key.as_deref(), Some(&b"test/demo/1"[..]));
+        assert_eq!(server.device_key.as_deref(), Some(&b"test/demo/1"[..]));
+        assert!(client.attributes.contains(&KeyValue::new("tango.operation.argument", "temperature")));
+        assert!(server.attributes.contains(&KeyValue::new("tango.client_ident.lang", "CPP")));
+        assert!(a.is_server(SERVER) && !a.is_server(CLIENT));
+    }
+
+    #[test]
+    fn devfailed_reply_records_the_first_error_as_cpptango_does() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-command_inout_4-fail"), 4);
+        let reply = with_request_id(fixture("demo-rep-devfailed"), 4);
+        call(&mut a, &request, &reply, 1_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 2);
+        for span in &spans {
+            let exception = span.exception.as_ref().expect("exception event");
+            assert_eq!(exception.exception_type, "Tango::DevFailed");
+            assert!(exception.message.starts_with("REASON:"), "{}", exception.message);
+            assert!(exception.message.contains(";DESC:") && exception.message.contains(";ORIGIN:"));
+        }
+    }
+
+    #[test]
+    fn info_reply_teaches_the_device_class() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-info"), 6);
+        let reply = with_request_id(fixture("demo-rep-info"), 6);
+        call(&mut a, &request, &reply, 1_000);
+        let facts = a.device(b"test/demo/1").expect("device facts");
+        assert_eq!(facts.dev_class, "Demo");
+        // `info` is not a natively traced operation.
+        assert!(a.drain().iter().all(|s| s.operation == OperationClass::Extended));
+    }
+
+    #[test]
+    fn calls_made_while_serving_are_children_of_the_server_span() {
+        let mut a = Assembler::new(2048);
+        let outer = with_request_id(fixture("demo-req-command_inout_4-echo"), 2);
+        let outer_reply = with_request_id(fixture("demo-rep-command_inout_4-echo"), 2);
+        let inner = with_request_id(fixture("demo-req-read_attributes_5"), 9);
+        let inner_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 9);
+        a.push(&data(CLIENT, CLIENT, 7, 100, Direction::Send, &outer));
+        a.push(&data(SERVER, 201, 21, 110, Direction::Recv, &outer));
+        // The serving thread calls a device of another process.
+        a.push(&data(SERVER, 201, 30, 120, Direction::Send, &inner));
+        a.push(&data(PEER, 301, 5, 130, Direction::Recv, &inner));
+        a.push(&data(PEER, 301, 5, 140, Direction::Send, &inner_reply));
+        a.push(&data(SERVER, 201, 30, 150, Direction::Recv, &inner_reply));
+        a.push(&data(SERVER, 201, 21, 160, Direction::Send, &outer_reply));
+        a.push(&data(CLIENT, CLIENT, 7, 170, Direction::Recv, &outer_reply));
+        let spans = a.drain();
+        assert_eq!(spans.len(), 4);
+        let by_pid_kind =
+            |pid, kind: SpanKind| spans.iter().find(|s| s.pid == pid && s.kind == kind).expect("span");
+        let root = by_pid_kind(CLIENT, SpanKind::Client);
+        let serving = by_pid_kind(SERVER, SpanKind::Server);
+        let nested = by_pid_kind(SERVER, SpanKind::Client);
+        let peer = by_pid_kind(PEER, SpanKind::Server);
+        assert_eq!(serving.parent, Some(root.context));
+        assert_eq!(nested.parent, Some(serving.context));
+        assert_eq!(nested.device_key.as_deref(), Some(&b"test/demo/1"[..]), "carries the served device");
+        assert_eq!(peer.parent, Some(nested.context));
+        assert!(spans.iter().all(|s| s.context.trace_id == root.context.trace_id));
+    }
+
+    #[test]
+    fn w3c_context_in_clntident_wins_and_the_native_client_is_not_duplicated() {
+        let mut a = Assembler::new(2048);
+        let request = fixture("tele-req-command_inout_4-echo");
+        let reply = fixture("tele-rep-command_inout_4-echo");
+        call(&mut a, &request, &reply, 1_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1, "only our server span");
+        let server = &spans[0];
+        assert!(server.parent_is_remote);
+        let expected = tango::parse_request(
+            "command_inout_4",
+            match giop::parse_message(&request) {
+                Ok((_, Message::Request(r))) => r.body,
+                _ => panic!("fixture is a request"),
+            },
+        )
+        .client_ident
+        .and_then(|c| c.trace_parent)
+        .and_then(|tp| parse_traceparent(&tp))
+        .expect("traceparent");
+        assert_eq!(server.parent, Some(expected));
+        assert_eq!(server.context.trace_id, expected.trace_id);
+        assert!(a.is_natively_traced(CLIENT));
+    }
+
+    #[test]
+    fn a_client_that_exits_mid_call_still_gets_its_span() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &request));
+        a.push(&Record::Exit { pid: CLIENT, ts_ns: 5_000 });
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].error.as_deref(), Some("process exited before the reply"));
+        assert_eq!(spans[0].end_ns, 5_000);
+    }
+
+    #[test]
+    fn garbage_is_counted_not_fatal() {
+        let mut a = Assembler::new(2048);
+        let mut broken = fixture("demo-req-read_attributes_5");
+        broken[7] = 0x55; // unknown message type
+        a.push(&data(CLIENT, CLIENT, 7, 1, Direction::Send, &broken));
+        a.push(&data(CLIENT, CLIENT, 7, 2, Direction::Recv, b"GIOP\x01\x00\x01\x01\xff\xff\xff\x7f"));
+        assert!(a.drain().is_empty());
+        assert!(a.stats().unparsable + a.stats().orphan_replies >= 1);
+    }
+
+    #[test]
+    fn traceparent_parsing() {
+        let ctx = parse_traceparent("00-48e5c3c1b1f0a0a0b0c0d0e0f0a1b2c3-9d36aa00bb11cc22-03").expect("valid");
+        assert_eq!(ctx.span_id, SpanId::from_hex("9d36aa00bb11cc22").expect("hex"));
+        assert_eq!(parse_traceparent(""), None);
+        assert_eq!(parse_traceparent("00-00000000000000000000000000000000-9d36aa00bb11cc22-01"), None);
+        assert_eq!(parse_traceparent("garbage"), None);
+    }
+}

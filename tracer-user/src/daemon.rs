@@ -260,6 +260,10 @@ impl Daemon {
     }
 
     fn wanted(&self, span: &AssembledSpan) -> bool {
+        // cppTango 10 with telemetry on emits these spans itself.
+        if self.processes.get(&span.pid).is_some_and(|p| p.info.native_telemetry_active()) {
+            return false;
+        }
         match span.operation {
             OperationClass::User | OperationClass::Database => true,
             OperationClass::Extended => self.options.extended_operations,

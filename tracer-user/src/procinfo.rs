@@ -112,6 +112,17 @@ impl ProcessInfo {
         self.tango_setting("TANGO_HOST").filter(|h| !h.is_empty())
     }
 
+    /// Whether cppTango's own telemetry traces this process: libtango 10 or newer with
+    /// `TANGO_TELEMETRY_ENABLE` on (environment or tangorc). Such a process is not traced twice.
+    pub fn native_telemetry_active(&self) -> bool {
+        let major = self.tango_version().and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        let enabled = self
+            .tango_setting("TANGO_TELEMETRY_ENABLE")
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "on" | "1" | "true"))
+            .unwrap_or(false);
+        enabled && major.is_some_and(|m| m >= 10)
+    }
+
     /// Version of the libtango the process maps.
     pub fn tango_version(&self) -> Option<&str> {
         self.libraries.tango.as_ref().and_then(|l| l.version.as_deref())
@@ -215,6 +226,21 @@ mod tests {
                 ("tango_telemetry_types".to_string(), "tracing,logging".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn native_telemetry_needs_libtango_10_and_the_switch() {
+        let lib = |v: &str| TangoLibraries {
+            tango: Some(MappedLibrary { path: PathBuf::from("libtango.so"), version: Some(v.into()) }),
+            ..Default::default()
+        };
+        let on = parse_environ(b"TANGO_TELEMETRY_ENABLE=ON\0");
+        let info = ProcessInfo { environ: on.clone(), libraries: lib("10.3.3"), ..Default::default() };
+        assert!(info.native_telemetry_active());
+        let legacy = ProcessInfo { environ: on, libraries: lib("9.3.4"), ..Default::default() };
+        assert!(!legacy.native_telemetry_active());
+        let off = ProcessInfo { libraries: lib("10.3.3"), ..Default::default() };
+        assert!(!off.native_telemetry_active());
     }
 
     #[test]
