@@ -87,6 +87,8 @@ pub struct DeviceFacts {
 pub struct AssemblyStats {
     pub messages: u64,
     pub unparsable: u64,
+    /// Bytes skipped because they did not start or continue a GIOP message.
+    pub discarded_bytes: u64,
     pub orphan_replies: u64,
     pub spans: u64,
 }
@@ -208,11 +210,11 @@ impl Assembler {
                     Direction::Send => 0,
                     Direction::Recv => 1,
                 };
-                connection.assemblers[slot].get_or_insert_with(|| MessageAssembler::new(self.max_keep)).push(
-                    bytes,
-                    *total_len as usize,
-                    &mut messages,
-                );
+                let assembler =
+                    connection.assemblers[slot].get_or_insert_with(|| MessageAssembler::new(self.max_keep));
+                let discarded = assembler.stats().discarded_bytes;
+                assembler.push(bytes, *total_len as usize, &mut messages);
+                self.stats.discarded_bytes += assembler.stats().discarded_bytes - discarded;
                 for message in messages {
                     self.on_message(*pid, *tid, *fd, *ts_ns, *direction, &message.bytes);
                 }
@@ -692,7 +694,10 @@ mod tests {
         assert_eq!(server.parent, Some(client.context));
         assert_eq!(server.context.trace_id, client.context.trace_id);
         assert_eq!(client.parent, None);
-        assert_eq!((client.start_ns, client.end_ns, server.start_ns, server.end_ns), (1_000, 1_030, 1_010, 1_020));
+        assert_eq!(
+            (client.start_ns, client.end_ns, server.start_ns, server.end_ns),
+            (1_000, 1_030, 1_010, 1_020)
+        );
         assert_eq!(client.target_key.as_deref(), Some(&b"test/demo/1"[..]));
         assert_eq!(server.device_key.as_deref(), Some(&b"test/demo/1"[..]));
         assert!(client.attributes.contains(&KeyValue::new("tango.operation.argument", "temperature")));
@@ -805,12 +810,13 @@ mod tests {
         a.push(&data(CLIENT, CLIENT, 7, 1, Direction::Send, &broken));
         a.push(&data(CLIENT, CLIENT, 7, 2, Direction::Recv, b"GIOP\x01\x00\x01\x01\xff\xff\xff\x7f"));
         assert!(a.drain().is_empty());
-        assert!(a.stats().unparsable + a.stats().orphan_replies >= 1);
+        assert!(a.stats().unparsable + a.stats().orphan_replies + a.stats().discarded_bytes >= 1);
     }
 
     #[test]
     fn traceparent_parsing() {
-        let ctx = parse_traceparent("00-48e5c3c1b1f0a0a0b0c0d0e0f0a1b2c3-9d36aa00bb11cc22-03").expect("valid");
+        let ctx =
+            parse_traceparent("00-48e5c3c1b1f0a0a0b0c0d0e0f0a1b2c3-9d36aa00bb11cc22-03").expect("valid");
         assert_eq!(ctx.span_id, SpanId::from_hex("9d36aa00bb11cc22").expect("hex"));
         assert_eq!(parse_traceparent(""), None);
         assert_eq!(parse_traceparent("00-00000000000000000000000000000000-9d36aa00bb11cc22-01"), None);
