@@ -45,6 +45,7 @@ use std::fmt;
 
 pub mod cdr;
 pub mod giop;
+pub mod ior;
 pub mod tango;
 pub mod zmtp;
 
