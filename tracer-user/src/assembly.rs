@@ -23,12 +23,12 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_wire::{
     cdr::CdrReader,
     giop::{self, Message, MessageAssembler, ReplyStatus},
-    tango::{self, ClntIdent, LockerLanguage, TangoCall, TangoRequest},
+    tango::{self, ArgValue, ClntIdent, LockerLanguage, TangoCall, TangoRequest},
 };
 
 use crate::{
     records::{Direction, Record},
-    topics::{Operation, OperationClass},
+    topics::{DATABASE_KEY, Operation, OperationClass},
 };
 
 /// How long a client request waits for its server side before it stops being a candidate parent.
@@ -75,11 +75,29 @@ pub struct AssembledSpan {
     pub operation: OperationClass,
 }
 
-/// Device facts learnt from `info` replies seen on the wire.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What is known of the device behind an object key, from `info` replies and database traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
-    pub dev_class: String,
-    pub server_id: String,
+    /// Device name (from the database; without one the key itself is the name).
+    pub name: Option<String>,
+    pub dev_class: Option<String>,
+    /// `Server/instance`.
+    pub server_id: Option<String>,
+}
+
+impl DeviceFacts {
+    /// Keeps what `self` knows and adds what `other` knows besides.
+    fn merge(&mut self, other: DeviceFacts) {
+        if other.name.is_some() {
+            self.name = other.name;
+        }
+        if other.dev_class.is_some() {
+            self.dev_class = other.dev_class;
+        }
+        if other.server_id.is_some() {
+            self.server_id = other.server_id;
+        }
+    }
 }
 
 /// Counters the daemon reports.
@@ -137,6 +155,8 @@ pub struct Assembler {
     devices: HashMap<Vec<u8>, DeviceFacts>,
     /// Peer addresses of server-side connections, resolved by the daemon from `/proc`.
     locations: HashMap<(u32, i32), String>,
+    /// Server-side connections whose client is the daemon itself (its database queries).
+    ignored: std::collections::HashSet<(u32, i32)>,
     finished: Vec<AssembledSpan>,
     stats: AssemblyStats,
 }
@@ -156,6 +176,7 @@ impl Assembler {
             native_clients: HashMap::new(),
             devices: HashMap::new(),
             locations: HashMap::new(),
+            ignored: Default::default(),
             finished: Vec::new(),
             stats: AssemblyStats::default(),
         }
@@ -177,7 +198,38 @@ impl Assembler {
 
     /// Records facts about a device learnt elsewhere (database, a query of the daemon's own).
     pub fn learn_device(&mut self, object_key: Vec<u8>, facts: DeviceFacts) {
-        self.devices.insert(object_key, facts);
+        self.devices.entry(object_key).or_default().merge(facts);
+    }
+
+    /// Learns object keys and names from database calls both ends see: `DbImportDevice` replies
+    /// (`[name, IOR, version, server, host, class]`) and `DbExportDevice` arguments
+    /// (`[name, IOR, host, pid, version]`).
+    fn learn_from_database_call(&mut self, call: &PendingCall, reply: Option<&ArgValue>) {
+        let TangoCall::CommandInout { command, argin } = &call.request.call else {
+            return;
+        };
+        let from_ior = |ior: &str| tracer_wire::ior::parse_ior(ior).ok().map(|ior| ior.object_key);
+        if command.eq_ignore_ascii_case("DbImportDevice")
+            && let Some(ArgValue::LongStringArray { strings, .. }) = reply
+            && let [name, ior, _version, server, _host, class, ..] = strings.as_slice()
+            && let Some(key) = from_ior(ior)
+        {
+            let facts = DeviceFacts {
+                name: Some(name.to_ascii_lowercase()),
+                dev_class: Some(class.clone()),
+                server_id: Some(server.clone()),
+            };
+            self.learn_device(key, facts);
+        } else if command.eq_ignore_ascii_case("DbExportDevice")
+            && let Some(ArgValue::StringArray(args)) = argin
+            && let [name, ior, ..] = args.as_slice()
+            && let Some(key) = from_ior(ior)
+        {
+            self.learn_device(
+                key,
+                DeviceFacts { name: Some(name.to_ascii_lowercase()), ..Default::default() },
+            );
+        }
     }
 
     /// Whether `pid` has served requests.
@@ -193,6 +245,11 @@ impl Assembler {
     /// The daemon tells where the client of a server-side connection is (`giop:tcp:…`).
     pub fn set_location(&mut self, pid: u32, fd: i32, location: String) {
         self.locations.insert((pid, fd), location);
+    }
+
+    /// Requests arriving on this server-side connection come from the daemon: no spans.
+    pub fn ignore_connection(&mut self, pid: u32, fd: i32) {
+        self.ignored.insert((pid, fd));
     }
 
     /// Whether the daemon still needs to resolve the peer of this server-side connection.
@@ -247,6 +304,8 @@ impl Assembler {
                     bytes,
                 );
             }
+            (Message::Request(_), Direction::Recv) | (Message::Reply(_), Direction::Send)
+                if self.ignored.contains(&(pid, fd)) => {}
             (Message::Request(request), Direction::Recv) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
                 self.on_server_request(
@@ -438,12 +497,17 @@ impl Assembler {
         match status {
             ReplyStatus::NoException => {
                 if call.operation.starts_with("info")
-                    && let Ok(info) = tango::parse_info_reply(&call.operation, body)
+                    && let Ok(info) = tango::parse_info_reply(&call.operation, body.clone())
                 {
-                    self.devices.insert(
-                        call.object_key.clone(),
-                        DeviceFacts { dev_class: info.dev_class, server_id: info.server_id },
-                    );
+                    let facts = DeviceFacts {
+                        name: None,
+                        dev_class: Some(info.dev_class),
+                        server_id: Some(info.server_id),
+                    };
+                    self.learn_device(call.object_key.clone(), facts);
+                } else if call.object_key == DATABASE_KEY && call.operation.starts_with("command_inout") {
+                    let reply = tango::parse_command_reply(body).ok();
+                    self.learn_from_database_call(&call, reply.as_ref());
                 }
             }
             ReplyStatus::UserException => {
@@ -533,6 +597,7 @@ impl Assembler {
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
         self.connections.remove(&(pid, fd));
         self.locations.remove(&(pid, fd));
+        self.ignored.remove(&(pid, fd));
         self.fail_pending(|&(p, f, _)| p == pid && f == fd, ts_ns, "connection closed before the reply");
     }
 
@@ -541,6 +606,7 @@ impl Assembler {
         self.fail_pending(|&(p, _, _)| p == pid, ts_ns, "process exited before the reply");
         self.connections.retain(|&(p, _), _| p != pid);
         self.locations.retain(|&(p, _), _| p != pid);
+        self.ignored.retain(|&(p, _)| p != pid);
         self.serving.retain(|&(p, _), _| p != pid);
         self.servers.remove(&pid);
         self.native_clients.remove(&pid);
@@ -728,9 +794,25 @@ mod tests {
         let reply = with_request_id(fixture("demo-rep-info"), 6);
         call(&mut a, &request, &reply, 1_000);
         let facts = a.device(b"test/demo/1").expect("device facts");
-        assert_eq!(facts.dev_class, "Demo");
+        assert_eq!(facts.dev_class.as_deref(), Some("Demo"));
         // `info` is not a natively traced operation.
         assert!(a.drain().iter().all(|s| s.operation == OperationClass::Extended));
+    }
+
+    #[test]
+    fn dbimportdevice_reply_names_the_opaque_key_of_a_database_server() {
+        let mut a = Assembler::new(4096);
+        let request = fixture("dbclient-req-command_inout_4-dbimportdevice");
+        let reply = fixture("dbclient-rep-command_inout_4-dbimportdevice");
+        call(&mut a, &request, &reply, 1_000);
+        let spans = a.drain();
+        let client = spans.iter().find(|s| s.kind == SpanKind::Client).expect("client span");
+        assert_eq!(client.name, "Tango::Connection::command_inout");
+        assert_eq!(client.operation, OperationClass::Database);
+        assert!(client.attributes.contains(&KeyValue::new("tango.operation.argument", "DbImportDevice")));
+        let (key, facts) = a.devices.iter().next().expect("one device learnt");
+        assert_eq!(key.len(), 14, "an opaque POA key");
+        assert!(facts.name.is_some() && facts.dev_class.is_some() && facts.server_id.is_some(), "{facts:?}");
     }
 
     #[test]

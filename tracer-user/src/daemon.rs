@@ -6,9 +6,10 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io::Write as _,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -19,22 +20,26 @@ use opentelemetry::{
     trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState},
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracer_export::{Destination, ExportHub, SpanRecord};
 
 use crate::{
-    assembly::{AssembledSpan, Assembler},
-    discovery,
+    assembly::{AssembledSpan, Assembler, DeviceFacts},
+    dbclient, discovery,
     probes::Probes,
     procinfo::ProcessInfo,
     records::{Direction, Record},
     resources::{self, ResourceKey, Resources},
     sockets,
-    topics::OperationClass,
+    topics::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
 };
 
 /// How long a server span may wait for its device's class before it goes out without it.
 const DEVICE_FACTS_WAIT: Duration = Duration::from_secs(2);
+/// How long a span with an unknown opaque object key waits before the database is asked.
+const IMPORT_AFTER: Duration = Duration::from_millis(300);
+/// Least time between two imports from one database.
+const IMPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the facts of an exited process are kept for spans still in flight.
 const EXITED_KEEP: Duration = Duration::from_secs(30);
 
@@ -73,6 +78,11 @@ struct Daemon {
     clock: ClockOffset,
     recorder: Option<std::io::BufWriter<std::fs::File>>,
     own_pid: u32,
+    /// Local ports of the daemon's own database connections (their requests are not traced).
+    own_ports: Arc<Mutex<HashSet<u16>>>,
+    /// When each TANGO_HOST was last asked for its devices.
+    imports: HashMap<String, Instant>,
+    imported_tx: mpsc::UnboundedSender<dbclient::Import>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -87,6 +97,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
     let mut daemon = Daemon {
         assembler: Assembler::new(options.capture_bytes as usize),
         options,
@@ -98,11 +109,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         clock: ClockOffset::now(),
         recorder,
         own_pid: std::process::id(),
+        own_ports: Arc::default(),
+        imports: HashMap::new(),
+        imported_tx,
     };
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
     }
     daemon.scan_existing();
+    daemon.import_all_databases();
     if let Some(path) = &daemon.options.ready_file {
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
@@ -127,6 +142,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 daemon.release_spans(false);
             }
             _ = tick.tick() => daemon.on_tick(),
+            Some(import) = imported_rx.recv() => {
+                for (key, facts) in import.devices {
+                    daemon.assembler.learn_device(key, facts);
+                }
+                daemon.release_spans(false);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -173,6 +194,9 @@ impl Daemon {
             lib_text(info.libraries.omniorb.as_ref()),
             lib_text(info.libraries.tango.as_ref()),
         );
+        if let Some(facts) = database_server_facts(&info) {
+            self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
+        }
         self.processes.insert(pid, TracedProcess { info, exited_at: None });
     }
 
@@ -206,6 +230,9 @@ impl Daemon {
                 && self.assembler.needs_location(pid, *fd)
                 && let Some(location) = sockets::peer_location(&self.options.proc_root, pid, *fd)
             {
+                if self.is_own_connection(&location) {
+                    self.assembler.ignore_connection(pid, *fd);
+                }
                 self.assembler.set_location(pid, *fd, location);
             }
         }
@@ -244,9 +271,27 @@ impl Daemon {
                 self.waiting.push((now, span));
             }
         }
+        let mut unknown_hosts = Vec::new();
+        for (since, span) in &self.waiting {
+            let opaque_unknown = span
+                .device_key
+                .as_deref()
+                .is_some_and(|k| self.device_name(k).is_none() && since.elapsed() >= IMPORT_AFTER);
+            if opaque_unknown
+                && let Some(host) = self.processes.get(&span.pid).and_then(|p| p.info.tango_host())
+            {
+                unknown_hosts.push(host.to_string());
+            }
+        }
+        for host in unknown_hosts {
+            self.import_database(&host);
+        }
         let waiting = std::mem::take(&mut self.waiting);
         for (since, span) in waiting {
-            let known = span.device_key.as_ref().is_none_or(|key| self.assembler.device(key).is_some());
+            let known = span.device_key.as_ref().is_none_or(|key| {
+                self.assembler.device(key).is_some_and(|f| f.dev_class.is_some())
+                    && self.device_name(key).is_some()
+            });
             if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
                 ready.push(span);
             } else {
@@ -278,16 +323,14 @@ impl Daemon {
             Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
             None => ResourceKey::Process { pid: span.pid },
         };
-        let device_name = span.device_key.as_deref().and_then(resources::device_name_from_key);
         let facts = span.device_key.as_deref().and_then(|k| self.assembler.device(k));
+        let device_name = span.device_key.as_deref().and_then(|k| self.device_name(k));
         let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
 
         let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
         if let Some(target) = &span.target_key {
-            let name = resources::device_name_from_key(target)
-                .map(|n| if target == crate::topics::DATABASE_KEY { "sys/database/2".to_string() } else { n })
-                .unwrap_or_else(|| hex::encode(target));
+            let name = self.device_name(target).unwrap_or_else(|| hex::encode(target));
             attributes.push(KeyValue::new("tango.operation.target", name));
         }
         attributes.extend(span.attributes);
@@ -341,6 +384,60 @@ impl Daemon {
         SpanRecord { resource, data }
     }
 
+    /// Asks every database the target processes use for its devices' object keys.
+    fn import_all_databases(&mut self) {
+        let hosts: HashSet<String> =
+            self.processes.values().filter_map(|p| p.info.tango_host().map(str::to_string)).collect();
+        for host in hosts {
+            self.import_database(&host);
+        }
+    }
+
+    /// Starts an import from the database at `tango_host` unless one ran recently.
+    fn import_database(&mut self, tango_host: &str) {
+        if self.imports.get(tango_host).is_some_and(|t| t.elapsed() < IMPORT_INTERVAL) {
+            return;
+        }
+        self.imports.insert(tango_host.to_string(), Instant::now());
+        let host = tango_host.to_string();
+        let own_ports = Arc::clone(&self.own_ports);
+        let tx = self.imported_tx.clone();
+        tokio::spawn(async move {
+            let register = |addr: Option<std::net::SocketAddr>| {
+                if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
+                    ports.insert(addr.port());
+                }
+            };
+            match dbclient::import_exported(&host, register).await {
+                Ok(import) => {
+                    info!("database {host}: learnt {} device(s)", import.devices.len());
+                    let _ = tx.send(import);
+                }
+                Err(e) => warn!("database {host}: {e}"),
+            }
+        });
+    }
+
+    /// Whether a server-side connection's client is one of the daemon's database connections.
+    fn is_own_connection(&self, location: &str) -> bool {
+        let Some(port) = location.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
+            return false;
+        };
+        location.starts_with("giop:tcp:") && self.own_ports.lock().is_ok_and(|ports| ports.contains(&port))
+    }
+
+    /// The device behind an object key: learnt from the database, else the key itself (devices
+    /// without a database), `sys/database/2` for the database.
+    fn device_name(&self, object_key: &[u8]) -> Option<String> {
+        if let Some(name) = self.assembler.device(object_key).and_then(|f| f.name.clone()) {
+            return Some(name);
+        }
+        if object_key == DATABASE_KEY {
+            return Some(DATABASE_DEVICE.to_string());
+        }
+        resources::device_name_from_key(object_key)
+    }
+
     async fn shutdown(&mut self) {
         info!("stopping: ending open calls and flushing exporters");
         self.assembler.flush_all(monotonic_ns());
@@ -358,6 +455,20 @@ impl Daemon {
             self.probes.lost_records()
         );
     }
+}
+
+/// The database server (`DataBaseds <instance>`) serves `sys/database/2` of class `DataBase`.
+fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
+    let program = info.cmdline.first()?;
+    if !program.ends_with("DataBaseds") {
+        return None;
+    }
+    let instance = info.cmdline.get(1)?;
+    Some(DeviceFacts {
+        name: Some(DATABASE_DEVICE.to_string()),
+        dev_class: Some("DataBase".to_string()),
+        server_id: Some(format!("DataBaseds/{instance}")),
+    })
 }
 
 fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {

@@ -5,6 +5,7 @@
 
 pub mod assembly;
 pub mod daemon;
+pub mod dbclient;
 pub mod discovery;
 pub mod probes;
 pub mod procinfo;

@@ -72,7 +72,7 @@ impl Resources {
         let cacheable = match key {
             ResourceKey::Device { object_key, .. } => {
                 attributes.push(KeyValue::new("tango.process.kind", "server"));
-                let class = device.map(|d| d.dev_class.clone());
+                let class = device.and_then(|d| d.dev_class.clone());
                 attributes.push(KeyValue::new(
                     "service.name",
                     class.clone().unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
@@ -80,8 +80,8 @@ impl Resources {
                 if let Some(name) = device_name {
                     attributes.push(KeyValue::new("service.instance.id", name.to_string()));
                 }
-                if let Some(facts) = device {
-                    attributes.push(KeyValue::new("tango.server.name", facts.server_id.clone()));
+                if let Some(server) = device.and_then(|d| d.server_id.clone()) {
+                    attributes.push(KeyValue::new("tango.server.name", server));
                 }
                 // Devices served without a database have their name as object key; cppTango
                 // then reports no tango.host.
@@ -89,7 +89,7 @@ impl Resources {
                 if let (Some(host), false) = (tango_host, without_database) {
                     attributes.push(KeyValue::new("tango.host", host));
                 }
-                class.is_some()
+                class.is_some() && device_name.is_some()
             }
             ResourceKey::Process { .. } => {
                 attributes

@@ -5,6 +5,8 @@ use tracer_wire::tango::TangoCall;
 
 /// The object key of the Tango database device when reached through `TANGO_HOST`.
 pub const DATABASE_KEY: &[u8] = b"database";
+/// The name clients use for the database device (its `TANGO_HOST` object).
+pub const DATABASE_DEVICE: &str = "sys/database/2";
 
 /// How an operation relates to what native telemetry traces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -106,7 +106,8 @@ mod tests {
         let Ok((_, giop::Message::Reply(reply))) = giop::parse_message(bytes) else {
             panic!("fixture is a reply");
         };
-        let Ok(tango::ArgValue::LongStringArray { strings, .. }) = tango::parse_command_reply(reply.body) else {
+        let Ok(tango::ArgValue::LongStringArray { strings, .. }) = tango::parse_command_reply(reply.body)
+        else {
             panic!("DbImportDevice answers a DevVarLongStringArray");
         };
         let ior = parse_ior(&strings[1]).expect("valid IOR");

@@ -44,6 +44,7 @@
 use std::fmt;
 
 pub mod cdr;
+pub mod encode;
 pub mod giop;
 pub mod ior;
 pub mod tango;
