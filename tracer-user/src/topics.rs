@@ -42,7 +42,7 @@ impl Operation {
         );
         let class = if giop == "_is_a" || giop == "_non_existent" || giop.starts_with("_interface") {
             OperationClass::Internal
-        } else if object_key == DATABASE_KEY {
+        } else if object_key == DATABASE_KEY && user {
             OperationClass::Database
         } else if user {
             OperationClass::User
@@ -173,6 +173,8 @@ mod tests {
         assert_eq!(Operation::classify("command_inout", DATABASE_KEY, &cmd).class, OperationClass::Database);
         assert_eq!(Operation::classify("command_inout_4", b"x/y/z", &cmd).class, OperationClass::User);
         assert_eq!(op("ping").class, OperationClass::Extended);
+        let info = Operation::classify("info", DATABASE_KEY, &TangoCall::Other);
+        assert_eq!(info.class, OperationClass::Extended, "cppTango traces only command_inout on the database");
         assert_eq!(op("_non_existent").class, OperationClass::Internal);
     }
 }
