@@ -55,7 +55,8 @@ class Demo(Device):
 
 def main():
     instance, port, *devices = sys.argv[1:]
-    args = ["Demo", instance, "-nodb", "-dlist", ",".join(devices),
+    # run_server puts the server name in front itself: the server is Demo/<instance>.
+    args = [instance, "-nodb", "-dlist", ",".join(devices),
             "-ORBendPoint", f"giop:tcp:127.0.0.1:{port}"]
     Demo.run_server(args=args)
 

@@ -5,6 +5,7 @@
 //!
 //! The tests themselves live in `src/tests/`, one file per feature.
 
+pub mod dbstack;
 pub mod harness;
 pub mod otlp_receiver;
 
