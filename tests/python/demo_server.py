@@ -2,7 +2,7 @@
 
 Usage: demo_server.py INSTANCE PORT DEVICE [DEVICE ...]
 Runs without a database on 127.0.0.1:PORT; a device's `peer` property-free
-`ReadPeer` command reads `temperature` from the device named by argin.
+`ReadPeer` command reads `temperature` (or `dev/ice/name/attribute`) from the device named by argin.
 """
 
 import sys
@@ -37,7 +37,11 @@ class Demo(Device):
 
     @command(dtype_in=str, dtype_out=float)
     def ReadPeer(self, peer):
-        return tango.DeviceProxy(peer).read_attribute("temperature").value
+        # "domain/family/member" reads its temperature; "domain/family/member/attr" that attribute.
+        device, attribute = peer, "temperature"
+        if not peer.startswith("tango://") and peer.count("/") == 3:
+            device, attribute = peer.rsplit("/", 1)
+        return float(tango.DeviceProxy(device).read_attribute(attribute).value)
 
     @command(dtype_in=str)
     def Fail(self, reason):

@@ -174,7 +174,11 @@ mod tests {
         assert_eq!(Operation::classify("command_inout_4", b"x/y/z", &cmd).class, OperationClass::User);
         assert_eq!(op("ping").class, OperationClass::Extended);
         let info = Operation::classify("info", DATABASE_KEY, &TangoCall::Other);
-        assert_eq!(info.class, OperationClass::Extended, "cppTango traces only command_inout on the database");
+        assert_eq!(
+            info.class,
+            OperationClass::Extended,
+            "cppTango traces only command_inout on the database"
+        );
         assert_eq!(op("_non_existent").class, OperationClass::Internal);
     }
 }
