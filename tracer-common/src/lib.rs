@@ -55,8 +55,27 @@ pub struct DataRecord {
     /// Bytes of `data` that are valid (`min(total_len, capture limit)`).
     pub captured_len: u32,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Address family of the socket's peer (`AF_INET` 2, `AF_UNIX` 1; 0 when unknown), read in
+    /// the kernel for receives so the daemon need not race the connection's end.
+    pub peer_family: u16,
+    /// IPv4 address of the peer, network byte order.
+    pub peer_addr: u32,
+    /// Port of the peer, host byte order.
+    pub peer_port: u16,
+    pub _pad2: [u8; 6],
     pub data: [u8; MAX_CAPTURE],
+}
+
+/// Offsets into `struct sock_common`, read from the kernel's BTF by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub daddr: u32,
+    pub dport: u32,
+    pub family: u32,
+    /// 1 when the offsets are valid.
+    pub valid: u32,
 }
 
 /// Size of a [`DataRecord`] without its payload.
@@ -93,4 +112,6 @@ mod pod {
     unsafe impl aya::Pod for super::TargetConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StreamKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockOffsets {}
 }

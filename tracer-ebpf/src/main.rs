@@ -11,15 +11,16 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes,
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, StreamKey, TargetConfig,
-    direction, kind,
+    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, SockOffsets, StreamKey,
+    TargetConfig, direction, kind,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below.
@@ -58,8 +59,15 @@ static DEFAULT_CAPTURE_LEN: u32 = 1024;
 struct RecvArgs {
     buf: u64,
     fd: i32,
+    peer_family: u16,
+    peer_port: u16,
+    peer_addr: u32,
     _pad: u32,
 }
+
+/// Where the peer address lives in `struct sock_common` (set by the daemon from BTF).
+#[unsafe(no_mangle)]
+static SOCK_OFFSETS: SockOffsets = SockOffsets { daddr: 0, dport: 0, family: 0, valid: 0 };
 
 const GIOP_HEADER_LEN: usize = 12;
 
@@ -92,7 +100,8 @@ fn try_sendto_enter(ctx: &TracePointContext) -> Result<(), ()> {
             ctx.read_at::<u64>(ARG2).map_err(|_| ())?,
         )
     };
-    emit_data(pid_tgid, fd, buf, len, direction::SEND, capture_len)
+    let no_peer = RecvArgs { buf, fd, peer_family: 0, peer_port: 0, peer_addr: 0, _pad: 0 };
+    emit_data(pid_tgid, fd, buf, len, direction::SEND, capture_len, &no_peer)
 }
 
 #[tracepoint]
@@ -114,6 +123,9 @@ fn try_recvfrom_enter(ctx: &TracePointContext) -> Result<(), ()> {
         RecvArgs {
             fd: ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
             buf: ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
+            peer_family: 0,
+            peer_port: 0,
+            peer_addr: 0,
             _pad: 0,
         }
     };
@@ -145,13 +157,58 @@ fn try_recvfrom_exit(ctx: &TracePointContext) -> Result<(), ()> {
         return Ok(());
     };
     let capture_len = target.capture_len;
-    emit_data(pid_tgid, args.fd, args.buf, ret as u64, direction::RECV, capture_len)
+    emit_data(pid_tgid, args.fd, args.buf, ret as u64, direction::RECV, capture_len, &args)
+}
+
+/// `sock:sock_recv_length` fires inside the receive, with the socket: its peer address is noted
+/// for the `recvfrom` in flight on this thread.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_sock_recv_length(&ctx);
+    0
+}
+
+fn try_sock_recv_length(ctx: &BtfTracePointContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(args) = PENDING_RECV.get_ptr_mut(&pid_tgid) else {
+        return Ok(());
+    };
+    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+    let offsets = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
+    if offsets.valid != 1 {
+        return Ok(());
+    }
+    let sk: *const u8 = ctx.arg(0);
+    // SAFETY: reading kernel memory of the socket the tracepoint hands us, at BTF offsets.
+    let (family, dport, daddr) = unsafe {
+        (
+            bpf_probe_read_kernel(sk.add(offsets.family as usize).cast::<u16>()).map_err(|_| ())?,
+            bpf_probe_read_kernel(sk.add(offsets.dport as usize).cast::<u16>()).map_err(|_| ())?,
+            bpf_probe_read_kernel(sk.add(offsets.daddr as usize).cast::<u32>()).map_err(|_| ())?,
+        )
+    };
+    // SAFETY: the entry belongs to this thread's recvfrom in flight.
+    unsafe {
+        (*args).peer_family = family;
+        (*args).peer_port = u16::from_be(dport);
+        (*args).peer_addr = daddr;
+    }
+    Ok(())
 }
 
 /// Copies the first bytes of a send/receive into the ring buffer when they start a GIOP message
 /// or continue one that an earlier syscall began.
 #[inline(always)]
-fn emit_data(pid_tgid: u64, fd: i32, buf: u64, len: u64, dir: u8, capture_len: u32) -> Result<(), ()> {
+#[expect(clippy::too_many_arguments, reason = "inlined: no BPF call, so no 5-argument limit")]
+fn emit_data(
+    pid_tgid: u64,
+    fd: i32,
+    buf: u64,
+    len: u64,
+    dir: u8,
+    capture_len: u32,
+    peer: &RecvArgs,
+) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
     let key = StreamKey { pid, fd, direction: dir as u32 };
     // SAFETY: a map lookup; the value is copied out.
@@ -195,6 +252,9 @@ fn emit_data(pid_tgid: u64, fd: i32, buf: u64, len: u64, dir: u8, capture_len: u
     };
     record.total_len = len.min(u32::MAX as u64) as u32;
     record.direction = dir;
+    record.peer_family = peer.peer_family;
+    record.peer_port = peer.peer_port;
+    record.peer_addr = peer.peer_addr;
     let mut captured = len as usize;
     let limit = capture_len as usize;
     if captured > limit {

@@ -100,6 +100,17 @@ impl DeviceFacts {
     }
 }
 
+/// Configuration-relevant facts seen on the wire, for the daemon's configuration resolution.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observation {
+    /// A `DbGetDeviceProperty` answer: the device's properties as the database returned them.
+    DeviceProperties { device: String, properties: Vec<(String, Vec<String>)> },
+    /// A command arrived at a device of server process `pid` (admin commands change telemetry).
+    Command { pid: u32, object_key: Vec<u8>, command: String, argin: Option<ArgValue> },
+    /// Process `pid` serves the device behind `object_key`.
+    Serves { pid: u32, object_key: Vec<u8> },
+}
+
 /// Counters the daemon reports.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AssemblyStats {
@@ -158,6 +169,9 @@ pub struct Assembler {
     /// Server-side connections whose client is the daemon itself (its database queries).
     ignored: std::collections::HashSet<(u32, i32)>,
     finished: Vec<AssembledSpan>,
+    observations: Vec<Observation>,
+    /// (pid, object key) pairs already reported as served.
+    served: std::collections::HashSet<(u32, Vec<u8>)>,
     stats: AssemblyStats,
 }
 
@@ -178,6 +192,8 @@ impl Assembler {
             locations: HashMap::new(),
             ignored: Default::default(),
             finished: Vec::new(),
+            observations: Vec::new(),
+            served: Default::default(),
             stats: AssemblyStats::default(),
         }
     }
@@ -189,6 +205,11 @@ impl Assembler {
     /// Spans finished since the last call.
     pub fn drain(&mut self) -> Vec<AssembledSpan> {
         std::mem::take(&mut self.finished)
+    }
+
+    /// Observations made since the last call.
+    pub fn drain_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
     }
 
     /// Facts about the device behind `object_key`, when an `info` reply has shown them.
@@ -220,6 +241,11 @@ impl Assembler {
                 server_id: Some(server.clone()),
             };
             self.learn_device(key, facts);
+        } else if command.eq_ignore_ascii_case("DbGetDeviceProperty")
+            && let Some(ArgValue::StringArray(answer)) = reply
+            && let Some((device, properties)) = parse_property_answer(answer)
+        {
+            self.observations.push(Observation::DeviceProperties { device, properties });
         } else if command.eq_ignore_ascii_case("DbExportDevice")
             && let Some(ArgValue::StringArray(args)) = argin
             && let [name, ior, ..] = args.as_slice()
@@ -260,7 +286,7 @@ impl Assembler {
     /// Feeds one probe record.
     pub fn push(&mut self, record: &Record) {
         match record {
-            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes } => {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, .. } => {
                 let mut messages = Vec::new();
                 let connection = self.connections.entry((*pid, *fd)).or_default();
                 let slot = match direction {
@@ -421,6 +447,17 @@ impl Assembler {
         bytes: &[u8],
     ) {
         self.servers.insert(pid, ());
+        if self.served.insert((pid, object_key.to_vec())) {
+            self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });
+        }
+        if let TangoCall::CommandInout { command, argin } = &request.call {
+            self.observations.push(Observation::Command {
+                pid,
+                object_key: object_key.to_vec(),
+                command: command.clone(),
+                argin: argin.clone(),
+            });
+        }
         let w3c =
             request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()).and_then(parse_traceparent);
         let (parent, parent_is_remote) = match w3c {
@@ -644,6 +681,21 @@ impl Assembler {
     }
 }
 
+/// `DbGetDeviceProperty` answers `[device, N, name₁, n₁, value…, name₂, n₂, value…, …]`.
+pub fn parse_property_answer(answer: &[String]) -> Option<(String, Vec<(String, Vec<String>)>)> {
+    let mut items = answer.iter();
+    let device = items.next()?.to_ascii_lowercase();
+    let count: usize = items.next()?.trim().parse().ok()?;
+    let mut properties = Vec::new();
+    for _ in 0..count {
+        let name = items.next()?.to_ascii_lowercase();
+        let values: usize = items.next()?.trim().parse().ok()?;
+        let values: Vec<String> = items.by_ref().take(values).cloned().collect();
+        properties.push((name, values));
+    }
+    Some((device, properties))
+}
+
 fn fingerprint(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
@@ -730,7 +782,16 @@ mod tests {
     }
 
     fn data(pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
-        Record::Data { pid, tid, fd, ts_ns, direction, total_len: bytes.len() as u32, bytes: bytes.to_vec() }
+        Record::Data {
+            pid,
+            tid,
+            fd,
+            ts_ns,
+            direction,
+            total_len: bytes.len() as u32,
+            bytes: bytes.to_vec(),
+            peer: Default::default(),
+        }
     }
 
     const CLIENT: u32 = 100;
@@ -893,6 +954,29 @@ mod tests {
         a.push(&data(CLIENT, CLIENT, 7, 2, Direction::Recv, b"GIOP\x01\x00\x01\x01\xff\xff\xff\x7f"));
         assert!(a.drain().is_empty());
         assert!(a.stats().unparsable + a.stats().orphan_replies + a.stats().discarded_bytes >= 1);
+    }
+
+    #[test]
+    fn property_answers() {
+        let answer: Vec<String> = [
+            "Sys/TG_test/1",
+            "2",
+            "telemetry_enable",
+            "1",
+            "true",
+            "telemetry_topics",
+            "2",
+            "user",
+            "database",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (device, props) = parse_property_answer(&answer).expect("well formed");
+        assert_eq!(device, "sys/tg_test/1");
+        assert_eq!(props[0], ("telemetry_enable".to_string(), vec!["true".to_string()]));
+        assert_eq!(props[1].1, vec!["user".to_string(), "database".to_string()]);
+        assert_eq!(parse_property_answer(&["d".to_string(), "x".to_string()]), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::{
     dbclient, discovery,
     probes::Probes,
     procinfo::ProcessInfo,
-    records::{Direction, Record},
+    records::{Direction, Peer, Record},
     resources::{self, ResourceKey, Resources},
     sockets,
     topics::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
@@ -64,6 +64,8 @@ pub struct RunOptions {
 struct TracedProcess {
     info: ProcessInfo,
     exited_at: Option<Instant>,
+    /// `giop:unix:<path>` of the Unix socket the process serves on, once looked up.
+    unix_location: Option<String>,
 }
 
 struct Daemon {
@@ -152,6 +154,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
         }
     }
+    // Records already in the ring buffer belong to calls that happened before the signal.
+    while let Some(item) = ring.get_mut().next() {
+        match Record::decode(&item) {
+            Ok(record) => daemon.on_record(record),
+            Err(e) => warn!("skipping a probe record: {e}"),
+        }
+    }
     daemon.shutdown().await;
     Ok(())
 }
@@ -197,7 +206,7 @@ impl Daemon {
         if let Some(facts) = database_server_facts(&info) {
             self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
         }
-        self.processes.insert(pid, TracedProcess { info, exited_at: None });
+        self.processes.insert(pid, TracedProcess { info, exited_at: None, unix_location: None });
     }
 
     fn on_record(&mut self, record: Record) {
@@ -224,12 +233,19 @@ impl Daemon {
         if !self.processes.contains_key(&pid) {
             return;
         }
-        if let Record::Data { fd, direction: Direction::Recv, bytes, .. } = &record {
-            // The peer of a server-side connection must be read while the socket exists.
-            if is_giop_request(bytes)
-                && self.assembler.needs_location(pid, *fd)
-                && let Some(location) = sockets::peer_location(&self.options.proc_root, pid, *fd)
-            {
+        if let Record::Data { fd, direction: Direction::Recv, bytes, peer, .. } = &record
+            && is_giop_request(bytes)
+            && self.assembler.needs_location(pid, *fd)
+        {
+            // The peer of a server-side connection: from the kernel when it could tell, else
+            // from /proc while the socket still exists.
+            let location = match peer {
+                Peer::Inet(ip, port) => Some(format!("giop:tcp:{ip}:{port}")),
+                Peer::Unix => self.unix_location(pid),
+                Peer::Unknown | Peer::Other(_) => None,
+            }
+            .or_else(|| sockets::peer_location(&self.options.proc_root, pid, *fd));
+            if let Some(location) = location {
                 if self.is_own_connection(&location) {
                     self.assembler.ignore_connection(pid, *fd);
                 }
@@ -418,6 +434,15 @@ impl Daemon {
         });
     }
 
+    /// The Unix-socket address of a server (the same for all its Unix connections).
+    fn unix_location(&mut self, pid: u32) -> Option<String> {
+        let process = self.processes.get_mut(&pid)?;
+        if process.unix_location.is_none() {
+            process.unix_location = sockets::unix_listen_location(&self.options.proc_root, pid);
+        }
+        process.unix_location.clone()
+    }
+
     /// Whether a server-side connection's client is one of the daemon's database connections.
     fn is_own_connection(&self, location: &str) -> bool {
         let Some(port) = location.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
@@ -474,7 +499,7 @@ fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
 fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {
     match lib {
         Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
-        None => "not yet mapped".to_string(),
+        None => "being loaded".to_string(),
     }
 }
 

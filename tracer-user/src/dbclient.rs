@@ -49,7 +49,20 @@ pub enum DbClientError {
 #[derive(Debug, Default)]
 pub struct Import {
     pub devices: Vec<(Vec<u8>, DeviceFacts)>,
+    /// The `telemetry_*` properties of each device, as the database holds them now.
+    pub properties: Vec<(String, Vec<(String, Vec<String>)>)>,
 }
+
+/// The device properties cppTango reads its telemetry configuration from.
+pub const TELEMETRY_PROPERTIES: &[&str] = &[
+    "telemetry_enable",
+    "telemetry_types",
+    "telemetry_topics",
+    "telemetry_tracing_exporters",
+    "telemetry_tracing_endpoints",
+    "telemetry_logging_exporters",
+    "telemetry_logging_endpoints",
+];
 
 /// `host:port[,host:port…]` → socket addresses to try in order.
 pub fn parse_tango_host(tango_host: &str) -> Result<Vec<String>, DbClientError> {
@@ -92,11 +105,28 @@ impl DbConnection {
 
     /// `command_inout(command, any string)` on the database object.
     pub async fn command(&mut self, command: &'static str, argin: &str) -> Result<ArgValue, DbClientError> {
+        self.command_with(command, |w| w.any_string(argin)).await
+    }
+
+    /// `command_inout(command, any DevVarStringArray)` on the database object.
+    pub async fn command_strings(
+        &mut self,
+        command: &'static str,
+        argin: &[&str],
+    ) -> Result<ArgValue, DbClientError> {
+        self.command_with(command, |w| w.any_string_seq(argin)).await
+    }
+
+    async fn command_with(
+        &mut self,
+        command: &'static str,
+        argin: impl FnOnce(&mut encode::CdrWriter),
+    ) -> Result<ArgValue, DbClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = encode::request_1_0(id, DATABASE_KEY, "command_inout", |w| {
             w.string(command);
-            w.any_string(argin);
+            argin(w);
         });
         tokio::time::timeout(TIMEOUT, self.exchange(&request, id, command))
             .await
@@ -155,6 +185,13 @@ pub async fn import_exported(
         let Ok(ArgValue::LongStringArray { strings, .. }) = db.command("DbImportDevice", &name).await else {
             continue;
         };
+        let mut query = vec![name.as_str()];
+        query.extend_from_slice(TELEMETRY_PROPERTIES);
+        if let Ok(ArgValue::StringArray(answer)) = db.command_strings("DbGetDeviceProperty", &query).await
+            && let Some(properties) = crate::assembly::parse_property_answer(&answer)
+        {
+            import.properties.push(properties);
+        }
         if let [name, ior, _version, server, _host, class, ..] = strings.as_slice()
             && let Ok(ior) = parse_ior(ior)
         {

@@ -7,6 +7,7 @@ pub mod assembly;
 pub mod daemon;
 pub mod dbclient;
 pub mod discovery;
+pub mod kernel_offsets;
 pub mod probes;
 pub mod procinfo;
 pub mod records;

@@ -7,10 +7,12 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
-use log::{debug, info};
+use log::{debug, info, warn};
 use tracer_common::{MAX_CAPTURE, TargetConfig};
+
+use crate::kernel_offsets;
 
 /// The compiled eBPF object, built by `build.rs` with the pinned nightly.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -81,8 +83,11 @@ impl Probes {
     pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
         let capture_len = capture_len.clamp(64, MAX_CAPTURE as u32);
-        let mut ebpf =
-            EbpfLoader::new().override_global("DEFAULT_CAPTURE_LEN", &capture_len, true).load(EBPF_OBJECT)?;
+        let sock_offsets = kernel_offsets::sock_offsets(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
+            .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
                 ebpf.program_mut(program).ok_or(ProbeError::Missing(program))?.try_into().map_err(
@@ -92,6 +97,13 @@ impl Probes {
                 .and_then(|()| tp.attach(category, name).map(|_| ()))
                 .map_err(|source| ProbeError::Attach { program, category, name, source: Box::new(source) })?;
             debug!("attached {program} to tracepoint {category}:{name}");
+        }
+        let peers_in_kernel = sock_offsets.valid == 1 && attach_sock_recv_length(&mut ebpf);
+        if !peers_in_kernel {
+            warn!(
+                "sock:sock_recv_length is not available: peers of server connections are read from /proc \
+                 (a connection that ends before the daemon looks keeps no tango.client_ident.location)"
+            );
         }
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
         let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
@@ -123,6 +135,29 @@ impl Probes {
     /// Records the kernel could not queue because the ring buffer was full.
     pub fn lost_records(&self) -> u64 {
         self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+    }
+}
+
+/// The BTF tracepoint that tells the peer of each receive (Linux ≥ 6.3 has `sock:*`).
+fn attach_sock_recv_length(ebpf: &mut Ebpf) -> bool {
+    let Ok(btf) = aya::Btf::from_sys_fs() else {
+        return false;
+    };
+    let Some(program) = ebpf.program_mut("sock_recv_length") else {
+        return false;
+    };
+    let Ok(program): Result<&mut BtfTracePoint, _> = program.try_into() else {
+        return false;
+    };
+    match program.load("sock_recv_length", &btf).and_then(|()| program.attach().map(|_| ())) {
+        Ok(()) => {
+            debug!("attached sock_recv_length to BTF tracepoint sock:sock_recv_length");
+            true
+        }
+        Err(e) => {
+            debug!("sock:sock_recv_length: {e}");
+            false
+        }
     }
 }
 

@@ -9,6 +9,16 @@ pub enum Direction {
     Recv,
 }
 
+/// The peer of a socket, as the kernel saw it during a receive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Peer {
+    #[default]
+    Unknown,
+    Inet(std::net::Ipv4Addr, u16),
+    Unix,
+    Other(u16),
+}
+
 /// One record from the probes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Record {
@@ -22,6 +32,8 @@ pub enum Record {
         total_len: u32,
         #[serde(with = "hex_bytes")]
         bytes: Vec<u8>,
+        #[serde(default)]
+        peer: Peer,
     },
     Close {
         pid: u32,
@@ -79,6 +91,16 @@ impl Record {
                 let total_len = u32_at(header_len);
                 let captured = u32_at(header_len + 4) as usize;
                 let dir = raw[header_len + 8];
+                let family = u16::from_ne_bytes([raw[header_len + 10], raw[header_len + 11]]);
+                let addr =
+                    [raw[header_len + 12], raw[header_len + 13], raw[header_len + 14], raw[header_len + 15]];
+                let port = u16::from_ne_bytes([raw[header_len + 16], raw[header_len + 17]]);
+                let peer = match family {
+                    0 => Peer::Unknown,
+                    1 => Peer::Unix,
+                    2 => Peer::Inet(std::net::Ipv4Addr::from(addr), port),
+                    other => Peer::Other(other),
+                };
                 let end = (DATA_RECORD_HEADER_LEN + captured).min(raw.len());
                 Record::Data {
                     pid,
@@ -88,6 +110,7 @@ impl Record {
                     direction: if dir == direction::SEND { Direction::Send } else { Direction::Recv },
                     total_len,
                     bytes: raw[DATA_RECORD_HEADER_LEN..end].to_vec(),
+                    peer,
                 }
             }
             kind::CLOSE => Record::Close { pid, fd, ts_ns },

@@ -18,6 +18,29 @@ pub fn peer_location(proc_root: &Path, pid: u32, fd: i32) -> Option<String> {
     fs::read_to_string(net.join("unix")).ok().and_then(|t| unix_path(&t, inode))
 }
 
+/// `giop:unix:<path>` of the Unix socket `pid` listens on (omniORB's `/tmp/omni-<user>/…`): the
+/// address omniORB gives the server side of every Unix connection.
+pub fn unix_listen_location(proc_root: &Path, pid: u32) -> Option<String> {
+    let dir = proc_root.join(pid.to_string());
+    let inodes: std::collections::HashSet<u64> = fs::read_dir(dir.join("fd"))
+        .ok()?
+        .filter_map(|entry| {
+            let link = fs::read_link(entry.ok()?.path()).ok()?;
+            link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let table = fs::read_to_string(dir.join("net/unix")).ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000 = listening
+        let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+        let inode: u64 = fields.get(6)?.parse().ok()?;
+        let path = fields.get(7)?;
+        (flags & 0x1_0000 != 0 && inodes.contains(&inode) && path.starts_with('/'))
+            .then(|| format!("giop:unix:{path}"))
+    })
+}
+
 /// Finds `inode` in a `/proc/net/tcp{,6}` table and formats its remote address.
 fn tcp_peer(table: &str, inode: u64) -> Option<String> {
     table.lines().skip(1).find_map(|line| {

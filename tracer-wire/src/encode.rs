@@ -48,6 +48,22 @@ impl CdrWriter {
         self.string(s);
     }
 
+    /// An `any` holding a `DevVarStringArray`: TypeCode tk_sequence (19) of unbounded tk_string
+    /// (omniORB compares TypeCodes by equivalence, so the alias name is not needed), then the value.
+    pub fn any_string_seq(&mut self, items: &[&str]) {
+        self.u32(19);
+        // encapsulation: byte order (+3 pad) | element TypeCode tk_string, bound 0 | max length 0
+        self.u32(16);
+        self.buf.extend_from_slice(&[1, 0, 0, 0]);
+        self.buf.extend_from_slice(&18u32.to_le_bytes());
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.u32(items.len() as u32);
+        for item in items {
+            self.string(item);
+        }
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }
@@ -86,6 +102,25 @@ mod tests {
         giop::{Message, parse_message},
         tango::{ArgValue, TangoCall, parse_request},
     };
+
+    #[test]
+    fn a_string_sequence_any_parses_back() {
+        let bytes = request_1_0(1, b"database", "command_inout", |w| {
+            w.string("DbGetDeviceProperty");
+            w.any_string_seq(&["sys/tg_test/1", "telemetry_enable"]);
+        });
+        let Ok((_, Message::Request(request))) = parse_message(&bytes) else {
+            panic!("not a request");
+        };
+        let parsed = parse_request(request.operation, request.body);
+        assert_eq!(
+            parsed.call,
+            TangoCall::CommandInout {
+                command: "DbGetDeviceProperty".into(),
+                argin: Some(ArgValue::StringArray(vec!["sys/tg_test/1".into(), "telemetry_enable".into()]))
+            }
+        );
+    }
 
     #[test]
     fn a_command_inout_request_parses_back() {

@@ -148,7 +148,10 @@ fn tcp_forced_client_reaches_the_same_spans_with_a_tcp_location() {
     );
     let pid = out["pid"].as_i64().expect("client pid");
     let spans = receiver.wait_for_blocking(
-        |s| s.iter().any(|x| x.kind == "SERVER" && x.name == "Tango::Device_5Impl::read_attributes_5"),
+        |s| {
+            s.iter().any(|x| x.kind == "SERVER" && x.name == "Tango::Device_5Impl::read_attributes_5")
+                && s.iter().any(|x| x.kind == "CLIENT" && x.resource.get_i64("tango.process.id") == Some(pid))
+        },
         WAIT,
     );
     daemon.stop();
@@ -157,6 +160,13 @@ fn tcp_forced_client_reaches_the_same_spans_with_a_tcp_location() {
     assert_device(served, "TangoTest", "sys/tg_test/1", "TangoTest/test", &stack.tango_host(), "9.3.4");
     let location = served.attributes.get_str("tango.client_ident.location").unwrap_or_default();
     assert!(location.starts_with("giop:tcp:127.0.0.1:"), "{location}");
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.attributes.get_str("tango.operation.argument") == Some("DbGetDeviceExportedList")),
+        "the daemon's own database queries are not traced:\n{}",
+        render_trees(&spans)
+    );
 }
 
 #[test]

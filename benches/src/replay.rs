@@ -1,0 +1,420 @@
+//! Daemon throughput without the kernel: a recorded session of probe records (`tango-tracer run
+//! --record`) replayed in a loop through span assembly, and optionally on through the daemon's
+//! conversion to OTLP protobuf (grouping by resource, encoding, gzip).
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    io::Write as _,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use prost::Message as _;
+use tango_tracer::{
+    assembly::{AssembledSpan, Assembler},
+    daemon::ClockOffset,
+    records::Record,
+    resources::{self, ResourceKey, Resources},
+    topics::OperationClass,
+};
+use tracer_export::SpanRecord;
+
+use crate::{
+    procs::{self, Proc},
+    roundtrip::{DEVICE, MARKER, Programs},
+};
+
+/// The daemon's default capture length (`--capture-bytes`).
+pub const CAPTURE_BYTES: usize = 2048;
+/// The exporter's default batch size (`ExportConfig::max_batch`).
+const MAX_BATCH: usize = 512;
+
+/// Reads a session file: one [`Record`] per line, as `--record` writes them.
+pub fn load(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut records = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Record =
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), number + 1))?;
+        records.push(record);
+    }
+    if records.is_empty() {
+        bail!("{} holds no records", path.display());
+    }
+    Ok(records)
+}
+
+/// How far replay got.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayRun {
+    /// Timed passes over the session.
+    pub passes: u64,
+    /// Time spent in the timed passes.
+    pub elapsed: Duration,
+    pub records: u64,
+    /// GIOP messages assembled.
+    pub messages: u64,
+    /// Spans of either kind.
+    pub spans: u64,
+    /// Client spans: one per Tango operation.
+    pub client_spans: u64,
+    /// Spans the daemon would export (user and database operations).
+    pub exported_spans: u64,
+    /// OTLP requests built and their gzip-compressed bytes (OTLP runs only).
+    pub requests: u64,
+    pub otlp_bytes: u64,
+    /// Client spans one pass over the session yields.
+    pub operations_per_pass: u64,
+}
+
+impl ReplayRun {
+    pub fn per_second(&self, count: u64) -> f64 {
+        count as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn timestamp(record: &Record) -> u64 {
+    match record {
+        Record::Data { ts_ns, .. }
+        | Record::Close { ts_ns, .. }
+        | Record::LibOpened { ts_ns, .. }
+        | Record::Exit { ts_ns, .. }
+        | Record::Exec { ts_ns, .. }
+        | Record::Fork { ts_ns, .. } => *ts_ns,
+    }
+}
+
+fn shift(record: &mut Record, by: u64) {
+    match record {
+        Record::Data { ts_ns, .. }
+        | Record::Close { ts_ns, .. }
+        | Record::LibOpened { ts_ns, .. }
+        | Record::Exit { ts_ns, .. }
+        | Record::Exec { ts_ns, .. }
+        | Record::Fork { ts_ns, .. } => *ts_ns += by,
+    }
+}
+
+/// Replays `session` through one [`Assembler`] on this thread for at least `min_time`; with
+/// `otlp`, every finished span also goes the daemon's way to a gzip-compressed OTLP request.
+pub fn replay(session: &[Record], min_time: Duration, otlp: bool) -> anyhow::Result<ReplayRun> {
+    let mut records = session.to_vec();
+    let first = records.iter().map(timestamp).min().unwrap_or(0);
+    let last = records.iter().map(timestamp).max().unwrap_or(0);
+    // Each pass happens later than the one before, as a live session would.
+    let pass_span = last - first + 1_000_000;
+    let mut assembler = Assembler::new(CAPTURE_BYTES);
+    let mut converter = Converter::new();
+    let mut run = ReplayRun::default();
+    // An untimed first pass fills the maps and the device facts, as a running daemon has them.
+    let warm = run_pass(&mut assembler, &records, otlp, &mut converter, &mut run);
+    if warm.client_spans == 0 {
+        bail!("the session produced no client spans: is it a recording of Tango traffic?");
+    }
+    run = ReplayRun { operations_per_pass: warm.client_spans, ..ReplayRun::default() };
+    let started = Instant::now();
+    while started.elapsed() < min_time {
+        for record in &mut records {
+            shift(record, pass_span);
+        }
+        let began = Instant::now();
+        run_pass(&mut assembler, &records, otlp, &mut converter, &mut run);
+        run.elapsed += began.elapsed();
+        run.passes += 1;
+    }
+    Ok(run)
+}
+
+/// One pass; adds its counts to `total` and returns them.
+fn run_pass(
+    assembler: &mut Assembler,
+    records: &[Record],
+    otlp: bool,
+    converter: &mut Converter,
+    total: &mut ReplayRun,
+) -> ReplayRun {
+    let messages_before = assembler.stats().messages;
+    let mut this = ReplayRun::default();
+    let mut batch = Vec::new();
+    let mut last_ts = 0;
+    for record in records {
+        assembler.push(record);
+        last_ts = timestamp(record);
+    }
+    // The daemon drains after each ring-buffer wake-up and expires on its 100 ms tick; a pass
+    // is a few hundred milliseconds of traffic, so once per pass is close to it.
+    let spans = assembler.drain();
+    assembler.expire(last_ts);
+    this.records = records.len() as u64;
+    this.messages = assembler.stats().messages - messages_before;
+    this.spans = spans.len() as u64;
+    this.client_spans = spans.iter().filter(|s| s.kind == SpanKind::Client).count() as u64;
+    for span in spans {
+        if matches!(span.operation, OperationClass::User | OperationClass::Database) {
+            this.exported_spans += 1;
+            if otlp {
+                batch.push(converter.span_record(span, assembler));
+                if batch.len() == MAX_BATCH {
+                    converter.send(std::mem::take(&mut batch), &mut this);
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        converter.send(batch, &mut this);
+    }
+    total.records += this.records;
+    total.messages += this.messages;
+    total.spans += this.spans;
+    total.client_spans += this.client_spans;
+    total.exported_spans += this.exported_spans;
+    total.requests += this.requests;
+    total.otlp_bytes += this.otlp_bytes;
+    this
+}
+
+/// The daemon's span → OTLP path, minus the network (its `to_record` and the exporter's
+/// request building). Without `/proc` facts of the recorded processes, resources carry what
+/// the wire taught (device class and server from `info` replies).
+struct Converter {
+    resources: Resources,
+    clock: ClockOffset,
+    scope: InstrumentationScope,
+}
+
+impl Converter {
+    fn new() -> Self {
+        Converter {
+            resources: Resources::default(),
+            clock: ClockOffset::now(),
+            scope: resources::scope_for(None),
+        }
+    }
+
+    fn span_record(&mut self, span: AssembledSpan, assembler: &Assembler) -> SpanRecord {
+        let key = match &span.device_key {
+            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
+            None => ResourceKey::Process { pid: span.pid },
+        };
+        let device_name = span.device_key.as_deref().and_then(resources::device_name_from_key);
+        let facts = span.device_key.as_deref().and_then(|k| assembler.device(k));
+        let resource =
+            self.resources.resolve(&key, None, assembler.is_server(span.pid), device_name.as_deref(), facts);
+        let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
+        if let Some(target) = &span.target_key {
+            let name = resources::device_name_from_key(target).unwrap_or_else(|| format!("{target:?}"));
+            attributes.push(KeyValue::new("tango.operation.target", name));
+        }
+        attributes.extend(span.attributes);
+        let mut events = SpanEvents::default();
+        let status = match (&span.exception, &span.error) {
+            (Some(exception), _) => {
+                events.events.push(opentelemetry::trace::Event::new(
+                    "exception caught",
+                    self.clock.to_system(exception.ts_ns),
+                    vec![
+                        KeyValue::new("exception.type", exception.exception_type.clone()),
+                        KeyValue::new("exception.message", exception.message.clone()),
+                    ],
+                    0,
+                ));
+                Status::error("exception caught (see associated event)")
+            }
+            (None, Some(error)) => Status::error(error.clone()),
+            (None, None) => Status::Unset,
+        };
+        let data = SpanData {
+            span_context: SpanContext::new(
+                span.context.trace_id,
+                span.context.span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: span.parent_is_remote,
+            span_kind: span.kind,
+            name: Cow::Owned(span.name),
+            start_time: self.clock.to_system(span.start_ns),
+            end_time: self.clock.to_system(span.end_ns),
+            attributes,
+            dropped_attributes_count: 0,
+            events,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: self.scope.clone(),
+        };
+        SpanRecord { resource, data }
+    }
+
+    /// Builds, encodes and compresses one request, as the OTLP/HTTP exporter does.
+    fn send(&mut self, batch: Vec<SpanRecord>, run: &mut ReplayRun) {
+        let request = tracer_export::otlp::build_request(batch);
+        let raw = request.encode_to_vec();
+        let mut gzip =
+            flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+        // Writing into a Vec cannot fail.
+        let bytes = gzip.write_all(&raw).and_then(|()| gzip.finish()).map_or(0, |v| v.len());
+        run.requests += 1;
+        run.otlp_bytes += bytes as u64;
+    }
+}
+
+/// Records a fresh session into `out`: a marked demo server, the daemon with `--record`, and a
+/// client doing `operations` reads, writes and commands. Only the two demo processes' records
+/// are kept, with their pids, thread ids and timestamps renumbered.
+pub fn record_session(
+    programs: &Programs,
+    dir: &Path,
+    operations: usize,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    procs::require_root("recording a session")?;
+    let marker = format!("record-{}", std::process::id());
+    let port = procs::free_port()?;
+    let mut server = {
+        let mut command = Command::new(&programs.python);
+        command
+            .arg(&programs.demo_server)
+            .arg("record")
+            .arg(port.to_string())
+            .arg(DEVICE)
+            .env(MARKER, &marker)
+            .env_remove("TANGO_TELEMETRY_ENABLE");
+        Proc::spawn("record-server", command, dir)?
+    };
+    procs::wait_for_port(port, &mut server, Duration::from_secs(60))?;
+    let raw = dir.join("session-raw.jsonl");
+    let ready = dir.join("record.ready");
+    let mut daemon = {
+        let mut command = Command::new(&programs.tracer);
+        command
+            .arg("run")
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--select-env")
+            .arg(format!("{MARKER}={marker}"))
+            .args(["--exporter", "store", "--record"])
+            .arg(&raw)
+            .env("TANGO_TRACER_STORE", dir.join("record-store.jsonl"))
+            .env("RUST_LOG", "warn");
+        Proc::spawn("record-daemon", command, dir)?
+    };
+    procs::wait_for_file(&ready, &mut daemon, Duration::from_secs(90))?;
+    let mut client = {
+        let mut command = Command::new(&programs.python);
+        command
+            .arg(&programs.client)
+            .arg(format!("tango://127.0.0.1:{port}/{DEVICE}#dbase=no"))
+            .arg(operations.to_string())
+            .arg("--mix")
+            .env(MARKER, &marker)
+            .env_remove("TANGO_TELEMETRY_ENABLE");
+        Proc::spawn("record-client", command, dir)?
+    };
+    let status = client.wait(Duration::from_secs(120))?;
+    if !status.success() {
+        bail!("the recording client failed ({status}):\n{}", client.stderr_tail());
+    }
+    // Let the server's side of the closed connection reach the daemon, then flush it.
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.stop(Duration::from_secs(30));
+    let pids = [server.pid(), client.pid()];
+    server.stop(Duration::from_secs(10));
+
+    let records = load(&raw)?;
+    let kept = normalise(records, &pids);
+    if kept.is_empty() {
+        bail!("the daemon recorded nothing of the demo processes");
+    }
+    let mut text = String::new();
+    for record in &kept {
+        text.push_str(&serde_json::to_string(record)?);
+        text.push('\n');
+    }
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
+    Ok(kept.len())
+}
+
+/// Keeps the GIOP records of `pids` and renumbers them: pids 1000, 2000, …, their threads
+/// following, timestamps from 1 s, so the file says nothing about the machine it came from.
+fn normalise(records: Vec<Record>, pids: &[u32]) -> Vec<Record> {
+    let new_pid: HashMap<u32, u32> =
+        pids.iter().enumerate().map(|(i, &pid)| (pid, 1000 * (i as u32 + 1))).collect();
+    // Old thread id → new one; per new pid, how many threads it has so far.
+    let mut tids: HashMap<u32, u32> = HashMap::new();
+    let mut threads: HashMap<u32, u32> = HashMap::new();
+    let first = records.iter().filter(|r| new_pid.contains_key(&r.pid())).map(timestamp).min().unwrap_or(0);
+    let rebase = |ts: u64| ts.saturating_sub(first) + 1_000_000_000;
+    let mut kept = Vec::new();
+    for mut record in records {
+        let Some(&new) = new_pid.get(&record.pid()) else {
+            continue;
+        };
+        // Changed in place, so fields added to records later are kept as recorded.
+        match &mut record {
+            Record::Data { pid, tid, ts_ns, .. } => {
+                let old = *pid;
+                *pid = new;
+                *tid = if *tid == old {
+                    new
+                } else {
+                    *tids.entry(*tid).or_insert_with(|| {
+                        let count = threads.entry(new).or_insert(0);
+                        *count += 1;
+                        new + *count
+                    })
+                };
+                *ts_ns = rebase(*ts_ns);
+            }
+            Record::Close { pid, ts_ns, .. } | Record::Exit { pid, ts_ns } => {
+                *pid = new;
+                *ts_ns = rebase(*ts_ns);
+            }
+            // Only GIOP data and the ends of connections and processes matter to assembly.
+            _ => continue,
+        }
+        kept.push(record);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lines: &str) -> Vec<Record> {
+        lines.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    #[test]
+    fn normalising_keeps_only_the_demo_processes_renumbered() {
+        let records = parse(
+            r#"{"Data":{"pid":77,"tid":77,"fd":7,"ts_ns":5000,"direction":"Send","total_len":4,"bytes":"47494f50"}}
+{"Data":{"pid":55,"tid":58,"fd":9,"ts_ns":6000,"direction":"Recv","total_len":4,"bytes":"47494f50"}}
+{"Data":{"pid":99,"tid":99,"fd":3,"ts_ns":6500,"direction":"Recv","total_len":4,"bytes":"47494f50"}}
+{"LibOpened":{"pid":55,"ts_ns":6600}}
+{"Exit":{"pid":77,"ts_ns":7000}}"#,
+        );
+        assert_eq!(records.len(), 5);
+        let kept = normalise(records, &[55, 77]);
+        assert_eq!(kept.len(), 3);
+        assert!(matches!(kept[0], Record::Data { pid: 2000, tid: 2000, ts_ns: 1_000_000_000, .. }));
+        assert!(matches!(kept[1], Record::Data { pid: 1000, tid: 1001, ts_ns: 1_000_001_000, .. }));
+        assert!(matches!(kept[2], Record::Exit { pid: 2000, ts_ns: 1_000_002_000 }));
+    }
+}
