@@ -100,11 +100,14 @@ impl DeviceFacts {
     }
 }
 
+/// Device properties: (name, values), names lowercased.
+pub type Properties = Vec<(String, Vec<String>)>;
+
 /// Configuration-relevant facts seen on the wire, for the daemon's configuration resolution.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
     /// A `DbGetDeviceProperty` answer: the device's properties as the database returned them.
-    DeviceProperties { device: String, properties: Vec<(String, Vec<String>)> },
+    DeviceProperties { device: String, properties: Properties },
     /// A command arrived at a device of server process `pid` (admin commands change telemetry).
     Command { pid: u32, object_key: Vec<u8>, command: String, argin: Option<ArgValue> },
     /// Process `pid` serves the device behind `object_key`.
@@ -682,7 +685,7 @@ impl Assembler {
 }
 
 /// `DbGetDeviceProperty` answers `[device, N, name₁, n₁, value…, name₂, n₂, value…, …]`.
-pub fn parse_property_answer(answer: &[String]) -> Option<(String, Vec<(String, Vec<String>)>)> {
+pub fn parse_property_answer(answer: &[String]) -> Option<(String, Properties)> {
     let mut items = answer.iter();
     let device = items.next()?.to_ascii_lowercase();
     let count: usize = items.next()?.trim().parse().ok()?;

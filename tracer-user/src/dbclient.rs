@@ -50,7 +50,7 @@ pub enum DbClientError {
 pub struct Import {
     pub devices: Vec<(Vec<u8>, DeviceFacts)>,
     /// The `telemetry_*` properties of each device, as the database holds them now.
-    pub properties: Vec<(String, Vec<(String, Vec<String>)>)>,
+    pub properties: Vec<(String, crate::assembly::Properties)>,
 }
 
 /// The device properties cppTango reads its telemetry configuration from.

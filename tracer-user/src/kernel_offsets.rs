@@ -32,7 +32,7 @@ fn find_in(btf: &Btf, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Option
         let bits = base_bits + member.bit_offset();
         let member_name = btf.resolve_name(member).unwrap_or_default();
         if member_name == field {
-            return (bits % 8 == 0).then_some(bits / 8);
+            return bits.is_multiple_of(8).then_some(bits / 8);
         }
         if member_name.is_empty() {
             let inner = btf.resolve_chained_type(member).ok()?;

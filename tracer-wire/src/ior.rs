@@ -83,7 +83,7 @@ fn parse_unix_component(body: &[u8]) -> Result<String, WireError> {
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let digits = hex.as_bytes();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
