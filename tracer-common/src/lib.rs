@@ -22,6 +22,9 @@ pub mod kind {
     pub const EXEC: u32 = 5;
     /// [`super::ProcessRecord`]: a target process forked a child (`fd` holds the child pid).
     pub const FORK: u32 = 6;
+    /// [`super::ProcessRecord`]: an application thread finished queueing a ZMQ message
+    /// (`zmq_msg_send` without `ZMQ_SNDMORE`); the ZMQ I/O thread sends it later.
+    pub const ZMQ_SEND: u32 = 7;
 }
 
 /// Direction of a [`DataRecord`].
@@ -45,7 +48,8 @@ pub struct RecordHeader {
     pub ts_ns: u64,
 }
 
-/// A send or receive of a target process whose bytes look like GIOP (or continue a GIOP message).
+/// A send or receive of a target process whose bytes look like GIOP (or continue a GIOP message),
+/// or a ZMTP frame carrying a Tango event topic (`tango://…`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataRecord {

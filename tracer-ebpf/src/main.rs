@@ -14,9 +14,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
         bpf_probe_read_user_str_bytes,
     },
-    macros::{btf_tracepoint, map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, SockOffsets, StreamKey,
@@ -227,6 +227,10 @@ fn emit_data(
         // SAFETY: reading user memory the syscall itself reads or wrote.
         unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.map_err(|_| ())?;
         if &head[..4] != b"GIOP" {
+            // A ZMTP short frame (flags, size) whose body is a Tango event topic.
+            if len >= 10 && head[0] & 0x02 == 0 && &head[2..10] == b"tango://" {
+                return emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer);
+            }
             return Ok(());
         }
         let body_len = if head[6] & 1 == 1 {
@@ -240,6 +244,22 @@ fn emit_data(
         }
     }
 
+    emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer)
+}
+
+/// Copies up to `capture_len` bytes of one send/receive into the ring buffer.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined: no BPF call, so no 5-argument limit")]
+fn emit_record(
+    pid_tgid: u64,
+    fd: i32,
+    buf: u64,
+    len: u64,
+    dir: u8,
+    capture_len: u32,
+    peer: &RecvArgs,
+) -> Result<(), ()> {
+    let pid = (pid_tgid >> 32) as u32;
     let record = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
     let record = unsafe { &mut *record };
@@ -429,6 +449,24 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
     let _ = ctx.as_ptr();
     if TARGETS.remove(&pid).is_ok() {
         emit_process(kind::EXIT, pid, pid_tgid as u32, -1);
+    }
+    0
+}
+
+/// `zmq_msg_send(msg, socket, flags)`: the application thread hands ZMQ a message part. The last
+/// part (no `ZMQ_SNDMORE`) marks when and on which thread an event was pushed.
+#[uprobe]
+pub fn zmq_msg_send(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return 0;
+    }
+    const ZMQ_SNDMORE: u64 = 2;
+    let flags: u64 = ctx.arg(2).unwrap_or(0);
+    if flags & ZMQ_SNDMORE == 0 {
+        emit_process(kind::ZMQ_SEND, pid, pid_tgid as u32, flags as i32);
     }
     0
 }

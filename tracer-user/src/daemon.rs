@@ -207,6 +207,7 @@ impl Daemon {
             self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
         }
         self.processes.insert(pid, TracedProcess { info, exited_at: None, unix_location: None });
+        self.probe_libraries(pid);
     }
 
     fn on_record(&mut self, record: Record) {
@@ -257,6 +258,7 @@ impl Daemon {
             && process.info.libraries.tango.is_none()
         {
             process.info.refresh_libraries(&self.options.proc_root);
+            self.probe_libraries(pid);
         }
         self.assembler.push(&record);
         if let Record::Exit { .. } | Record::Exec { .. } = record {
@@ -429,9 +431,24 @@ impl Daemon {
                     info!("database {host}: learnt {} device(s)", import.devices.len());
                     let _ = tx.send(import);
                 }
-                Err(e) => warn!("database {host}: {e}"),
+                Err(e) => info!("database {host} not queried: {e}"),
             }
         });
+    }
+
+    /// Uprobes where sockets are blind: the ZMQ application thread pushing events.
+    fn probe_libraries(&mut self, pid: u32) {
+        let Some(zmq) = self.processes.get(&pid).and_then(|p| p.info.libraries.zmq.clone()) else {
+            return;
+        };
+        // The library as the process sees it, through its root (its mount namespace).
+        let inside = zmq.path.strip_prefix("/").unwrap_or(&zmq.path);
+        let path = self.options.proc_root.join(pid.to_string()).join("root").join(inside);
+        match self.probes.probe_zmq(&path) {
+            Ok(Some(what)) => info!("pid {pid}: {what}"),
+            Ok(None) => {}
+            Err(e) => warn!("pid {pid}: no ZMQ uprobe: {e}"),
+        }
     }
 
     /// The Unix-socket address of a server (the same for all its Unix connections).

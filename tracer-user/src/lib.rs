@@ -4,6 +4,7 @@
 //! [`assembly`] → [`resources`] → export (`tracer-export`). [`daemon`] wires them together.
 
 pub mod assembly;
+pub mod ctl;
 pub mod daemon;
 pub mod dbclient;
 pub mod discovery;
@@ -14,3 +15,4 @@ pub mod records;
 pub mod resources;
 pub mod sockets;
 pub mod topics;
+pub mod uprobes;

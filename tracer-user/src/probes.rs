@@ -7,12 +7,26 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use log::{debug, info, warn};
 use tracer_common::{MAX_CAPTURE, TargetConfig};
 
-use crate::kernel_offsets;
+use crate::{kernel_offsets, uprobes};
+
+/// Why a uprobe was not attached.
+#[derive(Debug, thiserror::Error)]
+pub enum UprobeAttachError {
+    #[error(transparent)]
+    Point(uprobes::UprobeError),
+    #[error("the eBPF object has no uprobe program")]
+    Missing,
+    #[error("attaching the uprobe failed")]
+    Attach(#[source] Box<aya::programs::ProgramError>),
+}
 
 /// The compiled eBPF object, built by `build.rs` with the pinned nightly.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -71,7 +85,9 @@ impl From<aya::maps::MapError> for ProbeError {
 /// The loaded programs plus handles on the maps the daemon uses.
 pub struct Probes {
     // Keeps programs and their links alive.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Library files (device, inode) whose functions are already probed.
+    probed_files: std::collections::HashSet<(u64, u64)>,
     targets: HashMap<MapData, u32, TargetConfig>,
     lost: PerCpuArray<MapData, u64>,
     capture_len: u32,
@@ -112,7 +128,43 @@ impl Probes {
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        Ok((Self { _ebpf: ebpf, targets, lost, capture_len }, events))
+        Ok((Self { ebpf, probed_files: Default::default(), targets, lost, capture_len }, events))
+    }
+
+    /// Puts the uprobes of the ZMQ library `library` (a path valid in the daemon's namespace)
+    /// once per file, for every process that maps it; the kernel keeps only targets' hits.
+    /// Returns what was attached, for the log, or `None` when the file was done already.
+    pub fn probe_zmq(&mut self, library: &std::path::Path) -> Result<Option<String>, UprobeAttachError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(library).map_err(|e| {
+            UprobeAttachError::Point(uprobes::UprobeError::Read { path: library.into(), source: e })
+        })?;
+        if !self.probed_files.insert((meta.dev(), meta.ino())) {
+            return Ok(None);
+        }
+        let point = uprobes::probe_point(library, "zmq_msg_send").map_err(UprobeAttachError::Point)?;
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut("zmq_msg_send")
+            .ok_or(UprobeAttachError::Missing)?
+            .try_into()
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        }
+        program
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
+                library,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        Ok(Some(format!(
+            "uprobe zmq_msg_send at {}+{:#x} (first instruction {}, emulated)",
+            library.display(),
+            point.file_offset,
+            point.first_instruction
+        )))
     }
 
     /// Makes `pid` a target (idempotent).

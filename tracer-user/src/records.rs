@@ -57,6 +57,12 @@ pub enum Record {
         child: u32,
         ts_ns: u64,
     },
+    /// Thread `tid` queued the last part of a ZMQ message (an event push, or a heartbeat).
+    ZmqSend {
+        pid: u32,
+        tid: u32,
+        ts_ns: u64,
+    },
 }
 
 /// Why a record could not be decoded.
@@ -118,6 +124,7 @@ impl Record {
             kind::EXIT => Record::Exit { pid, ts_ns },
             kind::EXEC => Record::Exec { pid, ts_ns },
             kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
+            kind::ZMQ_SEND => Record::ZmqSend { pid, tid, ts_ns },
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -129,7 +136,8 @@ impl Record {
             | Record::LibOpened { pid, .. }
             | Record::Exit { pid, .. }
             | Record::Exec { pid, .. }
-            | Record::Fork { pid, .. } => *pid,
+            | Record::Fork { pid, .. }
+            | Record::ZmqSend { pid, .. } => *pid,
         }
     }
 }
