@@ -62,6 +62,8 @@ pub struct AssembledSpan {
     pub end_ns: u64,
     pub attributes: Vec<KeyValue>,
     pub exception: Option<ExceptionEvent>,
+    /// Spans this one is causally linked to (an event delivery links its push).
+    pub links: Vec<SpanContextLite>,
     /// Error status without a Tango exception (connection lost, process exited, CORBA error).
     pub error: Option<String>,
     /// The process the span belongs to.
@@ -123,6 +125,11 @@ pub struct AssemblyStats {
     pub discarded_bytes: u64,
     pub orphan_replies: u64,
     pub spans: u64,
+    /// Tango event messages seen leaving servers and reaching clients.
+    pub events_pushed: u64,
+    pub events_delivered: u64,
+    /// ZMQ heartbeats (not spans).
+    pub heartbeats: u64,
 }
 
 #[derive(Debug)]
@@ -141,6 +148,8 @@ struct PendingCall {
     device_key: Option<Vec<u8>>,
     /// Native telemetry of the client already traces this call: emit no client span.
     suppressed: bool,
+    /// Attributes learnt from the reply (event subscription endpoints).
+    reply_attributes: Vec<KeyValue>,
 }
 
 /// Server spans open on one thread, with the object key each serves; innermost last.
@@ -154,28 +163,29 @@ struct Connection {
 /// Turns GIOP messages into spans; owns all per-process and per-connection state.
 pub struct Assembler {
     max_keep: usize,
-    ids: RandomIdGenerator,
+    pub(crate) ids: RandomIdGenerator,
     connections: HashMap<(u32, i32), Connection>,
     client_calls: HashMap<(u32, i32, u32), PendingCall>,
     server_calls: HashMap<(u32, i32, u32), PendingCall>,
     /// Server spans being served, per (pid, tid), innermost last.
-    serving: HashMap<(u32, u32), ServingStack>,
+    pub(crate) serving: HashMap<(u32, u32), ServingStack>,
     /// Client requests not yet seen arriving at a traced server, by request fingerprint.
     unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
     /// Processes seen serving requests.
     servers: HashMap<u32, ()>,
     /// Processes whose native telemetry sends W3C context (not traced twice).
     native_clients: HashMap<u32, ()>,
-    devices: HashMap<Vec<u8>, DeviceFacts>,
+    pub(crate) devices: HashMap<Vec<u8>, DeviceFacts>,
     /// Peer addresses of server-side connections, resolved by the daemon from `/proc`.
     locations: HashMap<(u32, i32), String>,
     /// Server-side connections whose client is the daemon itself (its database queries).
     ignored: std::collections::HashSet<(u32, i32)>,
-    finished: Vec<AssembledSpan>,
+    pub(crate) finished: Vec<AssembledSpan>,
     observations: Vec<Observation>,
     /// (pid, object key) pairs already reported as served.
-    served: std::collections::HashSet<(u32, Vec<u8>)>,
-    stats: AssemblyStats,
+    pub(crate) served: std::collections::HashSet<(u32, Vec<u8>)>,
+    pub(crate) stats: AssemblyStats,
+    pub(crate) events: crate::events::EventState,
 }
 
 impl Assembler {
@@ -197,6 +207,7 @@ impl Assembler {
             finished: Vec::new(),
             observations: Vec::new(),
             served: Default::default(),
+            events: Default::default(),
             stats: AssemblyStats::default(),
         }
     }
@@ -290,6 +301,11 @@ impl Assembler {
     pub fn push(&mut self, record: &Record) {
         match record {
             Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, .. } => {
+                if !bytes.starts_with(b"GIOP") && !self.connections.contains_key(&(*pid, *fd)) {
+                    // Not GIOP and not the rest of a GIOP message: ZMTP event frames.
+                    self.on_zmtp(*pid, *tid, *ts_ns, *direction, bytes);
+                    return;
+                }
                 let mut messages = Vec::new();
                 let connection = self.connections.entry((*pid, *fd)).or_default();
                 let slot = match direction {
@@ -307,7 +323,8 @@ impl Assembler {
             }
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
-            Record::LibOpened { .. } | Record::Fork { .. } | Record::ZmqSend { .. } => {}
+            Record::ZmqSend { pid, tid, ts_ns } => self.on_zmq_send(*pid, *tid, *ts_ns),
+            Record::LibOpened { .. } | Record::Fork { .. } => {}
         }
     }
 
@@ -420,6 +437,7 @@ impl Assembler {
             trace_state: String::new(),
             device_key,
             suppressed,
+            reply_attributes: Vec::new(),
         };
         if response_expected {
             self.client_calls.insert((pid, fd, request_id), call);
@@ -487,6 +505,7 @@ impl Assembler {
             trace_state,
             device_key: Some(object_key.to_vec()),
             suppressed: false,
+            reply_attributes: Vec::new(),
         };
         if response_expected {
             self.server_calls.insert((pid, fd, request_id), call);
@@ -526,7 +545,7 @@ impl Assembler {
         &mut self,
         pid: u32,
         kind: SpanKind,
-        call: PendingCall,
+        mut call: PendingCall,
         end_ns: u64,
         status: ReplyStatus,
         body: CdrReader<'_>,
@@ -545,6 +564,18 @@ impl Assembler {
                         server_id: Some(info.server_id),
                     };
                     self.learn_device(call.object_key.clone(), facts);
+                } else if let TangoCall::CommandInout { command, .. } = &call.request.call
+                    && command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND)
+                    && let Ok(ArgValue::StringArray(endpoints)) = tango::parse_command_reply(body.clone())
+                {
+                    // [heartbeat endpoint, event endpoint, …]
+                    if let Some(heartbeat) = endpoints.first() {
+                        call.reply_attributes
+                            .push(KeyValue::new("tango.event.heartbeat_endpoint", heartbeat.clone()));
+                    }
+                    if let Some(event) = endpoints.get(1) {
+                        call.reply_attributes.push(KeyValue::new("tango.event.endpoint", event.clone()));
+                    }
                 } else if call.object_key == DATABASE_KEY && call.operation.starts_with("command_inout") {
                     let reply = tango::parse_command_reply(body).ok();
                     self.learn_from_database_call(&call, reply.as_ref());
@@ -593,7 +624,7 @@ impl Assembler {
         &mut self,
         pid: u32,
         kind: SpanKind,
-        call: PendingCall,
+        mut call: PendingCall,
         end_ns: u64,
         exception: Option<ExceptionEvent>,
         error: Option<String>,
@@ -605,6 +636,8 @@ impl Assembler {
         let is_server = kind == SpanKind::Server;
         let (name, mut attributes) =
             if is_server { server_span(&call, &operation) } else { client_span(&call, &operation) };
+        attributes.extend(subscription_attributes(&call.request.call));
+        attributes.append(&mut call.reply_attributes);
         if is_server {
             if let Some(ident) = &call.request.client_ident {
                 attributes.extend(client_ident_attributes(ident));
@@ -625,6 +658,7 @@ impl Assembler {
             end_ns: end_ns.max(call.start_ns),
             attributes,
             exception,
+            links: Vec::new(),
             error,
             pid,
             target_key: (!is_server).then(|| call.object_key.clone()),
@@ -650,6 +684,7 @@ impl Assembler {
         self.serving.retain(|&(p, _), _| p != pid);
         self.servers.remove(&pid);
         self.native_clients.remove(&pid);
+        self.forget_events(pid);
     }
 
     fn fail_pending(&mut self, matches: impl Fn(&(u32, i32, u32)) -> bool, ts_ns: u64, why: &str) {
@@ -703,6 +738,25 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     bytes.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
+pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
+
+/// `ZmqEventSubscriptionChange [device, attribute, action, event type, …]` as span attributes.
+fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
+    let TangoCall::CommandInout { command, argin: Some(ArgValue::StringArray(args)) } = call else {
+        return Vec::new();
+    };
+    if !command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND) {
+        return Vec::new();
+    }
+    let mut attributes = Vec::new();
+    let names = ["tango.event.device", "tango.event.attribute", "tango.event.action", "tango.event.type"];
+    for (name, value) in names.iter().zip(args) {
+        attributes.push(KeyValue::new(*name, value.to_ascii_lowercase()));
+    }
+    attributes
 }
 
 /// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.

@@ -24,7 +24,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracer_export::{Destination, ExportHub, SpanRecord};
 
 use crate::{
-    assembly::{AssembledSpan, Assembler, DeviceFacts},
+    assembly::{AssembledSpan, Assembler, DeviceFacts, Observation},
     dbclient, discovery,
     probes::Probes,
     procinfo::ProcessInfo,
@@ -66,6 +66,8 @@ struct TracedProcess {
     exited_at: Option<Instant>,
     /// `giop:unix:<path>` of the Unix socket the process serves on, once looked up.
     unix_location: Option<String>,
+    /// Object keys of the devices the process serves.
+    served: HashSet<Vec<u8>>,
 }
 
 struct Daemon {
@@ -206,7 +208,10 @@ impl Daemon {
         if let Some(facts) = database_server_facts(&info) {
             self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
         }
-        self.processes.insert(pid, TracedProcess { info, exited_at: None, unix_location: None });
+        self.processes.insert(
+            pid,
+            TracedProcess { info, exited_at: None, unix_location: None, served: HashSet::new() },
+        );
         self.probe_libraries(pid);
     }
 
@@ -282,9 +287,13 @@ impl Daemon {
     /// Sends finished spans to their destinations; server spans wait a little for their device's
     /// class (learnt from `info` replies) unless `force`.
     fn release_spans(&mut self, force: bool) {
+        for observation in self.assembler.drain_observations() {
+            self.on_observation(observation);
+        }
         let now = Instant::now();
         let mut ready = Vec::new();
-        for span in self.assembler.drain() {
+        for mut span in self.assembler.drain() {
+            span.device_key = span.device_key.map(|key| self.served_key(span.pid, key));
             if self.wanted(&span) {
                 self.waiting.push((now, span));
             }
@@ -330,6 +339,7 @@ impl Daemon {
         match span.operation {
             OperationClass::User | OperationClass::Database => true,
             OperationClass::Extended => self.options.extended_operations,
+            OperationClass::Event => true,
             OperationClass::Internal => false,
         }
     }
@@ -377,6 +387,16 @@ impl Daemon {
                 .map(|(k, v)| (k.trim(), v.trim())),
         )
         .unwrap_or_default();
+        let mut links = SpanLinks::default();
+        links.links = span
+            .links
+            .iter()
+            .map(|l| {
+                let context =
+                    SpanContext::new(l.trace_id, l.span_id, TraceFlags::SAMPLED, true, TraceState::default());
+                opentelemetry::trace::Link::with_context(context)
+            })
+            .collect();
         let data = SpanData {
             span_context: SpanContext::new(
                 span.context.trace_id,
@@ -394,7 +414,7 @@ impl Daemon {
             attributes,
             dropped_attributes_count: 0,
             events,
-            links: SpanLinks::default(),
+            links,
             status,
             instrumentation_scope: scope,
         };
@@ -434,6 +454,33 @@ impl Daemon {
                 Err(e) => info!("database {host} not queried: {e}"),
             }
         });
+    }
+
+    fn on_observation(&mut self, observation: Observation) {
+        match observation {
+            Observation::Serves { pid, object_key } => {
+                if let Some(process) = self.processes.get_mut(&pid) {
+                    process.served.insert(object_key);
+                }
+            }
+            Observation::DeviceProperties { .. } | Observation::Command { .. } => {}
+        }
+    }
+
+    /// Event spans name their device; database servers know it by an opaque key.
+    fn served_key(&self, pid: u32, key: Vec<u8>) -> Vec<u8> {
+        if self.assembler.device(&key).is_some() {
+            return key;
+        }
+        let Some(process) = self.processes.get(&pid) else {
+            return key;
+        };
+        process
+            .served
+            .iter()
+            .find(|served| self.device_name(served).is_some_and(|name| name.as_bytes() == key.as_slice()))
+            .cloned()
+            .unwrap_or(key)
     }
 
     /// Uprobes where sockets are blind: the ZMQ application thread pushing events.

@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod dbclient;
 pub mod discovery;
+pub mod events;
 pub mod kernel_offsets;
 pub mod probes;
 pub mod procinfo;

@@ -17,6 +17,8 @@ pub enum OperationClass {
     Database,
     /// Operations native telemetry leaves out: ping, state, status, info, configuration queries.
     Extended,
+    /// Event push and delivery (the `events` topic).
+    Event,
     /// CORBA housekeeping (`_is_a`, `_non_existent`): never traced.
     Internal,
 }

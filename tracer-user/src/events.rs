@@ -1,0 +1,282 @@
+//! Tango events: push (PRODUCER) and delivery (CONSUMER) spans, beyond what cppTango emits.
+//!
+//! A push starts on an application thread (`zmq_msg_send`, seen by a uprobe) and leaves on the
+//! ZMQ I/O thread (`sendto` of ZMTP frames). The uprobe tells which thread pushed: when that
+//! thread was serving a request (a command that pushes), the push span is that request's child;
+//! pushed by polling or a device thread, it is a root. A PUB socket sends the same message to
+//! every subscriber, so one push is one span however many connections carry it. Each subscriber's
+//! receive of the message is a delivery span, linked to (and, when seen, the child of) the push.
+
+use std::collections::{HashMap, VecDeque};
+
+use opentelemetry::{KeyValue, trace::SpanKind};
+use opentelemetry_sdk::trace::IdGenerator as _;
+use tracer_wire::zmtp;
+
+use crate::{
+    assembly::{AssembledSpan, Assembler, SpanContextLite},
+    records::Direction,
+    topics::OperationClass,
+};
+
+/// How long a push is remembered for linking its deliveries.
+const PUSH_MEMORY_NS: u64 = 60_000_000_000;
+/// How long an application-thread send waits for the I/O thread to put it on the wire.
+const APP_SEND_WINDOW_NS: u64 = 5_000_000_000;
+
+#[derive(Clone, Copy, Debug)]
+struct AppSend {
+    ts_ns: u64,
+    /// The server span the pushing thread was serving, if any.
+    serving: Option<SpanContextLite>,
+}
+
+#[derive(Clone, Debug)]
+struct Push {
+    context: SpanContextLite,
+    ts_ns: u64,
+}
+
+/// Event state of the assembler.
+#[derive(Default)]
+pub struct EventState {
+    app_sends: HashMap<u32, VecDeque<AppSend>>,
+    /// Pushes by (server pid, topic, counter).
+    pushes: HashMap<(u32, String, u32), Push>,
+    /// Pushes by (topic, counter), for deliveries in other processes.
+    by_topic: HashMap<(String, u32), Push>,
+    /// Last counter each subscriber process saw per topic.
+    last_counter: HashMap<(u32, String), u32>,
+}
+
+/// `idl5_change` → `change`.
+pub fn event_type(event: &str) -> &str {
+    match event.split_once('_') {
+        Some((prefix, kind)) if prefix.starts_with("idl") => kind,
+        _ => event,
+    }
+}
+
+impl Assembler {
+    /// An application thread queued the last part of a ZMQ message.
+    pub(crate) fn on_zmq_send(&mut self, pid: u32, tid: u32, ts_ns: u64) {
+        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).map(|(ctx, _)| *ctx);
+        let queue = self.events.app_sends.entry(pid).or_default();
+        queue.push_back(AppSend { ts_ns, serving });
+        while queue.front().is_some_and(|s| ts_ns.saturating_sub(s.ts_ns) > APP_SEND_WINDOW_NS) {
+            queue.pop_front();
+        }
+    }
+
+    /// ZMTP bytes of a target: event messages leaving a server or reaching a client.
+    pub(crate) fn on_zmtp(&mut self, pid: u32, _tid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
+        let Ok((messages, _rest)) = zmtp::split_messages(bytes) else {
+            self.stats.unparsable += 1;
+            return;
+        };
+        for frames in messages {
+            let Some(topic) = frames.first().and_then(|f| std::str::from_utf8(f.body).ok()) else {
+                continue;
+            };
+            if topic.ends_with(".heartbeat") {
+                self.stats.heartbeats += 1;
+                continue;
+            }
+            let Ok(event) = zmtp::parse_event(&frames) else {
+                self.stats.unparsable += 1;
+                continue;
+            };
+            let topic = event.topic.to_string();
+            let counter = event.call_info.ctr;
+            match direction {
+                Direction::Send => self.on_push(pid, ts_ns, topic, counter),
+                Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter),
+            }
+        }
+        self.expire_events(ts_ns);
+    }
+
+    fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32) {
+        let key = (pid, topic.clone(), counter);
+        if self.events.pushes.contains_key(&key) {
+            // The same message to another subscriber.
+            return;
+        }
+        let app = self.events.app_sends.get_mut(&pid).and_then(|q| {
+            let at = q.iter().position(|s| s.ts_ns <= ts_ns)?;
+            q.remove(at)
+        });
+        let parent = app.and_then(|a| a.serving);
+        let context = SpanContextLite {
+            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            span_id: self.ids.new_span_id(),
+        };
+        let start_ns = app.map(|a| a.ts_ns).unwrap_or(ts_ns);
+        let push = Push { context, ts_ns: start_ns };
+        self.events.pushes.insert(key, push.clone());
+        self.events.by_topic.insert((topic.clone(), counter), push);
+        self.stats.events_pushed += 1;
+        let device_key = zmtp::parse_topic(&topic).map(|t| t.device.to_ascii_lowercase().into_bytes());
+        let span = event_span(
+            "Tango::ZmqEventSupplier::push_event",
+            SpanKind::Producer,
+            context,
+            parent,
+            (start_ns, ts_ns),
+            &topic,
+            counter,
+            pid,
+            device_key,
+        );
+        self.finished.push(span);
+    }
+
+    fn on_delivery(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32) {
+        // cppTango's consumer drops a message whose counter it has already seen.
+        if self.events.last_counter.get(&(pid, topic.clone())) == Some(&counter) {
+            return;
+        }
+        let push = self.events.by_topic.get(&(topic.clone(), counter)).cloned();
+        let context = SpanContextLite {
+            trace_id: push.as_ref().map(|p| p.context.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+            span_id: self.ids.new_span_id(),
+        };
+        let mut span = event_span(
+            "Tango::ZmqEventConsumer::push_zmq_event",
+            SpanKind::Consumer,
+            context,
+            push.as_ref().map(|p| p.context),
+            (ts_ns, ts_ns),
+            &topic,
+            counter,
+            pid,
+            None,
+        );
+        if let Some(push) = &push {
+            span.links.push(push.context);
+            let delay_us = ts_ns.saturating_sub(push.ts_ns) / 1_000;
+            span.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
+        }
+        let previous = self.events.last_counter.insert((pid, topic), counter);
+        if let Some(previous) = previous
+            && counter > previous + 1
+        {
+            span.attributes.push(KeyValue::new("tango.event.lost", i64::from(counter - previous - 1)));
+        }
+        self.stats.events_delivered += 1;
+        self.finished.push(span);
+    }
+
+    fn expire_events(&mut self, now_ns: u64) {
+        let fresh = |p: &Push| now_ns.saturating_sub(p.ts_ns) <= PUSH_MEMORY_NS;
+        self.events.pushes.retain(|_, p| fresh(p));
+        self.events.by_topic.retain(|_, p| fresh(p));
+    }
+
+    /// Forgets the event state of an exited process.
+    pub(crate) fn forget_events(&mut self, pid: u32) {
+        self.events.app_sends.remove(&pid);
+        self.events.pushes.retain(|(p, _, _), _| *p != pid);
+        self.events.last_counter.retain(|(p, _), _| *p != pid);
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "the fields of one event span")]
+fn event_span(
+    name: &str,
+    kind: SpanKind,
+    context: SpanContextLite,
+    parent: Option<SpanContextLite>,
+    (start_ns, end_ns): (u64, u64),
+    topic: &str,
+    counter: u32,
+    pid: u32,
+    device_key: Option<Vec<u8>>,
+) -> AssembledSpan {
+    let parsed = zmtp::parse_topic(topic);
+    let mut attributes = Vec::new();
+    if let Some(attribute) = parsed.as_ref().and_then(|t| t.attribute) {
+        attributes.push(KeyValue::new("tango.event.attribute", attribute.to_string()));
+    }
+    if let Some(t) = &parsed {
+        attributes.push(KeyValue::new("tango.event.device", t.device.to_string()));
+        attributes.push(KeyValue::new("tango.event.type", event_type(t.event).to_string()));
+    }
+    attributes.push(KeyValue::new("tango.event.counter", i64::from(counter)));
+    attributes.push(KeyValue::new("messaging.system", "zeromq"));
+    attributes.push(KeyValue::new("messaging.destination.name", topic.to_string()));
+    AssembledSpan {
+        name: name.to_string(),
+        kind,
+        context,
+        parent,
+        parent_is_remote: false,
+        trace_state: String::new(),
+        start_ns,
+        end_ns: end_ns.max(start_ns),
+        attributes,
+        exception: None,
+        links: Vec::new(),
+        error: None,
+        pid,
+        device_key,
+        target_key: None,
+        operation: OperationClass::Event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Record;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tracer-wire/tests/fixtures/zmtp/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn data(pid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
+        Record::Data {
+            pid,
+            tid: pid,
+            fd: 30,
+            ts_ns,
+            direction,
+            total_len: bytes.len() as u32,
+            bytes: bytes.to_vec(),
+            peer: Default::default(),
+        }
+    }
+
+    #[test]
+    fn event_types() {
+        assert_eq!(event_type("idl5_change"), "change");
+        assert_eq!(event_type("idl5_periodic"), "periodic");
+        assert_eq!(event_type("intr_change"), "intr_change");
+    }
+
+    #[test]
+    fn a_real_push_and_its_delivery_are_linked() {
+        let mut a = Assembler::new(4096);
+        a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 900 });
+        // One send carrying the message twice (two subscribers' worth) is one push.
+        a.push(&data(200, 1_000, Direction::Send, &fixture("srv-send-event-temperature-x2")));
+        a.push(&data(100, 1_500, Direction::Recv, &fixture("client-recv-event-temperature")));
+        let spans = a.drain();
+        let push: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Producer).collect();
+        let delivery: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Consumer).collect();
+        assert_eq!((push.len(), delivery.len()), (1, 1), "{spans:#?}");
+        let (push, delivery) = (push[0], delivery[0]);
+        assert_eq!(push.name, "Tango::ZmqEventSupplier::push_event");
+        assert_eq!(push.parent, None, "pushed outside any request: a root");
+        assert_eq!(push.start_ns, 900, "starts when the application thread pushed");
+        assert_eq!(push.device_key.as_deref(), Some(&b"test/demo/1"[..]));
+        assert!(push.attributes.contains(&KeyValue::new("tango.event.attribute", "temperature")));
+        assert!(push.attributes.contains(&KeyValue::new("tango.event.type", "change")));
+        assert!(push.attributes.contains(&KeyValue::new("messaging.system", "zeromq")));
+        assert_eq!(delivery.name, "Tango::ZmqEventConsumer::push_zmq_event");
+        assert_eq!(delivery.parent, Some(push.context));
+        assert_eq!(delivery.links, vec![push.context]);
+        assert!(delivery.attributes.contains(&KeyValue::new("tango.event.delay_us", 0i64)));
+    }
+}
