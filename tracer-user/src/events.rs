@@ -102,9 +102,13 @@ impl Assembler {
             // The same message to another subscriber.
             return;
         }
+        // The newest application send before this one left: one push may queue several
+        // messages (cppTango sends some twice), and older sends belong to earlier pushes.
         let app = self.events.app_sends.get_mut(&pid).and_then(|q| {
-            let at = q.iter().position(|s| s.ts_ns <= ts_ns)?;
-            q.remove(at)
+            let at = q.iter().rposition(|s| s.ts_ns <= ts_ns)?;
+            let chosen = q.get(at).copied();
+            q.drain(..=at);
+            chosen
         });
         let parent = app.and_then(|a| a.serving);
         let context = SpanContextLite {
@@ -246,6 +250,19 @@ mod tests {
             bytes: bytes.to_vec(),
             peer: Default::default(),
         }
+    }
+
+    #[test]
+    fn each_push_takes_the_newest_application_send_before_it() {
+        let mut a = Assembler::new(4096);
+        let event = fixture("srv-send-event-temperature-x2");
+        // Two application sends for one push, then the I/O thread sends.
+        a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 100 });
+        a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 110 });
+        a.push(&data(200, 120, Direction::Send, &event));
+        let spans = a.drain();
+        assert_eq!(spans[0].start_ns, 110);
+        assert!(a.events.app_sends.get(&200).is_none_or(|q| q.is_empty()), "older sends are consumed");
     }
 
     #[test]
