@@ -15,5 +15,6 @@ pub mod procinfo;
 pub mod records;
 pub mod resources;
 pub mod sockets;
+pub mod telemetry_config;
 pub mod topics;
 pub mod uprobes;
