@@ -47,6 +47,8 @@ def main():
     done.wait(args.wait)
     if not args.no_unsubscribe:
         device.unsubscribe_event(sub)
+        # ZMQ cancels the subscription from its I/O thread; give it the moment a real client has.
+        time.sleep(0.5)
     print(json.dumps({"pid": os.getpid(), "received": received, "errors": errors[0]}), flush=True)
     if args.no_unsubscribe:
         os._exit(0)

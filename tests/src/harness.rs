@@ -31,12 +31,11 @@ pub fn script(name: &str) -> PathBuf {
     workspace_root().join("tests/python").join(name)
 }
 
-/// The daemon binary (built before the tests run).
+/// The daemon binary: `TANGO_TRACER_BIN`, else the debug build `cargo xtask test` makes first.
 pub fn tracer_binary() -> PathBuf {
-    std::env::var_os("TANGO_TRACER_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let release = workspace_root().join("target/release/tango-tracer");
-        if release.exists() { release } else { workspace_root().join("target/debug/tango-tracer") }
-    })
+    std::env::var_os("TANGO_TRACER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/tango-tracer"))
 }
 
 /// Fails loudly unless the tests can load eBPF programs.

@@ -231,6 +231,11 @@ fn emit_data(
             if len >= 10 && head[0] & 0x02 == 0 && &head[2..10] == b"tango://" {
                 return emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer);
             }
+            // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
+            // unsubscription leaving a client.
+            if len >= 9 && head[0] == 0x04 && head[2] == 6 && &head[3..9] == b"CANCEL" {
+                return emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer);
+            }
             return Ok(());
         }
         let body_len = if head[6] & 1 == 1 {

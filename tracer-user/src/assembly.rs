@@ -303,7 +303,8 @@ impl Assembler {
             Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, .. } => {
                 if !bytes.starts_with(b"GIOP") && !self.connections.contains_key(&(*pid, *fd)) {
                     // Not GIOP and not the rest of a GIOP message: ZMTP event frames.
-                    self.on_zmtp(*pid, *tid, *ts_ns, *direction, bytes);
+                    let complete = bytes.len() >= *total_len as usize;
+                    self.on_zmtp(*pid, *tid, *ts_ns, *direction, bytes, complete);
                     return;
                 }
                 let mut messages = Vec::new();
@@ -566,7 +567,10 @@ impl Assembler {
                     self.learn_device(call.object_key.clone(), facts);
                 } else if let TangoCall::CommandInout { command, .. } = &call.request.call
                     && command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND)
-                    && let Ok(ArgValue::StringArray(endpoints)) = tango::parse_command_reply(body.clone())
+                    && let Ok(
+                        ArgValue::StringArray(endpoints)
+                        | ArgValue::LongStringArray { strings: endpoints, .. },
+                    ) = tango::parse_command_reply(body.clone())
                 {
                     // [heartbeat endpoint, event endpoint, …]
                     if let Some(heartbeat) = endpoints.first() {
@@ -1034,6 +1038,26 @@ mod tests {
         assert_eq!(props[0], ("telemetry_enable".to_string(), vec!["true".to_string()]));
         assert_eq!(props[1].1, vec!["user".to_string(), "database".to_string()]);
         assert_eq!(parse_property_answer(&["d".to_string(), "x".to_string()]), None);
+    }
+
+    #[test]
+    fn subscription_spans_carry_the_event_and_the_returned_endpoints() {
+        let mut a = Assembler::new(4096);
+        let request = fixture("tele-req-command_inout_4-zmqeventsubscriptionchange");
+        let reply = fixture("tele-rep-command_inout_4-zmqeventsubscriptionchange");
+        // The fixture's client had native telemetry on; make it look like an ordinary client.
+        a.push(&data(SERVER, SERVER + 1, 21, 10, Direction::Recv, &request));
+        a.push(&data(SERVER, SERVER + 1, 21, 20, Direction::Send, &reply));
+        let spans = a.drain();
+        let server = spans.first().expect("the admin device's span");
+        for key in ["tango.event.device", "tango.event.attribute", "tango.event.type", "tango.event.endpoint"]
+        {
+            assert!(
+                server.attributes.iter().any(|kv| kv.key.as_str() == key),
+                "{key} missing: {:?}",
+                server.attributes
+            );
+        }
     }
 
     #[test]

@@ -69,12 +69,29 @@ impl Assembler {
     }
 
     /// ZMTP bytes of a target: event messages leaving a server or reaching a client.
-    pub(crate) fn on_zmtp(&mut self, pid: u32, _tid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
+    /// `complete` is false when the probe captured only a prefix of what moved.
+    pub(crate) fn on_zmtp(
+        &mut self,
+        pid: u32,
+        _tid: u32,
+        ts_ns: u64,
+        direction: Direction,
+        bytes: &[u8],
+        complete: bool,
+    ) {
         let Ok((messages, _rest)) = zmtp::split_messages(bytes) else {
             self.stats.unparsable += 1;
             return;
         };
         for frames in messages {
+            if let [frame] = frames.as_slice()
+                && let Some(command) = frame.as_command()
+            {
+                if command.name == "CANCEL" && direction == Direction::Send {
+                    self.on_cancel(pid, ts_ns, command.data);
+                }
+                continue;
+            }
             let Some(topic) = frames.first().and_then(|f| std::str::from_utf8(f.body).ok()) else {
                 continue;
             };
@@ -92,6 +109,11 @@ impl Assembler {
                 Direction::Send => self.on_push(pid, ts_ns, topic, counter),
                 Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter),
             }
+        }
+        if !complete && direction == Direction::Recv {
+            // Messages in the uncaptured tail were delivered unseen: a counter jump after this
+            // is no evidence of loss.
+            self.events.last_counter.retain(|(p, _), _| *p != pid);
         }
         self.expire_events(ts_ns);
     }
@@ -168,6 +190,31 @@ impl Assembler {
             span.attributes.push(KeyValue::new("tango.event.lost", i64::from(counter - previous - 1)));
         }
         self.stats.events_delivered += 1;
+        self.finished.push(span);
+    }
+
+    /// A client's ZMQ socket cancels a subscription: cppTango's `unsubscribe_event` sends nothing
+    /// else, so this is the unsubscribe's own client span.
+    fn on_cancel(&mut self, pid: u32, ts_ns: u64, topic: &[u8]) {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return;
+        };
+        // Counters restart mattering when a subscription starts again.
+        self.events.last_counter.remove(&(pid, topic.to_string()));
+        let context = SpanContextLite { trace_id: self.ids.new_trace_id(), span_id: self.ids.new_span_id() };
+        let mut span = event_span(
+            "Tango::DeviceProxy::unsubscribe_event",
+            SpanKind::Client,
+            context,
+            None,
+            (ts_ns, ts_ns),
+            topic,
+            0,
+            pid,
+            None,
+        );
+        span.attributes.retain(|kv| kv.key.as_str() != "tango.event.counter");
+        span.attributes.push(KeyValue::new("tango.event.action", "unsubscribe"));
         self.finished.push(span);
     }
 
