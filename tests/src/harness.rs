@@ -184,6 +184,8 @@ impl TracerDaemon {
             .arg(format!("{MARKER}={marker}"))
             .arg("--export-interval")
             .arg("200ms")
+            .arg("--control-socket")
+            .arg(dir.join("ctl.sock"))
             .args(args)
             .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -205,6 +207,23 @@ impl TracerDaemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         TracerDaemon { proc, dir }
+    }
+
+    /// Runs `tango-tracer ctl <args>` against this daemon; returns its standard output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let output = Command::new(tracer_binary())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.dir.join("ctl.sock"))
+            .args(args)
+            .output()
+            .expect("running tango-tracer ctl");
+        assert!(
+            output.status.success(),
+            "tango-tracer ctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// SIGTERM and wait: the daemon flushes everything it holds.

@@ -114,6 +114,8 @@ pub enum Observation {
     Command { pid: u32, object_key: Vec<u8>, command: String, argin: Option<ArgValue> },
     /// Process `pid` serves the device behind `object_key`.
     Serves { pid: u32, object_key: Vec<u8> },
+    /// Process `pid` exported (started) `device` through the database.
+    Exported { pid: u32, device: String },
 }
 
 /// Counters the daemon reports.
@@ -239,7 +241,7 @@ impl Assembler {
     /// Learns object keys and names from database calls both ends see: `DbImportDevice` replies
     /// (`[name, IOR, version, server, host, class]`) and `DbExportDevice` arguments
     /// (`[name, IOR, host, pid, version]`).
-    fn learn_from_database_call(&mut self, call: &PendingCall, reply: Option<&ArgValue>) {
+    fn learn_from_database_call(&mut self, caller: u32, call: &PendingCall, reply: Option<&ArgValue>) {
         let TangoCall::CommandInout { command, argin } = &call.request.call else {
             return;
         };
@@ -269,6 +271,7 @@ impl Assembler {
                 key,
                 DeviceFacts { name: Some(name.to_ascii_lowercase()), ..Default::default() },
             );
+            self.observations.push(Observation::Exported { pid: caller, device: name.to_ascii_lowercase() });
         }
     }
 
@@ -582,7 +585,14 @@ impl Assembler {
                     }
                 } else if call.object_key == DATABASE_KEY && call.operation.starts_with("command_inout") {
                     let reply = tango::parse_command_reply(body).ok();
-                    self.learn_from_database_call(&call, reply.as_ref());
+                    // The caller: this process on the client side, the ClntIdent's pid on the server side.
+                    let caller = match kind {
+                        SpanKind::Server => {
+                            call.request.client_ident.as_ref().and_then(|c| c.pid).unwrap_or(0)
+                        }
+                        _ => pid,
+                    };
+                    self.learn_from_database_call(caller, &call, reply.as_ref());
                 }
             }
             ReplyStatus::UserException => {

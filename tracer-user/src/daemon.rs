@@ -25,12 +25,15 @@ use tracer_export::{Destination, ExportHub, SpanRecord};
 
 use crate::{
     assembly::{AssembledSpan, Assembler, DeviceFacts, Observation},
+    configuration::{Configuration, Policy, Routing},
+    ctl::{self, CtlAnswer, CtlRequest},
     dbclient, discovery,
     probes::Probes,
     procinfo::ProcessInfo,
     records::{Direction, Peer, Record},
     resources::{self, ResourceKey, Resources},
     sockets,
+    telemetry_config::{self as tc, AdminChange, AdminCommand, DeviceSelector},
     topics::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
 };
 
@@ -56,6 +59,10 @@ pub struct RunOptions {
     pub select_pids: Vec<u32>,
     /// Also trace operations native telemetry leaves out (ping, state, info, …).
     pub extended_operations: bool,
+    /// Trace processes whose own configuration says nothing (else only those that enable it).
+    pub trace_by_default: bool,
+    /// Where `tango-tracer ctl` reaches the daemon.
+    pub control_socket: Option<PathBuf>,
     /// Write every probe record as a JSON line here (for replay and benchmarks).
     pub record_to: Option<PathBuf>,
     pub proc_root: PathBuf,
@@ -84,6 +91,7 @@ struct Daemon {
     own_pid: u32,
     /// Local ports of the daemon's own database connections (their requests are not traced).
     own_ports: Arc<Mutex<HashSet<u16>>>,
+    config: Configuration,
     /// When each TANGO_HOST was last asked for its devices.
     imports: HashMap<String, Instant>,
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
@@ -102,6 +110,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
+    let config = Configuration::new(Policy {
+        trace_by_default: options.trace_by_default,
+        destinations: options.destinations.clone(),
+        extended_operations: options.extended_operations,
+    });
     let mut daemon = Daemon {
         assembler: Assembler::new(options.capture_bytes as usize),
         options,
@@ -114,6 +127,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         recorder,
         own_pid: std::process::id(),
         own_ports: Arc::default(),
+        config,
         imports: HashMap::new(),
         imported_tx,
     };
@@ -128,6 +142,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
 
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ctl::Pending>(16);
+    if let Some(path) = &daemon.options.control_socket {
+        match ctl::serve(path, ctl_tx) {
+            Ok(()) => info!("control socket {} (tango-tracer ctl)", path.display()),
+            Err(e) => warn!("no control socket at {}: {e}", path.display()),
+        }
+    }
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -150,6 +171,14 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 for (key, facts) in import.devices {
                     daemon.assembler.learn_device(key, facts);
                 }
+                for (device, properties) in import.properties {
+                    daemon.config.set_properties(&device, &properties);
+                }
+                daemon.release_spans(false);
+            }
+            Some(pending) = ctl_rx.recv() => {
+                let answer = daemon.on_ctl(pending.request);
+                let _ = pending.reply.send(answer);
                 daemon.release_spans(false);
             }
             _ = sigterm.recv() => break,
@@ -208,6 +237,7 @@ impl Daemon {
         if let Some(facts) = database_server_facts(&info) {
             self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
         }
+        self.config.add_process(&info);
         self.processes.insert(
             pid,
             TracedProcess { info, exited_at: None, unix_location: None, served: HashSet::new() },
@@ -263,6 +293,8 @@ impl Daemon {
             && process.info.libraries.tango.is_none()
         {
             process.info.refresh_libraries(&self.options.proc_root);
+            let capable = process.info.tango_major().is_some_and(|m| m >= 10);
+            self.config.set_native_capable(pid, capable);
             self.probe_libraries(pid);
         }
         self.assembler.push(&record);
@@ -271,6 +303,7 @@ impl Daemon {
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.exited_at = Some(Instant::now());
             }
+            self.config.remove_process(pid);
         }
     }
 
@@ -294,7 +327,7 @@ impl Daemon {
         let mut ready = Vec::new();
         for mut span in self.assembler.drain() {
             span.device_key = span.device_key.map(|key| self.served_key(span.pid, key));
-            if self.wanted(&span) {
+            if span.operation != OperationClass::Internal {
                 self.waiting.push((now, span));
             }
         }
@@ -307,7 +340,7 @@ impl Daemon {
             if opaque_unknown
                 && let Some(host) = self.processes.get(&span.pid).and_then(|p| p.info.tango_host())
             {
-                unknown_hosts.push(host.to_string());
+                unknown_hosts.push(host);
             }
         }
         for host in unknown_hosts {
@@ -326,22 +359,119 @@ impl Daemon {
             }
         }
         for span in ready {
-            let record = self.span_record(span);
-            self.hub.submit(record, &self.options.destinations);
+            match self.route(&span) {
+                Routing::Export(destinations) if !destinations.is_empty() => {
+                    let record = self.span_record(span);
+                    self.hub.submit(record, &destinations);
+                }
+                Routing::Export(_) | Routing::Drop | Routing::Native => {}
+            }
         }
     }
 
-    fn wanted(&self, span: &AssembledSpan) -> bool {
-        // cppTango 10 with telemetry on emits these spans itself.
-        if self.processes.get(&span.pid).is_some_and(|p| p.info.native_telemetry_active()) {
-            return false;
+    /// Answers `tango-tracer ctl`.
+    fn on_ctl(&mut self, request: CtlRequest) -> CtlAnswer {
+        let command = |change| AdminCommand {
+            command: "tango-tracer ctl".to_string(),
+            targets: DeviceSelector::Pattern(String::new()),
+            change,
+        };
+        match request {
+            CtlRequest::List => {
+                CtlAnswer::Targets { targets: self.targets_view(), warnings: self.config.warnings() }
+            }
+            CtlRequest::Enable { pattern, enable } => {
+                let mut cmd = command(AdminChange::Enable(enable));
+                cmd.targets = DeviceSelector::Pattern(pattern.clone());
+                self.config.ctl_commands(vec![cmd]);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+            CtlRequest::Endpoints { pattern, exporters, endpoints } => {
+                if exporters.len() != endpoints.len() {
+                    return CtlAnswer::Error { message: "give as many endpoints as exporters".into() };
+                }
+                let mut list = Vec::new();
+                for (exporter, endpoint) in exporters.iter().zip(&endpoints) {
+                    let parsed = tc::Exporter::parse(exporter).and_then(|e| tc::destination(e, endpoint));
+                    match parsed {
+                        Ok(destination) => list.push(destination),
+                        Err(e) => return CtlAnswer::Error { message: format!("{exporter} {endpoint}: {e}") },
+                    }
+                }
+                let mut cmd = command(AdminChange::SetTracing(list));
+                cmd.targets = DeviceSelector::Pattern(pattern.clone());
+                self.config.ctl_commands(vec![cmd]);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+            CtlRequest::Reset { pattern } => {
+                self.config.ctl_reset(&pattern);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
         }
-        match span.operation {
-            OperationClass::User | OperationClass::Database => true,
-            OperationClass::Extended => self.options.extended_operations,
-            OperationClass::Event => true,
-            OperationClass::Internal => false,
+    }
+
+    fn devices_matching(&self, pattern: &str) -> Vec<String> {
+        let selector = DeviceSelector::Pattern(pattern.to_string());
+        let mut names: Vec<String> = self
+            .processes
+            .values()
+            .flat_map(|p| p.served.iter().filter_map(|k| self.device_name(k)))
+            .filter(|name| selector.matches(name))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn targets_view(&self) -> Vec<ctl::TargetView> {
+        let mut views = Vec::new();
+        let mut pids: Vec<&u32> = self.processes.keys().collect();
+        pids.sort();
+        for pid in pids {
+            let Some(process) = self.processes.get(pid) else { continue };
+            if process.exited_at.is_some() {
+                continue;
+            }
+            let libraries = format!(
+                "omniORB {}, libtango {}",
+                lib_text(process.info.libraries.omniorb.as_ref()),
+                lib_text(process.info.libraries.tango.as_ref())
+            );
+            let mut devices: Vec<(Option<String>, Option<String>)> = vec![(None, None)];
+            for key in &process.served {
+                let class = self.assembler.device(key).and_then(|f| f.dev_class.clone());
+                devices.push((self.device_name(key), class));
+            }
+            devices.sort();
+            devices.dedup();
+            for (device, class) in devices {
+                let effective = self.config.effective(*pid, device.as_deref());
+                let setting = |value: String, source: &tc::Source| ctl::SettingView {
+                    value,
+                    source: source.to_string(),
+                };
+                let destinations: Vec<String> = effective.tracing.0.iter().map(|d| d.to_string()).collect();
+                views.push(ctl::TargetView {
+                    pid: *pid,
+                    process: process.info.comm.clone(),
+                    device,
+                    class,
+                    libraries: libraries.clone(),
+                    enable: setting(effective.enable.0.to_string(), &effective.enable.1),
+                    types: setting(effective.types.0.names().join(","), &effective.types.1),
+                    topics: setting(effective.topics.0.names().join(","), &effective.topics.1),
+                    tracing: setting(destinations.join(", "), &effective.tracing.1),
+                    spans: 0,
+                });
+            }
         }
+        views
+    }
+
+    /// Where a span goes, by the configuration of its device (or process).
+    fn route(&self, span: &AssembledSpan) -> Routing {
+        let device = span.device_key.as_deref().and_then(|k| self.device_name(k));
+        self.config.route(span.pid, device.as_deref(), span.operation)
     }
 
     fn span_record(&mut self, span: AssembledSpan) -> SpanRecord {
@@ -424,8 +554,7 @@ impl Daemon {
 
     /// Asks every database the target processes use for its devices' object keys.
     fn import_all_databases(&mut self) {
-        let hosts: HashSet<String> =
-            self.processes.values().filter_map(|p| p.info.tango_host().map(str::to_string)).collect();
+        let hosts: HashSet<String> = self.processes.values().filter_map(|p| p.info.tango_host()).collect();
         for host in hosts {
             self.import_database(&host);
         }
@@ -463,7 +592,17 @@ impl Daemon {
                     process.served.insert(object_key);
                 }
             }
-            Observation::DeviceProperties { .. } | Observation::Command { .. } => {}
+            Observation::DeviceProperties { device, properties } => {
+                self.config.set_properties(&device, &properties);
+            }
+            Observation::Command { pid, object_key, command, argin } => {
+                // Telemetry commands go to a server's admin device (`dserver/<server>/<instance>`);
+                // they apply also when a 9.x server answers "command not found".
+                if self.device_name(&object_key).is_some_and(|name| name.starts_with("dserver/")) {
+                    self.config.admin_command(pid, &command, argin.as_ref());
+                }
+            }
+            Observation::Exported { pid, device } => self.query_properties(pid, device),
         }
     }
 
@@ -505,6 +644,31 @@ impl Daemon {
             process.unix_location = sockets::unix_listen_location(&self.options.proc_root, pid);
         }
         process.unix_location.clone()
+    }
+
+    /// A device was exported (started): read its telemetry properties, as cppTango does at
+    /// device start-up, from the database of the exporting process.
+    fn query_properties(&mut self, pid: u32, device: String) {
+        let Some(host) = self.processes.get(&pid).and_then(|p| p.info.tango_host()) else {
+            return;
+        };
+        let own_ports = Arc::clone(&self.own_ports);
+        let tx = self.imported_tx.clone();
+        tokio::spawn(async move {
+            let register = |addr: Option<std::net::SocketAddr>| {
+                if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
+                    ports.insert(addr.port());
+                }
+            };
+            match dbclient::device_properties(&host, &device, register).await {
+                Ok(properties) => {
+                    let import =
+                        dbclient::Import { devices: Vec::new(), properties: vec![(device, properties)] };
+                    let _ = tx.send(import);
+                }
+                Err(e) => info!("database {host}: properties of {device} not read: {e}"),
+            }
+        });
     }
 
     /// Whether a server-side connection's client is one of the daemon's database connections.

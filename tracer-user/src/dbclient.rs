@@ -168,6 +168,24 @@ impl DbConnection {
     }
 }
 
+/// The telemetry properties of one device.
+pub async fn device_properties(
+    tango_host: &str,
+    device: &str,
+    on_connect: impl FnOnce(Option<SocketAddr>),
+) -> Result<crate::assembly::Properties, DbClientError> {
+    let mut db = DbConnection::connect(tango_host).await?;
+    on_connect(db.local_addr());
+    let mut query = vec![device];
+    query.extend_from_slice(TELEMETRY_PROPERTIES);
+    match db.command_strings("DbGetDeviceProperty", &query).await? {
+        ArgValue::StringArray(answer) => crate::assembly::parse_property_answer(&answer)
+            .map(|(_, properties)| properties)
+            .ok_or(DbClientError::BadReply("DbGetDeviceProperty answer")),
+        _ => Err(DbClientError::BadReply("DbGetDeviceProperty answers a string array")),
+    }
+}
+
 /// Imports the object keys of every exported device of the database at `tango_host`.
 /// `on_connect` is told our local address before the first query is sent.
 pub async fn import_exported(

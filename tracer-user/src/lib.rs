@@ -4,6 +4,7 @@
 //! [`assembly`] → [`resources`] → export (`tracer-export`). [`daemon`] wires them together.
 
 pub mod assembly;
+pub mod configuration;
 pub mod ctl;
 pub mod daemon;
 pub mod dbclient;

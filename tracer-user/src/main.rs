@@ -21,6 +21,39 @@ enum Command {
     Run(RunArgs),
     /// Print the traces kept in the embedded store as trees.
     Show(ShowArgs),
+    /// Ask or change a running daemon: traced processes and devices, their configuration.
+    Ctl(CtlArgs),
+}
+
+#[derive(Parser, Debug)]
+struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    action: CtlAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlAction {
+    /// Traced processes and devices with their effective configuration and where each value came from.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start tracing the devices matching PATTERN (`*` matches anything, `test/*`).
+    Start { pattern: String },
+    /// Stop tracing the devices matching PATTERN.
+    Stop { pattern: String },
+    /// Send the matching devices' spans to EXPORTER ENDPOINT pairs (`http http://h:4318/v1/traces`).
+    Endpoints {
+        pattern: String,
+        #[arg(num_args = 2.., required = true)]
+        pairs: Vec<String>,
+    },
+    /// Forget what `ctl` changed for PATTERN.
+    Reset { pattern: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -62,6 +95,19 @@ struct RunArgs {
     /// Write every probe record to this file as JSON lines (for replay and benchmarks).
     #[arg(long)]
     record: Option<PathBuf>,
+    /// Policy for processes whose Tango configuration says nothing: `on` traces them, `off` traces
+    /// only processes and devices that enable telemetry themselves.
+    #[arg(long, value_enum, default_value = "on")]
+    default_telemetry: OnOff,
+    /// Control socket for `tango-tracer ctl`.
+    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    control_socket: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Parser, Debug)]
@@ -136,6 +182,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         select_pids: args.pids,
         extended_operations: args.all_operations,
         record_to: args.record,
+        trace_by_default: args.default_telemetry == OnOff::On,
+        control_socket: Some(args.control_socket),
         proc_root: PathBuf::from("/proc"),
     };
     daemon::run(options).await
@@ -164,6 +212,38 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
+    use tango_tracer::ctl::{CtlAnswer, CtlRequest, render_targets, request};
+    let (req, json) = match args.action {
+        CtlAction::List { json } => (CtlRequest::List, json),
+        CtlAction::Start { pattern } => (CtlRequest::Enable { pattern, enable: true }, false),
+        CtlAction::Stop { pattern } => (CtlRequest::Enable { pattern, enable: false }, false),
+        CtlAction::Endpoints { pattern, pairs } => {
+            if pairs.len() % 2 != 0 {
+                bail!("give EXPORTER ENDPOINT pairs");
+            }
+            let exporters = pairs.iter().step_by(2).cloned().collect();
+            let endpoints = pairs.iter().skip(1).step_by(2).cloned().collect();
+            (CtlRequest::Endpoints { pattern, exporters, endpoints }, false)
+        }
+        CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
+    };
+    let answer = request(&args.socket, &req).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match answer {
+        CtlAnswer::Targets { targets, warnings } => print!("{}", render_targets(&targets, &warnings)),
+        CtlAnswer::Changed { devices } if devices.is_empty() => {
+            println!("no traced device matches yet; the change applies to matching devices when they appear")
+        }
+        CtlAnswer::Changed { devices } => println!("changed: {}", devices.join(", ")),
+        CtlAnswer::Error { message } => bail!("{message}"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -175,6 +255,11 @@ fn main() -> ExitCode {
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run(args))),
         Command::Show(args) => show(args),
+        Command::Ctl(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(ctl(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

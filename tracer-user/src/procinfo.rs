@@ -66,8 +66,9 @@ pub struct ProcessInfo {
     pub cmdline: Vec<String>,
     /// The process's environment at exec time.
     pub environ: HashMap<String, String>,
-    /// `NAME=value` settings from `~/.tangorc` then `/etc/tangorc`, as the process sees them.
-    pub tangorc: Vec<(String, String)>,
+    /// `(path, text)` of `<home of the effective uid>/.tangorc` then `/etc/tangorc`, as the
+    /// process sees them (files that do not exist are left out).
+    pub tangorc_files: Vec<(String, String)>,
     pub libraries: TangoLibraries,
 }
 
@@ -83,8 +84,8 @@ impl ProcessInfo {
         let libraries = fs::read_to_string(dir.join("maps"))
             .map(|maps| TangoLibraries::from_maps(&maps))
             .unwrap_or_default();
-        let tangorc = read_tangorc(&dir, effective_uid(&dir));
-        ProcessInfo { pid, comm, cmdline, environ, tangorc, libraries }
+        let tangorc_files = read_tangorc(&dir, effective_uid(&dir));
+        ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries }
     }
 
     /// Re-reads the mapped libraries (a library loaded by `dlopen` after the first look).
@@ -99,28 +100,21 @@ impl ProcessInfo {
     }
 
     /// A Tango setting as cppTango reads it: the environment first, then the tangorc files.
-    pub fn tango_setting(&self, name: &str) -> Option<&str> {
+    pub fn tango_setting(&self, name: &str) -> Option<String> {
         if let Some(value) = self.environ.get(name) {
-            return Some(value.as_str());
+            return Some(value.clone());
         }
-        let lower = name.to_ascii_lowercase();
-        self.tangorc.iter().find(|(n, _)| *n == lower).map(|(_, v)| v.as_str())
+        self.tangorc_files.iter().find_map(|(_, text)| crate::telemetry_config::tangorc_value(name, text))
     }
 
     /// `TANGO_HOST` as the process would use it.
-    pub fn tango_host(&self) -> Option<&str> {
+    pub fn tango_host(&self) -> Option<String> {
         self.tango_setting("TANGO_HOST").filter(|h| !h.is_empty())
     }
 
-    /// Whether cppTango's own telemetry traces this process: libtango 10 or newer with
-    /// `TANGO_TELEMETRY_ENABLE` on (environment or tangorc). Such a process is not traced twice.
-    pub fn native_telemetry_active(&self) -> bool {
-        let major = self.tango_version().and_then(|v| v.split('.').next()?.parse::<u32>().ok());
-        let enabled = self
-            .tango_setting("TANGO_TELEMETRY_ENABLE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "on" | "1" | "true"))
-            .unwrap_or(false);
-        enabled && major.is_some_and(|m| m >= 10)
+    /// Major version of the libtango the process maps (cppTango ≥ 10 can trace itself).
+    pub fn tango_major(&self) -> Option<u32> {
+        self.tango_version().and_then(|v| v.split('.').next()?.parse().ok())
     }
 
     /// Version of the libtango the process maps.
@@ -154,7 +148,7 @@ fn effective_uid(dir: &Path) -> Option<u32> {
 /// are the ones the process sees in its own mount namespace.
 fn read_tangorc(dir: &Path, euid: Option<u32>) -> Vec<(String, String)> {
     let root = dir.join("root");
-    let mut settings = Vec::new();
+    let mut files_read = Vec::new();
     let home = euid.and_then(|uid| home_of(&root, uid));
     let files = home
         .map(|h| PathBuf::from(format!("{}/.tangorc", h.trim_end_matches('/'))))
@@ -163,10 +157,10 @@ fn read_tangorc(dir: &Path, euid: Option<u32>) -> Vec<(String, String)> {
     for file in files {
         let inside = root.join(file.strip_prefix("/").unwrap_or(&file));
         if let Ok(text) = fs::read_to_string(inside) {
-            settings.extend(parse_tangorc(&text));
+            files_read.push((file.display().to_string(), text));
         }
     }
-    settings
+    files_read
 }
 
 fn home_of(root: &Path, uid: u32) -> Option<String> {
@@ -175,24 +169,6 @@ fn home_of(root: &Path, uid: u32) -> Option<String> {
         let fields: Vec<&str> = line.split(':').collect();
         (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(5).map(|h| h.to_string()))?
     })
-}
-
-/// Parses a tangorc file the way cppTango does: the line is lowercased, `#` starts a comment,
-/// spaces are dropped from the value. Names come back lowercased.
-pub fn parse_tangorc(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.to_ascii_lowercase();
-            let line = line.split('#').next().unwrap_or("");
-            let (name, value) = line.split_once('=')?;
-            let name = name.trim();
-            if name.is_empty() {
-                return None;
-            }
-            let value: String = value.chars().filter(|c| !c.is_whitespace()).collect();
-            Some((name.to_string(), value))
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -215,43 +191,21 @@ mod tests {
     }
 
     #[test]
-    fn tangorc_quirks() {
-        let parsed = parse_tangorc(
-            "TANGO_HOST=vm:10000\n# TANGO_TELEMETRY_ENABLE=on\nTANGO_TELEMETRY_TYPES = tracing, logging \n",
-        );
-        assert_eq!(
-            parsed,
-            vec![
-                ("tango_host".to_string(), "vm:10000".to_string()),
-                ("tango_telemetry_types".to_string(), "tracing,logging".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn native_telemetry_needs_libtango_10_and_the_switch() {
-        let lib = |v: &str| TangoLibraries {
-            tango: Some(MappedLibrary { path: PathBuf::from("libtango.so"), version: Some(v.into()) }),
-            ..Default::default()
-        };
-        let on = parse_environ(b"TANGO_TELEMETRY_ENABLE=ON\0");
-        let info = ProcessInfo { environ: on.clone(), libraries: lib("10.3.3"), ..Default::default() };
-        assert!(info.native_telemetry_active());
-        let legacy = ProcessInfo { environ: on, libraries: lib("9.3.4"), ..Default::default() };
-        assert!(!legacy.native_telemetry_active());
-        let off = ProcessInfo { libraries: lib("10.3.3"), ..Default::default() };
-        assert!(!off.native_telemetry_active());
-    }
-
-    #[test]
     fn environment_beats_tangorc() {
         let info = ProcessInfo {
             environ: parse_environ(b"TANGO_HOST=a:1\0PATH=/bin\0"),
-            tangorc: vec![("tango_host".into(), "b:2".into())],
+            tangorc_files: vec![("/etc/tangorc".into(), "TANGO_HOST=B:2\n".into())],
             ..Default::default()
         };
-        assert_eq!(info.tango_host(), Some("a:1"));
-        let info = ProcessInfo { tangorc: vec![("tango_host".into(), "b:2".into())], ..Default::default() };
-        assert_eq!(info.tango_host(), Some("b:2"));
+        assert_eq!(info.tango_host().as_deref(), Some("a:1"));
+        let info = ProcessInfo {
+            tangorc_files: vec![("/etc/tangorc".into(), "TANGO_HOST=B:2\n".into())],
+            ..Default::default()
+        };
+        assert_eq!(
+            info.tango_host().as_deref(),
+            Some("b:2"),
+            "tangorc lines are lowercased, as cppTango reads them"
+        );
     }
 }

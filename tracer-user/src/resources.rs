@@ -68,7 +68,7 @@ impl Resources {
             KeyValue::new("telemetry.distro.name", "tango-tracer"),
             KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
         ];
-        let tango_host = process.and_then(|p| p.tango_host()).map(str::to_string);
+        let tango_host = process.and_then(|p| p.tango_host());
         let cacheable = match key {
             ResourceKey::Device { object_key, .. } => {
                 attributes.push(KeyValue::new("tango.process.kind", "server"));
