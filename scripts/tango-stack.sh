@@ -76,6 +76,17 @@ alive() {
     [[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" == "$exe" ]]
 }
 
+# True if the PID in file $1 is a live (not zombie) process, whatever it runs yet: right after
+# `spawn` the child may still be `setsid`/`bash` on its way to exec the daemon.
+started() {
+    local pidfile="$1" pid state
+    [[ -s "$pidfile" ]] || return 1
+    pid="$(<"$pidfile")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    state="$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z && "$state" != X ]]
+}
+
 # SIGTERM, wait up to $3 seconds, then SIGKILL the PID in file $1 (if it is still $2).
 stop_pidfile() {
     local pidfile="$1" exe="$2" timeout="$3" name pid i
@@ -157,7 +168,7 @@ start_mariadb() {
     spawn mysqld "$MARIADBD" "${opts[@]}" "--user=$(id -un)" --skip-networking --socket="$SOCKET" \
         --pid-file="$DIR/mysqld.pidfile" --log-error="$DIR/mysqld.err"
     for ((i = 0; i < START_TIMEOUT * 10; i++)); do
-        alive "$DIR/mysqld.pid" "$MARIADBD" || die "mariadbd exited, see $DIR/mysqld.err"
+        started "$DIR/mysqld.pid" || die "mariadbd exited, see $DIR/mysqld.err"
         if mariadb-admin --no-defaults --socket="$SOCKET" --user=root ping >/dev/null 2>&1; then
             break
         fi

@@ -185,6 +185,47 @@ impl TangoTestServer {
         Self::start_with(stack, marker, instance, Some(period))
     }
 
+    /// TangoTest serving `devices` (all registered under TangoTest/`instance`), with extra
+    /// environment, optionally with `/etc/tangorc` replaced by `tangorc` in a private mount
+    /// namespace of its own (so the machine's file is untouched).
+    pub fn start_custom(
+        stack: &DbStack,
+        marker: &str,
+        instance: &str,
+        devices: &[&str],
+        env: &[(&str, &str)],
+        tangorc: Option<&Path>,
+    ) -> TangoTestServer {
+        let server = format!("TangoTest/{instance}");
+        let mut args = vec!["server", server.as_str(), "TangoTest"];
+        args.extend_from_slice(devices);
+        stack.db_register(&args);
+        let mut command = match tangorc {
+            Some(file) => {
+                let mut c = stack.command("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/tangorc && exec "$@""#)
+                    .arg(file)
+                    .arg(TANGOTEST);
+                c
+            }
+            None => stack.command(TANGOTEST),
+        };
+        command.arg(instance).args(["-ORBendPoint", "giop:tcp:127.0.0.1:"]).env(MARKER, marker);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let child = command
+            .stdout(log_file(stack, &format!("tangotest-{instance}.log")))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {TANGOTEST}: {e}"));
+        let mut proc = Proc { child, name: format!("TangoTest {instance}") };
+        let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        stack.wait_exported(&mut proc, &names);
+        TangoTestServer { proc, device: names.first().cloned().unwrap_or_default() }
+    }
+
     fn start_with(
         stack: &DbStack,
         marker: &str,

@@ -739,10 +739,15 @@ pub fn parse_property_answer(answer: &[String]) -> Option<(String, Properties)> 
     let device = items.next()?.to_ascii_lowercase();
     let count: usize = items.next()?.trim().parse().ok()?;
     let mut properties = Vec::new();
+    let mut items = items.peekable();
     for _ in 0..count {
         let name = items.next()?.to_ascii_lowercase();
         let values: usize = items.next()?.trim().parse().ok()?;
         let values: Vec<String> = items.by_ref().take(values).cloned().collect();
+        // An undefined property answers a count of 0 and a " " placeholder.
+        if values.is_empty() && items.peek().is_some_and(|v| v.as_str() == " ") {
+            items.next();
+        }
         properties.push((name, values));
     }
     Some((device, properties))
@@ -1048,6 +1053,17 @@ mod tests {
         assert_eq!(props[0], ("telemetry_enable".to_string(), vec!["true".to_string()]));
         assert_eq!(props[1].1, vec!["user".to_string(), "database".to_string()]);
         assert_eq!(parse_property_answer(&["d".to_string(), "x".to_string()]), None);
+        // As DataBaseds answers for properties that are not defined.
+        let undefined: Vec<String> =
+            ["sys/tg_test/1", "2", "telemetry_enable", "0", " ", "telemetry_types", "0", " "]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let (_, props) = parse_property_answer(&undefined).expect("well formed");
+        assert_eq!(
+            props,
+            vec![("telemetry_enable".to_string(), vec![]), ("telemetry_types".to_string(), vec![])]
+        );
     }
 
     #[test]

@@ -290,6 +290,20 @@ mod tests {
     }
 
     #[test]
+    fn the_events_topic_switches_event_spans_per_device() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        config.set_properties("a/b/quiet", &[("telemetry_topics".into(), vec!["user,database".into()])]);
+        assert_eq!(config.route(1, Some("a/b/quiet"), OperationClass::Event), Routing::Drop);
+        assert!(matches!(config.route(1, Some("a/b/quiet"), OperationClass::User), Routing::Export(_)));
+        assert!(matches!(config.route(1, Some("a/b/loud"), OperationClass::Event), Routing::Export(_)));
+        // Explicitly `all` adds what native telemetry leaves out; the unset default does not.
+        config.set_properties("a/b/all", &[("telemetry_topics".into(), vec!["all".into()])]);
+        assert!(matches!(config.route(1, Some("a/b/all"), OperationClass::Extended), Routing::Export(_)));
+        assert_eq!(config.route(1, Some("a/b/loud"), OperationClass::Extended), Routing::Drop);
+    }
+
+    #[test]
     fn invalid_values_fall_back_and_endpoints_route_per_device() {
         let mut config = Configuration::new(policy());
         config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=maybe\0", "9.3.4"));

@@ -598,8 +598,15 @@ impl Daemon {
             Observation::Command { pid, object_key, command, argin } => {
                 // Telemetry commands go to a server's admin device (`dserver/<server>/<instance>`);
                 // they apply also when a 9.x server answers "command not found".
-                if self.device_name(&object_key).is_some_and(|name| name.starts_with("dserver/")) {
-                    self.config.admin_command(pid, &command, argin.as_ref());
+                let name = self.device_name(&object_key);
+                log::debug!("pid {pid}: command {command} on {name:?}");
+                if name.as_deref().is_some_and(|name| name.starts_with("dserver/"))
+                    && self.config.admin_command(pid, &command, argin.as_ref())
+                {
+                    info!(
+                        "pid {pid}: {command} on {} applied to the telemetry configuration",
+                        name.unwrap_or_default()
+                    );
                 }
             }
             Observation::Exported { pid, device } => self.query_properties(pid, device),

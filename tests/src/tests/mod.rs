@@ -1,5 +1,6 @@
 //! The integration tests, one module per feature.
 
+mod config;
 mod events;
 mod export;
 mod legacy;
