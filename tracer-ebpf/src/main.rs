@@ -70,6 +70,8 @@ struct RecvArgs {
 static SOCK_OFFSETS: SockOffsets = SockOffsets { daddr: 0, dport: 0, family: 0, valid: 0 };
 
 const GIOP_HEADER_LEN: usize = 12;
+/// `bpf_ringbuf_output` flag: do not wake the consumer.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 // Offsets of the syscall tracepoint fields (see events/syscalls/*/format): args start at 16.
 const ARG0: usize = 16;
@@ -301,7 +303,9 @@ fn emit_record(
             size.min(core::mem::size_of::<DataRecord>()),
         )
     };
-    if EVENTS.output(bytes, 0).is_err() {
+    // No wake-up per message: the daemon drains the ring on a short timer (and whenever a
+    // lifecycle record wakes it), which saves two context switches per Tango call.
+    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
         count_lost();
     }
     let _ = SOCKETS.insert(&socket_key(pid, fd), &1, 0);

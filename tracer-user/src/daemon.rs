@@ -39,6 +39,8 @@ use crate::{
 
 /// How long a server span may wait for its device's class before it goes out without it.
 const DEVICE_FACTS_WAIT: Duration = Duration::from_secs(2);
+/// How often the ring buffer is drained of records that did not wake the daemon.
+const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a span with an unknown opaque object key waits before the database is asked.
 const IMPORT_AFTER: Duration = Duration::from_millis(300);
 /// Least time between two imports from one database.
@@ -152,6 +154,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -164,6 +168,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                     }
                 }
                 guard.clear_ready();
+                daemon.release_spans(false);
+            }
+            _ = drain.tick() => {
+                // Data records do not wake the daemon (see the probes); collect them here.
+                let ring = ring.get_mut();
+                while let Some(item) = ring.next() {
+                    match Record::decode(&item) {
+                        Ok(record) => daemon.on_record(record),
+                        Err(e) => warn!("skipping a probe record: {e}"),
+                    }
+                }
                 daemon.release_spans(false);
             }
             _ = tick.tick() => daemon.on_tick(),
