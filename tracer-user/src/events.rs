@@ -312,6 +312,46 @@ mod tests {
         assert!(a.events.app_sends.get(&200).is_none_or(|q| q.is_empty()), "older sends are consumed");
     }
 
+    /// The real delivery carries the same message twice (counter 1); renumbering the second to 3
+    /// stands for a subscriber that never received event 2.
+    #[test]
+    fn a_counter_gap_is_reported_as_lost_events() {
+        let mut bytes = fixture("client-recv-event-temperature");
+        let message_len = bytes.len() / 2;
+        // topic frame (flags, size, topic) | byte-order frame (3 bytes) | call info frame (flags,
+        // size, then version i32 and the counter u32)
+        let counter_at = 2 + usize::from(bytes[1]) + 3 + 2 + 4;
+        bytes[message_len + counter_at..message_len + counter_at + 4].copy_from_slice(&3u32.to_le_bytes());
+        let mut a = Assembler::new(4096);
+        a.push(&data(100, 1_500, Direction::Recv, &bytes));
+        let spans = a.drain();
+        let counters: Vec<_> = spans.iter().map(|s| s.attributes.clone()).collect();
+        assert_eq!(spans.len(), 2, "{counters:?}");
+        assert!(!spans[0].attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost"));
+        assert!(spans[1].attributes.contains(&KeyValue::new("tango.event.lost", 1i64)), "{counters:?}");
+        // A capture that missed part of a receive proves nothing about what was between.
+        let mut a = Assembler::new(4096);
+        let mut cut = Record::Data {
+            pid: 100,
+            tid: 100,
+            fd: 30,
+            ts_ns: 1,
+            direction: Direction::Recv,
+            total_len: 9_000,
+            bytes: bytes[..message_len].to_vec(),
+            peer: Default::default(),
+        };
+        a.push(&cut);
+        if let Record::Data { bytes: b, total_len, .. } = &mut cut {
+            *b = bytes[message_len..].to_vec();
+            *total_len = b.len() as u32;
+        }
+        a.push(&cut);
+        assert!(
+            a.drain().iter().all(|s| !s.attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost"))
+        );
+    }
+
     #[test]
     fn event_types() {
         assert_eq!(event_type("idl5_change"), "change");
