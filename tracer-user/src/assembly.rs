@@ -154,6 +154,16 @@ struct PendingCall {
     reply_attributes: Vec<KeyValue>,
 }
 
+/// Where and when a GIOP message was seen.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    pid: u32,
+    tid: u32,
+    fd: i32,
+    ts_ns: u64,
+    bytes: &'a [u8],
+}
+
 /// Server spans open on one thread, with the object key each serves; innermost last.
 type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
 
@@ -341,35 +351,13 @@ impl Assembler {
         match (message, direction) {
             (Message::Request(request), Direction::Send) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_client_request(
-                    pid,
-                    tid,
-                    fd,
-                    ts_ns,
-                    request.request_id,
-                    request.object_key,
-                    request.operation,
-                    parsed,
-                    request.response_expected,
-                    bytes,
-                );
+                self.on_client_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
             }
             (Message::Request(_), Direction::Recv) | (Message::Reply(_), Direction::Send)
                 if self.ignored.contains(&(pid, fd)) => {}
             (Message::Request(request), Direction::Recv) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_server_request(
-                    pid,
-                    tid,
-                    fd,
-                    ts_ns,
-                    request.request_id,
-                    request.object_key,
-                    request.operation,
-                    parsed,
-                    request.response_expected,
-                    bytes,
-                );
+                self.on_server_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
             }
             (Message::Reply(reply), Direction::Recv) => {
                 match self.client_calls.remove(&(pid, fd, reply.request_id)) {
@@ -394,20 +382,10 @@ impl Assembler {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
-    fn on_client_request(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        fd: i32,
-        ts_ns: u64,
-        request_id: u32,
-        object_key: &[u8],
-        operation: &str,
-        request: TangoRequest,
-        response_expected: bool,
-        bytes: &[u8],
-    ) {
+    fn on_client_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
+        let Seen { pid, tid, fd, ts_ns, bytes } = at;
+        let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
+        let response_expected = wire.response_expected;
         let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).cloned();
         let (parent, device_key) = match serving {
             Some((ctx, key)) => (Some(ctx), Some(key)),
@@ -457,20 +435,10 @@ impl Assembler {
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the fields of one parsed GIOP request")]
-    fn on_server_request(
-        &mut self,
-        pid: u32,
-        tid: u32,
-        fd: i32,
-        ts_ns: u64,
-        request_id: u32,
-        object_key: &[u8],
-        operation: &str,
-        request: TangoRequest,
-        response_expected: bool,
-        bytes: &[u8],
-    ) {
+    fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
+        let Seen { pid, tid, fd, ts_ns, bytes } = at;
+        let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
+        let response_expected = wire.response_expected;
         self.servers.insert(pid, ());
         if self.served.insert((pid, object_key.to_vec())) {
             self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });

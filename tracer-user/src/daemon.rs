@@ -585,11 +585,7 @@ impl Daemon {
         let own_ports = Arc::clone(&self.own_ports);
         let tx = self.imported_tx.clone();
         tokio::spawn(async move {
-            let register = |addr: Option<std::net::SocketAddr>| {
-                if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
-                    ports.insert(addr.port());
-                }
-            };
+            let register = |addr| remember_port(&own_ports, addr);
             match dbclient::import_exported(&host, register).await {
                 Ok(import) => {
                     info!("database {host}: learnt {} device(s)", import.devices.len());
@@ -677,11 +673,7 @@ impl Daemon {
         let own_ports = Arc::clone(&self.own_ports);
         let tx = self.imported_tx.clone();
         tokio::spawn(async move {
-            let register = |addr: Option<std::net::SocketAddr>| {
-                if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
-                    ports.insert(addr.port());
-                }
-            };
+            let register = |addr| remember_port(&own_ports, addr);
             match dbclient::device_properties(&host, &device, register).await {
                 Ok(properties) => {
                     let import =
@@ -729,6 +721,13 @@ impl Daemon {
             stats.unparsable,
             self.probes.lost_records()
         );
+    }
+}
+
+/// Notes the local port of one of the daemon's own database connections.
+fn remember_port(own_ports: &Mutex<HashSet<u16>>, addr: Option<std::net::SocketAddr>) {
+    if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
+        ports.insert(addr.port());
     }
 }
 
