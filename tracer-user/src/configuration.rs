@@ -52,6 +52,8 @@ pub struct Configuration {
     ctl: Vec<AdminCommand>,
     /// Warnings already logged (each is logged once).
     reported: HashSet<String>,
+    /// Routing decisions, valid until the next change of any source (one lookup per span).
+    routes: std::cell::RefCell<HashMap<(u32, Option<String>, OperationClass), Routing>>,
 }
 
 /// A span's routing decision.
@@ -82,11 +84,13 @@ impl Configuration {
             runtime: HashMap::new(),
             ctl: Vec::new(),
             reported: HashSet::new(),
+            routes: Default::default(),
         }
     }
 
     /// Reads the process's environment and tangorc files (once, when it becomes a target).
     pub fn add_process(&mut self, info: &ProcessInfo) {
+        self.routes.get_mut().clear();
         let files: Vec<(&str, &str)> =
             info.tangorc_files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
         let (layers, warnings) = tc::layers_from_process(&info.environ, &files);
@@ -98,6 +102,7 @@ impl Configuration {
 
     /// libtango may be mapped after the process became a target.
     pub fn set_native_capable(&mut self, pid: u32, capable: bool) {
+        self.routes.get_mut().clear();
         if let Some(process) = self.processes.get_mut(&pid) {
             process.native_capable = capable;
         }
@@ -105,12 +110,14 @@ impl Configuration {
 
     /// The process restarted or exited: its runtime changes end with it, as natively.
     pub fn remove_process(&mut self, pid: u32) {
+        self.routes.get_mut().clear();
         self.processes.remove(&pid);
         self.runtime.remove(&pid);
     }
 
     /// The device's telemetry properties as the database holds them (read at device start-up).
     pub fn set_properties(&mut self, device: &str, properties: &[(String, Vec<String>)]) {
+        self.routes.get_mut().clear();
         let telemetry: Vec<(String, Vec<String>)> = properties
             .iter()
             .filter(|(name, values)| {
@@ -126,6 +133,7 @@ impl Configuration {
     /// A command reached an admin device of server process `pid`; telemetry-changing commands
     /// apply to the matching devices of that process from now on. Queries change nothing.
     pub fn admin_command(&mut self, pid: u32, command: &str, argin: Option<&ArgValue>) -> bool {
+        self.routes.get_mut().clear();
         match parse_admin_command(command, argin) {
             None => false,
             Some(Ok(commands)) => {
@@ -143,11 +151,13 @@ impl Configuration {
 
     /// `tango-tracer ctl` changes, host-wide.
     pub fn ctl_commands(&mut self, commands: Vec<AdminCommand>) {
+        self.routes.get_mut().clear();
         self.ctl.extend(commands);
     }
 
     /// Forgets `ctl` changes whose pattern is `pattern`.
     pub fn ctl_reset(&mut self, pattern: &str) {
+        self.routes.get_mut().clear();
         self.ctl.retain(
             |c| !matches!(&c.targets, tc::DeviceSelector::Pattern(p) if p.eq_ignore_ascii_case(pattern)),
         );
@@ -174,6 +184,16 @@ impl Configuration {
 
     /// Where a span of `class` from device `device` of `pid` goes.
     pub fn route(&self, pid: u32, device: Option<&str>, class: OperationClass) -> Routing {
+        let key = (pid, device.map(str::to_string), class);
+        if let Some(routing) = self.routes.borrow().get(&key) {
+            return routing.clone();
+        }
+        let routing = self.decide(pid, device, class);
+        self.routes.borrow_mut().insert(key, routing.clone());
+        routing
+    }
+
+    fn decide(&self, pid: u32, device: Option<&str>, class: OperationClass) -> Routing {
         let effective = self.effective(pid, device);
         if !effective.tracing_active() {
             return Routing::Drop;

@@ -248,8 +248,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // One thread: assembly and export hand nothing across threads, which on a busy host is
+        // cheaper than any parallelism the daemon could use.
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")
