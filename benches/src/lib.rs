@@ -1,1 +1,22 @@
+//! Benchmarks of tango-tracer, run by `cargo xtask bench` through the `tango-bench` binary:
+//! round trips of a PyTango client untraced, traced, and with cppTango's native telemetry
+//! ([`roundtrip`]); the daemon's assembly throughput on a recorded session ([`replay`]); and
+//! BENCHMARKS.md ([`report`]).
 
+pub mod procs;
+pub mod replay;
+pub mod report;
+pub mod roundtrip;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// The committed recorded session.
+pub fn session_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/session.jsonl")
+}

@@ -1,4 +1,6 @@
 //! `cargo xtask bench`: benchmarks side by side in one run, results in BENCHMARKS.md.
+//!
+//! Arguments after `--` go to `tango-bench` (`--quick`, `--rounds N`, `--replay-only`, …).
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -9,7 +11,28 @@ pub struct Options {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(true)?;
-    crate::sh("cargo", &["build", "--release", "--package", "tango-tracer", "--package", "benches"], &[])?;
+    // tango-bench runs the daemon and the OTLP receiver from its own directory: build all three
+    // in release mode, into the same target directory.
+    crate::sh(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "tango-tracer",
+            "--package",
+            "benches",
+            "--package",
+            "integration-tests",
+            "--bin",
+            "tango-tracer",
+            "--bin",
+            "tango-bench",
+            "--bin",
+            "otlp-receiver",
+        ],
+        &[],
+    )?;
     let mut args = vec!["run", "--release", "--package", "benches", "--bin", "tango-bench", "--"];
     args.extend(options.args.iter().map(String::as_str));
     crate::sh("cargo", &args, &[])

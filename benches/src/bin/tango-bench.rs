@@ -1,0 +1,235 @@
+//! `tango-bench`: runs the benchmarks and writes BENCHMARKS.md at the workspace root.
+//!
+//! Normally started by `cargo xtask bench`, which installs the test stack and builds
+//! `tango-tracer`, `otlp-receiver` and this binary in release mode first.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use benches::{
+    procs, replay,
+    report::{Assembly, Machine, Report},
+    roundtrip::{self, Programs, Sizes},
+    session_file, workspace_root,
+};
+use clap::Parser;
+
+/// Benchmarks of tango-tracer; results go to BENCHMARKS.md.
+#[derive(Parser, Debug)]
+#[command(name = "tango-bench")]
+struct Options {
+    /// A shorter run (~1 minute): fewer rounds and calls.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of the round-trip benchmark (each runs every configuration once).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Timed read_attribute calls per client run.
+    #[arg(long)]
+    calls: Option<usize>,
+    /// Untimed calls before the timed ones.
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Seconds, all runs together, the benchmark may wait for other processes to go quiet
+    /// before a run (a shared machine).
+    #[arg(long)]
+    quiet_budget: Option<f64>,
+    /// Seconds each replay of the recorded session runs (at least 2).
+    #[arg(long)]
+    replay_seconds: Option<f64>,
+    /// Only the assembly throughput (no root, no Tango processes); BENCHMARKS.md is not written.
+    #[arg(long)]
+    replay_only: bool,
+    /// Record a new session into the session file instead of benchmarking (root).
+    #[arg(long)]
+    record_session: bool,
+    /// Operations of the client when recording a session.
+    #[arg(long, default_value_t = 150)]
+    session_operations: usize,
+    /// The recorded session to replay.
+    #[arg(long)]
+    session: Option<PathBuf>,
+    /// Where to write the report (default: BENCHMARKS.md at the workspace root).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Keep the logs of every process started (the temporary directory is printed).
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+/// Paths next to this binary (cargo builds them into the same directory) and in the workspace.
+fn programs() -> anyhow::Result<Programs> {
+    let exe = std::env::current_exe().context("locating tango-bench")?;
+    let bin_dir = exe.parent().context("tango-bench has no directory")?;
+    let root = workspace_root();
+    let python = std::env::var_os("TANGO_TRACER_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/venv"))
+        .join("bin/python");
+    let programs = Programs {
+        python,
+        demo_server: root.join("tests/python/demo_server.py"),
+        client: root.join("tests/python/bench_read_loop.py"),
+        tracer: bin_dir.join("tango-tracer"),
+        receiver: bin_dir.join("otlp-receiver"),
+    };
+    let needed = [
+        (&programs.python, "scripts/bootstrap.sh --test-stack"),
+        (&programs.demo_server, "the workspace"),
+        (&programs.client, "the workspace"),
+        (&programs.tracer, "cargo build --release -p tango-tracer"),
+        (&programs.receiver, "cargo build --release -p integration-tests --bin otlp-receiver"),
+    ];
+    for (path, from) in needed {
+        if !path.exists() {
+            bail!(
+                "{} is missing (it comes from `{from}`; `cargo xtask bench` does all of it)",
+                path.display()
+            );
+        }
+    }
+    Ok(programs)
+}
+
+/// Runs the daemon and the receiver from copies: a build in the shared target directory
+/// during the benchmark cannot swap them between rounds.
+fn private_copies(mut programs: Programs, dir: &Path) -> anyhow::Result<Programs> {
+    for path in [&mut programs.tracer, &mut programs.receiver] {
+        let name = path.file_name().context("a program without a name")?;
+        let copy = dir.join(name);
+        std::fs::copy(&*path, &copy).with_context(|| format!("copying {}", path.display()))?;
+        *path = copy;
+    }
+    Ok(programs)
+}
+
+/// A temporary directory for logs, removed unless asked to keep it or the run failed.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(name: &str) -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path, keep: true })
+    }
+
+    fn done(mut self, keep: bool) {
+        self.keep = keep;
+        if keep {
+            eprintln!("tango-bench: logs kept in {}", self.path.display());
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn assembly(session: &Path, seconds: f64) -> anyhow::Result<Assembly> {
+    let records = replay::load(session)?;
+    let min_time = Duration::from_secs_f64(seconds.max(2.0));
+    eprintln!(
+        "tango-bench: replaying {} records through assembly for {:.0} s",
+        records.len(),
+        min_time.as_secs_f64()
+    );
+    let run = replay::replay(&records, min_time, false)?;
+    eprintln!("tango-bench: … and through OTLP request building");
+    let otlp = replay::replay(&records, min_time, true)?;
+    Ok(Assembly {
+        session_records: records.len(),
+        session_operations: run.operations_per_pass,
+        assembly: run,
+        otlp: Some(otlp),
+    })
+}
+
+/// The arguments as BENCHMARKS.md shows them: without file paths of this machine.
+fn shown_arguments(args: impl Iterator<Item = String>) -> String {
+    let mut shown = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let name = arg.split('=').next().unwrap_or_default();
+        if matches!(name, "--output" | "--session") {
+            skip_value = !arg.contains('=');
+            continue;
+        }
+        shown.push(arg);
+    }
+    shown.join(" ")
+}
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    let arguments = shown_arguments(std::env::args().skip(1));
+    let sizes = Sizes {
+        rounds: options.rounds.unwrap_or(if options.quick { 5 } else { 11 }),
+        calls: options.calls.unwrap_or(if options.quick { 2000 } else { 5000 }),
+        warmup: options.warmup.unwrap_or(if options.quick { 200 } else { 300 }),
+        quiet_budget: Duration::from_secs_f64(options.quiet_budget.unwrap_or(if options.quick {
+            15.0
+        } else {
+            60.0
+        })),
+    };
+    let replay_seconds = options.replay_seconds.unwrap_or(if options.quick { 2.0 } else { 3.0 });
+    let session = options.session.clone().unwrap_or_else(session_file);
+
+    if options.record_session {
+        let programs = programs()?;
+        let dir = WorkDir::create("tango-bench-record")?;
+        let count = replay::record_session(&programs, &dir.path, options.session_operations, &session)
+            .with_context(|| format!("recording (logs in {})", dir.path.display()))?;
+        let bytes = std::fs::metadata(&session).map_or(0, |m| m.len());
+        println!("recorded {count} records ({} KiB) into {}", bytes / 1024, session.display());
+        dir.done(options.keep_logs);
+        return Ok(());
+    }
+
+    let machine = Machine::read();
+    let started = Instant::now();
+    let round_trips = if options.replay_only {
+        None
+    } else {
+        procs::require_root("the round-trip benchmark")?;
+        let dir = WorkDir::create("tango-bench")?;
+        let programs = private_copies(programs()?, &dir.path)?;
+        eprintln!(
+            "tango-bench: {} rounds × 4 configurations × {} calls (+{} warm-up)",
+            sizes.rounds, sizes.calls, sizes.warmup
+        );
+        let result = roundtrip::run(&programs, sizes, &dir.path)
+            .with_context(|| format!("round trips (logs in {})", dir.path.display()))?;
+        dir.done(options.keep_logs);
+        Some(result)
+    };
+    let assembly = assembly(&session, replay_seconds)?;
+    let report = Report {
+        machine: &machine,
+        arguments: &arguments,
+        round_trips: round_trips.as_ref(),
+        assembly: Some(&assembly),
+    };
+    let text = report.render();
+    print!("{text}");
+    if !options.replay_only {
+        let output = options.output.unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
+        std::fs::write(&output, &text).with_context(|| format!("writing {}", output.display()))?;
+        eprintln!("tango-bench: wrote {} after {:.0} s", output.display(), started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}

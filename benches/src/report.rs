@@ -1,0 +1,667 @@
+//! BENCHMARKS.md: the machine, the tables, and how they were made.
+
+use std::{fmt::Write as _, time::Duration};
+
+use crate::{
+    replay::ReplayRun,
+    roundtrip::{self, Config, RequestStats, RoundTrips, Sample},
+};
+
+/// Target of traced / untraced round trips.
+pub const ROUND_TRIP_TARGET: f64 = 0.97;
+/// Target of the daemon's assembly throughput, Tango operations per second.
+pub const ASSEMBLY_TARGET: f64 = 200_000.0;
+
+/// The machine, without anything that changes from run to run.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub virtualised: bool,
+    pub kernel: String,
+    pub os: String,
+    pub memory_gib: f64,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, model)| model.trim().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let processors = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(processors);
+        let virtualised = cpuinfo
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|k| k.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let os = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|kib| kib.parse::<f64>().ok())
+            })
+            .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+        Machine { cpu_model, cores, virtualised, kernel, os, memory_gib }
+    }
+}
+
+/// The assembly benchmark's results.
+#[derive(Clone, Debug)]
+pub struct Assembly {
+    /// Records in the session file and the operations one pass holds.
+    pub session_records: usize,
+    pub session_operations: u64,
+    pub assembly: ReplayRun,
+    pub otlp: Option<ReplayRun>,
+}
+
+/// Everything one run produced.
+pub struct Report<'a> {
+    pub machine: &'a Machine,
+    /// The arguments `tango-bench` ran with.
+    pub arguments: &'a str,
+    pub round_trips: Option<&'a RoundTrips>,
+    pub assembly: Option<&'a Assembly>,
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// Thousands separated by a thin comma: 212345 → "212,345".
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn opt(value: Option<f64>, decimals: usize) -> String {
+    value.filter(|v| v.is_finite()).map_or_else(|| "–".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// Per-round ratios of `config` to the untraced run of the same round.
+fn paired_ratios(rt: &RoundTrips, config: Config) -> Vec<f64> {
+    (0..rt.sizes.rounds)
+        .filter_map(|round| {
+            let find = |c: Config| {
+                rt.samples.iter().find(|s| s.round == round && s.config == c).map(|s| s.calls_per_s)
+            };
+            Some(find(config)? / find(Config::Untraced)?)
+        })
+        .collect()
+}
+
+fn medians(samples: &[&Sample], value: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = samples.iter().filter_map(|s| value(s)).collect();
+    (!values.is_empty()).then(|| median(&values))
+}
+
+impl Report<'_> {
+    pub fn render(&self) -> String {
+        let mut md = String::new();
+        let _ = self.write(&mut md);
+        md
+    }
+
+    fn write(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "# Benchmarks")?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "Written by `cargo xtask bench` (the `tango-bench` binary of the `benches` crate) from \
+             one run on the machine below; every number in this file comes from that run. \
+             `cargo xtask bench -- --quick` is a shorter run of the same."
+        )?;
+        writeln!(md)?;
+        self.write_machine(md)?;
+        if let Some(rt) = self.round_trips {
+            write_round_trips(md, rt)?;
+        }
+        if let Some(assembly) = self.assembly {
+            write_assembly(md, assembly)?;
+        }
+        if let Some(rt) = self.round_trips {
+            write_costs(md, rt, self.assembly)?;
+        }
+        if let Some(rt) = self.round_trips {
+            write_requests(md, rt)?;
+            write_memory(md, rt)?;
+        }
+        self.write_commands(md)
+    }
+
+    fn write_machine(&self, md: &mut String) -> std::fmt::Result {
+        let m = self.machine;
+        writeln!(md, "## Machine")?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "- CPU: {}, {} logical cores{}",
+            m.cpu_model,
+            m.cores,
+            if m.virtualised { " (virtual machine)" } else { "" }
+        )?;
+        writeln!(md, "- Memory: {:.1} GiB", m.memory_gib)?;
+        writeln!(md, "- Kernel: Linux {}; OS: {}", m.kernel, m.os)?;
+        if let Some(rt) = self.round_trips {
+            writeln!(
+                md,
+                "- Tango: PyTango {} from PyPI (its wheel bundles cppTango, omniORB and libzmq), \
+                 Python client and device server on 127.0.0.1",
+                rt.pytango
+            )?;
+        }
+        writeln!(md, "- Everything (client, server, daemon, OTLP receiver) shares the same cores.")?;
+        writeln!(md)
+    }
+
+    fn write_commands(&self, md: &mut String) -> std::fmt::Result {
+        writeln!(md, "## Commands")?;
+        writeln!(md)?;
+        if self.arguments.is_empty() {
+            writeln!(md, "This run: `tango-bench` with its defaults.")?;
+        } else {
+            writeln!(md, "This run: `tango-bench {}`.", self.arguments)?;
+        }
+        writeln!(md)?;
+        writeln!(md, "```sh")?;
+        writeln!(
+            md,
+            "cargo xtask bench                # bootstrap, release build, full run, writes BENCHMARKS.md"
+        )?;
+        writeln!(md, "cargo xtask bench -- --quick     # ~1 minute")?;
+        writeln!(md, "cargo xtask bench -- --replay-only   # assembly throughput only (no root needed)")?;
+        writeln!(
+            md,
+            "cargo run --release -p benches --bin tango-bench -- --record-session   # re-record benches/data/session.jsonl (root)"
+        )?;
+        writeln!(md, "```")?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "What the round-trip benchmark starts (`<...>` are ephemeral ports, the run's \
+             temporary directory and its marker):"
+        )?;
+        writeln!(md)?;
+        writeln!(md, "```sh")?;
+        writeln!(
+            md,
+            "otlp-receiver --http 127.0.0.1:0 --grpc 127.0.0.1:0 --quiet   # one for the daemon, one for native telemetry"
+        )?;
+        writeln!(
+            md,
+            "python tests/python/demo_server.py <instance> <port> {}       # three servers: marked, plain, native",
+            roundtrip::DEVICE
+        )?;
+        if let Some(rt) = self.round_trips {
+            writeln!(
+                md,
+                "python tests/python/bench_read_loop.py 'tango://127.0.0.1:<port>/{}#dbase=no' {} --warmup {}",
+                roundtrip::DEVICE,
+                rt.sizes.calls,
+                rt.sizes.warmup
+            )?;
+        }
+        writeln!(md, "{}", roundtrip::daemon_command_text())?;
+        writeln!(md, "```")?;
+        writeln!(md)?;
+        writeln!(
+            md,
+            "Marked processes (server and client of the untraced and traced runs) have \
+             `{}=<marker>` in their environment. Native telemetry, on the native server and its \
+             client only:",
+            roundtrip::MARKER
+        )?;
+        writeln!(md)?;
+        writeln!(md, "```sh")?;
+        writeln!(md, "TANGO_TELEMETRY_ENABLE=on")?;
+        writeln!(md, "TANGO_TELEMETRY_TRACING_EXPORTERS=http")?;
+        writeln!(md, "TANGO_TELEMETRY_TRACING_ENDPOINTS=http://127.0.0.1:<port>/v1/traces")?;
+        writeln!(md, "TANGO_TELEMETRY_LOGGING_EXPORTERS=console")?;
+        writeln!(md, "TANGO_TELEMETRY_LOGGING_ENDPOINTS=cerr")?;
+        writeln!(md, "```")
+    }
+}
+
+fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
+    let untraced: Vec<f64> = rt.of(Config::Untraced).map(|s| s.calls_per_s).collect();
+    let base = median(&untraced);
+    writeln!(md, "## Round trips: `DeviceProxy.read_attribute` (headline)")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "A Python loop of {} `read_attribute(\"temperature\")` calls (after {} untimed warm-up \
+         calls) against a PyTango device server without database, in {} rounds. Rounds \
+         alternate their order (untraced, native, traced, not selected; then the reverse) so \
+         drift of the machine hits every configuration alike. Calls/s are medians over the \
+         rounds; the ratio is the ratio of the medians, and its spread is the range of the \
+         per-round ratios (each run against the untraced run of its round).",
+        rt.sizes.calls, rt.sizes.warmup, rt.sizes.rounds
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| configuration | calls/s (median) | calls/s min–max | ratio to untraced | per-round ratio min–max | p50 µs | p99 µs |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for config in Config::ALL {
+        let samples: Vec<&Sample> = rt.of(config).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let rates: Vec<f64> = samples.iter().map(|s| s.calls_per_s).collect();
+        let (lo, hi) = min_max(&rates);
+        let mid = median(&rates);
+        let (ratio, spread) = if config == Config::Untraced {
+            ("1".to_string(), "–".to_string())
+        } else {
+            let ratios = paired_ratios(rt, config);
+            let (rlo, rhi) = min_max(&ratios);
+            (format!("**{:.3}**", mid / base), format!("{rlo:.3}–{rhi:.3} (median {:.3})", median(&ratios)))
+        };
+        writeln!(
+            md,
+            "| {} | {} | {}–{} | {ratio} | {spread} | {} | {} |",
+            config.label(),
+            thousands(mid),
+            thousands(lo),
+            thousands(hi),
+            opt(medians(&samples, |s| Some(s.p50_us)), 0),
+            opt(medians(&samples, |s| Some(s.p99_us)), 0),
+        )?;
+    }
+    writeln!(md)?;
+    let traced = median(&rt.of(Config::Traced).map(|s| s.calls_per_s).collect::<Vec<_>>());
+    let ratio = traced / base;
+    writeln!(
+        md,
+        "Traced / untraced = **{ratio:.3}** (median of the per-round ratios {:.3}) against a \
+         target of ≥ {ROUND_TRIP_TARGET}: {}.",
+        median(&paired_ratios(rt, Config::Traced)),
+        if ratio >= ROUND_TRIP_TARGET { "met" } else { "**not met**" }
+    )?;
+    writeln!(md)?;
+
+    writeln!(
+        md,
+        "CPU per call (medians over the rounds). The client's is its own CPU time over the \
+         timed calls; the server's and the daemon's are their CPU time over the whole client \
+         run divided by all its calls, warm-up included; the daemon's wake-ups are the context \
+         switches of its threads over the same run. The OTLP receiver (a stand-in for a \
+         collector, which would usually run elsewhere) shares the machine too. The last column is the load of processes \
+         outside the benchmark during the runs (machine busy time from `/proc/stat` minus the \
+         benchmark's own processes): the machine is shared, and this is how much of it others \
+         took:"
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| configuration | client CPU µs/call | server CPU µs/call | daemon CPU µs/call | daemon wake-ups/call | OTLP receiver CPU µs/call | other processes (cores) |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for config in Config::ALL {
+        let samples: Vec<&Sample> = rt.of(config).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            config.label(),
+            opt(medians(&samples, |s| Some(s.client_cpu_us)), 1),
+            opt(medians(&samples, |s| s.server_cpu_us), 1),
+            opt(medians(&samples, |s| s.daemon_cpu_us), 1),
+            opt(medians(&samples, |s| s.daemon_switches), 2),
+            opt(medians(&samples, |s| s.receiver_cpu_us), 1),
+            opt(medians(&samples, |s| s.foreign_cores), 2),
+        )?;
+    }
+    writeln!(md)?;
+
+    writeln!(md, "Every run, calls/s, in the order of its round:")?;
+    writeln!(md)?;
+    write!(md, "| round | order |")?;
+    for config in Config::ALL {
+        write!(md, " {} |", config.label())?;
+    }
+    writeln!(md, " other processes, highest (cores) |")?;
+    write!(md, "| ---: | --- |")?;
+    for _ in Config::ALL {
+        write!(md, " ---: |")?;
+    }
+    writeln!(md, " ---: |")?;
+    for round in 0..rt.sizes.rounds {
+        let in_round: Vec<&Sample> = rt.samples.iter().filter(|s| s.round == round).collect();
+        let order: Vec<&str> = in_round.iter().map(|s| s.config.short()).collect();
+        write!(md, "| {} | {} |", round + 1, order.join(" "))?;
+        for config in Config::ALL {
+            match in_round.iter().find(|s| s.config == config) {
+                Some(s) => {
+                    let mark = if s.other_tracer { " †" } else { "" };
+                    write!(md, " {}{mark} |", thousands(s.calls_per_s))?;
+                }
+                None => write!(md, " – |")?,
+            }
+        }
+        let load = in_round.iter().filter_map(|s| s.foreign_cores).reduce(f64::max);
+        writeln!(md, " {} |", opt(load, 2))?;
+    }
+    writeln!(md)?;
+    writeln!(md, "U untraced, N native, T traced, S daemon attached but process not selected.")?;
+    if rt.samples.iter().any(|s| s.other_tracer) {
+        writeln!(
+            md,
+            "† another tango-tracer (not the benchmark's) was running: its tracepoints were attached."
+        )?;
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "Before each run the benchmark waited until processes outside it kept fewer than {} \
+         cores busy over half a second and no other tango-tracer ran, for at most {:.0} s over the whole benchmark; it waited \
+         {:.1} s in all.",
+        roundtrip::QUIET_THRESHOLD,
+        rt.sizes.quiet_budget.as_secs_f64(),
+        rt.quiet_waited.as_secs_f64()
+    )?;
+    writeln!(md)?;
+    writeln!(md, "### How the configurations are set up, and why")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "- **Untraced** runs have no daemon at all: the reference is a machine without \
+         tango-tracer. They use the same server process as the traced runs, so untraced and \
+         traced differ only by the daemon.\n\
+         - **Traced** runs have the daemon running with `--select-env` matching the server and the \
+         client, exporting OTLP/HTTP (protobuf, gzip, batches of up to 512 spans, every second) \
+         to a real OTLP receiver on the same machine.\n\
+         - **Native** runs use a server started with cppTango's telemetry on (see Commands) and a \
+         client with the same environment, exporting OTLP/HTTP to a second receiver; no daemon.\n\
+         - **Daemon attached, process not selected**: the daemon runs, but the client and the \
+         server (a third one, without the marker) are not selected. This is what every other \
+         process on a traced host pays: the syscall tracepoints fire for every `sendto`/`recvfrom` \
+         on the machine and the in-kernel filter drops them, so nothing reaches the ring buffer.\n\
+         - The daemon is started once per round and kept running for that round's traced and \
+         not-selected runs, which come back to back (T S, or S T in reversed rounds), and is \
+         stopped (SIGTERM: it flushes) before the untraced and native runs. Keeping one daemon \
+         for the whole benchmark and taking not-selected processes as the untraced baseline would \
+         measure the cost other processes pay, but not the cost of installing tango-tracer at all; \
+         with the daemon stopped for untraced runs the table shows both: traced vs untraced is the \
+         full cost for a traced process, not selected vs untraced the cost for everyone else. \
+         Stopping and starting it every round also makes each traced run start from a fresh \
+         daemon, as a first deployment would."
+    )?;
+    writeln!(md)
+}
+
+fn write_assembly(md: &mut String, assembly: &Assembly) -> std::fmt::Result {
+    writeln!(md, "## Daemon assembly throughput")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "A real session recorded with `tango-tracer run --record` ({} probe records of a PyTango \
+         client doing reads, writes and commands against a demo server, and of that server; \
+         `benches/data/session.jsonl`) is replayed in a loop on one thread: every pass pushes all \
+         records through `Assembler::push`, then `drain`s the finished spans and `expire`s stale \
+         state, as the daemon does. Timestamps move forward by the session's length each pass. \
+         One Tango operation is one client span (its server span is assembled too). One pass \
+         holds {} operations. Rates are those of the median pass (every pass does the same work, \
+         so this is the rate while no other process takes the core); the whole-run rate, \
+         interruptions included, is next to it.",
+        assembly.session_records, assembly.session_operations
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| path | passes | seconds | records/s | GIOP messages/s | spans/s | Tango operations/s | operations/s, whole run | target (ops/s) |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let row = |md: &mut String, name: &str, run: &ReplayRun, target: bool| -> std::fmt::Result {
+        let ops = run.per_second_median(run.client_spans);
+        let target = if !target {
+            "–".to_string()
+        } else if ops >= ASSEMBLY_TARGET {
+            format!("≥ {} (met)", thousands(ASSEMBLY_TARGET))
+        } else {
+            format!("≥ {} (**not met**)", thousands(ASSEMBLY_TARGET))
+        };
+        writeln!(
+            md,
+            "| {name} | {} | {:.2} | {} | {} | {} | **{}** | {} | {target} |",
+            run.passes,
+            run.elapsed.as_secs_f64(),
+            thousands(run.per_second_median(run.records)),
+            thousands(run.per_second_median(run.messages)),
+            thousands(run.per_second_median(run.spans)),
+            thousands(ops),
+            thousands(run.per_second(run.client_spans)),
+        )
+    };
+    row(md, "assembly (push + drain + expire)", &assembly.assembly, true)?;
+    if let Some(otlp) = &assembly.otlp {
+        row(md, "assembly + OTLP request (resource, protobuf, gzip)", otlp, false)?;
+    }
+    writeln!(md)?;
+    if let Some(otlp) = &assembly.otlp {
+        writeln!(
+            md,
+            "The second row also turns every exported span into the exporter's `SpanRecord` \
+             (resource, attributes, status) and builds, encodes and gzip-compresses OTLP requests \
+             of up to 512 spans, as the daemon and its OTLP/HTTP exporter do; only the network is \
+             left out. It exports {:.0}% of the assembled spans (the rest are operations native \
+             telemetry does not trace either) in requests of {:.0} compressed bytes per span.",
+            100.0 * otlp.exported_spans as f64 / otlp.spans.max(1) as f64,
+            otlp.otlp_bytes as f64 / otlp.exported_spans.max(1) as f64
+        )?;
+        writeln!(md)?;
+    }
+    Ok(())
+}
+
+/// Where the traced run's cost goes, from this run's numbers.
+fn write_costs(md: &mut String, rt: &RoundTrips, assembly: Option<&Assembly>) -> std::fmt::Result {
+    let rate = |c: Config| median(&rt.of(c).map(|s| s.calls_per_s).collect::<Vec<_>>());
+    let cpu = |c: Config, f: &dyn Fn(&Sample) -> Option<f64>| {
+        medians(&rt.of(c).collect::<Vec<_>>(), f).unwrap_or(f64::NAN)
+    };
+    let processes = |c: Config| cpu(c, &|s| Some(s.client_cpu_us)) + cpu(c, &|s| s.server_cpu_us);
+    let (untraced, traced, not_selected) =
+        (rate(Config::Untraced), rate(Config::Traced), rate(Config::NotSelected));
+    if !(untraced.is_finite() && traced.is_finite() && not_selected.is_finite()) {
+        return Ok(());
+    }
+    let daemon = cpu(Config::Traced, &|s| s.daemon_cpu_us);
+    let wakeups = cpu(Config::Traced, &|s| s.daemon_switches);
+    writeln!(md, "## Where the traced run's cost goes")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "From the tables above (medians; single runs on this shared machine vary by tens \
+         of percent, so small differences are within noise):"
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "- **Tracepoints alone** (daemon attached, process not selected, against untraced): \
+         {:.3} of the untraced rate; client + server CPU {:.0} → {:.0} µs per call. The kernel \
+         runs the programs on every `sendto`/`recvfrom` and drops the records of processes not \
+         selected.",
+        not_selected / untraced,
+        processes(Config::Untraced),
+        processes(Config::NotSelected),
+    )?;
+    writeln!(
+        md,
+        "- **Capture and the daemon** (traced against not selected): {:.3}; client + server CPU \
+         {:.0} → {:.0} µs per call (copying each GIOP message into the ring buffer happens \
+         inside their system calls), the daemon's own {:.0} µs of CPU per call and the OTLP \
+         receiver's {:.0} µs, all on the same cores as the client and the server; p99 latency \
+         {:.0} → {:.0} µs.",
+        traced / not_selected,
+        processes(Config::NotSelected),
+        processes(Config::Traced),
+        daemon,
+        cpu(Config::Traced, &|s| s.receiver_cpu_us),
+        cpu(Config::NotSelected, &|s| Some(s.p99_us)),
+        cpu(Config::Traced, &|s| Some(s.p99_us)),
+    )?;
+    if let Some(assembly) = assembly {
+        let per_op = 1e6 / assembly.assembly.per_second_median(assembly.assembly.client_spans);
+        let with_otlp = assembly.otlp.as_ref().map(|run| 1e6 / run.per_second_median(run.client_spans));
+        let work = with_otlp.unwrap_or(per_op);
+        // Whether the daemon is still woken for (about) every record decides what the rest is.
+        let rest = if wakeups >= 2.0 {
+            format!(
+                "it is woken for about every one of them ({wakeups:.1} wake-ups per call) and \
+                 hands work between its threads"
+            )
+        } else {
+            format!(
+                "its wake-ups are batched ({wakeups:.2} per call), so this is the handling of \
+                 records and spans outside assembly proper: reading and decoding the ring \
+                 buffer, per-process bookkeeping, and the exporter's queue and HTTP client"
+            )
+        };
+        writeln!(
+            md,
+            "- **Inside the daemon**: assembling one operation's spans costs {per_op:.1} µs{} on \
+             an otherwise idle core (replay above). The other ~{:.0} µs of daemon CPU per call \
+             are spent around it: each call makes 4 probe records (request and reply, each seen \
+             by client and server), and {rest}.",
+            with_otlp.map(|w| format!(" and {w:.1} µs with OTLP encoding")).unwrap_or_default(),
+            (daemon - work).max(0.0),
+        )?;
+    }
+    writeln!(
+        md,
+        "- **Native telemetry** for comparison: client + server CPU {:.0} µs per call against \
+         {:.0} untraced; its cost stays inside the two processes.",
+        processes(Config::Native),
+        processes(Config::Untraced),
+    )?;
+    writeln!(md)
+}
+
+fn request_row(md: &mut String, name: &str, stats: &RequestStats, calls: usize) -> std::fmt::Result {
+    let spans: Vec<f64> = stats.requests.iter().map(|r| r.1 as f64).collect();
+    let resources: Vec<f64> = stats.requests.iter().map(|r| r.0 as f64).collect();
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let max = |v: &[f64]| v.iter().copied().reduce(f64::max);
+    writeln!(
+        md,
+        "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+        stats.requests.len(),
+        thousands(stats.spans() as f64),
+        opt(mean(&spans), 1),
+        opt(max(&spans), 0),
+        opt(mean(&resources), 2),
+        opt(max(&resources), 0),
+        opt((calls > 0).then(|| stats.spans() as f64 / calls as f64), 2),
+    )
+}
+
+fn write_requests(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
+    writeln!(md, "## Spans per OTLP request")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "What the OTLP receivers got during the round trips above (the daemon's receiver during \
+         the traced runs; the native receiver during the native runs, for comparison). Spans per \
+         read call should be about 2 (one client and one server span each); the daemon also \
+         exports what it saw while being stopped."
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| exporter | requests | spans | spans/request mean | spans/request max | resource_spans/request mean | resource_spans/request max | spans per read call |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    request_row(md, "tango-tracer (OTLP/HTTP)", &rt.traced_requests, rt.calls_made(Config::Traced))?;
+    request_row(md, "cppTango native (OTLP/HTTP)", &rt.native_requests, rt.calls_made(Config::Native))?;
+    if let Some((spans, requests)) = rt.traced_requests.totals
+        && requests != rt.traced_requests.requests.len()
+    {
+        writeln!(md)?;
+        writeln!(
+            md,
+            "(The daemon's receiver counted {requests} requests with {spans} spans in all; \
+             {} were reported one by one.)",
+            rt.traced_requests.requests.len()
+        )?;
+    }
+    writeln!(md)
+}
+
+fn write_memory(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
+    writeln!(md, "## Daemon memory and start-up")?;
+    writeln!(md)?;
+    let rss: Vec<f64> = rt.daemon_memory_kib.iter().map(|m| m.0 as f64 / 1024.0).collect();
+    let peak = rt.daemon_memory_kib.iter().map(|m| m.1 as f64 / 1024.0).fold(f64::NAN, f64::max);
+    let starts: Vec<f64> = rt.daemon_start.iter().map(Duration::as_secs_f64).collect();
+    writeln!(md, "| measure | value |")?;
+    writeln!(md, "| --- | ---: |")?;
+    if !rss.is_empty() {
+        let (lo, hi) = min_max(&rss);
+        writeln!(
+            md,
+            "| daemon VmRSS right after a traced run (median, min–max) | {:.1} MiB ({lo:.1}–{hi:.1}) |",
+            median(&rss)
+        )?;
+        writeln!(md, "| daemon VmHWM (peak RSS), highest | {peak:.1} MiB |")?;
+    }
+    if !starts.is_empty() {
+        let (lo, hi) = min_max(&starts);
+        writeln!(
+            md,
+            "| daemon start until probes attached (median, min–max) | {:.2} s ({lo:.2}–{hi:.2}) |",
+            median(&starts)
+        )?;
+    }
+    writeln!(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_numbers() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(thousands(212_345.4), "212,345");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+    }
+}

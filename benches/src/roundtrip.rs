@@ -1,0 +1,524 @@
+//! Round trips of a PyTango client against a PyTango device server, side by side in one run:
+//! untraced, traced by tango-tracer, cppTango's native telemetry, and the daemon attached while
+//! the process is not selected.
+//!
+//! Rounds alternate their order (U N T S, then S T N U, …) so slow drift of the machine hits
+//! every configuration alike, and the daemon is started once per round for its two
+//! configurations, which run back to back.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::procs::{self, Proc};
+
+/// Environment variable that marks the processes the daemon selects.
+pub const MARKER: &str = "TANGO_BENCH";
+/// The device every server serves.
+pub const DEVICE: &str = "test/bench/1";
+
+/// One way of running the same client loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// No daemon running.
+    Untraced,
+    /// The daemon running and selecting the client and the server.
+    Traced,
+    /// cppTango's own telemetry in client and server; no daemon.
+    Native,
+    /// The daemon running, but the client and server are not selected.
+    NotSelected,
+}
+
+impl Config {
+    pub const ALL: [Config; 4] = [Config::Untraced, Config::Traced, Config::Native, Config::NotSelected];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced (no daemon)",
+            Config::Traced => "traced by tango-tracer",
+            Config::Native => "cppTango native telemetry (OTLP/HTTP)",
+            Config::NotSelected => "daemon attached, process not selected",
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Config::Untraced => "U",
+            Config::Traced => "T",
+            Config::Native => "N",
+            Config::NotSelected => "S",
+        }
+    }
+
+    fn needs_daemon(self) -> bool {
+        matches!(self, Config::Traced | Config::NotSelected)
+    }
+}
+
+/// Sizes of the round-trip benchmark.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub rounds: usize,
+    pub calls: usize,
+    pub warmup: usize,
+    /// Longest time, all runs together, spent waiting for other processes to calm down.
+    pub quiet_budget: Duration,
+}
+
+/// Other processes' load (cores) under which a run starts at once.
+pub const QUIET_THRESHOLD: f64 = 0.2;
+
+/// Programs and scripts the benchmark runs.
+#[derive(Clone, Debug)]
+pub struct Programs {
+    pub python: PathBuf,
+    pub demo_server: PathBuf,
+    pub client: PathBuf,
+    pub tracer: PathBuf,
+    pub receiver: PathBuf,
+}
+
+/// One client run.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub config: Config,
+    pub round: usize,
+    pub calls_per_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Client CPU per timed call.
+    pub client_cpu_us: f64,
+    /// Server CPU per call (warm-up calls included in the count).
+    pub server_cpu_us: Option<f64>,
+    /// Daemon CPU per call (warm-up calls included in the count), when it runs.
+    pub daemon_cpu_us: Option<f64>,
+    /// Daemon context switches (wake-ups) per call, when it runs.
+    pub daemon_switches: Option<f64>,
+    /// CPU per call of the OTLP receiver the run exports to (traced and native runs).
+    pub receiver_cpu_us: Option<f64>,
+    /// Cores kept busy by processes not of the benchmark during the client's run.
+    pub foreign_cores: Option<f64>,
+    /// Whether another tango-tracer (someone else's) ran when the client started.
+    pub other_tracer: bool,
+}
+
+/// What one receiver saw.
+#[derive(Clone, Debug, Default)]
+pub struct RequestStats {
+    /// (resource_spans, spans) of every request, in arrival order.
+    pub requests: Vec<(usize, usize)>,
+    /// The receiver's own totals on exit: (spans, requests).
+    pub totals: Option<(usize, usize)>,
+}
+
+impl RequestStats {
+    pub fn spans(&self) -> usize {
+        self.totals.map(|(spans, _)| spans).unwrap_or_else(|| self.requests.iter().map(|r| r.1).sum())
+    }
+}
+
+/// Everything the round-trip benchmark measured.
+#[derive(Clone, Debug)]
+pub struct RoundTrips {
+    pub sizes: Sizes,
+    pub samples: Vec<Sample>,
+    pub pytango: String,
+    pub traced_requests: RequestStats,
+    pub native_requests: RequestStats,
+    /// Daemon (VmRSS, VmHWM) in KiB after each traced run.
+    pub daemon_memory_kib: Vec<(u64, u64)>,
+    /// Time from starting the daemon to its ready file, per start.
+    pub daemon_start: Vec<Duration>,
+    /// Read calls (warm-up included) made in each configuration.
+    pub calls_made: Vec<(Config, usize)>,
+    /// Time spent waiting for a quiet machine before runs.
+    pub quiet_waited: Duration,
+}
+
+impl RoundTrips {
+    pub fn of(&self, config: Config) -> impl Iterator<Item = &Sample> {
+        self.samples.iter().filter(move |s| s.config == config)
+    }
+
+    pub fn calls_made(&self, config: Config) -> usize {
+        self.calls_made.iter().filter(|(c, _)| *c == config).map(|(_, n)| n).sum()
+    }
+}
+
+/// `OTLP/HTTP http://127.0.0.1:PORT/v1/traces` from the receiver's first line.
+fn receiver_endpoint(stderr: &str) -> Option<String> {
+    let rest = stderr.split("OTLP/HTTP ").nth(1)?;
+    let url = rest.split_whitespace().next()?;
+    url.ends_with("/v1/traces").then(|| url.to_string())
+}
+
+/// An `otlp-receiver` process on ephemeral ports.
+struct Receiver {
+    proc: Proc,
+    /// `http://127.0.0.1:PORT/v1/traces`
+    traces_url: String,
+}
+
+impl Receiver {
+    fn start(name: &str, programs: &Programs, dir: &Path) -> anyhow::Result<Receiver> {
+        let mut command = Command::new(&programs.receiver);
+        command.args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"]);
+        let mut proc = Proc::spawn(name, command, dir)?;
+        let traces_url = procs::wait_for_stderr(&mut proc, Duration::from_secs(30), receiver_endpoint)?;
+        Ok(Receiver { proc, traces_url })
+    }
+
+    /// `http://127.0.0.1:PORT`, the base the OTEL_EXPORTER_OTLP_ENDPOINT convention wants.
+    fn base_url(&self) -> &str {
+        self.traces_url.strip_suffix("/v1/traces").unwrap_or(&self.traces_url)
+    }
+
+    /// Stops it and reads what it reported about every request.
+    fn finish(mut self) -> RequestStats {
+        // It reports requests every 200 ms: let the last ones be written before stopping it.
+        std::thread::sleep(Duration::from_millis(500));
+        self.proc.stop(Duration::from_secs(10));
+        parse_receiver_log(&self.proc.stderr())
+    }
+}
+
+/// Reads `otlp-receiver: http request: R resource_spans, S spans` and the closing
+/// `otlp-receiver: S spans in R requests`.
+pub fn parse_receiver_log(text: &str) -> RequestStats {
+    let mut stats = RequestStats::default();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("otlp-receiver: ") else {
+            continue;
+        };
+        let numbers: Vec<usize> =
+            rest.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        if rest.contains(" request: ") && rest.contains("resource_spans") {
+            if let [resource_spans, spans, ..] = numbers[..] {
+                stats.requests.push((resource_spans, spans));
+            }
+        } else if rest.contains(" spans in ")
+            && rest.ends_with("requests")
+            && let [spans, requests] = numbers[..]
+        {
+            stats.totals = Some((spans, requests));
+        }
+    }
+    stats
+}
+
+/// A demo device server without database.
+struct Server {
+    proc: Proc,
+    url: String,
+}
+
+/// Environment that turns on cppTango's native telemetry towards `traces_url`.
+fn native_env(traces_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TANGO_TELEMETRY_ENABLE", "on".into()),
+        ("TANGO_TELEMETRY_TRACING_EXPORTERS", "http".into()),
+        ("TANGO_TELEMETRY_TRACING_ENDPOINTS", traces_url.into()),
+        ("TANGO_TELEMETRY_LOGGING_EXPORTERS", "console".into()),
+        ("TANGO_TELEMETRY_LOGGING_ENDPOINTS", "cerr".into()),
+    ]
+}
+
+/// A Python command with a clean slate: no telemetry, no OTLP settings, no marker inherited.
+fn python_command(programs: &Programs, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(&programs.python);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("TANGO_TELEMETRY_")
+            || name.starts_with("PYTANGO_TELEMETRY")
+            || name.starts_with("OTEL_")
+            || name == MARKER
+        {
+            command.env_remove(&*name);
+        }
+    }
+    command.envs(env.iter().map(|(n, v)| (n, v)));
+    command
+}
+
+impl Server {
+    fn start(name: &str, programs: &Programs, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Server> {
+        let port = procs::free_port()?;
+        let mut command = python_command(programs, env);
+        command.arg(&programs.demo_server).arg(name).arg(port.to_string()).arg(DEVICE);
+        let mut proc = Proc::spawn(name, command, dir)?;
+        procs::wait_for_port(port, &mut proc, Duration::from_secs(60))?;
+        Ok(Server { proc, url: format!("tango://127.0.0.1:{port}/{DEVICE}#dbase=no") })
+    }
+}
+
+/// The tango-tracer daemon selecting processes marked with `marker`.
+struct Daemon {
+    proc: Proc,
+}
+
+/// The daemon's command line, as BENCHMARKS.md shows it (placeholders in angle brackets).
+pub fn daemon_command_text() -> String {
+    format!(
+        "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<port> OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+         tango-tracer run --ready-file <dir>/ready --select-env {MARKER}=<marker> \
+         --export-interval 1s --exporter otlp"
+    )
+}
+
+impl Daemon {
+    fn start(
+        index: usize,
+        programs: &Programs,
+        dir: &Path,
+        marker: &str,
+        receiver: &Receiver,
+    ) -> anyhow::Result<(Daemon, Duration)> {
+        let ready = dir.join(format!("daemon-{index}.ready"));
+        let mut command = Command::new(&programs.tracer);
+        command
+            .arg("run")
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--select-env")
+            .arg(format!("{MARKER}={marker}"))
+            .args(["--export-interval", "1s", "--exporter", "otlp"])
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .env_remove("OTEL_TRACES_EXPORTER")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base_url())
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            // Never the system-wide default store: nothing should be written there.
+            .env("TANGO_TRACER_STORE", dir.join("store.jsonl"))
+            .env("RUST_LOG", "warn");
+        let started = Instant::now();
+        let mut proc = Proc::spawn(&format!("daemon-{index}"), command, dir)?;
+        procs::wait_for_file(&ready, &mut proc, Duration::from_secs(90))?;
+        Ok((Daemon { proc }, started.elapsed()))
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.proc.stop(Duration::from_secs(30));
+        match self.proc.exited() {
+            Some(status) if status.success() => Ok(()),
+            status => bail!("tango-tracer ended with {status:?}:\n{}", self.proc.stderr_tail()),
+        }
+    }
+}
+
+/// The client's JSON line.
+#[derive(serde::Deserialize)]
+struct ClientOutput {
+    pytango: String,
+    calls_per_s: f64,
+    cpu_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs the whole round-trip benchmark; `dir` keeps logs.
+pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<RoundTrips> {
+    anyhow::ensure!(sizes.rounds >= 1 && sizes.calls >= 1, "nothing to run");
+    let marker = format!("bench-{}", std::process::id());
+    let marked = [(MARKER, marker.clone())];
+    let traced_receiver = Receiver::start("receiver-traced", programs, dir)?;
+    let native_receiver = Receiver::start("receiver-native", programs, dir)?;
+    let native = native_env(&native_receiver.traces_url);
+
+    // Untraced and traced runs use the same marked server: they differ only by the daemon.
+    let marked_server = Server::start("server-marked", programs, dir, &marked)?;
+    let plain_server = Server::start("server-plain", programs, dir, &[])?;
+    let native_server = Server::start("server-native", programs, dir, &native)?;
+
+    let mut result = RoundTrips {
+        sizes,
+        samples: Vec::new(),
+        pytango: String::new(),
+        traced_requests: RequestStats::default(),
+        native_requests: RequestStats::default(),
+        daemon_memory_kib: Vec::new(),
+        daemon_start: Vec::new(),
+        calls_made: Vec::new(),
+        quiet_waited: Duration::ZERO,
+    };
+    let mut quiet_budget = sizes.quiet_budget;
+    let mut daemons = 0;
+    for round in 0..sizes.rounds {
+        let mut order = [Config::Untraced, Config::Native, Config::Traced, Config::NotSelected];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut daemon: Option<Daemon> = None;
+        for config in order {
+            if config.needs_daemon() && daemon.is_none() {
+                let (started, took) = Daemon::start(daemons, programs, dir, &marker, &traced_receiver)?;
+                daemons += 1;
+                result.daemon_start.push(took);
+                daemon = Some(started);
+            }
+            if !config.needs_daemon()
+                && let Some(running) = daemon.take()
+            {
+                running.stop()?;
+            }
+            let (server, env): (&Server, &[(&str, String)]) = match config {
+                Config::Untraced | Config::Traced => (&marked_server, &marked),
+                Config::Native => (&native_server, &native),
+                Config::NotSelected => (&plain_server, &[]),
+            };
+            let daemon_pid = daemon.as_ref().map(|d| d.proc.pid());
+            let ours: Vec<u32> = [
+                &traced_receiver.proc,
+                &native_receiver.proc,
+                &marked_server.proc,
+                &plain_server.proc,
+                &native_server.proc,
+            ]
+            .iter()
+            .map(|p| p.pid())
+            .chain(daemon_pid)
+            .chain([std::process::id()])
+            .collect();
+            // Other users of a shared machine (builds) disturb runs: wait a little for calm.
+            let budget_before = quiet_budget;
+            procs::wait_for_quiet(&ours, QUIET_THRESHOLD, &mut quiet_budget);
+            result.quiet_waited += budget_before - quiet_budget;
+            let receiver = match config {
+                Config::Traced => Some(traced_receiver.proc.pid()),
+                Config::Native => Some(native_receiver.proc.pid()),
+                Config::Untraced | Config::NotSelected => None,
+            };
+            let pids = Pids { daemon: daemon_pid, receiver, ours: &ours };
+            let sample = run_client(programs, sizes, dir, (round, config), server, env, &pids)?;
+            eprintln!(
+                "tango-bench: round {}/{} {:<38} {:>8.0} calls/s  p50 {:>6.1} us  p99 {:>7.1} us  other load {:.2}",
+                round + 1,
+                sizes.rounds,
+                config.label(),
+                sample.0.calls_per_s,
+                sample.0.p50_us,
+                sample.0.p99_us,
+                sample.0.foreign_cores.unwrap_or(f64::NAN),
+            );
+            if config == Config::Traced
+                && let Some(memory) = daemon_pid.and_then(procs::memory_kib)
+            {
+                result.daemon_memory_kib.push(memory);
+            }
+            result.pytango = sample.1;
+            result.samples.push(sample.0);
+            result.calls_made.push((config, sizes.calls + sizes.warmup));
+        }
+        if let Some(running) = daemon.take() {
+            running.stop()?;
+        }
+    }
+    // Native servers export on a timer: stopping them flushes what they hold.
+    drop(native_server);
+    drop(marked_server);
+    drop(plain_server);
+    result.traced_requests = traced_receiver.finish();
+    result.native_requests = native_receiver.finish();
+    Ok(result)
+}
+
+/// Processes whose CPU a client run accounts for.
+struct Pids<'a> {
+    daemon: Option<u32>,
+    receiver: Option<u32>,
+    /// Every process of the benchmark, idle or not.
+    ours: &'a [u32],
+}
+
+/// Runs one client to completion; `(round, config)` name the run.
+fn run_client(
+    programs: &Programs,
+    sizes: Sizes,
+    dir: &Path,
+    (round, config): (usize, Config),
+    server: &Server,
+    env: &[(&str, String)],
+    pids: &Pids<'_>,
+) -> anyhow::Result<(Sample, String)> {
+    let mut command = python_command(programs, env);
+    command
+        .arg(&programs.client)
+        .arg(&server.url)
+        .arg(sizes.calls.to_string())
+        .arg("--warmup")
+        .arg(sizes.warmup.to_string());
+    let name = format!("client-{round}-{}", config.short());
+    let server_pid = Some(server.proc.pid());
+    let cpu_of = |pid: Option<u32>| pid.and_then(procs::cpu_time);
+    let before = (cpu_of(server_pid), cpu_of(pids.daemon), cpu_of(pids.receiver));
+    let switches_before = pids.daemon.and_then(procs::context_switches);
+    let machine_before = procs::CpuSnapshot::take(pids.ours);
+    let other_tracer = !procs::others_named(procs::TRACER_COMM, pids.ours).is_empty();
+
+    let mut client = Proc::spawn(&name, command, dir)?;
+    // Generous: a round trip takes well under 2 ms even on a loaded 2-core machine.
+    let timeout = Duration::from_secs(60) + Duration::from_millis(2 * sizes.calls as u64);
+    let status = client.wait(timeout)?;
+
+    let foreign_cores = machine_before
+        .zip(procs::CpuSnapshot::take(pids.ours))
+        .and_then(|(before, after)| before.foreign_cores(&after));
+    let calls_run = (sizes.calls + sizes.warmup) as f64;
+    let per_call = |before: Option<Duration>, pid: Option<u32>| -> Option<f64> {
+        let used = cpu_of(pid)?.checked_sub(before?)?;
+        Some(used.as_secs_f64() * 1e6 / calls_run)
+    };
+    let server_cpu_us = per_call(before.0, server_pid);
+    let daemon_cpu_us = per_call(before.1, pids.daemon);
+    let receiver_cpu_us = per_call(before.2, pids.receiver);
+    let daemon_switches = pids
+        .daemon
+        .and_then(procs::context_switches)
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / calls_run);
+
+    if !status.success() {
+        bail!("{name} failed ({status}):\n{}", client.stderr_tail());
+    }
+    let stdout = client.stdout();
+    let line = stdout.lines().last().unwrap_or_default();
+    let output: ClientOutput = serde_json::from_str(line)
+        .with_context(|| format!("{name} printed {stdout:?}, not its JSON result"))?;
+    let sample = Sample {
+        config,
+        round,
+        calls_per_s: output.calls_per_s,
+        p50_us: output.p50_us,
+        p99_us: output.p99_us,
+        client_cpu_us: output.cpu_s * 1e6 / sizes.calls as f64,
+        server_cpu_us,
+        daemon_cpu_us,
+        daemon_switches,
+        receiver_cpu_us,
+        foreign_cores,
+        other_tracer,
+    };
+    Ok((sample, output.pytango))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_receiver_log() {
+        let log = "otlp-receiver: OTLP/HTTP http://127.0.0.1:40001/v1/traces OTLP/gRPC http://127.0.0.1:40002\n\
+                   otlp-receiver: http request: 3 resource_spans, 512 spans (gzip)\n\
+                   otlp-receiver: http request: 2 resource_spans, 17 spans\n\
+                   otlp-receiver: 529 spans in 2 requests\n";
+        assert_eq!(receiver_endpoint(log).as_deref(), Some("http://127.0.0.1:40001/v1/traces"));
+        let stats = parse_receiver_log(log);
+        assert_eq!(stats.requests, vec![(3, 512), (2, 17)]);
+        assert_eq!(stats.totals, Some((529, 2)));
+        assert_eq!(stats.spans(), 529);
+    }
+}
