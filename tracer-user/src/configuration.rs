@@ -53,8 +53,11 @@ pub struct Configuration {
     /// Warnings already logged (each is logged once).
     reported: HashSet<String>,
     /// Routing decisions, valid until the next change of any source (one lookup per span).
-    routes: std::cell::RefCell<HashMap<(u32, Option<String>, OperationClass), Routing>>,
+    routes: std::cell::RefCell<HashMap<RouteKey, Routing>>,
 }
+
+/// (pid, device, operation class): what a routing decision depends on besides the sources.
+type RouteKey = (u32, Option<String>, OperationClass);
 
 /// A span's routing decision.
 #[derive(Clone, Debug, PartialEq)]
