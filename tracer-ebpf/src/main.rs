@@ -308,7 +308,12 @@ fn emit_record(
     if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
         count_lost();
     }
-    let _ = SOCKETS.insert(&socket_key(pid, fd), &1, 0);
+    // A lookup is cheaper than an LRU update, and the socket is known after its first message.
+    let socket = socket_key(pid, fd);
+    // SAFETY: a map lookup; the value is not used.
+    if unsafe { SOCKETS.get(&socket) }.is_none() {
+        let _ = SOCKETS.insert(&socket, &1, 0);
+    }
     Ok(())
 }
 
