@@ -1,8 +1,11 @@
 //! Benchmarks of tango-tracer, run by `cargo xtask bench` through the `tango-bench` binary:
 //! round trips of a PyTango client untraced, traced, and with cppTango's native telemetry
-//! ([`roundtrip`]); the daemon's assembly throughput on a recorded session ([`replay`]); and
-//! BENCHMARKS.md ([`report`]).
+//! ([`roundtrip`]); the same against a legacy (cppTango 9.3.4) server in a Tango database
+//! ([`legacy`]); change events pushed to a subscriber ([`events`]); the daemon's assembly
+//! throughput on a recorded session ([`replay`]); and BENCHMARKS.md ([`report`]).
 
+pub mod events;
+pub mod legacy;
 pub mod procs;
 pub mod replay;
 pub mod report;

@@ -184,6 +184,45 @@ pub fn wait_for_stderr<T>(
     }
 }
 
+/// Waits until `find` extracts something from the standard output of `proc`.
+pub fn wait_for_stdout<T>(
+    proc: &mut Proc,
+    timeout: Duration,
+    find: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = find(&proc.stdout()) {
+            return Ok(found);
+        }
+        if let Some(status) = proc.exited() {
+            bail!("{} exited ({status}):\n{}", proc.name(), proc.stderr_tail());
+        }
+        if Instant::now() >= deadline {
+            bail!("{} did not report in time:\n{}", proc.name(), proc.stderr_tail());
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The version of the cppTango library a process has mapped (`libtango.so.9.3.4` → `9.3.4`,
+/// `libtango-<hash>.so.10.3.3` → `10.3.3`).
+pub fn libtango_version(pid: u32) -> Option<String> {
+    libtango_version_in(&std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?)
+}
+
+/// [`libtango_version`] from the text of `/proc/<pid>/maps`.
+fn libtango_version_in(maps: &str) -> Option<String> {
+    maps.lines().find_map(|line| {
+        let file = line.rsplit('/').next()?;
+        if !file.starts_with("libtango") {
+            return None;
+        }
+        let (_, version) = file.split_once(".so.")?;
+        version.split('.').all(|part| part.parse::<u32>().is_ok()).then(|| version.to_string())
+    })
+}
+
 /// A port of 127.0.0.1 that was free a moment ago (for device servers, which need it on their
 /// command line).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -340,3 +379,18 @@ pub fn wait_for_quiet(ours: &[u32], threshold: f64, budget: &mut Duration) -> Op
 
 /// The daemon's process name.
 pub const TRACER_COMM: &str = "tango-tracer";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_libtango_version() {
+        let debian = "7f00-7f01 r--p 00000000 fe:01 42 /lib/libomniORB4.so.2.0\n\
+                      7f02-7f03 r-xp 00000000 fe:01 43 /lib/libtango.so.9.3.4\n";
+        assert_eq!(libtango_version_in(debian).as_deref(), Some("9.3.4"));
+        let wheel = "7f02-7f03 r-xp 00000000 fe:01 43 /opt/pytango.libs/libtango-ddde0d83.so.10.3.3\n";
+        assert_eq!(libtango_version_in(wheel).as_deref(), Some("10.3.3"));
+        assert_eq!(libtango_version_in("7f02-7f03 r-xp 00000000 fe:01 43 /lib/libc.so.6\n"), None);
+    }
+}

@@ -3,6 +3,8 @@
 use std::{fmt::Write as _, time::Duration};
 
 use crate::{
+    events::{self, EventSample, Events, RunSpans, Workload},
+    legacy::{self, Legacy},
     replay::ReplayRun,
     roundtrip::{self, Config, RequestStats, RoundTrips, Sample},
 };
@@ -77,6 +79,10 @@ pub struct Report<'a> {
     /// The arguments `tango-bench` ran with.
     pub arguments: &'a str,
     pub round_trips: Option<&'a RoundTrips>,
+    /// Untraced and traced against TangoTest 9.3.4.
+    pub legacy: Option<&'a Legacy>,
+    /// Change events untraced and traced.
+    pub events: Option<&'a Events>,
     pub assembly: Option<&'a Assembly>,
 }
 
@@ -149,6 +155,12 @@ impl Report<'_> {
         if let Some(rt) = self.round_trips {
             write_round_trips(md, rt)?;
         }
+        if let Some(legacy) = self.legacy {
+            write_legacy(md, legacy)?;
+        }
+        if let Some(events) = self.events {
+            write_events(md, events)?;
+        }
         if let Some(assembly) = self.assembly {
             write_assembly(md, assembly)?;
         }
@@ -175,15 +187,35 @@ impl Report<'_> {
         )?;
         writeln!(md, "- Memory: {:.1} GiB", m.memory_gib)?;
         writeln!(md, "- Kernel: Linux {}; OS: {}", m.kernel, m.os)?;
-        if let Some(rt) = self.round_trips {
+        let pytango = self
+            .round_trips
+            .map(|rt| rt.pytango.as_str())
+            .or(self.events.map(|e| e.pytango.as_str()))
+            .or(self.legacy.map(|l| l.pytango.as_str()));
+        if let Some(pytango) = pytango {
+            let libtango = self
+                .events
+                .and_then(|e| e.server_libtango.as_deref())
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default();
             writeln!(
                 md,
-                "- Tango: PyTango {} from PyPI (its wheel bundles cppTango, omniORB and libzmq), \
-                 Python client and device server on 127.0.0.1",
-                rt.pytango
+                "- Tango: PyTango {pytango} from PyPI (its wheel bundles cppTango{libtango}, omniORB \
+                 and libzmq), Python clients and device servers on 127.0.0.1",
             )?;
         }
-        writeln!(md, "- Everything (client, server, daemon, OTLP receiver) shares the same cores.")?;
+        if let Some(legacy) = self.legacy {
+            writeln!(
+                md,
+                "- Legacy server: Debian's TangoTest and DataBaseds (cppTango {}) with MariaDB, \
+                 from the distribution's packages",
+                legacy.server_libtango.as_deref().unwrap_or("9.3.4")
+            )?;
+        }
+        writeln!(
+            md,
+            "- Everything (clients, servers, database, daemon, OTLP receiver) shares the same cores."
+        )?;
         writeln!(md)
     }
 
@@ -201,7 +233,7 @@ impl Report<'_> {
             md,
             "cargo xtask bench                # bootstrap, release build, full run, writes BENCHMARKS.md"
         )?;
-        writeln!(md, "cargo xtask bench -- --quick     # ~1 minute")?;
+        writeln!(md, "cargo xtask bench -- --quick     # under 2 minutes")?;
         writeln!(md, "cargo xtask bench -- --replay-only   # assembly throughput only (no root needed)")?;
         writeln!(
             md,
@@ -251,7 +283,74 @@ impl Report<'_> {
         writeln!(md, "TANGO_TELEMETRY_TRACING_ENDPOINTS=http://127.0.0.1:<port>/v1/traces")?;
         writeln!(md, "TANGO_TELEMETRY_LOGGING_EXPORTERS=console")?;
         writeln!(md, "TANGO_TELEMETRY_LOGGING_ENDPOINTS=cerr")?;
-        writeln!(md, "```")
+        writeln!(md, "```")?;
+        if let Some(legacy) = self.legacy {
+            writeln!(md)?;
+            writeln!(
+                md,
+                "The legacy-server benchmark (`TANGO_HOST` of the private database and the marker \
+                 in the environment of the server and every client):"
+            )?;
+            writeln!(md)?;
+            writeln!(md, "```sh")?;
+            writeln!(
+                md,
+                "scripts/tango-stack.sh start <dir>    # MariaDB + DataBaseds 9.3.4, prints TANGO_HOST=127.0.0.1:<port>; `stop <dir>` at the end"
+            )?;
+            writeln!(
+                md,
+                "python tests/python/db_register.py tangotest {} {}",
+                legacy::INSTANCE,
+                legacy::DEVICE
+            )?;
+            writeln!(
+                md,
+                "TangoTest {} -ORBendPoint giop:tcp:127.0.0.1:      # Debian's /usr/lib/tango/TangoTest",
+                legacy::INSTANCE
+            )?;
+            writeln!(
+                md,
+                "python tests/python/bench_attribute_loop.py {} {} {} --warmup {}",
+                legacy::DEVICE,
+                legacy::ATTRIBUTE,
+                legacy.sizes.calls,
+                legacy.sizes.warmup
+            )?;
+            writeln!(md, "```")?;
+        }
+        if let Some(ev) = self.events {
+            writeln!(md)?;
+            writeln!(
+                md,
+                "The event benchmark (the marker in the environment of all three Python processes):"
+            )?;
+            writeln!(md)?;
+            writeln!(md, "```sh")?;
+            writeln!(
+                md,
+                "otlp-receiver --http 127.0.0.1:0 --grpc 127.0.0.1:0 --quiet --out <dir>/event-spans.jsonl"
+            )?;
+            writeln!(md, "python tests/python/demo_server.py <instance> <port> {}", roundtrip::DEVICE)?;
+            let url = format!("'tango://127.0.0.1:<port>/{}#dbase=no'", roundtrip::DEVICE);
+            writeln!(
+                md,
+                "python tests/python/bench_event_sink.py {url} {} <N> --idle {} --timeout <s>",
+                events::ATTRIBUTE,
+                events::IDLE_S
+            )?;
+            writeln!(
+                md,
+                "python tests/python/bench_event_push.py {url} {}              # burst",
+                ev.sizes.burst
+            )?;
+            writeln!(
+                md,
+                "python tests/python/bench_event_push.py {url} {} --commands    # command loop",
+                ev.sizes.commands
+            )?;
+            writeln!(md, "```")?;
+        }
+        Ok(())
     }
 }
 
@@ -650,6 +749,422 @@ fn write_memory(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
         )?;
     }
     writeln!(md)
+}
+
+/// Per-round ratios of `config`'s rate to the untraced run of the same round.
+fn paired_ratios_in<T>(
+    samples: &[T],
+    config: Config,
+    key: impl Fn(&T) -> (usize, Config),
+    rate: impl Fn(&T) -> Option<f64>,
+) -> Vec<f64> {
+    let find = |round: usize, c: Config| samples.iter().find(|s| key(s) == (round, c)).and_then(&rate);
+    let mut rounds: Vec<usize> = samples.iter().map(|s| key(s).0).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    rounds
+        .into_iter()
+        .filter_map(|round| Some(find(round, config)? / find(round, Config::Untraced)?))
+        .collect()
+}
+
+/// "1" for the untraced row, else "**ratio of medians**" and "min–max (median …)" of the
+/// per-round ratios.
+fn ratio_cells(config: Config, mid: f64, base: f64, ratios: &[f64]) -> (String, String) {
+    if config == Config::Untraced {
+        return ("1".to_string(), "–".to_string());
+    }
+    if ratios.is_empty() || !base.is_finite() {
+        return ("–".to_string(), "–".to_string());
+    }
+    let (lo, hi) = min_max(ratios);
+    (format!("**{:.3}**", mid / base), format!("{lo:.3}–{hi:.3} (median {:.3})", median(ratios)))
+}
+
+fn write_legacy(md: &mut String, legacy: &Legacy) -> std::fmt::Result {
+    let libtango = legacy.server_libtango.as_deref().unwrap_or("9.3.4");
+    writeln!(md, "## Legacy server: TangoTest {libtango} in a Tango database")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "A Python loop of {} `read_attribute(\"{}\")` calls (after {} untimed warm-up calls) with \
+         PyTango {} against Debian's TangoTest, a C++ server built on cppTango {libtango}, \
+         registered as `{}` in a private Tango database (MariaDB and DataBaseds 9.3.4 started by \
+         `scripts/tango-stack.sh`, up in {:.1} s). The client finds the device through the \
+         database; on the same host omniORB then talks to the server over its Unix socket. {} \
+         rounds alternate their order (untraced, traced; then the reverse). Untraced runs have no \
+         daemon; each traced run has a fresh one selecting the client and the server, exporting \
+         to an OTLP receiver, as in the headline. Calls/s are medians over the rounds; ratios as \
+         in the headline.",
+        legacy.sizes.calls,
+        legacy::ATTRIBUTE,
+        legacy.sizes.warmup,
+        legacy.pytango,
+        legacy::DEVICE,
+        legacy.stack_start.as_secs_f64(),
+        legacy.sizes.rounds,
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| configuration | calls/s (median) | calls/s min–max | ratio to untraced | per-round ratio min–max | p50 µs | p99 µs | client CPU µs/call | server CPU µs/call | daemon CPU µs/call |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let rate_of = |config: Config| median(&legacy.of(config).map(|s| s.calls_per_s).collect::<Vec<_>>());
+    let base = rate_of(Config::Untraced);
+    for config in legacy::CONFIGS {
+        let samples: Vec<&Sample> = legacy.of(config).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let rates: Vec<f64> = samples.iter().map(|s| s.calls_per_s).collect();
+        let (lo, hi) = min_max(&rates);
+        let mid = median(&rates);
+        let ratios =
+            paired_ratios_in(&legacy.samples, config, |s| (s.round, s.config), |s| Some(s.calls_per_s));
+        let (ratio, spread) = ratio_cells(config, mid, base, &ratios);
+        writeln!(
+            md,
+            "| {} | {} | {}–{} | {ratio} | {spread} | {} | {} | {} | {} | {} |",
+            config.label(),
+            thousands(mid),
+            thousands(lo),
+            thousands(hi),
+            opt(medians(&samples, |s| Some(s.p50_us)), 0),
+            opt(medians(&samples, |s| Some(s.p99_us)), 0),
+            opt(medians(&samples, |s| Some(s.client_cpu_us)), 1),
+            opt(medians(&samples, |s| s.server_cpu_us), 1),
+            opt(medians(&samples, |s| s.daemon_cpu_us), 1),
+        )?;
+    }
+    writeln!(
+        md,
+        "| {} | not possible: cppTango {libtango} has no telemetry of its own (it came with cppTango 10) | – | – | – | – | – | – | – | – |",
+        Config::Native.label()
+    )?;
+    writeln!(md)?;
+    let spans = legacy.traced_requests.spans();
+    writeln!(
+        md,
+        "The daemon's receiver got {} spans in {} requests over the traced runs: {} per read call \
+         (one client span and one server span each, so both sides of the Unix socket are traced; \
+         the client's database look-ups at start add a few){}.",
+        thousands(spans as f64),
+        legacy.traced_requests.requests.len(),
+        opt((legacy.traced_calls > 0).then(|| spans as f64 / legacy.traced_calls as f64), 2),
+        legacy.daemon_lost_records.map_or(String::new(), |lost| format!(
+            "; the daemons reported {} probe records lost to a full ring buffer",
+            thousands(lost as f64)
+        )),
+    )?;
+    writeln!(md)?;
+    writeln!(md, "Every run, calls/s, in the order of its round:")?;
+    writeln!(md)?;
+    writeln!(md, "| round | order | untraced | traced | other processes, highest (cores) |")?;
+    writeln!(md, "| ---: | --- | ---: | ---: | ---: |")?;
+    for round in 0..legacy.sizes.rounds {
+        let in_round: Vec<&Sample> = legacy.samples.iter().filter(|s| s.round == round).collect();
+        let order: Vec<&str> = in_round.iter().map(|s| s.config.short()).collect();
+        write!(md, "| {} | {} |", round + 1, order.join(" "))?;
+        for config in legacy::CONFIGS {
+            match in_round.iter().find(|s| s.config == config) {
+                Some(s) => {
+                    write!(md, " {}{} |", thousands(s.calls_per_s), if s.other_tracer { " †" } else { "" })?
+                }
+                None => write!(md, " – |")?,
+            }
+        }
+        let load = in_round.iter().filter_map(|s| s.foreign_cores).reduce(f64::max);
+        writeln!(md, " {} |", opt(load, 2))?;
+    }
+    writeln!(md)?;
+    if legacy.samples.iter().any(|s| s.other_tracer) {
+        writeln!(md, "† another tango-tracer (not the benchmark's) was running.")?;
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "The benchmark waited {:.1} s in all (at most {:.0} s) for a quiet machine before these runs.",
+        legacy.quiet_waited.as_secs_f64(),
+        legacy.sizes.quiet_budget.as_secs_f64()
+    )?;
+    writeln!(md)
+}
+
+fn sum_spans(samples: &[&EventSample], field: impl Fn(&events::RunSpans) -> usize) -> Option<(usize, usize)> {
+    let traced: Vec<_> =
+        samples.iter().filter_map(|s| s.spans.map(|spans| (field(&spans), s.pushes))).collect();
+    (!traced.is_empty()).then(|| traced.iter().fold((0, 0), |(a, b), (x, y)| (a + x, b + y)))
+}
+
+/// "0.43 (0.40–0.45)": spans per push over all runs, and the range of single runs.
+fn per_push_cell(samples: &[&EventSample], field: impl Fn(&events::RunSpans) -> usize + Copy) -> String {
+    let Some((spans, pushes)) = sum_spans(samples, field) else {
+        return "–".to_string();
+    };
+    let per_run: Vec<f64> =
+        samples.iter().filter_map(|s| s.spans.map(|sp| field(&sp) as f64 / s.pushes.max(1) as f64)).collect();
+    let (lo, hi) = min_max(&per_run);
+    format!("{:.3} ({lo:.3}–{hi:.3})", spans as f64 / pushes.max(1) as f64)
+}
+
+fn write_events(md: &mut String, ev: &Events) -> std::fmt::Result {
+    writeln!(md, "## Events: pushes untraced and traced")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "A PyTango {} demo server without database{} pushes change events of `{}` to one \
+         subscriber process (`bench_event_sink.py`, which counts them in its callback); once the \
+         subscriber is subscribed, a driver process makes the server push N events, in one of two \
+         workloads: a **burst**, one `PushBurst({})` command in which the server pushes {} events \
+         in a tight loop, and a **command loop**, {} `PushTemperature` commands that push one \
+         event each. {} rounds alternate their order (untraced, traced; then the reverse), each \
+         configuration running the burst, then the command loop. Untraced runs have no daemon; \
+         traced ones a fresh daemon per run selecting server, subscriber and driver, exporting to \
+         an OTLP receiver that also writes every span to a file, from which the event spans of \
+         each run are counted.",
+        ev.pytango,
+        ev.server_libtango.as_deref().map(|v| format!(" (cppTango {v})")).unwrap_or_default(),
+        events::ATTRIBUTE,
+        ev.sizes.burst,
+        ev.sizes.burst,
+        ev.sizes.commands,
+        ev.sizes.rounds,
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "*Pushed/s* is the rate the pushing achieved: N over the time the server's loop took \
+         (burst), or N over the driver's command loop (command loop). *Delivered/s* is events \
+         counted by the subscriber over the time from the driver's start to the last event. \
+         Medians over the rounds; ratios are of the medians, with the range of per-round ratios. \
+         *Received* is what the subscriber counted of all pushes; *missed* the pushed values it saw \
+         skipped (each push carries a new value)."
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| workload | configuration | pushed/s (median) | ratio to untraced | delivered/s (median) | delivered/s min–max | ratio to untraced | per-round delivered ratio min–max | received / pushed | missed |"
+    )?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let key = |s: &EventSample| (s.round, s.config);
+    for workload in Workload::ALL {
+        let of_workload: Vec<EventSample> =
+            ev.samples.iter().filter(|s| s.workload == workload).cloned().collect();
+        let median_of = |config: Config, f: &dyn Fn(&EventSample) -> Option<f64>| {
+            let values: Vec<f64> = ev.of(workload, config).filter_map(f).collect();
+            median(&values)
+        };
+        let pushed_base = median_of(Config::Untraced, &|s| Some(s.pushed_per_s));
+        let delivered_base = median_of(Config::Untraced, &|s| s.delivered_per_s);
+        for config in events::CONFIGS {
+            let samples: Vec<&EventSample> = ev.of(workload, config).collect();
+            if samples.is_empty() {
+                continue;
+            }
+            let pushed = median_of(config, &|s| Some(s.pushed_per_s));
+            let delivered: Vec<f64> = samples.iter().filter_map(|s| s.delivered_per_s).collect();
+            let (lo, hi) = min_max(&delivered);
+            let pushed_ratios = paired_ratios_in(&of_workload, config, key, |s| Some(s.pushed_per_s));
+            let delivered_ratios = paired_ratios_in(&of_workload, config, key, |s| s.delivered_per_s);
+            let (pushed_ratio, _) = ratio_cells(config, pushed, pushed_base, &pushed_ratios);
+            let (delivered_ratio, delivered_spread) =
+                ratio_cells(config, median(&delivered), delivered_base, &delivered_ratios);
+            let received: usize = samples.iter().map(|s| s.received).sum();
+            let pushes: usize = samples.iter().map(|s| s.pushes).sum();
+            let missed: usize = samples.iter().map(|s| s.missed).sum();
+            writeln!(
+                md,
+                "| {} | {} | {} | {pushed_ratio} | {} | {}–{} | {delivered_ratio} | {delivered_spread} | {} / {} | {} |",
+                workload.label(),
+                config.label(),
+                thousands(pushed),
+                thousands(median(&delivered)),
+                thousands(lo),
+                thousands(hi),
+                thousands(received as f64),
+                thousands(pushes as f64),
+                thousands(missed as f64),
+            )?;
+        }
+    }
+    writeln!(md)?;
+    writeln!(
+        md,
+        "CPU per push (medians over the rounds: the server's and the daemon's over the whole run, the \
+         subscriber's from its subscription on; in the command loop they include the commands) and the event spans the daemon's receiver got \
+         (traced runs: the server's PRODUCER spans `{}` and the subscriber's CONSUMER spans `{}`, \
+         per push over all runs, with the range of single runs):",
+        events::PUSH_SPAN,
+        events::DELIVERY_SPAN
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| workload | configuration | server CPU µs/push | subscriber CPU µs/push | daemon CPU µs/push | PRODUCER spans/push | CONSUMER spans/push | CONSUMER spans child of their PRODUCER | `tango.event.lost` reported | other processes (cores) |"
+    )?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for workload in Workload::ALL {
+        for config in events::CONFIGS {
+            let samples: Vec<&EventSample> = ev.of(workload, config).collect();
+            if samples.is_empty() {
+                continue;
+            }
+            let cpu = |f: &dyn Fn(&EventSample) -> Option<f64>| {
+                let values: Vec<f64> = samples.iter().filter_map(|s| f(s)).collect();
+                (!values.is_empty()).then(|| median(&values))
+            };
+            let linked = sum_spans(&samples, |s| s.linked).zip(sum_spans(&samples, |s| s.consumer)).map_or(
+                "–".to_string(),
+                |((linked, _), (consumers, _))| {
+                    format!("{} of {}", thousands(linked as f64), thousands(consumers as f64))
+                },
+            );
+            let lost: Option<i64> =
+                samples.iter().filter_map(|s| s.spans.map(|sp| sp.lost_attribute)).reduce(|a, b| a + b);
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {linked} | {} | {} |",
+                workload.label(),
+                config.label(),
+                opt(cpu(&|s| s.server_cpu_us), 1),
+                opt(cpu(&|s| Some(s.subscriber_cpu_us)), 1),
+                opt(cpu(&|s| s.daemon_cpu_us), 1),
+                per_push_cell(&samples, |s| s.producer),
+                per_push_cell(&samples, |s| s.consumer),
+                lost.map_or("–".to_string(), |l| thousands(l as f64)),
+                opt(cpu(&|s| s.foreign_cores), 2),
+            )?;
+        }
+    }
+    writeln!(md)?;
+    write_event_losses(md, ev)?;
+    writeln!(md, "Every run, delivered/s, in the order of its round:")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| round | order | burst untraced | burst traced | command loop untraced | command loop traced | other processes, highest (cores) |"
+    )?;
+    writeln!(md, "| ---: | --- | ---: | ---: | ---: | ---: | ---: |")?;
+    for round in 0..ev.sizes.rounds {
+        let in_round: Vec<&EventSample> = ev.samples.iter().filter(|s| s.round == round).collect();
+        let mut order: Vec<&str> = in_round.iter().map(|s| s.config.short()).collect();
+        order.dedup();
+        write!(md, "| {} | {} |", round + 1, order.join(" "))?;
+        for workload in Workload::ALL {
+            for config in events::CONFIGS {
+                match in_round.iter().find(|s| s.workload == workload && s.config == config) {
+                    Some(s) => write!(
+                        md,
+                        " {}{} |",
+                        s.delivered_per_s.map_or("–".to_string(), thousands),
+                        if s.other_tracer { " †" } else { "" }
+                    )?,
+                    None => write!(md, " – |")?,
+                }
+            }
+        }
+        let load = in_round.iter().filter_map(|s| s.foreign_cores).reduce(f64::max);
+        writeln!(md, " {} |", opt(load, 2))?;
+    }
+    writeln!(md)?;
+    if ev.samples.iter().any(|s| s.other_tracer) {
+        writeln!(md, "† another tango-tracer (not the benchmark's) was running.")?;
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "The benchmark waited {:.1} s in all (at most {:.0} s) for a quiet machine before these runs.",
+        ev.quiet_waited.as_secs_f64(),
+        ev.sizes.quiet_budget.as_secs_f64()
+    )?;
+    writeln!(md)
+}
+
+/// What the span counts say about losses, from this run's numbers.
+fn write_event_losses(md: &mut String, ev: &Events) -> std::fmt::Result {
+    let mut incomplete = false;
+    for workload in Workload::ALL {
+        let samples: Vec<&EventSample> = ev.of(workload, Config::Traced).collect();
+        let (Some((producers, pushes)), Some((consumers, _))) =
+            (sum_spans(&samples, |s| s.producer), sum_spans(&samples, |s| s.consumer))
+        else {
+            continue;
+        };
+        let received: usize = samples.iter().map(|s| s.received).sum();
+        let lost_records: Option<u64> =
+            samples.iter().filter_map(|s| s.daemon_totals.map(|t| t.lost_records)).reduce(|a, b| a + b);
+        let (p, c) = (producers as f64 / pushes.max(1) as f64, consumers as f64 / received.max(1) as f64);
+        let name = match workload {
+            Workload::Burst => "Burst",
+            Workload::Commands => "Command loop",
+        };
+        let tango = if received >= pushes {
+            format!("the subscriber received all {} pushed events", thousands(pushes as f64))
+        } else {
+            format!(
+                "the subscriber received {} of {} pushed events (Tango's own loss)",
+                thousands(received as f64),
+                thousands(pushes as f64)
+            )
+        };
+        let ring = lost_records.map_or(String::new(), |lost| {
+            format!(
+                "; the daemons reported {} probe records lost to a full ring buffer",
+                thousands(lost as f64)
+            )
+        });
+        if p >= 0.995 && c >= 0.995 {
+            writeln!(
+                md,
+                "- **{name}**: every push got its PRODUCER span and every delivery its CONSUMER span \
+                 ({} and {} for {} pushes); {tango}{ring}.",
+                thousands(producers as f64),
+                thousands(consumers as f64),
+                thousands(pushes as f64),
+            )?;
+            continue;
+        }
+        incomplete = true;
+        let runs = |f: fn(&RunSpans) -> Option<f64>| {
+            let values: Vec<f64> = samples.iter().filter_map(|s| s.spans.as_ref().and_then(f)).collect();
+            (!values.is_empty()).then(|| median(&values))
+        };
+        writeln!(
+            md,
+            "- **{name}**: the spans cover {:.1}% of the pushes (PRODUCER) and {:.1}% of the \
+             deliveries (CONSUMER); {tango}{ring}. The pushes seen come in runs of consecutive \
+             event counters (median run {} pushes, median gap {}), the deliveries seen in runs of \
+             median {} (median gap {}).",
+            100.0 * p,
+            100.0 * c,
+            opt(runs(|s| s.producer_runs.map(|r| r.0)), 0),
+            opt(runs(|s| s.producer_runs.map(|r| r.1)), 0),
+            opt(runs(|s| s.consumer_runs.map(|r| r.0)), 0),
+            opt(runs(|s| s.consumer_runs.map(|r| r.1)), 0),
+        )?;
+    }
+    writeln!(md)?;
+    if incomplete {
+        writeln!(
+            md,
+            "Missing event spans are messages the daemon never parsed. An event message travels \
+             through ZMQ's I/O threads, and when pushes come faster than the server's I/O thread \
+             sends them one by one, it puts several messages into one `send` system call; the \
+             subscriber's ZMQ reads up to 8 KiB (its batch size) per `recv`. The probes copy only \
+             the first `--capture-bytes` of each call (2048 by default, at most 4096), and the \
+             daemon parses ZMTP messages from the start of each copy: messages beyond the copy are \
+             never seen, and where a call ends inside a message (the subscriber's 8 KiB reads \
+             nearly always do), the following calls start inside one, so nothing of them is parsed \
+             until a call happens to start on a message boundary again. \
+             The daemon does not flag these as lost either: `tango.event.lost` counts counter gaps \
+             only within what it parsed. One push per system call is seen in full; in the command \
+             loop the server's I/O thread still falls behind now and then, and the calls that then \
+             carry more than the copy holds lose the messages beyond it."
+        )?;
+        writeln!(md)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

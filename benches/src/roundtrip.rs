@@ -55,7 +55,7 @@ impl Config {
         }
     }
 
-    fn needs_daemon(self) -> bool {
+    pub(crate) fn needs_daemon(self) -> bool {
         matches!(self, Config::Traced | Config::NotSelected)
     }
 }
@@ -81,6 +81,16 @@ pub struct Programs {
     pub client: PathBuf,
     pub tracer: PathBuf,
     pub receiver: PathBuf,
+    /// `scripts/tango-stack.sh` and `tests/python/db_register.py` (legacy-server row).
+    pub stack_script: PathBuf,
+    pub db_register: PathBuf,
+    /// Debian's TangoTest 9.3.4.
+    pub tangotest: PathBuf,
+    /// `tests/python/bench_attribute_loop.py` (legacy-server row).
+    pub attribute_client: PathBuf,
+    /// `tests/python/bench_event_sink.py` and `bench_event_push.py` (events row).
+    pub event_sink: PathBuf,
+    pub event_driver: PathBuf,
 }
 
 /// One client run.
@@ -158,16 +168,30 @@ fn receiver_endpoint(stderr: &str) -> Option<String> {
 }
 
 /// An `otlp-receiver` process on ephemeral ports.
-struct Receiver {
-    proc: Proc,
+pub(crate) struct Receiver {
+    pub(crate) proc: Proc,
     /// `http://127.0.0.1:PORT/v1/traces`
     traces_url: String,
 }
 
 impl Receiver {
-    fn start(name: &str, programs: &Programs, dir: &Path) -> anyhow::Result<Receiver> {
+    pub(crate) fn start(name: &str, programs: &Programs, dir: &Path) -> anyhow::Result<Receiver> {
+        Self::start_with(name, programs, dir, None)
+    }
+
+    /// With `out`, every span received is also appended to that file as a JSON line (readable
+    /// with `tracer_export::read_store`).
+    pub(crate) fn start_with(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        out: Option<&Path>,
+    ) -> anyhow::Result<Receiver> {
         let mut command = Command::new(&programs.receiver);
         command.args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"]);
+        if let Some(out) = out {
+            command.arg("--out").arg(out);
+        }
         let mut proc = Proc::spawn(name, command, dir)?;
         let traces_url = procs::wait_for_stderr(&mut proc, Duration::from_secs(30), receiver_endpoint)?;
         Ok(Receiver { proc, traces_url })
@@ -179,7 +203,7 @@ impl Receiver {
     }
 
     /// Stops it and reads what it reported about every request.
-    fn finish(mut self) -> RequestStats {
+    pub(crate) fn finish(mut self) -> RequestStats {
         // It reports requests every 200 ms: let the last ones be written before stopping it.
         std::thread::sleep(Duration::from_millis(500));
         self.proc.stop(Duration::from_secs(10));
@@ -212,9 +236,9 @@ pub fn parse_receiver_log(text: &str) -> RequestStats {
 }
 
 /// A demo device server without database.
-struct Server {
-    proc: Proc,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) proc: Proc,
+    pub(crate) url: String,
 }
 
 /// Environment that turns on cppTango's native telemetry towards `traces_url`.
@@ -229,14 +253,22 @@ fn native_env(traces_url: &str) -> Vec<(&'static str, String)> {
 }
 
 /// A Python command with a clean slate: no telemetry, no OTLP settings, no marker inherited.
-fn python_command(programs: &Programs, env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(&programs.python);
+pub(crate) fn python_command(programs: &Programs, env: &[(&str, String)]) -> Command {
+    clean_command(&programs.python, env)
+}
+
+/// `program` with a clean slate: no telemetry, no OTLP settings, no marker, no Tango database or
+/// transport choice inherited; then `env`.
+pub(crate) fn clean_command(program: &Path, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("TANGO_TELEMETRY_")
             || name.starts_with("PYTANGO_TELEMETRY")
             || name.starts_with("OTEL_")
             || name == MARKER
+            || name == "TANGO_HOST"
+            || name == "ORBclientTransportRule"
         {
             command.env_remove(&*name);
         }
@@ -246,7 +278,12 @@ fn python_command(programs: &Programs, env: &[(&str, String)]) -> Command {
 }
 
 impl Server {
-    fn start(name: &str, programs: &Programs, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Server> {
+    pub(crate) fn start(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Server> {
         let port = procs::free_port()?;
         let mut command = python_command(programs, env);
         command.arg(&programs.demo_server).arg(name).arg(port.to_string()).arg(DEVICE);
@@ -257,8 +294,8 @@ impl Server {
 }
 
 /// The tango-tracer daemon selecting processes marked with `marker`.
-struct Daemon {
-    proc: Proc,
+pub(crate) struct Daemon {
+    pub(crate) proc: Proc,
 }
 
 /// The daemon's command line, as BENCHMARKS.md shows it (placeholders in angle brackets).
@@ -266,19 +303,34 @@ pub fn daemon_command_text() -> String {
     format!(
         "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<port> OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
          tango-tracer run --ready-file <dir>/ready --select-env {MARKER}=<marker> \
-         --export-interval 1s --exporter otlp"
+         --export-interval 1s --exporter otlp --control-socket <dir>/ctl.sock"
     )
 }
 
 impl Daemon {
-    fn start(
-        index: usize,
+    /// Starts `tango-tracer run` as `name` (its logs and ready file are named after it) and waits
+    /// until its probes are attached; returns it and how long that took.
+    pub(crate) fn start(
+        name: &str,
         programs: &Programs,
         dir: &Path,
         marker: &str,
         receiver: &Receiver,
     ) -> anyhow::Result<(Daemon, Duration)> {
-        let ready = dir.join(format!("daemon-{index}.ready"));
+        Self::start_logging(name, programs, dir, marker, receiver, "warn")
+    }
+
+    /// Like [`start`](Self::start) with `RUST_LOG=rust_log`: `info` makes it report on exit what
+    /// it handled and lost ([`DaemonTotals`]).
+    pub(crate) fn start_logging(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        marker: &str,
+        receiver: &Receiver,
+        rust_log: &str,
+    ) -> anyhow::Result<(Daemon, Duration)> {
+        let ready = dir.join(format!("{name}.ready"));
         let mut command = Command::new(&programs.tracer);
         command
             .arg("run")
@@ -294,25 +346,53 @@ impl Daemon {
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             // Never the system-wide default store: nothing should be written there.
             .env("TANGO_TRACER_STORE", dir.join("store.jsonl"))
-            .env("RUST_LOG", "warn");
+            // Nor the system-wide control socket, which another daemon may own.
+            .arg("--control-socket")
+            .arg(dir.join(format!("{name}.sock")))
+            .env("RUST_LOG", rust_log);
         let started = Instant::now();
-        let mut proc = Proc::spawn(&format!("daemon-{index}"), command, dir)?;
+        let mut proc = Proc::spawn(name, command, dir)?;
         procs::wait_for_file(&ready, &mut proc, Duration::from_secs(90))?;
         Ok((Daemon { proc }, started.elapsed()))
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    /// Stops it (SIGTERM: it flushes) and reads its totals, when it logged them.
+    pub(crate) fn stop(mut self) -> anyhow::Result<Option<DaemonTotals>> {
         self.proc.stop(Duration::from_secs(30));
         match self.proc.exited() {
-            Some(status) if status.success() => Ok(()),
+            Some(status) if status.success() => Ok(DaemonTotals::parse(&self.proc.stderr())),
             status => bail!("tango-tracer ended with {status:?}:\n{}", self.proc.stderr_tail()),
         }
     }
 }
 
+/// What a daemon logged on exit (at `info`): `stopped: M GIOP messages, S spans, U unparsable,
+/// L probe records lost`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DaemonTotals {
+    pub messages: u64,
+    pub spans: u64,
+    pub unparsable: u64,
+    /// Probe records the kernel could not put into the full ring buffer.
+    pub lost_records: u64,
+}
+
+impl DaemonTotals {
+    pub fn parse(log: &str) -> Option<DaemonTotals> {
+        let line = log.lines().rev().find(|l| l.contains("stopped: ") && l.contains("probe records lost"))?;
+        let rest = line.split("stopped: ").nth(1)?;
+        let numbers: Vec<u64> =
+            rest.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+        let [messages, spans, unparsable, lost_records] = numbers[..] else {
+            return None;
+        };
+        Some(DaemonTotals { messages, spans, unparsable, lost_records })
+    }
+}
+
 /// The client's JSON line.
 #[derive(serde::Deserialize)]
-struct ClientOutput {
+pub(crate) struct ClientOutput {
     pytango: String,
     calls_per_s: f64,
     cpu_s: f64,
@@ -355,7 +435,8 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
         let mut daemon: Option<Daemon> = None;
         for config in order {
             if config.needs_daemon() && daemon.is_none() {
-                let (started, took) = Daemon::start(daemons, programs, dir, &marker, &traced_receiver)?;
+                let (started, took) =
+                    Daemon::start(&format!("daemon-{daemons}"), programs, dir, &marker, &traced_receiver)?;
                 daemons += 1;
                 result.daemon_start.push(took);
                 daemon = Some(started);
@@ -363,7 +444,7 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
             if !config.needs_daemon()
                 && let Some(running) = daemon.take()
             {
-                running.stop()?;
+                let _ = running.stop()?;
             }
             let (server, env): (&Server, &[(&str, String)]) = match config {
                 Config::Untraced | Config::Traced => (&marked_server, &marked),
@@ -393,7 +474,21 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
                 Config::Untraced | Config::NotSelected => None,
             };
             let pids = Pids { daemon: daemon_pid, receiver, ours: &ours };
-            let sample = run_client(programs, sizes, dir, (round, config), server, env, &pids)?;
+            let mut command = python_command(programs, env);
+            command
+                .arg(&programs.client)
+                .arg(&server.url)
+                .arg(sizes.calls.to_string())
+                .arg("--warmup")
+                .arg(sizes.warmup.to_string());
+            let job = ClientJob {
+                name: format!("client-{round}-{}", config.short()),
+                command,
+                server_pid: server.proc.pid(),
+                calls: sizes.calls,
+                warmup: sizes.warmup,
+            };
+            let sample = run_client(dir, job, (round, config), &pids)?;
             eprintln!(
                 "tango-bench: round {}/{} {:<38} {:>8.0} calls/s  p50 {:>6.1} us  p99 {:>7.1} us  other load {:.2}",
                 round + 1,
@@ -414,7 +509,7 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
             result.calls_made.push((config, sizes.calls + sizes.warmup));
         }
         if let Some(running) = daemon.take() {
-            running.stop()?;
+            let _ = running.stop()?;
         }
     }
     // Native servers export on a timer: stopping them flushes what they hold.
@@ -427,32 +522,34 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
 }
 
 /// Processes whose CPU a client run accounts for.
-struct Pids<'a> {
-    daemon: Option<u32>,
-    receiver: Option<u32>,
+pub(crate) struct Pids<'a> {
+    pub(crate) daemon: Option<u32>,
+    pub(crate) receiver: Option<u32>,
     /// Every process of the benchmark, idle or not.
-    ours: &'a [u32],
+    pub(crate) ours: &'a [u32],
+}
+
+/// One run of a read-loop client (`bench_read_loop.py` or `bench_attribute_loop.py`), which
+/// prints [`ClientOutput`].
+pub(crate) struct ClientJob {
+    /// Names its log files.
+    pub(crate) name: String,
+    pub(crate) command: Command,
+    pub(crate) server_pid: u32,
+    /// Timed calls and untimed calls before them.
+    pub(crate) calls: usize,
+    pub(crate) warmup: usize,
 }
 
 /// Runs one client to completion; `(round, config)` name the run.
-fn run_client(
-    programs: &Programs,
-    sizes: Sizes,
+pub(crate) fn run_client(
     dir: &Path,
+    job: ClientJob,
     (round, config): (usize, Config),
-    server: &Server,
-    env: &[(&str, String)],
     pids: &Pids<'_>,
 ) -> anyhow::Result<(Sample, String)> {
-    let mut command = python_command(programs, env);
-    command
-        .arg(&programs.client)
-        .arg(&server.url)
-        .arg(sizes.calls.to_string())
-        .arg("--warmup")
-        .arg(sizes.warmup.to_string());
-    let name = format!("client-{round}-{}", config.short());
-    let server_pid = Some(server.proc.pid());
+    let ClientJob { name, command, server_pid, calls, warmup } = job;
+    let server_pid = Some(server_pid);
     let cpu_of = |pid: Option<u32>| pid.and_then(procs::cpu_time);
     let before = (cpu_of(server_pid), cpu_of(pids.daemon), cpu_of(pids.receiver));
     let switches_before = pids.daemon.and_then(procs::context_switches);
@@ -461,13 +558,13 @@ fn run_client(
 
     let mut client = Proc::spawn(&name, command, dir)?;
     // Generous: a round trip takes well under 2 ms even on a loaded 2-core machine.
-    let timeout = Duration::from_secs(60) + Duration::from_millis(2 * sizes.calls as u64);
+    let timeout = Duration::from_secs(60) + Duration::from_millis(2 * (calls + warmup) as u64);
     let status = client.wait(timeout)?;
 
     let foreign_cores = machine_before
         .zip(procs::CpuSnapshot::take(pids.ours))
         .and_then(|(before, after)| before.foreign_cores(&after));
-    let calls_run = (sizes.calls + sizes.warmup) as f64;
+    let calls_run = (calls + warmup) as f64;
     let per_call = |before: Option<Duration>, pid: Option<u32>| -> Option<f64> {
         let used = cpu_of(pid)?.checked_sub(before?)?;
         Some(used.as_secs_f64() * 1e6 / calls_run)
@@ -494,7 +591,7 @@ fn run_client(
         calls_per_s: output.calls_per_s,
         p50_us: output.p50_us,
         p99_us: output.p99_us,
-        client_cpu_us: output.cpu_s * 1e6 / sizes.calls as f64,
+        client_cpu_us: output.cpu_s * 1e6 / calls as f64,
         server_cpu_us,
         daemon_cpu_us,
         daemon_switches,
@@ -520,5 +617,14 @@ mod tests {
         assert_eq!(stats.requests, vec![(3, 512), (2, 17)]);
         assert_eq!(stats.totals, Some((529, 2)));
         assert_eq!(stats.spans(), 529);
+    }
+
+    #[test]
+    fn reads_the_daemon_totals() {
+        let log = "[INFO] stopping: ending open calls and flushing exporters\n\
+                   [2025-01-01T00:00:00Z INFO tango_tracer::daemon] stopped: 120 GIOP messages, 61 spans, 0 unparsable, 7 probe records lost\n";
+        let totals = DaemonTotals::parse(log);
+        assert_eq!(totals, Some(DaemonTotals { messages: 120, spans: 61, unparsable: 0, lost_records: 7 }));
+        assert_eq!(DaemonTotals::parse("nothing"), None);
     }
 }

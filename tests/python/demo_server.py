@@ -3,9 +3,12 @@
 Usage: demo_server.py INSTANCE PORT DEVICE [DEVICE ...]
 Runs without a database on 127.0.0.1:PORT; a device's `peer` property-free
 `ReadPeer` command reads `temperature` (or `dev/ice/name/attribute`) from the device named by argin.
+`PushTemperature` pushes one change event of `temperature`; `PushBurst(n)` pushes n in a loop (for
+the event benchmark) and returns the seconds the loop took.
 """
 
 import sys
+import time
 
 import tango
 from tango.server import Device, attribute, command
@@ -51,6 +54,16 @@ class Demo(Device):
     def PushTemperature(self):
         self._temperature += 1.0
         self.push_change_event("temperature", self._temperature)
+
+    @command(dtype_in=int, dtype_out=float)
+    def PushBurst(self, count):
+        # Every value is new (+1 each), so a subscriber can tell which pushes it missed.
+        push = self.push_change_event
+        start = time.perf_counter()
+        for _ in range(count):
+            self._temperature += 1.0
+            push("temperature", self._temperature)
+        return time.perf_counter() - start
 
     def init_device(self):
         super().init_device()

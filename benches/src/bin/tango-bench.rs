@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use benches::{
-    procs, replay,
+    events::{self, EventSizes},
+    legacy, procs, replay,
     report::{Assembly, Machine, Report},
     roundtrip::{self, Programs, Sizes},
     session_file, workspace_root,
@@ -21,7 +22,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "tango-bench")]
 struct Options {
-    /// A shorter run (~1 minute): fewer rounds and calls.
+    /// A shorter run (under 2 minutes): fewer rounds, calls and pushes.
     #[arg(long)]
     quick: bool,
     /// Rounds of the round-trip benchmark (each runs every configuration once).
@@ -37,6 +38,30 @@ struct Options {
     /// before a run (a shared machine).
     #[arg(long)]
     quiet_budget: Option<f64>,
+    /// Rounds of the legacy-server benchmark (untraced and traced against TangoTest 9.3.4).
+    #[arg(long)]
+    legacy_rounds: Option<usize>,
+    /// Timed read_attribute calls per client run against TangoTest.
+    #[arg(long)]
+    legacy_calls: Option<usize>,
+    /// Rounds of the event benchmark (each runs both workloads untraced and traced).
+    #[arg(long)]
+    event_rounds: Option<usize>,
+    /// Pushes of one burst (one PushBurst command).
+    #[arg(long)]
+    burst_pushes: Option<usize>,
+    /// Pushes of one command loop (PushTemperature commands).
+    #[arg(long)]
+    command_pushes: Option<usize>,
+    /// Leave out the headline round trips (and everything computed from them).
+    #[arg(long)]
+    skip_headline: bool,
+    /// Leave out the legacy-server benchmark.
+    #[arg(long)]
+    skip_legacy: bool,
+    /// Leave out the event benchmark.
+    #[arg(long)]
+    skip_events: bool,
     /// Seconds each replay of the recorded session runs (at least 2).
     #[arg(long)]
     replay_seconds: Option<f64>,
@@ -60,6 +85,9 @@ struct Options {
     keep_logs: bool,
 }
 
+/// Debian's TangoTest 9.3.4 (package `tango-test`).
+const TANGOTEST: &str = "/usr/lib/tango/TangoTest";
+
 /// Paths next to this binary (cargo builds them into the same directory) and in the workspace.
 fn programs() -> anyhow::Result<Programs> {
     let exe = std::env::current_exe().context("locating tango-bench")?;
@@ -69,12 +97,19 @@ fn programs() -> anyhow::Result<Programs> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/venv"))
         .join("bin/python");
+    let python_script = |name: &str| root.join("tests/python").join(name);
     let programs = Programs {
         python,
-        demo_server: root.join("tests/python/demo_server.py"),
-        client: root.join("tests/python/bench_read_loop.py"),
+        demo_server: python_script("demo_server.py"),
+        client: python_script("bench_read_loop.py"),
         tracer: bin_dir.join("tango-tracer"),
         receiver: bin_dir.join("otlp-receiver"),
+        stack_script: root.join("scripts/tango-stack.sh"),
+        db_register: python_script("db_register.py"),
+        tangotest: PathBuf::from(TANGOTEST),
+        attribute_client: python_script("bench_attribute_loop.py"),
+        event_sink: python_script("bench_event_sink.py"),
+        event_driver: python_script("bench_event_push.py"),
     };
     let needed = [
         (&programs.python, "scripts/bootstrap.sh --test-stack"),
@@ -82,6 +117,12 @@ fn programs() -> anyhow::Result<Programs> {
         (&programs.client, "the workspace"),
         (&programs.tracer, "cargo build --release -p tango-tracer"),
         (&programs.receiver, "cargo build --release -p integration-tests --bin otlp-receiver"),
+        (&programs.stack_script, "the workspace"),
+        (&programs.db_register, "the workspace"),
+        (&programs.tangotest, "scripts/bootstrap.sh --test-stack (Debian's tango-test)"),
+        (&programs.attribute_client, "the workspace"),
+        (&programs.event_sink, "the workspace"),
+        (&programs.event_driver, "the workspace"),
     ];
     for (path, from) in needed {
         if !path.exists() {
@@ -186,6 +227,18 @@ fn main() -> anyhow::Result<()> {
             60.0
         })),
     };
+    let legacy_sizes = Sizes {
+        rounds: options.legacy_rounds.unwrap_or(if options.quick { 3 } else { 9 }),
+        calls: options.legacy_calls.unwrap_or(if options.quick { 3000 } else { 8000 }),
+        warmup: sizes.warmup,
+        quiet_budget: Duration::from_secs(if options.quick { 5 } else { 20 }),
+    };
+    let event_sizes = EventSizes {
+        rounds: options.event_rounds.unwrap_or(if options.quick { 3 } else { 7 }),
+        burst: options.burst_pushes.unwrap_or(if options.quick { 5000 } else { 10000 }),
+        commands: options.command_pushes.unwrap_or(if options.quick { 1000 } else { 2000 }),
+        quiet_budget: Duration::from_secs(if options.quick { 5 } else { 20 }),
+    };
     let replay_seconds = options.replay_seconds.unwrap_or(if options.quick { 2.0 } else { 3.0 });
     let session = options.session.clone().unwrap_or_else(session_file);
 
@@ -202,26 +255,48 @@ fn main() -> anyhow::Result<()> {
 
     let machine = Machine::read();
     let started = Instant::now();
-    let round_trips = if options.replay_only {
-        None
-    } else {
+    let (mut round_trips, mut legacy, mut events) = (None, None, None);
+    if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
         let dir = WorkDir::create("tango-bench")?;
         let programs = private_copies(programs()?, &dir.path)?;
-        eprintln!(
-            "tango-bench: {} rounds × 4 configurations × {} calls (+{} warm-up)",
-            sizes.rounds, sizes.calls, sizes.warmup
-        );
-        let result = roundtrip::run(&programs, sizes, &dir.path)
-            .with_context(|| format!("round trips (logs in {})", dir.path.display()))?;
+        let logs = || format!("logs in {}", dir.path.display());
+        if !options.skip_headline {
+            eprintln!(
+                "tango-bench: {} rounds × 4 configurations × {} calls (+{} warm-up)",
+                sizes.rounds, sizes.calls, sizes.warmup
+            );
+            let result = roundtrip::run(&programs, sizes, &dir.path)
+                .with_context(|| format!("round trips ({})", logs()))?;
+            round_trips = Some(result);
+        }
+        if !options.skip_legacy {
+            eprintln!(
+                "tango-bench: legacy server: {} rounds × 2 configurations × {} calls (+{} warm-up)",
+                legacy_sizes.rounds, legacy_sizes.calls, legacy_sizes.warmup
+            );
+            let result = legacy::run(&programs, legacy_sizes, &dir.path)
+                .with_context(|| format!("legacy server ({})", logs()))?;
+            legacy = Some(result);
+        }
+        if !options.skip_events {
+            eprintln!(
+                "tango-bench: events: {} rounds × 2 configurations × ({} pushes in a burst, {} commands)",
+                event_sizes.rounds, event_sizes.burst, event_sizes.commands
+            );
+            let result = events::run(&programs, event_sizes, &dir.path)
+                .with_context(|| format!("events ({})", logs()))?;
+            events = Some(result);
+        }
         dir.done(options.keep_logs);
-        Some(result)
-    };
+    }
     let assembly = assembly(&session, replay_seconds)?;
     let report = Report {
         machine: &machine,
         arguments: &arguments,
         round_trips: round_trips.as_ref(),
+        legacy: legacy.as_ref(),
+        events: events.as_ref(),
         assembly: Some(&assembly),
     };
     let text = report.render();
