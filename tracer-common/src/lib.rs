@@ -4,9 +4,9 @@
 //! All structs are `#[repr(C)]` and free of padding surprises so both sides agree.
 #![no_std]
 
-/// Largest number of payload bytes copied from one send/receive.
-/// GIOP headers, Tango arguments, ClntIdent and DevFailed errors fit well within it.
-pub const MAX_CAPTURE: usize = 4096;
+/// Largest number of payload bytes copied from one send/receive: ZMQ's batch size, so a Tango
+/// event stream is copied whole. GIOP is copied up to the (smaller) configured capture length.
+pub const MAX_CAPTURE: usize = 8192;
 
 /// Record kinds (the first field of every record).
 pub mod kind {

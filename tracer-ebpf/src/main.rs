@@ -35,6 +35,11 @@ static PENDING_RECV: LruHashMap<u64, RecvArgs> = LruHashMap::with_max_entries(16
 #[map]
 static STREAMS: LruHashMap<StreamKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
+/// Sockets (pid, fd, direction) carrying Tango events over ZMTP: every chunk is copied, whole,
+/// because ZMQ batches several messages into one call and splits them across calls.
+#[map]
+static ZMTP_STREAMS: LruHashMap<StreamKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// Socket fds on which a record was sent, so `close` reports only those.
 #[map]
 static SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
@@ -222,6 +227,10 @@ fn emit_data(
             let _ = STREAMS.insert(&key, &(pending - len), 0);
         }
     } else {
+        // SAFETY: a map lookup; the value is not used.
+        if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
+            return emit_record(pid_tgid, fd, buf, len, dir, MAX_CAPTURE as u32, peer);
+        }
         let mut head = [0u8; GIOP_HEADER_LEN];
         if len < 4 {
             return Ok(());
@@ -231,7 +240,8 @@ fn emit_data(
         if &head[..4] != b"GIOP" {
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
             if len >= 10 && head[0] & 0x02 == 0 && &head[2..10] == b"tango://" {
-                return emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer);
+                let _ = ZMTP_STREAMS.insert(&key, &1, 0);
+                return emit_record(pid_tgid, fd, buf, len, dir, MAX_CAPTURE as u32, peer);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
             // unsubscription leaving a client.
@@ -361,6 +371,7 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     if SOCKETS.remove(&socket_key(pid, fd)).is_ok() {
         for dir in [direction::SEND, direction::RECV] {
             let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
+            let _ = ZMTP_STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
         }
         emit_process(kind::CLOSE, pid, pid_tgid as u32, fd);
     }

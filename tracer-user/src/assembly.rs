@@ -317,7 +317,7 @@ impl Assembler {
                 if !bytes.starts_with(b"GIOP") && !self.connections.contains_key(&(*pid, *fd)) {
                     // Not GIOP and not the rest of a GIOP message: ZMTP event frames.
                     let complete = bytes.len() >= *total_len as usize;
-                    self.on_zmtp(*pid, *tid, *ts_ns, *direction, bytes, complete);
+                    self.on_zmtp(*pid, *fd, *ts_ns, *direction, bytes, complete);
                     return;
                 }
                 let mut messages = Vec::new();
@@ -651,6 +651,7 @@ impl Assembler {
 
     /// A connection closed: its calls still waiting for a reply end in error.
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
+        self.forget_zmtp_stream(pid, fd);
         self.connections.remove(&(pid, fd));
         self.locations.remove(&(pid, fd));
         self.ignored.remove(&(pid, fd));

@@ -47,6 +47,19 @@ pub struct EventState {
     by_topic: HashMap<(String, u32), Push>,
     /// Last counter each subscriber process saw per topic.
     last_counter: HashMap<(u32, String), u32>,
+    /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
+    partial: HashMap<(u32, i32, Direction), Vec<u8>>,
+}
+
+/// A ZMTP stream that keeps more than this without completing a message is not followed.
+const MAX_PARTIAL: usize = 1 << 20;
+
+/// What one ZMTP message says, owned (the stream buffer moves on).
+enum Seen {
+    Heartbeat,
+    Cancel(String),
+    Event { topic: String, counter: u32 },
+    Unparsable,
 }
 
 /// `idl5_change` → `change`.
@@ -69,45 +82,42 @@ impl Assembler {
     }
 
     /// ZMTP bytes of a target: event messages leaving a server or reaching a client.
-    /// `complete` is false when the probe captured only a prefix of what moved.
+    /// ZMTP bytes of a target: event messages leaving a server or reaching a client. Messages
+    /// continue across calls; `complete` is false when the probe copied only a prefix.
     pub(crate) fn on_zmtp(
         &mut self,
         pid: u32,
-        _tid: u32,
+        fd: i32,
         ts_ns: u64,
         direction: Direction,
         bytes: &[u8],
         complete: bool,
     ) {
-        let Ok((messages, _rest)) = zmtp::split_messages(bytes) else {
-            self.stats.unparsable += 1;
-            return;
+        let key = (pid, fd, direction);
+        let mut stream = self.events.partial.remove(&key).unwrap_or_default();
+        stream.extend_from_slice(bytes);
+        let (seen, rest) = match zmtp::split_messages(&stream) {
+            Ok((messages, rest)) => {
+                (messages.iter().map(|frames| describe(frames)).collect::<Vec<_>>(), rest.to_vec())
+            }
+            // Lost track of the frames: start again at the next call.
+            Err(_) => (vec![Seen::Unparsable], Vec::new()),
         };
-        for frames in messages {
-            if let [frame] = frames.as_slice()
-                && let Some(command) = frame.as_command()
-            {
-                if command.name == "CANCEL" && direction == Direction::Send {
-                    self.on_cancel(pid, ts_ns, command.data);
+        if complete && rest.len() <= MAX_PARTIAL {
+            self.events.partial.insert(key, rest);
+        }
+        for message in seen {
+            match message {
+                Seen::Heartbeat => self.stats.heartbeats += 1,
+                Seen::Unparsable => self.stats.unparsable += 1,
+                Seen::Cancel(topic) if direction == Direction::Send => {
+                    self.on_cancel(pid, ts_ns, topic.as_bytes())
                 }
-                continue;
-            }
-            let Some(topic) = frames.first().and_then(|f| std::str::from_utf8(f.body).ok()) else {
-                continue;
-            };
-            if topic.ends_with(".heartbeat") {
-                self.stats.heartbeats += 1;
-                continue;
-            }
-            let Ok(event) = zmtp::parse_event(&frames) else {
-                self.stats.unparsable += 1;
-                continue;
-            };
-            let topic = event.topic.to_string();
-            let counter = event.call_info.ctr;
-            match direction {
-                Direction::Send => self.on_push(pid, ts_ns, topic, counter),
-                Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter),
+                Seen::Cancel(_) => {}
+                Seen::Event { topic, counter } => match direction {
+                    Direction::Send => self.on_push(pid, ts_ns, topic, counter),
+                    Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter),
+                },
             }
         }
         if !complete && direction == Direction::Recv {
@@ -116,6 +126,11 @@ impl Assembler {
             self.events.last_counter.retain(|(p, _), _| *p != pid);
         }
         self.expire_events(ts_ns);
+    }
+
+    /// A socket closed: its unfinished message goes with it.
+    pub(crate) fn forget_zmtp_stream(&mut self, pid: u32, fd: i32) {
+        self.events.partial.retain(|(p, f, _), _| !(*p == pid && *f == fd));
     }
 
     fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32) {
@@ -229,6 +244,26 @@ impl Assembler {
         self.events.app_sends.remove(&pid);
         self.events.pushes.retain(|(p, _, _), _| *p != pid);
         self.events.last_counter.retain(|(p, _), _| *p != pid);
+        self.events.partial.retain(|(p, _, _), _| *p != pid);
+    }
+}
+
+fn describe(frames: &[zmtp::Frame<'_>]) -> Seen {
+    if let [frame] = frames
+        && let Some(command) = frame.as_command()
+    {
+        return match command.name {
+            "CANCEL" => Seen::Cancel(String::from_utf8_lossy(command.data).into_owned()),
+            _ => Seen::Unparsable,
+        };
+    }
+    let topic = frames.first().and_then(|f| std::str::from_utf8(f.body).ok());
+    if topic.is_some_and(|t| t.ends_with(".heartbeat")) {
+        return Seen::Heartbeat;
+    }
+    match zmtp::parse_event(frames) {
+        Ok(event) => Seen::Event { topic: event.topic.to_string(), counter: event.call_info.ctr },
+        Err(_) => Seen::Unparsable,
     }
 }
 
@@ -350,6 +385,28 @@ mod tests {
         assert!(
             a.drain().iter().all(|s| !s.attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost"))
         );
+    }
+
+    /// ZMQ batches messages into calls without regard to message boundaries.
+    #[test]
+    fn messages_split_across_calls_are_followed() {
+        let mut bytes = fixture("client-recv-event-temperature");
+        let message_len = bytes.len() / 2;
+        let counter_at = 2 + usize::from(bytes[1]) + 3 + 2 + 4;
+        bytes[message_len + counter_at..message_len + counter_at + 4].copy_from_slice(&2u32.to_le_bytes());
+        let mut a = Assembler::new(4096);
+        let cut = message_len + 37;
+        a.push(&data(100, 1_000, Direction::Recv, &bytes[..cut]));
+        a.push(&data(100, 1_010, Direction::Recv, &bytes[cut..]));
+        let spans = a.drain();
+        let counters: Vec<_> = spans
+            .iter()
+            .filter_map(|s| s.attributes.iter().find(|kv| kv.key.as_str() == "tango.event.counter"))
+            .map(|kv| kv.value.to_string())
+            .collect();
+        assert_eq!(counters, ["1", "2"]);
+        assert!(spans.iter().all(|s| !s.attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost")));
+        assert_eq!(spans[1].start_ns, 1_010, "delivered when its last byte arrived");
     }
 
     #[test]
