@@ -3,7 +3,6 @@
 //! conversion to OTLP protobuf (grouping by resource, encoding, gzip).
 
 use std::{
-    borrow::Cow,
     collections::HashMap,
     io::Write as _,
     path::Path,
@@ -12,17 +11,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
-};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use opentelemetry::{InstrumentationScope, trace::SpanKind};
 use prost::Message as _;
 use tango_tracer::{
     assembly::{AssembledSpan, Assembler},
-    daemon::ClockOffset,
     records::Record,
     resources::{self, ResourceKey, Resources},
+    spandata::{self, ClockOffset},
     topics::OperationClass,
 };
 use tracer_export::SpanRecord;
@@ -221,50 +216,11 @@ impl Converter {
         let facts = span.device_key.as_deref().and_then(|k| assembler.device(k));
         let resource =
             self.resources.resolve(&key, None, assembler.is_server(span.pid), device_name.as_deref(), facts);
-        let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
-        if let Some(target) = &span.target_key {
-            let name = resources::device_name_from_key(target).unwrap_or_else(|| format!("{target:?}"));
-            attributes.push(KeyValue::new("tango.operation.target", name));
-        }
-        attributes.extend(span.attributes);
-        let mut events = SpanEvents::default();
-        let status = match (&span.exception, &span.error) {
-            (Some(exception), _) => {
-                events.events.push(opentelemetry::trace::Event::new(
-                    "exception caught",
-                    self.clock.to_system(exception.ts_ns),
-                    vec![
-                        KeyValue::new("exception.type", exception.exception_type.clone()),
-                        KeyValue::new("exception.message", exception.message.clone()),
-                    ],
-                    0,
-                ));
-                Status::error("exception caught (see associated event)")
-            }
-            (None, Some(error)) => Status::error(error.clone()),
-            (None, None) => Status::Unset,
-        };
-        let data = SpanData {
-            span_context: SpanContext::new(
-                span.context.trace_id,
-                span.context.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(SpanId::INVALID),
-            parent_span_is_remote: span.parent_is_remote,
-            span_kind: span.kind,
-            name: Cow::Owned(span.name),
-            start_time: self.clock.to_system(span.start_ns),
-            end_time: self.clock.to_system(span.end_ns),
-            attributes,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
-        };
+        let target = span
+            .target_key
+            .as_deref()
+            .map(|t| resources::device_name_from_key(t).unwrap_or_else(|| format!("{t:?}")));
+        let data = spandata::to_span_data(span, target, self.scope.clone(), &self.clock);
         SpanRecord { resource, data }
     }
 

@@ -5,24 +5,19 @@
 //! facts. SIGINT/SIGTERM end every open call, flush the exporters and return.
 
 use std::{
-    borrow::Cow,
     collections::{HashMap, HashSet},
     io::Write as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use log::{info, warn};
-use opentelemetry::{
-    KeyValue,
-    trace::{SpanContext, SpanKind, Status, TraceFlags, TraceState},
-};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracer_export::{Destination, ExportHub, SpanRecord};
 
+pub use crate::spandata::{ClockOffset, monotonic_ns};
 use crate::{
     assembly::{AssembledSpan, Assembler, DeviceFacts, Observation},
     configuration::{Configuration, Policy, Routing},
@@ -32,7 +27,7 @@ use crate::{
     procinfo::ProcessInfo,
     records::{Direction, Peer, Record},
     resources::{self, ResourceKey, Resources},
-    sockets,
+    sockets, spandata,
     telemetry_config::{self as tc, AdminChange, AdminCommand, DeviceSelector},
     topics::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
 };
@@ -501,69 +496,9 @@ impl Daemon {
         let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
 
-        let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
-        if let Some(target) = &span.target_key {
-            let name = self.device_name(target).unwrap_or_else(|| hex::encode(target));
-            attributes.push(KeyValue::new("tango.operation.target", name));
-        }
-        attributes.extend(span.attributes);
-
-        let mut events = SpanEvents::default();
-        let status = match (&span.exception, &span.error) {
-            (Some(exception), _) => {
-                events.events.push(opentelemetry::trace::Event::new(
-                    "exception caught",
-                    self.clock.to_system(exception.ts_ns),
-                    vec![
-                        KeyValue::new("exception.type", exception.exception_type.clone()),
-                        KeyValue::new("exception.message", exception.message.clone()),
-                    ],
-                    0,
-                ));
-                Status::error("exception caught (see associated event)")
-            }
-            (None, Some(error)) => Status::error(error.clone()),
-            (None, None) => Status::Unset,
-        };
-        let trace_state = TraceState::from_key_value(
-            span.trace_state
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.trim(), v.trim())),
-        )
-        .unwrap_or_default();
-        let mut links = SpanLinks::default();
-        links.links = span
-            .links
-            .iter()
-            .map(|l| {
-                let context =
-                    SpanContext::new(l.trace_id, l.span_id, TraceFlags::SAMPLED, true, TraceState::default());
-                opentelemetry::trace::Link::with_context(context)
-            })
-            .collect();
-        let data = SpanData {
-            span_context: SpanContext::new(
-                span.context.trace_id,
-                span.context.span_id,
-                TraceFlags::SAMPLED,
-                false,
-                trace_state,
-            ),
-            parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(opentelemetry::trace::SpanId::INVALID),
-            parent_span_is_remote: span.parent_is_remote,
-            span_kind: span.kind,
-            name: Cow::Owned(span.name),
-            start_time: self.clock.to_system(span.start_ns),
-            end_time: self.clock.to_system(span.end_ns),
-            attributes,
-            dropped_attributes_count: 0,
-            events,
-            links,
-            status,
-            instrumentation_scope: scope,
-        };
-        let _ = SpanKind::Internal;
+        let target =
+            span.target_key.as_deref().map(|t| self.device_name(t).unwrap_or_else(|| hex::encode(t)));
+        let data = spandata::to_span_data(span, target, scope, &self.clock);
         SpanRecord { resource, data }
     }
 
@@ -762,34 +697,4 @@ fn is_process(proc_root: &Path, pid: u32) -> bool {
         let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
         line.split_whitespace().nth(1)?.parse::<u32>().ok()
     }) == Some(pid)
-}
-
-/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Converts kernel monotonic timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct ClockOffset {
-    realtime_minus_monotonic_ns: i128,
-}
-
-impl ClockOffset {
-    pub fn now() -> Self {
-        let mono = monotonic_ns() as i128;
-        let real = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i128)
-            .unwrap_or(0);
-        ClockOffset { realtime_minus_monotonic_ns: real - mono }
-    }
-
-    pub fn to_system(&self, monotonic_ns: u64) -> SystemTime {
-        let real = (monotonic_ns as i128 + self.realtime_minus_monotonic_ns).max(0) as u64;
-        SystemTime::UNIX_EPOCH + Duration::from_nanos(real)
-    }
 }

@@ -16,6 +16,7 @@ pub mod procinfo;
 pub mod records;
 pub mod resources;
 pub mod sockets;
+pub mod spandata;
 pub mod telemetry_config;
 pub mod topics;
 pub mod uprobes;
