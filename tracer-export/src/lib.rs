@@ -44,7 +44,7 @@ pub use console::ConsoleError;
 pub use destination::{ConsoleStream, Destination, DestinationError, destinations_from_otel_env};
 pub use hub::{DestinationStats, ExportConfig, ExportHub, ExportStats};
 pub use otlp::OtlpError;
-pub use store::{StoreError, read_store};
+pub use store::{MAX_STORE_BYTES, StoreError, read_store, rotated_path};
 
 /// One finished span together with the resource (Tango process or device) it belongs to.
 ///

@@ -97,16 +97,28 @@ pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
 
 /// Appends batches to one store file. The file is opened on first use and reopened after an
 /// error, so a store on a disk that was full or a directory that was missing recovers.
+/// Size past which the store file is rotated.
+pub const MAX_STORE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Where the previous store file goes when the current one is full.
+pub fn rotated_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
 pub(crate) struct StoreWriter {
     path: PathBuf,
     file: Option<File>,
     /// Written since the last sync: an idle store costs no syscalls at ticks.
     dirty: bool,
+    /// Size past which the file is rotated.
+    limit: u64,
 }
 
 impl StoreWriter {
     pub(crate) fn new(path: PathBuf) -> Self {
-        StoreWriter { path, file: None, dirty: false }
+        StoreWriter { path, file: None, dirty: false, limit: MAX_STORE_BYTES }
     }
 
     /// Writes `batch` as whole lines; with `sync`, also asks the kernel to put it on disk.
@@ -124,7 +136,21 @@ impl StoreWriter {
         })
         .await?;
         self.dirty = !sync;
+        self.rotate_if_full();
         Ok(())
+    }
+
+    /// Keeps the store bounded: past [`MAX_STORE_BYTES`] the file becomes `<path>.1` (replacing
+    /// the previous one) and a new file starts, so a daemon that runs for months keeps at most
+    /// twice that on disk and loses only the oldest spans.
+    fn rotate_if_full(&mut self) {
+        let full = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.limit);
+        if full {
+            self.file = None;
+            if let Err(e) = std::fs::rename(&self.path, rotated_path(&self.path)) {
+                log::warn!("span store {}: cannot rotate: {e}", self.path.display());
+            }
+        }
     }
 
     /// Puts what was written on disk (at flush ticks and at shutdown).
@@ -216,6 +242,28 @@ mod tests {
 
     use super::*;
     use crate::testing::{TempDir, reference_command_inout};
+
+    #[test]
+    fn the_rotated_file_sits_next_to_the_store() {
+        assert_eq!(
+            rotated_path(Path::new("/var/lib/x/spans.jsonl")),
+            PathBuf::from("/var/lib/x/spans.jsonl.1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_store_rotates_and_keeps_the_previous_file() {
+        let dir = TempDir::new("rotate");
+        let path = dir.path().join("spans.jsonl");
+        let mut writer = StoreWriter::new(path.clone());
+        writer.limit = 100;
+        writer.write(reference_command_inout(), true).await.unwrap();
+        assert!(!path.exists() && rotated_path(&path).exists(), "rotated past the limit");
+        writer.write(reference_command_inout(), true).await.unwrap();
+        let mut all = read_store(rotated_path(&path)).unwrap();
+        all.extend(read_store(&path).unwrap_or_default());
+        assert_eq!(all.len(), 2, "the newest file rotated again; the previous one is replaced");
+    }
 
     #[tokio::test]
     async fn writes_reads_and_survives_a_torn_line() {

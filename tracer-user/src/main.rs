@@ -190,8 +190,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
-    let mut spans = tracer_export::read_store(&args.store)
-        .with_context(|| format!("reading the store {}", args.store.display()))?;
+    // The rotated file holds the older spans; it may not exist.
+    let mut spans = tracer_export::read_store(tracer_export::rotated_path(&args.store)).unwrap_or_default();
+    spans.extend(
+        tracer_export::read_store(&args.store)
+            .with_context(|| format!("reading the store {}", args.store.display()))?,
+    );
     if let Some(prefix) = &args.trace {
         let prefix = prefix.to_ascii_lowercase();
         spans.retain(|s| s.trace_id.starts_with(&prefix));
