@@ -32,13 +32,14 @@ pub fn device_name_from_key(key: &[u8]) -> Option<String> {
 /// Builds and caches resources.
 #[derive(Default)]
 pub struct Resources {
-    cache: HashMap<ResourceKey, Resource>,
+    /// By key and by whether the process serves (a client may turn into a server).
+    cache: HashMap<(ResourceKey, bool), Resource>,
 }
 
 impl Resources {
     /// Forgets everything about `pid` (it exited).
     pub fn forget(&mut self, pid: u32) {
-        self.cache.retain(|key, _| match key {
+        self.cache.retain(|(key, _), _| match key {
             ResourceKey::Process { pid: p } | ResourceKey::Device { pid: p, .. } => *p != pid,
         });
     }
@@ -53,7 +54,7 @@ impl Resources {
         device_name: Option<&str>,
         device: Option<&DeviceFacts>,
     ) -> Resource {
-        if let Some(resource) = self.cache.get(key) {
+        if let Some(resource) = self.cache.get(&(key.clone(), is_server)) {
             return resource.clone();
         }
         let pid = match key {
@@ -103,13 +104,13 @@ impl Resources {
                 if let Some(host) = tango_host {
                     attributes.push(KeyValue::new("tango.host", host));
                 }
-                // The kind may still turn from client to server; only servers are final.
-                is_server
+                // Cached per kind: the kind may still turn from client to server.
+                true
             }
         };
         let resource = Resource::builder_empty().with_attributes(attributes).build();
         if cacheable {
-            self.cache.insert(key.clone(), resource.clone());
+            self.cache.insert((key.clone(), is_server), resource.clone());
         }
         resource
     }
