@@ -8,6 +8,21 @@
 /// event stream is copied whole. GIOP is copied up to the (smaller) configured capture length.
 pub const MAX_CAPTURE: usize = 8192;
 
+/// Largest GIOP body the probes and the daemon believe: cppTango raises omniORB's
+/// `giopMaxMsgSize` to its `MAX_TRANSFER_SIZE`, 256 MiB, for clients and servers alike, so a Tango
+/// peer refuses anything larger. A header claiming more is garbage (a desync), not a message to
+/// follow for gigabytes.
+pub const MAX_GIOP_BODY_LEN: u32 = 256 * 1024 * 1024;
+
+/// GIOP messages whose start one syscall may report (one data record each). Further messages of
+/// the same syscall are walked but not copied, and counted ([`loss::OVER_LIMIT`]). An omniORB
+/// receive buffer (8 KiB) holds at most ~80 of the smallest Tango requests.
+pub const MAX_MESSAGES_PER_CALL: u32 = 128;
+
+/// Message headers one syscall's bytes are walked through. Past this, the rest of the syscall is
+/// not looked at ([`loss::WALK_CUT`]) and its stream resynchronises on the next message start.
+pub const MAX_HEADERS_PER_CALL: u32 = 1024;
+
 /// Record kinds (the first field of every record).
 pub mod kind {
     /// [`super::DataRecord`]: bytes a target process sent or received on a socket.
@@ -27,6 +42,41 @@ pub mod kind {
     pub const ZMQ_SEND: u32 = 7;
 }
 
+/// Causes of lost records or lost in-kernel state: the slots of the per-CPU `LOST` array.
+pub mod loss {
+    /// A record did not fit in the ring buffer (the daemon is behind).
+    pub const RING_FULL: u32 = 0;
+    /// The map of syscalls in flight was full: one send/receive was not seen.
+    pub const PENDING_FULL: u32 = 1;
+    /// The map of partly transferred messages was full: a message's rest was not followed.
+    pub const STREAM_FULL: u32 = 2;
+    /// Messages beyond [`super::MAX_MESSAGES_PER_CALL`] in one syscall (exact count).
+    pub const OVER_LIMIT: u32 = 3;
+    /// Syscalls whose bytes held more than [`super::MAX_HEADERS_PER_CALL`] headers: the rest
+    /// was not walked (each hides at least one message).
+    pub const WALK_CUT: u32 = 4;
+    /// Bytes that are not GIOP where a message start was expected.
+    pub const DESYNC: u32 = 5;
+    /// A GIOP header claiming a body over [`super::MAX_GIOP_BODY_LEN`].
+    pub const OVERSIZE: u32 = 6;
+    /// The syscall's buffer could not be read.
+    pub const READ_FAILED: u32 = 7;
+    /// Number of causes (length of the `LOST` array).
+    pub const CAUSES: u32 = 8;
+
+    /// Names of the causes, by slot, as the daemon reports them.
+    pub const NAMES: [&str; CAUSES as usize] = [
+        "ring_buffer_full",
+        "pending_syscall_map_full",
+        "stream_map_full",
+        "messages_over_per_call_limit",
+        "syscalls_not_walked_to_end",
+        "desync_not_giop",
+        "giop_length_over_maximum",
+        "user_buffer_unreadable",
+    ];
+}
+
 /// Direction of a [`DataRecord`].
 pub mod direction {
     pub const SEND: u8 = 0;
@@ -44,22 +94,26 @@ pub struct RecordHeader {
     pub tid: u32,
     /// Socket fd for data and close records, child pid for fork records.
     pub fd: i32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall entered (send) or returned (receive).
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall entered (send) or returned (receive);
+    /// every chunk of one syscall carries the same time.
     pub ts_ns: u64,
 }
 
-/// A send or receive of a target process whose bytes look like GIOP (or continue a GIOP message),
-/// or a ZMTP frame carrying a Tango event topic (`tango://…`).
+/// One chunk of a send or receive of a target process: a GIOP message (or the part of it this
+/// syscall moved), the continuation of a message an earlier syscall began, or a ZMTP frame
+/// carrying a Tango event topic (`tango://…`). A syscall moving several GIOP messages gives one
+/// record per message, in stream order.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DataRecord {
     pub header: RecordHeader,
-    /// Bytes the syscall actually moved.
+    /// Bytes of the stream this chunk covers (moved by the syscall).
     pub total_len: u32,
-    /// Bytes of `data` that are valid (`min(total_len, capture limit)`).
+    /// Bytes of `data` that are valid (a prefix of the chunk, at most the capture limit).
     pub captured_len: u32,
     pub direction: u8,
-    pub _pad: u8,
+    /// [`chunk`] flags.
+    pub flags: u8,
     /// Address family of the socket's peer (`AF_INET` 2, `AF_UNIX` 1; 0 when unknown), read in
     /// the kernel for receives so the daemon need not race the connection's end.
     pub peer_family: u16,
@@ -69,6 +123,12 @@ pub struct DataRecord {
     pub peer_port: u16,
     pub _pad2: [u8; 6],
     pub data: [u8; MAX_CAPTURE],
+}
+
+/// Flags of a [`DataRecord`].
+pub mod chunk {
+    /// The chunk starts at a GIOP message header (else it continues a message or is ZMTP).
+    pub const MESSAGE_START: u8 = 0x01;
 }
 
 /// Offsets into `struct sock_common`, read from the kernel's BTF by the daemon.
@@ -110,6 +170,45 @@ pub struct StreamKey {
     pub direction: u32,
 }
 
+/// A `sendto`/`recvfrom` in flight on one thread (value of the in-kernel `PENDING` map, key:
+/// pid_tgid), read back at syscall exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingCall {
+    /// The syscall's buffer (user address).
+    pub buf: u64,
+    /// Entry time of a send (a client span starts when the request write starts); 0 for receives.
+    pub ts_ns: u64,
+    pub fd: i32,
+    /// Peer of a receive, noted by `sock:sock_recv_length` while it runs (0 when unknown).
+    pub peer_family: u16,
+    pub peer_port: u16,
+    pub peer_addr: u32,
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What the probes remember of a stream direction between syscalls while a GIOP message is only
+/// partly transferred (value of the in-kernel `STREAMS` map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamState {
+    /// Bytes of the current message still to come (its header is whole).
+    pub pending: u32,
+    /// Bytes of the current message already moved, header included.
+    pub seen: u32,
+    /// Bytes 0..8 of a header split across syscalls, as a little-endian word (zero above
+    /// `header_len`).
+    pub header_lo: u64,
+    /// Bytes 8..12 of that header, likewise.
+    pub header_hi: u32,
+    /// How many bytes of the split header are known (0 when no header is split).
+    pub header_len: u8,
+    /// 1 when the current message is over the per-call limit: its rest is not reported either.
+    pub skip: u8,
+    pub _pad: [u8; 2],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all fields are plain integers or byte arrays, `#[repr(C)]`, no invalid bit patterns.
@@ -118,4 +217,8 @@ mod pod {
     unsafe impl aya::Pod for super::StreamKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StreamState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingCall {}
 }

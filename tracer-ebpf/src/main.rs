@@ -1,39 +1,50 @@
 //! eBPF programs of tango-tracer. All of them only read: they never write to a traced process.
 //!
 //! - Syscall tracepoints on `sendto`/`recvfrom` copy GIOP messages (TCP and Unix sockets alike) of
-//!   target processes into the ring buffer. Other processes pay one hash lookup.
+//!   target processes into the ring buffer, at syscall exit, from the bytes that actually moved;
+//!   one record per message when a syscall moves several. Other processes pay one hash lookup.
+//! - Nothing is lost silently: every record or piece of state that cannot be kept is counted by
+//!   cause in `LOST` (see `tracer_common::loss`).
 //! - `openat` notices a process loading omniORB and makes it a target at once, in the kernel, so no
 //!   request is missed while the daemon reacts.
 //! - Scheduler tracepoints report fork, exec and exit of targets so the daemon can free state.
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
-        bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user_buf,
+        bpf_probe_read_user_str_bytes, generated,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, ProcessRecord, RecordHeader, SockOffsets, StreamKey,
-    TargetConfig, direction, kind,
+    DATA_RECORD_HEADER_LEN, DataRecord, MAX_CAPTURE, MAX_GIOP_BODY_LEN, MAX_HEADERS_PER_CALL,
+    MAX_MESSAGES_PER_CALL, PendingCall, ProcessRecord, RecordHeader, SockOffsets, StreamKey, StreamState,
+    TargetConfig, chunk, direction, kind, loss,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below.
 #[map]
 static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(8192, 0);
 
-/// Arguments of a `recvfrom` in flight, per thread, read back when it returns.
+/// Arguments of a `sendto`/`recvfrom` in flight, per thread (key: pid_tgid), read back when it
+/// returns. A plain hash map, not an LRU one: a full map fails the insert, which is counted,
+/// where an LRU map would evict another thread's call without a trace. Entries leave at syscall
+/// exit; the daemon removes those of a process that exited.
 #[map]
-static PENDING_RECV: LruHashMap<u64, RecvArgs> = LruHashMap::with_max_entries(16384, 0);
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
-/// Bytes still to come of a GIOP message that one syscall did not move whole.
+/// GIOP messages that one syscall did not move whole: what is still to come. A plain hash map for
+/// the same reason as `PENDING`; entries leave when the message is complete, at `close`, or when
+/// the daemon sees the process exit.
 #[map]
-static STREAMS: LruHashMap<StreamKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(16384, 0);
 
 /// Sockets (pid, fd, direction) carrying Tango events over ZMTP: every chunk is copied, whole,
 /// because ZMQ batches several messages into one call and splits them across calls.
@@ -48,9 +59,13 @@ static SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 #[map]
 static SCRATCH: PerCpuArray<DataRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// Records lost because the ring buffer was full (index 0), read by the daemon.
+/// The syscall being walked message by message, per CPU (see `emit_data`).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static WALKS: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records and in-kernel state lost, by cause (`tracer_common::loss`), read by the daemon.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(loss::CAUSES, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
@@ -59,16 +74,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[unsafe(no_mangle)]
 static DEFAULT_CAPTURE_LEN: u32 = 1024;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RecvArgs {
-    buf: u64,
-    fd: i32,
-    peer_family: u16,
-    peer_port: u16,
-    peer_addr: u32,
-    _pad: u32,
-}
+/// Offset of `child_pid` in the `sched_process_fork` tracepoint's record, from its format file
+/// (set by the daemon before loading; the layout changed across kernel versions).
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 0;
 
 /// Where the peer address lives in `struct sock_common` (set by the daemon from BTF).
 #[unsafe(no_mangle)]
@@ -81,44 +90,40 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 // Offsets of the syscall tracepoint fields (see events/syscalls/*/format): args start at 16.
 const ARG0: usize = 16;
 const ARG1: usize = 24;
-const ARG2: usize = 32;
 const RET: usize = 16;
 
 #[tracepoint]
 pub fn sendto_enter(ctx: TracePointContext) -> u32 {
-    match try_sendto_enter(&ctx) {
+    match stash_call(&ctx, direction::SEND) {
         Ok(()) | Err(()) => 0,
     }
 }
 
-fn try_sendto_enter(ctx: &TracePointContext) -> Result<(), ()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
-        return Ok(());
-    };
-    let capture_len = target.capture_len;
-    // SAFETY: offsets come from the tracepoint's format file.
-    let (fd, buf, len) = unsafe {
-        (
-            ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
-            ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
-            ctx.read_at::<u64>(ARG2).map_err(|_| ())?,
-        )
-    };
-    let no_peer = RecvArgs { buf, fd, peer_family: 0, peer_port: 0, peer_addr: 0, _pad: 0 };
-    emit_data(pid_tgid, fd, buf, len, direction::SEND, capture_len, &no_peer)
+#[tracepoint]
+pub fn sendto_exit(ctx: TracePointContext) -> u32 {
+    match finish_call(&ctx, direction::SEND) {
+        Ok(()) | Err(()) => 0,
+    }
 }
 
 #[tracepoint]
 pub fn recvfrom_enter(ctx: TracePointContext) -> u32 {
-    match try_recvfrom_enter(&ctx) {
+    match stash_call(&ctx, direction::RECV) {
         Ok(()) | Err(()) => 0,
     }
 }
 
-fn try_recvfrom_enter(ctx: &TracePointContext) -> Result<(), ()> {
+#[tracepoint]
+pub fn recvfrom_exit(ctx: TracePointContext) -> u32 {
+    match finish_call(&ctx, direction::RECV) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+/// At syscall entry: remembers (fd, buffer, entry time) for the exit, which alone knows how many
+/// bytes moved.
+#[inline(always)]
+fn stash_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     // SAFETY: a map lookup; the value is only read.
@@ -126,33 +131,36 @@ fn try_recvfrom_enter(ctx: &TracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     // SAFETY: offsets come from the tracepoint's format file.
-    let args = unsafe {
-        RecvArgs {
-            fd: ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
+    let call = unsafe {
+        PendingCall {
             buf: ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
+            ts_ns: if dir == direction::SEND { bpf_ktime_get_ns() } else { 0 },
+            fd: ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
             peer_family: 0,
             peer_port: 0,
             peer_addr: 0,
-            _pad: 0,
+            direction: dir,
+            _pad: [0; 3],
         }
     };
-    PENDING_RECV.insert(&pid_tgid, &args, 0).map_err(|_| ())
-}
-
-#[tracepoint]
-pub fn recvfrom_exit(ctx: TracePointContext) -> u32 {
-    match try_recvfrom_exit(&ctx) {
-        Ok(()) | Err(()) => 0,
+    if PENDING.insert(&pid_tgid, &call, 0).is_err() {
+        count_lost(loss::PENDING_FULL, 1);
     }
+    Ok(())
 }
 
-fn try_recvfrom_exit(ctx: &TracePointContext) -> Result<(), ()> {
+/// At syscall exit: reports the bytes that moved (`ret`); nothing for errors such as EAGAIN.
+#[inline(always)]
+fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a map lookup; the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { PENDING_RECV.get(&pid_tgid) }).copied() else {
+    let Some(mut call) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
         return Ok(());
     };
-    let _ = PENDING_RECV.remove(&pid_tgid);
+    let _ = PENDING.remove(&pid_tgid);
+    if call.direction != dir {
+        return Ok(());
+    }
     // SAFETY: offset comes from the tracepoint's format file.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.map_err(|_| ())?;
     if ret <= 0 {
@@ -164,7 +172,12 @@ fn try_recvfrom_exit(ctx: &TracePointContext) -> Result<(), ()> {
         return Ok(());
     };
     let capture_len = target.capture_len;
-    emit_data(pid_tgid, args.fd, args.buf, ret as u64, direction::RECV, capture_len, &args)
+    if dir == direction::RECV {
+        // A receive's bytes exist once it returns.
+        // SAFETY: helper without arguments.
+        call.ts_ns = unsafe { bpf_ktime_get_ns() };
+    }
+    emit_data(pid_tgid, &call, ret as u64, capture_len)
 }
 
 /// `sock:sock_recv_length` fires inside the receive, with the socket: its peer address is noted
@@ -177,7 +190,7 @@ pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
 
 fn try_sock_recv_length(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = PENDING_RECV.get_ptr_mut(&pid_tgid) else {
+    let Some(args) = PENDING.get_ptr_mut(&pid_tgid) else {
         return Ok(());
     };
     // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
@@ -203,95 +216,325 @@ fn try_sock_recv_length(ctx: &BtfTracePointContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// Copies the first bytes of a send/receive into the ring buffer when they start a GIOP message
-/// or continue one that an earlier syscall began.
+/// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
+/// then each GIOP message that starts in them (one record per message, up to
+/// `MAX_MESSAGES_PER_CALL`), or a ZMTP frame of a Tango event stream.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined: no BPF call, so no 5-argument limit")]
-fn emit_data(
-    pid_tgid: u64,
-    fd: i32,
-    buf: u64,
-    len: u64,
-    dir: u8,
-    capture_len: u32,
-    peer: &RecvArgs,
-) -> Result<(), ()> {
+fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
-    let key = StreamKey { pid, fd, direction: dir as u32 };
+    let key = StreamKey { pid, fd: call.fd, direction: call.direction as u32 };
     // SAFETY: a map lookup; the value is copied out.
-    let pending = unsafe { STREAMS.get(&key) }.copied().unwrap_or(0);
-    if pending > 0 {
-        if len >= pending {
-            let _ = STREAMS.remove(&key);
-        } else {
-            let _ = STREAMS.insert(&key, &(pending - len), 0);
-        }
-    } else {
+    let state = unsafe { STREAMS.get(&key) }.copied();
+    let had_state = state.is_some();
+    let walk = Walk {
+        pid_tgid,
+        buf: call.buf,
+        len,
+        off: 0,
+        ts_ns: call.ts_ns,
+        fd: call.fd,
+        capture_len,
+        steps_before_messages: 0,
+        peer_addr: call.peer_addr,
+        peer_family: call.peer_family,
+        peer_port: call.peer_port,
+        direction: call.direction,
+        in_stream: 0,
+        finished: 0,
+        _pad: [0; 3],
+        state: state.unwrap_or_default(),
+    };
+    if !had_state {
         // SAFETY: a map lookup; the value is not used.
         if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
-            return emit_record(pid_tgid, fd, buf, len, dir, MAX_CAPTURE as u32, peer);
+            return emit_chunk(&walk, 0, len, MAX_CAPTURE as u32, 0);
         }
-        let mut head = [0u8; GIOP_HEADER_LEN];
+        let mut head = [0u8; 10];
         if len < 4 {
             return Ok(());
         }
-        // SAFETY: reading user memory the syscall itself reads or wrote.
-        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut head) }.map_err(|_| ())?;
+        // SAFETY: reading user memory the syscall itself read or wrote.
+        unsafe { bpf_probe_read_user_buf(call.buf as *const u8, &mut head) }.map_err(|_| ())?;
         if &head[..4] != b"GIOP" {
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
             if len >= 10 && head[0] & 0x02 == 0 && &head[2..10] == b"tango://" {
                 let _ = ZMTP_STREAMS.insert(&key, &1, 0);
-                return emit_record(pid_tgid, fd, buf, len, dir, MAX_CAPTURE as u32, peer);
+                return emit_chunk(&walk, 0, len, MAX_CAPTURE as u32, 0);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
             // unsubscription leaving a client.
             if len >= 9 && head[0] == 0x04 && head[2] == 6 && &head[3..9] == b"CANCEL" {
-                return emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer);
+                return emit_chunk(&walk, 0, len, capture_len, 0);
             }
             return Ok(());
         }
-        let body_len = if head[6] & 1 == 1 {
-            u32::from_le_bytes([head[8], head[9], head[10], head[11]])
-        } else {
-            u32::from_be_bytes([head[8], head[9], head[10], head[11]])
-        };
-        let message_len = GIOP_HEADER_LEN as u64 + body_len as u64;
-        if message_len > len {
-            let _ = STREAMS.insert(&key, &(message_len - len), 0);
-        }
     }
-
-    emit_record(pid_tgid, fd, buf, len, dir, capture_len, peer)
+    // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
+    // unknown at every step and proves the loop body once, instead of following `off` growing.
+    let slot = WALKS.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU entry is ours for the duration of this program.
+    unsafe { *slot = walk };
+    // SAFETY: `walk_step` is a BPF function; it finds the walk in `WALKS` itself.
+    unsafe {
+        bpf_loop(MAX_HEADERS_PER_CALL + 2, walk_step as *const () as *mut c_void, core::ptr::null_mut(), 0)
+    };
+    // SAFETY: as above; the loop has finished.
+    let walk = unsafe { &*slot };
+    if walk.finished == 0 {
+        count_lost(loss::WALK_CUT, 1);
+    }
+    let state = walk.state;
+    if state.pending > 0 || state.header_len > 0 {
+        if STREAMS.insert(&key, &state, 0).is_err() {
+            count_lost(loss::STREAM_FULL, 1);
+        }
+    } else if had_state {
+        let _ = STREAMS.remove(&key);
+    }
+    Ok(())
 }
 
-/// Copies up to `capture_len` bytes of one send/receive into the ring buffer.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined: no BPF call, so no 5-argument limit")]
-fn emit_record(
+/// One syscall's bytes being walked message by message (`bpf_loop` context).
+#[repr(C)]
+struct Walk {
     pid_tgid: u64,
-    fd: i32,
     buf: u64,
+    /// Bytes the syscall moved.
     len: u64,
-    dir: u8,
+    /// How far the walk has come in `buf`.
+    off: u64,
+    ts_ns: u64,
+    fd: i32,
     capture_len: u32,
-    peer: &RecvArgs,
-) -> Result<(), ()> {
-    let pid = (pid_tgid >> 32) as u32;
+    /// Loop steps spent on the message an earlier syscall began (at most 2: its header, its rest).
+    steps_before_messages: u32,
+    peer_addr: u32,
+    peer_family: u16,
+    peer_port: u16,
+    direction: u8,
+    /// 1 once a message ended inside these bytes: what follows must be a message start.
+    in_stream: u8,
+    /// 1 when the walk reached the end of the bytes (or stopped on purpose).
+    finished: u8,
+    _pad: [u8; 3],
+    /// The stream between syscalls: kept when the walk ends inside a message.
+    state: StreamState,
+}
+
+/// `"GIOP"` as a little-endian word.
+const GIOP_MAGIC: u32 = u32::from_le_bytes(*b"GIOP");
+
+/// One step of the walk: finishes a split header, or reports the rest of the current message, or
+/// the message starting at `walk.off`. Returns 1 to stop the loop. Verified once by the kernel
+/// (a `bpf_loop` callback), however many steps run.
+#[inline(never)]
+extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = WALKS.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU walk `emit_data` set up; nothing else runs on this CPU meanwhile.
+    let walk = unsafe { &mut *walk };
+    if walk.off >= walk.len {
+        walk.finished = 1;
+        return 1;
+    }
+    let rem = walk.len - walk.off;
+    let start = walk.buf.wrapping_add(walk.off);
+    if walk.state.header_len > 0 {
+        walk.steps_before_messages += 1;
+        return complete_header(walk, start, rem);
+    }
+    if walk.state.pending > 0 {
+        walk.steps_before_messages += 1;
+        // The rest of a message begun earlier: only its first `capture_len` bytes matter.
+        let state = walk.state;
+        let n = (state.pending as u64).min(rem);
+        if state.skip == 0 {
+            let budget = walk.capture_len.saturating_sub(state.seen);
+            let _ = emit_chunk(walk, walk.off, n, budget, 0);
+        }
+        walk.off += n;
+        walk.state.pending = state.pending - n as u32;
+        walk.state.seen = state.seen.saturating_add(n as u32);
+        if walk.state.pending > 0 {
+            walk.finished = 1;
+            return 1;
+        }
+        walk.state = StreamState::default();
+        walk.in_stream = 1;
+        return 0;
+    }
+    // A message starts here.
+    let Ok((lo, hi)) = read_words(start, rem.min(GIOP_HEADER_LEN as u64)) else {
+        walk.finished = 1;
+        return 1;
+    };
+    if rem < GIOP_HEADER_LEN as u64 {
+        // A header split across syscalls: keep its first bytes for the next one.
+        walk.finished = 1;
+        let magic_bytes = rem.min(4) as u32;
+        let mask = (1u64 << (8 * magic_bytes)) - 1;
+        if lo & mask != GIOP_MAGIC as u64 & mask {
+            if walk.in_stream == 1 {
+                count_lost(loss::DESYNC, 1);
+            }
+            return 1;
+        }
+        let skip = take_message_slot(walk, index);
+        if skip == 0 {
+            let _ = emit_chunk(walk, walk.off, rem, rem as u32, chunk::MESSAGE_START);
+        }
+        walk.state = StreamState {
+            header_lo: lo,
+            header_hi: hi as u32,
+            header_len: rem as u8,
+            skip,
+            ..StreamState::default()
+        };
+        walk.off = walk.len;
+        return 1;
+    }
+    if walk.in_stream == 0 && lo as u32 != GIOP_MAGIC {
+        // Not GIOP at the start of a syscall: some other protocol, not a loss.
+        walk.finished = 1;
+        return 1;
+    }
+    let Some(message_len) = giop_message_len(lo, hi) else {
+        walk.finished = 1;
+        return 1;
+    };
+    let n = (message_len as u64).min(rem);
+    let skip = take_message_slot(walk, index);
+    if skip == 0 {
+        let _ = emit_chunk(walk, walk.off, n, walk.capture_len, chunk::MESSAGE_START);
+    }
+    walk.off += n;
+    walk.in_stream = 1;
+    if n < message_len as u64 {
+        // The rest comes with later syscalls.
+        walk.state =
+            StreamState { pending: message_len - n as u32, seen: n as u32, skip, ..StreamState::default() };
+        walk.finished = 1;
+        return 1;
+    }
+    0
+}
+
+/// Completes a header split across syscalls with the first bytes of this one; the bytes stay
+/// in the stream (the next step reports them as the rest of the message).
+#[inline(always)]
+fn complete_header(walk: &mut Walk, start: u64, rem: u64) -> i64 {
+    let state = walk.state;
+    let have = (state.header_len as u64).min(GIOP_HEADER_LEN as u64 - 1);
+    let take = (GIOP_HEADER_LEN as u64 - have).min(rem);
+    let Ok((new_lo, new_hi)) = read_words(start, take) else {
+        walk.state = StreamState::default();
+        walk.finished = 1;
+        return 1;
+    };
+    // Append the new bytes after the `have` known ones (little-endian words, zero-extended).
+    let (lo, hi) = if have < 8 {
+        let shift = 8 * have;
+        (
+            state.header_lo | (new_lo << shift),
+            state.header_hi as u64 | (new_lo >> (64 - shift)) | (new_hi << shift),
+        )
+    } else {
+        (state.header_lo, state.header_hi as u64 | (new_lo << (8 * (have - 8))))
+    };
+    if have + take < GIOP_HEADER_LEN as u64 {
+        // Still not whole (a syscall of a few bytes): these bytes are part of the header.
+        if state.skip == 0 {
+            let _ = emit_chunk(walk, walk.off, take, take as u32, 0);
+        }
+        walk.state.header_lo = lo;
+        walk.state.header_hi = hi as u32;
+        walk.state.header_len = (have + take) as u8;
+        walk.off = walk.len;
+        walk.finished = 1;
+        return 1;
+    }
+    let Some(message_len) = giop_message_len(lo, hi) else {
+        // Counted by giop_message_len; resynchronise on a later message start.
+        walk.state = StreamState::default();
+        walk.finished = 1;
+        return 1;
+    };
+    walk.state = StreamState {
+        pending: message_len - have as u32,
+        seen: have as u32,
+        skip: state.skip,
+        ..StreamState::default()
+    };
+    0
+}
+
+/// Reads `n` (≤ 12) bytes of user memory as two little-endian words, zero-extended.
+#[inline(always)]
+fn read_words(src: u64, n: u64) -> Result<(u64, u64), ()> {
+    let mut words = [0u64; 2];
+    let n = n.min(GIOP_HEADER_LEN as u64) as u32;
+    if n == 0 {
+        return Ok((0, 0));
+    }
+    // SAFETY: at most 12 bytes into a 16-byte buffer; reading user memory the syscall itself
+    // read or wrote.
+    let ret = unsafe { generated::bpf_probe_read_user(words.as_mut_ptr().cast(), n, src as *const c_void) };
+    if ret != 0 {
+        count_lost(loss::READ_FAILED, 1);
+        return Err(());
+    }
+    Ok((words[0], words[1]))
+}
+
+/// Length of the message whose 12-byte header these words hold, or `None` (counted) when it is
+/// not GIOP 1.x or claims more than `MAX_GIOP_BODY_LEN`.
+#[inline(always)]
+fn giop_message_len(lo: u64, hi: u64) -> Option<u32> {
+    // "GIOP" | major | minor | flags | type || u32 body length in the flags' byte order
+    if lo as u32 != GIOP_MAGIC || (lo >> 32) as u8 != 1 {
+        count_lost(loss::DESYNC, 1);
+        return None;
+    }
+    let little_endian = (lo >> 48) as u8 & 1 == 1;
+    let body_len = if little_endian { hi as u32 } else { (hi as u32).swap_bytes() };
+    if body_len > MAX_GIOP_BODY_LEN {
+        count_lost(loss::OVERSIZE, 1);
+        return None;
+    }
+    Some(GIOP_HEADER_LEN as u32 + body_len)
+}
+
+/// Whether the message starting at loop step `index` may be reported: 0 when it may, 1 when it
+/// is over `MAX_MESSAGES_PER_CALL` (then counted as missed). Counted from the loop index, which
+/// the verifier treats as unknown: a counter of our own would be a new constant each step and keep
+/// the verifier from seeing that the steps converge.
+#[inline(always)]
+fn take_message_slot(walk: &Walk, index: u64) -> u8 {
+    if index.saturating_sub(walk.steps_before_messages as u64) < MAX_MESSAGES_PER_CALL as u64 {
+        0
+    } else {
+        count_lost(loss::OVER_LIMIT, 1);
+        1
+    }
+}
+
+/// Copies one chunk (`len` bytes at `off` of the syscall's buffer, at most `capture_len` of them)
+/// into the ring buffer.
+#[inline(always)]
+fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> Result<(), ()> {
+    let pid = (walk.pid_tgid >> 32) as u32;
     let record = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
     let record = unsafe { &mut *record };
-    record.header = RecordHeader {
-        kind: kind::DATA,
-        pid,
-        tid: pid_tgid as u32,
-        fd,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    };
+    record.header =
+        RecordHeader { kind: kind::DATA, pid, tid: walk.pid_tgid as u32, fd: walk.fd, ts_ns: walk.ts_ns };
     record.total_len = len.min(u32::MAX as u64) as u32;
-    record.direction = dir;
-    record.peer_family = peer.peer_family;
-    record.peer_port = peer.peer_port;
-    record.peer_addr = peer.peer_addr;
+    record.direction = walk.direction;
+    record.flags = flags;
+    record.peer_family = walk.peer_family;
+    record.peer_port = walk.peer_port;
+    record.peer_addr = walk.peer_addr;
     let mut captured = len as usize;
     let limit = capture_len as usize;
     if captured > limit {
@@ -302,8 +545,12 @@ fn emit_record(
     }
     record.captured_len = captured as u32;
     if captured > 0 {
-        // SAFETY: reading user memory the syscall itself reads or wrote.
-        unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut record.data[..captured]) }.map_err(|_| ())?;
+        let src = walk.buf.wrapping_add(off) as *const u8;
+        // SAFETY: reading user memory the syscall itself read or wrote.
+        if unsafe { bpf_probe_read_user_buf(src, &mut record.data[..captured]) }.is_err() {
+            count_lost(loss::READ_FAILED, 1);
+            return Err(());
+        }
     }
     let size = DATA_RECORD_HEADER_LEN + captured;
     // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
@@ -316,10 +563,10 @@ fn emit_record(
     // No wake-up per message: the daemon drains the ring on a short timer (and whenever a
     // lifecycle record wakes it), which saves two context switches per Tango call.
     if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
-        count_lost();
+        count_lost(loss::RING_FULL, 1);
     }
-    // A lookup is cheaper than an LRU update, and the socket is known after its first message.
-    let socket = socket_key(pid, fd);
+    // A lookup is cheaper than an update, and the socket is known after its first message.
+    let socket = socket_key(pid, walk.fd);
     // SAFETY: a map lookup; the value is not used.
     if unsafe { SOCKETS.get(&socket) }.is_none() {
         let _ = SOCKETS.insert(&socket, &1, 0);
@@ -332,10 +579,11 @@ fn socket_key(pid: u32, fd: i32) -> u64 {
     ((pid as u64) << 32) | fd as u32 as u64
 }
 
-fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
+#[inline(always)]
+fn count_lost(cause: u32, n: u64) {
+    if let Some(lost) = LOST.get_ptr_mut(cause) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        unsafe { *lost += 1 };
+        unsafe { *lost += n };
     }
 }
 
@@ -351,7 +599,7 @@ fn emit_process(kind: u32, pid: u32, tid: u32, fd: i32) {
         },
     };
     if EVENTS.output(&record, 0).is_err() {
-        count_lost();
+        count_lost(loss::RING_FULL, 1);
     }
 }
 
@@ -445,8 +693,11 @@ pub fn process_fork(ctx: TracePointContext) -> u32 {
     if unsafe { TARGETS.get(&pid) }.is_none() {
         return 0;
     }
-    // SAFETY: `child_pid` offset from sched/sched_process_fork/format.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(20) }) else {
+    // SAFETY: a global the daemon sets before loading, from sched/sched_process_fork/format; read
+    // as volatile so it is not folded.
+    let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
+    // SAFETY: reading the tracepoint's record at that offset.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset) }) else {
         return 0;
     };
     emit_process(kind::FORK, pid, bpf_get_current_pid_tgid() as u32, child);

@@ -309,6 +309,7 @@ impl Daemon {
         }
         self.assembler.push(&record);
         if let Record::Exit { .. } | Record::Exec { .. } = record {
+            self.probes.forget_process(pid);
             self.release_spans(false);
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.exited_at = Some(Instant::now());
@@ -650,11 +651,11 @@ impl Daemon {
         }
         let stats = self.assembler.stats();
         info!(
-            "stopped: {} GIOP messages, {} spans, {} unparsable, {} probe records lost",
+            "stopped: {} GIOP messages, {} spans, {} unparsable, probe losses: {}",
             stats.messages,
             stats.spans,
             stats.unparsable,
-            self.probes.lost_records()
+            self.probes.losses()
         );
     }
 }

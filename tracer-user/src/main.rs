@@ -169,6 +169,12 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let (min, max) = (tango_tracer::probes::MIN_CAPTURE_BYTES, tango_tracer::probes::MAX_CAPTURE_BYTES);
+    if !(min..=max).contains(&args.capture_bytes) {
+        bail!(
+            "--capture-bytes must be between {min} and {max}: a GIOP header and the Tango arguments need {min}"
+        );
+    }
     if args.export_interval > Duration::from_secs(5) {
         bail!("--export-interval must be at most 5s so traces show up promptly");
     }

@@ -13,7 +13,7 @@ use aya::{
     },
 };
 use log::{debug, info, warn};
-use tracer_common::{MAX_CAPTURE, TargetConfig};
+use tracer_common::{MAX_CAPTURE, PendingCall, StreamKey, StreamState, TargetConfig, loss};
 
 use crate::{kernel_offsets, uprobes};
 
@@ -34,6 +34,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// (program name, tracepoint category, tracepoint name)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("sendto_exit", "syscalls", "sys_exit_sendto"),
     ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
     ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
     ("close_enter", "syscalls", "sys_enter_close"),
@@ -67,6 +68,9 @@ pub enum ProbeError {
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
     Tracefs(std::io::Error),
+    /// A tracepoint's record layout could not be read from tracefs.
+    #[error("cannot tell where the fork tracepoint keeps the child pid")]
+    Format(#[source] kernel_offsets::FormatError),
 }
 
 // Boxed: aya's errors are large and would bloat every `Result` of this module.
@@ -89,8 +93,49 @@ pub struct Probes {
     /// Library files (device, inode) whose functions are already probed.
     probed_files: std::collections::HashSet<(u64, u64)>,
     targets: HashMap<MapData, u32, TargetConfig>,
+    /// Syscalls in flight (key: pid_tgid) and partly moved messages: entries a process leaves
+    /// behind when it dies are removed by [`Probes::forget_process`].
+    pending: HashMap<MapData, u64, PendingCall>,
+    streams: HashMap<MapData, StreamKey, StreamState>,
     lost: PerCpuArray<MapData, u64>,
     capture_len: u32,
+}
+
+/// Probe records and in-kernel state lost so far, by cause, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProbeLosses {
+    /// Totals indexed by the `tracer_common::loss` slots.
+    pub totals: [u64; loss::CAUSES as usize],
+}
+
+impl ProbeLosses {
+    /// (cause, total) pairs, every cause included.
+    pub fn by_cause(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        loss::NAMES.iter().copied().zip(self.totals.iter().copied())
+    }
+
+    /// Everything lost, all causes together.
+    pub fn total(&self) -> u64 {
+        self.totals.iter().sum()
+    }
+}
+
+impl std::fmt::Display for ProbeLosses {
+    /// `cause total, …` for the causes that occurred, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut any = false;
+        for (cause, total) in self.by_cause().filter(|&(_, total)| total > 0) {
+            if any {
+                f.write_str(", ")?;
+            }
+            write!(f, "{cause} {total}")?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }
 
 impl Probes {
@@ -98,11 +143,14 @@ impl Probes {
     /// [`MAX_CAPTURE`].
     pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
-        let capture_len = capture_len.clamp(64, MAX_CAPTURE as u32);
+        let capture_len = capture_len.clamp(MIN_CAPTURE_BYTES, MAX_CAPTURE_BYTES);
         let sock_offsets = kernel_offsets::sock_offsets(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        let fork_child_pid = kernel_offsets::fork_child_pid_offset(std::path::Path::new(TRACEFS))
+            .map_err(ProbeError::Format)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
@@ -124,11 +172,15 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
         let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
+        let pending = HashMap::try_from(ebpf.take_map("PENDING").ok_or(ProbeError::Missing("PENDING"))?)?;
+        let streams = HashMap::try_from(ebpf.take_map("STREAMS").ok_or(ProbeError::Missing("STREAMS"))?)?;
         info!(
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        Ok((Self { ebpf, probed_files: Default::default(), targets, lost, capture_len }, events))
+        let probes =
+            Self { ebpf, probed_files: Default::default(), targets, pending, streams, lost, capture_len };
+        Ok((probes, events))
     }
 
     /// Puts the uprobes of the ZMQ library `library` (a path valid in the daemon's namespace)
@@ -186,7 +238,44 @@ impl Probes {
 
     /// Records the kernel could not queue because the ring buffer was full.
     pub fn lost_records(&self) -> u64 {
-        self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        self.losses().totals[loss::RING_FULL as usize]
+    }
+
+    /// Probe records and in-kernel state lost so far, by cause (a snapshot summed over CPUs).
+    pub fn losses(&self) -> ProbeLosses {
+        let mut losses = ProbeLosses::default();
+        for (cause, total) in (0u32..).zip(losses.totals.iter_mut()) {
+            *total = self.lost.get(&cause, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        }
+        losses
+    }
+
+    /// Removes what the kernel still holds for `pid` (syscalls in flight, partly moved messages),
+    /// once the process has exited or exec'd. Returns how many entries were removed. The maps
+    /// hold only in-flight state, so walking them is short.
+    pub fn forget_process(&mut self, pid: u32) -> usize {
+        let calls: Vec<u64> = self
+            .pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|pid_tgid| (pid_tgid >> 32) as u32 == pid)
+            .collect();
+        let streams: Vec<StreamKey> =
+            self.streams.keys().filter_map(Result::ok).filter(|key| key.pid == pid).collect();
+        let mut removed = 0;
+        for call in &calls {
+            removed += usize::from(self.pending.remove(call).is_ok());
+        }
+        for stream in &streams {
+            removed += usize::from(self.streams.remove(stream).is_ok());
+        }
+        removed
+    }
+
+    /// Entries in the in-kernel maps of syscalls in flight and partly moved messages (for tests
+    /// and `ctl`: both return to their baseline when traced processes are gone).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.pending.keys().count(), self.streams.keys().count())
     }
 }
 
@@ -213,6 +302,17 @@ fn attach_sock_recv_length(ebpf: &mut Ebpf) -> bool {
     }
 }
 
+/// Where tracefs is (mounted there by [`ensure_tracefs`] when it is not).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Smallest `--capture-bytes`: the GIOP header and the Tango arguments the daemon reads must fit.
+/// The largest such messages seen in real traffic: a `DbImportDevice` reply with its IOR
+/// (805 bytes), an `info` reply naming the device class (542), a request carrying a W3C trace
+/// context (up to 565).
+pub const MIN_CAPTURE_BYTES: u32 = 1024;
+/// Largest `--capture-bytes` (what one record holds).
+pub const MAX_CAPTURE_BYTES: u32 = MAX_CAPTURE as u32;
+
 fn ensure_tracefs() -> Result<(), ProbeError> {
     let events = std::path::Path::new("/sys/kernel/tracing/events");
     if events.exists() {
@@ -226,5 +326,35 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
         Ok(())
     } else {
         Err(ProbeError::Tracefs(std::io::Error::other("mount -t tracefs failed")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_capture_holds_every_captured_tango_message() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer-wire/tests/fixtures/giop");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&fixtures).expect("the GIOP fixtures") {
+            let path = entry.expect("a fixture").path();
+            let len = std::fs::metadata(&path).expect("fixture size").len();
+            assert!(len <= u64::from(MIN_CAPTURE_BYTES), "{} is {len} bytes", path.display());
+            checked += 1;
+        }
+        assert!(checked > 20, "only {checked} fixtures");
+    }
+
+    #[test]
+    fn losses_read_as_pairs_and_text() {
+        let mut losses = ProbeLosses::default();
+        assert_eq!(losses.to_string(), "none");
+        losses.totals[loss::RING_FULL as usize] = 3;
+        losses.totals[loss::OVER_LIMIT as usize] = 5;
+        assert_eq!(losses.total(), 8);
+        assert_eq!(losses.by_cause().count(), loss::CAUSES as usize);
+        assert_eq!(losses.to_string(), "ring_buffer_full 3, messages_over_per_call_limit 5");
     }
 }
