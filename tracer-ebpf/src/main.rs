@@ -226,7 +226,12 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
     // SAFETY: a map lookup; the value is copied out.
     let state = unsafe { STREAMS.get(&key) }.copied();
     let had_state = state.is_some();
-    let walk = Walk {
+    // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
+    // unknown at every loop step and proves the step once, instead of following `off` growing.
+    let walk = WALKS.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU entry is ours for the duration of this program.
+    let walk = unsafe { &mut *walk };
+    *walk = Walk {
         pid_tgid,
         buf: call.buf,
         len,
@@ -247,39 +252,50 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
     if !had_state {
         // SAFETY: a map lookup; the value is not used.
         if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
-            return emit_chunk(&walk, 0, len, MAX_CAPTURE as u32, 0);
+            return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
         }
-        let mut head = [0u8; 10];
         if len < 4 {
             return Ok(());
         }
-        // SAFETY: reading user memory the syscall itself read or wrote.
-        unsafe { bpf_probe_read_user_buf(call.buf as *const u8, &mut head) }.map_err(|_| ())?;
-        if &head[..4] != b"GIOP" {
+        let (lo, hi) = read_words(call.buf, len.min(GIOP_HEADER_LEN as u64))?;
+        if lo as u32 != GIOP_MAGIC {
+            let (b0, b2) = (lo as u8, (lo >> 16) as u8);
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
-            if len >= 10 && head[0] & 0x02 == 0 && &head[2..10] == b"tango://" {
+            if len >= 10 && b0 & 0x02 == 0 && ((lo >> 16) | (hi << 48)) == u64::from_le_bytes(*b"tango://") {
                 let _ = ZMTP_STREAMS.insert(&key, &1, 0);
-                return emit_chunk(&walk, 0, len, MAX_CAPTURE as u32, 0);
+                return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
             // unsubscription leaving a client.
-            if len >= 9 && head[0] == 0x04 && head[2] == 6 && &head[3..9] == b"CANCEL" {
-                return emit_chunk(&walk, 0, len, capture_len, 0);
+            let cancel = u64::from_le_bytes(*b"CANCEL\0\0");
+            if len >= 9 && b0 == 0x04 && b2 == 6 && ((lo >> 24) | (hi << 40)) & 0xffff_ffff_ffff == cancel {
+                return emit_chunk(walk, 0, len, capture_len, 0);
             }
             return Ok(());
         }
+        if len >= GIOP_HEADER_LEN as u64 {
+            // The usual case, one message or the start of one: no loop.
+            let message_len = giop_message_len(lo, hi).ok_or(())? as u64;
+            if message_len >= len {
+                emit_chunk(walk, 0, len, capture_len, chunk::MESSAGE_START)?;
+                if message_len > len {
+                    let state = StreamState {
+                        pending: (message_len - len) as u32,
+                        seen: len as u32,
+                        ..StreamState::default()
+                    };
+                    if STREAMS.insert(&key, &state, 0).is_err() {
+                        count_lost(loss::STREAM_FULL, 1);
+                    }
+                }
+                return Ok(());
+            }
+        }
     }
-    // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
-    // unknown at every step and proves the loop body once, instead of following `off` growing.
-    let slot = WALKS.get_ptr_mut(0).ok_or(())?;
-    // SAFETY: the per-CPU entry is ours for the duration of this program.
-    unsafe { *slot = walk };
     // SAFETY: `walk_step` is a BPF function; it finds the walk in `WALKS` itself.
     unsafe {
         bpf_loop(MAX_HEADERS_PER_CALL + 2, walk_step as *const () as *mut c_void, core::ptr::null_mut(), 0)
     };
-    // SAFETY: as above; the loop has finished.
-    let walk = unsafe { &*slot };
     if walk.finished == 0 {
         count_lost(loss::WALK_CUT, 1);
     }
@@ -414,6 +430,10 @@ extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
         // The rest comes with later syscalls.
         walk.state =
             StreamState { pending: message_len - n as u32, seen: n as u32, skip, ..StreamState::default() };
+        walk.finished = 1;
+        return 1;
+    }
+    if walk.off >= walk.len {
         walk.finished = 1;
         return 1;
     }
