@@ -170,6 +170,21 @@ impl TracerDaemon {
     /// Starts `tango-tracer run` with `env` (OTEL_* settings) and extra arguments; waits for its
     /// ready file.
     pub fn start(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
+        Self::start_with_stderr(marker, env, args, false)
+    }
+
+    /// Like [`start`](Self::start), with the daemon's log written to [`log`](Self::log) instead
+    /// of the test's standard error.
+    pub fn start_logged(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
+        Self::start_with_stderr(marker, env, args, true)
+    }
+
+    /// The daemon's log so far (daemons started with [`start_logged`](Self::start_logged)).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn start_with_stderr(marker: &str, env: &[(&str, &str)], args: &[&str], logged: bool) -> TracerDaemon {
         require_root();
         let dir = std::env::temp_dir().join(format!("tango-tracer-{marker}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -193,6 +208,10 @@ impl TracerDaemon {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
+        if logged {
+            let log = std::fs::File::create(dir.join("daemon.log")).expect("creating the daemon's log");
+            command.stderr(log);
+        }
         for (name, value) in env {
             command.env(name, value);
         }

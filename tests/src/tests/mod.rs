@@ -4,4 +4,5 @@ mod config;
 mod events;
 mod export;
 mod legacy;
+mod probes;
 mod pytango;

@@ -1,0 +1,151 @@
+//! The probes under pipelining: many GIOP requests in one write, sends cut short by a full
+//! receive window or refused with EAGAIN. Every request is traced, or counted as missed beyond the
+//! documented per-syscall limit (128 messages reported per syscall, 1,024 headers walked).
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use tracer_export::json::SpanJson;
+
+use crate::{
+    harness::{DemoServer, MARKER, TracerDaemon, python, script, unique_marker},
+    otlp_receiver::OtlpReceiver,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// `tracer_common::MAX_MESSAGES_PER_CALL` and `MAX_HEADERS_PER_CALL` (+2 steps of the loop for the
+/// message an earlier syscall began), as documented.
+const PER_CALL_LIMIT: u64 = 128;
+const HEADERS_WALKED: u64 = 1026;
+
+/// Runs `pipelined_client.py`: `count` requests (odd ids read `temperature`, even ids call
+/// `Fail`) written back to back on one connection to `server`, every reply read.
+fn pipelined_client(marker: &str, server: &DemoServer, count: u64, short_sends: bool) -> serde_json::Value {
+    let mut command = Command::new(python());
+    command
+        .arg(script("pipelined_client.py"))
+        .arg(server.port.to_string())
+        .arg("test/demo/1")
+        .arg(count.to_string());
+    if short_sends {
+        command.arg("--short-sends").arg(server.proc.pid().to_string());
+    }
+    let output = command.env(MARKER, marker).output().expect("running pipelined_client.py");
+    assert!(
+        output.status.success(),
+        "pipelined_client.py failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let out: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("client output {stdout:?}: {e}"));
+    // The server answered every request, each as its kind asks: the premise of every test here.
+    assert_eq!(out["replies"].as_u64(), Some(count), "{out}");
+    assert_eq!(out["wrong_status"].as_u64(), Some(0), "{out}");
+    assert_eq!(out["sent_bytes"], out["stream_bytes"], "{out}");
+    out
+}
+
+/// (read_attributes spans, of them ERROR; command_inout spans, of them ERROR) of `kind` and `pid`.
+fn tally(spans: &[SpanJson], kind: &str, pid: u32) -> (u64, u64, u64, u64) {
+    let mut t = (0, 0, 0, 0);
+    for span in
+        spans.iter().filter(|s| s.kind == kind && s.resource.get_i64("tango.process.id") == Some(pid.into()))
+    {
+        let error = u64::from(span.status.code == 2);
+        if span.name.contains("read_attribute") {
+            t.0 += 1;
+            t.1 += error;
+        } else if span.name.contains("command_inout") {
+            t.2 += 1;
+            t.3 += error;
+        } else {
+            panic!("unexpected span {span:?}");
+        }
+    }
+    t
+}
+
+/// The probe losses of the daemon's stop line, by cause.
+fn stop_losses(log: &str) -> HashMap<String, u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no stop line in the daemon's log:\n{log}"));
+    let losses = line.split("probe losses: ").nth(1).unwrap_or_else(|| panic!("no losses in {line}"));
+    if losses.trim() == "none" {
+        return HashMap::new();
+    }
+    losses
+        .split(", ")
+        .map(|pair| {
+            let (cause, total) = pair.trim().rsplit_once(' ').unwrap_or_else(|| panic!("{pair} in {line}"));
+            (cause.to_string(), total.parse().unwrap_or_else(|e| panic!("{pair}: {e}")))
+        })
+        .collect()
+}
+
+fn run(count: u64, short_sends: bool) -> (Vec<SpanJson>, serde_json::Value, HashMap<String, u64>, u32) {
+    let receiver = OtlpReceiver::start_blocking();
+    let marker = unique_marker("pipelined");
+    let server = DemoServer::start(&marker, "p", &["test/demo/1"]);
+    let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_string();
+    let mut daemon = TracerDaemon::start_logged(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
+    let out = pipelined_client(&marker, &server, count, short_sends);
+    let server_pid = server.proc.pid();
+    receiver.wait_for_blocking(|s| s.iter().filter(|x| x.kind == "SERVER").count() as u64 >= count, WAIT);
+    daemon.stop();
+    // Read again after the stop: nothing may arrive late, nothing twice.
+    let spans = receiver.spans();
+    let mut ids: Vec<_> = spans.iter().map(|s| &s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), spans.len(), "duplicate spans");
+    (spans, out, stop_losses(&daemon.log()), server_pid)
+}
+
+#[test]
+fn requests_written_in_one_send_are_all_traced_up_to_the_per_call_limit() {
+    let count = 1_000;
+    let (spans, out, losses, server_pid) = run(count, false);
+    assert_eq!(out["sends"].as_u64(), Some(1), "{out}");
+    // The server received them in many reads: every request traced, each paired with its own
+    // reply (the failing commands, and only they, are ERROR).
+    assert_eq!(tally(&spans, "SERVER", server_pid), (500, 0, 500, 500));
+    // The client wrote them in one send: the first 128 reported, the rest counted exactly.
+    let client_pid = out["pid"].as_u64().expect("client pid") as u32;
+    assert_eq!(tally(&spans, "CLIENT", client_pid), (64, 0, 64, 64));
+    let expected = HashMap::from([("messages_over_per_call_limit".to_string(), count - PER_CALL_LIMIT)]);
+    assert_eq!(losses, expected);
+}
+
+#[test]
+fn ten_thousand_requests_in_one_write_give_ten_thousand_server_spans() {
+    let count = 10_000;
+    let (spans, out, losses, server_pid) = run(count, false);
+    assert_eq!(out["sends"].as_u64(), Some(1), "{out}");
+    assert_eq!(tally(&spans, "SERVER", server_pid), (5_000, 0, 5_000, 5_000));
+    // The client's one send holds more headers than one syscall walks: those walked are counted
+    // exactly, the rest of the send is one "not walked to the end" (a lower bound).
+    let client_pid = out["pid"].as_u64().expect("client pid") as u32;
+    assert_eq!(tally(&spans, "CLIENT", client_pid), (64, 0, 64, 64));
+    let expected = HashMap::from([
+        ("messages_over_per_call_limit".to_string(), HEADERS_WALKED - PER_CALL_LIMIT),
+        ("syscalls_not_walked_to_end".to_string(), 1),
+    ]);
+    assert_eq!(losses, expected);
+}
+
+#[test]
+fn short_sends_and_eagain_lose_nothing() {
+    let count = 1_000;
+    let (spans, out, losses, server_pid) = run(count, true);
+    // The premise: the stream went out in several sends, cut by a full window, with EAGAIN between.
+    assert!(out["sends"].as_u64().is_some_and(|n| n >= 2), "{out}");
+    assert!(out["eagain"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    let client_pid = out["pid"].as_u64().expect("client pid") as u32;
+    // Each send reported what it moved and no more; messages cut between sends were followed.
+    assert_eq!(tally(&spans, "CLIENT", client_pid), (500, 0, 500, 500));
+    assert_eq!(tally(&spans, "SERVER", server_pid), (500, 0, 500, 500));
+    assert_eq!(losses, HashMap::new());
+}
