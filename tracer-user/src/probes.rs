@@ -340,11 +340,20 @@ mod tests {
         let mut checked = 0;
         for entry in std::fs::read_dir(&fixtures).expect("the GIOP fixtures") {
             let path = entry.expect("a fixture").path();
+            // Lengthened on purpose (to make omniORB fragment its answer): only its head is read.
+            if path.to_string_lossy().contains("-20k") {
+                continue;
+            }
             let len = std::fs::metadata(&path).expect("fixture size").len();
             assert!(len <= u64::from(MIN_CAPTURE_BYTES), "{} is {len} bytes", path.display());
             checked += 1;
         }
         assert!(checked > 20, "only {checked} fixtures");
+    }
+
+    #[test]
+    fn probes_and_parsers_believe_the_same_giop_lengths() {
+        assert_eq!(tracer_common::MAX_GIOP_BODY_LEN, tracer_wire::giop::MAX_BODY_LEN);
     }
 
     #[test]

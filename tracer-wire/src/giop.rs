@@ -1,6 +1,10 @@
 //! GIOP: message headers, Request/Reply headers, CORBA system exceptions, and a
 //! [`MessageAssembler`] that cuts one direction of a connection into whole messages.
 //!
+//! GIOP 1.1+ may cut a message into fragments: the first carries the "more fragments" flag, each
+//! `Fragment` message after it (GIOP 1.2: naming its request id) carries more of the body. The
+//! assembler joins them into one message, as if it had been sent whole.
+//!
 //! Detection ([`check_payload`]) is separate from parsing ([`parse_message`]), and both tell
 //! "need more bytes" ([`WireError::Incomplete`]) apart from "not GIOP"
 //! ([`WireError::NotThisProtocol`]).
@@ -15,6 +19,15 @@ use crate::{WireError, cdr::CdrReader};
 pub const MAGIC: [u8; 4] = *b"GIOP";
 /// Length of the fixed message header.
 pub const HEADER_LEN: usize = 12;
+/// Largest body length believed: cppTango sets omniORB's `giopMaxMsgSize` to its
+/// `MAX_TRANSFER_SIZE`, 256 MiB, in clients and servers, so a Tango peer refuses anything larger.
+/// A header claiming more is garbage. The probes use the same limit.
+pub const MAX_BODY_LEN: u32 = 256 * 1024 * 1024;
+/// Length of a GIOP 1.2 `Fragment` header: the message header and the request id.
+pub const FRAGMENT_HEADER_LEN_1_2: usize = HEADER_LEN + 4;
+/// Fragmented messages one stream direction may have open at once (GIOP 1.2 interleaves them
+/// by request id); beyond it the oldest is given up.
+pub const MAX_OPEN_FRAGMENTED: usize = 16;
 
 /// GIOP message type (header byte 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,14 +120,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, WireError> {
     }
     let little_endian = flags & 0x01 != 0;
     let len = [l0, l1, l2, l3];
-    Ok(Header {
-        major,
-        minor,
-        little_endian,
-        more_fragments: flags & 0x02 != 0,
-        msg_type,
-        body_len: if little_endian { u32::from_le_bytes(len) } else { u32::from_be_bytes(len) },
-    })
+    let body_len = if little_endian { u32::from_le_bytes(len) } else { u32::from_be_bytes(len) };
+    if body_len > MAX_BODY_LEN {
+        return Err(WireError::Malformed("GIOP body length over 256 MiB"));
+    }
+    Ok(Header { major, minor, little_endian, more_fragments: flags & 0x02 != 0, msg_type, body_len })
 }
 
 /// A Request header and the reader of its arguments.
@@ -369,6 +379,24 @@ pub struct AssemblerStats {
     pub discarded_bytes: u64,
     /// Times the assembler lost track of message boundaries.
     pub resyncs: u64,
+    /// Messages returned that were joined from fragments.
+    pub joined: u64,
+    /// Fragments that continued no open message (its start was lost), dropped.
+    pub orphan_fragments: u64,
+    /// Fragmented messages given up unfinished (over [`MAX_OPEN_FRAGMENTED`]).
+    pub abandoned_fragmented: u64,
+}
+
+/// A message whose fragments are still coming.
+#[derive(Debug)]
+struct Fragmented {
+    /// GIOP 1.2: the request id the fragments name; `None` for 1.1 (no interleaving).
+    request_id: Option<u32>,
+    /// The first message's kept bytes, header included, then the bodies of its fragments.
+    bytes: Vec<u8>,
+    /// Header and joined bodies so far.
+    total_len: usize,
+    complete_capture: bool,
 }
 
 #[derive(Debug)]
@@ -393,6 +421,8 @@ pub struct MessageAssembler {
     header: [u8; HEADER_LEN],
     header_len: usize,
     current: Option<Partial>,
+    /// Messages waiting for more fragments, oldest first.
+    fragmented: Vec<Fragmented>,
     resync: bool,
     stats: AssemblerStats,
 }
@@ -405,6 +435,7 @@ impl MessageAssembler {
             header: [0; HEADER_LEN],
             header_len: 0,
             current: None,
+            fragmented: Vec::new(),
             resync: false,
             stats: AssemblerStats::default(),
         }
@@ -419,12 +450,13 @@ impl MessageAssembler {
     pub fn reset(&mut self) {
         self.header_len = 0;
         self.current = None;
+        self.fragmented.clear();
         self.resync = false;
     }
 
-    /// True when a message or header has started and not finished.
+    /// True when a message, a header or a fragmented message has started and not finished.
     pub fn in_message(&self) -> bool {
-        self.current.is_some() || self.header_len > 0
+        self.current.is_some() || self.header_len > 0 || !self.fragmented.is_empty()
     }
 
     fn lose_sync(&mut self) {
@@ -451,14 +483,16 @@ impl MessageAssembler {
             if let Some(cur) = self.current.as_mut() {
                 let n = (cur.total_len - cur.seen).min(total - p);
                 let known = captured.get(p..(p + n).min(captured.len())).unwrap_or_default();
+                let room = self.max_keep.saturating_sub(cur.bytes.len());
                 if cur.complete_capture {
-                    let room = self.max_keep.saturating_sub(cur.bytes.len());
                     cur.bytes.extend_from_slice(known.get(..room.min(known.len())).unwrap_or_default());
                 }
-                if known.len() < n {
+                // Bytes past what is kept need not be captured (the probes copy a message's
+                // first bytes only); those that would have been kept are missing.
+                if known.len() < n.min(room) {
                     // Later bytes of this message would land at the wrong place: stop keeping.
                     cur.complete_capture = false;
-                    self.stats.missing_bytes += (n - known.len()) as u64;
+                    self.stats.missing_bytes += (n.min(room) - known.len()) as u64;
                 }
                 cur.seen += n;
                 p += n;
@@ -509,15 +543,108 @@ impl MessageAssembler {
     }
 
     fn finish(&mut self, out: &mut Vec<AssembledMessage>) {
-        if let Some(cur) = self.current.take() {
-            self.stats.messages += 1;
-            out.push(AssembledMessage {
-                bytes: cur.bytes,
-                total_len: cur.total_len,
-                complete_capture: cur.complete_capture,
-            });
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let message = AssembledMessage {
+            bytes: cur.bytes,
+            total_len: cur.total_len,
+            complete_capture: cur.complete_capture,
+        };
+        // The header was whole when the message started, so at least its kept part is here.
+        match message.bytes.first_chunk::<HEADER_LEN>().map(|h| parse_header(h)) {
+            Some(Ok(h)) if h.msg_type == MsgType::Fragment => self.continue_fragmented(&h, message, out),
+            Some(Ok(h)) if h.more_fragments => self.open_fragmented(&h, message),
+            _ => self.emit(message, out),
         }
     }
+
+    fn emit(&mut self, message: AssembledMessage, out: &mut Vec<AssembledMessage>) {
+        self.stats.messages += 1;
+        out.push(message);
+    }
+
+    /// The first part of a fragmented message: kept until its last fragment.
+    fn open_fragmented(&mut self, header: &Header, message: AssembledMessage) {
+        // GIOP 1.2 Request, Reply, LocateRequest and LocateReply start with the request id.
+        let request_id =
+            if header.minor >= 2 { request_id_at(&message.bytes, HEADER_LEN, header) } else { None };
+        if header.minor >= 2 && request_id.is_none() {
+            // Too little captured to tell which fragments belong to it.
+            self.stats.abandoned_fragmented += 1;
+            return;
+        }
+        if self.fragmented.len() >= MAX_OPEN_FRAGMENTED {
+            self.fragmented.remove(0);
+            self.stats.abandoned_fragmented += 1;
+        }
+        self.fragmented.push(Fragmented {
+            request_id,
+            bytes: message.bytes,
+            total_len: message.total_len,
+            complete_capture: message.complete_capture,
+        });
+    }
+
+    /// A `Fragment`: its body continues the open message it names (GIOP 1.2) or the open one
+    /// (GIOP 1.1); the last one completes it.
+    fn continue_fragmented(
+        &mut self,
+        header: &Header,
+        fragment: AssembledMessage,
+        out: &mut Vec<AssembledMessage>,
+    ) {
+        let (index, body_at) = if header.minor >= 2 {
+            let id = request_id_at(&fragment.bytes, HEADER_LEN, header);
+            let index = id.and_then(|id| self.fragmented.iter().position(|f| f.request_id == Some(id)));
+            (index, FRAGMENT_HEADER_LEN_1_2)
+        } else {
+            (self.fragmented.iter().position(|f| f.request_id.is_none()), HEADER_LEN)
+        };
+        let Some(index) = index else {
+            self.stats.orphan_fragments += 1;
+            return;
+        };
+        let Some(open) = self.fragmented.get_mut(index) else {
+            return;
+        };
+        let body_len = fragment.total_len.saturating_sub(body_at);
+        if open.complete_capture && open.bytes.len() == open.total_len {
+            // Everything so far is kept: the fragment's body goes right after it.
+            let body = fragment.bytes.get(body_at..).unwrap_or_default();
+            let room = self.max_keep.saturating_sub(open.bytes.len());
+            open.bytes.extend_from_slice(body.get(..room.min(body.len())).unwrap_or_default());
+            if body.len() < body_len.min(room) {
+                open.complete_capture = false;
+            }
+        }
+        open.complete_capture &= fragment.complete_capture;
+        open.total_len += body_len;
+        if header.more_fragments {
+            return;
+        }
+        let open = self.fragmented.remove(index);
+        let mut bytes = open.bytes;
+        // The joined message reads as if sent whole: no "more fragments", the joined length.
+        if let Some(head) = bytes.first_chunk_mut::<HEADER_LEN>() {
+            head[6] &= !0x02;
+            let body_len = u32::try_from(open.total_len - HEADER_LEN).unwrap_or(u32::MAX);
+            let little_endian = head[6] & 0x01 != 0;
+            let len = if little_endian { body_len.to_le_bytes() } else { body_len.to_be_bytes() };
+            head[8..].copy_from_slice(&len);
+        }
+        self.stats.joined += 1;
+        self.emit(
+            AssembledMessage { bytes, total_len: open.total_len, complete_capture: open.complete_capture },
+            out,
+        );
+    }
+}
+
+/// The u32 at `at` in `bytes`, in the header's byte order.
+fn request_id_at(bytes: &[u8], at: usize, header: &Header) -> Option<u32> {
+    let raw = *bytes.get(at..)?.first_chunk::<4>()?;
+    Some(if header.little_endian { u32::from_le_bytes(raw) } else { u32::from_be_bytes(raw) })
 }
 
 #[cfg(test)]
@@ -673,6 +800,176 @@ mod tests {
         assert_eq!(out[0].bytes, PING_1_0[..16]);
         assert_eq!(out[0].total_len, 56);
         assert!(out[0].complete_capture);
+    }
+
+    /// omniORB 4.3.4's answer to a GIOP 1.2 `command_inout_4("Echo", <20,007 characters>)`
+    /// (request id 10): a Reply with "more fragments" (body 8,180 bytes), a Fragment (8,180),
+    /// the last Fragment (3,680). Captured from the socket, as read.
+    const FRAGMENTED_REPLY: &[u8] =
+        include_bytes!("../tests/fixtures/giop-fragmented/giop12-rep-command_inout_4-echo-20k.bin");
+    /// The request it answers.
+    const FRAGMENTED_REQUEST: &[u8] =
+        include_bytes!("../tests/fixtures/giop/giop12-req-command_inout_4-echo-20k.bin");
+
+    /// The message lengths inside a byte stream.
+    fn message_lengths(stream: &[u8]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        let mut at = 0;
+        while at < stream.len() {
+            let len = parse_header(&stream[at..]).expect("header").message_len();
+            lengths.push(len);
+            at += len;
+        }
+        lengths
+    }
+
+    /// The Echo argument (a string in an Any) of the request, and the reply's result.
+    fn echoed(message: &[u8]) -> String {
+        let (_, m) = parse_message(message).expect("parse");
+        let mut body = match m {
+            Message::Request(r) => {
+                let mut body = r.body;
+                assert_eq!(body.string().expect("command name"), "Echo");
+                body
+            }
+            Message::Reply(r) => {
+                assert_eq!((r.request_id, r.status), (10, ReplyStatus::NoException));
+                r.body
+            }
+            other => panic!("{other:?}"),
+        };
+        // Any: TypeCode tk_string (18), bound 0, then the string.
+        assert_eq!((body.u32().expect("kind"), body.u32().expect("bound")), (18, 0));
+        body.string().expect("echoed string").to_string()
+    }
+
+    #[test]
+    fn fragments_are_joined_into_the_message_sent_whole() {
+        assert_eq!(message_lengths(FRAGMENTED_REPLY), [8192, 8192, 3692]);
+        let mut a = MessageAssembler::new(64 * 1024);
+        let mut out = Vec::new();
+        a.push(FRAGMENTED_REPLY, FRAGMENTED_REPLY.len(), &mut out);
+        assert_eq!(out.len(), 1);
+        let joined = &out[0];
+        // Header and first body, then each fragment's body after its 16-byte header.
+        assert_eq!(joined.total_len, 8192 + (8192 - 16) + (3692 - 16));
+        assert_eq!(joined.bytes.len(), joined.total_len);
+        assert!(joined.complete_capture);
+        let h = parse_header(&joined.bytes).expect("header");
+        assert!(!h.more_fragments);
+        assert_eq!(h.message_len(), joined.total_len);
+        // CDR alignment survives the joining: the reply carries exactly what was sent.
+        let sent = echoed(FRAGMENTED_REQUEST);
+        assert_eq!(sent.len(), 20_007);
+        assert_eq!(echoed(&joined.bytes), sent);
+        assert_eq!((a.stats().messages, a.stats().joined), (1, 1));
+        assert!(!a.in_message());
+    }
+
+    #[test]
+    fn fragments_captured_as_prefixes_still_join() {
+        // The probes report each fragment as one record, its first 2 KiB captured.
+        let keep = 2048;
+        let mut a = MessageAssembler::new(keep);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for len in message_lengths(FRAGMENTED_REPLY) {
+            let message = &FRAGMENTED_REPLY[at..at + len];
+            a.push(&message[..keep.min(len)], len, &mut out);
+            at += len;
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].total_len, 20_044);
+        assert_eq!(out[0].bytes, {
+            let mut head = FRAGMENTED_REPLY[..keep].to_vec();
+            head[6] = 0x01;
+            head[8..12].copy_from_slice(&20_032u32.to_le_bytes());
+            head
+        });
+        let (_, m) = parse_message(&out[0].bytes).expect("parse");
+        assert!(matches!(m, Message::Reply(Reply { request_id: 10, .. })));
+        assert_eq!(a.stats().missing_bytes, 0, "bytes past what is kept are not missing");
+    }
+
+    #[test]
+    fn interleaved_fragmented_messages_join_by_request_id() {
+        let lengths = message_lengths(FRAGMENTED_REPLY);
+        let parts: Vec<&[u8]> = {
+            let mut at = 0;
+            lengths
+                .iter()
+                .map(|&len| {
+                    at += len;
+                    &FRAGMENTED_REPLY[at - len..at]
+                })
+                .collect()
+        };
+        // The same reply for request 11, its parts interleaved with those of request 10.
+        let renumbered: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|p| {
+                let mut p = p.to_vec();
+                p[12..16].copy_from_slice(&11u32.to_le_bytes());
+                p
+            })
+            .collect();
+        let mut a = MessageAssembler::new(64 * 1024);
+        let mut out = Vec::new();
+        for (ten, eleven) in parts.iter().zip(&renumbered) {
+            a.push(ten, ten.len(), &mut out);
+            a.push(eleven, eleven.len(), &mut out);
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(echoed(&out[0].bytes), echoed(FRAGMENTED_REQUEST));
+        let (_, m) = parse_message(&out[1].bytes).expect("parse");
+        assert!(matches!(m, Message::Reply(Reply { request_id: 11, .. })));
+        assert_eq!(out[1].bytes[16..], out[0].bytes[16..]);
+    }
+
+    #[test]
+    fn fragments_without_their_start_are_counted_and_dropped() {
+        let first = message_lengths(FRAGMENTED_REPLY)[0];
+        let rest = &FRAGMENTED_REPLY[first..];
+        let mut a = MessageAssembler::new(64 * 1024);
+        let mut out = Vec::new();
+        a.push(rest, rest.len(), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(a.stats().orphan_fragments, 2);
+        // The stream itself stays in sync: the next message comes out.
+        a.push(&PING_1_0, PING_1_0.len(), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn open_fragmented_messages_are_bounded() {
+        let first = message_lengths(FRAGMENTED_REPLY)[0];
+        let mut a = MessageAssembler::new(64);
+        let mut out = Vec::new();
+        for id in 0..MAX_OPEN_FRAGMENTED as u32 + 3 {
+            let mut start = FRAGMENTED_REPLY[..first].to_vec();
+            start[12..16].copy_from_slice(&id.to_le_bytes());
+            a.push(&start[..64], first, &mut out);
+        }
+        assert!(out.is_empty());
+        assert_eq!(a.stats().abandoned_fragmented, 3);
+        a.reset();
+        assert!(!a.in_message());
+    }
+
+    #[test]
+    fn body_length_over_the_maximum_is_garbage() {
+        let mut head = *b"GIOP\x01\x02\x01\x00\0\0\0\0";
+        head[8..].copy_from_slice(&MAX_BODY_LEN.to_le_bytes());
+        assert_eq!(parse_header(&head).map(|h| h.body_len), Ok(MAX_BODY_LEN));
+        head[8..].copy_from_slice(&(MAX_BODY_LEN + 1).to_le_bytes());
+        assert!(matches!(parse_header(&head), Err(WireError::Malformed(_))));
+        // The assembler does not wait for gigabytes: it resynchronises.
+        let mut a = MessageAssembler::new(4096);
+        let mut out = Vec::new();
+        a.push(&head, 1 << 20, &mut out);
+        a.push(&PING_1_0, PING_1_0.len(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(a.stats().resyncs, 1);
     }
 
     #[test]
