@@ -33,7 +33,7 @@ pub const CAPTURE_BYTES: usize = 2048;
 const MAX_BATCH: usize = 512;
 
 /// Reads a session file: one [`Record`] per line, as `--record` writes them.
-pub fn load(path: &Path) -> anyhow::Result<Vec<Record>> {
+pub fn load(path: &Path) -> anyhow::Result<Vec<Record<'static>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut records = Vec::new();
     for (number, line) in text.lines().enumerate() {
@@ -96,7 +96,7 @@ impl ReplayRun {
 
 /// The timestamp of the kinds of record a session keeps (see [`normalise`]); others never
 /// reach replay.
-fn timestamp(record: &Record) -> Option<u64> {
+fn timestamp(record: &Record<'_>) -> Option<u64> {
     match record {
         Record::Data { ts_ns, .. } | Record::Close { ts_ns, .. } | Record::Exit { ts_ns, .. } => Some(*ts_ns),
         _ => None,
@@ -111,7 +111,7 @@ fn shift(record: &mut Record, by: u64) {
 
 /// Replays `session` through one [`Assembler`] on this thread for at least `min_time`; with
 /// `otlp`, every finished span also goes the daemon's way to a gzip-compressed OTLP request.
-pub fn replay(session: &[Record], min_time: Duration, otlp: bool) -> anyhow::Result<ReplayRun> {
+pub fn replay(session: &[Record<'_>], min_time: Duration, otlp: bool) -> anyhow::Result<ReplayRun> {
     let mut records = session.to_vec();
     let first = records.iter().filter_map(timestamp).min().unwrap_or(0);
     let last = records.iter().filter_map(timestamp).max().unwrap_or(0);
@@ -144,7 +144,7 @@ pub fn replay(session: &[Record], min_time: Duration, otlp: bool) -> anyhow::Res
 /// One pass; adds its counts to `total` and returns them.
 fn run_pass(
     assembler: &mut Assembler,
-    records: &[Record],
+    records: &[Record<'_>],
     otlp: bool,
     converter: &mut Converter,
     total: &mut ReplayRun,
@@ -318,7 +318,7 @@ pub fn record_session(
 
 /// Keeps the GIOP records of `pids` and renumbers them: pids 1000, 2000, …, their threads
 /// following, timestamps from 1 s, so the file says nothing about the machine it came from.
-fn normalise(records: Vec<Record>, pids: &[u32]) -> Vec<Record> {
+fn normalise(records: Vec<Record<'static>>, pids: &[u32]) -> Vec<Record<'static>> {
     let new_pid: HashMap<u32, u32> =
         pids.iter().enumerate().map(|(i, &pid)| (pid, 1000 * (i as u32 + 1))).collect();
     // Old thread id → new one; per new pid, how many threads it has so far.
@@ -364,7 +364,7 @@ fn normalise(records: Vec<Record>, pids: &[u32]) -> Vec<Record> {
 mod tests {
     use super::*;
 
-    fn parse(lines: &str) -> Vec<Record> {
+    fn parse(lines: &str) -> Vec<Record<'static>> {
         lines.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 

@@ -826,7 +826,7 @@ mod tests {
         bytes
     }
 
-    fn data(pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
+    fn data(pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record<'static> {
         Record::Data {
             pid,
             tid,
@@ -834,7 +834,7 @@ mod tests {
             ts_ns,
             direction,
             total_len: bytes.len() as u32,
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
             peer: Default::default(),
         }
     }

@@ -321,7 +321,7 @@ mod tests {
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    fn data(pid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
+    fn data(pid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record<'static> {
         Record::Data {
             pid,
             tid: pid,
@@ -329,7 +329,7 @@ mod tests {
             ts_ns,
             direction,
             total_len: bytes.len() as u32,
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
             peer: Default::default(),
         }
     }
@@ -373,12 +373,12 @@ mod tests {
             ts_ns: 1,
             direction: Direction::Recv,
             total_len: 9_000,
-            bytes: bytes[..message_len].to_vec(),
+            bytes: bytes[..message_len].to_vec().into(),
             peer: Default::default(),
         };
         a.push(&cut);
         if let Record::Data { bytes: b, total_len, .. } = &mut cut {
-            *b = bytes[message_len..].to_vec();
+            *b = bytes[message_len..].to_vec().into();
             *total_len = b.len() as u32;
         }
         a.push(&cut);
