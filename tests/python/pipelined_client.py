@@ -1,6 +1,6 @@
 """Test client: many Tango requests written back to back in ONE write on one connection.
 
-Usage: pipelined_client.py PORT DEVICE COUNT [--short-sends SERVER_PID]
+Usage: pipelined_client.py PORT DEVICE COUNT [--short-sends SERVER_PID | --fork]
 
 Takes two GIOP 1.2 requests captured from a real PyTango client (read_attributes_5 of
 `temperature`, command_inout_4 `Fail`), puts DEVICE's object key (a DB-less device) in them,
@@ -9,7 +9,9 @@ one `send`, and reads every reply while writing. With --short-sends the socket i
 and the server (the test's own child, SERVER_PID) is held with SIGSTOP until a send has failed
 with EAGAIN: its receive window fills, so `send` moves only part of the stream (cutting a message
 anywhere), then fails, then moves the rest once SIGCONT lets the server read; each request then
-carries a 1 KiB filler service context, so that a send holds fewer requests. Prints one JSON object:
+carries a 1 KiB filler service context, so that a send holds fewer requests. With --fork a child
+process (forked after omniORB is loaded, so only the fork tells a tracer about it) does all this,
+a second after its birth; the parent waits for it. Prints one JSON object:
   {"pid", "sent_bytes", "stream_bytes", "sends", "eagain", "replies", "wrong_status", "missing_ids"}
 where wrong_status counts replies whose status does not fit their request (a read answered with
 an exception or a failing command answered normally) and missing_ids requests without a reply.
@@ -23,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 import tango  # noqa: F401  maps omniORB: the tracer adopts this process like any Tango client
@@ -142,6 +145,14 @@ def write_in_short_sends(sock, stream, counters, server_pid):
 def main():
     port, device, count = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
     server_pid = int(sys.argv[5]) if sys.argv[4:5] == ["--short-sends"] else None
+    if sys.argv[4:5] == ["--fork"]:
+        child = os.fork()
+        if child:
+            _, status = os.waitpid(child, 0)
+            sys.exit(os.waitstatus_to_exitcode(status))
+        # Time for a tracer to hear of this process (not a condition of the test: without the
+        # tracer, nothing here changes).
+        time.sleep(1)
     filler = FILLER_BYTES if server_pid else 0
     read = rekey((FIXTURES / "giop12-req-read_attributes_5.bin").read_bytes(), device, filler)
     fail = rekey((FIXTURES / "giop12-req-command_inout_4-fail.bin").read_bytes(), device, filler)

@@ -17,17 +17,34 @@ const WAIT: Duration = Duration::from_secs(60);
 const PER_CALL_LIMIT: u64 = 128;
 const HEADERS_WALKED: u64 = 1026;
 
+/// How `pipelined_client.py` writes its requests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// All in one blocking send.
+    OneSend,
+    /// Non-blocking sends against a server held stopped until a send fails with EAGAIN.
+    ShortSends,
+    /// One send, from a child forked after omniORB was loaded.
+    ForkedChild,
+}
+
 /// Runs `pipelined_client.py`: `count` requests (odd ids read `temperature`, even ids call
 /// `Fail`) written back to back on one connection to `server`, every reply read.
-fn pipelined_client(marker: &str, server: &DemoServer, count: u64, short_sends: bool) -> serde_json::Value {
+fn pipelined_client(marker: &str, server: &DemoServer, count: u64, mode: Mode) -> serde_json::Value {
     let mut command = Command::new(python());
     command
         .arg(script("pipelined_client.py"))
         .arg(server.port.to_string())
         .arg("test/demo/1")
         .arg(count.to_string());
-    if short_sends {
-        command.arg("--short-sends").arg(server.proc.pid().to_string());
+    match mode {
+        Mode::OneSend => {}
+        Mode::ShortSends => {
+            command.arg("--short-sends").arg(server.proc.pid().to_string());
+        }
+        Mode::ForkedChild => {
+            command.arg("--fork");
+        }
     }
     let output = command.env(MARKER, marker).output().expect("running pipelined_client.py");
     assert!(
@@ -85,13 +102,13 @@ fn stop_losses(log: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-fn run(count: u64, short_sends: bool) -> (Vec<SpanJson>, serde_json::Value, HashMap<String, u64>, u32) {
+fn run(count: u64, mode: Mode) -> (Vec<SpanJson>, serde_json::Value, HashMap<String, u64>, u32) {
     let receiver = OtlpReceiver::start_blocking();
     let marker = unique_marker("pipelined");
     let server = DemoServer::start(&marker, "p", &["test/demo/1"]);
     let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_string();
     let mut daemon = TracerDaemon::start_logged(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
-    let out = pipelined_client(&marker, &server, count, short_sends);
+    let out = pipelined_client(&marker, &server, count, mode);
     let server_pid = server.proc.pid();
     receiver.wait_for_blocking(|s| s.iter().filter(|x| x.kind == "SERVER").count() as u64 >= count, WAIT);
     daemon.stop();
@@ -107,7 +124,7 @@ fn run(count: u64, short_sends: bool) -> (Vec<SpanJson>, serde_json::Value, Hash
 #[test]
 fn requests_written_in_one_send_are_all_traced_up_to_the_per_call_limit() {
     let count = 1_000;
-    let (spans, out, losses, server_pid) = run(count, false);
+    let (spans, out, losses, server_pid) = run(count, Mode::OneSend);
     assert_eq!(out["sends"].as_u64(), Some(1), "{out}");
     // The server received them in many reads: every request traced, each paired with its own
     // reply (the failing commands, and only they, are ERROR).
@@ -122,7 +139,7 @@ fn requests_written_in_one_send_are_all_traced_up_to_the_per_call_limit() {
 #[test]
 fn ten_thousand_requests_in_one_write_give_ten_thousand_server_spans() {
     let count = 10_000;
-    let (spans, out, losses, server_pid) = run(count, false);
+    let (spans, out, losses, server_pid) = run(count, Mode::OneSend);
     assert_eq!(out["sends"].as_u64(), Some(1), "{out}");
     assert_eq!(tally(&spans, "SERVER", server_pid), (5_000, 0, 5_000, 5_000));
     // The client's one send holds more headers than one syscall walks: those walked are counted
@@ -139,7 +156,7 @@ fn ten_thousand_requests_in_one_write_give_ten_thousand_server_spans() {
 #[test]
 fn short_sends_and_eagain_lose_nothing() {
     let count = 1_000;
-    let (spans, out, losses, server_pid) = run(count, true);
+    let (spans, out, losses, server_pid) = run(count, Mode::ShortSends);
     // The premise: the stream went out in several sends, cut by a full window, with EAGAIN between.
     assert!(out["sends"].as_u64().is_some_and(|n| n >= 2), "{out}");
     assert!(out["eagain"].as_u64().is_some_and(|n| n >= 1), "{out}");
@@ -147,5 +164,17 @@ fn short_sends_and_eagain_lose_nothing() {
     // Each send reported what it moved and no more; messages cut between sends were followed.
     assert_eq!(tally(&spans, "CLIENT", client_pid), (500, 0, 500, 500));
     assert_eq!(tally(&spans, "SERVER", server_pid), (500, 0, 500, 500));
+    assert_eq!(losses, HashMap::new());
+}
+
+#[test]
+fn a_forked_child_is_traced_from_the_fork_record() {
+    // The child loads nothing: only the fork tracepoint (its child pid read at the offset the
+    // tracepoint's format gives) makes it known.
+    let count = 20;
+    let (spans, out, losses, server_pid) = run(count, Mode::ForkedChild);
+    let child_pid = out["pid"].as_u64().expect("child pid") as u32;
+    assert_eq!(tally(&spans, "CLIENT", child_pid), (10, 0, 10, 10));
+    assert_eq!(tally(&spans, "SERVER", server_pid), (10, 0, 10, 10));
     assert_eq!(losses, HashMap::new());
 }
