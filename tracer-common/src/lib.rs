@@ -55,7 +55,9 @@ pub mod loss {
     /// Syscalls whose bytes held more than [`super::MAX_HEADERS_PER_CALL`] headers: the rest
     /// was not walked (each hides at least one message).
     pub const WALK_CUT: u32 = 4;
-    /// Bytes that are not GIOP where a message start was expected.
+    /// Bytes that are not GIOP where a message start was expected, and each syscall of a stream
+    /// that lost track of message boundaries until one starts with `GIOP` again (a lower bound of
+    /// the messages missed).
     pub const DESYNC: u32 = 5;
     /// A GIOP header claiming a body over [`super::MAX_GIOP_BODY_LEN`].
     pub const OVERSIZE: u32 = 6;
@@ -206,7 +208,11 @@ pub struct StreamState {
     pub header_len: u8,
     /// 1 when the current message is over the per-call limit: its rest is not reported either.
     pub skip: u8,
-    pub _pad: [u8; 2],
+    /// 1 when the stream lost track of message boundaries (a desync, or a syscall not walked to
+    /// its end): each later syscall not starting with `GIOP` is counted as a desync, until one
+    /// does.
+    pub lost_sync: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]

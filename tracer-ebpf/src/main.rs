@@ -249,7 +249,17 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         _pad: [0; 3],
         state: state.unwrap_or_default(),
     };
-    if !had_state {
+    let lost_sync = state.is_some_and(|s| s.lost_sync == 1);
+    if lost_sync {
+        // Only a syscall starting a message brings the stream back.
+        let (lo, _) = read_words(call.buf, len.min(4))?;
+        if len < 4 || lo as u32 != GIOP_MAGIC {
+            count_lost(loss::DESYNC, 1);
+            return Ok(());
+        }
+        walk.state = StreamState::default();
+    }
+    if !had_state || lost_sync {
         // SAFETY: a map lookup; the value is not used.
         if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
             return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
@@ -287,6 +297,8 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
                     if STREAMS.insert(&key, &state, 0).is_err() {
                         count_lost(loss::STREAM_FULL, 1);
                     }
+                } else if had_state {
+                    let _ = STREAMS.remove(&key);
                 }
                 return Ok(());
             }
@@ -298,9 +310,10 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
     };
     if walk.finished == 0 {
         count_lost(loss::WALK_CUT, 1);
+        walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
     }
     let state = walk.state;
-    if state.pending > 0 || state.header_len > 0 {
+    if state.pending > 0 || state.header_len > 0 || state.lost_sync == 1 {
         if STREAMS.insert(&key, &state, 0).is_err() {
             count_lost(loss::STREAM_FULL, 1);
         }
@@ -393,6 +406,7 @@ extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
         if lo & mask != GIOP_MAGIC as u64 & mask {
             if walk.in_stream == 1 {
                 count_lost(loss::DESYNC, 1);
+                walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
             }
             return 1;
         }
@@ -416,6 +430,8 @@ extern "C" fn walk_step(index: u64, _ctx: *mut c_void) -> i64 {
         return 1;
     }
     let Some(message_len) = giop_message_len(lo, hi) else {
+        // Counted by giop_message_len.
+        walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
         walk.finished = 1;
         return 1;
     };
@@ -476,7 +492,7 @@ fn complete_header(walk: &mut Walk, start: u64, rem: u64) -> i64 {
     }
     let Some(message_len) = giop_message_len(lo, hi) else {
         // Counted by giop_message_len; resynchronise on a later message start.
-        walk.state = StreamState::default();
+        walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
         walk.finished = 1;
         return 1;
     };
