@@ -182,12 +182,14 @@ pub struct PendingCall {
     /// Entry time of a send (a client span starts when the request write starts); 0 for receives.
     pub ts_ns: u64,
     pub fd: i32,
+    /// The target's capture length, read at entry so the exit need not look the target up again.
+    pub capture_len: u32,
     /// Peer of a receive, noted by `sock:sock_recv_length` while it runs (0 when unknown).
+    pub peer_addr: u32,
     pub peer_family: u16,
     pub peer_port: u16,
-    pub peer_addr: u32,
     pub direction: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 /// What the probes remember of a stream direction between syscalls while a GIOP message is only

@@ -127,20 +127,22 @@ fn stash_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     // SAFETY: a map lookup; the value is only read.
-    if unsafe { TARGETS.get(&pid) }.is_none() {
+    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
         return Ok(());
-    }
+    };
+    let capture_len = target.capture_len;
     // SAFETY: offsets come from the tracepoint's format file.
     let call = unsafe {
         PendingCall {
             buf: ctx.read_at::<u64>(ARG1).map_err(|_| ())?,
             ts_ns: if dir == direction::SEND { bpf_ktime_get_ns() } else { 0 },
             fd: ctx.read_at::<u64>(ARG0).map_err(|_| ())? as i32,
+            capture_len,
+            peer_addr: 0,
             peer_family: 0,
             peer_port: 0,
-            peer_addr: 0,
             direction: dir,
-            _pad: [0; 3],
+            _pad: [0; 7],
         }
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
@@ -166,12 +168,9 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     if ret <= 0 {
         return Ok(());
     }
-    let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
-        return Ok(());
-    };
-    let capture_len = target.capture_len;
+    // The target was looked up at entry (its capture length is in `call`); a process the daemon
+    // dropped meanwhile gives records the daemon ignores.
+    let capture_len = call.capture_len;
     if dir == direction::RECV {
         // A receive's bytes exist once it returns.
         // SAFETY: helper without arguments.
