@@ -178,3 +178,14 @@ fn a_forked_child_is_traced_from_the_fork_record() {
     assert_eq!(tally(&spans, "SERVER", server_pid), (10, 0, 10, 10));
     assert_eq!(losses, HashMap::new());
 }
+
+#[test]
+fn a_capture_too_small_for_tango_arguments_is_refused_at_start() {
+    let output = Command::new(crate::harness::tracer_binary())
+        .args(["run", "--capture-bytes", "16", "--control-socket", "/nonexistent/ctl.sock"])
+        .output()
+        .expect("running tango-tracer");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--capture-bytes must be between 1024 and 8192"), "{stderr}");
+}
