@@ -1,6 +1,6 @@
 """Test client: many Tango requests written back to back in ONE write on one connection.
 
-Usage: pipelined_client.py PORT DEVICE COUNT [--short-sends SERVER_PID | --fork]
+Usage: pipelined_client.py PORT DEVICE COUNT [--short-sends SERVER_PID | --fork | --half-and-exit]
 
 Takes two GIOP 1.2 requests captured from a real PyTango client (read_attributes_5 of
 `temperature`, command_inout_4 `Fail`), puts DEVICE's object key (a DB-less device) in them,
@@ -11,7 +11,9 @@ with EAGAIN: its receive window fills, so `send` moves only part of the stream (
 anywhere), then fails, then moves the rest once SIGCONT lets the server read; each request then
 carries a 1 KiB filler service context, so that a send holds fewer requests. With --fork a child
 process (forked after omniORB is loaded, so only the fork tells a tracer about it) does all this,
-a second after its birth; the parent waits for it. Prints one JSON object:
+a second after its birth; the parent waits for it. With --half-and-exit the client writes the
+first half of one request, prints {"pid"} and exits without closing the socket. Otherwise prints
+one JSON object:
   {"pid", "sent_bytes", "stream_bytes", "sends", "eagain", "replies", "wrong_status", "missing_ids"}
 where wrong_status counts replies whose status does not fit their request (a read answered with
 an exception or a failing command answered normally) and missing_ids requests without a reply.
@@ -160,6 +162,10 @@ def main():
     stream = b"".join(requests)
 
     sock = socket.create_connection(("127.0.0.1", port))
+    if sys.argv[4:5] == ["--half-and-exit"]:
+        sock.send(requests[0][:len(requests[0]) // 2])
+        print(json.dumps({"pid": os.getpid()}), flush=True)
+        os._exit(0)
     counters = {"sends": 0, "eagain": 0, "sent_bytes": 0}
     if server_pid:
         # A small, fixed send buffer: what the stopped server cannot take stays short of the stream.

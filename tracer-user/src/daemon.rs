@@ -651,11 +651,12 @@ impl Daemon {
         }
         let stats = self.assembler.stats();
         info!(
-            "stopped: {} GIOP messages, {} spans, {} unparsable, probe losses: {}",
+            "stopped: {} GIOP messages, {} spans, {} unparsable, probe losses: {}, kernel state left: {:?}",
             stats.messages,
             stats.spans,
             stats.unparsable,
-            self.probes.losses()
+            self.probes.losses(),
+            self.probes.in_flight()
         );
     }
 }

@@ -26,6 +26,8 @@ enum Mode {
     ShortSends,
     /// One send, from a child forked after omniORB was loaded.
     ForkedChild,
+    /// Half a request, then exit.
+    HalfAndExit,
 }
 
 /// Runs `pipelined_client.py`: `count` requests (odd ids read `temperature`, even ids call
@@ -44,6 +46,12 @@ fn pipelined_client(marker: &str, server: &DemoServer, count: u64, mode: Mode) -
         }
         Mode::ForkedChild => {
             command.arg("--fork");
+        }
+        Mode::HalfAndExit => {
+            command.arg("--half-and-exit");
+            let output = command.env(MARKER, marker).output().expect("running pipelined_client.py");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            return serde_json::from_slice(&output.stdout).expect("client output");
         }
     }
     let output = command.env(MARKER, marker).output().expect("running pipelined_client.py");
@@ -83,13 +91,21 @@ fn tally(spans: &[SpanJson], kind: &str, pid: u32) -> (u64, u64, u64, u64) {
     t
 }
 
+/// The daemon's stop line.
+fn stop_line(log: &str) -> &str {
+    log.lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no stop line in the daemon's log:\n{log}"))
+}
+
 /// The probe losses of the daemon's stop line, by cause.
 fn stop_losses(log: &str) -> HashMap<String, u64> {
-    let line = log
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no stop line in the daemon's log:\n{log}"));
-    let losses = line.split("probe losses: ").nth(1).unwrap_or_else(|| panic!("no losses in {line}"));
+    let line = stop_line(log);
+    let losses = line
+        .split("probe losses: ")
+        .nth(1)
+        .and_then(|rest| rest.split(", kernel state left").next())
+        .unwrap_or_else(|| panic!("no losses in {line}"));
     if losses.trim() == "none" {
         return HashMap::new();
     }
@@ -188,4 +204,20 @@ fn a_capture_too_small_for_tango_arguments_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--capture-bytes must be between 1024 and 8192"), "{stderr}");
+}
+
+#[test]
+fn kernel_state_of_a_process_is_freed_when_it_exits() {
+    // Half a message leaves "the rest is still to come" in the kernel, for the client (which
+    // exits without closing) and for the server (which closes the connection).
+    let marker = unique_marker("halfexit");
+    let server = DemoServer::start(&marker, "h", &["test/demo/1"]);
+    let mut daemon = TracerDaemon::start_logged(&marker, &[], &[]);
+    pipelined_client(&marker, &server, 1, Mode::HalfAndExit);
+    // The exit record reaches the daemon within its drain interval.
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.stop();
+    let log = daemon.log();
+    assert!(stop_line(&log).ends_with("kernel state left: (0, 0)"), "{}", stop_line(&log));
+    assert_eq!(stop_losses(&log), HashMap::new());
 }
