@@ -5,3 +5,4 @@ mod events;
 mod export;
 mod legacy;
 mod pytango;
+mod setup;
