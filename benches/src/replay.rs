@@ -14,11 +14,12 @@ use anyhow::{Context as _, bail};
 use opentelemetry::{InstrumentationScope, trace::SpanKind};
 use prost::Message as _;
 use tango_tracer::{
-    assembly::{AssembledSpan, Assembler},
-    records::Record,
-    resources::{self, ResourceKey, Resources},
-    spandata::{self, ClockOffset},
-    topics::OperationClass,
+    assemble::{AssembledSpan, Assembler, naming::OperationClass},
+    convert::{
+        resources::{self, ResourceKey, Resources},
+        spandata::{self, ClockOffset},
+    },
+    probe::record::Record,
 };
 use tracer_export::SpanRecord;
 

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tango_tracer::daemon::{self, RunOptions};
+use tango_tracer::run::{self as daemon, RunOptions};
 use tracer_export::{ConsoleStream, Destination, ExportConfig};
 
 /// Zero-instrumentation tracing of Tango Controls device servers and clients.
@@ -28,7 +28,7 @@ enum Command {
 #[derive(Parser, Debug)]
 struct CtlArgs {
     /// The daemon's control socket.
-    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
     action: CtlAction,
@@ -100,7 +100,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "on")]
     default_telemetry: OnOff,
     /// Control socket for `tango-tracer ctl`.
-    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     control_socket: PathBuf,
 }
 
@@ -217,7 +217,7 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
 }
 
 async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
-    use tango_tracer::ctl::{CtlAnswer, CtlRequest, render_targets, request};
+    use tango_tracer::run::ctl::{CtlAnswer, CtlRequest, render_targets, request};
     let (req, json) = match args.action {
         CtlAction::List { json } => (CtlRequest::List, json),
         CtlAction::Start { pattern } => (CtlRequest::Enable { pattern, enable: true }, false),

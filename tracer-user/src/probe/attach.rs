@@ -15,7 +15,7 @@ use aya::{
 use log::{debug, info, warn};
 use tracer_common::{MAX_CAPTURE, TargetConfig};
 
-use crate::{kernel_offsets, uprobes};
+use super::{kernel_offsets, uprobes};
 
 /// Why a uprobe was not attached.
 #[derive(Debug, thiserror::Error)]

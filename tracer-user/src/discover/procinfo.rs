@@ -104,7 +104,7 @@ impl ProcessInfo {
         if let Some(value) = self.environ.get(name) {
             return Some(value.clone());
         }
-        self.tangorc_files.iter().find_map(|(_, text)| crate::telemetry_config::tangorc_value(name, text))
+        self.tangorc_files.iter().find_map(|(_, text)| crate::configure::cpptango::tangorc_value(name, text))
     }
 
     /// `TANGO_HOST` as the process would use it.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 
-use crate::{assembly::DeviceFacts, procinfo::ProcessInfo};
+use crate::{assemble::DeviceFacts, discover::procinfo::ProcessInfo};
 
 /// Default `service.name` of cppTango client processes.
 pub const DEFAULT_SERVICE_NAME: &str = "tango.telemetry.default";

@@ -17,19 +17,29 @@ use log::{info, warn};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 use tracer_export::{Destination, ExportHub, SpanRecord};
 
-pub use crate::spandata::{ClockOffset, monotonic_ns};
+pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
+pub mod ctl;
+
+use self::ctl::{CtlAnswer, CtlRequest};
 use crate::{
-    assembly::{AssembledSpan, Assembler, DeviceFacts, Observation},
-    configuration::{Configuration, Policy, Routing},
-    ctl::{self, CtlAnswer, CtlRequest},
-    dbclient, discovery,
-    probes::Probes,
-    procinfo::ProcessInfo,
-    records::{Direction, Peer, Record},
-    resources::{self, ResourceKey, Resources},
-    sockets, spandata,
-    telemetry_config::{self as tc, AdminChange, AdminCommand, DeviceSelector},
-    topics::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
+    assemble::{
+        AssembledSpan, Assembler, DeviceFacts, Observation,
+        naming::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
+    },
+    configure::{
+        Configuration, Policy, Routing,
+        cpptango::{self as tc, AdminChange, AdminCommand, DeviceSelector},
+    },
+    convert::{
+        resources::{self, ResourceKey, Resources},
+        spandata,
+    },
+    devices::dbclient,
+    discover::{self as discovery, procinfo::ProcessInfo, sockets},
+    probe::{
+        attach::Probes,
+        record::{Direction, Peer, Record},
+    },
 };
 
 /// How long a server span may wait for its device's class before it goes out without it.
@@ -680,7 +690,7 @@ fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
     })
 }
 
-fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {
+fn lib_text(lib: Option<&crate::discover::procinfo::MappedLibrary>) -> String {
     match lib {
         Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
         None => "being loaded".to_string(),

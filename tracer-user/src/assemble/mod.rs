@@ -7,7 +7,7 @@
 //! `ClntIdent` wins when present. While a thread serves a request, the requests it sends are
 //! children of that server span (omniORB serves a connection on one worker thread).
 //!
-//! The output is [`AssembledSpan`]s: everything but the resource, which [`crate::resources`]
+//! The output is [`AssembledSpan`]s: everything but the resource, which [`crate::convert::resources`]
 //! resolves from the process and the device.
 
 use std::{
@@ -26,10 +26,10 @@ use tracer_wire::{
     tango::{self, ArgValue, ClntIdent, LockerLanguage, TangoCall, TangoRequest},
 };
 
-use crate::{
-    records::{Direction, Record},
-    topics::{DATABASE_KEY, Operation, OperationClass},
-};
+pub mod naming;
+
+use self::naming::{DATABASE_KEY, Operation, OperationClass};
+use crate::probe::record::{Direction, Record};
 
 /// How long a client request waits for its server side before it stops being a candidate parent.
 const MATCH_WINDOW_NS: u64 = 10_000_000_000;

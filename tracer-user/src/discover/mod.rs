@@ -5,7 +5,10 @@
 
 use std::{fs, path::Path};
 
-use crate::procinfo::TangoLibraries;
+pub mod procinfo;
+pub mod sockets;
+
+use procinfo::TangoLibraries;
 
 /// Pids of running processes that map omniORB, except `own_pid`.
 pub fn scan(proc_root: &Path, own_pid: u32) -> Vec<u32> {

@@ -18,7 +18,7 @@ use tracer_wire::{
     tango::{self, ArgValue},
 };
 
-use crate::{assembly::DeviceFacts, topics::DATABASE_KEY};
+use crate::assemble::{DeviceFacts, naming::DATABASE_KEY};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Replies larger than this are refused (a database answers in kilobytes).
@@ -50,7 +50,7 @@ pub enum DbClientError {
 pub struct Import {
     pub devices: Vec<(Vec<u8>, DeviceFacts)>,
     /// The `telemetry_*` properties of each device, as the database holds them now.
-    pub properties: Vec<(String, crate::assembly::Properties)>,
+    pub properties: Vec<(String, crate::assemble::Properties)>,
 }
 
 /// The device properties cppTango reads its telemetry configuration from.
@@ -173,13 +173,13 @@ pub async fn device_properties(
     tango_host: &str,
     device: &str,
     on_connect: impl FnOnce(Option<SocketAddr>),
-) -> Result<crate::assembly::Properties, DbClientError> {
+) -> Result<crate::assemble::Properties, DbClientError> {
     let mut db = DbConnection::connect(tango_host).await?;
     on_connect(db.local_addr());
     let mut query = vec![device];
     query.extend_from_slice(TELEMETRY_PROPERTIES);
     match db.command_strings("DbGetDeviceProperty", &query).await? {
-        ArgValue::StringArray(answer) => crate::assembly::parse_property_answer(&answer)
+        ArgValue::StringArray(answer) => crate::assemble::parse_property_answer(&answer)
             .map(|(_, properties)| properties)
             .ok_or(DbClientError::BadReply("DbGetDeviceProperty answer")),
         _ => Err(DbClientError::BadReply("DbGetDeviceProperty answers a string array")),
@@ -206,7 +206,7 @@ pub async fn import_exported(
         let mut query = vec![name.as_str()];
         query.extend_from_slice(TELEMETRY_PROPERTIES);
         if let Ok(ArgValue::StringArray(answer)) = db.command_strings("DbGetDeviceProperty", &query).await
-            && let Some(properties) = crate::assembly::parse_property_answer(&answer)
+            && let Some(properties) = crate::assemble::parse_property_answer(&answer)
         {
             import.properties.push(properties);
         }

@@ -11,7 +11,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
-use crate::assembly::AssembledSpan;
+use crate::assemble::AssembledSpan;
 
 /// The exportable form of `span`; `target` is the called device's name (CLIENT spans).
 pub fn to_span_data(

@@ -4,7 +4,7 @@
 //! daemon defaults < `/etc/tangorc` < `~/.tangorc` < environment < device properties
 //! < admin-device commands at run time (and `tango-tracer ctl`, which acts like one).
 //!
-//! Values are parsed by [`crate::telemetry_config`]. An invalid value is reported once, naming the
+//! Values are parsed by [`crate::configure::cpptango`]. An invalid value is reported once, naming the
 //! process, device, source and value, and that setting falls back to the next lower source.
 
 use std::collections::{HashMap, HashSet};
@@ -13,13 +13,12 @@ use log::warn;
 use tracer_export::Destination;
 use tracer_wire::tango::ArgValue;
 
-use crate::{
-    procinfo::ProcessInfo,
-    telemetry_config::{
-        self as tc, AdminCommand, ConfigWarning, Effective, Layer, Source, Topics, Types, parse_admin_command,
-    },
-    topics::OperationClass,
+pub mod cpptango;
+
+use self::cpptango::{
+    self as tc, AdminCommand, ConfigWarning, Effective, Layer, Source, Topics, Types, parse_admin_command,
 };
+use crate::{assemble::naming::OperationClass, discover::procinfo::ProcessInfo};
 
 /// The operator's policy for processes that say nothing.
 #[derive(Clone, Debug)]
@@ -247,7 +246,7 @@ impl Configuration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procinfo::parse_environ;
+    use crate::discover::procinfo::parse_environ;
 
     fn policy() -> Policy {
         Policy {
@@ -258,7 +257,7 @@ mod tests {
     }
 
     fn process(pid: u32, env: &[u8], tango: &str) -> ProcessInfo {
-        use crate::procinfo::{MappedLibrary, TangoLibraries};
+        use crate::discover::procinfo::{MappedLibrary, TangoLibraries};
         ProcessInfo {
             pid,
             comm: "test".into(),

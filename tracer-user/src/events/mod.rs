@@ -14,9 +14,8 @@ use opentelemetry_sdk::trace::IdGenerator as _;
 use tracer_wire::zmtp;
 
 use crate::{
-    assembly::{AssembledSpan, Assembler, SpanContextLite},
-    records::Direction,
-    topics::OperationClass,
+    assemble::{AssembledSpan, Assembler, SpanContextLite, naming::OperationClass},
+    probe::record::Direction,
 };
 
 /// How long a push is remembered for linking its deliveries.
@@ -314,7 +313,7 @@ fn event_span(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::Record;
+    use crate::probe::record::Record;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/../tracer-wire/tests/fixtures/zmtp/{name}.bin", env!("CARGO_MANIFEST_DIR"));

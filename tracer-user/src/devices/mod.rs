@@ -1,0 +1,3 @@
+//! What is known per object key and device.
+
+pub mod dbclient;
