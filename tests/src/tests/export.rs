@@ -1,5 +1,5 @@
 //! The exporter against the real OTLP receiver: batching across resources, both protocols,
-//! backends that are down or refuse, queue overflow and flush on shutdown.
+//! backends that are down or refuse, outages within a memory budget, flush on shutdown.
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,9 @@ fn fast_config() -> ExportConfig {
     ExportConfig {
         flush_interval: Duration::from_millis(200),
         request_timeout: Duration::from_secs(2),
-        max_retries: 1,
         initial_backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
-        warn_interval: Duration::from_millis(100),
+        shutdown_timeout: Duration::from_secs(5),
         ..ExportConfig::default()
     }
 }
@@ -109,9 +108,8 @@ async fn three_resources_in_one_request(protocol: Protocol) {
         "{tree}"
     );
 
-    hub.shutdown(Duration::from_secs(5)).await;
-    let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!((stats.spans_exported, stats.requests_sent, stats.requests_failed), (4, 1, 0));
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
+    assert_eq!((stats.spans_delivered, stats.requests_sent, stats.requests_failed), (4, 1, 0));
 }
 
 #[tokio::test]
@@ -139,11 +137,11 @@ async fn uncompressed_requests_are_accepted_too() {
     assert_eq!(receiver.requests_by(Protocol::Http), 1);
     assert_eq!(receiver.requests_by(Protocol::Grpc), 1);
     assert!(receiver.request_log().iter().all(|r| !r.gzip && r.resource_spans == 2));
-    hub.shutdown(Duration::from_secs(5)).await;
+    hub.shutdown().await;
 }
 
-/// A backend that is down: failures are counted, nothing panics, and spans submitted after it
-/// comes up arrive.
+/// A backend that is down: attempts fail and are counted, the spans are kept (nothing panics,
+/// nothing is given up), and when it comes up they arrive with those submitted since.
 async fn backend_comes_up_later(protocol: Protocol) {
     let http_addr = free_local_addr().expect("free port");
     let grpc_addr = free_local_addr().expect("free port");
@@ -154,10 +152,9 @@ async fn backend_comes_up_later(protocol: Protocol) {
     let hub = ExportHub::start(fast_config());
     hub_submit_all(&hub, reference_command_inout(), &destination);
 
-    // First attempt and one retry fail: the two spans are counted as failed.
-    let stats = wait_stats(&hub, &destination, |s| s.spans_failed >= 2).await;
-    assert_eq!(stats.spans_exported, 0);
-    assert!(stats.requests_failed >= 2, "{stats:?}");
+    let stats = wait_stats(&hub, &destination, |s| s.requests_failed >= 2).await;
+    assert_eq!((stats.spans_delivered, stats.dropped.total(), stats.spans_held), (0, 0, 2));
+    assert!(stats.failing);
     let error = stats.last_error.unwrap_or_default();
     let port = match protocol {
         Protocol::Http => http_addr.port(),
@@ -168,12 +165,12 @@ async fn backend_comes_up_later(protocol: Protocol) {
     let receiver = OtlpReceiver::start_with(ReceiverOptions { http: http_addr, grpc: grpc_addr, out: None })
         .expect("receiver starts on the reserved ports");
     hub_submit_all(&hub, vec![reference_command_inout_error()], &destination);
-    let spans = receiver.wait_for(|s| !s.is_empty(), WAIT).await;
-    assert_eq!(spans.len(), 1, "only the span submitted after the backend came up");
-    assert!(spans[0].is_error());
-    let stats = wait_stats(&hub, &destination, |s| s.spans_exported == 1).await;
-    assert_eq!(stats.spans_failed, 2);
-    hub.shutdown(Duration::from_secs(5)).await;
+    let spans = receiver.wait_for(|s| s.len() >= 3, WAIT).await;
+    assert_eq!(spans.iter().filter(|s| s.is_error()).count(), 1);
+    let stats = wait_stats(&hub, &destination, |s| s.spans_delivered == 3).await;
+    assert_eq!((stats.dropped.total(), stats.spans_held, stats.failing), (0, 0, false));
+    hub.shutdown().await;
+    assert_eq!(receiver.spans().len(), 3, "nothing sent twice");
 }
 
 #[tokio::test]
@@ -190,8 +187,7 @@ async fn grpc_backend_down_then_up() {
 #[tokio::test]
 async fn refused_requests_are_retried() {
     let receiver = OtlpReceiver::start().await;
-    let config = ExportConfig { max_retries: 3, ..fast_config() };
-    let hub = ExportHub::start(config);
+    let hub = ExportHub::start(fast_config());
     for (protocol, destination) in [
         (Protocol::Http, Destination::OtlpHttp { endpoint: receiver.http_endpoint() }),
         (Protocol::Grpc, Destination::OtlpGrpc { endpoint: receiver.grpc_endpoint() }),
@@ -202,10 +198,10 @@ async fn refused_requests_are_retried() {
         receiver.wait_for(|s| s.len() >= 2, WAIT).await;
         assert_eq!(receiver.refused(), 2, "{protocol:?}");
         assert_eq!(receiver.requests(), 1, "{protocol:?}");
-        let stats = wait_stats(&hub, &destination, |s| s.spans_exported == 2).await;
-        assert_eq!((stats.requests_sent, stats.requests_failed, stats.spans_failed), (3, 2, 0));
+        let stats = wait_stats(&hub, &destination, |s| s.spans_delivered == 2).await;
+        assert_eq!((stats.requests_sent, stats.requests_failed, stats.dropped.total()), (3, 2, 0));
     }
-    hub.shutdown(Duration::from_secs(5)).await;
+    hub.shutdown().await;
 }
 
 /// Everything queued when shutdown starts reaches the backend, in full batches.
@@ -217,6 +213,7 @@ async fn shutdown_flushes_everything_queued() {
         // Nothing would leave before shutdown but for full batches.
         flush_interval: Duration::from_secs(3600),
         max_batch: 100,
+        shutdown_timeout: Duration::from_secs(20),
         ..fast_config()
     });
     let resources: Vec<_> =
@@ -228,7 +225,7 @@ async fn shutdown_flushes_everything_queued() {
         }
     }
     hub.submit(client_span(), std::slice::from_ref(&destination));
-    hub.shutdown(Duration::from_secs(20)).await;
+    let stats = hub.shutdown().await.total();
 
     // Shutdown returned: everything must already be there.
     let spans = receiver.spans();
@@ -237,35 +234,37 @@ async fn shutdown_flushes_everything_queued() {
     assert_eq!(log.len(), 11, "ten full batches and the rest");
     assert!(log[..10].iter().all(|r| r.spans == 100 && r.resource_spans == 5), "{log:?}");
     assert_eq!((log[10].spans, log[10].resource_spans), (1, 1));
-    let stats = hub.stats().total();
-    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_failed), (1001, 0, 0));
+    assert_eq!((stats.spans_delivered, stats.dropped.total(), stats.spans_held), (1001, 0, 0));
 }
 
 fn client_span() -> SpanRecord {
     many_spans(&client_resource(4242), 1, 9999).remove(0)
 }
 
-/// A full queue drops and counts; a dead backend fails and counts; neither blocks or panics.
+/// A full budget drops the oldest and counts; a dead backend at shutdown counts what it held;
+/// neither blocks or panics.
 #[tokio::test]
-async fn overflow_and_dead_backend_are_counted() {
+async fn budget_and_dead_backend_are_counted() {
     let dead = free_local_addr().expect("free port");
     let destination = Destination::OtlpHttp { endpoint: format!("http://{dead}/v1/traces") };
+    let spans = many_spans(&client_resource(1), 25, 1);
+    let one = tracer_export::span_bytes(&spans[0]);
     let hub = ExportHub::start(ExportConfig {
         flush_interval: Duration::from_secs(3600),
         max_batch: 1000,
-        max_queue: 10,
+        max_backlog_bytes: 10 * one,
+        shutdown_timeout: Duration::from_millis(500),
         ..fast_config()
     });
     let started = Instant::now();
-    hub_submit_all(&hub, many_spans(&client_resource(1), 25, 1), &destination);
+    hub_submit_all(&hub, spans, &destination);
     assert!(started.elapsed() < Duration::from_secs(1), "submit never waits");
     let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!((stats.spans_dropped, stats.spans_queued), (15, 10));
+    assert_eq!((stats.dropped.budget_oldest, stats.spans_held, stats.bytes_held), (15, 10, 10 * one));
 
-    hub.shutdown(Duration::from_secs(10)).await;
-    let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_failed), (0, 15, 10));
-    assert_eq!(stats.spans_queued, 0);
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
+    assert_eq!((stats.spans_delivered, stats.dropped.budget_oldest, stats.dropped.at_shutdown), (0, 15, 10));
+    assert_eq!((stats.spans_held, stats.unaccounted()), (0, 0));
 }
 
 /// A shutdown whose backend never answers ends at its timeout and counts what it could not
@@ -276,13 +275,16 @@ async fn shutdown_times_out_on_a_hanging_backend() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = silent.local_addr().expect("addr");
     let destination = Destination::OtlpHttp { endpoint: format!("http://{addr}/v1/traces") };
-    let hub = ExportHub::start(ExportConfig { request_timeout: Duration::from_secs(30), ..fast_config() });
+    let hub = ExportHub::start(ExportConfig {
+        request_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_millis(500),
+        ..fast_config()
+    });
     hub_submit_all(&hub, reference_command_inout(), &destination);
     let started = Instant::now();
-    hub.shutdown(Duration::from_millis(500)).await;
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
     assert!(started.elapsed() < Duration::from_secs(5));
-    let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!((stats.spans_exported, stats.spans_dropped, stats.spans_queued), (0, 2, 0));
+    assert_eq!((stats.spans_delivered, stats.dropped.at_shutdown, stats.spans_held), (0, 2, 0));
     drop(silent);
 }
 
@@ -297,7 +299,7 @@ fn works_from_a_plain_test() {
     hub_submit_all(&hub, reference_command_inout(), &destination);
     let spans = receiver.wait_for_blocking(|s| s.len() == 2, WAIT);
     assert_eq!(spans[0].trace_id, "b2a1fcf8dbcb987a87fc0305c3fe9fde");
-    runtime.block_on(hub.shutdown(Duration::from_secs(5)));
+    runtime.block_on(hub.shutdown());
 }
 
 /// The receiver's file holds what it received, readable as a store.
@@ -311,7 +313,7 @@ async fn receiver_file_is_a_store() {
     let destination = Destination::OtlpHttp { endpoint: receiver.http_endpoint() };
     hub_submit_all(&hub, reference_command_inout(), &destination);
     receiver.wait_for(|s| s.len() == 2, WAIT).await;
-    hub.shutdown(Duration::from_secs(5)).await;
+    hub.shutdown().await;
     receiver.stop();
     let stored = tracer_export::read_store(&out).expect("store reads");
     assert_eq!(stored.len(), 2);
@@ -324,7 +326,6 @@ async fn console_exports_each_span() {
     let hub = ExportHub::start(fast_config());
     let destination = Destination::parse("console", "cerr").expect("console parses");
     hub_submit_all(&hub, reference_command_inout(), &destination);
-    hub.shutdown(Duration::from_secs(5)).await;
-    let stats = hub.stats().get(&destination).cloned().unwrap_or_default();
-    assert_eq!((stats.spans_exported, stats.spans_failed), (2, 0));
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
+    assert_eq!((stats.spans_delivered, stats.dropped.total()), (2, 0));
 }
