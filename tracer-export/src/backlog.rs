@@ -11,7 +11,9 @@
 //! room for it: the parked batch as a whole (it is the oldest), then waiting spans one by one.
 //! The only exception is the batch being sent: its request may already have arrived, so its
 //! spans are not dropped while it is out; when it alone leaves no room, the new span is dropped
-//! (counted apart, as the newest). Every drop is counted by cause in [`DestinationStats`].
+//! (counted apart, as the newest). If its request then fails after newer spans were dropped to
+//! make room meanwhile, it is dropped too rather than parked: it is older than they were. Every
+//! drop is counted by cause in [`DestinationStats`].
 
 use std::collections::VecDeque;
 
@@ -110,6 +112,8 @@ pub(crate) struct Backlog<P> {
     waiting_bytes: u64,
     parked: Option<Parked<P>>,
     sending: Option<Held>,
+    /// Newer spans were dropped for room while the batch was out.
+    evicted_while_sending: bool,
     stats: DestinationStats,
 }
 
@@ -122,6 +126,7 @@ impl<P> Backlog<P> {
             waiting_bytes: 0,
             parked: None,
             sending: None,
+            evicted_while_sending: false,
             stats: DestinationStats::default(),
         }
     }
@@ -142,6 +147,7 @@ impl<P> Backlog<P> {
             } else if let Some(oldest) = self.waiting.pop_front() {
                 self.waiting_bytes -= oldest.bytes;
                 self.stats.dropped.budget_oldest += 1;
+                self.evicted_while_sending |= self.sending.is_some();
             } else {
                 break; // Unreachable: only `sending` is left, and it leaves room (checked above).
             }
@@ -192,12 +198,15 @@ impl<P> Backlog<P> {
     /// Records how the batch that was out ended.
     pub(crate) fn settle(&mut self, outcome: Outcome<P>) {
         let held = self.sending.take().unwrap_or_default();
+        let evicted_newer = std::mem::take(&mut self.evicted_while_sending);
         match outcome {
             Outcome::Delivered { rejected } => {
                 let rejected = rejected.min(held.spans);
                 self.stats.spans_delivered += held.spans - rejected;
                 self.stats.dropped.rejected += rejected;
             }
+            // Oldest first: what was dropped while it was out was newer.
+            Outcome::Retry(_) if evicted_newer => self.stats.dropped.budget_oldest += held.spans,
             Outcome::Retry(payload) => self.parked = Some(Parked { payload, held }),
             Outcome::Dropped(cause) => *cause(&mut self.stats.dropped) += held.spans,
         }
@@ -211,6 +220,7 @@ impl<P> Backlog<P> {
         self.waiting_bytes = 0;
         self.parked = None;
         self.sending = None;
+        self.evicted_while_sending = false;
     }
 
     /// Counts one attempt (a request or a write), and the error if it failed.
@@ -364,6 +374,27 @@ mod tests {
         backlog.push(spans(1, 100).remove(0).0, 1001);
         assert_eq!(backlog.stats().dropped.budget_newest, 5, "larger than the budget even when empty");
         assert_balanced(&backlog);
+    }
+
+    #[test]
+    fn a_failed_batch_older_than_spans_dropped_meanwhile_goes_too() {
+        let mut backlog = Backlog::<&'static str>::new(1000);
+        for (span, bytes) in spans(10, 1) {
+            backlog.push(span, bytes);
+        }
+        assert!(matches!(backlog.take(4), Taken::Fresh(_)));
+        // While 1..=4 are out, 5 and 6 make room for 11 and 12.
+        for (span, bytes) in spans(2, 11) {
+            backlog.push(span, bytes);
+        }
+        backlog.settle(Outcome::Retry("request of 1..=4"));
+        let stats = backlog.stats();
+        assert_eq!((stats.spans_held, stats.dropped.budget_oldest, stats.unaccounted()), (6, 6, 0));
+        let Taken::Fresh(batch) = backlog.take(100) else { panic!("nothing parked") };
+        assert_eq!(batch.iter().map(seq).collect::<Vec<_>>(), (7..=12).collect::<Vec<_>>());
+        // Without such drops, a failed batch is parked.
+        backlog.settle(Outcome::Retry("request of 7..=12"));
+        assert!(matches!(backlog.take(100), Taken::Retry("request of 7..=12")));
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub use destination::{ConsoleStream, Destination, DestinationError, destinations
 pub use hub::{ExportConfig, ExportHub};
 pub use otlp::OtlpError;
 pub use stats::{DestinationStats, DropCounts, ExportStats};
-pub use store::{MAX_STORE_BYTES, StoreError, read_store, rotated_path};
+pub use store::{MAX_STORE_BYTES, StoreError, check_store, read_store, rotated_path};
 
 /// One finished span together with the resource (Tango process or device) it belongs to.
 ///

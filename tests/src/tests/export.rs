@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tracer_export::{
-    Destination, ExportConfig, ExportHub, SpanRecord,
+    Destination, DestinationStats, ExportConfig, ExportHub, SpanRecord,
     testing::{
         client_resource, device_resource, many_spans, reference_command_inout, reference_command_inout_error,
     },
@@ -47,8 +47,8 @@ fn hub_submit_all(hub: &ExportHub, spans: Vec<SpanRecord>, destination: &Destina
 async fn wait_stats(
     hub: &ExportHub,
     destination: &Destination,
-    done: impl Fn(&tracer_export::DestinationStats) -> bool,
-) -> tracer_export::DestinationStats {
+    done: impl Fn(&DestinationStats) -> bool,
+) -> DestinationStats {
     let deadline = Instant::now() + WAIT;
     loop {
         let stats = hub.stats().get(destination).cloned().unwrap_or_default();
@@ -328,4 +328,260 @@ async fn console_exports_each_span() {
     hub_submit_all(&hub, reference_command_inout(), &destination);
     let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
     assert_eq!((stats.spans_delivered, stats.dropped.total()), (2, 0));
+}
+
+/// Spans per tick of [`SteadyLoad`], and its tick: 500 spans/s, submitted as the daemon does
+/// (a burst at each drain of its ring buffer).
+const LOAD_PER_TICK: u64 = 10;
+const LOAD_TICK: Duration = Duration::from_millis(20);
+
+/// Spans of one device submitted at a steady rate, numbered by their `seq` attribute from 1.
+struct SteadyLoad<'a> {
+    hub: &'a ExportHub,
+    destination: &'a Destination,
+    resource: opentelemetry_sdk::Resource,
+    next_seq: u64,
+    ticker: tokio::time::Interval,
+    budget: u64,
+}
+
+impl SteadyLoad<'_> {
+    /// Submits for `duration`, checking after each tick that the bytes held stay within the
+    /// budget, and hands each tick's statistics to `after_tick`.
+    async fn run_for(&mut self, duration: Duration, mut after_tick: impl FnMut(Instant, &DestinationStats)) {
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            self.ticker.tick().await;
+            hub_submit_all(
+                self.hub,
+                many_spans(&self.resource, LOAD_PER_TICK, self.next_seq),
+                self.destination,
+            );
+            self.next_seq += LOAD_PER_TICK;
+            let stats = self.hub.stats().get(self.destination).cloned().unwrap_or_default();
+            assert!(stats.bytes_held <= self.budget, "over the budget: {stats:?}");
+            after_tick(Instant::now(), &stats);
+        }
+    }
+}
+
+/// Settled spans: delivered or dropped.
+fn settled(stats: &DestinationStats) -> u64 {
+    stats.spans_delivered + stats.dropped.total()
+}
+
+/// The backend goes down for 3 s while spans keep coming at 500/s, then comes back on the same
+/// port: memory stays within the budget, every span is accounted for exactly, the outage is
+/// probed with one request per backoff period, the newest spans are delivered and the oldest
+/// dropped, and the backlog drains at full speed once the backend is back.
+async fn outage_then_recovery(protocol: Protocol) {
+    let mut receiver = OtlpReceiver::start().await;
+    let (http_addr, grpc_addr) = (receiver.http_addr(), receiver.grpc_addr());
+    let destination = match protocol {
+        Protocol::Http => Destination::OtlpHttp { endpoint: receiver.http_endpoint() },
+        Protocol::Grpc => Destination::OtlpGrpc { endpoint: receiver.grpc_endpoint() },
+    };
+    let resource = device_resource("Demo", "test/demo/1", "Demo/Demo", 4711);
+    // Every span of the load has the same size: the budget holds 600 of them.
+    let budget = 600 * tracer_export::span_bytes(&many_spans(&resource, 1, 1)[0]);
+    let config = ExportConfig {
+        flush_interval: Duration::from_millis(500),
+        max_batch: 100,
+        max_backlog_bytes: budget,
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(400),
+        request_timeout: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(10),
+        ..ExportConfig::default()
+    };
+    let hub = ExportHub::start(config.clone());
+    let mut load = SteadyLoad {
+        hub: &hub,
+        destination: &destination,
+        resource,
+        next_seq: 1,
+        ticker: tokio::time::interval(LOAD_TICK),
+        budget,
+    };
+
+    load.run_for(Duration::from_secs(1), |_, _| {}).await;
+    receiver.close();
+    let start_of_outage = load.next_seq;
+    let failed_at_stop = hub.stats().get(&destination).cloned().unwrap_or_default().requests_failed;
+    let outage = Duration::from_secs(3);
+    load.run_for(outage, |_, _| {}).await;
+    let end_of_outage = load.next_seq;
+
+    let at_restart = hub.stats().get(&destination).cloned().unwrap_or_default();
+    let probes = at_restart.requests_failed - failed_at_stop;
+    // Backoff 50 ms doubling to 400 ms, each at least half its value: at most ~15 in 3 s.
+    assert!((3..=20).contains(&probes), "one probe per backoff period, not {probes}");
+    assert!(at_restart.dropped.budget_oldest > 0, "the outage outgrew the budget: {at_restart:?}");
+    let restarted = Instant::now();
+    let receiver_again =
+        OtlpReceiver::start_with(ReceiverOptions { http: http_addr, grpc: grpc_addr, out: None })
+            .expect("receiver starts again on its ports");
+    let (mut first_delivery, mut drained) = (None, None);
+    load.run_for(Duration::from_secs(2), |now, stats| {
+        if first_delivery.is_none() && stats.spans_delivered > at_restart.spans_delivered {
+            first_delivery = Some(now);
+        }
+        // Batches leave oldest first: once as many spans settled as were held at the restart,
+        // the backlog of the outage is gone.
+        if drained.is_none() && settled(stats) - settled(&at_restart) >= at_restart.spans_held {
+            drained = Some(now);
+        }
+    })
+    .await;
+    let first_delivery = first_delivery.expect("delivery resumed");
+    let drained = drained.expect("the outage's backlog drained");
+    assert!(first_delivery - restarted < config.max_backoff + Duration::from_secs(1), "probed again soon");
+    // One batch per flush interval would take 3 s for these 6 batches.
+    assert!(
+        drained - first_delivery < 2 * config.flush_interval,
+        "drained back to back: {:?}",
+        drained - first_delivery
+    );
+
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
+    let submitted = load.next_seq - 1;
+    eprintln!(
+        "{protocol:?} outage: {probes} probes in {outage:?}; delivery resumed {:?} after the restart, \
+         {} held spans drained in {:?}; {submitted} submitted, {} delivered, {} dropped (oldest); \
+         peak {} of {budget} bytes",
+        first_delivery - restarted,
+        at_restart.spans_held,
+        drained - first_delivery,
+        stats.spans_delivered,
+        stats.dropped.budget_oldest,
+        stats.peak_bytes_held,
+    );
+    assert_eq!(
+        (stats.spans_submitted, stats.spans_held, stats.unaccounted()),
+        (submitted, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.dropped.total(), stats.dropped.budget_oldest, "only the budget dropped: {stats:?}");
+    assert!(stats.peak_bytes_held <= budget, "{stats:?}");
+
+    // What arrived is exactly what the hub says it delivered, once each.
+    let mut received: Vec<u64> = receiver
+        .spans()
+        .into_iter()
+        .chain(receiver_again.spans())
+        .filter_map(|s| s.attributes.get_i64("seq"))
+        .map(|s| s as u64)
+        .collect();
+    received.sort_unstable();
+    let count = received.len();
+    received.dedup();
+    assert_eq!(count, received.len(), "nothing delivered twice");
+    assert_eq!(count as u64, stats.spans_delivered);
+    // The dropped spans are the oldest of the outage: most of its first 500, none of its last
+    // 200 nor any later one. (A batch whose request succeeded while newer spans made room may
+    // have arrived from amid them.)
+    let missing: Vec<u64> = (1..=submitted).filter(|s| received.binary_search(s).is_err()).collect();
+    assert_eq!(missing.len() as u64, stats.dropped.budget_oldest);
+    let early = missing.iter().filter(|&&s| (start_of_outage..start_of_outage + 500).contains(&s)).count();
+    assert!(early >= 400, "the oldest were dropped: {early} of the outage's first 500");
+    let last = missing.iter().max().copied().unwrap_or_default();
+    assert!(last < end_of_outage - 200, "the newest spans of the outage were kept (dropped up to {last})");
+}
+
+#[tokio::test]
+async fn http_outage_keeps_the_newest_within_the_budget() {
+    outage_then_recovery(Protocol::Http).await;
+}
+
+#[tokio::test]
+async fn grpc_outage_keeps_the_newest_within_the_budget() {
+    outage_then_recovery(Protocol::Grpc).await;
+}
+
+/// With the backend down, shutdown ends within its configured time and counts exactly what it
+/// could not deliver.
+async fn shutdown_with_the_backend_down(protocol: Protocol) {
+    let addr = free_local_addr().expect("free port");
+    let destination = match protocol {
+        Protocol::Http => Destination::OtlpHttp { endpoint: format!("http://{addr}/v1/traces") },
+        Protocol::Grpc => Destination::OtlpGrpc { endpoint: format!("http://{addr}") },
+    };
+    let timeout = Duration::from_secs(1);
+    let hub = ExportHub::start(ExportConfig { shutdown_timeout: timeout, max_batch: 100, ..fast_config() });
+    hub_submit_all(&hub, many_spans(&client_resource(7), 300, 1), &destination);
+    wait_stats(&hub, &destination, |s| s.requests_failed >= 1).await;
+    let started = Instant::now();
+    let stats = hub.shutdown().await.get(&destination).cloned().unwrap_or_default();
+    let took = started.elapsed();
+    // Generous: it proves the bound, not the speed.
+    assert!(took < timeout + Duration::from_secs(2), "shutdown took {took:?}");
+    assert_eq!(
+        (stats.spans_delivered, stats.dropped.at_shutdown, stats.dropped.total()),
+        (0, 300, 300),
+        "{stats:?}"
+    );
+    assert_eq!((stats.spans_held, stats.unaccounted()), (0, 0));
+}
+
+#[tokio::test]
+async fn http_shutdown_with_the_backend_down_is_bounded() {
+    shutdown_with_the_backend_down(Protocol::Http).await;
+}
+
+#[tokio::test]
+async fn grpc_shutdown_with_the_backend_down_is_bounded() {
+    shutdown_with_the_backend_down(Protocol::Grpc).await;
+}
+
+/// `tango-tracer run` refuses, before anything else, an endpoint without a scheme and a store
+/// it cannot write, saying once what to do.
+#[test]
+fn bad_export_settings_are_refused_at_start() {
+    let dir = tracer_export::testing::TempDir::new("refused");
+    let in_the_way = dir.path().join("file");
+    std::fs::write(&in_the_way, b"").expect("file");
+    let store = |path: &std::path::Path| vec![("TANGO_TRACER_STORE", path.display().to_string())];
+    let cases = [
+        (
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318".to_owned())],
+            "OTEL_EXPORTER_OTLP_ENDPOINT \"127.0.0.1:4318\" has no scheme: add http:// or https:// in front \
+             (for example \"http://127.0.0.1:4318\")",
+        ),
+        (store(dir.path()), "Is a directory"),
+        (store(&in_the_way.join("spans.jsonl")), "is not a directory"),
+    ];
+    for (env, expected) in cases {
+        let mut command = std::process::Command::new(crate::harness::tracer_binary());
+        command
+            .arg("run")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_TRACES_EXPORTER");
+        command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").env_remove("TANGO_TRACER_STORE");
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        let child = command.spawn().expect("tango-tracer starts");
+        // Stopped by PID when dropped, should it not refuse.
+        let mut proc = crate::harness::Proc { child, name: "tango-tracer".into() };
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = proc.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "{env:?} was not refused");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(proc.child.stderr.as_mut().expect("stderr"), &mut stderr)
+            .expect("read");
+        assert!(!status.success(), "{env:?}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("tango-tracer:")).collect();
+        assert_eq!(lines.len(), 1, "one message: {stderr}");
+        assert!(lines[0].contains(expected), "{stderr}");
+        assert_eq!(lines[0].matches(expected).count(), 1, "said once: {stderr}");
+        if expected != "has no scheme" && !expected.starts_with("OTEL") {
+            assert!(
+                lines[0].ends_with("give --store (or TANGO_TRACER_STORE) a file path the daemon can write")
+            );
+        }
+    }
 }
