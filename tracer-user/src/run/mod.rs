@@ -654,7 +654,7 @@ impl Daemon {
         info!("stopping: ending open calls and flushing exporters");
         self.assembler.flush_all(monotonic_ns());
         self.release_spans(true);
-        self.hub.shutdown(Duration::from_secs(10)).await;
+        self.hub.shutdown().await;
         if let Some(recorder) = &mut self.recorder {
             let _ = recorder.flush();
         }
