@@ -14,6 +14,8 @@ followed by a pause so that its spans fall in its own time window:
   subscribe_event    subscribe_event("temperature", CHANGE_EVENT) (waits for the initial event)
   push_event         command_inout("PushTemperature") twice, each event awaited
   unsubscribe_event  unsubscribe_event(...)
+  kill=ADMIN_URL     DeviceProxy(ADMIN_URL).command_inout("Kill"): what the reference's test context
+                     did to end each server (outside-client-steps.json); ends the server
 Prints one JSON object, the form of the reference's client-steps.json:
 {"pid": ..., "steps": [[name, start_ns, end_ns], ...]} (wall clock, time.time_ns()).
 """
@@ -75,10 +77,17 @@ def main():
         "push_event": push,
         "unsubscribe_event": lambda: state["device"].unsubscribe_event(state["subscription"]),
     }
+    def kill(admin_url):
+        tango.DeviceProxy(admin_url).command_inout("Kill")
+
     done = []
-    for name in names:
+    for step in names:
+        name, _, argument = step.partition("=")
         start = time.time_ns()
-        steps[name]()
+        if name == "kill":
+            kill(argument)
+        else:
+            steps[name]()
         time.sleep(PAUSE)
         done.append([name, start, time.time_ns()])
     print(json.dumps({"pid": os.getpid(), "steps": done}), flush=True)

@@ -171,6 +171,58 @@ pub fn run_client(marker: &str, args: &[&str], env: &[(&str, &str)]) -> serde_js
     serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {stdout:?}: {e}"))
 }
 
+/// One step of `reference_client.py`: its name and wall-clock window.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// The pid and steps printed by `reference_client.py`.
+///
+/// # Panics
+/// When the output is not the script's JSON.
+pub fn reference_steps(out: &serde_json::Value) -> (i64, Vec<Step>) {
+    let pid = out["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {out}"));
+    let steps = out["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in {out}"))
+        .iter()
+        .map(|step| Step {
+            name: step[0].as_str().unwrap_or_default().to_owned(),
+            start_ns: step[1].as_u64().unwrap_or_default(),
+            end_ns: step[2].as_u64().unwrap_or_default(),
+        })
+        .collect();
+    (pid, steps)
+}
+
+/// Runs `reference_client.py URL PEER STEP…` to completion; returns its pid and steps.
+pub fn run_reference_client(
+    marker: &str,
+    url: &str,
+    peer: &str,
+    steps: &[&str],
+    env: &[(&str, &str)],
+) -> (i64, Vec<Step>) {
+    let mut command = Command::new(python());
+    command.arg(script("reference_client.py")).arg(url).arg(peer).args(steps).env(MARKER, marker);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("running reference_client.py");
+    assert!(
+        output.status.success(),
+        "reference_client.py failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    reference_steps(&serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {stdout:?}: {e}")))
+}
+
 /// The tango-tracer daemon, traced processes limited to this test's marker.
 pub struct TracerDaemon {
     pub proc: Proc,
