@@ -355,6 +355,32 @@ impl TracerDaemon {
         self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Runs `tango-tracer ctl <args>`; its standard output, or what went wrong.
+    pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(tracer_binary())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.dir.join("ctl.sock"))
+            .args(args)
+            .output()
+            .map_err(|e| format!("running tango-tracer ctl: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!("tango-tracer ctl {args:?}: {}", String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+
+    /// The daemon's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for the daemon"))
+    }
+
     /// Runs `tango-tracer ctl <args>` against this daemon; returns its standard output.
     pub fn ctl(&self, args: &[&str]) -> String {
         let output = Command::new(tracer_binary())
