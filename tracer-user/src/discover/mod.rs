@@ -5,6 +5,7 @@
 
 use std::{fs, path::Path};
 
+pub mod processes;
 pub mod procinfo;
 pub mod sockets;
 

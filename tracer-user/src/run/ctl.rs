@@ -12,6 +12,8 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+pub use crate::stats::StageStat;
+
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tango-tracer.sock";
 
@@ -27,6 +29,8 @@ pub enum CtlRequest {
     Endpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
     /// Forget runtime changes made with `ctl` for the matching devices.
     Reset { pattern: String },
+    /// Every stage's counters and table sizes.
+    Stats,
 }
 
 /// One setting with the source it came from.
@@ -58,6 +62,7 @@ pub struct TargetView {
 pub enum CtlAnswer {
     Targets { targets: Vec<TargetView>, warnings: Vec<String> },
     Changed { devices: Vec<String> },
+    Stats { stats: Vec<StageStat> },
     Error { message: String },
 }
 
@@ -125,6 +130,15 @@ pub async fn request(path: &PathBuf, request: &CtlRequest) -> anyhow::Result<Ctl
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
     serde_json::from_str(&line).context("reading the daemon's answer")
+}
+
+/// Renders a `stats` answer, one `stage name value` line each.
+pub fn render_stats(stats: &[StageStat]) -> String {
+    let mut out = String::new();
+    for stat in stats {
+        out.push_str(&format!("{:<10} {:<32} {}\n", stat.stage, stat.name, stat.value));
+    }
+    out
 }
 
 /// Renders a `list` answer as a table.
