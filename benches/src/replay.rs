@@ -363,6 +363,13 @@ fn normalise(records: Vec<Record>, pids: &[u32]) -> Vec<Record> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     fn parse(lines: &str) -> Vec<Record> {

@@ -89,10 +89,12 @@ pub struct Report<'a> {
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    let n = sorted.len();
+    match (sorted.get(n / 2), n.checked_sub(1).and_then(|_| sorted.get(n / 2 - 1))) {
+        (None, _) => f64::NAN,
+        (Some(middle), _) if n % 2 == 1 => *middle,
+        (Some(upper), Some(lower)) => (lower + upper) / 2.0,
+        (Some(middle), None) => *middle,
     }
 }
 
@@ -1169,6 +1171,13 @@ fn write_event_losses(md: &mut String, ev: &Events) -> std::fmt::Result {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

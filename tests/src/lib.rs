@@ -4,6 +4,14 @@
 //!   `otlp-receiver` binary, for benchmarks and humans).
 //!
 //! The tests themselves live in `src/tests/`, one file per feature.
+// Test code: a failure panics with its message and backtrace.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests and their harness"
+)]
 
 pub mod dbstack;
 pub mod harness;

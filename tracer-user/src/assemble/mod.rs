@@ -613,6 +613,13 @@ impl Assembler {
 mod tests {
     //! Real GIOP messages captured from PyTango 10.3.1 (the parsers' fixtures), replayed as the
     //! probes would report them from a client and a server process.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use opentelemetry::trace::SpanId;
 

@@ -200,6 +200,13 @@ pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation) -> (String
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     fn op(giop: &str) -> Operation {

@@ -272,6 +272,13 @@ impl Configuration {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
     use crate::discover::procinfo::parse_environ;
 

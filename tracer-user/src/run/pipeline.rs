@@ -397,6 +397,13 @@ fn is_giop_request(bytes: &[u8]) -> bool {
 mod tests {
     //! Churn through the whole pipeline with real GIOP messages captured from PyTango 10.3.1:
     //! every span comes out, and every table goes back to its size before the churn.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use super::*;
 
