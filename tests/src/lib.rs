@@ -6,6 +6,14 @@
 //! - [`harness`]: real servers, clients and the daemon, stopped by PID; the daemon's end checked.
 //!
 //! The tests themselves live in `src/tests/`, one file per feature.
+// Test code: a failure panics with its message and backtrace.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "tests and their harness"
+)]
 
 pub mod dbstack;
 pub mod harness;

@@ -139,6 +139,7 @@ impl OtlpError {
 
 /// Builds one request carrying every span of `records`, with one `ResourceSpans` per distinct
 /// resource (in order of first appearance) and, inside it, one `ScopeSpans` per scope.
+#[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
 pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
     let mut groups: Vec<(Resource, Vec<SpanData>)> = Vec::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
@@ -368,7 +369,13 @@ fn accepted(response: ExportTraceServiceResponse) -> Accepted {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use std::time::{Duration, SystemTime};
 

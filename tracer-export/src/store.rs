@@ -234,6 +234,7 @@ fn open_for_append(path: &Path) -> Result<File, StoreError> {
 }
 
 /// The offset just after the last newline before `len` (0 if there is none).
+#[expect(clippy::indexing_slicing, reason = "`end - start` is at most CHUNK, the buffer's length")]
 fn last_line_start(file: &mut File, len: u64) -> std::io::Result<u64> {
     const CHUNK: u64 = 64 * 1024;
     let mut end = len;
@@ -253,7 +254,13 @@ fn last_line_start(file: &mut File, len: u64) -> std::io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use super::*;
     use crate::testing::{TempDir, reference_command_inout};

@@ -54,6 +54,12 @@ enum CtlAction {
     },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
+    /// Counters and table sizes of every stage of the daemon.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -254,7 +260,7 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
 }
 
 async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
-    use tango_tracer::run::ctl::{CtlAnswer, CtlRequest, render_targets, request};
+    use tango_tracer::run::ctl::{CtlAnswer, CtlRequest, render_stats, render_targets, request};
     let (req, json) = match args.action {
         CtlAction::List { json } => (CtlRequest::List, json),
         CtlAction::Start { pattern } => (CtlRequest::Enable { pattern, enable: true }, false),
@@ -268,6 +274,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             (CtlRequest::Endpoints { pattern, exporters, endpoints }, false)
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
+        CtlAction::Stats { json } => (CtlRequest::Stats, json),
     };
     let answer = request(&args.socket, &req).await?;
     if json {
@@ -280,6 +287,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             println!("no traced device matches yet; the change applies to matching devices when they appear")
         }
         CtlAnswer::Changed { devices } => println!("changed: {}", devices.join(", ")),
+        CtlAnswer::Stats { stats } => print!("{}", render_stats(&stats)),
         CtlAnswer::Error { message } => bail!("{message}"),
     }
     Ok(())
