@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::trace::SpanKind;
 use tracer_export::{Destination, SpanRecord};
 
 use crate::{
@@ -249,7 +250,17 @@ impl Pipeline {
         Arc::clone(&self.own_ports)
     }
 
-    /// Timer work: forgets links too old to matter, ends calls that waited too long.
+    /// The run loop saw the probes' count of lost records grow, at about `now_ns` (kernel
+    /// monotonic time, the records' clock). Messages in progress cannot be trusted any more and
+    /// calls pending now may have lost their reply: they end incomplete if it does not come soon
+    /// (see [`Pipeline::expire`]).
+    pub fn records_lost(&mut self, now_ns: u64) {
+        self.assembler.records_lost(now_ns);
+        self.events.records_lost();
+    }
+
+    /// Timer work: forgets links too old to matter, ends calls that waited too long or whose
+    /// reply was probably lost.
     pub fn expire(&mut self, now_ns: u64) {
         self.assembler.expire(now_ns);
         self.events.expire(now_ns);
@@ -334,7 +345,7 @@ impl Pipeline {
     /// Where a span goes, by the configuration of its device (or process), and its export form.
     fn route(&mut self, span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>) {
         let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
-        match self.config.route(span.pid, device.as_deref(), span.operation) {
+        match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
                 let record = self.span_record(span, device, processes);
@@ -387,6 +398,19 @@ fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
         dev_class: Some("DataBase".to_string()),
         server_id: Some(format!("DataBaseds/{instance}")),
     })
+}
+
+/// The topic class a span is routed by. cppTango traces no command an admin device serves
+/// (`Kill`, `SetLoggingLevel`, `DevPollStatus`, …): their SERVER spans are among what native
+/// telemetry leaves out, known only once the device's name is (opaque keys of database servers).
+/// The subscription's is an `events` span already.
+fn class_of(span: &AssembledSpan, device: Option<&str>) -> OperationClass {
+    let admin = device.is_some_and(|name| name.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("dserver/")));
+    if span.kind == SpanKind::Server && admin && span.operation == OperationClass::User {
+        OperationClass::Extended
+    } else {
+        span.operation
+    }
 }
 
 fn is_giop_request(bytes: &[u8]) -> bool {
