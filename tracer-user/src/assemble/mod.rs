@@ -772,7 +772,7 @@ mod tests {
 
     use opentelemetry::trace::SpanId;
 
-    use super::{naming::OperationClass, *};
+    use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/../tracer-wire/tests/fixtures/giop/{name}.bin", env!("CARGO_MANIFEST_DIR"));
@@ -1087,6 +1087,189 @@ mod tests {
         assert_eq!(a.stats().messages, 1);
         assert_eq!(a.client_calls.len(), 1);
         assert!(a.client_calls.contains_key(&(CLIENT, 7, 9)));
+    }
+
+    /// GIOP 1.0 `_is_a("IDL:Tango/Device_6:1.0")` / `_non_existent()` as cppTango sends them
+    /// when a DeviceProxy connects (no capture has them for `test/demo/1`); their replies are the
+    /// captured `ping` reply (a void result: the body is not read for these operations).
+    fn probe(operation: &str, key: &[u8], id: u32) -> (Vec<u8>, Vec<u8>) {
+        let request = tracer_wire::encode::request_1_0(id, key, operation, |w| {
+            if operation == "_is_a" {
+                w.string("IDL:Tango/Device_6:1.0");
+            }
+        });
+        (request, with_request_id(fixture("demo-rep-ping"), id))
+    }
+
+    /// Client thread `tid` of `pid` sends `request` on `fd` at `t` and gets `reply` at `t + 5`
+    /// from 127.0.0.1:4321.
+    fn client_call(a: &mut Assembler, (pid, tid, fd): (u32, u32, i32), request: &[u8], reply: &[u8], t: u64) {
+        a.push(&data(pid, tid, fd, t, Direction::Send, request));
+        let mut received = data(pid, tid, fd, t + 5, Direction::Recv, reply);
+        if let Record::Data { peer, .. } = &mut received {
+            *peer = Peer::Inet(std::net::Ipv4Addr::LOCALHOST, 4321);
+        }
+        a.push(&received);
+    }
+
+    /// `DeviceProxy("tango://127.0.0.1:4321/test/demo/1#dbase=no")`, as on the wire.
+    fn connect_without_database(a: &mut Assembler, thread: (u32, u32, i32), t: u64) {
+        let (is_a, is_a_reply) = probe("_is_a", b"test/demo/1", 1);
+        let (non_existent, non_existent_reply) = probe("_non_existent", b"test/demo/1", 2);
+        let info = with_request_id(fixture("demo-req-info"), 3);
+        let info_reply = with_request_id(fixture("demo-rep-info"), 3);
+        client_call(a, thread, &is_a, &is_a_reply, t);
+        client_call(a, thread, &non_existent, &non_existent_reply, t + 10);
+        client_call(a, thread, &info, &info_reply, t + 20);
+    }
+
+    fn proxy_threads(a: &Assembler) -> u64 {
+        let mut report = StageStats::default();
+        a.report(&mut report);
+        report.get("assemble", "proxy_thread_entries").expect("reported")
+    }
+
+    fn proxies(spans: &[AssembledSpan]) -> Vec<&AssembledSpan> {
+        spans.iter().filter(|s| s.name == proxy::SPAN_NAME).collect()
+    }
+
+    #[test]
+    fn a_device_proxy_without_database_is_an_internal_span_up_to_the_info_reply() {
+        let mut a = Assembler::new(2048);
+        connect_without_database(&mut a, (CLIENT, CLIENT, 7), 1_000);
+        let read = with_request_id(fixture("demo-req-read_attributes_5"), 4);
+        let read_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 4);
+        client_call(&mut a, (CLIENT, CLIENT, 7), &read, &read_reply, 2_000);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        let proxy = proxy[0];
+        assert_eq!(proxy.kind, SpanKind::Internal);
+        assert_eq!((proxy.start_ns, proxy.end_ns), (1_000, 1_025), "from _is_a to the info reply");
+        assert_eq!(proxy.parent, None);
+        assert_eq!(proxy.device_key, None, "the client process's resource");
+        assert_eq!(proxy.operation, OperationClass::User);
+        assert!(proxy.attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/test/demo/1#dbase=no"
+        )));
+        assert!(proxy.attributes.contains(&KeyValue::new("thread.id", CLIENT.to_string())));
+        let info = spans.iter().find(|s| s.name == "Tango::DeviceProxy::info").expect("info span");
+        assert_eq!(info.parent, Some(proxy.context), "the constructor's calls are its children");
+        let read = spans.iter().find(|s| s.name == "Tango::DeviceProxy::read_attribute").expect("read");
+        assert_eq!(read.parent, None, "later calls are not");
+        // A second proxy of the same device on the same thread is a second span.
+        connect_without_database(&mut a, (CLIENT, CLIENT, 7), 3_000);
+        assert_eq!(proxies(&a.drain()).len(), 1);
+        assert_eq!(proxy_threads(&a), 0, "nothing kept between constructions");
+    }
+
+    #[test]
+    fn a_device_proxy_built_while_serving_is_a_child_of_the_request_with_the_device_resource() {
+        let mut a = Assembler::new(2048);
+        let outer = with_request_id(fixture("demo-req-command_inout_4-echo"), 20);
+        let outer_reply = with_request_id(fixture("demo-rep-command_inout_4-echo"), 20);
+        a.push(&data(SERVER, 201, 21, 100, Direction::Recv, &outer));
+        connect_without_database(&mut a, (SERVER, 201, 30), 1_000);
+        let read = with_request_id(fixture("demo-req-read_attributes_5"), 4);
+        let read_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 4);
+        client_call(&mut a, (SERVER, 201, 30), &read, &read_reply, 2_000);
+        a.push(&data(SERVER, 201, 21, 3_000, Direction::Send, &outer_reply));
+        let spans = a.drain();
+        let serving = spans.iter().find(|s| s.kind == SpanKind::Server).expect("serving span");
+        let proxy = proxies(&spans)[0];
+        assert_eq!(proxy.parent, Some(serving.context));
+        assert_eq!(proxy.context.trace_id, serving.context.trace_id);
+        assert_eq!(proxy.device_key.as_deref(), Some(&b"test/demo/1"[..]), "the served device");
+        let read = spans.iter().find(|s| s.name == "Tango::DeviceProxy::read_attribute").expect("read");
+        assert_eq!(read.parent, Some(serving.context));
+    }
+
+    /// The captured `DbImportDevice("test/dbdemo/1")` and the GIOP 1.2 calls to the device's
+    /// opaque key that follow it.
+    #[test]
+    fn a_device_proxy_through_the_database_has_the_database_calls_as_children() {
+        let mut a = Assembler::new(4096);
+        let thread = (CLIENT, CLIENT, 7);
+        let device = (CLIENT, CLIENT, 9);
+        let import = fixture("dbclient-req-command_inout_4-dbimportdevice");
+        let import_reply = fixture("dbclient-rep-command_inout_4-dbimportdevice");
+        client_call(&mut a, thread, &import, &import_reply, 1_000);
+        client_call(
+            &mut a,
+            device,
+            &fixture("giop12-req-_non_existent"),
+            &fixture("giop12-rep-_non_existent"),
+            1_100,
+        );
+        client_call(&mut a, device, &fixture("giop12-req-info_6"), &fixture("giop12-rep-info_6"), 1_200);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        let proxy = proxy[0];
+        assert!(proxy.attributes.contains(&KeyValue::new("tango.operation.argument", "test/dbdemo/1")));
+        assert_eq!((proxy.start_ns, proxy.end_ns), (1_000, 1_205));
+        let import = spans
+            .iter()
+            .find(|s| s.attributes.contains(&KeyValue::new("tango.operation.argument", "DbImportDevice")))
+            .expect("import span");
+        assert_eq!(import.parent, Some(proxy.context));
+        assert_eq!(import.operation, OperationClass::Database);
+    }
+
+    #[test]
+    fn a_device_proxy_that_cannot_connect_fails_and_one_left_unfinished_is_incomplete() {
+        let mut a = Assembler::new(2048);
+        client_call(
+            &mut a,
+            (CLIENT, CLIENT, 7),
+            &fixture("nodev-req-_is_a"),
+            &fixture("nodev-rep-object_not_exist"),
+            1_000,
+        );
+        let spans = a.drain();
+        let proxy = proxies(&spans)[0];
+        let exception = proxy.exception.as_ref().expect("an error");
+        assert!(exception.message.contains("OBJECT_NOT_EXIST"), "{}", exception.message);
+        assert!(proxy.attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/test/demo/99#dbase=no"
+        )));
+        // The process exits in the middle of a construction.
+        let (is_a, _) = probe("_is_a", b"test/demo/1", 5);
+        a.push(&data(CLIENT, CLIENT, 7, 2_000, Direction::Send, &is_a));
+        a.push(&Record::Exit { pid: CLIENT, ts_ns: 3_000 });
+        let spans = a.drain();
+        let proxy = proxies(&spans)[0];
+        assert_eq!(incomplete(proxy), Some("process exited"));
+        assert_eq!((proxy.start_ns, proxy.end_ns), (2_000, 2_000));
+        assert_eq!(proxy_threads(&a), 0);
+    }
+
+    #[test]
+    fn the_admin_proxy_of_a_subscription_is_named_as_the_server_spells_its_admin_device() {
+        let mut a = Assembler::new(2048);
+        let thread = (CLIENT, CLIENT, 7);
+        // `_get_adm_name` answers a CORBA string: length 18, "dserver/Demo/Demo\0".
+        let adm_name = tracer_wire::encode::request_1_0(1, b"test/demo/1", "_get_adm_name", |_| {});
+        let mut adm_reply = with_request_id(fixture("demo-rep-ping"), 1);
+        adm_reply.extend_from_slice(&18u32.to_le_bytes());
+        adm_reply.extend_from_slice(b"dserver/Demo/Demo\0");
+        let len = (adm_reply.len() - 12) as u32;
+        adm_reply[8..12].copy_from_slice(&len.to_le_bytes());
+        client_call(&mut a, thread, &adm_name, &adm_reply, 1_000);
+        let (is_a, is_a_reply) = probe("_is_a", b"dserver/demo/demo", 2);
+        let info = tracer_wire::encode::request_1_0(3, b"dserver/demo/demo", "info", |_| {});
+        let info_reply = with_request_id(fixture("demo-rep-info"), 3);
+        client_call(&mut a, thread, &is_a, &is_a_reply, 1_100);
+        client_call(&mut a, thread, &info, &info_reply, 1_200);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        assert!(proxy[0].attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/dserver/Demo/Demo#dbase=no"
+        )));
     }
 
     #[test]
