@@ -19,6 +19,9 @@ use tracer_export::{Destination, ExportHub, SpanRecord};
 
 pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
 pub mod ctl;
+pub mod instance;
+pub mod losses;
+pub mod privileges;
 
 use self::ctl::{CtlAnswer, CtlRequest};
 use crate::{
