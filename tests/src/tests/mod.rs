@@ -3,6 +3,7 @@
 mod config;
 mod events;
 mod export;
+mod faults;
 mod legacy;
 mod pytango;
 mod setup;
