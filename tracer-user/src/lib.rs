@@ -12,3 +12,4 @@ pub mod discover;
 pub mod events;
 pub mod probe;
 pub mod run;
+pub mod stats;

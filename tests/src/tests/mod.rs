@@ -1,5 +1,6 @@
 //! The integration tests, one module per feature.
 
+mod churn;
 mod config;
 mod events;
 mod export;

@@ -10,115 +10,45 @@
 //! The output is [`AssembledSpan`]s: everything but the resource, which [`crate::convert::resources`]
 //! resolves from the process and the device.
 
-use std::{
-    collections::{HashMap, VecDeque, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
-};
+pub mod connection;
+pub mod linking;
+pub mod naming;
+pub mod observe;
+pub mod span;
 
-use opentelemetry::{
-    KeyValue,
-    trace::{SpanId, SpanKind, TraceId},
-};
+use std::collections::{HashMap, HashSet};
+
+use opentelemetry::{KeyValue, trace::SpanKind};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_wire::{
     cdr::CdrReader,
-    giop::{self, Message, MessageAssembler, ReplyStatus},
-    tango::{self, ArgValue, ClntIdent, LockerLanguage, TangoCall, TangoRequest},
+    giop::{self, Message, ReplyStatus},
+    tango::{self, ArgValue, TangoCall, TangoRequest},
 };
 
-pub mod naming;
+use self::{
+    connection::Connections,
+    linking::Linking,
+    naming::{DATABASE_KEY, Operation, SUBSCRIPTION_COMMAND},
+};
+pub use self::{
+    linking::parse_traceparent,
+    observe::{DeviceFacts, Observation, Properties, parse_property_answer},
+    span::{AssembledSpan, ExceptionEvent, SpanContextLite},
+};
+use crate::{
+    probe::record::{Direction, Record},
+    stats::{StageStats, has_room},
+};
 
-use self::naming::{DATABASE_KEY, Operation, OperationClass};
-use crate::probe::record::{Direction, Record};
+/// Most calls waiting for their reply, per side; beyond, new ones are not traced (counted).
+const MAX_PENDING_CALLS: usize = 65_536;
+/// A call without a reply for this long ends as an error span and its state is freed.
+const PENDING_CALL_LIMIT_NS: u64 = 600_000_000_000;
+/// Most processes remembered as servers, or as serving a device.
+const MAX_PROCESSES: usize = 65_536;
 
-/// How long a client request waits for its server side before it stops being a candidate parent.
-const MATCH_WINDOW_NS: u64 = 10_000_000_000;
-
-/// Context of a span, enough to parent another one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpanContextLite {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-}
-
-/// An exception recorded on a span, as cppTango records it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExceptionEvent {
-    pub ts_ns: u64,
-    pub exception_type: String,
-    pub message: String,
-}
-
-/// A finished span without its resource; timestamps are kernel monotonic nanoseconds.
-#[derive(Clone, Debug)]
-pub struct AssembledSpan {
-    pub name: String,
-    pub kind: SpanKind,
-    pub context: SpanContextLite,
-    pub parent: Option<SpanContextLite>,
-    pub parent_is_remote: bool,
-    pub trace_state: String,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub attributes: Vec<KeyValue>,
-    pub exception: Option<ExceptionEvent>,
-    /// Spans this one is causally linked to (an event delivery links its push).
-    pub links: Vec<SpanContextLite>,
-    /// Error status without a Tango exception (connection lost, process exited, CORBA error).
-    pub error: Option<String>,
-    /// The process the span belongs to.
-    pub pid: u32,
-    /// Object key of the device whose resource the span carries: the served device for server
-    /// spans and for calls made while serving; `None` for plain client processes.
-    pub device_key: Option<Vec<u8>>,
-    /// Object key of the device a client span calls.
-    pub target_key: Option<Vec<u8>>,
-    /// What kind of operation this is, for topic filtering.
-    pub operation: OperationClass,
-}
-
-/// What is known of the device behind an object key, from `info` replies and database traffic.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeviceFacts {
-    /// Device name (from the database; without one the key itself is the name).
-    pub name: Option<String>,
-    pub dev_class: Option<String>,
-    /// `Server/instance`.
-    pub server_id: Option<String>,
-}
-
-impl DeviceFacts {
-    /// Keeps what `self` knows and adds what `other` knows besides.
-    fn merge(&mut self, other: DeviceFacts) {
-        if other.name.is_some() {
-            self.name = other.name;
-        }
-        if other.dev_class.is_some() {
-            self.dev_class = other.dev_class;
-        }
-        if other.server_id.is_some() {
-            self.server_id = other.server_id;
-        }
-    }
-}
-
-/// Device properties: (name, values), names lowercased.
-pub type Properties = Vec<(String, Vec<String>)>;
-
-/// Configuration-relevant facts seen on the wire, for the daemon's configuration resolution.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Observation {
-    /// A `DbGetDeviceProperty` answer: the device's properties as the database returned them.
-    DeviceProperties { device: String, properties: Properties },
-    /// A command arrived at a device of server process `pid` (admin commands change telemetry).
-    Command { pid: u32, object_key: Vec<u8>, command: String, argin: Option<ArgValue> },
-    /// Process `pid` serves the device behind `object_key`.
-    Serves { pid: u32, object_key: Vec<u8> },
-    /// Process `pid` exported (started) `device` through the database.
-    Exported { pid: u32, device: String },
-}
-
-/// Counters the daemon reports.
+/// Counters of the assembly stage.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AssemblyStats {
     pub messages: u64,
@@ -127,11 +57,10 @@ pub struct AssemblyStats {
     pub discarded_bytes: u64,
     pub orphan_replies: u64,
     pub spans: u64,
-    /// Tango event messages seen leaving servers and reaching clients.
-    pub events_pushed: u64,
-    pub events_delivered: u64,
-    /// ZMQ heartbeats (not spans).
-    pub heartbeats: u64,
+    /// Calls not traced, or state not kept, because a table was full.
+    pub refused_full: u64,
+    /// Calls that waited longer than the limit for their reply.
+    pub expired_calls: u64,
 }
 
 #[derive(Debug)]
@@ -164,68 +93,68 @@ struct Seen<'a> {
     bytes: &'a [u8],
 }
 
-/// Server spans open on one thread, with the object key each serves; innermost last.
-type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
+/// Pending calls by (pid, fd, request id).
+type Calls = HashMap<(u32, i32, u32), PendingCall>;
 
-#[derive(Default)]
-struct Connection {
-    assemblers: [Option<MessageAssembler>; 2],
-}
-
-/// Turns GIOP messages into spans; owns all per-process and per-connection state.
+/// Turns GIOP messages into spans and observations. Its state is per connection (freed at
+/// close), per call (freed at reply, close, exit or expiry) and per process (freed at exit).
 pub struct Assembler {
-    max_keep: usize,
-    pub(crate) ids: RandomIdGenerator,
-    connections: HashMap<(u32, i32), Connection>,
-    client_calls: HashMap<(u32, i32, u32), PendingCall>,
-    server_calls: HashMap<(u32, i32, u32), PendingCall>,
-    /// Server spans being served, per (pid, tid), innermost last.
-    pub(crate) serving: HashMap<(u32, u32), ServingStack>,
-    /// Client requests not yet seen arriving at a traced server, by request fingerprint.
-    unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
+    ids: RandomIdGenerator,
+    connections: Connections,
+    linking: Linking,
+    client_calls: Calls,
+    server_calls: Calls,
     /// Processes seen serving requests.
-    servers: HashMap<u32, ()>,
-    /// Processes whose native telemetry sends W3C context (not traced twice).
-    native_clients: HashMap<u32, ()>,
-    pub(crate) devices: HashMap<Vec<u8>, DeviceFacts>,
-    /// Peer addresses of server-side connections, resolved by the daemon from `/proc`.
-    locations: HashMap<(u32, i32), String>,
-    /// Server-side connections whose client is the daemon itself (its database queries).
-    ignored: std::collections::HashSet<(u32, i32)>,
-    pub(crate) finished: Vec<AssembledSpan>,
+    servers: HashSet<u32>,
+    /// Object keys each process was seen serving (each reported once).
+    served: HashMap<u32, HashSet<Vec<u8>>>,
+    finished: Vec<AssembledSpan>,
     observations: Vec<Observation>,
-    /// (pid, object key) pairs already reported as served.
-    pub(crate) served: std::collections::HashSet<(u32, Vec<u8>)>,
-    pub(crate) stats: AssemblyStats,
-    pub(crate) events: crate::events::EventState,
+    stats: AssemblyStats,
 }
 
 impl Assembler {
     /// `max_keep` bounds the bytes kept per message (the capture length).
     pub fn new(max_keep: usize) -> Self {
         Assembler {
-            max_keep,
             ids: RandomIdGenerator::default(),
-            connections: HashMap::new(),
+            connections: Connections::new(max_keep),
+            linking: Linking::default(),
             client_calls: HashMap::new(),
             server_calls: HashMap::new(),
-            serving: HashMap::new(),
-            unmatched: HashMap::new(),
-            servers: HashMap::new(),
-            native_clients: HashMap::new(),
-            devices: HashMap::new(),
-            locations: HashMap::new(),
-            ignored: Default::default(),
+            servers: HashSet::new(),
+            served: HashMap::new(),
             finished: Vec::new(),
             observations: Vec::new(),
-            served: Default::default(),
-            events: Default::default(),
             stats: AssemblyStats::default(),
         }
     }
 
     pub fn stats(&self) -> AssemblyStats {
-        self.stats
+        AssemblyStats {
+            discarded_bytes: self.connections.discarded_bytes,
+            refused_full: self.stats.refused_full + self.connections.refused_full + self.linking.refused_full,
+            ..self.stats
+        }
+    }
+
+    /// Counters and table sizes.
+    pub fn report(&self, out: &mut StageStats) {
+        const STAGE: &str = "assemble";
+        let stats = self.stats();
+        out.push(STAGE, "giop_messages", stats.messages);
+        out.push(STAGE, "unparsable", stats.unparsable);
+        out.push(STAGE, "discarded_bytes", stats.discarded_bytes);
+        out.push(STAGE, "orphan_replies", stats.orphan_replies);
+        out.push(STAGE, "spans", stats.spans);
+        out.push(STAGE, "refused_table_full", stats.refused_full);
+        out.push(STAGE, "expired_calls", stats.expired_calls);
+        self.connections.report(out);
+        self.linking.report(out);
+        out.size(STAGE, "client_call_entries", self.client_calls.len());
+        out.size(STAGE, "server_call_entries", self.server_calls.len());
+        out.size(STAGE, "server_process_entries", self.servers.len());
+        out.size(STAGE, "served_process_entries", self.served.len());
     }
 
     /// Spans finished since the last call.
@@ -233,112 +162,68 @@ impl Assembler {
         std::mem::take(&mut self.finished)
     }
 
+    /// Moves the spans finished since the last call to `out`.
+    pub fn drain_into(&mut self, out: &mut Vec<AssembledSpan>) {
+        out.append(&mut self.finished);
+    }
+
     /// Observations made since the last call.
     pub fn drain_observations(&mut self) -> Vec<Observation> {
         std::mem::take(&mut self.observations)
     }
 
-    /// Facts about the device behind `object_key`, when an `info` reply has shown them.
-    pub fn device(&self, object_key: &[u8]) -> Option<&DeviceFacts> {
-        self.devices.get(object_key)
-    }
-
-    /// Records facts about a device learnt elsewhere (database, a query of the daemon's own).
-    pub fn learn_device(&mut self, object_key: Vec<u8>, facts: DeviceFacts) {
-        self.devices.entry(object_key).or_default().merge(facts);
-    }
-
-    /// Learns object keys and names from database calls both ends see: `DbImportDevice` replies
-    /// (`[name, IOR, version, server, host, class]`) and `DbExportDevice` arguments
-    /// (`[name, IOR, host, pid, version]`).
-    fn learn_from_database_call(&mut self, caller: u32, call: &PendingCall, reply: Option<&ArgValue>) {
-        let TangoCall::CommandInout { command, argin } = &call.request.call else {
-            return;
-        };
-        let from_ior = |ior: &str| tracer_wire::ior::parse_ior(ior).ok().map(|ior| ior.object_key);
-        if command.eq_ignore_ascii_case("DbImportDevice")
-            && let Some(ArgValue::LongStringArray { strings, .. }) = reply
-            && let [name, ior, _version, server, _host, class, ..] = strings.as_slice()
-            && let Some(key) = from_ior(ior)
-        {
-            let facts = DeviceFacts {
-                name: Some(name.to_ascii_lowercase()),
-                dev_class: Some(class.clone()),
-                server_id: Some(server.clone()),
-            };
-            self.learn_device(key, facts);
-        } else if command.eq_ignore_ascii_case("DbGetDeviceProperty")
-            && let Some(ArgValue::StringArray(answer)) = reply
-            && let Some((device, properties)) = parse_property_answer(answer)
-        {
-            self.observations.push(Observation::DeviceProperties { device, properties });
-        } else if command.eq_ignore_ascii_case("DbExportDevice")
-            && let Some(ArgValue::StringArray(args)) = argin
-            && let [name, ior, ..] = args.as_slice()
-            && let Some(key) = from_ior(ior)
-        {
-            self.learn_device(
-                key,
-                DeviceFacts { name: Some(name.to_ascii_lowercase()), ..Default::default() },
-            );
-            self.observations.push(Observation::Exported { pid: caller, device: name.to_ascii_lowercase() });
-        }
-    }
-
     /// Whether `pid` has served requests.
     pub fn is_server(&self, pid: u32) -> bool {
-        self.servers.contains_key(&pid)
+        self.servers.contains(&pid)
     }
 
     /// Whether `pid` sends W3C context itself (its native telemetry is on).
     pub fn is_natively_traced(&self, pid: u32) -> bool {
-        self.native_clients.contains_key(&pid)
+        self.linking.is_native(pid)
     }
 
-    /// The daemon tells where the client of a server-side connection is (`giop:tcp:…`).
+    /// The server span thread `tid` of `pid` is serving, if any (events pushed from it are its
+    /// children).
+    pub fn serving_context(&self, pid: u32, tid: u32) -> Option<SpanContextLite> {
+        self.linking.serving(pid, tid).map(|(ctx, _)| *ctx)
+    }
+
+    /// Whether bytes on `fd` are GIOP (else they are ZMTP, for the events stage).
+    pub fn carries_giop(&self, pid: u32, fd: i32, bytes: &[u8]) -> bool {
+        self.connections.carries_giop(pid, fd, bytes)
+    }
+
+    /// The run loop tells where the client of a server-side connection is (`giop:tcp:…`).
     pub fn set_location(&mut self, pid: u32, fd: i32, location: String) {
-        self.locations.insert((pid, fd), location);
+        self.connections.set_location(pid, fd, location);
     }
 
     /// Requests arriving on this server-side connection come from the daemon: no spans.
     pub fn ignore_connection(&mut self, pid: u32, fd: i32) {
-        self.ignored.insert((pid, fd));
+        self.connections.ignore(pid, fd);
     }
 
-    /// Whether the daemon still needs to resolve the peer of this server-side connection.
+    /// Whether the run loop still needs to resolve the peer of this server-side connection.
     pub fn needs_location(&self, pid: u32, fd: i32) -> bool {
-        !self.locations.contains_key(&(pid, fd))
+        self.connections.needs_location(pid, fd)
     }
 
-    /// Feeds one probe record.
+    /// Feeds one probe record; ZMTP data (see [`Assembler::carries_giop`]) is left alone.
     pub fn push(&mut self, record: &Record) {
         match record {
             Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, .. } => {
-                if !bytes.starts_with(b"GIOP") && !self.connections.contains_key(&(*pid, *fd)) {
-                    // Not GIOP and not the rest of a GIOP message: ZMTP event frames.
-                    let complete = bytes.len() >= *total_len as usize;
-                    self.on_zmtp(*pid, *fd, *ts_ns, *direction, bytes, complete);
+                if !self.carries_giop(*pid, *fd, bytes) {
                     return;
                 }
                 let mut messages = Vec::new();
-                let connection = self.connections.entry((*pid, *fd)).or_default();
-                let slot = match direction {
-                    Direction::Send => 0,
-                    Direction::Recv => 1,
-                };
-                let assembler =
-                    connection.assemblers[slot].get_or_insert_with(|| MessageAssembler::new(self.max_keep));
-                let discarded = assembler.stats().discarded_bytes;
-                assembler.push(bytes, *total_len as usize, &mut messages);
-                self.stats.discarded_bytes += assembler.stats().discarded_bytes - discarded;
+                self.connections.push((*pid, *fd, *direction), bytes, *total_len as usize, &mut messages);
                 for message in messages {
                     self.on_message(*pid, *tid, *fd, *ts_ns, *direction, &message.bytes);
                 }
             }
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
-            Record::ZmqSend { pid, tid, ts_ns } => self.on_zmq_send(*pid, *tid, *ts_ns),
-            Record::LibOpened { .. } | Record::Fork { .. } => {}
+            Record::ZmqSend { .. } | Record::LibOpened { .. } | Record::Fork { .. } => {}
         }
     }
 
@@ -354,7 +239,7 @@ impl Assembler {
                 self.on_client_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
             }
             (Message::Request(_), Direction::Recv) | (Message::Reply(_), Direction::Send)
-                if self.ignored.contains(&(pid, fd)) => {}
+                if self.connections.is_ignored(pid, fd) => {}
             (Message::Request(request), Direction::Recv) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
                 self.on_server_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
@@ -370,9 +255,7 @@ impl Assembler {
             (Message::Reply(reply), Direction::Send) => {
                 match self.server_calls.remove(&(pid, fd, reply.request_id)) {
                     Some(call) => {
-                        if let Some(stack) = self.serving.get_mut(&(pid, call.tid)) {
-                            stack.retain(|(ctx, _)| *ctx != call.context);
-                        }
+                        self.linking.leave(pid, call.tid, call.context);
                         self.finish_call(pid, SpanKind::Server, call, ts_ns, reply.status, reply.body);
                     }
                     None => self.stats.orphan_replies += 1,
@@ -386,14 +269,18 @@ impl Assembler {
         let Seen { pid, tid, fd, ts_ns, bytes } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
-        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).cloned();
-        let (parent, device_key) = match serving {
-            Some((ctx, key)) => (Some(ctx), Some(key)),
+        if response_expected
+            && !has_room(self.client_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full)
+        {
+            return;
+        }
+        let (parent, device_key) = match self.linking.serving(pid, tid) {
+            Some((ctx, key)) => (Some(*ctx), Some(key.clone())),
             None => (None, None),
         };
         let suppressed = match request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()) {
             Some(tp) if !tp.is_empty() => {
-                self.native_clients.insert(pid, ());
+                self.linking.mark_native(pid);
                 true
             }
             _ => false,
@@ -403,8 +290,7 @@ impl Assembler {
             span_id: self.ids.new_span_id(),
         };
         if !suppressed {
-            let window = self.unmatched.entry(fingerprint(bytes)).or_default();
-            window.push_back((ts_ns, context));
+            self.linking.offer_client(bytes, ts_ns, context);
         }
         let call = PendingCall {
             fd,
@@ -439,10 +325,17 @@ impl Assembler {
         let Seen { pid, tid, fd, ts_ns, bytes } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
-        self.servers.insert(pid, ());
-        if self.served.insert((pid, object_key.to_vec())) {
-            self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });
+        if response_expected
+            && !has_room(self.server_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full)
+        {
+            return;
         }
+        if self.servers.contains(&pid)
+            || has_room(self.servers.len(), MAX_PROCESSES, &mut self.stats.refused_full)
+        {
+            self.servers.insert(pid);
+        }
+        self.note_served(pid, object_key);
         if let TangoCall::CommandInout { command, argin } = &request.call {
             self.observations.push(Observation::Command {
                 pid,
@@ -455,7 +348,7 @@ impl Assembler {
             request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()).and_then(parse_traceparent);
         let (parent, parent_is_remote) = match w3c {
             Some(ctx) => (Some(ctx), true),
-            None => (self.take_client_match(bytes, ts_ns), false),
+            None => (self.linking.take_client_match(bytes, ts_ns), false),
         };
         let trace_state =
             request.client_ident.as_ref().and_then(|c| c.trace_state.clone()).unwrap_or_default();
@@ -463,7 +356,6 @@ impl Assembler {
             trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
-        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
         let call = PendingCall {
             fd,
             tid,
@@ -480,11 +372,9 @@ impl Assembler {
             reply_attributes: Vec::new(),
         };
         if response_expected {
+            self.linking.enter(pid, tid, context, object_key);
             self.server_calls.insert((pid, fd, request_id), call);
         } else {
-            if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
-                stack.retain(|(ctx, _)| *ctx != context);
-            }
             self.finish_call(
                 pid,
                 SpanKind::Server,
@@ -496,21 +386,18 @@ impl Assembler {
         }
     }
 
-    /// The oldest client request with the same bytes sent within the window, if any.
-    fn take_client_match(&mut self, bytes: &[u8], ts_ns: u64) -> Option<SpanContextLite> {
-        let key = fingerprint(bytes);
-        let window = self.unmatched.get_mut(&key)?;
-        while let Some(&(sent, ctx)) = window.front() {
-            window.pop_front();
-            if sent <= ts_ns && ts_ns - sent <= MATCH_WINDOW_NS {
-                if window.is_empty() {
-                    self.unmatched.remove(&key);
-                }
-                return Some(ctx);
-            }
+    /// Reports once per process that it serves the device behind `object_key`.
+    fn note_served(&mut self, pid: u32, object_key: &[u8]) {
+        if !self.served.contains_key(&pid)
+            && !has_room(self.served.len(), MAX_PROCESSES, &mut self.stats.refused_full)
+        {
+            return;
         }
-        self.unmatched.remove(&key);
-        None
+        let keys = self.served.entry(pid).or_default();
+        if !keys.contains(object_key) {
+            keys.insert(object_key.to_vec());
+            self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });
+        }
     }
 
     fn finish_call(
@@ -535,7 +422,8 @@ impl Assembler {
                         dev_class: Some(info.dev_class),
                         server_id: Some(info.server_id),
                     };
-                    self.learn_device(call.object_key.clone(), facts);
+                    self.observations
+                        .push(Observation::Device { object_key: call.object_key.clone(), facts });
                 } else if let TangoCall::CommandInout { command, .. } = &call.request.call
                     && command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND)
                     && let Ok(
@@ -551,7 +439,10 @@ impl Assembler {
                     if let Some(event) = endpoints.get(1) {
                         call.reply_attributes.push(KeyValue::new("tango.event.endpoint", event.clone()));
                     }
-                } else if call.object_key == DATABASE_KEY && call.operation.starts_with("command_inout") {
+                } else if call.object_key == DATABASE_KEY
+                    && call.operation.starts_with("command_inout")
+                    && let TangoCall::CommandInout { command, argin } = &call.request.call
+                {
                     let reply = tango::parse_command_reply(body).ok();
                     // The caller: this process on the client side, the ClntIdent's pid on the server side.
                     let caller = match kind {
@@ -560,7 +451,13 @@ impl Assembler {
                         }
                         _ => pid,
                     };
-                    self.learn_from_database_call(caller, &call, reply.as_ref());
+                    observe::database_call(
+                        caller,
+                        command,
+                        argin.as_ref(),
+                        reply.as_ref(),
+                        &mut self.observations,
+                    );
                 }
             }
             ReplyStatus::UserException => {
@@ -611,20 +508,23 @@ impl Assembler {
         exception: Option<ExceptionEvent>,
         error: Option<String>,
     ) {
-        if call.suppressed || (kind == SpanKind::Client && self.native_clients.contains_key(&pid)) {
+        if call.suppressed || (kind == SpanKind::Client && self.linking.is_native(pid)) {
             return;
         }
         let operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
         let is_server = kind == SpanKind::Server;
-        let (name, mut attributes) =
-            if is_server { server_span(&call, &operation) } else { client_span(&call, &operation) };
-        attributes.extend(subscription_attributes(&call.request.call));
+        let (name, mut attributes) = if is_server {
+            naming::server_span(&call.request.call, &operation)
+        } else {
+            naming::client_span(&call.request.call, call.tid, &operation)
+        };
+        attributes.extend(naming::subscription_attributes(&call.request.call));
         attributes.append(&mut call.reply_attributes);
         if is_server {
             if let Some(ident) = &call.request.client_ident {
-                attributes.extend(client_ident_attributes(ident));
+                attributes.extend(naming::client_ident_attributes(ident));
             }
-            if let Some(location) = self.locations.get(&(pid, call.fd)) {
+            if let Some(location) = self.connections.location(pid, call.fd) {
                 attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
             }
         }
@@ -651,167 +551,79 @@ impl Assembler {
 
     /// A connection closed: its calls still waiting for a reply end in error.
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
-        self.forget_zmtp_stream(pid, fd);
-        self.connections.remove(&(pid, fd));
-        self.locations.remove(&(pid, fd));
-        self.ignored.remove(&(pid, fd));
-        self.fail_pending(|&(p, f, _)| p == pid && f == fd, ts_ns, "connection closed before the reply");
+        self.connections.on_close(pid, fd);
+        self.fail_pending(|&(p, f, _), _| p == pid && f == fd, ts_ns, "connection closed before the reply");
     }
 
     /// A process ended: everything it had in flight ends in error and its state is freed.
     fn on_exit(&mut self, pid: u32, ts_ns: u64) {
-        self.fail_pending(|&(p, _, _)| p == pid, ts_ns, "process exited before the reply");
-        self.connections.retain(|&(p, _), _| p != pid);
-        self.locations.retain(|&(p, _), _| p != pid);
-        self.ignored.retain(|&(p, _)| p != pid);
-        self.serving.retain(|&(p, _), _| p != pid);
+        self.fail_pending(|&(p, _, _), _| p == pid, ts_ns, "process exited before the reply");
+        self.connections.on_exit(pid);
+        self.linking.on_exit(pid);
         self.servers.remove(&pid);
-        self.native_clients.remove(&pid);
-        self.forget_events(pid);
+        self.served.remove(&pid);
     }
 
-    fn fail_pending(&mut self, matches: impl Fn(&(u32, i32, u32)) -> bool, ts_ns: u64, why: &str) {
-        let client_keys: Vec<_> = self.client_calls.keys().filter(|k| matches(k)).copied().collect();
+    /// Ends the pending calls `matches` selects with error `why`; returns how many.
+    fn fail_pending(
+        &mut self,
+        matches: impl Fn(&(u32, i32, u32), &PendingCall) -> bool,
+        ts_ns: u64,
+        why: &str,
+    ) -> u64 {
+        let mut ended = 0;
+        let client_keys: Vec<_> =
+            self.client_calls.iter().filter(|(k, c)| matches(k, c)).map(|(k, _)| *k).collect();
         for key in client_keys {
             if let Some(call) = self.client_calls.remove(&key) {
+                ended += 1;
                 self.emit(key.0, SpanKind::Client, call, ts_ns, None, Some(why.to_string()));
             }
         }
-        let server_keys: Vec<_> = self.server_calls.keys().filter(|k| matches(k)).copied().collect();
+        let server_keys: Vec<_> =
+            self.server_calls.iter().filter(|(k, c)| matches(k, c)).map(|(k, _)| *k).collect();
         for key in server_keys {
             if let Some(call) = self.server_calls.remove(&key) {
-                if let Some(stack) = self.serving.get_mut(&(key.0, call.tid)) {
-                    stack.retain(|(ctx, _)| *ctx != call.context);
-                }
+                ended += 1;
+                self.linking.leave(key.0, call.tid, call.context);
                 self.emit(key.0, SpanKind::Server, call, ts_ns, None, Some(why.to_string()));
             }
         }
+        ended
     }
 
-    /// Forgets client requests that no traced server picked up (their server is elsewhere).
+    /// Forgets client requests that no traced server picked up (their server is elsewhere) and
+    /// ends calls that waited too long for their reply.
     pub fn expire(&mut self, now_ns: u64) {
-        self.unmatched.retain(|_, window| {
-            window.retain(|(sent, _)| now_ns.saturating_sub(*sent) <= MATCH_WINDOW_NS);
-            !window.is_empty()
-        });
+        self.linking.expire(now_ns);
+        let limit = now_ns.saturating_sub(PENDING_CALL_LIMIT_NS);
+        let stale = |_: &(u32, i32, u32), call: &PendingCall| call.start_ns < limit;
+        if self.client_calls.values().chain(self.server_calls.values()).any(|c| stale(&(0, 0, 0), c)) {
+            self.stats.expired_calls += self.fail_pending(stale, now_ns, "no reply seen within 600 s");
+        }
     }
 
     /// Ends every call still open (daemon shutdown): nothing is lost.
     pub fn flush_all(&mut self, now_ns: u64) {
-        self.fail_pending(|_| true, now_ns, "tracer stopped before the reply");
+        self.fail_pending(|_, _| true, now_ns, "tracer stopped before the reply");
     }
-}
-
-/// `DbGetDeviceProperty` answers `[device, N, name₁, n₁, value…, name₂, n₂, value…, …]`.
-pub fn parse_property_answer(answer: &[String]) -> Option<(String, Properties)> {
-    let mut items = answer.iter();
-    let device = items.next()?.to_ascii_lowercase();
-    let count: usize = items.next()?.trim().parse().ok()?;
-    let mut properties = Vec::new();
-    let mut items = items.peekable();
-    for _ in 0..count {
-        let name = items.next()?.to_ascii_lowercase();
-        let values: usize = items.next()?.trim().parse().ok()?;
-        let values: Vec<String> = items.by_ref().take(values).cloned().collect();
-        // An undefined property answers a count of 0 and a " " placeholder.
-        if values.is_empty() && items.peek().is_some_and(|v| v.as_str() == " ") {
-            items.next();
-        }
-        properties.push((name, values));
-    }
-    Some((device, properties))
-}
-
-fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
-}
-
-/// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
-pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
-
-/// `ZmqEventSubscriptionChange [device, attribute, action, event type, …]` as span attributes.
-fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
-    let TangoCall::CommandInout { command, argin: Some(ArgValue::StringArray(args)) } = call else {
-        return Vec::new();
-    };
-    if !command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND) {
-        return Vec::new();
-    }
-    let mut attributes = Vec::new();
-    let names = ["tango.event.device", "tango.event.attribute", "tango.event.action", "tango.event.type"];
-    for (name, value) in names.iter().zip(args) {
-        attributes.push(KeyValue::new(*name, value.to_ascii_lowercase()));
-    }
-    attributes
-}
-
-/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
-pub fn parse_traceparent(text: &str) -> Option<SpanContextLite> {
-    let mut parts = text.trim().split('-');
-    let version = parts.next()?;
-    let trace = parts.next()?;
-    let span = parts.next()?;
-    let _flags = parts.next()?;
-    if version.len() != 2 || trace.len() != 32 || span.len() != 16 {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
-        .then_some(SpanContextLite { trace_id, span_id })
-}
-
-fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
-    let mut attributes = Vec::new();
-    let lang = match ident.lang {
-        LockerLanguage::Cpp | LockerLanguage::Cpp6 => "CPP",
-        LockerLanguage::Java | LockerLanguage::Java6 => "JAVA",
-        LockerLanguage::Unknown(_) => "UNKNOWN",
-    };
-    if let Some(pid) = ident.pid {
-        attributes.push(KeyValue::new("tango.client_ident.pid", i64::from(pid)));
-    }
-    attributes.push(KeyValue::new("tango.client_ident.lang", lang));
-    if let Some(class) = &ident.java_main_class {
-        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
-    }
-    if let Some(uuid) = ident.java_uuid {
-        attributes.push(KeyValue::new(
-            "tango.client_ident.java_ident",
-            format!("{:016x}{:016x}", uuid[0], uuid[1]),
-        ));
-    }
-    attributes
-}
-
-/// Server span name and attributes, as cppTango 10.3 names its servant methods.
-fn server_span(call: &PendingCall, operation: &Operation) -> (String, Vec<KeyValue>) {
-    let mut attributes = Vec::new();
-    if let TangoCall::CommandInout { command, .. } = &call.request.call {
-        attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
-    }
-    (operation.server_span_name(), attributes)
-}
-
-/// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
-/// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
-fn client_span(call: &PendingCall, operation: &Operation) -> (String, Vec<KeyValue>) {
-    let mut attributes = Vec::new();
-    if let Some(argument) = operation.client_argument(&call.request.call) {
-        attributes.push(KeyValue::new("tango.operation.argument", argument));
-    }
-    attributes.push(KeyValue::new("thread.id", call.tid.to_string()));
-    (operation.client_span_name(&call.request.call), attributes)
 }
 
 #[cfg(test)]
 mod tests {
     //! Real GIOP messages captured from PyTango 10.3.1 (the parsers' fixtures), replayed as the
     //! probes would report them from a client and a server process.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
-    use super::*;
+    use opentelemetry::trace::SpanId;
+
+    use super::{naming::OperationClass, *};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/../tracer-wire/tests/fixtures/giop/{name}.bin", env!("CARGO_MANIFEST_DIR"));
@@ -899,7 +711,14 @@ mod tests {
         let request = with_request_id(fixture("demo-req-info"), 6);
         let reply = with_request_id(fixture("demo-rep-info"), 6);
         call(&mut a, &request, &reply, 1_000);
-        let facts = a.device(b"test/demo/1").expect("device facts");
+        let observations = a.drain_observations();
+        let facts = observations
+            .iter()
+            .find_map(|o| match o {
+                Observation::Device { object_key, facts } if object_key == b"test/demo/1" => Some(facts),
+                _ => None,
+            })
+            .expect("device facts");
         assert_eq!(facts.dev_class.as_deref(), Some("Demo"));
         // `info` is not a natively traced operation.
         assert!(a.drain().iter().all(|s| s.operation == OperationClass::Extended));
@@ -916,7 +735,14 @@ mod tests {
         assert_eq!(client.name, "Tango::Connection::command_inout");
         assert_eq!(client.operation, OperationClass::Database);
         assert!(client.attributes.contains(&KeyValue::new("tango.operation.argument", "DbImportDevice")));
-        let (key, facts) = a.devices.iter().next().expect("one device learnt");
+        let observations = a.drain_observations();
+        let (key, facts) = observations
+            .iter()
+            .find_map(|o| match o {
+                Observation::Device { object_key, facts } => Some((object_key, facts)),
+                _ => None,
+            })
+            .expect("one device learnt");
         assert_eq!(key.len(), 14, "an opaque POA key");
         assert!(facts.name.is_some() && facts.dev_class.is_some() && facts.server_id.is_some(), "{facts:?}");
     }

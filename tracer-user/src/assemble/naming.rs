@@ -1,7 +1,8 @@
 //! Which Tango operation a GIOP operation is, what cppTango 10.3 calls its spans, and which
-//! telemetry topic it belongs to.
+//! telemetry topic it belongs to; span names and attributes from the operation.
 
-use tracer_wire::tango::TangoCall;
+use opentelemetry::KeyValue;
+use tracer_wire::tango::{ArgValue, ClntIdent, LockerLanguage, TangoCall};
 
 /// The object key of the Tango database device when reached through `TANGO_HOST`.
 pub const DATABASE_KEY: &[u8] = b"database";
@@ -135,8 +136,77 @@ impl Operation {
     }
 }
 
+/// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
+pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
+
+/// `ZmqEventSubscriptionChange [device, attribute, action, event type, …]` as span attributes.
+pub fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
+    let TangoCall::CommandInout { command, argin: Some(ArgValue::StringArray(args)) } = call else {
+        return Vec::new();
+    };
+    if !command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND) {
+        return Vec::new();
+    }
+    let mut attributes = Vec::new();
+    let names = ["tango.event.device", "tango.event.attribute", "tango.event.action", "tango.event.type"];
+    for (name, value) in names.iter().zip(args) {
+        attributes.push(KeyValue::new(*name, value.to_ascii_lowercase()));
+    }
+    attributes
+}
+
+pub fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
+    let mut attributes = Vec::new();
+    let lang = match ident.lang {
+        LockerLanguage::Cpp | LockerLanguage::Cpp6 => "CPP",
+        LockerLanguage::Java | LockerLanguage::Java6 => "JAVA",
+        LockerLanguage::Unknown(_) => "UNKNOWN",
+    };
+    if let Some(pid) = ident.pid {
+        attributes.push(KeyValue::new("tango.client_ident.pid", i64::from(pid)));
+    }
+    attributes.push(KeyValue::new("tango.client_ident.lang", lang));
+    if let Some(class) = &ident.java_main_class {
+        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
+    }
+    if let Some(uuid) = ident.java_uuid {
+        attributes.push(KeyValue::new(
+            "tango.client_ident.java_ident",
+            format!("{:016x}{:016x}", uuid[0], uuid[1]),
+        ));
+    }
+    attributes
+}
+
+/// Server span name and attributes, as cppTango 10.3 names its servant methods.
+pub fn server_span(call: &TangoCall, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let TangoCall::CommandInout { command, .. } = call {
+        attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
+    }
+    (operation.server_span_name(), attributes)
+}
+
+/// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
+/// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
+pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let Some(argument) = operation.client_argument(call) {
+        attributes.push(KeyValue::new("tango.operation.argument", argument));
+    }
+    attributes.push(KeyValue::new("thread.id", tid.to_string()));
+    (operation.client_span_name(call), attributes)
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     fn op(giop: &str) -> Operation {

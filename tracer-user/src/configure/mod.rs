@@ -18,7 +18,12 @@ pub mod cpptango;
 use self::cpptango::{
     self as tc, AdminCommand, ConfigWarning, Effective, Layer, Source, Topics, Types, parse_admin_command,
 };
-use crate::{assemble::naming::OperationClass, discover::procinfo::ProcessInfo};
+use crate::{assemble::naming::OperationClass, discover::procinfo::ProcessInfo, stats::StageStats};
+
+/// Most routing decisions cached; the cache starts again empty beyond.
+const MAX_ROUTES: usize = 65_536;
+/// Most devices whose properties are kept; beyond, new ones are refused and counted.
+const MAX_DEVICES: usize = 65_536;
 
 /// The operator's policy for processes that say nothing.
 #[derive(Clone, Debug)]
@@ -53,6 +58,8 @@ pub struct Configuration {
     reported: HashSet<String>,
     /// Routing decisions, valid until the next change of any source (one lookup per span).
     routes: std::cell::RefCell<HashMap<RouteKey, Routing>>,
+    /// Device properties not kept because the table was full.
+    refused_full: u64,
 }
 
 /// (pid, device, operation class): what a routing decision depends on besides the sources.
@@ -87,6 +94,7 @@ impl Configuration {
             ctl: Vec::new(),
             reported: HashSet::new(),
             routes: Default::default(),
+            refused_full: 0,
         }
     }
 
@@ -129,7 +137,12 @@ impl Configuration {
             .collect();
         let (layer, warnings) = tc::layer_from_device_properties(&telemetry);
         self.report(device, Some(device), warnings);
-        self.properties.insert(device.to_ascii_lowercase(), layer);
+        let device = device.to_ascii_lowercase();
+        if self.properties.contains_key(&device)
+            || crate::stats::has_room(self.properties.len(), MAX_DEVICES, &mut self.refused_full)
+        {
+            self.properties.insert(device, layer);
+        }
     }
 
     /// A command reached an admin device of server process `pid`; telemetry-changing commands
@@ -191,7 +204,11 @@ impl Configuration {
             return routing.clone();
         }
         let routing = self.decide(pid, device, class);
-        self.routes.borrow_mut().insert(key, routing.clone());
+        let mut routes = self.routes.borrow_mut();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key, routing.clone());
         routing
     }
 
@@ -235,6 +252,16 @@ impl Configuration {
         }
     }
 
+    /// Counters and table sizes.
+    pub fn stats(&self, out: &mut StageStats) {
+        const STAGE: &str = "configure";
+        out.push(STAGE, "refused_table_full", self.refused_full);
+        out.size(STAGE, "process_entries", self.processes.len());
+        out.size(STAGE, "runtime_command_entries", self.runtime.len());
+        out.size(STAGE, "device_property_entries", self.properties.len());
+        out.size(STAGE, "route_cache_entries", self.routes.borrow().len());
+    }
+
     /// Warnings reported so far (for `ctl list`).
     pub fn warnings(&self) -> Vec<String> {
         let mut lines: Vec<String> = self.reported.iter().cloned().collect();
@@ -245,6 +272,13 @@ impl Configuration {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
     use crate::discover::procinfo::parse_environ;
 

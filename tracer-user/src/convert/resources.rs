@@ -5,7 +5,11 @@ use std::collections::HashMap;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 
-use crate::{assemble::DeviceFacts, discover::procinfo::ProcessInfo};
+use crate::{
+    devices::{DeviceFacts, device_name_from_key},
+    discover::procinfo::ProcessInfo,
+    stats::StageStats,
+};
 
 /// Default `service.name` of cppTango client processes.
 pub const DEFAULT_SERVICE_NAME: &str = "tango.telemetry.default";
@@ -21,14 +25,6 @@ pub enum ResourceKey {
     Device { pid: u32, object_key: Vec<u8> },
 }
 
-/// Device name for an object key: without a database the key is the lowercased device name.
-/// Opaque keys (database servers) are named by the naming table, or shown in hex.
-pub fn device_name_from_key(key: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(key).ok()?;
-    let printable = text.chars().all(|c| c.is_ascii_graphic());
-    (printable && !text.is_empty()).then(|| text.to_string())
-}
-
 /// Builds and caches resources.
 #[derive(Default)]
 pub struct Resources {
@@ -37,6 +33,10 @@ pub struct Resources {
 }
 
 impl Resources {
+    pub fn report(&self, out: &mut StageStats) {
+        out.size("convert", "resource_entries", self.cache.len());
+    }
+
     /// Forgets everything about `pid` (it exited).
     pub fn forget(&mut self, pid: u32) {
         self.cache.retain(|(key, _), _| match key {

@@ -5,6 +5,7 @@
 
 use std::{fs, path::Path};
 
+pub mod processes;
 pub mod procinfo;
 pub mod sockets;
 
@@ -32,6 +33,13 @@ pub fn maps_omniorb(proc_root: &Path, pid: u32) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

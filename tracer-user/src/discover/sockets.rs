@@ -62,9 +62,9 @@ fn tcp_peer(table: &str, inode: u64) -> Option<String> {
 /// `/proc/net/tcp6` prints four host-order 32-bit words; IPv4-mapped addresses become dotted.
 fn ipv6_text(hex: &str) -> Option<String> {
     let mut bytes = [0u8; 16];
-    for word in 0..4 {
+    for (word, out) in bytes.chunks_exact_mut(4).enumerate() {
         let value = u32::from_str_radix(hex.get(word * 8..word * 8 + 8)?, 16).ok()?.swap_bytes();
-        bytes[word * 4..word * 4 + 4].copy_from_slice(&value.to_be_bytes());
+        out.copy_from_slice(&value.to_be_bytes());
     }
     let ip = std::net::Ipv6Addr::from(bytes);
     Some(match ip.to_ipv4_mapped() {
@@ -86,6 +86,13 @@ fn unix_path(table: &str, inode: u64) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

@@ -10,12 +10,13 @@
 use std::collections::{HashMap, VecDeque};
 
 use opentelemetry::{KeyValue, trace::SpanKind};
-use opentelemetry_sdk::trace::IdGenerator as _;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tracer_wire::zmtp;
 
 use crate::{
-    assemble::{AssembledSpan, Assembler, SpanContextLite, naming::OperationClass},
+    assemble::{AssembledSpan, SpanContextLite, naming::OperationClass},
     probe::record::Direction,
+    stats::{StageStats, has_room},
 };
 
 /// How long a push is remembered for linking its deliveries.
@@ -36,9 +37,32 @@ struct Push {
     ts_ns: u64,
 }
 
-/// Event state of the assembler.
+/// Most processes, topics or streams each event table follows; beyond, new ones are refused
+/// and counted.
+const MAX_ENTRIES: usize = 65_536;
+/// Most application sends remembered per process (older ones are dropped first).
+const MAX_APP_SENDS: usize = 1_024;
+
+/// Counters of the events stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventStats {
+    /// Tango event messages seen leaving servers and reaching clients.
+    pub pushed: u64,
+    pub delivered: u64,
+    /// ZMQ heartbeats (not spans).
+    pub heartbeats: u64,
+    pub unparsable: u64,
+    /// New entries refused because a table was full.
+    pub refused_full: u64,
+    /// Application sends dropped because a process queued more than [`MAX_APP_SENDS`].
+    pub app_sends_dropped: u64,
+}
+
+/// The events stage: ZMTP streams in, push and delivery spans out. Its state is per process
+/// (freed at exit) and per socket (freed at close); pushes are forgotten after a minute.
 #[derive(Default)]
-pub struct EventState {
+pub struct Events {
+    ids: RandomIdGenerator,
     app_sends: HashMap<u32, VecDeque<AppSend>>,
     /// Pushes by (server pid, topic, counter).
     pushes: HashMap<(u32, String, u32), Push>,
@@ -48,6 +72,7 @@ pub struct EventState {
     last_counter: HashMap<(u32, String), u32>,
     /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
     partial: HashMap<(u32, i32, Direction), Vec<u8>>,
+    stats: EventStats,
 }
 
 /// A ZMTP stream that keeps more than this without completing a message is not followed.
@@ -69,21 +94,51 @@ pub fn event_type(event: &str) -> &str {
     }
 }
 
-impl Assembler {
-    /// An application thread queued the last part of a ZMQ message.
-    pub(crate) fn on_zmq_send(&mut self, pid: u32, tid: u32, ts_ns: u64) {
-        let serving = self.serving.get(&(pid, tid)).and_then(|stack| stack.last()).map(|(ctx, _)| *ctx);
-        let queue = self.events.app_sends.entry(pid).or_default();
+impl Events {
+    pub fn stats(&self) -> EventStats {
+        self.stats
+    }
+
+    /// Counters and table sizes.
+    pub fn report(&self, out: &mut StageStats) {
+        const STAGE: &str = "events";
+        out.push(STAGE, "pushed", self.stats.pushed);
+        out.push(STAGE, "delivered", self.stats.delivered);
+        out.push(STAGE, "heartbeats", self.stats.heartbeats);
+        out.push(STAGE, "unparsable", self.stats.unparsable);
+        out.push(STAGE, "refused_table_full", self.stats.refused_full);
+        out.push(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
+        out.size(STAGE, "app_send_entries", self.app_sends.len());
+        out.size(STAGE, "push_entries", self.pushes.len());
+        out.size(STAGE, "push_by_topic_entries", self.by_topic.len());
+        out.size(STAGE, "counter_entries", self.last_counter.len());
+        out.size(STAGE, "stream_entries", self.partial.len());
+    }
+
+    /// An application thread queued the last part of a ZMQ message; `serving` is the server
+    /// span that thread was serving, if any (from the assembly stage).
+    pub fn on_zmq_send(&mut self, pid: u32, ts_ns: u64, serving: Option<SpanContextLite>) {
+        if !self.app_sends.contains_key(&pid)
+            && !has_room(self.app_sends.len(), MAX_ENTRIES, &mut self.stats.refused_full)
+        {
+            return;
+        }
+        let queue = self.app_sends.entry(pid).or_default();
         queue.push_back(AppSend { ts_ns, serving });
         while queue.front().is_some_and(|s| ts_ns.saturating_sub(s.ts_ns) > APP_SEND_WINDOW_NS) {
             queue.pop_front();
         }
+        while queue.len() > MAX_APP_SENDS {
+            queue.pop_front();
+            self.stats.app_sends_dropped += 1;
+        }
     }
 
-    /// ZMTP bytes of a target: event messages leaving a server or reaching a client.
     /// ZMTP bytes of a target: event messages leaving a server or reaching a client. Messages
-    /// continue across calls; `complete` is false when the probe copied only a prefix.
-    pub(crate) fn on_zmtp(
+    /// continue across calls; `complete` is false when the probe copied only a prefix. Spans
+    /// go to `out`.
+    #[expect(clippy::too_many_arguments, reason = "where and when the bytes were seen, and the bytes")]
+    pub fn on_zmtp(
         &mut self,
         pid: u32,
         fd: i32,
@@ -91,9 +146,10 @@ impl Assembler {
         direction: Direction,
         bytes: &[u8],
         complete: bool,
+        out: &mut Vec<AssembledSpan>,
     ) {
         let key = (pid, fd, direction);
-        let mut stream = self.events.partial.remove(&key).unwrap_or_default();
+        let mut stream = self.partial.remove(&key).unwrap_or_default();
         stream.extend_from_slice(bytes);
         let (seen, rest) = match zmtp::split_messages(&stream) {
             Ok((messages, rest)) => {
@@ -102,45 +158,50 @@ impl Assembler {
             // Lost track of the frames: start again at the next call.
             Err(_) => (vec![Seen::Unparsable], Vec::new()),
         };
-        if complete && rest.len() <= MAX_PARTIAL {
-            self.events.partial.insert(key, rest);
+        if complete
+            && rest.len() <= MAX_PARTIAL
+            && has_room(self.partial.len(), MAX_ENTRIES, &mut self.stats.refused_full)
+        {
+            self.partial.insert(key, rest);
         }
         for message in seen {
             match message {
                 Seen::Heartbeat => self.stats.heartbeats += 1,
                 Seen::Unparsable => self.stats.unparsable += 1,
                 Seen::Cancel(topic) if direction == Direction::Send => {
-                    self.on_cancel(pid, ts_ns, topic.as_bytes())
+                    self.on_cancel(pid, ts_ns, topic.as_bytes(), out)
                 }
                 Seen::Cancel(_) => {}
                 Seen::Event { topic, counter } => match direction {
-                    Direction::Send => self.on_push(pid, ts_ns, topic, counter),
-                    Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter),
+                    Direction::Send => self.on_push(pid, ts_ns, topic, counter, out),
+                    Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter, out),
                 },
             }
         }
         if !complete && direction == Direction::Recv {
             // Messages in the uncaptured tail were delivered unseen: a counter jump after this
             // is no evidence of loss.
-            self.events.last_counter.retain(|(p, _), _| *p != pid);
+            self.last_counter.retain(|(p, _), _| *p != pid);
         }
-        self.expire_events(ts_ns);
+        self.expire(ts_ns);
     }
 
     /// A socket closed: its unfinished message goes with it.
-    pub(crate) fn forget_zmtp_stream(&mut self, pid: u32, fd: i32) {
-        self.events.partial.retain(|(p, f, _), _| !(*p == pid && *f == fd));
+    pub fn on_close(&mut self, pid: u32, fd: i32) {
+        for direction in [Direction::Send, Direction::Recv] {
+            self.partial.remove(&(pid, fd, direction));
+        }
     }
 
-    fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32) {
+    fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32, out: &mut Vec<AssembledSpan>) {
         let key = (pid, topic.clone(), counter);
-        if self.events.pushes.contains_key(&key) {
+        if self.pushes.contains_key(&key) {
             // The same message to another subscriber.
             return;
         }
         // The newest application send before this one left: one push may queue several
         // messages (cppTango sends some twice), and older sends belong to earlier pushes.
-        let app = self.events.app_sends.get_mut(&pid).and_then(|q| {
+        let app = self.app_sends.get_mut(&pid).and_then(|q| {
             let at = q.iter().rposition(|s| s.ts_ns <= ts_ns)?;
             let chosen = q.get(at).copied();
             q.drain(..=at);
@@ -153,9 +214,11 @@ impl Assembler {
         };
         let start_ns = app.map(|a| a.ts_ns).unwrap_or(ts_ns);
         let push = Push { context, ts_ns: start_ns };
-        self.events.pushes.insert(key, push.clone());
-        self.events.by_topic.insert((topic.clone(), counter), push);
-        self.stats.events_pushed += 1;
+        if has_room(self.pushes.len().max(self.by_topic.len()), MAX_ENTRIES, &mut self.stats.refused_full) {
+            self.pushes.insert(key, push.clone());
+            self.by_topic.insert((topic.clone(), counter), push);
+        }
+        self.stats.pushed += 1;
         let device_key = zmtp::parse_topic(&topic).map(|t| t.device.to_ascii_lowercase().into_bytes());
         let span = event_span(
             "Tango::ZmqEventSupplier::push_event",
@@ -168,15 +231,22 @@ impl Assembler {
             pid,
             device_key,
         );
-        self.finished.push(span);
+        out.push(span);
     }
 
-    fn on_delivery(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32) {
+    fn on_delivery(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        topic: String,
+        counter: u32,
+        out: &mut Vec<AssembledSpan>,
+    ) {
         // cppTango's consumer drops a message whose counter it has already seen.
-        if self.events.last_counter.get(&(pid, topic.clone())) == Some(&counter) {
+        if self.last_counter.get(&(pid, topic.clone())) == Some(&counter) {
             return;
         }
-        let push = self.events.by_topic.get(&(topic.clone(), counter)).cloned();
+        let push = self.by_topic.get(&(topic.clone(), counter)).cloned();
         let context = SpanContextLite {
             trace_id: push.as_ref().map(|p| p.context.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
@@ -197,24 +267,31 @@ impl Assembler {
             let delay_us = ts_ns.saturating_sub(push.ts_ns) / 1_000;
             span.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
         }
-        let previous = self.events.last_counter.insert((pid, topic), counter);
+        let key = (pid, topic);
+        let previous = if self.last_counter.contains_key(&key)
+            || has_room(self.last_counter.len(), MAX_ENTRIES, &mut self.stats.refused_full)
+        {
+            self.last_counter.insert(key, counter)
+        } else {
+            None
+        };
         if let Some(previous) = previous
             && counter > previous + 1
         {
             span.attributes.push(KeyValue::new("tango.event.lost", i64::from(counter - previous - 1)));
         }
-        self.stats.events_delivered += 1;
-        self.finished.push(span);
+        self.stats.delivered += 1;
+        out.push(span);
     }
 
     /// A client's ZMQ socket cancels a subscription: cppTango's `unsubscribe_event` sends nothing
     /// else, so this is the unsubscribe's own client span.
-    fn on_cancel(&mut self, pid: u32, ts_ns: u64, topic: &[u8]) {
+    fn on_cancel(&mut self, pid: u32, ts_ns: u64, topic: &[u8], out: &mut Vec<AssembledSpan>) {
         let Ok(topic) = std::str::from_utf8(topic) else {
             return;
         };
         // Counters restart mattering when a subscription starts again.
-        self.events.last_counter.remove(&(pid, topic.to_string()));
+        self.last_counter.remove(&(pid, topic.to_string()));
         let context = SpanContextLite { trace_id: self.ids.new_trace_id(), span_id: self.ids.new_span_id() };
         let mut span = event_span(
             "Tango::DeviceProxy::unsubscribe_event",
@@ -229,21 +306,22 @@ impl Assembler {
         );
         span.attributes.retain(|kv| kv.key.as_str() != "tango.event.counter");
         span.attributes.push(KeyValue::new("tango.event.action", "unsubscribe"));
-        self.finished.push(span);
+        out.push(span);
     }
 
-    fn expire_events(&mut self, now_ns: u64) {
+    /// Forgets pushes too old to be linked to a delivery.
+    pub fn expire(&mut self, now_ns: u64) {
         let fresh = |p: &Push| now_ns.saturating_sub(p.ts_ns) <= PUSH_MEMORY_NS;
-        self.events.pushes.retain(|_, p| fresh(p));
-        self.events.by_topic.retain(|_, p| fresh(p));
+        self.pushes.retain(|_, p| fresh(p));
+        self.by_topic.retain(|_, p| fresh(p));
     }
 
     /// Forgets the event state of an exited process.
-    pub(crate) fn forget_events(&mut self, pid: u32) {
-        self.events.app_sends.remove(&pid);
-        self.events.pushes.retain(|(p, _, _), _| *p != pid);
-        self.events.last_counter.retain(|(p, _), _| *p != pid);
-        self.events.partial.retain(|(p, _, _), _| *p != pid);
+    pub fn on_exit(&mut self, pid: u32) {
+        self.app_sends.remove(&pid);
+        self.pushes.retain(|(p, _, _), _| *p != pid);
+        self.last_counter.retain(|(p, _), _| *p != pid);
+        self.partial.retain(|(p, _, _), _| *p != pid);
     }
 }
 
@@ -312,12 +390,43 @@ fn event_span(
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
     use crate::probe::record::Record;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/../tracer-wire/tests/fixtures/zmtp/{name}.bin", env!("CARGO_MANIFEST_DIR"));
         std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// Feeds records as the pipeline does and collects the spans.
+    #[derive(Default)]
+    struct Harness {
+        events: Events,
+        spans: Vec<AssembledSpan>,
+    }
+
+    impl Harness {
+        fn push(&mut self, record: &Record) {
+            match record {
+                Record::Data { pid, fd, ts_ns, direction, total_len, bytes, .. } => {
+                    let complete = bytes.len() >= *total_len as usize;
+                    self.events.on_zmtp(*pid, *fd, *ts_ns, *direction, bytes, complete, &mut self.spans)
+                }
+                Record::ZmqSend { pid, ts_ns, .. } => self.events.on_zmq_send(*pid, *ts_ns, None),
+                _ => {}
+            }
+        }
+
+        fn drain(&mut self) -> Vec<AssembledSpan> {
+            std::mem::take(&mut self.spans)
+        }
     }
 
     fn data(pid: u32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record {
@@ -335,7 +444,7 @@ mod tests {
 
     #[test]
     fn each_push_takes_the_newest_application_send_before_it() {
-        let mut a = Assembler::new(4096);
+        let mut a = Harness::default();
         let event = fixture("srv-send-event-temperature-x2");
         // Two application sends for one push, then the I/O thread sends.
         a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 100 });
@@ -356,7 +465,7 @@ mod tests {
         // size, then version i32 and the counter u32)
         let counter_at = 2 + usize::from(bytes[1]) + 3 + 2 + 4;
         bytes[message_len + counter_at..message_len + counter_at + 4].copy_from_slice(&3u32.to_le_bytes());
-        let mut a = Assembler::new(4096);
+        let mut a = Harness::default();
         a.push(&data(100, 1_500, Direction::Recv, &bytes));
         let spans = a.drain();
         let counters: Vec<_> = spans.iter().map(|s| s.attributes.clone()).collect();
@@ -364,7 +473,7 @@ mod tests {
         assert!(!spans[0].attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost"));
         assert!(spans[1].attributes.contains(&KeyValue::new("tango.event.lost", 1i64)), "{counters:?}");
         // A capture that missed part of a receive proves nothing about what was between.
-        let mut a = Assembler::new(4096);
+        let mut a = Harness::default();
         let mut cut = Record::Data {
             pid: 100,
             tid: 100,
@@ -393,7 +502,7 @@ mod tests {
         let message_len = bytes.len() / 2;
         let counter_at = 2 + usize::from(bytes[1]) + 3 + 2 + 4;
         bytes[message_len + counter_at..message_len + counter_at + 4].copy_from_slice(&2u32.to_le_bytes());
-        let mut a = Assembler::new(4096);
+        let mut a = Harness::default();
         let cut = message_len + 37;
         a.push(&data(100, 1_000, Direction::Recv, &bytes[..cut]));
         a.push(&data(100, 1_010, Direction::Recv, &bytes[cut..]));
@@ -417,7 +526,7 @@ mod tests {
 
     #[test]
     fn a_real_push_and_its_delivery_are_linked() {
-        let mut a = Assembler::new(4096);
+        let mut a = Harness::default();
         a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 900 });
         // One send carrying the message twice (two subscribers' worth) is one push.
         a.push(&data(200, 1_000, Direction::Send, &fixture("srv-send-event-temperature-x2")));

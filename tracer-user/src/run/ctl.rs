@@ -12,6 +12,8 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+pub use crate::stats::StageStat;
+
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tango-tracer.sock";
 
@@ -27,6 +29,8 @@ pub enum CtlRequest {
     Endpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
     /// Forget runtime changes made with `ctl` for the matching devices.
     Reset { pattern: String },
+    /// Every stage's counters and table sizes.
+    Stats,
 }
 
 /// One setting with the source it came from.
@@ -58,6 +62,7 @@ pub struct TargetView {
 pub enum CtlAnswer {
     Targets { targets: Vec<TargetView>, warnings: Vec<String> },
     Changed { devices: Vec<String> },
+    Stats { stats: Vec<StageStat> },
     Error { message: String },
 }
 
@@ -127,6 +132,15 @@ pub async fn request(path: &PathBuf, request: &CtlRequest) -> anyhow::Result<Ctl
     serde_json::from_str(&line).context("reading the daemon's answer")
 }
 
+/// Renders a `stats` answer, one `stage name value` line each.
+pub fn render_stats(stats: &[StageStat]) -> String {
+    let mut out = String::new();
+    for stat in stats {
+        out.push_str(&format!("{:<10} {:<32} {}\n", stat.stage, stat.name, stat.value));
+    }
+    out
+}
+
 /// Renders a `list` answer as a table.
 pub fn render_targets(targets: &[TargetView], warnings: &[String]) -> String {
     let mut out = String::new();
@@ -152,6 +166,13 @@ pub fn render_targets(targets: &[TargetView], warnings: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

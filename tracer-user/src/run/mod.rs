@@ -1,58 +1,43 @@
 //! The `run` loop: probe records in, spans out.
 //!
-//! One task owns all state (processes, assembly, resources) and reads the ring buffer when the
-//! kernel signals it; a timer tick expires stale state and releases spans that waited for device
-//! facts. SIGINT/SIGTERM end every open call, flush the exporters and return.
+//! One task owns all state and reads the ring buffer when the kernel signals it and every 20 ms;
+//! a timer tick expires stale state, forgets processes gone for good and releases spans that
+//! waited for device facts. SIGINT/SIGTERM end every open call, flush the exporters and return.
+//! The stages' work per record and per span is the [`pipeline`]; this module adds what needs
+//! the kernel, the network and the clock.
 
-use std::{
-    collections::{HashMap, HashSet},
-    io::Write as _,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
-
-use anyhow::Context as _;
-use log::{info, warn};
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
-use tracer_export::{Destination, ExportHub, SpanRecord};
-
-pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
 pub mod ctl;
 pub mod instance;
+mod lifecycle;
 pub mod losses;
+pub mod pipeline;
 pub mod privileges;
 
-use self::ctl::{CtlAnswer, CtlRequest};
+use std::{io::Write as _, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use log::{info, warn};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
+use tracer_export::{Destination, ExportHub};
+
+use self::{
+    ctl::{CtlAnswer, CtlRequest},
+    pipeline::{DbQuery, OwnPorts, Pipeline, Routed},
+};
+pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
 use crate::{
-    assemble::{
-        AssembledSpan, Assembler, DeviceFacts, Observation,
-        naming::{DATABASE_DEVICE, DATABASE_KEY, OperationClass},
-    },
     configure::{
-        Configuration, Policy, Routing,
+        Policy,
         cpptango::{self as tc, AdminChange, AdminCommand, DeviceSelector},
     },
-    convert::{
-        resources::{self, ResourceKey, Resources},
-        spandata,
-    },
     devices::dbclient,
-    discover::{self as discovery, procinfo::ProcessInfo, sockets},
-    probe::{
-        attach::Probes,
-        record::{Direction, Peer, Record},
-    },
+    discover::processes::Processes,
+    probe::{attach::Probes, record::Record},
 };
 
-/// How long a server span may wait for its device's class before it goes out without it.
-const DEVICE_FACTS_WAIT: Duration = Duration::from_secs(2);
 /// How often the ring buffer is drained of records that did not wake the daemon.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-/// How long a span with an unknown opaque object key waits before the database is asked.
-const IMPORT_AFTER: Duration = Duration::from_millis(300);
-/// Least time between two imports from one database.
-const IMPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// How long the facts of an exited process are kept for spans still in flight.
 const EXITED_KEEP: Duration = Duration::from_secs(30);
 
@@ -78,33 +63,19 @@ pub struct RunOptions {
     pub proc_root: PathBuf,
 }
 
-struct TracedProcess {
-    info: ProcessInfo,
-    exited_at: Option<Instant>,
-    /// `giop:unix:<path>` of the Unix socket the process serves on, once looked up.
-    unix_location: Option<String>,
-    /// Object keys of the devices the process serves.
-    served: HashSet<Vec<u8>>,
-}
-
 struct Daemon {
     options: RunOptions,
     probes: Probes,
-    assembler: Assembler,
-    resources: Resources,
-    processes: HashMap<u32, TracedProcess>,
-    /// Server spans waiting for their device's class, with the time they started waiting.
-    waiting: Vec<(Instant, AssembledSpan)>,
+    processes: Processes,
+    pipeline: Pipeline,
     hub: ExportHub,
-    clock: ClockOffset,
+    /// Export records of the last release (reused).
+    routed: Vec<Routed>,
     recorder: Option<std::io::BufWriter<std::fs::File>>,
     own_pid: u32,
-    /// Local ports of the daemon's own database connections (their requests are not traced).
-    own_ports: Arc<Mutex<HashSet<u16>>>,
-    config: Configuration,
-    /// When each TANGO_HOST was last asked for its devices.
-    imports: HashMap<String, Instant>,
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
+    /// Ring-buffer items that could not be decoded.
+    undecodable: u64,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -120,32 +91,29 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
-    let config = Configuration::new(Policy {
+    let policy = Policy {
         trace_by_default: options.trace_by_default,
         destinations: options.destinations.clone(),
         extended_operations: options.extended_operations,
-    });
+    };
     let mut daemon = Daemon {
-        assembler: Assembler::new(options.capture_bytes as usize),
+        pipeline: Pipeline::new(options.capture_bytes as usize, policy),
+        processes: Processes::new(Some(options.proc_root.clone())),
         options,
         probes,
-        resources: Resources::default(),
-        processes: HashMap::new(),
-        waiting: Vec::new(),
         hub,
-        clock: ClockOffset::now(),
+        routed: Vec::new(),
         recorder,
         own_pid: std::process::id(),
-        own_ports: Arc::default(),
-        config,
-        imports: HashMap::new(),
         imported_tx,
+        undecodable: 0,
     };
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
     }
     daemon.scan_existing();
-    daemon.import_all_databases();
+    daemon.pipeline.import_all(&daemon.processes);
+    daemon.run_queries();
     if let Some(path) = &daemon.options.ready_file {
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
@@ -168,245 +136,109 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match Record::decode(&item) {
-                        Ok(record) => daemon.on_record(record),
-                        Err(e) => warn!("skipping a probe record: {e}"),
-                    }
-                }
+                daemon.drain_ring(guard.get_inner_mut());
                 guard.clear_ready();
-                daemon.release_spans(false);
+                daemon.release(false);
             }
             _ = drain.tick() => {
                 // Data records do not wake the daemon (see the probes); collect them here.
-                let ring = ring.get_mut();
-                while let Some(item) = ring.next() {
-                    match Record::decode(&item) {
-                        Ok(record) => daemon.on_record(record),
-                        Err(e) => warn!("skipping a probe record: {e}"),
-                    }
-                }
-                daemon.release_spans(false);
+                daemon.drain_ring(ring.get_mut());
+                daemon.release(false);
             }
             _ = tick.tick() => daemon.on_tick(),
             Some(import) = imported_rx.recv() => {
-                for (key, facts) in import.devices {
-                    daemon.assembler.learn_device(key, facts);
-                }
-                for (device, properties) in import.properties {
-                    daemon.config.set_properties(&device, &properties);
-                }
-                daemon.release_spans(false);
+                daemon.pipeline.learn_import(import);
+                daemon.release(false);
             }
             Some(pending) = ctl_rx.recv() => {
                 let answer = daemon.on_ctl(pending.request);
                 let _ = pending.reply.send(answer);
-                daemon.release_spans(false);
+                daemon.release(false);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     // Records already in the ring buffer belong to calls that happened before the signal.
-    while let Some(item) = ring.get_mut().next() {
-        match Record::decode(&item) {
-            Ok(record) => daemon.on_record(record),
-            Err(e) => warn!("skipping a probe record: {e}"),
-        }
-    }
+    daemon.drain_ring(ring.get_mut());
     daemon.shutdown().await;
     Ok(())
 }
 
 impl Daemon {
-    fn selected(&self, info: &ProcessInfo) -> bool {
-        let by_env =
-            self.options.select_env.as_ref().map(|(name, value)| info.environ.get(name) == Some(value));
-        let by_pid =
-            (!self.options.select_pids.is_empty()).then(|| self.options.select_pids.contains(&info.pid));
-        match (by_env, by_pid) {
-            (None, None) => true,
-            (env, pid) => env.unwrap_or(false) || pid.unwrap_or(false),
+    /// The one decode loop: every record in the ring buffer, in order.
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match Record::decode(&item) {
+                Ok(record) => self.on_record(&record),
+                Err(e) => {
+                    self.undecodable += 1;
+                    warn!("skipping a probe record: {e}");
+                }
+            }
         }
     }
 
-    fn scan_existing(&mut self) {
-        for pid in discovery::scan(&self.options.proc_root, self.own_pid) {
-            self.adopt(pid);
-        }
-    }
-
-    /// Starts tracing `pid` if it is selected; otherwise makes sure the kernel ignores it.
-    fn adopt(&mut self, pid: u32) {
-        if self.processes.get(&pid).is_some_and(|p| p.exited_at.is_none()) {
-            return;
-        }
-        let info = ProcessInfo::read(&self.options.proc_root, pid);
-        if !self.selected(&info) {
-            self.probes.remove_target(pid);
-            return;
-        }
-        if let Err(e) = self.probes.add_target(pid) {
-            warn!("cannot trace pid {pid}: {e}");
-            return;
-        }
-        info!(
-            "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: syscalls sendto/recvfrom (GIOP over TCP and Unix sockets)",
-            info.comm,
-            lib_text(info.libraries.omniorb.as_ref()),
-            lib_text(info.libraries.tango.as_ref()),
-        );
-        if let Some(facts) = database_server_facts(&info) {
-            self.assembler.learn_device(DATABASE_KEY.to_vec(), facts);
-        }
-        self.config.add_process(&info);
-        self.processes.insert(
-            pid,
-            TracedProcess { info, exited_at: None, unix_location: None, served: HashSet::new() },
-        );
-        self.probe_libraries(pid);
-    }
-
-    fn on_record(&mut self, record: Record) {
+    fn on_record(&mut self, record: &Record) {
         if let Some(recorder) = &mut self.recorder
-            && let Ok(line) = serde_json::to_string(&record)
+            && let Ok(line) = serde_json::to_string(record)
         {
             let _ = writeln!(recorder, "{line}");
         }
-        match &record {
-            Record::LibOpened { pid, .. } => {
-                self.adopt(*pid);
-                return;
-            }
-            Record::Fork { child, .. } => {
-                // A new process (not a thread) inherits the parent's omniORB mapping.
-                if is_process(&self.options.proc_root, *child) {
-                    self.adopt(*child);
-                }
-                return;
-            }
-            _ => {}
-        }
-        let pid = record.pid();
-        if !self.processes.contains_key(&pid) {
+        if self.on_lifecycle(record) {
             return;
         }
-        if let Record::Data { fd, direction: Direction::Recv, bytes, peer, .. } = &record
-            && is_giop_request(bytes)
-            && self.assembler.needs_location(pid, *fd)
-        {
-            // The peer of a server-side connection: from the kernel when it could tell, else
-            // from /proc while the socket still exists.
-            let location = match peer {
-                Peer::Inet(ip, port) => Some(format!("giop:tcp:{ip}:{port}")),
-                Peer::Unix => self.unix_location(pid),
-                Peer::Unknown | Peer::Other(_) => None,
-            }
-            .or_else(|| sockets::peer_location(&self.options.proc_root, pid, *fd));
-            if let Some(location) = location {
-                if self.is_own_connection(&location) {
-                    self.assembler.ignore_connection(pid, *fd);
-                }
-                self.assembler.set_location(pid, *fd, location);
-            }
-        }
-        if let Record::Data { .. } = &record
-            && let Some(process) = self.processes.get_mut(&pid)
-            && process.info.libraries.tango.is_none()
-        {
-            process.info.refresh_libraries(&self.options.proc_root);
-            let capable = process.info.tango_major().is_some_and(|m| m >= 10);
-            self.config.set_native_capable(pid, capable);
-            self.probe_libraries(pid);
-        }
-        self.assembler.push(&record);
-        if let Record::Exit { .. } | Record::Exec { .. } = record {
-            self.release_spans(false);
-            if let Some(process) = self.processes.get_mut(&pid) {
-                process.exited_at = Some(Instant::now());
-            }
-            self.config.remove_process(pid);
-        }
+        self.pipeline.push(record, &mut self.processes);
     }
 
     fn on_tick(&mut self) {
-        self.assembler.expire(monotonic_ns());
-        self.release_spans(false);
-        self.processes.retain(|_, p| p.exited_at.is_none_or(|t| t.elapsed() < EXITED_KEEP));
+        self.pipeline.expire(monotonic_ns());
+        self.release(false);
+        for pid in self.processes.take_gone(EXITED_KEEP) {
+            self.pipeline.forget_process(pid);
+        }
         let lost = self.probes.lost_records();
         if lost > 0 {
             log::debug!("{lost} probe records lost to a full ring buffer so far");
         }
     }
 
-    /// Sends finished spans to their destinations; server spans wait a little for their device's
-    /// class (learnt from `info` replies) unless `force`.
-    fn release_spans(&mut self, force: bool) {
-        for observation in self.assembler.drain_observations() {
-            self.on_observation(observation);
+    /// Sends finished spans to their destinations and starts the database queries asked for.
+    fn release(&mut self, force: bool) {
+        self.pipeline.release(&self.processes, force, &mut self.routed);
+        for Routed { record, destinations } in self.routed.drain(..) {
+            self.hub.submit(record, &destinations);
         }
-        let now = Instant::now();
-        let mut ready = Vec::new();
-        for mut span in self.assembler.drain() {
-            span.device_key = span.device_key.map(|key| self.served_key(span.pid, key));
-            if span.operation != OperationClass::Internal {
-                self.waiting.push((now, span));
-            }
-        }
-        let mut unknown_hosts = Vec::new();
-        for (since, span) in &self.waiting {
-            let opaque_unknown = span
-                .device_key
-                .as_deref()
-                .is_some_and(|k| self.device_name(k).is_none() && since.elapsed() >= IMPORT_AFTER);
-            if opaque_unknown
-                && let Some(host) = self.processes.get(&span.pid).and_then(|p| p.info.tango_host())
-            {
-                unknown_hosts.push(host);
-            }
-        }
-        for host in unknown_hosts {
-            self.import_database(&host);
-        }
-        let waiting = std::mem::take(&mut self.waiting);
-        for (since, span) in waiting {
-            let known = span.device_key.as_ref().is_none_or(|key| {
-                self.assembler.device(key).is_some_and(|f| f.dev_class.is_some())
-                    && self.device_name(key).is_some()
-            });
-            if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
-                ready.push(span);
-            } else {
-                self.waiting.push((since, span));
-            }
-        }
-        for span in ready {
-            match self.route(&span) {
-                Routing::Export(destinations) if !destinations.is_empty() => {
-                    let record = self.span_record(span);
-                    self.hub.submit(record, &destinations);
-                }
-                Routing::Export(_) | Routing::Drop | Routing::Native => {}
-            }
+        self.run_queries();
+    }
+
+    fn run_queries(&mut self) {
+        for query in self.pipeline.take_queries() {
+            spawn_query(query, self.pipeline.own_ports(), self.imported_tx.clone());
         }
     }
 
     /// Answers `tango-tracer ctl`.
     fn on_ctl(&mut self, request: CtlRequest) -> CtlAnswer {
-        let command = |change| AdminCommand {
+        let command = |pattern: &str, change| AdminCommand {
             command: "tango-tracer ctl".to_string(),
-            targets: DeviceSelector::Pattern(String::new()),
+            targets: DeviceSelector::Pattern(pattern.to_string()),
             change,
         };
         match request {
-            CtlRequest::List => {
-                CtlAnswer::Targets { targets: self.targets_view(), warnings: self.config.warnings() }
+            CtlRequest::List => CtlAnswer::Targets {
+                targets: self.targets_view(),
+                warnings: self.pipeline.configuration().warnings(),
+            },
+            CtlRequest::Stats => {
+                let mut stats = self.pipeline.report(&self.processes);
+                stats.push("probe", "lost_records", self.probes.lost_records());
+                stats.push("probe", "undecodable_records", self.undecodable);
+                CtlAnswer::Stats { stats: stats.to_views() }
             }
             CtlRequest::Enable { pattern, enable } => {
-                let mut cmd = command(AdminChange::Enable(enable));
-                cmd.targets = DeviceSelector::Pattern(pattern.clone());
-                self.config.ctl_commands(vec![cmd]);
+                let cmd = command(&pattern, AdminChange::Enable(enable));
+                self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
             CtlRequest::Endpoints { pattern, exporters, endpoints } => {
@@ -421,13 +253,12 @@ impl Daemon {
                         Err(e) => return CtlAnswer::Error { message: format!("{exporter} {endpoint}: {e}") },
                     }
                 }
-                let mut cmd = command(AdminChange::SetTracing(list));
-                cmd.targets = DeviceSelector::Pattern(pattern.clone());
-                self.config.ctl_commands(vec![cmd]);
+                let cmd = command(&pattern, AdminChange::SetTracing(list));
+                self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
             CtlRequest::Reset { pattern } => {
-                self.config.ctl_reset(&pattern);
+                self.pipeline.configuration_mut().ctl_reset(&pattern);
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
         }
@@ -435,10 +266,12 @@ impl Daemon {
 
     fn devices_matching(&self, pattern: &str) -> Vec<String> {
         let selector = DeviceSelector::Pattern(pattern.to_string());
+        let devices = self.pipeline.devices();
         let mut names: Vec<String> = self
             .processes
-            .values()
-            .flat_map(|p| p.served.iter().filter_map(|k| self.device_name(k)))
+            .running()
+            .iter()
+            .flat_map(|p| devices.served_by(p.pid).filter_map(|k| devices.name(k)))
             .filter(|name| selector.matches(name))
             .collect();
         names.sort();
@@ -447,36 +280,31 @@ impl Daemon {
     }
 
     fn targets_view(&self) -> Vec<ctl::TargetView> {
+        let devices = self.pipeline.devices();
+        let config = self.pipeline.configuration();
         let mut views = Vec::new();
-        let mut pids: Vec<&u32> = self.processes.keys().collect();
-        pids.sort();
-        for pid in pids {
-            let Some(process) = self.processes.get(pid) else { continue };
-            if process.exited_at.is_some() {
-                continue;
-            }
+        for info in self.processes.running() {
             let libraries = format!(
                 "omniORB {}, libtango {}",
-                lib_text(process.info.libraries.omniorb.as_ref()),
-                lib_text(process.info.libraries.tango.as_ref())
+                lifecycle::lib_text(info.libraries.omniorb.as_ref()),
+                lifecycle::lib_text(info.libraries.tango.as_ref())
             );
-            let mut devices: Vec<(Option<String>, Option<String>)> = vec![(None, None)];
-            for key in &process.served {
-                let class = self.assembler.device(key).and_then(|f| f.dev_class.clone());
-                devices.push((self.device_name(key), class));
+            let mut served: Vec<(Option<String>, Option<String>)> = vec![(None, None)];
+            for key in devices.served_by(info.pid) {
+                served.push((devices.name(key), devices.class(key).map(str::to_string)));
             }
-            devices.sort();
-            devices.dedup();
-            for (device, class) in devices {
-                let effective = self.config.effective(*pid, device.as_deref());
+            served.sort();
+            served.dedup();
+            for (device, class) in served {
+                let effective = config.effective(info.pid, device.as_deref());
                 let setting = |value: String, source: &tc::Source| ctl::SettingView {
                     value,
                     source: source.to_string(),
                 };
                 let destinations: Vec<String> = effective.tracing.0.iter().map(|d| d.to_string()).collect();
                 views.push(ctl::TargetView {
-                    pid: *pid,
-                    process: process.info.comm.clone(),
+                    pid: info.pid,
+                    process: info.comm.clone(),
                     device,
                     class,
                     libraries: libraries.clone(),
@@ -491,223 +319,55 @@ impl Daemon {
         views
     }
 
-    /// Where a span goes, by the configuration of its device (or process).
-    fn route(&self, span: &AssembledSpan) -> Routing {
-        let device = span.device_key.as_deref().and_then(|k| self.device_name(k));
-        self.config.route(span.pid, device.as_deref(), span.operation)
-    }
-
-    fn span_record(&mut self, span: AssembledSpan) -> SpanRecord {
-        let process = self.processes.get(&span.pid).map(|p| &p.info);
-        let is_server = self.assembler.is_server(span.pid);
-        let key = match &span.device_key {
-            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
-            None => ResourceKey::Process { pid: span.pid },
-        };
-        let facts = span.device_key.as_deref().and_then(|k| self.assembler.device(k));
-        let device_name = span.device_key.as_deref().and_then(|k| self.device_name(k));
-        let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
-        let scope = resources::scope_for(process);
-
-        let target =
-            span.target_key.as_deref().map(|t| self.device_name(t).unwrap_or_else(|| hex::encode(t)));
-        let data = spandata::to_span_data(span, target, scope, &self.clock);
-        SpanRecord { resource, data }
-    }
-
-    /// Asks every database the target processes use for its devices' object keys.
-    fn import_all_databases(&mut self) {
-        let hosts: HashSet<String> = self.processes.values().filter_map(|p| p.info.tango_host()).collect();
-        for host in hosts {
-            self.import_database(&host);
-        }
-    }
-
-    /// Starts an import from the database at `tango_host` unless one ran recently.
-    fn import_database(&mut self, tango_host: &str) {
-        if self.imports.get(tango_host).is_some_and(|t| t.elapsed() < IMPORT_INTERVAL) {
-            return;
-        }
-        self.imports.insert(tango_host.to_string(), Instant::now());
-        let host = tango_host.to_string();
-        let own_ports = Arc::clone(&self.own_ports);
-        let tx = self.imported_tx.clone();
-        tokio::spawn(async move {
-            let register = |addr| remember_port(&own_ports, addr);
-            match dbclient::import_exported(&host, register).await {
-                Ok(import) => {
-                    info!("database {host}: learnt {} device(s)", import.devices.len());
-                    let _ = tx.send(import);
-                }
-                Err(e) => info!("database {host} not queried: {e}"),
-            }
-        });
-    }
-
-    fn on_observation(&mut self, observation: Observation) {
-        match observation {
-            Observation::Serves { pid, object_key } => {
-                if let Some(process) = self.processes.get_mut(&pid) {
-                    process.served.insert(object_key);
-                }
-            }
-            Observation::DeviceProperties { device, properties } => {
-                self.config.set_properties(&device, &properties);
-            }
-            Observation::Command { pid, object_key, command, argin } => {
-                // Telemetry commands go to a server's admin device (`dserver/<server>/<instance>`);
-                // they apply also when a 9.x server answers "command not found".
-                let name = self.device_name(&object_key);
-                log::debug!("pid {pid}: command {command} on {name:?}");
-                if name.as_deref().is_some_and(|name| name.starts_with("dserver/"))
-                    && self.config.admin_command(pid, &command, argin.as_ref())
-                {
-                    info!(
-                        "pid {pid}: {command} on {} applied to the telemetry configuration",
-                        name.unwrap_or_default()
-                    );
-                }
-            }
-            Observation::Exported { pid, device } => self.query_properties(pid, device),
-        }
-    }
-
-    /// Event spans name their device; database servers know it by an opaque key.
-    fn served_key(&self, pid: u32, key: Vec<u8>) -> Vec<u8> {
-        if self.assembler.device(&key).is_some() {
-            return key;
-        }
-        let Some(process) = self.processes.get(&pid) else {
-            return key;
-        };
-        process
-            .served
-            .iter()
-            .find(|served| self.device_name(served).is_some_and(|name| name.as_bytes() == key.as_slice()))
-            .cloned()
-            .unwrap_or(key)
-    }
-
-    /// Uprobes where sockets are blind: the ZMQ application thread pushing events.
-    fn probe_libraries(&mut self, pid: u32) {
-        let Some(zmq) = self.processes.get(&pid).and_then(|p| p.info.libraries.zmq.clone()) else {
-            return;
-        };
-        // The library as the process sees it, through its root (its mount namespace).
-        let inside = zmq.path.strip_prefix("/").unwrap_or(&zmq.path);
-        let path = self.options.proc_root.join(pid.to_string()).join("root").join(inside);
-        match self.probes.probe_zmq(&path) {
-            Ok(Some(what)) => info!("pid {pid}: {what}"),
-            Ok(None) => {}
-            Err(e) => warn!("pid {pid}: no ZMQ uprobe: {e}"),
-        }
-    }
-
-    /// The Unix-socket address of a server (the same for all its Unix connections).
-    fn unix_location(&mut self, pid: u32) -> Option<String> {
-        let process = self.processes.get_mut(&pid)?;
-        if process.unix_location.is_none() {
-            process.unix_location = sockets::unix_listen_location(&self.options.proc_root, pid);
-        }
-        process.unix_location.clone()
-    }
-
-    /// A device was exported (started): read its telemetry properties, as cppTango does at
-    /// device start-up, from the database of the exporting process.
-    fn query_properties(&mut self, pid: u32, device: String) {
-        let Some(host) = self.processes.get(&pid).and_then(|p| p.info.tango_host()) else {
-            return;
-        };
-        let own_ports = Arc::clone(&self.own_ports);
-        let tx = self.imported_tx.clone();
-        tokio::spawn(async move {
-            let register = |addr| remember_port(&own_ports, addr);
-            match dbclient::device_properties(&host, &device, register).await {
-                Ok(properties) => {
-                    let import =
-                        dbclient::Import { devices: Vec::new(), properties: vec![(device, properties)] };
-                    let _ = tx.send(import);
-                }
-                Err(e) => info!("database {host}: properties of {device} not read: {e}"),
-            }
-        });
-    }
-
-    /// Whether a server-side connection's client is one of the daemon's database connections.
-    fn is_own_connection(&self, location: &str) -> bool {
-        let Some(port) = location.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
-            return false;
-        };
-        location.starts_with("giop:tcp:") && self.own_ports.lock().is_ok_and(|ports| ports.contains(&port))
-    }
-
-    /// The device behind an object key: learnt from the database, else the key itself (devices
-    /// without a database), `sys/database/2` for the database.
-    fn device_name(&self, object_key: &[u8]) -> Option<String> {
-        if let Some(name) = self.assembler.device(object_key).and_then(|f| f.name.clone()) {
-            return Some(name);
-        }
-        if object_key == DATABASE_KEY {
-            return Some(DATABASE_DEVICE.to_string());
-        }
-        resources::device_name_from_key(object_key)
-    }
-
     async fn shutdown(&mut self) {
         info!("stopping: ending open calls and flushing exporters");
-        self.assembler.flush_all(monotonic_ns());
-        self.release_spans(true);
-        self.hub.shutdown(Duration::from_secs(10)).await;
+        self.pipeline.flush_all(monotonic_ns());
+        self.release(true);
+        self.hub.shutdown().await;
         if let Some(recorder) = &mut self.recorder {
             let _ = recorder.flush();
         }
-        let stats = self.assembler.stats();
+        let (messages, spans, unparsable) = self.pipeline.totals();
         info!(
-            "stopped: {} GIOP messages, {} spans, {} unparsable, {} probe records lost",
-            stats.messages,
-            stats.spans,
-            stats.unparsable,
+            "stopped: {messages} GIOP messages, {spans} spans, {unparsable} unparsable, {} probe records lost",
             self.probes.lost_records()
         );
+        let stats = self.pipeline.report(&self.processes);
+        let counters: Vec<String> = stats
+            .iter()
+            .filter(|(_, name, value)| *value > 0 && !name.ends_with("_entries"))
+            .map(|(stage, name, value)| format!("{stage}.{name}={value}"))
+            .collect();
+        info!("stage counters: {}", counters.join(" "));
     }
 }
 
-/// Notes the local port of one of the daemon's own database connections.
-fn remember_port(own_ports: &Mutex<HashSet<u16>>, addr: Option<std::net::SocketAddr>) {
-    if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
-        ports.insert(addr.port());
-    }
-}
-
-/// The database server (`DataBaseds <instance>`) serves `sys/database/2` of class `DataBase`.
-fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
-    let program = info.cmdline.first()?;
-    if !program.ends_with("DataBaseds") {
-        return None;
-    }
-    let instance = info.cmdline.get(1)?;
-    Some(DeviceFacts {
-        name: Some(DATABASE_DEVICE.to_string()),
-        dev_class: Some("DataBase".to_string()),
-        server_id: Some(format!("DataBaseds/{instance}")),
-    })
-}
-
-fn lib_text(lib: Option<&crate::discover::procinfo::MappedLibrary>) -> String {
-    match lib {
-        Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
-        None => "being loaded".to_string(),
-    }
-}
-
-fn is_giop_request(bytes: &[u8]) -> bool {
-    bytes.len() >= 8 && &bytes[..4] == b"GIOP" && bytes[7] == 0
-}
-
-/// A task id is a process when it leads its thread group.
-fn is_process(proc_root: &Path, pid: u32) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok().and_then(|status| {
-        let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
-        line.split_whitespace().nth(1)?.parse::<u32>().ok()
-    }) == Some(pid)
+/// Runs one database query in the background; its answer comes back to the loop.
+fn spawn_query(query: DbQuery, own_ports: OwnPorts, tx: mpsc::UnboundedSender<dbclient::Import>) {
+    let register = move |addr: Option<std::net::SocketAddr>| {
+        if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
+            ports.insert(addr.port());
+        }
+    };
+    tokio::spawn(async move {
+        match query {
+            DbQuery::Import { tango_host } => match dbclient::import_exported(&tango_host, register).await {
+                Ok(import) => {
+                    info!("database {tango_host}: learnt {} device(s)", import.devices.len());
+                    let _ = tx.send(import);
+                }
+                Err(e) => info!("database {tango_host} not queried: {e}"),
+            },
+            DbQuery::Properties { tango_host, device } => {
+                match dbclient::device_properties(&tango_host, &device, register).await {
+                    Ok(properties) => {
+                        let import =
+                            dbclient::Import { devices: Vec::new(), properties: vec![(device, properties)] };
+                        let _ = tx.send(import);
+                    }
+                    Err(e) => info!("database {tango_host}: properties of {device} not read: {e}"),
+                }
+            }
+        }
+    });
 }
