@@ -287,7 +287,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             println!("no traced device matches yet; the change applies to matching devices when they appear")
         }
         CtlAnswer::Changed { devices } => println!("changed: {}", devices.join(", ")),
-        CtlAnswer::Stats { stats } => print!("{}", render_stats(&stats)),
+        CtlAnswer::Stats(stats) => print!("{}", render_stats(&stats)),
         CtlAnswer::Error { message } => bail!("{message}"),
     }
     Ok(())

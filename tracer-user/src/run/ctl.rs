@@ -13,6 +13,66 @@ use tokio::{
 };
 
 pub use crate::stats::StageStat;
+use crate::{run::losses::Loss, stats::StageStats};
+
+/// `ctl stats`: the daemon's health in one answer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    /// Entries of every state table, by `stage.table` (they return to their baseline size once
+    /// what they track has ended).
+    pub tables: std::collections::BTreeMap<String, u64>,
+    /// Every other stage counter, by `stage.counter`.
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Everything lost so far, by stage and cause.
+    pub lost: Vec<Loss>,
+    /// What happened to the spans of each destination.
+    pub export: Vec<ExportView>,
+}
+
+/// One export destination's counters.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExportView {
+    pub destination: String,
+    pub submitted: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub held: u64,
+    pub bytes_held: u64,
+    /// The most bytes ever held (never above the budget).
+    pub peak_bytes_held: u64,
+    pub failing: bool,
+    pub last_error: Option<String>,
+}
+
+impl StatsView {
+    pub fn new(stats: &StageStats, lost: Vec<Loss>, export: &tracer_export::ExportStats) -> Self {
+        let key = |stage: &str, name: &str| format!("{stage}.{name}");
+        StatsView {
+            tables: stats.tables().map(|(stage, name, value)| (key(stage, name), value)).collect(),
+            counters: stats
+                .iter()
+                .filter(|(_, name, _)| !name.ends_with("_entries"))
+                .map(|(stage, name, value)| (key(stage, name), value))
+                .collect(),
+            lost,
+            export: export
+                .destinations
+                .iter()
+                .map(|(destination, s)| ExportView {
+                    destination: destination.to_string(),
+                    submitted: s.spans_submitted,
+                    delivered: s.spans_delivered,
+                    dropped: s.dropped.total(),
+                    held: s.spans_held,
+                    bytes_held: s.bytes_held,
+                    peak_bytes_held: s.peak_bytes_held,
+                    failing: s.failing,
+                    last_error: s.last_error.clone(),
+                })
+                .collect(),
+        }
+    }
+}
 
 /// Default path of the control socket.
 pub const DEFAULT_SOCKET: &str = "/run/tango-tracer.sock";
@@ -62,7 +122,7 @@ pub struct TargetView {
 pub enum CtlAnswer {
     Targets { targets: Vec<TargetView>, warnings: Vec<String> },
     Changed { devices: Vec<String> },
-    Stats { stats: Vec<StageStat> },
+    Stats(StatsView),
     Error { message: String },
 }
 
@@ -132,11 +192,38 @@ pub async fn request(path: &PathBuf, request: &CtlRequest) -> anyhow::Result<Ctl
     serde_json::from_str(&line).context("reading the daemon's answer")
 }
 
-/// Renders a `stats` answer, one `stage name value` line each.
-pub fn render_stats(stats: &[StageStat]) -> String {
-    let mut out = String::new();
-    for stat in stats {
-        out.push_str(&format!("{:<10} {:<32} {}\n", stat.stage, stat.name, stat.value));
+/// Renders a `stats` answer: losses first, then export, counters and tables.
+pub fn render_stats(stats: &StatsView) -> String {
+    let mut out = String::from("lost\n");
+    let lost: Vec<&Loss> = stats.lost.iter().filter(|l| l.total > 0).collect();
+    if lost.is_empty() {
+        out.push_str("    nothing\n");
+    }
+    for loss in lost {
+        out.push_str(&format!("    {:<40} {:<40} {}\n", loss.stage, loss.cause, loss.total));
+    }
+    out.push_str("export\n");
+    for e in &stats.export {
+        out.push_str(&format!(
+            "    {}: {} submitted, {} delivered, {} dropped, {} held ({} bytes){}\n",
+            e.destination,
+            e.submitted,
+            e.delivered,
+            e.dropped,
+            e.held,
+            e.bytes_held,
+            match (&e.failing, &e.last_error) {
+                (true, Some(error)) => format!(", failing: {error}"),
+                _ => String::new(),
+            }
+        ));
+    }
+    for (title, map) in [("counters", &stats.counters), ("tables", &stats.tables)] {
+        out.push_str(title);
+        out.push('\n');
+        for (name, value) in map {
+            out.push_str(&format!("    {name:<48} {value}\n"));
+        }
     }
     out
 }

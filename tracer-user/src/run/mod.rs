@@ -2,15 +2,24 @@
 //!
 //! One task owns all state and reads the ring buffer when the kernel signals it and every 20 ms;
 //! a timer tick expires stale state, forgets processes gone for good and releases spans that
-//! waited for device facts. SIGINT/SIGTERM end every open call, flush the exporters and return.
+//! waited for device facts. SIGINT, SIGTERM and SIGQUIT end every open call, flush the exporters
+//! and return; SIGHUP does not end the daemon. Every loss is logged with exact counts within
+//! [`LOSS_REPORT_INTERVAL`], and the totals at stop.
 //! The stages' work per record and per span is the [`pipeline`]; this module adds what needs
 //! the kernel, the network and the clock.
 
 pub mod ctl;
+pub mod instance;
 mod lifecycle;
+pub mod losses;
 pub mod pipeline;
+pub mod privileges;
 
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -20,6 +29,8 @@ use tracer_export::{Destination, ExportHub};
 
 use self::{
     ctl::{CtlAnswer, CtlRequest},
+    instance::Instance,
+    losses::{Loss, LossReport},
     pipeline::{DbQuery, OwnPorts, Pipeline, Routed},
 };
 pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
@@ -35,6 +46,10 @@ use crate::{
 
 /// How often the ring buffer is drained of records that did not wake the daemon.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest time a loss waits before a log line reports it (the first one goes out at once).
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the loss counters are read.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the facts of an exited process are kept for spans still in flight.
 const EXITED_KEEP: Duration = Duration::from_secs(30);
 
@@ -73,10 +88,19 @@ struct Daemon {
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
     /// Ring-buffer items that could not be decoded.
     undecodable: u64,
+    loss_report: LossReport,
+    last_loss_check: Instant,
 }
 
-/// Runs until SIGINT or SIGTERM.
+/// Runs until SIGINT, SIGTERM or SIGQUIT.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    privileges::check()?;
+    // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
+    // and the socket is removed when it drops.
+    let _instance = match &options.control_socket {
+        Some(socket) => Some(Instance::acquire(socket)?),
+        None => None,
+    };
     let (probes, ring) = Probes::load(options.capture_bytes)?;
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the ring buffer")?;
@@ -104,6 +128,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         own_pid: std::process::id(),
         imported_tx,
         undecodable: 0,
+        loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
+        last_loss_check: Instant::now(),
     };
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
@@ -126,6 +152,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -154,6 +182,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            _ = sigquit.recv() => break,
+            // Never an unflushed end: the configuration is read as processes and devices appear.
+            _ = sighup.recv() => info!("SIGHUP: nothing to reload; the daemon keeps running"),
         }
     }
     // Records already in the ring buffer belong to calls that happened before the signal.
@@ -194,10 +225,34 @@ impl Daemon {
         for pid in self.processes.take_gone(EXITED_KEEP) {
             self.pipeline.forget_process(pid);
         }
-        let lost = self.probes.lost_records();
-        if lost > 0 {
-            log::debug!("{lost} probe records lost to a full ring buffer so far");
+        if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
+            self.last_loss_check = Instant::now();
+            let losses = self.losses();
+            if let Some(line) = self.loss_report.check(&losses, self.last_loss_check) {
+                warn!("{line}");
+            }
         }
+    }
+
+    /// Everything lost so far, by stage and cause: probe records, state the stages could not
+    /// keep, spans the exporters dropped.
+    fn losses(&self) -> Vec<Loss> {
+        let mut losses = vec![
+            Loss::new("probes", "ring buffer full", self.probes.lost_records()),
+            Loss::new("probes", "undecodable records", self.undecodable),
+        ];
+        for (stage, name, value) in self.pipeline.report(&self.processes).iter() {
+            if is_loss(name) {
+                losses.push(Loss::new(stage, name.replace('_', " "), value));
+            }
+        }
+        for (destination, stats) in &self.hub.stats().destinations {
+            let stage = format!("export to {destination}");
+            for (cause, count) in stats.dropped.by_cause() {
+                losses.push(Loss::new(stage.clone(), cause, count));
+            }
+        }
+        losses
     }
 
     /// Sends finished spans to their destinations and starts the database queries asked for.
@@ -231,7 +286,7 @@ impl Daemon {
                 let mut stats = self.pipeline.report(&self.processes);
                 stats.push("probe", "lost_records", self.probes.lost_records());
                 stats.push("probe", "undecodable_records", self.undecodable);
-                CtlAnswer::Stats { stats: stats.to_views() }
+                CtlAnswer::Stats(ctl::StatsView::new(&stats, self.losses(), &self.hub.stats()))
             }
             CtlRequest::Enable { pattern, enable } => {
                 let cmd = command(&pattern, AdminChange::Enable(enable));
@@ -294,6 +349,7 @@ impl Daemon {
             served.dedup();
             for (device, class) in served {
                 let effective = config.effective(info.pid, device.as_deref());
+                let spans = self.pipeline.released(info.pid, device.as_deref());
                 let setting = |value: String, source: &tc::Source| ctl::SettingView {
                     value,
                     source: source.to_string(),
@@ -309,7 +365,7 @@ impl Daemon {
                     types: setting(effective.types.0.names().join(","), &effective.types.1),
                     topics: setting(effective.topics.0.names().join(","), &effective.topics.1),
                     tracing: setting(destinations.join(", "), &effective.tracing.1),
-                    spans: 0,
+                    spans,
                 });
             }
         }
@@ -325,9 +381,20 @@ impl Daemon {
             let _ = recorder.flush();
         }
         let (messages, spans, unparsable) = self.pipeline.totals();
+        let losses = self.losses();
+        if let Some(line) = self.loss_report.since_last(&losses) {
+            warn!("{line}");
+        }
+        let export = self.hub.stats().total();
         info!(
-            "stopped: {messages} GIOP messages, {spans} spans, {unparsable} unparsable, {} probe records lost",
-            self.probes.lost_records()
+            "stopped: {messages} GIOP messages, {spans} spans, {unparsable} unparsable, {} probe records lost; \
+             export: {} submitted, {} delivered, {} dropped, {} held; lost: {}",
+            self.probes.lost_records(),
+            export.spans_submitted,
+            export.spans_delivered,
+            export.dropped.total(),
+            export.spans_held,
+            losses::totals(&losses),
         );
         let stats = self.pipeline.report(&self.processes);
         let counters: Vec<String> = stats
@@ -337,6 +404,11 @@ impl Daemon {
             .collect();
         info!("stage counters: {}", counters.join(" "));
     }
+}
+
+/// Stage counters that count something lost (the others count work done, or state in use).
+fn is_loss(name: &str) -> bool {
+    ["refused", "overflow", "dropped", "lost", "not_read"].iter().any(|word| name.contains(word))
 }
 
 /// Runs one database query in the background; its answer comes back to the loop.

@@ -6,7 +6,7 @@
 //! uprobes and runs the database queries the pipeline asks for ([`Pipeline::take_queries`]).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -85,6 +85,8 @@ pub struct Pipeline {
     ready: Vec<Routed>,
     queries: Vec<DbQuery>,
     stats: PipelineStats,
+    /// Spans released per process and device (`None`: the process's own), for `ctl list`.
+    released_by: HashMap<(u32, Option<String>), u64>,
 }
 
 impl Pipeline {
@@ -103,6 +105,7 @@ impl Pipeline {
             ready: Vec::new(),
             queries: Vec::new(),
             stats: PipelineStats::default(),
+            released_by: HashMap::new(),
         }
     }
 
@@ -268,6 +271,7 @@ impl Pipeline {
 
     /// A process is gone for good (some time after its exit): every stage frees its state.
     pub fn forget_process(&mut self, pid: u32) {
+        self.released_by.retain(|(p, _), _| *p != pid);
         self.devices.forget_process(pid);
         self.resources.forget(pid);
     }
@@ -275,6 +279,11 @@ impl Pipeline {
     /// Ends every call still open (shutdown).
     pub fn flush_all(&mut self, now_ns: u64) {
         self.assembler.flush_all(now_ns);
+    }
+
+    /// Spans released so far for `pid`'s `device` (`None`: the process's own spans).
+    pub fn released(&self, pid: u32, device: Option<&str>) -> u64 {
+        self.released_by.get(&(pid, device.map(str::to_string))).copied().unwrap_or(0)
     }
 
     pub fn configuration(&self) -> &Configuration {
@@ -310,6 +319,7 @@ impl Pipeline {
         out.push(STAGE, "native", self.stats.native);
         out.push(STAGE, "waiting_overflow", self.stats.waiting_overflow);
         out.size(STAGE, "waiting_span_entries", self.waiting.len());
+        out.size(STAGE, "released_count_entries", self.released_by.len());
         out
     }
 
@@ -348,6 +358,7 @@ impl Pipeline {
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
+                *self.released_by.entry((span.pid, device.clone())).or_default() += 1;
                 let record = self.span_record(span, device, processes);
                 out.push(Routed { record, destinations });
             }
