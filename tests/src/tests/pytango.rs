@@ -332,8 +332,11 @@ fn short_lived_client_loses_nothing_over_otlp_grpc() {
         let out = run_client(&marker, &[&server.url("test/demo/1"), "increment"], &[]);
         pids.push(out["pid"].as_i64().expect("client pid"));
     }
-    let spans = receiver.wait_for_blocking(|s| s.len() >= 10, WAIT);
+    // Each client: its DeviceProxy, its call and the call's SERVER span.
+    receiver.wait_for_blocking(|s| s.len() >= 15, WAIT);
     daemon.stop();
+    let spans = receiver.spans();
+    assert_eq!(spans.len(), 15, "{}", render_trees(&spans));
     for pid in pids {
         let client = spans
             .iter()
