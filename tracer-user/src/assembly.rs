@@ -338,7 +338,10 @@ impl Assembler {
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
             Record::ZmqSend { pid, tid, ts_ns } => self.on_zmq_send(*pid, *tid, *ts_ns),
-            Record::LibOpened { .. } | Record::Fork { .. } => {}
+            Record::LibOpened { .. }
+            | Record::Fork { .. }
+            | Record::ProcessFacts(_)
+            | Record::LibraryPath { .. } => {}
         }
     }
 

@@ -7,7 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::Write as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -24,8 +24,8 @@ use crate::{
     ctl::{self, CtlAnswer, CtlRequest},
     dbclient, discovery,
     probes::Probes,
-    procinfo::ProcessInfo,
-    records::{Direction, Peer, Record},
+    procinfo::{FactReader, ProcessInfo},
+    records::{CapturedFacts, Direction, Peer, Record},
     resources::{self, ResourceKey, Resources},
     sockets, spandata,
     telemetry_config::{self as tc, AdminChange, AdminCommand, DeviceSelector},
@@ -80,6 +80,8 @@ struct Daemon {
     assembler: Assembler,
     resources: Resources,
     processes: HashMap<u32, TracedProcess>,
+    /// Builds what is known about each process, and counts what could not be read.
+    facts: FactReader,
     /// Server spans waiting for their device's class, with the time they started waiting.
     waiting: Vec<(Instant, AssembledSpan)>,
     hub: ExportHub,
@@ -114,6 +116,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     });
     let mut daemon = Daemon {
         assembler: Assembler::new(options.capture_bytes as usize),
+        facts: FactReader::new(&options.proc_root),
         options,
         probes,
         resources: Resources::default(),
@@ -224,12 +227,30 @@ impl Daemon {
         }
     }
 
-    /// Starts tracing `pid` if it is selected; otherwise makes sure the kernel ignores it.
+    /// Starts tracing a running `pid` (read from /proc) if it is selected.
     fn adopt(&mut self, pid: u32) {
-        if self.processes.get(&pid).is_some_and(|p| p.exited_at.is_none()) {
-            return;
+        if !self.is_traced(pid) {
+            let info = self.facts.read_live(pid);
+            self.trace(info);
         }
-        let info = ProcessInfo::read(&self.options.proc_root, pid);
+    }
+
+    /// Starts tracing a process the kernel made a target, from what the kernel copied then.
+    fn adopt_captured(&mut self, facts: &CapturedFacts) {
+        if !self.is_traced(facts.pid) {
+            let parent = facts.parent.and_then(|p| self.processes.get(&p)).map(|p| &p.info);
+            let info = self.facts.from_captured(facts, parent);
+            self.trace(info);
+        }
+    }
+
+    fn is_traced(&self, pid: u32) -> bool {
+        self.processes.get(&pid).is_some_and(|p| p.exited_at.is_none())
+    }
+
+    /// Starts tracing the process if it is selected; otherwise makes sure the kernel ignores it.
+    fn trace(&mut self, info: ProcessInfo) {
+        let pid = info.pid;
         if !self.selected(&info) {
             self.probes.remove_target(pid);
             return;
@@ -266,10 +287,17 @@ impl Daemon {
                 self.adopt(*pid);
                 return;
             }
-            Record::Fork { child, .. } => {
-                // A new process (not a thread) inherits the parent's omniORB mapping.
-                if is_process(&self.options.proc_root, *child) {
-                    self.adopt(*child);
+            // A forked process (not a thread) comes with its own facts record.
+            Record::Fork { .. } => return,
+            Record::ProcessFacts(facts) => {
+                self.adopt_captured(facts);
+                return;
+            }
+            Record::LibraryPath { pid, path, .. } => {
+                if let Some(process) = self.processes.get_mut(pid) {
+                    self.facts.note_library(&mut process.info, path);
+                    self.config.set_native_capable(*pid, process.info.tango_major().is_some_and(|m| m >= 10));
+                    self.probe_libraries(*pid);
                 }
                 return;
             }
@@ -312,6 +340,7 @@ impl Daemon {
             self.release_spans(false);
             if let Some(process) = self.processes.get_mut(&pid) {
                 process.exited_at = Some(Instant::now());
+                self.facts.process_ended(&process.info);
             }
             self.config.remove_process(pid);
         }
@@ -577,12 +606,19 @@ impl Daemon {
 
     /// Uprobes where sockets are blind: the ZMQ application thread pushing events.
     fn probe_libraries(&mut self, pid: u32) {
-        let Some(zmq) = self.processes.get(&pid).and_then(|p| p.info.libraries.zmq.clone()) else {
+        let Some(process) = self.processes.get(&pid) else {
             return;
         };
-        // The library as the process sees it, through its root (its mount namespace).
-        let inside = zmq.path.strip_prefix("/").unwrap_or(&zmq.path);
-        let path = self.options.proc_root.join(pid.to_string()).join("root").join(inside);
+        // The library as the process sees it (through its root while it lives).
+        let Some(path) = process
+            .info
+            .libraries
+            .zmq
+            .as_ref()
+            .and_then(|zmq| self.facts.path_in_view(&process.info, &zmq.path))
+        else {
+            return;
+        };
         match self.probes.probe_zmq(&path) {
             Ok(Some(what)) => info!("pid {pid}: {what}"),
             Ok(None) => {}
@@ -656,6 +692,16 @@ impl Daemon {
             stats.unparsable,
             self.probes.lost_records()
         );
+        let missing: Vec<String> = self
+            .facts
+            .losses()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(cause, n)| format!("{n} {cause}"))
+            .collect();
+        if !missing.is_empty() {
+            warn!("process facts left out: {}", missing.join(", "));
+        }
     }
 }
 
@@ -689,12 +735,4 @@ fn lib_text(lib: Option<&crate::procinfo::MappedLibrary>) -> String {
 
 fn is_giop_request(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && &bytes[..4] == b"GIOP" && bytes[7] == 0
-}
-
-/// A task id is a process when it leads its thread group.
-fn is_process(proc_root: &Path, pid: u32) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok().and_then(|status| {
-        let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
-        line.split_whitespace().nth(1)?.parse::<u32>().ok()
-    }) == Some(pid)
 }

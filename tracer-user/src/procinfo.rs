@@ -1,10 +1,14 @@
-//! What the daemon knows about a traced process, read from `/proc` (never from the process).
+//! What the daemon knows about a traced process: copied by the kernel the moment the process
+//! became a target (see `records::CapturedFacts`), else read from `/proc` (never from the process).
+//! A fact that could not be read is left out and counted by cause, never guessed.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
 };
+
+use crate::records::{CapturedBlock, CapturedFacts};
 
 /// A Tango-related shared library mapped by a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +28,19 @@ pub struct TangoLibraries {
 }
 
 impl TangoLibraries {
+    /// Files a library under its name: `libomniORB4…`, `libtango.so…`/`libtango-…`, `libzmq…`.
+    fn slot(&mut self, file_name: &str) -> Option<&mut Option<MappedLibrary>> {
+        if file_name.starts_with("libomniORB4") {
+            Some(&mut self.omniorb)
+        } else if file_name.starts_with("libtango.so") || file_name.starts_with("libtango-") {
+            Some(&mut self.tango)
+        } else if file_name.starts_with("libzmq") {
+            Some(&mut self.zmq)
+        } else {
+            None
+        }
+    }
+
     /// Classifies the file-backed mappings listed in `/proc/<pid>/maps` text.
     pub fn from_maps(maps: &str) -> Self {
         let mut libs = TangoLibraries::default();
@@ -35,13 +52,7 @@ impl TangoLibraries {
             let Some(name) = Path::new(path).file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            let slot = if name.starts_with("libomniORB4") {
-                &mut libs.omniorb
-            } else if name.starts_with("libtango.so") || name.starts_with("libtango-") {
-                &mut libs.tango
-            } else if name.starts_with("libzmq") {
-                &mut libs.zmq
-            } else {
+            let Some(slot) = libs.slot(name) else {
                 continue;
             };
             if slot.is_none() {
@@ -70,6 +81,8 @@ pub struct ProcessInfo {
     /// process sees them (files that do not exist are left out).
     pub tangorc_files: Vec<(String, String)>,
     pub libraries: TangoLibraries,
+    /// Inode of the process's mount namespace, when known.
+    pub mnt_ns: Option<u32>,
 }
 
 impl ProcessInfo {
@@ -84,8 +97,9 @@ impl ProcessInfo {
         let libraries = fs::read_to_string(dir.join("maps"))
             .map(|maps| TangoLibraries::from_maps(&maps))
             .unwrap_or_default();
-        let tangorc_files = read_tangorc(&dir, effective_uid(&dir));
-        ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries }
+        let (tangorc_files, _) = read_tangorc(&dir.join("root"), effective_uid(&dir));
+        let mnt_ns = mount_namespace(proc_root, pid);
+        ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries, mnt_ns }
     }
 
     /// Re-reads the mapped libraries (a library loaded by `dlopen` after the first look).
@@ -144,12 +158,13 @@ fn effective_uid(dir: &Path) -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Reads `<home of euid>/.tangorc` then `/etc/tangorc` through `/proc/<pid>/root`, so the files
-/// are the ones the process sees in its own mount namespace.
-fn read_tangorc(dir: &Path, euid: Option<u32>) -> Vec<(String, String)> {
-    let root = dir.join("root");
+/// Reads `<home of euid>/.tangorc` then `/etc/tangorc` under `root` (`/proc/<pid>/root`, so the
+/// files are the ones the process sees in its own mount namespace, or a root with the same files).
+/// The flag says whether the passwd database was readable.
+fn read_tangorc(root: &Path, euid: Option<u32>) -> (Vec<(String, String)>, bool) {
     let mut files_read = Vec::new();
-    let home = euid.and_then(|uid| home_of(&root, uid));
+    let passwd = fs::read_to_string(root.join("etc/passwd")).ok();
+    let home = euid.zip(passwd.as_deref()).and_then(|(uid, passwd)| home_of(passwd, uid));
     let files = home
         .map(|h| PathBuf::from(format!("{}/.tangorc", h.trim_end_matches('/'))))
         .into_iter()
@@ -160,15 +175,237 @@ fn read_tangorc(dir: &Path, euid: Option<u32>) -> Vec<(String, String)> {
             files_read.push((file.display().to_string(), text));
         }
     }
-    files_read
+    (files_read, passwd.is_some())
 }
 
-fn home_of(root: &Path, uid: u32) -> Option<String> {
-    let passwd = fs::read_to_string(root.join("etc/passwd")).ok()?;
+/// The home directory of `uid` in passwd text (as `getpwuid` would find it).
+fn home_of(passwd: &str, uid: u32) -> Option<String> {
     passwd.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(5).map(|h| h.to_string()))?
     })
+}
+
+/// `/proc/<pid>/ns/mnt` is a link to `mnt:[<inode>]`.
+fn mount_namespace(proc_root: &Path, pid_or_self: impl std::fmt::Display) -> Option<u32> {
+    let link = fs::read_link(proc_root.join(pid_or_self.to_string()).join("ns/mnt")).ok()?;
+    let text = link.to_str()?;
+    text.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Why a fact about a process is missing (see [`FactReader::losses`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactLoss {
+    /// The environment was longer than the kernel copies and the process was gone: only its
+    /// complete first entries are known.
+    EnvironmentTruncated,
+    /// The kernel could not read the environment and the process was gone.
+    EnvironmentUnreadable,
+    CmdlineTruncated,
+    CmdlineUnreadable,
+    /// The kernel could not read the effective uid: no `~/.tangorc`.
+    EuidUnreadable,
+    /// The passwd database the process sees was not readable: no `~/.tangorc`.
+    PasswdUnreadable,
+    /// The process was gone and saw other files than the daemon: no tangorc file.
+    TangorcProcessGone,
+    /// The process ended and the path of the libtango it used was never seen.
+    LibtangoPathUnknown,
+}
+
+impl FactLoss {
+    pub const ALL: [FactLoss; 8] = [
+        FactLoss::EnvironmentTruncated,
+        FactLoss::EnvironmentUnreadable,
+        FactLoss::CmdlineTruncated,
+        FactLoss::CmdlineUnreadable,
+        FactLoss::EuidUnreadable,
+        FactLoss::PasswdUnreadable,
+        FactLoss::TangorcProcessGone,
+        FactLoss::LibtangoPathUnknown,
+    ];
+
+    pub fn cause(self) -> &'static str {
+        match self {
+            FactLoss::EnvironmentTruncated => "environment truncated: process gone",
+            FactLoss::EnvironmentUnreadable => "environment not readable",
+            FactLoss::CmdlineTruncated => "command line truncated: process gone",
+            FactLoss::CmdlineUnreadable => "command line not readable",
+            FactLoss::EuidUnreadable => "effective uid not readable: ~/.tangorc left out",
+            FactLoss::PasswdUnreadable => "passwd not readable: ~/.tangorc left out",
+            FactLoss::TangorcProcessGone => "tangorc not readable: process gone, other mount namespace",
+            FactLoss::LibtangoPathUnknown => "libtango path unknown",
+        }
+    }
+}
+
+/// Builds [`ProcessInfo`]s and counts what could not be read. Owned by the run loop.
+#[derive(Debug)]
+pub struct FactReader {
+    proc_root: PathBuf,
+    /// The daemon's own mount namespace: a process that shared it saw the daemon's files.
+    own_mnt_ns: Option<u32>,
+    losses: [u64; FactLoss::ALL.len()],
+}
+
+impl FactReader {
+    pub fn new(proc_root: &Path) -> Self {
+        FactReader {
+            proc_root: proc_root.to_path_buf(),
+            own_mnt_ns: mount_namespace(proc_root, "self"),
+            losses: [0; FactLoss::ALL.len()],
+        }
+    }
+
+    /// A process found running (the daemon's start-up scan): everything from `/proc`.
+    pub fn read_live(&self, pid: u32) -> ProcessInfo {
+        ProcessInfo::read(&self.proc_root, pid)
+    }
+
+    /// A process the kernel has just made a target: the kernel's copy first; `/proc` only for
+    /// what the record cannot carry (tangorc files, a block longer than the copy).
+    /// A forked child inherits its parent's facts.
+    pub fn from_captured(&mut self, facts: &CapturedFacts, parent: Option<&ProcessInfo>) -> ProcessInfo {
+        if let Some(parent) = parent {
+            return ProcessInfo { pid: facts.pid, comm: facts.comm.clone(), ..parent.clone() };
+        }
+        let alive = self.is_alive(facts.pid, facts.mnt_ns);
+        let dir = self.proc_root.join(facts.pid.to_string());
+        let environ = self.block(&facts.environ, alive, &dir.join("environ"), FactLoss::EnvironmentTruncated);
+        let environ = environ.map(|raw| parse_environ(&raw)).unwrap_or_else(|| {
+            self.count(FactLoss::EnvironmentUnreadable);
+            HashMap::new()
+        });
+        let cmdline = self.block(&facts.cmdline, alive, &dir.join("cmdline"), FactLoss::CmdlineTruncated);
+        let cmdline = cmdline
+            .map(|raw| split_nul(&raw).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            .unwrap_or_else(|| {
+                self.count(FactLoss::CmdlineUnreadable);
+                Vec::new()
+            });
+        let mut info = ProcessInfo {
+            pid: facts.pid,
+            comm: facts.comm.clone(),
+            cmdline,
+            environ,
+            mnt_ns: facts.mnt_ns,
+            ..Default::default()
+        };
+        match self.root_of(&info) {
+            Some(root) => {
+                if facts.euid.is_none() {
+                    self.count(FactLoss::EuidUnreadable);
+                }
+                let (files, passwd_read) = read_tangorc(&root, facts.euid);
+                if !passwd_read && facts.euid.is_some() {
+                    self.count(FactLoss::PasswdUnreadable);
+                }
+                info.tangorc_files = files;
+            }
+            None => self.count(FactLoss::TangorcProcessGone),
+        }
+        if let Some(opened) = &facts.opened {
+            self.note_library(&mut info, opened);
+        }
+        info
+    }
+
+    /// A library the process opened: the last path of a name wins (the one that opened). The
+    /// version comes from the file a symbolic link names (`libtango.so.9` → `9.3.4`) when the
+    /// process's files can still be seen, else from the name as opened.
+    pub fn note_library(&self, info: &mut ProcessInfo, path: &Path) {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let resolved = self.root_of(info).and_then(|root| resolve_link(&root, path));
+        let version_name = resolved.as_deref().and_then(|p| p.file_name()).and_then(|n| n.to_str());
+        let version = version_of(version_name.unwrap_or(name)).or_else(|| version_of(name));
+        if let Some(slot) = info.libraries.slot(name) {
+            *slot = Some(MappedLibrary { path: path.to_path_buf(), version });
+        }
+    }
+
+    /// `path` as the daemon can open it: through `/proc/<pid>/root` while the process lives,
+    /// else directly when the process saw the daemon's files.
+    pub fn path_in_view(&self, info: &ProcessInfo, path: &Path) -> Option<PathBuf> {
+        let root = self.root_of(info)?;
+        Some(root.join(path.strip_prefix("/").unwrap_or(path)))
+    }
+
+    /// The process ended (exit or exec): counts what was never learnt.
+    pub fn process_ended(&mut self, info: &ProcessInfo) {
+        if info.libraries.tango.is_none() {
+            self.count(FactLoss::LibtangoPathUnknown);
+        }
+    }
+
+    /// `(cause, total)` of every fact left out so far, all causes listed.
+    pub fn losses(&self) -> Vec<(&'static str, u64)> {
+        FactLoss::ALL.iter().zip(self.losses).map(|(loss, total)| (loss.cause(), total)).collect()
+    }
+
+    fn count(&mut self, loss: FactLoss) {
+        if let Some(total) = self.losses.get_mut(loss as usize) {
+            *total += 1;
+        }
+    }
+
+    /// Whether `/proc/<pid>` still shows the process: same pid, same mount namespace.
+    fn is_alive(&self, pid: u32, mnt_ns: Option<u32>) -> bool {
+        mnt_ns.is_some() && mount_namespace(&self.proc_root, pid) == mnt_ns
+    }
+
+    /// Where the files the process sees are: its root while it lives, else the daemon's own root
+    /// if it shared the daemon's mount namespace.
+    fn root_of(&self, info: &ProcessInfo) -> Option<PathBuf> {
+        if self.is_alive(info.pid, info.mnt_ns) {
+            Some(self.proc_root.join(info.pid.to_string()).join("root"))
+        } else if info.mnt_ns.is_some() && info.mnt_ns == self.own_mnt_ns {
+            Some(PathBuf::from("/"))
+        } else {
+            None
+        }
+    }
+
+    /// The whole block: the kernel's copy when complete; else `/proc` while the process lives;
+    /// else the complete entries of the copy (counted as `truncated`). `None` when unreadable.
+    fn block(
+        &mut self,
+        block: &CapturedBlock,
+        alive: bool,
+        proc_file: &Path,
+        truncated: FactLoss,
+    ) -> Option<Vec<u8>> {
+        if !block.unreadable && !block.truncated() {
+            return Some(block.bytes.clone());
+        }
+        if alive && let Ok(raw) = fs::read(proc_file) {
+            return Some(raw);
+        }
+        if block.unreadable {
+            return None;
+        }
+        self.count(truncated);
+        // The last entry was cut: keep only those that end with their NUL.
+        let complete = block.bytes.iter().rposition(|b| *b == 0).map_or(0, |end| end + 1);
+        Some(block.bytes.get(..complete).unwrap_or_default().to_vec())
+    }
+}
+
+/// Follows symbolic links of the file `path` (its last component) under `root`.
+fn resolve_link(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..8 {
+        let inside = root.join(current.strip_prefix("/").unwrap_or(&current));
+        let Ok(target) = fs::read_link(&inside) else {
+            return fs::symlink_metadata(&inside).is_ok().then_some(current);
+        };
+        current = match current.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+    }
+    None
 }
 
 #[cfg(test)]

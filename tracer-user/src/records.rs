@@ -1,6 +1,11 @@
 //! Decoding ring-buffer records into owned values.
 
-use tracer_common::{DATA_RECORD_HEADER_LEN, RecordHeader, direction, kind};
+use std::{os::unix::ffi::OsStrExt as _, path::PathBuf};
+
+use tracer_common::{
+    DATA_RECORD_HEADER_LEN, FACTS_RECORD_HEADER_LEN, FactsRecord, LibraryRecord, MAX_CMDLINE, MAX_ENVIRON,
+    MAX_PATH, RecordHeader, direction, kind, unreadable,
+};
 
 /// Which way bytes moved, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -63,6 +68,52 @@ pub enum Record {
         tid: u32,
         ts_ns: u64,
     },
+    /// A process became a target; what the kernel copied about it at that moment.
+    ProcessFacts(Box<CapturedFacts>),
+    /// A path naming libomniORB4, libtango or libzmq that the process opened (the last path of a
+    /// name is the one that opened: the dynamic loader stops at the first that exists).
+    LibraryPath {
+        pid: u32,
+        ts_ns: u64,
+        path: PathBuf,
+    },
+}
+
+/// Facts the kernel copied about a process while it could not exit (see `FactsRecord`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CapturedFacts {
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// The target that forked it; `None` when it opened omniORB itself.
+    pub parent: Option<u32>,
+    pub comm: String,
+    /// The omniORB path it opened (none for a forked process).
+    pub opened: Option<PathBuf>,
+    pub euid: Option<u32>,
+    /// Inode of its mount namespace.
+    pub mnt_ns: Option<u32>,
+    /// NUL-separated arguments.
+    pub cmdline: CapturedBlock,
+    /// NUL-separated `NAME=value` entries.
+    pub environ: CapturedBlock,
+}
+
+/// A block of process memory copied by the kernel up to a limit, with its true length.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CapturedBlock {
+    #[serde(with = "hex_bytes")]
+    pub bytes: Vec<u8>,
+    /// Length of the whole block in the process.
+    pub len: u32,
+    /// The kernel could not read it (`bytes` is then empty).
+    pub unreadable: bool,
+}
+
+impl CapturedBlock {
+    /// Only a prefix was copied.
+    pub fn truncated(&self) -> bool {
+        !self.unreadable && self.bytes.len() < self.len as usize
+    }
 }
 
 /// Why a record could not be decoded.
@@ -72,6 +123,25 @@ pub enum RecordError {
     Short(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("record of kind {kind} has {len} bytes, fewer than its fixed part")]
+    Truncated { kind: u32, len: usize },
+}
+
+/// Reads a native-endian `u32` at `offset`, if the record is long enough.
+fn read_u32(raw: &[u8], offset: usize) -> Option<u32> {
+    let bytes = raw.get(offset..offset + 4)?;
+    Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// `len` bytes at `offset`, clamped to `limit` and to what the record holds.
+fn bytes_at(raw: &[u8], offset: usize, len: u32, limit: usize) -> &[u8] {
+    let end = offset.saturating_add((len as usize).min(limit)).min(raw.len());
+    raw.get(offset..end).unwrap_or_default()
+}
+
+/// A NUL-padded C string.
+fn c_string(bytes: &[u8]) -> &[u8] {
+    bytes.split(|b| *b == 0).next().unwrap_or_default()
 }
 
 impl Record {
@@ -125,6 +195,14 @@ impl Record {
             kind::EXEC => Record::Exec { pid, ts_ns },
             kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
             kind::ZMQ_SEND => Record::ZmqSend { pid, tid, ts_ns },
+            kind::PROCESS_FACTS => Record::ProcessFacts(Box::new(decode_facts(raw, pid, ts_ns)?)),
+            kind::LIBRARY_PATH => {
+                const PATH: usize = std::mem::offset_of!(LibraryRecord, path);
+                let path_len = read_u32(raw, std::mem::offset_of!(LibraryRecord, path_len))
+                    .ok_or(RecordError::Truncated { kind: kind::LIBRARY_PATH, len: raw.len() })?;
+                let path = bytes_at(raw, PATH, path_len, MAX_PATH);
+                Record::LibraryPath { pid, ts_ns, path: PathBuf::from(std::ffi::OsStr::from_bytes(path)) }
+            }
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -137,9 +215,57 @@ impl Record {
             | Record::Exit { pid, .. }
             | Record::Exec { pid, .. }
             | Record::Fork { pid, .. }
-            | Record::ZmqSend { pid, .. } => *pid,
+            | Record::ZmqSend { pid, .. }
+            | Record::LibraryPath { pid, .. } => *pid,
+            Record::ProcessFacts(facts) => facts.pid,
         }
     }
+}
+
+/// Decodes a `FactsRecord` (only `FACTS_RECORD_HEADER_LEN + environ_captured` bytes travel).
+fn decode_facts(raw: &[u8], pid: u32, ts_ns: u64) -> Result<CapturedFacts, RecordError> {
+    use std::mem::offset_of;
+    if raw.len() < FACTS_RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { kind: kind::PROCESS_FACTS, len: raw.len() });
+    }
+    let field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+    let missing = field(offset_of!(FactsRecord, unreadable));
+    let known = |bit: u32, value: u32| (missing & bit == 0).then_some(value);
+    let block = |bytes_offset: usize, len_offset: usize, captured_offset: usize, limit: usize, bit: u32| {
+        let unreadable = missing & (bit | unreadable::MM) != 0;
+        CapturedBlock {
+            bytes: bytes_at(raw, bytes_offset, field(captured_offset), limit).to_vec(),
+            len: field(len_offset),
+            unreadable,
+        }
+    };
+    let parent = field(offset_of!(FactsRecord, parent_pid));
+    let path =
+        bytes_at(raw, offset_of!(FactsRecord, path), field(offset_of!(FactsRecord, path_len)), MAX_PATH);
+    let comm = bytes_at(raw, offset_of!(FactsRecord, comm), 16, 16);
+    Ok(CapturedFacts {
+        pid,
+        ts_ns,
+        parent: (parent != 0).then_some(parent),
+        comm: String::from_utf8_lossy(c_string(comm)).into_owned(),
+        opened: (!path.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(path))),
+        euid: known(unreadable::EUID, field(offset_of!(FactsRecord, euid))),
+        mnt_ns: known(unreadable::MNT_NS, field(offset_of!(FactsRecord, mnt_ns))),
+        cmdline: block(
+            offset_of!(FactsRecord, cmdline),
+            offset_of!(FactsRecord, cmdline_len),
+            offset_of!(FactsRecord, cmdline_captured),
+            MAX_CMDLINE,
+            unreadable::CMDLINE,
+        ),
+        environ: block(
+            offset_of!(FactsRecord, environ),
+            offset_of!(FactsRecord, environ_len),
+            offset_of!(FactsRecord, environ_captured),
+            MAX_ENVIRON,
+            unreadable::ENVIRON,
+        ),
+    })
 }
 
 mod hex_bytes {
