@@ -109,39 +109,36 @@ pub mod unreadable {
 
 /// A process that has just become a target, seen from inside the kernel while it is in a syscall
 /// (or being forked) and so cannot exit: what the daemon would otherwise read from `/proc` later.
-/// Only `FACTS_RECORD_HEADER_LEN + environ_captured` bytes cross the ring buffer.
+/// Only `FACTS_RECORD_HEADER_LEN + cmdline_captured + environ_captured` bytes cross the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FactsRecord {
     pub header: RecordHeader,
-    /// The target that forked this process; 0 when it became a target by opening `path`.
+    /// The target that forked this process; 0 when it became a target by opening omniORB (the
+    /// path follows in a [`LibraryRecord`]).
     pub parent_pid: u32,
     pub euid: u32,
     /// Inode of the process's mount namespace (whether it sees the daemon's files).
     pub mnt_ns: u32,
     /// [`unreadable`] bits.
     pub unreadable: u32,
-    /// Valid bytes of `path` (without the NUL); 0 for a forked process.
-    pub path_len: u32,
     /// True length of the command line (`arg_end - arg_start`) and the bytes of it copied.
     pub cmdline_len: u32,
     pub cmdline_captured: u32,
     /// True length of the environment block and the bytes of it copied.
     pub environ_len: u32,
     pub environ_captured: u32,
-    pub _pad: u32,
     /// `task->comm`, NUL-padded.
     pub comm: [u8; 16],
-    pub path: [u8; MAX_PATH],
-    pub cmdline: [u8; MAX_CMDLINE],
-    /// Last, so a short environment makes a short record.
-    pub environ: [u8; MAX_ENVIRON],
+    /// The command line's `cmdline_captured` bytes, then the environment's `environ_captured`.
+    pub blocks: [u8; MAX_CMDLINE + MAX_ENVIRON],
 }
 
-/// Size of a [`FactsRecord`] without its environment.
-pub const FACTS_RECORD_HEADER_LEN: usize = core::mem::size_of::<FactsRecord>() - MAX_ENVIRON;
+/// Size of a [`FactsRecord`] without its command line and environment.
+pub const FACTS_RECORD_HEADER_LEN: usize = core::mem::size_of::<FactsRecord>() - MAX_CMDLINE - MAX_ENVIRON;
 
-/// A library path opened by a process (see [`kind::LIBRARY_PATH`]).
+/// A library path opened by a process (see [`kind::LIBRARY_PATH`]). Only
+/// `LIBRARY_RECORD_HEADER_LEN + path_len` bytes cross the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LibraryRecord {
@@ -151,6 +148,9 @@ pub struct LibraryRecord {
     pub _pad: u32,
     pub path: [u8; MAX_PATH],
 }
+
+/// Size of a [`LibraryRecord`] without its path.
+pub const LIBRARY_RECORD_HEADER_LEN: usize = core::mem::size_of::<LibraryRecord>() - MAX_PATH;
 
 /// Offsets into kernel structs the facts are read from, found in the kernel's BTF by the daemon.
 #[repr(C)]

@@ -21,9 +21,9 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LibraryRecord, MAX_CAPTURE,
-    MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, ProcessOffsets, ProcessRecord, RecordHeader, SockOffsets, StreamKey,
-    TargetConfig, direction, kind, unreadable,
+    DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
+    LibraryRecord, MAX_CAPTURE, MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, ProcessOffsets, ProcessRecord,
+    RecordHeader, SockOffsets, StreamKey, TargetConfig, direction, kind, unreadable,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below.
@@ -463,9 +463,7 @@ fn try_openat_enter(ctx: &TracePointContext) -> Result<(), ()> {
     if unsafe { TARGETS.get(&pid) }.is_some() {
         // The dynamic loader tries several directories: the last path of a name is the one
         // that opened.
-        if EVENTS.output(record, 0).is_err() {
-            count_lost();
-        }
+        emit_library(record);
         return Ok(());
     }
     match library {
@@ -500,26 +498,39 @@ fn become_target(pid_tgid: u64, opened: &LibraryRecord) -> Result<(), ()> {
     facts.header = opened.header;
     facts.header.kind = kind::PROCESS_FACTS;
     facts.parent_pid = 0;
-    facts.path = opened.path;
-    facts.path_len = opened.path_len;
     // SAFETY: helper without arguments; the current task is the process opening omniORB.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     read_facts(facts, task);
     emit_facts(facts);
+    emit_library(opened);
     for slot in [EARLY_TANGO, EARLY_ZMQ] {
         let key = early_key(pid, slot);
         // SAFETY: a map lookup; the value is sent before the entry is removed.
         if let Some(early) = unsafe { EARLY_LIBRARIES.get(&key) } {
-            if EVENTS.output(early, 0).is_err() {
-                count_lost();
-            }
+            emit_library(early);
             let _ = EARLY_LIBRARIES.remove(&key);
         }
     }
     Ok(())
 }
 
-/// Fills everything but the header, the parent and the path from `task` (the current task, or a
+/// Sends a library path without the rest of its buffer (which holds older, longer paths).
+#[inline(always)]
+fn emit_library(record: &LibraryRecord) {
+    let size = LIBRARY_RECORD_HEADER_LEN + record.path_len as usize;
+    // SAFETY: the record lives in a map value of exactly `size_of::<LibraryRecord>()` bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (record as *const LibraryRecord).cast::<u8>(),
+            size.min(core::mem::size_of::<LibraryRecord>()),
+        )
+    };
+    if EVENTS.output(bytes, 0).is_err() {
+        count_lost();
+    }
+}
+
+/// Fills everything but the header and the parent from `task` (the current task, or a
 /// child being forked, whose memory is still the same as its parent's).
 #[inline(always)]
 fn read_facts(facts: &mut FactsRecord, task: *const u8) {
@@ -539,6 +550,7 @@ fn read_facts(facts: &mut FactsRecord, task: *const u8) {
     } else {
         let mm = mm as *const u8;
         let field = |offset: u32| unsafe { bpf_probe_read_kernel(mm.add(offset as usize).cast::<u64>()) };
+        // The command line first, then the environment right after what was copied of it.
         match (field(offsets.mm_arg_start), field(offsets.mm_arg_end)) {
             (Ok(start), Ok(end)) => {
                 let len = end.saturating_sub(start).min(u32::MAX as u64) as u32;
@@ -548,8 +560,11 @@ fn read_facts(facts: &mut FactsRecord, task: *const u8) {
                     captured = MAX_CMDLINE;
                 }
                 if captured > 0 {
-                    let dst = &mut facts.cmdline[..captured];
-                    if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
+                    let copied = match facts.blocks.get_mut(..captured) {
+                        Some(dst) => unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok(),
+                        None => false,
+                    };
+                    if copied {
                         facts.cmdline_captured = captured as u32;
                     } else {
                         facts.unreadable |= unreadable::CMDLINE;
@@ -558,8 +573,9 @@ fn read_facts(facts: &mut FactsRecord, task: *const u8) {
             }
             _ => facts.unreadable |= unreadable::CMDLINE,
         }
+        let used = facts.cmdline_captured as usize;
         match (field(offsets.mm_env_start), field(offsets.mm_env_end)) {
-            (Ok(start), Ok(end)) => {
+            (Ok(start), Ok(end)) if used <= MAX_CMDLINE => {
                 let len = end.saturating_sub(start).min(u32::MAX as u64) as u32;
                 facts.environ_len = len;
                 let mut captured = len as usize;
@@ -567,8 +583,11 @@ fn read_facts(facts: &mut FactsRecord, task: *const u8) {
                     captured = MAX_ENVIRON;
                 }
                 if captured > 0 {
-                    let dst = &mut facts.environ[..captured];
-                    if unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok() {
+                    let copied = match facts.blocks.get_mut(used..used + captured) {
+                        Some(dst) => unsafe { bpf_probe_read_user_buf(start as *const u8, dst) }.is_ok(),
+                        None => false,
+                    };
+                    if copied {
                         facts.environ_captured = captured as u32;
                     } else {
                         facts.unreadable |= unreadable::ENVIRON;
@@ -606,10 +625,10 @@ fn read_facts(facts: &mut FactsRecord, task: *const u8) {
     }
 }
 
-/// Sends the facts without the unused tail of the environment buffer.
+/// Sends the facts without the unused tail of the blocks buffer.
 #[inline(always)]
 fn emit_facts(facts: &FactsRecord) {
-    let size = FACTS_RECORD_HEADER_LEN + facts.environ_captured as usize;
+    let size = FACTS_RECORD_HEADER_LEN + facts.cmdline_captured as usize + facts.environ_captured as usize;
     // SAFETY: the record lives in a map value of exactly `size_of::<FactsRecord>()` bytes.
     let bytes = unsafe {
         core::slice::from_raw_parts(
@@ -701,7 +720,6 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
     facts.parent_pid = parent;
-    facts.path_len = 0;
     read_facts(facts, child);
     emit_facts(facts);
     Ok(())

@@ -245,6 +245,8 @@ pub struct FactReader {
     proc_root: PathBuf,
     /// The daemon's own mount namespace: a process that shared it saw the daemon's files.
     own_mnt_ns: Option<u32>,
+    /// Where the daemon sees those files (`/`).
+    own_root: PathBuf,
     losses: [u64; FactLoss::ALL.len()],
 }
 
@@ -253,6 +255,7 @@ impl FactReader {
         FactReader {
             proc_root: proc_root.to_path_buf(),
             own_mnt_ns: mount_namespace(proc_root, "self"),
+            own_root: PathBuf::from("/"),
             losses: [0; FactLoss::ALL.len()],
         }
     }
@@ -303,9 +306,6 @@ impl FactReader {
                 info.tangorc_files = files;
             }
             None => self.count(FactLoss::TangorcProcessGone),
-        }
-        if let Some(opened) = &facts.opened {
-            self.note_library(&mut info, opened);
         }
         info
     }
@@ -361,7 +361,7 @@ impl FactReader {
         if self.is_alive(info.pid, info.mnt_ns) {
             Some(self.proc_root.join(info.pid.to_string()).join("root"))
         } else if info.mnt_ns.is_some() && info.mnt_ns == self.own_mnt_ns {
-            Some(PathBuf::from("/"))
+            Some(self.own_root.clone())
         } else {
             None
         }
@@ -444,5 +444,164 @@ mod tests {
             Some("b:2"),
             "tangorc lines are lowercased, as cppTango reads them"
         );
+    }
+
+    /// A directory tree of files for one test, removed when dropped.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(test: &str) -> Tree {
+            let dir =
+                std::env::temp_dir().join(format!("tango-tracer-procinfo-{test}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).expect("creating a test directory");
+            Tree(dir)
+        }
+
+        fn file(&self, path: &str, text: &str) -> &Tree {
+            let path = self.0.join(path);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("creating directories");
+            fs::write(path, text).expect("writing a test file");
+            self
+        }
+
+        fn link(&self, path: &str, target: &str) -> &Tree {
+            let path = self.0.join(path);
+            fs::create_dir_all(path.parent().expect("a parent")).expect("creating directories");
+            std::os::unix::fs::symlink(target, path).expect("creating a symbolic link");
+            self
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const OWN_NS: u32 = 4_026_531_832;
+    const OTHER_NS: u32 = 4_026_532_999;
+
+    /// A `/proc` holding only the daemon's own mount namespace, and the daemon's own files:
+    /// alice (uid 1000) has a `~/.tangorc`, `/etc/tangorc` names another host.
+    fn host(test: &str) -> (Tree, Tree, FactReader) {
+        let proc = Tree::new(&format!("{test}-proc"));
+        proc.link("self/ns/mnt", &format!("mnt:[{OWN_NS}]"));
+        let root = Tree::new(&format!("{test}-root"));
+        root.file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+            .file("home/alice/.tangorc", "TANGO_TELEMETRY_ENABLE=on\n")
+            .file("etc/tangorc", "TANGO_HOST=vm:10000\n")
+            .file("lib/libtango.so.9.3.4", "")
+            .link("lib/libtango.so.9", "libtango.so.9.3.4");
+        let mut reader = FactReader::new(&proc.0);
+        reader.own_root = root.0.clone();
+        (proc, root, reader)
+    }
+
+    fn captured(pid: u32, mnt_ns: Option<u32>, environ: &[u8], environ_len: usize) -> CapturedFacts {
+        CapturedFacts {
+            pid,
+            comm: "python".into(),
+            euid: Some(1000),
+            mnt_ns,
+            cmdline: CapturedBlock { bytes: b"python\0client.py\0".to_vec(), len: 17, unreadable: false },
+            environ: CapturedBlock { bytes: environ.to_vec(), len: environ_len as u32, unreadable: false },
+            ..Default::default()
+        }
+    }
+
+    fn loss(reader: &FactReader, loss: FactLoss) -> u64 {
+        reader.losses().iter().find(|(cause, _)| *cause == loss.cause()).map_or(0, |(_, n)| *n)
+    }
+
+    #[test]
+    fn a_gone_process_is_known_by_what_the_kernel_copied() {
+        let (_proc, _root, mut reader) = host("gone");
+        let env = b"TANGO_HOST=127.0.0.1:4000\0TANGO_TELEMETRY_ENABLE=off\0";
+        let info = reader.from_captured(&captured(77, Some(OWN_NS), env, env.len()), None);
+        assert_eq!(info.tango_host().as_deref(), Some("127.0.0.1:4000"), "never /etc/tangorc's vm:10000");
+        assert_eq!(info.environ.get("TANGO_TELEMETRY_ENABLE").map(String::as_str), Some("off"));
+        assert_eq!(info.cmdline, ["python", "client.py"]);
+        // It shared the daemon's mount namespace: its tangorc files are the daemon's, the home
+        // directory the one passwd gives its effective uid.
+        let files: Vec<&str> = info.tangorc_files.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(files, ["/home/alice/.tangorc", "/etc/tangorc"]);
+        // Its library, through the daemon's own files: the version of the file the link names.
+        let mut info = info;
+        reader.note_library(&mut info, Path::new("/lib/libtango.so.9"));
+        assert_eq!(info.tango_version(), Some("9.3.4"));
+        assert_eq!(
+            info.libraries.tango.as_ref().map(|l| l.path.clone()),
+            Some(PathBuf::from("/lib/libtango.so.9"))
+        );
+        assert!(reader.losses().iter().all(|(_, n)| *n == 0), "{:?}", reader.losses());
+    }
+
+    #[test]
+    fn a_gone_process_that_saw_other_files_has_no_tangorc_and_that_is_counted() {
+        let (_proc, _root, mut reader) = host("other-ns");
+        let env = b"TANGO_HOST=127.0.0.1:4000\0";
+        let mut info = reader.from_captured(&captured(78, Some(OTHER_NS), env, env.len()), None);
+        assert!(info.tangorc_files.is_empty(), "{:?}", info.tangorc_files);
+        assert_eq!(loss(&reader, FactLoss::TangorcProcessGone), 1);
+        // Its library version is what the name says, not the daemon's file.
+        reader.note_library(&mut info, Path::new("/lib/libtango.so.9"));
+        assert_eq!(info.tango_version(), Some("9"));
+        reader.process_ended(&info);
+        assert_eq!(loss(&reader, FactLoss::LibtangoPathUnknown), 0);
+        reader.process_ended(&ProcessInfo::default());
+        assert_eq!(loss(&reader, FactLoss::LibtangoPathUnknown), 1);
+    }
+
+    #[test]
+    fn a_truncated_environment_keeps_complete_entries_or_is_read_whole_while_alive() {
+        let (proc, _root, mut reader) = host("truncated");
+        let cut = b"TANGO_HOST=127.0.0.1:4000\0PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME=cl";
+        let info = reader.from_captured(&captured(79, Some(OWN_NS), cut, cut.len() + 10), None);
+        assert_eq!(info.environ.len(), 1, "the cut entry is left out: {:?}", info.environ);
+        assert_eq!(info.tango_host().as_deref(), Some("127.0.0.1:4000"));
+        assert_eq!(loss(&reader, FactLoss::EnvironmentTruncated), 1);
+
+        // Alive (same pid, same namespace in /proc): the whole block from /proc, its own root.
+        proc.link("80/ns/mnt", &format!("mnt:[{OTHER_NS}]"))
+            .file(
+                "80/environ",
+                "TANGO_HOST=127.0.0.1:4000\0PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME=client-80\0",
+            )
+            .file("80/root/etc/tangorc", "TANGO_HOST=inside:1\n");
+        let info = reader.from_captured(&captured(80, Some(OTHER_NS), cut, cut.len() + 10), None);
+        assert_eq!(
+            info.environ.get("PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME").map(String::as_str),
+            Some("client-80")
+        );
+        assert_eq!(info.tangorc_files, [("/etc/tangorc".to_string(), "TANGO_HOST=inside:1\n".to_string())]);
+        assert_eq!(loss(&reader, FactLoss::EnvironmentTruncated), 1, "not counted again");
+        assert_eq!(loss(&reader, FactLoss::PasswdUnreadable), 1, "its root has no passwd: no ~/.tangorc");
+    }
+
+    #[test]
+    fn unreadable_blocks_are_left_out_and_counted() {
+        let (_proc, _root, mut reader) = host("unreadable");
+        let mut facts = captured(81, None, b"", 0);
+        facts.environ.unreadable = true;
+        facts.euid = None;
+        let info = reader.from_captured(&facts, None);
+        assert!(info.environ.is_empty() && info.tangorc_files.is_empty());
+        assert_eq!(loss(&reader, FactLoss::EnvironmentUnreadable), 1);
+        assert_eq!(loss(&reader, FactLoss::TangorcProcessGone), 1, "no namespace known: no root to read");
+    }
+
+    #[test]
+    fn a_forked_child_inherits_its_parents_facts() {
+        let (_proc, _root, mut reader) = host("fork");
+        let env = b"TANGO_HOST=127.0.0.1:4000\0";
+        let mut parent = reader.from_captured(&captured(90, Some(OWN_NS), env, env.len()), None);
+        reader.note_library(&mut parent, Path::new("/lib/libtango.so.9"));
+        let child_facts = CapturedFacts { parent: Some(90), ..captured(91, Some(OWN_NS), b"", 0) };
+        let child = reader.from_captured(&child_facts, Some(&parent));
+        assert_eq!(child.pid, 91);
+        assert_eq!(child.tango_host().as_deref(), Some("127.0.0.1:4000"));
+        assert_eq!(child.tango_version(), Some("9.3.4"));
+        assert_eq!(child.tangorc_files, parent.tangorc_files);
     }
 }
