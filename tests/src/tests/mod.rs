@@ -3,5 +3,6 @@
 mod config;
 mod events;
 mod export;
+mod facts;
 mod legacy;
 mod pytango;
