@@ -60,7 +60,7 @@ fn spinner(n: usize) -> Proc {
     Proc { child, name: format!("spinner {n}") }
 }
 
-fn client_spans<'a>(spans: &'a [SpanJson], pid: i64) -> Vec<&'a SpanJson> {
+fn client_spans(spans: &[SpanJson], pid: i64) -> Vec<&SpanJson> {
     spans
         .iter()
         .filter(|s| s.kind == "CLIENT" && s.resource.get_i64("tango.process.id") == Some(pid))
