@@ -169,3 +169,44 @@ fn short_lived_clients_gone_before_the_daemon_looks_keep_their_own_environment()
     }
     assert!(wrong.is_empty(), "{} problem(s):\n{}\n{}", wrong.len(), wrong.join("\n"), render_trees(&spans));
 }
+
+#[test]
+fn a_forked_child_inherits_the_facts_of_its_parent() {
+    let receiver = OtlpReceiver::start_blocking();
+    let marker = unique_marker("fork");
+    let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_string();
+    let server = DemoServer::start(&marker, "fork", &["test/fork/1"]);
+    let mut daemon = TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
+    // Parent and child start, call and exit while the daemon cannot run.
+    let stopped = Stopped::new(daemon.proc.pid());
+    let output = Command::new(python())
+        .arg(script("fork_client.py"))
+        .arg(server.url("test/fork/1"))
+        .env(MARKER, &marker)
+        .env("TANGO_HOST", "127.0.0.1:20999")
+        .env("PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME", "forked")
+        .env_remove("TANGO_TELEMETRY_ENABLE")
+        .output()
+        .expect("running fork_client.py");
+    drop(stopped);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "fork_client.py: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("fork_client.py output {stdout:?}: {e}"));
+    assert_eq!(result["child_status"], 0, "the child's call failed: {result}");
+    let child = result["child"].as_i64().expect("the child's pid");
+
+    let spans = receiver.wait_for_blocking(|spans| !client_spans(spans, child).is_empty(), WAIT);
+    daemon.stop();
+    let mine = client_spans(&spans, child);
+    assert_eq!(mine.len(), 1, "{}", render_trees(&spans));
+    assert_eq!(mine[0].name, READ);
+    assert_eq!(mine[0].resource.get_str("tango.host"), Some("127.0.0.1:20999"), "{:?}", mine[0]);
+    assert_eq!(mine[0].resource.get_str("service.name"), Some("forked"), "{:?}", mine[0]);
+    assert_eq!(mine[0].scope.version, "10.3.3", "the libtango version comes from the parent's facts");
+}
