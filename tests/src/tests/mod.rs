@@ -1,8 +1,11 @@
 //! The integration tests, one module per feature.
 
+mod churn;
 mod config;
 mod events;
 mod export;
 mod facts;
+mod faults;
 mod legacy;
 mod pytango;
+mod setup;
