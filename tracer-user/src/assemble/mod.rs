@@ -260,7 +260,11 @@ impl Assembler {
             }
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
-            Record::ZmqSend { .. } | Record::LibOpened { .. } | Record::Fork { .. } => {}
+            Record::ZmqSend { .. }
+            | Record::LibOpened { .. }
+            | Record::Fork { .. }
+            | Record::ProcessFacts(_)
+            | Record::LibraryPath { .. } => {}
         }
     }
 

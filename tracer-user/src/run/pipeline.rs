@@ -167,9 +167,11 @@ impl Pipeline {
                 processes.mark_exited(pid);
                 self.config.remove_process(pid);
             }
-            Record::Data { .. } | Record::LibOpened { .. } | Record::Fork { .. } => {
-                self.assembler.push(record)
-            }
+            Record::Data { .. }
+            | Record::LibOpened { .. }
+            | Record::Fork { .. }
+            | Record::ProcessFacts(_)
+            | Record::LibraryPath { .. } => self.assembler.push(record),
         }
     }
 
