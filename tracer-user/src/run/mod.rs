@@ -88,6 +88,9 @@ struct Daemon {
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
     /// Ring-buffer items that could not be decoded.
     undecodable: u64,
+    /// Probe records lost so far, as last seen: when it grows, the pipeline stops trusting what
+    /// was in progress.
+    records_lost_seen: u64,
     loss_report: LossReport,
     last_loss_check: Instant,
 }
@@ -128,6 +131,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         own_pid: std::process::id(),
         imported_tx,
         undecodable: 0,
+        records_lost_seen: 0,
         loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
         last_loss_check: Instant::now(),
     };
@@ -200,10 +204,16 @@ impl Daemon {
             match Record::decode(&item) {
                 Ok(record) => self.on_record(&record),
                 Err(e) => {
+                    // Counted and reported with the other losses.
                     self.undecodable += 1;
-                    warn!("skipping a probe record: {e}");
+                    log::debug!("skipping a probe record: {e}");
                 }
             }
+        }
+        let lost = self.probes.lost_records();
+        if lost > self.records_lost_seen {
+            self.records_lost_seen = lost;
+            self.pipeline.records_lost(monotonic_ns());
         }
     }
 
