@@ -50,8 +50,9 @@ const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the loss counters are read.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the facts of an exited process are kept for spans still in flight.
-const EXITED_KEEP: Duration = Duration::from_secs(30);
+/// How long the facts of an exited process are kept for spans still in flight: longer than any
+/// span waits for device facts (2 s) or for a lost reply (2 s).
+const EXITED_KEEP: Duration = Duration::from_secs(5);
 
 /// Options of `tango-tracer run`.
 #[derive(Clone, Debug)]
