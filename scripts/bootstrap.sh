@@ -4,7 +4,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NIGHTLY="$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$ROOT/rust-toolchain.toml")"
+# The pinned toolchain: from `cargo xtask`, else from the workspace's cargo configuration.
+NIGHTLY="${TANGO_TRACER_TOOLCHAIN:-$(sed -n 's/^TANGO_TRACER_TOOLCHAIN *= *"\(.*\)"/\1/p' "$ROOT/.cargo/config.toml")}"
+[[ -n "$NIGHTLY" ]] || { echo "[bootstrap] no pinned toolchain in .cargo/config.toml" >&2; exit 1; }
 BPF_LINKER_VERSION=0.13.0
 PYTANGO_VERSION=10.3.1
 VENV="${TANGO_TRACER_VENV:-$ROOT/target/venv}"
@@ -27,9 +29,17 @@ if ((${#need_apt[@]})); then
     apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# Installed explicitly: rustup does not always install a missing toolchain by itself
+# (RUSTUP_AUTO_INSTALL=0 on managed hosts and CI).
+components=(rust-src rustfmt clippy)
 if ! rustup toolchain list | grep -q "^$NIGHTLY"; then
     log "rustup: installing $NIGHTLY"
-    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src --component rustfmt --component clippy
+    rustup toolchain install "$NIGHTLY" --profile minimal "${components[@]/#/--component=}"
+else
+    installed="$(rustup component list --installed --toolchain "$NIGHTLY" 2>/dev/null)"
+    for c in "${components[@]}"; do
+        grep -q "^$c" <<<"$installed" || rustup component add --toolchain "$NIGHTLY" "$c"
+    done
 fi
 
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then

@@ -13,5 +13,5 @@ fn main() -> anyhow::Result<()> {
     let root_dir =
         ebpf.manifest_path.parent().ok_or_else(|| anyhow!("tracer-ebpf manifest has no parent directory"))?;
     let package = Package { name: ebpf.name.as_str(), root_dir: root_dir.as_str(), ..Default::default() };
-    aya_build::build_ebpf([package], Toolchain::Custom(env!("TANGO_TRACER_EBPF_TOOLCHAIN")))
+    aya_build::build_ebpf([package], Toolchain::Custom(env!("TANGO_TRACER_TOOLCHAIN")))
 }

@@ -389,12 +389,16 @@ fn counter_runs(spans: &[&SpanJson]) -> Option<(f64, f64)> {
     counters.dedup();
     let (mut runs, mut gaps) = (Vec::new(), Vec::new());
     let mut length = 0.0;
-    for (i, counter) in counters.iter().enumerate() {
-        if i > 0 && *counter != counters[i - 1] + 1 {
+    let mut previous: Option<i64> = None;
+    for counter in &counters {
+        if let Some(previous) = previous
+            && *counter != previous + 1
+        {
             runs.push(length);
-            gaps.push((counter - counters[i - 1] - 1) as f64);
+            gaps.push((counter - previous - 1) as f64);
             length = 0.0;
         }
+        previous = Some(*counter);
         length += 1.0;
     }
     runs.push(length);
@@ -404,6 +408,13 @@ fn counter_runs(spans: &[&SpanJson]) -> Option<(f64, f64)> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     fn span(counter: i64) -> SpanJson {

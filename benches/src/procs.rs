@@ -74,7 +74,7 @@ impl Proc {
     pub fn stderr_tail(&self) -> String {
         let text = self.stderr();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        lines.iter().skip(lines.len().saturating_sub(15)).copied().collect::<Vec<_>>().join("\n")
     }
 
     /// Waits for it to exit on its own; kills it after `timeout`.
@@ -382,6 +382,13 @@ pub const TRACER_COMM: &str = "tango-tracer";
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

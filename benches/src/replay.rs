@@ -1,6 +1,7 @@
 //! Daemon throughput without the kernel: a recorded session of probe records (`tango-tracer run
-//! --record`) replayed in a loop through span assembly, and optionally on through the daemon's
-//! conversion to OTLP protobuf (grouping by resource, encoding, gzip).
+//! --record`) replayed in a loop through the daemon's own [`Pipeline`] (assembly, events,
+//! devices, routing, conversion to export records), and optionally on through the exporter's
+//! OTLP request building (grouping by resource, encoding, gzip).
 
 use std::{
     collections::HashMap,
@@ -11,16 +12,15 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use opentelemetry::{InstrumentationScope, trace::SpanKind};
+use opentelemetry::trace::SpanKind;
 use prost::Message as _;
 use tango_tracer::{
-    assembly::{AssembledSpan, Assembler},
-    records::Record,
-    resources::{self, ResourceKey, Resources},
-    spandata::{self, ClockOffset},
-    topics::OperationClass,
+    configure::Policy,
+    discover::{processes::Processes, procinfo::ProcessInfo},
+    probe::record::Record,
+    run::pipeline::{Pipeline, Routed},
 };
-use tracer_export::SpanRecord;
+use tracer_export::{Destination, SpanRecord};
 
 use crate::{
     procs::{self, Proc},
@@ -62,9 +62,9 @@ pub struct ReplayRun {
     pub messages: u64,
     /// Spans of either kind.
     pub spans: u64,
-    /// Client spans: one per Tango operation.
+    /// Exported client spans: one per Tango operation.
     pub client_spans: u64,
-    /// Spans the daemon would export (user and database operations).
+    /// Spans the daemon exports (its default configuration: user and database operations).
     pub exported_spans: u64,
     /// OTLP requests built and their gzip-compressed bytes (OTLP runs only).
     pub requests: u64,
@@ -109,19 +109,58 @@ fn shift(record: &mut Record, by: u64) {
     }
 }
 
-/// Replays `session` through one [`Assembler`] on this thread for at least `min_time`; with
-/// `otlp`, every finished span also goes the daemon's way to a gzip-compressed OTLP request.
-pub fn replay(session: &[Record<'_>], min_time: Duration, otlp: bool) -> anyhow::Result<ReplayRun> {
+/// The daemon's per-record and per-span path, fed by a session instead of the ring buffer.
+struct Replayer {
+    pipeline: Pipeline,
+    processes: Processes,
+    /// The recorded processes, adopted again at each pass (the session ends with their exit).
+    adopted: Vec<ProcessInfo>,
+    routed: Vec<Routed>,
+}
+
+impl Replayer {
+    fn new(session: &[Record]) -> Self {
+        // The daemon's defaults: trace everything, native topics, one destination.
+        let policy = Policy {
+            trace_by_default: true,
+            destinations: vec![Destination::Store { path: "replay".into() }],
+            extended_operations: false,
+        };
+        let mut pids: Vec<u32> = session.iter().map(Record::pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let adopted = pids
+            .into_iter()
+            .map(|pid| ProcessInfo { pid, comm: "replay".into(), ..Default::default() })
+            .collect();
+        Replayer {
+            pipeline: Pipeline::new(CAPTURE_BYTES, policy),
+            processes: Processes::new(None),
+            adopted,
+            routed: Vec::new(),
+        }
+    }
+
+    fn adopt_all(&mut self) {
+        for info in &self.adopted {
+            self.pipeline.adopt(info);
+            self.processes.insert(info.clone());
+        }
+    }
+}
+
+/// Replays `session` through one [`Pipeline`] on this thread for at least `min_time`; with
+/// `otlp`, the export records also go the exporter's way to a gzip-compressed OTLP request.
+pub fn replay(session: &[Record], min_time: Duration, otlp: bool) -> anyhow::Result<ReplayRun> {
     let mut records = session.to_vec();
     let first = records.iter().filter_map(timestamp).min().unwrap_or(0);
     let last = records.iter().filter_map(timestamp).max().unwrap_or(0);
     // Each pass happens later than the one before, as a live session would.
     let pass_span = last - first + 1_000_000;
-    let mut assembler = Assembler::new(CAPTURE_BYTES);
-    let mut converter = Converter::new();
+    let mut replayer = Replayer::new(&records);
     let mut run = ReplayRun::default();
     // An untimed first pass fills the maps and the device facts, as a running daemon has them.
-    let warm = run_pass(&mut assembler, &records, otlp, &mut converter, &mut run);
+    let warm = run_pass(&mut replayer, &records, otlp, &mut run);
     if warm.client_spans == 0 {
         bail!("the session produced no client spans: is it a recording of Tango traffic?");
     }
@@ -132,7 +171,7 @@ pub fn replay(session: &[Record<'_>], min_time: Duration, otlp: bool) -> anyhow:
             shift(record, pass_span);
         }
         let began = Instant::now();
-        run_pass(&mut assembler, &records, otlp, &mut converter, &mut run);
+        run_pass(&mut replayer, &records, otlp, &mut run);
         let took = began.elapsed();
         run.elapsed += took;
         run.pass_times.push(took);
@@ -142,42 +181,40 @@ pub fn replay(session: &[Record<'_>], min_time: Duration, otlp: bool) -> anyhow:
 }
 
 /// One pass; adds its counts to `total` and returns them.
-fn run_pass(
-    assembler: &mut Assembler,
-    records: &[Record<'_>],
-    otlp: bool,
-    converter: &mut Converter,
-    total: &mut ReplayRun,
-) -> ReplayRun {
-    let messages_before = assembler.stats().messages;
+fn run_pass(replayer: &mut Replayer, records: &[Record], otlp: bool, total: &mut ReplayRun) -> ReplayRun {
+    let (messages_before, spans_before, _) = replayer.pipeline.totals();
     let mut this = ReplayRun::default();
-    let mut batch = Vec::new();
     let mut last_ts = 0;
+    replayer.adopt_all();
     for record in records {
-        assembler.push(record);
+        replayer.pipeline.push(record, &mut replayer.processes);
         last_ts = timestamp(record).unwrap_or(last_ts);
     }
-    // The daemon drains after each ring-buffer wake-up and expires on its 100 ms tick; a pass
+    // The daemon releases after each ring-buffer wake-up and expires on its 100 ms tick; a pass
     // is a few hundred milliseconds of traffic, so once per pass is close to it.
-    let spans = assembler.drain();
-    assembler.expire(last_ts);
+    replayer.pipeline.release(&replayer.processes, false, &mut replayer.routed);
+    replayer.pipeline.expire(last_ts);
+    // No database to ask: the recorded servers run without one.
+    replayer.pipeline.take_queries();
+    let (messages, spans, _) = replayer.pipeline.totals();
     this.records = records.len() as u64;
-    this.messages = assembler.stats().messages - messages_before;
-    this.spans = spans.len() as u64;
-    this.client_spans = spans.iter().filter(|s| s.kind == SpanKind::Client).count() as u64;
-    for span in spans {
-        if matches!(span.operation, OperationClass::User | OperationClass::Database) {
-            this.exported_spans += 1;
-            if otlp {
-                batch.push(converter.span_record(span, assembler));
-                if batch.len() == MAX_BATCH {
-                    converter.send(std::mem::take(&mut batch), &mut this);
-                }
+    this.messages = messages - messages_before;
+    this.spans = spans - spans_before;
+    let mut batch = Vec::new();
+    for Routed { record, .. } in replayer.routed.drain(..) {
+        this.exported_spans += 1;
+        if record.data.span_kind == SpanKind::Client {
+            this.client_spans += 1;
+        }
+        if otlp {
+            batch.push(record);
+            if batch.len() == MAX_BATCH {
+                send(std::mem::take(&mut batch), &mut this);
             }
         }
     }
     if !batch.is_empty() {
-        converter.send(batch, &mut this);
+        send(batch, &mut this);
     }
     total.records += this.records;
     total.messages += this.messages;
@@ -189,52 +226,16 @@ fn run_pass(
     this
 }
 
-/// The daemon's span → OTLP path, minus the network (its `to_record` and the exporter's
-/// request building). Without `/proc` facts of the recorded processes, resources carry what
-/// the wire taught (device class and server from `info` replies).
-struct Converter {
-    resources: Resources,
-    clock: ClockOffset,
-    scope: InstrumentationScope,
-}
-
-impl Converter {
-    fn new() -> Self {
-        Converter {
-            resources: Resources::default(),
-            clock: ClockOffset::now(),
-            scope: resources::scope_for(None),
-        }
-    }
-
-    fn span_record(&mut self, span: AssembledSpan, assembler: &Assembler) -> SpanRecord {
-        let key = match &span.device_key {
-            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
-            None => ResourceKey::Process { pid: span.pid },
-        };
-        let device_name = span.device_key.as_deref().and_then(resources::device_name_from_key);
-        let facts = span.device_key.as_deref().and_then(|k| assembler.device(k));
-        let resource =
-            self.resources.resolve(&key, None, assembler.is_server(span.pid), device_name.as_deref(), facts);
-        let target = span
-            .target_key
-            .as_deref()
-            .map(|t| resources::device_name_from_key(t).unwrap_or_else(|| format!("{t:?}")));
-        let data = spandata::to_span_data(span, target, self.scope.clone(), &self.clock);
-        SpanRecord { resource, data }
-    }
-
-    /// Builds, encodes and compresses one request, as the OTLP/HTTP exporter does.
-    fn send(&mut self, batch: Vec<SpanRecord>, run: &mut ReplayRun) {
-        let request = tracer_export::otlp::build_request(batch);
-        let raw = request.encode_to_vec();
-        let mut gzip =
-            flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-        // Writing into a Vec cannot fail.
-        let bytes = gzip.write_all(&raw).and_then(|()| gzip.finish()).map_or(0, |v| v.len());
-        run.requests += 1;
-        run.otlp_bytes += bytes as u64;
-    }
+/// Builds, encodes and compresses one request, as the OTLP/HTTP exporter does.
+fn send(batch: Vec<SpanRecord>, run: &mut ReplayRun) {
+    let request = tracer_export::otlp::build_request(batch);
+    let raw = request.encode_to_vec();
+    let mut gzip =
+        flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let bytes = gzip.write_all(&raw).and_then(|()| gzip.finish()).map_or(0, |v| v.len());
+    run.requests += 1;
+    run.otlp_bytes += bytes as u64;
 }
 
 /// Records a fresh session into `out`: a marked demo server, the daemon with `--record`, and a
@@ -362,6 +363,13 @@ fn normalise(records: Vec<Record<'static>>, pids: &[u32]) -> Vec<Record<'static>
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     fn parse(lines: &str) -> Vec<Record<'static>> {

@@ -89,10 +89,12 @@ pub struct Report<'a> {
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    let n = sorted.len();
+    match (sorted.get(n / 2), n.checked_sub(1).and_then(|_| sorted.get(n / 2 - 1))) {
+        (None, _) => f64::NAN,
+        (Some(middle), _) if n % 2 == 1 => *middle,
+        (Some(upper), Some(lower)) => (lower + upper) / 2.0,
+        (Some(middle), None) => *middle,
     }
 }
 
@@ -533,9 +535,11 @@ fn write_assembly(md: &mut String, assembly: &Assembly) -> std::fmt::Result {
         "A real session recorded with `tango-tracer run --record` ({} probe records of a PyTango \
          client doing reads, writes and commands against a demo server, and of that server; \
          `benches/data/session.jsonl`) is replayed in a loop on one thread: every pass pushes all \
-         records through `Assembler::push`, then `drain`s the finished spans and `expire`s stale \
-         state, as the daemon does. Timestamps move forward by the session's length each pass. \
-         One Tango operation is one client span (its server span is assembled too). One pass \
+         records through the daemon's own `Pipeline` (assembly, events, devices, routing by the \
+         default configuration, conversion to the exporter's `SpanRecord`), then releases the \
+         finished spans and expires stale state, as the daemon does. Timestamps move forward by \
+         the session's length each pass. One Tango operation is one exported client span (its \
+         server span is assembled too). One pass \
          holds {} operations. Rates are those of the median pass (every pass does the same work, \
          so this is the rate while no other process takes the core); the whole-run rate, \
          interruptions included, is next to it.",
@@ -568,7 +572,7 @@ fn write_assembly(md: &mut String, assembly: &Assembly) -> std::fmt::Result {
             thousands(run.per_second(run.client_spans)),
         )
     };
-    row(md, "assembly (push + drain + expire)", &assembly.assembly, true)?;
+    row(md, "pipeline (push + release + expire)", &assembly.assembly, true)?;
     if let Some(otlp) = &assembly.otlp {
         row(md, "assembly + OTLP request (resource, protobuf, gzip)", otlp, false)?;
     }
@@ -576,8 +580,8 @@ fn write_assembly(md: &mut String, assembly: &Assembly) -> std::fmt::Result {
     if let Some(otlp) = &assembly.otlp {
         writeln!(
             md,
-            "The second row also turns every exported span into the exporter's `SpanRecord` \
-             (resource, attributes, status) and builds, encodes and gzip-compresses OTLP requests \
+            "The second row also groups the pipeline's export records by resource and builds, \
+             encodes and gzip-compresses OTLP requests \
              of up to 512 spans, as the daemon and its OTLP/HTTP exporter do; only the network is \
              left out. It exports {:.0}% of the assembled spans (the rest are operations native \
              telemetry does not trace either) in requests of {:.0} compressed bytes per span.",
@@ -1169,6 +1173,13 @@ fn write_event_losses(md: &mut String, ev: &Events) -> std::fmt::Result {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

@@ -319,6 +319,13 @@ pub fn run_db_client(
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use std::time::Instant;
 
     use super::*;

@@ -4,10 +4,14 @@
 //! traces only processes whose environment carries this test's marker.
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -72,20 +76,27 @@ impl Proc {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+        self.stop_status(grace);
+    }
+
+    /// Like [`Proc::stop`]; the exit status if the process ended by itself within `grace` (or
+    /// had already ended), `None` if it had to be killed.
+    pub fn stop_status(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
         }
         // SAFETY: signalling our own child by its PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        None
     }
 }
 
@@ -160,31 +171,133 @@ pub fn run_client(marker: &str, args: &[&str], env: &[(&str, &str)]) -> serde_js
     serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {stdout:?}: {e}"))
 }
 
+/// One step of `reference_client.py`: its name and wall-clock window.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// The pid and steps printed by `reference_client.py`.
+///
+/// # Panics
+/// When the output is not the script's JSON.
+pub fn reference_steps(out: &serde_json::Value) -> (i64, Vec<Step>) {
+    let pid = out["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {out}"));
+    let steps = out["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in {out}"))
+        .iter()
+        .map(|step| Step {
+            name: step[0].as_str().unwrap_or_default().to_owned(),
+            start_ns: step[1].as_u64().unwrap_or_default(),
+            end_ns: step[2].as_u64().unwrap_or_default(),
+        })
+        .collect();
+    (pid, steps)
+}
+
+/// Runs `reference_client.py URL PEER STEP…` to completion; returns its pid and steps.
+pub fn run_reference_client(
+    marker: &str,
+    url: &str,
+    peer: &str,
+    steps: &[&str],
+    env: &[(&str, &str)],
+) -> (i64, Vec<Step>) {
+    let mut command = Command::new(python());
+    command.arg(script("reference_client.py")).arg(url).arg(peer).args(steps).env(MARKER, marker);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("running reference_client.py");
+    assert!(
+        output.status.success(),
+        "reference_client.py failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    reference_steps(&serde_json::from_str(line).unwrap_or_else(|e| panic!("client output {stdout:?}: {e}")))
+}
+
 /// The tango-tracer daemon, traced processes limited to this test's marker.
 pub struct TracerDaemon {
     pub proc: Proc,
     pub dir: PathBuf,
+    /// Everything the daemon wrote to its standard error so far (also copied to the test's).
+    log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
+    checked: bool,
+}
+
+/// How the daemon ended: its exit status and everything it logged.
+#[derive(Debug)]
+pub struct DaemonExit {
+    pub status: Option<ExitStatus>,
+    pub log: String,
+}
+
+impl DaemonExit {
+    /// Every way the run went wrong: a panic, a non-zero or missing exit status, no stop line,
+    /// losses reported (see [`loss_reports`]).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.status {
+            Some(status) if status.success() => {}
+            Some(status) => problems.push(format!("the daemon exited with {status}")),
+            None => problems.push("the daemon did not exit on SIGTERM and was killed".to_owned()),
+        }
+        for line in self.log.lines().filter(|l| l.contains("panicked")) {
+            problems.push(format!("panic: {line}"));
+        }
+        if !self.log.lines().any(|l| log_message(l).starts_with("stopped:")) {
+            problems.push("no `stopped:` line: the daemon did not report its totals".to_owned());
+        }
+        problems.extend(loss_reports(&self.log).into_iter().map(|l| format!("loss reported: {l}")));
+        problems
+    }
+}
+
+/// The message of an env_logger line (`[time LEVEL target] message`), or the line itself.
+fn log_message(line: &str) -> &str {
+    match line.strip_prefix('[').and_then(|rest| rest.split_once("] ")) {
+        Some((_, message)) => message,
+        None => line,
+    }
+}
+
+/// Lines of the daemon's log that report a loss: "lost", "dropped" or "missed" with a non-zero
+/// count in the same clause (text between `,`, `;`, `(`, `)`: `3 probe records lost`, `dropped 1
+/// span(s)`), or followed by a colon and a list with a non-zero count in it (`lost: ring buffer 0,
+/// map full 2`). `0 probe records lost` is no loss. Kept in one place: when the daemon's wording
+/// changes, only this changes.
+pub fn loss_reports(log: &str) -> Vec<String> {
+    const WORDS: [&str; 3] = ["lost", "dropped", "missed"];
+    let non_zero = |text: &str| {
+        text.split(|c: char| !c.is_ascii_digit()).any(|number| number.parse::<u64>().is_ok_and(|n| n > 0))
+    };
+    log.lines()
+        .filter(|line| {
+            let message = log_message(line).to_ascii_lowercase();
+            let in_clause = message
+                .split([',', ';', '(', ')'])
+                .any(|clause| WORDS.iter().any(|w| clause.contains(w)) && non_zero(clause));
+            let in_list = WORDS.iter().any(|word| {
+                message.match_indices(&format!("{word}:")).any(|(at, _)| non_zero(&message[at..]))
+            });
+            in_clause || in_list
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 impl TracerDaemon {
     /// Starts `tango-tracer run` with `env` (OTEL_* settings) and extra arguments; waits for its
     /// ready file.
     pub fn start(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
-        Self::start_with_stderr(marker, env, args, false)
-    }
-
-    /// Like [`start`](Self::start), with the daemon's log written to [`log`](Self::log) instead
-    /// of the test's standard error.
-    pub fn start_logged(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
-        Self::start_with_stderr(marker, env, args, true)
-    }
-
-    /// The daemon's log so far (daemons started with [`start_logged`](Self::start_logged)).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn start_with_stderr(marker: &str, env: &[(&str, &str)], args: &[&str], logged: bool) -> TracerDaemon {
         require_root();
         let dir = std::env::temp_dir().join(format!("tango-tracer-{marker}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -207,15 +320,24 @@ impl TracerDaemon {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        if logged {
-            let log = std::fs::File::create(dir.join("daemon.log")).expect("creating the daemon's log");
-            command.stderr(log);
-        }
+            .stderr(Stdio::piped());
         for (name, value) in env {
             command.env(name, value);
         }
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
+        let mut child =
+            command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_reader = child.stderr.take().map(|stderr| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        });
         let mut proc = Proc { child, name: "tango-tracer".into() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
@@ -225,7 +347,38 @@ impl TracerDaemon {
             assert!(Instant::now() < deadline, "tango-tracer was not ready within 60 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        TracerDaemon { proc, dir }
+        TracerDaemon { proc, dir, log, log_reader, checked: false }
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Runs `tango-tracer ctl <args>`; its standard output, or what went wrong.
+    pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
+        let output = Command::new(tracer_binary())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(self.dir.join("ctl.sock"))
+            .args(args)
+            .output()
+            .map_err(|e| format!("running tango-tracer ctl: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!("tango-tracer ctl {args:?}: {}", String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+
+    /// The daemon's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS for the daemon"))
     }
 
     /// Runs `tango-tracer ctl <args>` against this daemon; returns its standard output.
@@ -245,8 +398,60 @@ impl TracerDaemon {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// SIGTERM and wait: the daemon flushes everything it holds.
+    /// SIGTERM and wait: the daemon flushes everything it holds. Fails the test unless it ended
+    /// cleanly and reported no loss (see [`DaemonExit::problems`]).
     pub fn stop(&mut self) {
-        self.proc.stop(Duration::from_secs(20));
+        let exit = self.stop_unchecked();
+        let problems = exit.problems();
+        assert!(problems.is_empty(), "the daemon did not end cleanly:\n{}", problems.join("\n"));
+    }
+
+    /// SIGTERM and wait, without judging the outcome (for tests that provoke losses).
+    pub fn stop_unchecked(&mut self) -> DaemonExit {
+        self.checked = true;
+        let status = self.proc.stop_status(Duration::from_secs(20));
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        DaemonExit { status, log: self.log() }
+    }
+}
+
+impl Drop for TracerDaemon {
+    fn drop(&mut self) {
+        if !self.checked && !std::thread::panicking() {
+            // A test that never stopped its daemon still gets its end checked.
+            self.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_found_by_their_words_and_non_zero_counts() {
+        let log = "\
+[2026-11-30T03:37:02Z INFO  tango_tracer::daemon] stopping: ending open calls and flushing exporters
+[2026-11-30T03:37:02Z INFO  tango_tracer::daemon] stopped: 108 GIOP messages, 54 spans, 0 unparsable, 0 probe records lost
+[2026-11-30T03:37:02Z INFO  tango_tracer::daemon] tracing pid 4211 (python): omniORB 3.4
+";
+        assert!(loss_reports(log).is_empty(), "{:?}", loss_reports(log));
+        let exit = DaemonExit { status: None, log: log.to_owned() };
+        assert_eq!(exit.problems().len(), 1, "killed, otherwise clean: {:?}", exit.problems());
+        for bad in [
+            "[t WARN  x] export to http://h/v1/traces: dropped 1 span(s) (queue full); 1 dropped so far",
+            "[t INFO  x] stopped: 5 GIOP messages, 2 spans, 0 unparsable, 3 probe records lost",
+            "[t WARN  x] lost: ring buffer 0, map full 2",
+            "[t WARN  x] 12 requests missed on one connection",
+        ] {
+            assert_eq!(loss_reports(bad).len(), 1, "{bad}");
+        }
+        let panicked = DaemonExit {
+            status: None,
+            log: "thread 'main' panicked at src/x.rs:1:1:\n[t INFO  x] stopped: 1 spans, 0 lost".into(),
+        };
+        assert!(panicked.problems().iter().any(|p| p.starts_with("panic:")));
     }
 }

@@ -349,6 +349,13 @@ impl OtlpReceiver {
         self.shutdown();
     }
 
+    /// Stops serving and closes both ports, keeping what was received for the test to read (a
+    /// backend going down; bring it back with [`OtlpReceiver::start_with`] on the same
+    /// addresses).
+    pub fn close(&mut self) {
+        self.shutdown();
+    }
+
     fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

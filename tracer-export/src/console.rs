@@ -88,7 +88,13 @@ async fn write_all(mut stream: impl tokio::io::AsyncWrite + Unpin, bytes: &[u8])
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use super::*;
 

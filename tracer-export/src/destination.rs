@@ -62,15 +62,27 @@ pub enum DestinationError {
         /// The exporter as configured.
         exporter: String,
     },
+    /// The endpoint has no scheme (`127.0.0.1:4318`, `collector:4317`).
+    #[error(
+        "{setting} {endpoint:?} has no scheme: add http:// or https:// in front \
+         (for example \"http://{endpoint}\")"
+    )]
+    MissingScheme {
+        /// The exporter or variable the endpoint was given for.
+        setting: String,
+        /// The endpoint as configured.
+        endpoint: String,
+    },
     /// The endpoint is not a URL at all.
-    #[error("{exporter} endpoint {endpoint:?} is not a valid URL: {source}")]
+    #[error("{exporter} endpoint {endpoint:?} is not a valid URL: {reason}")]
     InvalidUrl {
         /// The exporter the endpoint was given for.
         exporter: &'static str,
         /// The endpoint as configured.
         endpoint: String,
-        /// What the URL parser objected to.
-        source: url::ParseError,
+        /// What the URL parser objected to; part of this error's message, not a cause of its
+        /// own, so that it is not printed twice.
+        reason: url::ParseError,
     },
     /// The endpoint's scheme does not fit the exporter.
     #[error("{exporter} endpoint {endpoint:?} has scheme {scheme:?}, expected {expected}")]
@@ -227,11 +239,28 @@ fn console_destination(endpoint: &str) -> Result<Destination, DestinationError> 
 }
 
 fn parse_url(exporter: &'static str, endpoint: &str) -> Result<Url, DestinationError> {
-    Url::parse(endpoint).map_err(|source| DestinationError::InvalidUrl {
+    // `host:port` would parse as a URL of scheme `host`: catch the missing scheme first.
+    if !endpoint.contains("://") {
+        return Err(DestinationError::MissingScheme {
+            setting: format!("{exporter} endpoint"),
+            endpoint: endpoint.to_owned(),
+        });
+    }
+    Url::parse(endpoint).map_err(|reason| DestinationError::InvalidUrl {
         exporter,
         endpoint: endpoint.to_owned(),
-        source,
+        reason,
     })
+}
+
+/// Refuses an endpoint variable without a scheme, naming the variable (the base endpoint
+/// would otherwise be reported with `/v1/traces` appended).
+fn require_scheme(variable: &str, endpoint: &str) -> Result<(), DestinationError> {
+    if endpoint.contains("://") {
+        Ok(())
+    } else {
+        Err(DestinationError::MissingScheme { setting: variable.to_owned(), endpoint: endpoint.to_owned() })
+    }
 }
 
 /// The destinations the standard OpenTelemetry environment variables ask for.
@@ -259,6 +288,12 @@ pub fn destinations_from_otel_env(
     let exporters = var("OTEL_TRACES_EXPORTER");
     let traces_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
     let base_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+    if let Some(endpoint) = &traces_endpoint {
+        require_scheme("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)?;
+    }
+    if let Some(endpoint) = &base_endpoint {
+        require_scheme("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)?;
+    }
     if exporters.is_none() && traces_endpoint.is_none() && base_endpoint.is_none() {
         return Ok(None);
     }
@@ -314,7 +349,13 @@ fn otlp_from_env(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use std::collections::HashMap;
 
@@ -382,14 +423,23 @@ mod tests {
         assert_eq!(err, DestinationError::UnknownExporter { exporter: "zipkin".into() });
         assert!(err.to_string().contains("expected http, grpc, console or store"), "{err}");
 
-        assert!(matches!(
-            Destination::parse("http", "localhost:4318").unwrap_err(),
-            DestinationError::UnsupportedScheme { exporter: "http", ref scheme, .. } if scheme == "localhost"
-        ));
-        assert!(matches!(
-            Destination::parse("http", "not a url").unwrap_err(),
-            DestinationError::InvalidUrl { exporter: "http", .. }
-        ));
+        for endpoint in ["localhost:4318", "127.0.0.1:4318", "not a url"] {
+            let err = Destination::parse("http", endpoint).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "http endpoint \"{endpoint}\" has no scheme: add http:// or https:// in front \
+                     (for example \"http://{endpoint}\")"
+                )
+            );
+        }
+        // The parser's reason is said once, and is not also a cause of its own.
+        let err = Destination::parse("grpc", "grpc://h:99999").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "grpc endpoint \"grpc://h:99999\" is not a valid URL: invalid port number"
+        );
+        assert!(std::error::Error::source(&err).is_none());
         assert!(matches!(
             Destination::parse("http", "grpc://h:4317").unwrap_err(),
             DestinationError::UnsupportedScheme { exporter: "http", .. }
@@ -407,8 +457,8 @@ mod tests {
             DestinationError::GrpcPath { .. }
         ));
         assert!(matches!(
-            Destination::parse("grpc", "grpc://h:99999").unwrap_err(),
-            DestinationError::InvalidUrl { exporter: "grpc", .. }
+            Destination::parse("grpc", "collector:4317").unwrap_err(),
+            DestinationError::MissingScheme { .. }
         ));
         let err = Destination::parse("console", "clog").unwrap_err();
         assert_eq!(err, DestinationError::UnknownConsoleStream { endpoint: "clog".into() });
@@ -517,9 +567,23 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("http/json"), "{err}");
-        assert!(matches!(
-            from_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).unwrap_err(),
-            DestinationError::UnsupportedScheme { .. }
-        ));
+        // The variable is named, the endpoint shown as given (no `/v1/traces` appended), and
+        // the message says what to do, once.
+        let err = from_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT \"127.0.0.1:4318\" has no scheme: add http:// or https:// \
+             in front (for example \"http://127.0.0.1:4318\")"
+        );
+        assert!(std::error::Error::source(&err).is_none());
+        let err = from_env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \"collector:4317\" has no scheme")
+        );
     }
 }

@@ -1,62 +1,68 @@
-//! The export hub: one worker per destination, bounded queues, batching, retries.
+//! The export hub: one backlog and one worker per destination.
 //!
-//! [`ExportHub::submit`] is called from the assembly's hot path. It only clones the span per
-//! destination and `try_send`s it into that destination's bounded queue: it never waits and
-//! never fails loudly. A full queue (a slow or dead backend) drops the span and counts it; a
-//! warning says so at most once per [`ExportConfig::warn_interval`].
+//! [`ExportHub::submit`] is called from the assembly's hot path. Under one lock for all
+//! destinations of the span, it puts the span (cloned per extra destination) into each
+//! destination's [`Backlog`] and, when a full batch waits, wakes that destination's worker. It
+//! never waits for a backend and never fails loudly: what cannot be kept is counted.
 //!
-//! Each worker collects spans of all resources, and flushes every
-//! [`ExportConfig::flush_interval`] or as soon as [`ExportConfig::max_batch`] spans wait. For
-//! OTLP a flush is one request; failures are retried with exponential backoff, then the batch is
-//! counted as failed and the worker goes on with the next one, so export resumes by itself when
-//! the backend comes back.
+//! Memory is bounded per destination by a byte budget ([`ExportConfig::max_backlog_bytes`]);
+//! when it is full the oldest spans make room for the new ones (the policy and why:
+//! [`crate::backlog`]). Sending, retries and shutdown are the worker's ([`crate::worker`]).
+//! Every span submitted is, at any time, delivered, dropped for a counted cause, or held
+//! ([`crate::DestinationStats`]).
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
-use log::{debug, info, warn};
+use log::debug;
 use tokio::{
     runtime::Handle,
-    sync::mpsc::{self, error::TrySendError},
+    sync::{Notify, watch},
     task::JoinHandle,
-    time::MissedTickBehavior,
+    time::Instant,
 };
 
 use crate::{
     SpanRecord,
-    console::ConsoleWriter,
+    backlog::{Backlog, span_bytes},
     destination::Destination,
-    otlp::{GrpcSender, HttpSender, OtlpSender, build_request, span_count},
-    store::StoreWriter,
+    otlp::Prepared,
+    stats::ExportStats,
+    worker::{Worker, at_shutdown},
 };
 
-/// How the hub batches, queues and retries.
+/// Time a worker that missed the shutdown's deadline gets before it is stopped; workers end by
+/// the deadline themselves, this only bounds a bug.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
+/// How the hub batches, holds, retries and shuts down.
 #[derive(Clone, Debug)]
 pub struct ExportConfig {
-    /// How often a worker sends what it has collected (default 1 s).
+    /// How often a worker sends what waits (default 1 s).
     pub flush_interval: Duration,
-    /// A worker sends as soon as this many spans wait (default 512).
+    /// A worker sends as soon as this many spans wait; also the most spans per request
+    /// (default 512).
     pub max_batch: usize,
-    /// Spans waiting per destination before new ones are dropped (default 65536).
-    pub max_queue: usize,
+    /// Memory budget of each destination: the most bytes of spans (estimated by
+    /// [`crate::span_bytes`]) it holds while they wait, wait for a retry, or are being sent.
+    /// When full, the oldest spans are dropped (default 64 MiB).
+    pub max_backlog_bytes: u64,
     /// Time limit of one OTLP request, connection included (default 10 s).
     pub request_timeout: Duration,
-    /// Attempts after the first before a batch is given up (default 5).
-    pub max_retries: u32,
-    /// Wait before the first retry; doubled for each further one (default 100 ms).
+    /// Wait before the first retry of a failed batch; doubled for each further one, with
+    /// jitter (default 100 ms).
     pub initial_backoff: Duration,
-    /// Longest wait between retries (default 5 s).
+    /// Longest wait between retries: while a backend is down, it is probed by one request per
+    /// this period (default 5 s).
     pub max_backoff: Duration,
     /// Compress OTLP requests with gzip (default on).
     pub gzip: bool,
-    /// At most one warning per destination and kind of trouble per interval (default 10 s).
-    pub warn_interval: Duration,
+    /// Longest time [`ExportHub::shutdown`] takes: what is not delivered by then is counted
+    /// and given up (default 5 s).
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ExportConfig {
@@ -64,72 +70,26 @@ impl Default for ExportConfig {
         ExportConfig {
             flush_interval: Duration::from_secs(1),
             max_batch: 512,
-            max_queue: 65536,
+            max_backlog_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
-            max_retries: 5,
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             gzip: true,
-            warn_interval: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(5),
         }
     }
 }
 
 impl ExportConfig {
-    /// The wait before retry number `attempt` (0 for the first retry).
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The wait before retry number `attempt` (0 for the first): doubling from
+    /// `initial_backoff`, capped at `max_backoff`, then "equal jitter": a point of its upper
+    /// half chosen by `jitter` (uniform over `u64`), so that many tracers whose backend went
+    /// down together do not probe it in step, yet none comes sooner than half the backoff.
+    pub(crate) fn backoff(&self, attempt: u32, jitter: u64) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
-    }
-}
-
-/// What happened to the spans of one destination so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DestinationStats {
-    /// Spans the destination accepted.
-    pub spans_exported: u64,
-    /// Spans never handed to the destination: its queue was full, or the hub was shut down.
-    pub spans_dropped: u64,
-    /// Spans handed over but lost: retries exhausted, rejected by the backend, write failed.
-    pub spans_failed: u64,
-    /// Spans waiting in the queue or in the batch being built.
-    pub spans_queued: u64,
-    /// Requests (OTLP) or writes (console, store) attempted, retries included.
-    pub requests_sent: u64,
-    /// Attempts that failed.
-    pub requests_failed: u64,
-    /// The last error, as text.
-    pub last_error: Option<String>,
-}
-
-/// Statistics of every destination used so far, in order of first use.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ExportStats {
-    /// One entry per destination.
-    pub destinations: Vec<(Destination, DestinationStats)>,
-}
-
-impl ExportStats {
-    /// The statistics of one destination, if it was ever used.
-    pub fn get(&self, destination: &Destination) -> Option<&DestinationStats> {
-        self.destinations.iter().find(|(d, _)| d == destination).map(|(_, s)| s)
-    }
-
-    /// The sums over all destinations (`last_error` is the last listed one that is set).
-    pub fn total(&self) -> DestinationStats {
-        let mut total = DestinationStats::default();
-        for (_, s) in &self.destinations {
-            total.spans_exported += s.spans_exported;
-            total.spans_dropped += s.spans_dropped;
-            total.spans_failed += s.spans_failed;
-            total.spans_queued += s.spans_queued;
-            total.requests_sent += s.requests_sent;
-            total.requests_failed += s.requests_failed;
-            if s.last_error.is_some() {
-                total.last_error.clone_from(&s.last_error);
-            }
-        }
-        total
+        let full = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
+        let half = full / 2;
+        half + half.mul_f64(jitter as f64 / u64::MAX as f64)
     }
 }
 
@@ -141,92 +101,49 @@ pub struct ExportHub {
 
 impl std::fmt::Debug for ExportHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportHub").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("ExportHub").field("config", &self.inner.shared.config).finish_non_exhaustive()
     }
 }
 
 struct Inner {
-    config: ExportConfig,
+    shared: Arc<Shared>,
     runtime: Handle,
-    workers: RwLock<Workers>,
+    /// The shutdown's deadline, for the workers. Dropped with the last handle, which ends them.
+    closing: watch::Sender<Option<Instant>>,
+}
+
+/// What the hub and its workers share.
+pub(crate) struct Shared {
+    pub(crate) config: ExportConfig,
+    state: Mutex<State>,
 }
 
 #[derive(Default)]
-struct Workers {
+struct State {
     /// Set by shutdown: no new workers, every submit is a counted drop.
     closed: bool,
-    running: HashMap<Destination, Worker>,
-    /// Counters outlive their workers so that stats after shutdown stay complete.
-    counters: Vec<(Destination, Arc<Counters>)>,
+    index: HashMap<Destination, usize>,
+    /// In order of first use; never removed, so that counters stay complete.
+    destinations: Vec<DestinationEntry>,
 }
 
-struct Worker {
-    queue: mpsc::Sender<SpanRecord>,
-    counters: Arc<Counters>,
-    task: JoinHandle<()>,
+struct DestinationEntry {
+    destination: Destination,
+    backlog: Backlog<Prepared>,
+    wake: Arc<Notify>,
+    /// The console writes each span as it comes.
+    immediate: bool,
+    task: Option<JoinHandle<()>>,
 }
 
-#[derive(Default)]
-struct Counters {
-    exported: AtomicU64,
-    dropped: AtomicU64,
-    failed: AtomicU64,
-    queued: AtomicU64,
-    requests: AtomicU64,
-    requests_failed: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    drop_warning: RateLimit,
-    fail_warning: RateLimit,
-}
-
-impl Counters {
-    fn snapshot(&self) -> DestinationStats {
-        DestinationStats {
-            spans_exported: self.exported.load(Ordering::Relaxed),
-            spans_dropped: self.dropped.load(Ordering::Relaxed),
-            spans_failed: self.failed.load(Ordering::Relaxed),
-            spans_queued: self.queued.load(Ordering::Relaxed),
-            requests_sent: self.requests.load(Ordering::Relaxed),
-            requests_failed: self.requests_failed.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-        }
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn set_error(&self, error: String) {
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-    }
-
-    /// Counts spans dropped before reaching the worker and warns, rate-limited.
-    fn drop_spans(&self, destination: &Destination, count: u64, why: &str, interval: Duration) {
-        let total = self.dropped.fetch_add(count, Ordering::Relaxed) + count;
-        if let Some(suppressed) = self.drop_warning.allow(interval) {
-            warn!(
-                "export to {destination}: dropped {} span(s) ({why}); {total} dropped so far",
-                suppressed + count
-            );
-        } else {
-            self.drop_warning.suppressed.fetch_add(count, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Lets a warning through at most once per interval, counting what it held back.
-#[derive(Default)]
-struct RateLimit {
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl RateLimit {
-    /// `Some(held back since the last warning)` if a warning may be logged now.
-    fn allow(&self, interval: Duration) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < interval) {
-            return None;
-        }
-        *last = Some(now);
-        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    /// Runs `f` on the backlog of the destination at `index`, under the lock.
+    pub(crate) fn backlog<R>(&self, index: usize, f: impl FnOnce(&mut Backlog<Prepared>) -> R) -> Option<R> {
+        self.lock().destinations.get_mut(index).map(|entry| f(&mut entry.backlog))
     }
 }
 
@@ -243,313 +160,144 @@ impl ExportHub {
     pub fn start_on(mut config: ExportConfig, runtime: Handle) -> Self {
         // Zero would make a worker spin or never take a span.
         config.max_batch = config.max_batch.max(1);
-        config.max_queue = config.max_queue.max(1);
         if config.flush_interval.is_zero() {
             config.flush_interval = Duration::from_millis(1);
         }
-        ExportHub { inner: Arc::new(Inner { config, runtime, workers: RwLock::new(Workers::default()) }) }
+        let shared = Arc::new(Shared { config, state: Mutex::new(State::default()) });
+        let (closing, _) = watch::channel(None);
+        ExportHub { inner: Arc::new(Inner { shared, runtime, closing }) }
     }
 
-    /// Queues `span` for each destination. Never blocks and never panics: a destination whose
-    /// queue is full (or a hub already shut down) drops the span and counts it.
+    /// Puts `span` into each destination's backlog. Never blocks and never panics: what the
+    /// memory budget cannot keep (or what comes after shutdown) is counted.
     pub fn submit(&self, span: SpanRecord, destinations: &[Destination]) {
         let Some((last, others)) = destinations.split_last() else {
             return;
         };
+        let bytes = span_bytes(&span);
+        let mut state = self.inner.shared.lock();
         for destination in others {
-            self.submit_one(span.clone(), destination);
+            self.push(&mut state, destination, span.clone(), bytes);
         }
-        self.submit_one(span, last);
+        self.push(&mut state, last, span, bytes);
     }
 
-    fn submit_one(&self, span: SpanRecord, destination: &Destination) {
-        {
-            let workers = self.inner.workers.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(worker) = workers.running.get(destination) {
-                self.offer(worker, span, destination);
-                return;
-            }
-        }
-        let mut workers = self.inner.workers.write().unwrap_or_else(PoisonError::into_inner);
-        if workers.closed {
-            let counters = counters_for(&mut workers.counters, destination);
-            counters.drop_spans(destination, 1, "export is shut down", self.inner.config.warn_interval);
+    fn push(&self, state: &mut State, destination: &Destination, span: SpanRecord, bytes: u64) {
+        let index = match state.index.get(destination) {
+            Some(&index) => index,
+            None => self.add_destination(state, destination),
+        };
+        let Some(entry) = state.destinations.get_mut(index) else {
+            return;
+        };
+        if state.closed {
+            entry.backlog.refuse_after_shutdown();
             return;
         }
-        if !workers.running.contains_key(destination) {
-            let worker = self.spawn_worker(&mut workers.counters, destination);
-            workers.running.insert(destination.clone(), worker);
-        }
-        if let Some(worker) = workers.running.get(destination) {
-            self.offer(worker, span, destination);
-        }
-    }
-
-    fn offer(&self, worker: &Worker, span: SpanRecord, destination: &Destination) {
-        // Counted before sending so that the worker's decrement can never come first.
-        worker.counters.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(err) = worker.queue.try_send(span) {
-            worker.counters.queued.fetch_sub(1, Ordering::Relaxed);
-            let why = match err {
-                TrySendError::Full(_) => "queue full",
-                TrySendError::Closed(_) => "exporter stopped",
-            };
-            worker.counters.drop_spans(destination, 1, why, self.inner.config.warn_interval);
+        let waiting = entry.backlog.push(span, bytes);
+        // Only the span that completes a batch wakes the worker; after each batch the worker
+        // looks for more by itself.
+        if entry.immediate || waiting == self.inner.shared.config.max_batch {
+            entry.wake.notify_one();
         }
     }
 
-    fn spawn_worker(
-        &self,
-        all_counters: &mut Vec<(Destination, Arc<Counters>)>,
-        destination: &Destination,
-    ) -> Worker {
-        let counters = counters_for(all_counters, destination);
-        let (queue, receiver) = mpsc::channel(self.inner.config.max_queue);
-        let task = self.inner.runtime.spawn(run_worker(
-            destination.clone(),
-            receiver,
-            self.inner.config.clone(),
-            counters.clone(),
-        ));
-        debug!("export to {destination}: worker started");
-        Worker { queue, counters, task }
+    fn add_destination(&self, state: &mut State, destination: &Destination) -> usize {
+        let index = state.destinations.len();
+        let wake = Arc::new(Notify::new());
+        let task = (!state.closed).then(|| {
+            let worker = Worker::new(
+                self.inner.shared.clone(),
+                index,
+                destination.clone(),
+                wake.clone(),
+                self.inner.closing.subscribe(),
+            );
+            debug!("export to {destination}: worker started");
+            self.inner.runtime.spawn(worker.run())
+        });
+        state.destinations.push(DestinationEntry {
+            destination: destination.clone(),
+            backlog: Backlog::new(self.inner.shared.config.max_backlog_bytes),
+            wake,
+            immediate: matches!(destination, Destination::Console { .. }),
+            task,
+        });
+        state.index.insert(destination.clone(), index);
+        index
     }
 
-    /// Sends everything queued, then stops the workers. Spans still unsent when `timeout`
-    /// expires (a backend that stays down) are counted as dropped. Later submits are dropped
-    /// and counted.
-    pub async fn shutdown(&self, timeout: Duration) {
-        let running = {
-            let mut workers = self.inner.workers.write().unwrap_or_else(PoisonError::into_inner);
-            workers.closed = true;
-            std::mem::take(&mut workers.running)
+    /// Sends everything held, then stops the workers, within
+    /// [`ExportConfig::shutdown_timeout`]. What could not be delivered by then (a backend that
+    /// stays down) is counted as dropped at shutdown, and later submits as dropped after it.
+    /// Returns the final statistics.
+    pub async fn shutdown(&self) -> ExportStats {
+        let deadline = Instant::now() + self.inner.shared.config.shutdown_timeout;
+        let tasks: Vec<(Destination, JoinHandle<()>)> = {
+            let mut state = self.inner.shared.lock();
+            state.closed = true;
+            state
+                .destinations
+                .iter_mut()
+                .filter_map(|entry| entry.task.take().map(|task| (entry.destination.clone(), task)))
+                .collect()
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (destination, worker) in running {
-            // Closing the queue lets the worker drain it, flush and return.
-            drop(worker.queue);
-            let mut task = worker.task;
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(Ok(())) => debug!("export to {destination}: flushed and stopped"),
-                Ok(Err(join)) => warn!("export to {destination}: worker ended abnormally: {join}"),
+        self.inner.closing.send_replace(Some(deadline));
+        for (destination, mut task) in tasks {
+            match tokio::time::timeout_at(deadline + SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(())) => debug!("export to {destination}: stopped"),
+                Ok(Err(join)) => debug!("export to {destination}: worker ended abnormally: {join}"),
                 Err(_) => {
                     task.abort();
                     let _ = task.await;
-                    let lost = worker.counters.queued.swap(0, Ordering::Relaxed);
-                    worker.counters.dropped.fetch_add(lost, Ordering::Relaxed);
-                    warn!(
-                        "export to {destination}: shutdown timed out after {timeout:?}; \
-                         {lost} span(s) not sent"
-                    );
+                    debug!("export to {destination}: worker stopped at the deadline");
                 }
             }
         }
+        // What a stopped worker could not settle.
+        for entry in &mut self.inner.shared.lock().destinations {
+            entry.backlog.drop_all(at_shutdown);
+        }
+        self.stats()
     }
 
     /// A snapshot of every destination's counters.
     pub fn stats(&self) -> ExportStats {
-        let workers = self.inner.workers.read().unwrap_or_else(PoisonError::into_inner);
+        let state = self.inner.shared.lock();
         ExportStats {
-            destinations: workers.counters.iter().map(|(d, c)| (d.clone(), c.snapshot())).collect(),
-        }
-    }
-}
-
-fn counters_for(all: &mut Vec<(Destination, Arc<Counters>)>, destination: &Destination) -> Arc<Counters> {
-    if let Some((_, counters)) = all.iter().find(|(d, _)| d == destination) {
-        return counters.clone();
-    }
-    let counters = Arc::new(Counters::default());
-    all.push((destination.clone(), counters.clone()));
-    counters
-}
-
-/// Where a worker puts its batches.
-enum Sink {
-    Otlp(OtlpSender),
-    Console(ConsoleWriter),
-    Store(StoreWriter),
-    /// The destination could not be set up; every batch fails with this error's text.
-    Broken(String),
-}
-
-impl Sink {
-    fn new(destination: &Destination, config: &ExportConfig) -> Sink {
-        let otlp = match destination {
-            Destination::OtlpHttp { endpoint } => {
-                HttpSender::new(endpoint, config.request_timeout, config.gzip).map(OtlpSender::Http)
-            }
-            Destination::OtlpGrpc { endpoint } => {
-                GrpcSender::new(endpoint, config.request_timeout, config.gzip).map(OtlpSender::Grpc)
-            }
-            Destination::Console { stream } => return Sink::Console(ConsoleWriter::new(*stream)),
-            Destination::Store { path } => return Sink::Store(StoreWriter::new(path.clone())),
-        };
-        match otlp {
-            Ok(sender) => Sink::Otlp(sender),
-            Err(err) => {
-                warn!("export to {destination} cannot start: {err}");
-                Sink::Broken(err.to_string())
-            }
-        }
-    }
-}
-
-struct WorkerState {
-    destination: Destination,
-    config: ExportConfig,
-    counters: Arc<Counters>,
-    sink: Sink,
-    /// Whether the last batch failed, so that recovery is logged once.
-    failing: bool,
-}
-
-async fn run_worker(
-    destination: Destination,
-    mut queue: mpsc::Receiver<SpanRecord>,
-    config: ExportConfig,
-    counters: Arc<Counters>,
-) {
-    let sink = Sink::new(&destination, &config);
-    // The console shows each span as it finishes rather than once per interval.
-    let immediate = matches!(destination, Destination::Console { .. });
-    let mut state = WorkerState { destination, config, counters, sink, failing: false };
-    let max_batch = state.config.max_batch;
-    let mut batch: Vec<SpanRecord> = Vec::with_capacity(max_batch.min(4096));
-    let mut ticker = tokio::time::interval_at(
-        tokio::time::Instant::now() + state.config.flush_interval,
-        state.config.flush_interval,
-    );
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        let room = max_batch.saturating_sub(batch.len()).max(1);
-        tokio::select! {
-            received = queue.recv_many(&mut batch, room) => {
-                if received == 0 {
-                    break; // Queue closed and drained: shutdown.
-                }
-                if immediate || batch.len() >= max_batch {
-                    state.flush(std::mem::take(&mut batch), false).await;
-                }
-            }
-            _ = ticker.tick() => {
-                state.flush(std::mem::take(&mut batch), true).await;
-            }
-        }
-    }
-    state.flush(batch, true).await;
-    debug!("export to {}: worker done", state.destination);
-}
-
-impl WorkerState {
-    /// Sends one batch (possibly empty: a tick still syncs the store).
-    async fn flush(&mut self, batch: Vec<SpanRecord>, tick: bool) {
-        let count = batch.len() as u64;
-        let counters = &self.counters;
-        let result = match &mut self.sink {
-            Sink::Store(store) if batch.is_empty() => {
-                if tick { store.sync().await.map_err(|e| e.to_string()) } else { Ok(()) }.map(|()| 0)
-            }
-            _ if batch.is_empty() => return,
-            Sink::Otlp(sender) => send_otlp(sender, batch, &self.config, counters, &self.destination).await,
-            Sink::Console(console) => count_write(counters, console.write(batch).await),
-            Sink::Store(store) => count_write(counters, store.write(batch, tick).await),
-            Sink::Broken(reason) => Err(reason.clone()),
-        };
-        counters.queued.fetch_sub(count, Ordering::Relaxed);
-        match result {
-            Ok(rejected) => {
-                let rejected = rejected.min(count);
-                counters.exported.fetch_add(count - rejected, Ordering::Relaxed);
-                counters.failed.fetch_add(rejected, Ordering::Relaxed);
-                if self.failing {
-                    self.failing = false;
-                    info!("export to {}: working again", self.destination);
-                }
-            }
-            Err(err) => {
-                counters.failed.fetch_add(count, Ordering::Relaxed);
-                counters.set_error(err.clone());
-                self.failing = true;
-                match counters.fail_warning.allow(self.config.warn_interval) {
-                    Some(suppressed) => {
-                        let earlier = if suppressed > 0 {
-                            format!(" ({suppressed} more lost since the last warning)")
-                        } else {
-                            String::new()
-                        };
-                        warn!("export to {}: {count} span(s) lost{earlier}: {err}", self.destination);
-                    }
-                    None => {
-                        counters.fail_warning.suppressed.fetch_add(count, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Counts one console or store write.
-fn count_write<E: std::fmt::Display>(counters: &Counters, result: Result<(), E>) -> Result<u64, String> {
-    counters.requests.fetch_add(1, Ordering::Relaxed);
-    result.map(|()| 0).map_err(|err| {
-        counters.requests_failed.fetch_add(1, Ordering::Relaxed);
-        err.to_string()
-    })
-}
-
-/// One OTLP request for the whole batch, retried with exponential backoff. Returns how many
-/// spans the backend rejected.
-async fn send_otlp(
-    sender: &mut OtlpSender,
-    batch: Vec<SpanRecord>,
-    config: &ExportConfig,
-    counters: &Counters,
-    destination: &Destination,
-) -> Result<u64, String> {
-    let request = build_request(batch);
-    let spans = span_count(&request);
-    let mut encoded = None;
-    let mut attempt = 0;
-    loop {
-        counters.requests.fetch_add(1, Ordering::Relaxed);
-        match sender.send(&request, &mut encoded).await {
-            Ok(accepted) => {
-                if accepted.rejected > 0 {
-                    warn!(
-                        "export to {destination}: backend rejected {} of {spans} span(s): {}",
-                        accepted.rejected, accepted.message
-                    );
-                }
-                return Ok(accepted.rejected);
-            }
-            Err(err) => {
-                counters.requests_failed.fetch_add(1, Ordering::Relaxed);
-                let text = err.to_string();
-                if !err.is_retryable() || attempt >= config.max_retries {
-                    let attempts = attempt + 1;
-                    return Err(format!("{text} (gave up after {attempts} attempt(s))"));
-                }
-                let wait = config.backoff(attempt);
-                debug!(
-                    "export to {destination}: attempt {} failed ({text}); retrying in {wait:?}",
-                    attempt + 1
-                );
-                counters.set_error(text);
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
+            destinations: state
+                .destinations
+                .iter()
+                .map(|e| (e.destination.clone(), e.backlog.stats()))
+                .collect(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
+
+    use std::{
+        collections::VecDeque,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceResponse,
+    };
+    use prost::Message as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
     use crate::{
-        read_store,
+        DestinationStats, read_store,
         testing::{TempDir, device_resource, many_spans, reference_command_inout},
         tree::render_trees,
     };
@@ -557,19 +305,152 @@ mod tests {
     fn fast_config() -> ExportConfig {
         ExportConfig {
             flush_interval: Duration::from_millis(50),
-            max_retries: 0,
             request_timeout: Duration::from_secs(2),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            shutdown_timeout: Duration::from_secs(5),
             ..ExportConfig::default()
         }
     }
 
+    fn spans(n: u64, first: u64) -> Vec<SpanRecord> {
+        many_spans(&device_resource("Demo", "test/demo/1", "Demo/Demo", 1), n, first)
+    }
+
+    fn submit_all(hub: &ExportHub, spans: Vec<SpanRecord>, destination: &Destination) {
+        for span in spans {
+            hub.submit(span, std::slice::from_ref(destination));
+        }
+    }
+
+    fn stats_of(hub: &ExportHub, destination: &Destination) -> DestinationStats {
+        hub.stats().get(destination).cloned().unwrap()
+    }
+
+    async fn wait_stats(
+        hub: &ExportHub,
+        destination: &Destination,
+        done: impl Fn(&DestinationStats) -> bool,
+    ) -> DestinationStats {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = hub.stats().get(destination).cloned().unwrap_or_default();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(std::time::Instant::now() < deadline, "stats never got there: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// What the scripted backend answers to one request.
+    #[derive(Clone, Copy)]
+    enum Reply {
+        Status(u16),
+        /// 200 with an OTLP partial success rejecting this many spans.
+        Rejecting(i64),
+        /// Never answers.
+        Hang,
+    }
+
+    /// A minimal OTLP/HTTP backend answering from a script (then 200), for the causes a real
+    /// receiver is not asked to produce.
+    struct Backend {
+        endpoint: Destination,
+        received: Arc<AtomicUsize>,
+        script: Arc<Mutex<VecDeque<Reply>>>,
+    }
+
+    impl Backend {
+        async fn start(script: impl IntoIterator<Item = Reply>) -> Backend {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = Destination::OtlpHttp {
+                endpoint: format!("http://{}/v1/traces", listener.local_addr().unwrap()),
+            };
+            let received = Arc::new(AtomicUsize::new(0));
+            let script = Arc::new(Mutex::new(script.into_iter().collect::<VecDeque<_>>()));
+            let (r, sc) = (received.clone(), script.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, r.clone(), sc.clone()));
+                }
+            });
+            Backend { endpoint, received, script }
+        }
+
+        fn received(&self) -> usize {
+            self.received.load(Ordering::SeqCst)
+        }
+
+        fn then(&self, reply: Reply) {
+            self.script.lock().unwrap().push_back(reply);
+        }
+    }
+
+    async fn serve(
+        mut stream: tokio::net::TcpStream,
+        received: Arc<AtomicUsize>,
+        script: Arc<Mutex<VecDeque<Reply>>>,
+    ) {
+        let mut buf = Vec::new();
+        loop {
+            // Headers, then a body of Content-Length bytes.
+            let end = loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < end + length {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..end + length);
+            received.fetch_add(1, Ordering::SeqCst);
+            let reply = script.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
+            let (status, body) = match reply {
+                Reply::Hang => return std::future::pending().await,
+                Reply::Status(200) => (200, ExportTraceServiceResponse::default().encode_to_vec()),
+                Reply::Status(status) => (status, b"scripted".to_vec()),
+                Reply::Rejecting(n) => {
+                    let partial =
+                        ExportTracePartialSuccess { rejected_spans: n, error_message: "too old".into() };
+                    (200, ExportTraceServiceResponse { partial_success: Some(partial) }.encode_to_vec())
+                }
+            };
+            let head = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(&body).await.is_err() {
+                return;
+            }
+        }
+    }
+
     #[test]
-    fn backoff_doubles_up_to_the_cap() {
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
         let config = ExportConfig::default();
-        assert_eq!(config.backoff(0), Duration::from_millis(100));
-        assert_eq!(config.backoff(3), Duration::from_millis(800));
-        assert_eq!(config.backoff(10), Duration::from_secs(5));
-        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(5));
+        // Without jitter: the lower half; with the most: the full backoff.
+        assert_eq!(config.backoff(0, 0), Duration::from_millis(50));
+        assert_eq!(config.backoff(0, u64::MAX), Duration::from_millis(100));
+        assert_eq!(config.backoff(3, u64::MAX), Duration::from_millis(800));
+        assert_eq!(config.backoff(10, u64::MAX), Duration::from_secs(5));
+        assert_eq!(config.backoff(u32::MAX, 0), Duration::from_millis(2500));
+        let middle = config.backoff(10, u64::MAX / 2);
+        assert!(middle > Duration::from_millis(3700) && middle < Duration::from_millis(3800), "{middle:?}");
     }
 
     #[tokio::test]
@@ -578,11 +459,9 @@ mod tests {
         let path = dir.path().join("a/b/spans.jsonl");
         let store = Destination::Store { path: path.clone() };
         let hub = ExportHub::start(fast_config());
-        for span in reference_command_inout() {
-            hub.submit(span, std::slice::from_ref(&store));
-        }
+        submit_all(&hub, reference_command_inout(), &store);
         hub.submit(crate::testing::reference_command_inout_error(), std::slice::from_ref(&store));
-        hub.shutdown(Duration::from_secs(5)).await;
+        let stats = hub.shutdown().await;
 
         let spans = read_store(&path).unwrap();
         assert_eq!(spans.len(), 3);
@@ -604,42 +483,63 @@ mod tests {
              \"tango.operation.argument\": \"Increment\"} dur=238.205us"
         );
         assert!(lines[2].ends_with("status=ERROR(\"exception caught (see associated event)\")"), "{tree}");
-        let stats = hub.stats();
         let s = stats.get(&store).unwrap();
-        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_failed, s.spans_queued), (3, 0, 0, 0));
-        assert_eq!(s.last_error, None);
+        assert_eq!((s.spans_submitted, s.spans_delivered, s.dropped.total(), s.spans_held), (3, 3, 0, 0));
+        assert_eq!((s.last_error.as_deref(), s.failing), (None, false));
     }
 
     #[tokio::test]
-    async fn queue_overflow_is_counted_not_blocking() {
-        let dir = TempDir::new("hub-overflow");
+    async fn a_full_budget_keeps_the_newest_spans() {
+        let dir = TempDir::new("hub-budget");
         let store = Destination::Store { path: dir.path().join("spans.jsonl") };
-        // A long interval and a big batch: nothing leaves the queue while we submit.
+        let one = span_bytes(&spans(1, 1)[0]);
+        // A long interval and a big batch: nothing leaves while we submit.
         let hub = ExportHub::start(ExportConfig {
             flush_interval: Duration::from_secs(60),
             max_batch: 100_000,
-            max_queue: 10,
-            ..ExportConfig::default()
+            max_backlog_bytes: 10 * one,
+            ..fast_config()
         });
-        let resource = device_resource("Demo", "test/demo/1", "Demo/Demo", 1);
-        for span in many_spans(&resource, 25, 1) {
-            hub.submit(span, std::slice::from_ref(&store));
-        }
-        let s = hub.stats().get(&store).cloned().unwrap();
-        assert_eq!(s.spans_dropped, 15);
-        assert_eq!(s.spans_queued, 10);
-        hub.shutdown(Duration::from_secs(5)).await;
-        let s = hub.stats().get(&store).cloned().unwrap();
-        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_queued), (10, 15, 0));
-        assert_eq!(read_store(dir.path().join("spans.jsonl")).unwrap().len(), 10);
+        let started = std::time::Instant::now();
+        submit_all(&hub, spans(25, 1), &store);
+        assert!(started.elapsed() < Duration::from_secs(1), "submit never waits");
+        let s = stats_of(&hub, &store);
+        assert_eq!((s.dropped.budget_oldest, s.spans_held, s.bytes_held), (15, 10, 10 * one));
+        assert!(s.peak_bytes_held <= 10 * one);
 
-        // After shutdown, submits are counted drops, for known and new destinations alike.
-        hub.submit(many_spans(&resource, 1, 99).remove(0), std::slice::from_ref(&store));
+        let s = hub.shutdown().await.get(&store).cloned().unwrap();
+        assert_eq!(
+            (s.spans_delivered, s.dropped.budget_oldest, s.spans_held, s.unaccounted()),
+            (10, 15, 0, 0)
+        );
+        let mut seqs: Vec<i64> = read_store(dir.path().join("spans.jsonl"))
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.attributes.get_i64("seq"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (16..=25).collect::<Vec<_>>(), "the newest ten");
+    }
+
+    #[tokio::test]
+    async fn after_shutdown_submits_are_counted() {
+        let dir = TempDir::new("hub-after");
+        let store = Destination::Store { path: dir.path().join("spans.jsonl") };
+        let hub = ExportHub::start(fast_config());
+        submit_all(&hub, spans(3, 1), &store);
+        hub.shutdown().await;
+        // Known and new destinations alike.
+        submit_all(&hub, spans(2, 10), &store);
         let console = Destination::Console { stream: crate::ConsoleStream::Stderr };
-        hub.submit(many_spans(&resource, 1, 100).remove(0), std::slice::from_ref(&console));
+        submit_all(&hub, spans(1, 20), &console);
         let stats = hub.stats();
-        assert_eq!(stats.get(&store).unwrap().spans_dropped, 16);
-        assert_eq!(stats.get(&console).unwrap().spans_dropped, 1);
+        let s = stats.get(&store).unwrap();
+        assert_eq!(
+            (s.spans_submitted, s.spans_delivered, s.dropped.after_shutdown, s.unaccounted()),
+            (5, 3, 2, 0)
+        );
+        assert_eq!(stats.get(&console).unwrap().dropped.after_shutdown, 1);
+        assert_eq!(read_store(dir.path().join("spans.jsonl")).unwrap().len(), 3);
     }
 
     #[tokio::test]
@@ -650,7 +550,7 @@ mod tests {
         let hub = ExportHub::start(ExportConfig {
             flush_interval: Duration::from_secs(60),
             max_batch: 64,
-            ..ExportConfig::default()
+            ..fast_config()
         });
         let a = device_resource("Demo", "test/demo/1", "Demo/Demo", 1);
         let b = device_resource("Demo", "test/demo/2", "Demo/Demo", 2);
@@ -658,45 +558,156 @@ mod tests {
             hub.submit(x, std::slice::from_ref(&store));
             hub.submit(y, std::slice::from_ref(&store));
         }
-        hub.shutdown(Duration::from_secs(10)).await;
+        let s = hub.shutdown().await.total();
         let spans = read_store(&path).unwrap();
         assert_eq!(spans.len(), 1000);
         let mut seqs: Vec<i64> = spans.iter().filter_map(|s| s.attributes.get_i64("seq")).collect();
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), 1000);
-        let s = hub.stats().total();
-        assert_eq!((s.spans_exported, s.spans_dropped, s.spans_failed), (1000, 0, 0));
+        assert_eq!((s.spans_delivered, s.dropped.total(), s.spans_held), (1000, 0, 0));
     }
 
     #[tokio::test]
-    async fn unwritable_store_counts_failures_and_keeps_going() {
+    async fn an_unwritable_store_counts_and_never_claims_to_work_again() {
         let dir = TempDir::new("hub-unwritable");
         // A directory where the file should be: every write fails.
         let path = dir.path().join("spans.jsonl");
         std::fs::create_dir_all(&path).unwrap();
         let store = Destination::Store { path: path.clone() };
         let hub = ExportHub::start(fast_config());
-        for span in reference_command_inout() {
-            hub.submit(span, std::slice::from_ref(&store));
-        }
-        hub.shutdown(Duration::from_secs(5)).await;
-        let s = hub.stats().get(&store).cloned().unwrap();
-        assert_eq!((s.spans_exported, s.spans_failed), (0, 2));
+        submit_all(&hub, reference_command_inout(), &store);
+        let s = wait_stats(&hub, &store, |s| s.dropped.write_failed == 2).await;
+        assert!(s.failing);
+        // Ticks with nothing to write are no proof of recovery.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let s = stats_of(&hub, &store);
+        assert!(s.failing, "{s:?}");
         assert!(s.last_error.unwrap().contains("cannot open span store"));
+        let s = hub.shutdown().await.get(&store).cloned().unwrap();
+        assert_eq!((s.spans_delivered, s.dropped.write_failed, s.unaccounted()), (0, 2, 0));
     }
 
     #[tokio::test]
-    async fn unusable_endpoint_fails_batches_without_panicking() {
+    async fn an_unusable_endpoint_is_a_non_retryable_error() {
         let destination = Destination::OtlpGrpc { endpoint: "not a uri at all".into() };
         let hub = ExportHub::start(fast_config());
-        for span in reference_command_inout() {
-            hub.submit(span, std::slice::from_ref(&destination));
-        }
-        hub.shutdown(Duration::from_secs(5)).await;
-        let s = hub.stats().get(&destination).cloned().unwrap();
-        assert_eq!((s.spans_exported, s.spans_failed, s.spans_queued), (0, 2, 0));
+        submit_all(&hub, reference_command_inout(), &destination);
+        let s = hub.shutdown().await.get(&destination).cloned().unwrap();
+        assert_eq!((s.spans_delivered, s.dropped.non_retryable, s.spans_held, s.unaccounted()), (0, 2, 0, 0));
         assert!(s.last_error.unwrap().contains("not a uri at all"));
+    }
+
+    /// Retryable failures keep the batch at the head, however many attempts it takes, while new
+    /// spans keep coming in; then everything is delivered.
+    #[tokio::test]
+    async fn retries_never_give_up_and_never_stall_new_spans() {
+        let backend = Backend::start([Reply::Status(503); 8]).await;
+        let destination = backend.endpoint.clone();
+        let hub = ExportHub::start(ExportConfig { max_batch: 10, ..fast_config() });
+        submit_all(&hub, spans(10, 1), &destination);
+        wait_stats(&hub, &destination, |s| s.requests_failed >= 3).await;
+        // Accepted while the first batch is retried.
+        let started = std::time::Instant::now();
+        submit_all(&hub, spans(35, 11), &destination);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let s = wait_stats(&hub, &destination, |s| s.spans_delivered == 45).await;
+        assert_eq!((s.requests_failed, s.dropped.total(), s.spans_held, s.failing), (8, 0, 0, false));
+        // 8 refusals, then the retried batch and the 35 others in four batches.
+        assert_eq!(backend.received(), 8 + 5);
+        hub.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn non_retryable_statuses_drop_the_batch_only() {
+        let backend = Backend::start([Reply::Status(400)]).await;
+        let destination = backend.endpoint.clone();
+        let hub = ExportHub::start(fast_config());
+        submit_all(&hub, spans(3, 1), &destination);
+        let s = wait_stats(&hub, &destination, |s| s.dropped.non_retryable == 3).await;
+        assert!(s.last_error.unwrap().contains("400"));
+        assert_eq!(backend.received(), 1, "not retried");
+        submit_all(&hub, spans(2, 4), &destination);
+        let s = wait_stats(&hub, &destination, |s| s.spans_delivered == 2).await;
+        assert!(!s.failing);
+        let s = hub.shutdown().await.get(&destination).cloned().unwrap();
+        assert_eq!((s.requests_sent, s.requests_failed, s.unaccounted()), (2, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn spans_rejected_by_the_backend_are_counted() {
+        let backend = Backend::start([Reply::Rejecting(2)]).await;
+        let destination = backend.endpoint.clone();
+        let hub = ExportHub::start(fast_config());
+        submit_all(&hub, spans(5, 1), &destination);
+        let s = wait_stats(&hub, &destination, |s| s.spans_held == 0).await;
+        assert_eq!((s.spans_delivered, s.dropped.rejected, s.requests_failed), (3, 2, 0));
+        hub.shutdown().await;
+    }
+
+    /// The batch whose request is out is never dropped; when it fills the budget, new spans are.
+    #[tokio::test]
+    async fn the_batch_out_fills_the_budget_and_new_spans_are_dropped() {
+        let backend = Backend::start([Reply::Hang]).await;
+        let destination = backend.endpoint.clone();
+        let one = span_bytes(&spans(1, 1)[0]);
+        let hub = ExportHub::start(ExportConfig {
+            max_batch: 10,
+            max_backlog_bytes: 10 * one,
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_millis(300),
+            ..fast_config()
+        });
+        submit_all(&hub, spans(10, 1), &destination);
+        while backend.received() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        submit_all(&hub, spans(5, 11), &destination);
+        let s = stats_of(&hub, &destination);
+        assert_eq!((s.spans_held, s.dropped.budget_newest, s.dropped.budget_oldest), (10, 5, 0), "{s:?}");
+        assert!(s.peak_bytes_held <= 10 * one);
+        let started = std::time::Instant::now();
+        let s = hub.shutdown().await.get(&destination).cloned().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // The hanging request was cut off at the deadline.
+        assert_eq!((s.dropped.at_shutdown, s.spans_held, s.unaccounted()), (10, 0, 0), "{s:?}");
+    }
+
+    /// Shutdown with the backend down ends at its deadline and counts what it held.
+    #[tokio::test]
+    async fn shutdown_with_the_backend_down_is_bounded_and_counted() {
+        let backend = Backend::start([Reply::Status(503); 1000]).await;
+        let destination = backend.endpoint.clone();
+        let hub = ExportHub::start(ExportConfig {
+            shutdown_timeout: Duration::from_millis(400),
+            max_backoff: Duration::from_secs(30),
+            ..fast_config()
+        });
+        submit_all(&hub, spans(7, 1), &destination);
+        wait_stats(&hub, &destination, |s| s.requests_failed >= 1).await;
+        let started = std::time::Instant::now();
+        let s = hub.shutdown().await.get(&destination).cloned().unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(2), "{took:?}");
+        assert_eq!((s.spans_delivered, s.dropped.at_shutdown, s.unaccounted()), (0, 7, 0), "{s:?}");
+        // Shutdown tries once more at once, whatever the backoff says.
+        assert!(s.requests_failed >= 2, "{s:?}");
+    }
+
+    /// A backend that comes back while shutdown waits gets everything.
+    #[tokio::test]
+    async fn shutdown_with_the_backend_up_delivers_everything() {
+        let backend = Backend::start([Reply::Status(503); 2]).await;
+        let destination = backend.endpoint.clone();
+        let hub = ExportHub::start(ExportConfig {
+            flush_interval: Duration::from_secs(60),
+            max_batch: 50,
+            ..fast_config()
+        });
+        submit_all(&hub, spans(120, 1), &destination);
+        let s = hub.shutdown().await.get(&destination).cloned().unwrap();
+        assert_eq!((s.spans_delivered, s.dropped.total(), s.spans_held), (120, 0, 0), "{s:?}");
+        backend.then(Reply::Status(200));
     }
 
     #[test]
@@ -709,7 +720,7 @@ mod tests {
         for span in reference_command_inout() {
             hub.submit(span, &[store.clone(), store.clone()]);
         }
-        runtime.block_on(hub.shutdown(Duration::from_secs(5)));
+        runtime.block_on(hub.shutdown());
         assert_eq!(read_store(dir.path().join("s.jsonl")).unwrap().len(), 4);
     }
 }

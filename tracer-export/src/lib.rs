@@ -7,10 +7,13 @@
 //! into a single `ExportTraceServiceRequest` (one `ResourceSpans` per resource) and sends that
 //! itself, over OTLP/HTTP (protobuf POST) or OTLP/gRPC (`TraceServiceClient`).
 //!
-//! - [`ExportHub`] owns one worker task per [`Destination`], created on first use. Each worker
-//!   has a bounded queue ([`ExportHub::submit`] never blocks: when the queue is full the span is
-//!   dropped and counted), batches across resources, retries with exponential backoff and keeps
-//!   going when a backend is down.
+//! - [`ExportHub`] owns one backlog and one worker task per [`Destination`], created on first
+//!   use. [`ExportHub::submit`] never blocks; each backlog is bounded by a memory budget that,
+//!   when full, drops the oldest spans; each worker batches across resources, retries with
+//!   capped, jittered exponential backoff without ever stalling new spans, drains its backlog
+//!   at full speed when the backend is back, and ends within a set time at shutdown.
+//! - [`ExportStats`] counts, per destination, every span delivered, held, or dropped (by
+//!   cause): nothing is lost without being counted.
 //! - [`Destination`] says where spans go: OTLP/HTTP, OTLP/gRPC, the console, or the embedded
 //!   store (a JSON-lines file in the same [`json`] form that OTLP would carry).
 //! - [`json`] and [`tree`] turn spans into the readable forms used by the store, by test
@@ -21,30 +24,37 @@
 //! use tracer_export::{Destination, ExportConfig, ExportHub};
 //!
 //! # async fn example(span: tracer_export::SpanRecord) -> Result<(), tracer_export::Error> {
-//! let hub = ExportHub::start(ExportConfig::default());
+//! let hub = ExportHub::start(ExportConfig { shutdown_timeout: Duration::from_secs(5), ..ExportConfig::default() });
 //! let otlp = Destination::parse("http", "http://127.0.0.1:4318")?;
-//! hub.submit(span, &[otlp]);
-//! hub.shutdown(Duration::from_secs(5)).await;
+//! hub.submit(span, std::slice::from_ref(&otlp));
+//! let stats = hub.shutdown().await;
+//! let otlp_stats = stats.get(&otlp).cloned().unwrap_or_default();
+//! println!("delivered {}, dropped {}", otlp_stats.spans_delivered, otlp_stats.dropped.total());
 //! # Ok(()) }
 //! ```
 //!
 //! [`SpanData`]: opentelemetry_sdk::trace::SpanData
 
+mod backlog;
 mod console;
 mod destination;
 mod hub;
 pub mod json;
 pub mod otlp;
+mod stats;
 mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tree;
+mod worker;
 
+pub use backlog::span_bytes;
 pub use console::ConsoleError;
 pub use destination::{ConsoleStream, Destination, DestinationError, destinations_from_otel_env};
-pub use hub::{DestinationStats, ExportConfig, ExportHub, ExportStats};
+pub use hub::{ExportConfig, ExportHub};
 pub use otlp::OtlpError;
-pub use store::{MAX_STORE_BYTES, StoreError, read_store, rotated_path};
+pub use stats::{DestinationStats, DropCounts, ExportStats};
+pub use store::{MAX_STORE_BYTES, StoreError, check_store, read_store, rotated_path};
 
 /// One finished span together with the resource (Tango process or device) it belongs to.
 ///

@@ -109,11 +109,16 @@ pub enum OtlpError {
 
 impl OtlpError {
     /// Whether sending the same request again may succeed (the OTLP specification's list of
-    /// retryable HTTP statuses and gRPC codes; transport failures are retried too).
+    /// retryable HTTP statuses and gRPC codes, and HTTP 408; transport failures are retried
+    /// too).
     pub fn is_retryable(&self) -> bool {
         match self {
-            OtlpError::Http { .. } => true,
-            OtlpError::HttpStatus { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+            // Refused, timed out, reset: the backend may be back later. A request that could
+            // not even be built never will be.
+            OtlpError::Http { source, .. } => !source.is_builder(),
+            // The OTLP list (429, 502, 503, 504) and 408, a timeout on the backend's side; any
+            // other 4xx says the request itself is wrong.
+            OtlpError::HttpStatus { status, .. } => matches!(status, 408 | 429 | 502 | 503 | 504),
             OtlpError::Grpc { code, .. } => matches!(
                 code,
                 Code::Cancelled
@@ -134,6 +139,7 @@ impl OtlpError {
 
 /// Builds one request carrying every span of `records`, with one `ResourceSpans` per distinct
 /// resource (in order of first appearance) and, inside it, one `ScopeSpans` per scope.
+#[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
 pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
     let mut groups: Vec<(Resource, Vec<SpanData>)> = Vec::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
@@ -182,7 +188,8 @@ fn fingerprint(resource: &Resource) -> u64 {
 }
 
 /// How many spans a request carries.
-pub(crate) fn span_count(request: &ExportTraceServiceRequest) -> u64 {
+#[cfg(test)]
+fn span_count(request: &ExportTraceServiceRequest) -> u64 {
     request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
 }
 
@@ -190,6 +197,13 @@ pub(crate) fn span_count(request: &ExportTraceServiceRequest) -> u64 {
 pub(crate) enum OtlpSender {
     Http(HttpSender),
     Grpc(GrpcSender),
+}
+
+/// A batch in the form it is sent in, built once and kept for its retries: the encoded (and
+/// compressed) body for HTTP, the request for gRPC.
+pub(crate) enum Prepared {
+    Http(Bytes),
+    Grpc(ExportTraceServiceRequest),
 }
 
 /// What one successful attempt achieved.
@@ -201,22 +215,31 @@ pub(crate) struct Accepted {
 }
 
 impl OtlpSender {
-    /// One attempt. `encoded` keeps the HTTP body between attempts so that encoding and
-    /// compression are not repeated on retries.
-    pub(crate) async fn send(
-        &mut self,
-        request: &ExportTraceServiceRequest,
-        encoded: &mut Option<Bytes>,
-    ) -> Result<Accepted, OtlpError> {
+    /// Builds the request of a batch once, so that retries repeat neither the conversion nor
+    /// the encoding and compression.
+    pub(crate) fn prepare(&self, batch: Vec<SpanRecord>) -> Result<Prepared, OtlpError> {
+        let request = build_request(batch);
         match self {
-            OtlpSender::Http(http) => {
-                let body = match encoded {
-                    Some(body) => body.clone(),
-                    None => encoded.insert(http.encode(request)?).clone(),
-                };
+            OtlpSender::Http(http) => http.encode(&request).map(Prepared::Http),
+            OtlpSender::Grpc(_) => Ok(Prepared::Grpc(request)),
+        }
+    }
+
+    /// One attempt.
+    pub(crate) async fn send(&mut self, prepared: &Prepared) -> Result<Accepted, OtlpError> {
+        match (self, prepared) {
+            (OtlpSender::Http(http), Prepared::Http(body)) => http.send(body.clone()).await,
+            (OtlpSender::Grpc(grpc), Prepared::Grpc(request)) => grpc.send(request.clone()).await,
+            // A sender prepares only its own kind.
+            (OtlpSender::Http(http), Prepared::Grpc(request)) => {
+                let body = http.encode(request)?;
                 http.send(body).await
             }
-            OtlpSender::Grpc(grpc) => grpc.send(request.clone()).await,
+            (OtlpSender::Grpc(grpc), Prepared::Http(_)) => Err(OtlpError::Grpc {
+                endpoint: grpc.endpoint.clone(),
+                code: Code::Internal,
+                message: "an HTTP body cannot be sent over gRPC".to_owned(),
+            }),
         }
     }
 }
@@ -346,7 +369,13 @@ fn accepted(response: ExportTraceServiceResponse) -> Accepted {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use std::time::{Duration, SystemTime};
 
@@ -429,7 +458,10 @@ mod tests {
         let status = |status| OtlpError::HttpStatus { endpoint: String::new(), status, body: String::new() };
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
+        assert!(status(408).is_retryable());
         assert!(!status(400).is_retryable());
+        assert!(!status(413).is_retryable());
+        assert!(!status(500).is_retryable());
         assert!(!status(404).is_retryable());
         let grpc = |code| OtlpError::Grpc { endpoint: String::new(), code, message: String::new() };
         assert!(grpc(Code::Unavailable).is_retryable());

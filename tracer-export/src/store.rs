@@ -17,50 +17,51 @@ use crate::{
     otlp::build_request,
 };
 
-/// Why the store could not be written or read.
+/// Why the store could not be written or read. Each message ends with the system's reason,
+/// which is therefore not also a `source()` (it would be printed twice).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The file or its directory could not be created or opened.
-    #[error("cannot open span store {path}: {source}")]
+    #[error("cannot open span store {path}: {reason}")]
     Open {
         /// The store's file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Appending or syncing failed.
-    #[error("cannot write span store {path}: {source}")]
+    #[error("cannot write span store {path}: {reason}")]
     Write {
         /// The store's file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// Reading failed.
-    #[error("cannot read span store {path}: {source}")]
+    #[error("cannot read span store {path}: {reason}")]
     Read {
         /// The store's file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// A complete line is not a span.
-    #[error("span store {path} line {line} is not a span: {source}")]
+    #[error("span store {path} line {line} is not a span: {reason}")]
     BadLine {
         /// The store's file.
         path: PathBuf,
         /// The line number, from 1.
         line: usize,
         /// What the JSON parser objected to.
-        source: serde_json::Error,
+        reason: serde_json::Error,
     },
     /// A span could not be turned into JSON.
-    #[error("cannot encode a span for store {path}: {source}")]
+    #[error("cannot encode a span for store {path}: {reason}")]
     Encode {
         /// The store's file.
         path: PathBuf,
         /// The serializer's error.
-        source: serde_json::Error,
+        reason: serde_json::Error,
     },
 }
 
@@ -68,7 +69,7 @@ pub enum StoreError {
 /// JSON: the writer was stopped mid-line) is skipped; any other bad line is an error.
 pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
     let path = path.as_ref();
-    let read_error = |source| StoreError::Read { path: path.to_owned(), source };
+    let read_error = |reason| StoreError::Read { path: path.to_owned(), reason };
     let file = File::open(path).map_err(read_error)?;
     let mut reader = BufReader::new(file);
     let mut spans = Vec::new();
@@ -88,8 +89,8 @@ pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
         match serde_json::from_str(text) {
             Ok(span) => spans.push(span),
             Err(_) if !complete => return Ok(spans),
-            Err(source) => {
-                return Err(StoreError::BadLine { path: path.to_owned(), line: number, source });
+            Err(reason) => {
+                return Err(StoreError::BadLine { path: path.to_owned(), line: number, reason });
             }
         }
     }
@@ -126,13 +127,13 @@ impl StoreWriter {
         let mut bytes = Vec::new();
         for span in request_to_json(&build_request(batch)) {
             serde_json::to_writer(&mut bytes, &span)
-                .map_err(|source| StoreError::Encode { path: self.path.clone(), source })?;
+                .map_err(|reason| StoreError::Encode { path: self.path.clone(), reason })?;
             bytes.push(b'\n');
         }
         self.run_blocking(move |path, file| {
             file.write_all(&bytes)
                 .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
-                .map_err(|source| StoreError::Write { path: path.to_owned(), source })
+                .map_err(|reason| StoreError::Write { path: path.to_owned(), reason })
         })
         .await?;
         self.dirty = !sync;
@@ -159,7 +160,7 @@ impl StoreWriter {
             return Ok(());
         }
         self.run_blocking(|path, file| {
-            file.sync_data().map_err(|source| StoreError::Write { path: path.to_owned(), source })
+            file.sync_data().map_err(|reason| StoreError::Write { path: path.to_owned(), reason })
         })
         .await?;
         self.dirty = false;
@@ -190,18 +191,32 @@ impl StoreWriter {
             Ok(Err(err)) => Err(err),
             Err(join) => Err(StoreError::Write {
                 path: self.path.clone(),
-                source: std::io::Error::other(join.to_string()),
+                reason: std::io::Error::other(join.to_string()),
             }),
         }
     }
 }
 
+/// Checks that spans can be stored at `path`, as a daemon should before it starts: creates the
+/// missing directories and opens the file for appending once, exactly as every write will.
+pub fn check_store(path: impl AsRef<Path>) -> Result<(), StoreError> {
+    open_for_append(path.as_ref()).map(drop)
+}
+
 /// Opens (creating it and its directories) the store for appending, cutting off a torn last
 /// line so that the next record starts on a line of its own.
 fn open_for_append(path: &Path) -> Result<File, StoreError> {
-    let open_error = |source| StoreError::Open { path: path.to_owned(), source };
+    let open_error = |reason| StoreError::Open { path: path.to_owned(), reason };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(open_error)?;
+        std::fs::create_dir_all(dir).map_err(|err| {
+            // "File exists" would not say which one, nor that it is in the way.
+            if err.kind() == std::io::ErrorKind::AlreadyExists && !dir.is_dir() {
+                let text = format!("{} is not a directory", dir.display());
+                open_error(std::io::Error::new(std::io::ErrorKind::NotADirectory, text))
+            } else {
+                open_error(err)
+            }
+        })?;
     }
     let mut file = OpenOptions::new().create(true).read(true).append(true).open(path).map_err(open_error)?;
     let len = file.metadata().map_err(open_error)?.len();
@@ -219,6 +234,7 @@ fn open_for_append(path: &Path) -> Result<File, StoreError> {
 }
 
 /// The offset just after the last newline before `len` (0 if there is none).
+#[expect(clippy::indexing_slicing, reason = "`end - start` is at most CHUNK, the buffer's length")]
 fn last_line_start(file: &mut File, len: u64) -> std::io::Result<u64> {
     const CHUNK: u64 = 64 * 1024;
     let mut end = len;
@@ -238,10 +254,36 @@ fn last_line_start(file: &mut File, len: u64) -> std::io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use super::*;
     use crate::testing::{TempDir, reference_command_inout};
+
+    #[test]
+    fn an_unwritable_store_is_refused_by_the_check() {
+        let dir = TempDir::new("check");
+        // A store that can be made: its directories are created, the file exists after.
+        let good = dir.path().join("new/dir/spans.jsonl");
+        check_store(&good).unwrap();
+        assert!(good.is_file());
+        // A directory in its place.
+        let err = check_store(dir.path().join("new/dir")).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        // A directory that cannot be created (a file is in the way).
+        let err = check_store(good.join("spans.jsonl")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot open span store {}: ", good.join("spans.jsonl").display())),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_none(), "the reason is said once");
+    }
 
     #[test]
     fn the_rotated_file_sits_next_to_the_store() {

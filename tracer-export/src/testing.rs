@@ -235,6 +235,7 @@ impl TempDir {
     ///
     /// # Panics
     /// When the directory cannot be created (tests only).
+    #[expect(clippy::panic, reason = "a test helper: a test without its directory cannot run")]
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);

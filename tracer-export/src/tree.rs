@@ -17,6 +17,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use crate::json::{SpanJson, value_text};
 
 /// Renders every trace among `spans` as an indented tree, one line per span.
+#[expect(clippy::indexing_slicing, reason = "every index is below `spans.len()` by construction")]
 pub fn render_trees(spans: &[SpanJson]) -> String {
     let mut by_id: HashMap<(&str, &str), usize> = HashMap::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
@@ -66,6 +67,7 @@ pub fn render_trees(spans: &[SpanJson]) -> String {
     out
 }
 
+#[expect(clippy::indexing_slicing, reason = "`children` holds indices of `spans`, `shown` is as long")]
 fn render(
     spans: &[SpanJson],
     children: &HashMap<usize, Vec<usize>>,
@@ -118,7 +120,13 @@ fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
 
     use super::*;
     use crate::json::{Attributes, ScopeJson, StatusJson};

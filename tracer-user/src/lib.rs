@@ -1,22 +1,15 @@
 //! tango-tracer: rebuilds Tango operations seen by eBPF probes as OpenTelemetry spans.
 //!
-//! Data flows one way: [`probes`] → [`records`] → wire parsers (`tracer-wire`) →
-//! [`assembly`] → [`resources`] → export (`tracer-export`). [`daemon`] wires them together.
+//! Data flows one way, one folder per stage: [`discover`] → [`probe`] → wire parsers
+//! (`tracer-wire`) → [`assemble`] → [`events`] → [`devices`] → [`configure`] → [`convert`] →
+//! export (`tracer-export`). [`run`] wires them together.
 
-pub mod assembly;
-pub mod configuration;
-pub mod ctl;
-pub mod daemon;
-pub mod dbclient;
-pub mod discovery;
+pub mod assemble;
+pub mod configure;
+pub mod convert;
+pub mod devices;
+pub mod discover;
 pub mod events;
-pub mod kernel_offsets;
-pub mod probes;
-pub mod procinfo;
-pub mod records;
-pub mod resources;
-pub mod sockets;
-pub mod spandata;
-pub mod telemetry_config;
-pub mod topics;
-pub mod uprobes;
+pub mod probe;
+pub mod run;
+pub mod stats;

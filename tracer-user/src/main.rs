@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tango_tracer::daemon::{self, RunOptions};
+use tango_tracer::run::{self as daemon, RunOptions};
 use tracer_export::{ConsoleStream, Destination, ExportConfig};
 
 /// Zero-instrumentation tracing of Tango Controls device servers and clients.
@@ -28,7 +28,7 @@ enum Command {
 #[derive(Parser, Debug)]
 struct CtlArgs {
     /// The daemon's control socket.
-    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
     action: CtlAction,
@@ -54,6 +54,12 @@ enum CtlAction {
     },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
+    /// Counters and table sizes of every stage of the daemon.
+    Stats {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,6 +83,13 @@ struct RunArgs {
     /// Longest time a finished span waits before it is exported.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     export_interval: Duration,
+    /// Memory for spans waiting to be exported, per destination (KiB, MiB, GiB); when it is full
+    /// (a backend down), the oldest spans are dropped and counted.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    export_memory: u64,
+    /// Longest time the export takes at stop; what is not delivered by then is counted.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// Bytes copied from each GIOP message (headers and Tango arguments fit in 1–2 KiB).
     #[arg(long, default_value_t = 2048)]
     capture_bytes: u32,
@@ -100,7 +113,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "on")]
     default_telemetry: OnOff,
     /// Control socket for `tango-tracer ctl`.
-    #[arg(long, default_value = tango_tracer::ctl::DEFAULT_SOCKET)]
+    #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     control_socket: PathBuf,
 }
 
@@ -137,6 +150,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| format!("not a size: {text} (e.g. 64MiB)"))?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return Err(format!("unknown unit in {text} (use KiB, MiB or GiB)")),
+    };
+    value.checked_mul(unit).filter(|&bytes| bytes > 0).ok_or_else(|| format!("size out of range: {text}"))
+}
+
 fn parse_name_value(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -165,11 +193,22 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
         }
     }
     destinations.dedup();
+    for destination in &destinations {
+        if let Destination::Store { path } = destination {
+            // Refused now rather than found out at the first write, spans lost.
+            tracer_export::check_store(path).map_err(|err| {
+                anyhow::anyhow!(
+                    "{err}; give --store (or TANGO_TRACER_STORE) a file path the daemon can write"
+                )
+            })?;
+        }
+    }
     Ok(destinations)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (min, max) = (tango_tracer::probes::MIN_CAPTURE_BYTES, tango_tracer::probes::MAX_CAPTURE_BYTES);
+    let (min, max) =
+        (tango_tracer::probe::attach::MIN_CAPTURE_BYTES, tango_tracer::probe::attach::MAX_CAPTURE_BYTES);
     if !(min..=max).contains(&args.capture_bytes) {
         bail!(
             "--capture-bytes must be between {min} and {max}: a GIOP header and the Tango arguments need {min}"
@@ -178,7 +217,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.export_interval > Duration::from_secs(5) {
         bail!("--export-interval must be at most 5s so traces show up promptly");
     }
-    let export = ExportConfig { flush_interval: args.export_interval, ..ExportConfig::default() };
+    let export = ExportConfig {
+        flush_interval: args.export_interval,
+        max_backlog_bytes: args.export_memory,
+        shutdown_timeout: args.shutdown_timeout,
+        ..ExportConfig::default()
+    };
     let options = RunOptions {
         destinations: destinations(&args)?,
         export,
@@ -223,7 +267,7 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
 }
 
 async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
-    use tango_tracer::ctl::{CtlAnswer, CtlRequest, render_targets, request};
+    use tango_tracer::run::ctl::{CtlAnswer, CtlRequest, render_stats, render_targets, request};
     let (req, json) = match args.action {
         CtlAction::List { json } => (CtlRequest::List, json),
         CtlAction::Start { pattern } => (CtlRequest::Enable { pattern, enable: true }, false),
@@ -237,6 +281,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             (CtlRequest::Endpoints { pattern, exporters, endpoints }, false)
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
+        CtlAction::Stats { json } => (CtlRequest::Stats, json),
     };
     let answer = request(&args.socket, &req).await?;
     if json {
@@ -249,6 +294,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             println!("no traced device matches yet; the change applies to matching devices when they appear")
         }
         CtlAnswer::Changed { devices } => println!("changed: {}", devices.join(", ")),
+        CtlAnswer::Stats(stats) => print!("{}", render_stats(&stats)),
         CtlAnswer::Error { message } => bail!("{message}"),
     }
     Ok(())

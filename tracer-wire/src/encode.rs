@@ -97,6 +97,13 @@ pub fn request_1_0(
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
     use crate::{
         giop::{Message, parse_message},

@@ -649,6 +649,13 @@ fn request_id_at(bytes: &[u8], at: usize, header: &Header) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     /// A GIOP 1.0 `ping` request from PyTango 10.3.1 to the DB-less device `test/demo/1`.

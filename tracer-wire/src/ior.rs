@@ -97,6 +97,13 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
     use crate::{giop, tango};
 

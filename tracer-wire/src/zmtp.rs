@@ -237,6 +237,13 @@ pub fn parse_event<'a>(frames: &[Frame<'a>]) -> Result<EventMessage<'a>, WireErr
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

@@ -1,4 +1,5 @@
 //! Decoding real captured Tango traffic (see `common` for where each fixture comes from).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
 
 mod common;
 

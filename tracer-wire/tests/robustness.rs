@@ -1,5 +1,6 @@
 //! No parser panics on any input, truncations of real messages degrade gracefully, and the
 //! assembler cuts real streams back into the exact messages whatever the chunking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
 
 mod common;
 

@@ -13,27 +13,23 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(true)?;
     // tango-bench runs the daemon and the OTLP receiver from its own directory: build all three
     // in release mode, into the same target directory.
-    crate::sh(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "tango-tracer",
-            "--package",
-            "benches",
-            "--package",
-            "integration-tests",
-            "--bin",
-            "tango-tracer",
-            "--bin",
-            "tango-bench",
-            "--bin",
-            "otlp-receiver",
-        ],
-        &[],
-    )?;
+    crate::cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "tango-tracer",
+        "--package",
+        "benches",
+        "--package",
+        "integration-tests",
+        "--bin",
+        "tango-tracer",
+        "--bin",
+        "tango-bench",
+        "--bin",
+        "otlp-receiver",
+    ])?;
     let mut args = vec!["run", "--release", "--package", "benches", "--bin", "tango-bench", "--"];
     args.extend(options.args.iter().map(String::as_str));
-    crate::sh("cargo", &args, &[])
+    crate::cargo(&args)
 }

@@ -1,9 +1,13 @@
 //! Developer and CI tasks: `cargo xtask run` (the daemon) and `cargo xtask test` (every test).
 //!
-//! Both first install what they need, idempotently, through `scripts/bootstrap.sh`.
+//! xtask itself builds with whatever Rust the machine has by default (it needs nothing newer),
+//! so it can run on a fresh machine. It then installs what the project needs, idempotently — the
+//! pinned nightly included, since a missing toolchain is not installed by rustup on its own
+//! everywhere (`RUSTUP_AUTO_INSTALL=0`) — and runs every build with that nightly.
 
 mod bench;
 mod run;
+mod setup;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -18,10 +22,14 @@ struct Cli {
 enum Command {
     /// Install what is missing, build the daemon and run it in the foreground (root).
     Run(run::Options),
-    /// Install what is missing (test stack included), build, and run every test.
+    /// Install what is missing (test stack included), build, check and run every test.
     Test(test::Options),
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench(bench::Options),
+    /// Only install what is missing (the pinned toolchain, bpf-linker, packages).
+    Setup(setup::Options),
+    /// rustfmt and clippy with the pinned toolchain, as `test` runs them.
+    Check,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(options),
         Command::Bench(options) => bench::run(options),
+        Command::Setup(options) => setup::run(options),
+        Command::Check => test::check(),
     }
 }
 
@@ -36,6 +46,15 @@ fn main() -> anyhow::Result<()> {
 pub fn workspace_root() -> std::path::PathBuf {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
+}
+
+/// The pinned nightly that builds everything: aya 0.16 needs Rust ≥ 1.98, and the eBPF object
+/// needs an LLVM no newer than bpf-linker's. Set once, in `.cargo/config.toml`, which cargo
+/// passes to `cargo xtask` and to `tracer-user`'s build script alike.
+pub fn pinned_toolchain() -> anyhow::Result<String> {
+    std::env::var("TANGO_TRACER_TOOLCHAIN").map_err(|_| {
+        anyhow::anyhow!("TANGO_TRACER_TOOLCHAIN is not set: run xtask as `cargo xtask …` from the workspace")
+    })
 }
 
 /// Runs a command in the workspace root, failing on a non-zero exit.
@@ -50,8 +69,15 @@ pub fn sh(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<
     Ok(())
 }
 
+/// Runs `cargo` with the pinned toolchain (rustup's `RUSTUP_TOOLCHAIN` wins over any default).
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let toolchain = pinned_toolchain()?;
+    sh("cargo", args, &[("RUSTUP_TOOLCHAIN", &toolchain)])
+}
+
 /// Installs the toolchain pieces (and with `test_stack`, the Tango stacks and the venv).
 pub fn bootstrap(test_stack: bool) -> anyhow::Result<()> {
+    let toolchain = pinned_toolchain()?;
     let args: &[&str] = if test_stack { &["--test-stack"] } else { &[] };
-    sh("scripts/bootstrap.sh", args, &[])
+    sh("scripts/bootstrap.sh", args, &[("TANGO_TRACER_TOOLCHAIN", &toolchain)])
 }

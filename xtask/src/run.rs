@@ -12,7 +12,7 @@ pub struct Options {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(false)?;
-    crate::sh("cargo", &["build", "--release", "--package", "tango-tracer"], &[])?;
+    crate::cargo(&["build", "--release", "--package", "tango-tracer"])?;
     let binary = crate::workspace_root().join("target/release/tango-tracer");
     let error = std::process::Command::new(&binary).arg("run").args(&options.args).exec();
     Err(anyhow::anyhow!("starting {}: {error}", binary.display()))

@@ -1,4 +1,4 @@
-//! `cargo xtask test`: every test, unit and integration (the latter need root and eBPF).
+//! `cargo xtask test`: every check and test, unit and integration (the latter need root and eBPF).
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -9,10 +9,26 @@ pub struct Options {
 
 pub fn run(options: Options) -> anyhow::Result<()> {
     crate::bootstrap(true)?;
-    crate::sh("cargo", &["build", "--package", "tango-tracer", "--package", "integration-tests"], &[])?;
+    check()?;
+    crate::cargo(&["build", "--package", "tango-tracer", "--package", "integration-tests"])?;
     let mut args = vec!["test", "--workspace", "--exclude", "tracer-ebpf", "--no-fail-fast"];
     args.extend(options.args.iter().map(String::as_str));
     // Integration tests start real servers and the daemon: one at a time keeps them clear.
     args.extend(["--", "--test-threads=1"]);
-    crate::sh("cargo", &args, &[])
+    crate::cargo(&args)
+}
+
+/// Formatting and lints, as the project keeps them: any finding fails.
+pub fn check() -> anyhow::Result<()> {
+    crate::cargo(&["fmt", "--all", "--check"])?;
+    crate::cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }

@@ -181,7 +181,7 @@ fn assembly(session: &Path, seconds: f64) -> anyhow::Result<Assembly> {
     let records = replay::load(session)?;
     let min_time = Duration::from_secs_f64(seconds.max(2.0));
     eprintln!(
-        "tango-bench: replaying {} records through assembly for {:.0} s",
+        "tango-bench: replaying {} records through the pipeline for {:.0} s",
         records.len(),
         min_time.as_secs_f64()
     );

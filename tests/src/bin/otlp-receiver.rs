@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             let log = receiver.request_log();
-            for request in &log[reported.min(log.len())..] {
+            for request in log.iter().skip(reported) {
                 eprintln!(
                     "otlp-receiver: {} request: {} resource_spans, {} spans{}",
                     request.protocol.name(),

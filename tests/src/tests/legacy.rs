@@ -247,3 +247,44 @@ fn mixed_generation_chains_are_one_trace_each() {
         assert!(message.starts_with("REASON:BoomReason;"), "{message}");
     }
 }
+
+#[test]
+fn a_device_proxy_built_through_the_database_matches_the_native_reference() {
+    use crate::{
+        harness::reference_steps,
+        reference::{self, ANY, NATIVE_DATABASE},
+        tests::pytango::{compare_steps, native_step, wait_for_count},
+    };
+    let receiver = OtlpReceiver::start_blocking();
+    let marker = unique_marker("dbconnect");
+    let stack = DbStack::start();
+    let demo = DemoDbServer::start(&stack, &marker, "ref", &["test/dbdemo/1"]);
+    // DataBaseds 9.3.4 has no telemetry of its own and is not traced here, as in the reference.
+    let mut daemon =
+        TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))], &[]);
+    let out = run_db_client(
+        &stack,
+        &marker,
+        &python(),
+        "reference_client.py",
+        &[&demo.devices[0], "-", "connect", "read_attribute"],
+        &[],
+    );
+    let (_, ran) = reference_steps(&out);
+    // connect: the INTERNAL span with the database calls cppTango makes inside it.
+    let connect = reference::forest(&reference::load(NATIVE_DATABASE, "connect.json")).expect("reference");
+    // read_attribute: the DB-less reference's pair, served by a device registered in a database.
+    let mut read = native_step("read_attribute");
+    for server in &mut read[0].children {
+        server.resource.insert("service.instance.id".into(), "test/dbdemo/1".into());
+        server.resource.insert("tango.server.name".into(), "Demo/ref".into());
+        server.resource.insert("tango.host".into(), ANY.into());
+    }
+    read[0].attributes.insert("tango.operation.target".into(), "test/dbdemo/1".into());
+    let expected = vec![connect, read];
+    let total = expected.iter().flatten().map(reference::Shape::len).sum();
+    wait_for_count(&receiver, total, WAIT);
+    daemon.stop();
+    let problems = compare_steps(&receiver.spans(), &ran, &expected);
+    assert!(problems.is_empty(), "differences from the native reference:\n{}", problems.join("\n"));
+}

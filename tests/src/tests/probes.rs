@@ -98,24 +98,28 @@ fn stop_line(log: &str) -> &str {
         .unwrap_or_else(|| panic!("no stop line in the daemon's log:\n{log}"))
 }
 
-/// The probe losses of the daemon's stop line, by cause.
-fn stop_losses(log: &str) -> HashMap<String, u64> {
+/// The probes' loss totals of the stop line (`lost: probes <cause>: <n>, …`), by cause.
+fn probe_losses(log: &str) -> HashMap<String, u64> {
     let line = stop_line(log);
-    let losses = line
-        .split("probe losses: ")
-        .nth(1)
-        .and_then(|rest| rest.split(", kernel state left").next())
-        .unwrap_or_else(|| panic!("no losses in {line}"));
-    if losses.trim() == "none" {
+    let lost = line.rsplit("lost: ").next().unwrap_or_else(|| panic!("no totals in {line}"));
+    if lost.trim() == "none" {
         return HashMap::new();
     }
-    losses
-        .split(", ")
-        .map(|pair| {
-            let (cause, total) = pair.trim().rsplit_once(' ').unwrap_or_else(|| panic!("{pair} in {line}"));
-            (cause.to_string(), total.parse().unwrap_or_else(|e| panic!("{pair}: {e}")))
+    lost.split(", ")
+        .filter_map(|entry| entry.trim().strip_prefix("probes "))
+        .map(|entry| {
+            let (cause, total) = entry.rsplit_once(": ").unwrap_or_else(|| panic!("{entry} in {line}"));
+            (cause.to_string(), total.parse().unwrap_or_else(|e| panic!("{entry}: {e}")))
         })
         .collect()
+}
+
+/// Stops the daemon; fails on anything wrong but the losses, which it returns.
+fn stop(mut daemon: TracerDaemon) -> HashMap<String, u64> {
+    let exit = daemon.stop_unchecked();
+    let problems: Vec<_> = exit.problems().into_iter().filter(|p| !p.starts_with("loss reported")).collect();
+    assert!(problems.is_empty(), "{problems:?}\n{}", exit.log);
+    probe_losses(&exit.log)
 }
 
 fn run(count: u64, mode: Mode) -> (Vec<SpanJson>, serde_json::Value, HashMap<String, u64>, u32) {
@@ -123,18 +127,18 @@ fn run(count: u64, mode: Mode) -> (Vec<SpanJson>, serde_json::Value, HashMap<Str
     let marker = unique_marker("pipelined");
     let server = DemoServer::start(&marker, "p", &["test/demo/1"]);
     let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_string();
-    let mut daemon = TracerDaemon::start_logged(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
+    let daemon = TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
     let out = pipelined_client(&marker, &server, count, mode);
     let server_pid = server.proc.pid();
     receiver.wait_for_blocking(|s| s.iter().filter(|x| x.kind == "SERVER").count() as u64 >= count, WAIT);
-    daemon.stop();
+    let losses = stop(daemon);
     // Read again after the stop: nothing may arrive late, nothing twice.
     let spans = receiver.spans();
     let mut ids: Vec<_> = spans.iter().map(|s| &s.span_id).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), spans.len(), "duplicate spans");
-    (spans, out, stop_losses(&daemon.log()), server_pid)
+    (spans, out, losses, server_pid)
 }
 
 #[test]
@@ -148,7 +152,7 @@ fn requests_written_in_one_send_are_all_traced_up_to_the_per_call_limit() {
     // The client wrote them in one send: the first 128 reported, the rest counted exactly.
     let client_pid = out["pid"].as_u64().expect("client pid") as u32;
     assert_eq!(tally(&spans, "CLIENT", client_pid), (64, 0, 64, 64));
-    let expected = HashMap::from([("messages_over_per_call_limit".to_string(), count - PER_CALL_LIMIT)]);
+    let expected = HashMap::from([("messages over per call limit".to_string(), count - PER_CALL_LIMIT)]);
     assert_eq!(losses, expected);
 }
 
@@ -163,8 +167,8 @@ fn ten_thousand_requests_in_one_write_give_ten_thousand_server_spans() {
     let client_pid = out["pid"].as_u64().expect("client pid") as u32;
     assert_eq!(tally(&spans, "CLIENT", client_pid), (64, 0, 64, 64));
     let expected = HashMap::from([
-        ("messages_over_per_call_limit".to_string(), HEADERS_WALKED - PER_CALL_LIMIT),
-        ("syscalls_not_walked_to_end".to_string(), 1),
+        ("messages over per call limit".to_string(), HEADERS_WALKED - PER_CALL_LIMIT),
+        ("syscalls not walked to end".to_string(), 1),
     ]);
     assert_eq!(losses, expected);
 }
@@ -212,12 +216,21 @@ fn kernel_state_of_a_process_is_freed_when_it_exits() {
     // exits without closing) and for the server (which closes the connection).
     let marker = unique_marker("halfexit");
     let server = DemoServer::start(&marker, "h", &["test/demo/1"]);
-    let mut daemon = TracerDaemon::start_logged(&marker, &[], &[]);
+    let daemon = TracerDaemon::start(&marker, &[], &[]);
     pipelined_client(&marker, &server, 1, Mode::HalfAndExit);
+    let tables = || {
+        let text = daemon.ctl(&["stats", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&text).expect("ctl stats --json");
+        (
+            json["tables"]["probe.pending_syscall_entries"].as_u64(),
+            json["tables"]["probe.partial_message_entries"].as_u64(),
+        )
+    };
     // The exit record reaches the daemon within its drain interval.
-    std::thread::sleep(Duration::from_millis(500));
-    daemon.stop();
-    let log = daemon.log();
-    assert!(stop_line(&log).ends_with("kernel state left: (0, 0)"), "{}", stop_line(&log));
-    assert_eq!(stop_losses(&log), HashMap::new());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tables() != (Some(0), Some(0)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(tables(), (Some(0), Some(0)));
+    assert_eq!(stop(daemon), HashMap::new());
 }

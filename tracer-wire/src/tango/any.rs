@@ -435,6 +435,13 @@ pub(crate) fn skip_any(r: &mut CdrReader<'_>) -> Result<(), WireError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     #[test]

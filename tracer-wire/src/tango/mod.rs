@@ -628,6 +628,13 @@ pub fn parse_command_reply(mut body: CdrReader<'_>) -> Result<ArgValue, WireErro
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
     use super::*;
 
     /// The `command_inout_4("Echo", "traced")` arguments from a PyTango 10.3.1 client with

@@ -1,0 +1,142 @@
+//! Per-connection state: GIOP reassembly per (pid, fd, direction), the peer of server-side
+//! connections, and connections whose client is the daemon itself. Freed when the socket closes
+//! or its process exits.
+
+use std::collections::{HashMap, HashSet};
+
+use tracer_wire::giop::{AssembledMessage, MessageAssembler};
+
+use crate::{probe::record::Direction, stats::has_room};
+
+/// Most connections followed at once; beyond, new ones are refused and counted.
+const MAX_CONNECTIONS: usize = 65_536;
+
+#[derive(Default)]
+struct Connection {
+    assemblers: [Option<MessageAssembler>; 2],
+    /// Per direction: probe records were lost, so bytes are skipped until one starts a GIOP
+    /// message (a lost chunk would otherwise splice the wrong bytes into a message).
+    resync: [bool; 2],
+}
+
+/// Every traced connection.
+pub struct Connections {
+    /// Bytes kept per message (the capture length).
+    max_keep: usize,
+    connections: HashMap<(u32, i32), Connection>,
+    /// Peer addresses of server-side connections, resolved by the run loop.
+    locations: HashMap<(u32, i32), String>,
+    /// Server-side connections whose client is the daemon itself (its database queries).
+    ignored: HashSet<(u32, i32)>,
+    /// Bytes skipped because they did not start or continue a GIOP message.
+    pub discarded_bytes: u64,
+    /// Connections not followed because the table was full.
+    pub refused_full: u64,
+}
+
+impl Connections {
+    pub fn new(max_keep: usize) -> Self {
+        Connections {
+            max_keep,
+            connections: HashMap::new(),
+            locations: HashMap::new(),
+            ignored: HashSet::new(),
+            discarded_bytes: 0,
+            refused_full: 0,
+        }
+    }
+
+    /// Whether bytes on `fd` are GIOP: they start a message, or continue one.
+    pub fn carries_giop(&self, pid: u32, fd: i32, bytes: &[u8]) -> bool {
+        bytes.starts_with(b"GIOP") || self.connections.contains_key(&(pid, fd))
+    }
+
+    /// Feeds the bytes of one call; whole messages go to `out`.
+    pub fn push(
+        &mut self,
+        (pid, fd, direction): (u32, i32, Direction),
+        bytes: &[u8],
+        total_len: usize,
+        out: &mut Vec<AssembledMessage>,
+    ) {
+        if !self.connections.contains_key(&(pid, fd))
+            && !has_room(self.connections.len(), MAX_CONNECTIONS, &mut self.refused_full)
+        {
+            return;
+        }
+        let connection = self.connections.entry((pid, fd)).or_default();
+        let (slot, resync) = match direction {
+            Direction::Send => (&mut connection.assemblers[0], &mut connection.resync[0]),
+            Direction::Recv => (&mut connection.assemblers[1], &mut connection.resync[1]),
+        };
+        if *resync {
+            if !bytes.starts_with(b"GIOP") {
+                self.discarded_bytes += total_len.max(bytes.len()) as u64;
+                return;
+            }
+            *resync = false;
+        }
+        let assembler = slot.get_or_insert_with(|| MessageAssembler::new(self.max_keep));
+        let discarded = assembler.stats().discarded_bytes;
+        assembler.push(bytes, total_len, out);
+        self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
+    }
+
+    /// The run loop tells where the client of a server-side connection is (`giop:tcp:…`).
+    pub fn set_location(&mut self, pid: u32, fd: i32, location: String) {
+        if self.locations.contains_key(&(pid, fd))
+            || has_room(self.locations.len(), MAX_CONNECTIONS, &mut self.refused_full)
+        {
+            self.locations.insert((pid, fd), location);
+        }
+    }
+
+    pub fn location(&self, pid: u32, fd: i32) -> Option<&String> {
+        self.locations.get(&(pid, fd))
+    }
+
+    /// Whether the peer of this server-side connection is still to be resolved.
+    pub fn needs_location(&self, pid: u32, fd: i32) -> bool {
+        !self.locations.contains_key(&(pid, fd))
+    }
+
+    /// Requests arriving on this server-side connection come from the daemon: no spans.
+    pub fn ignore(&mut self, pid: u32, fd: i32) {
+        if has_room(self.ignored.len(), MAX_CONNECTIONS, &mut self.refused_full) {
+            self.ignored.insert((pid, fd));
+        }
+    }
+
+    pub fn is_ignored(&self, pid: u32, fd: i32) -> bool {
+        self.ignored.contains(&(pid, fd))
+    }
+
+    /// Probe records were lost: every message in progress is dropped and each stream starts
+    /// again at the next GIOP header (the bytes skipped until then are counted as discarded).
+    pub fn lose_sync(&mut self) {
+        for connection in self.connections.values_mut() {
+            for assembler in connection.assemblers.iter_mut().flatten() {
+                assembler.reset();
+            }
+            connection.resync = [true; 2];
+        }
+    }
+
+    pub fn on_close(&mut self, pid: u32, fd: i32) {
+        self.connections.remove(&(pid, fd));
+        self.locations.remove(&(pid, fd));
+        self.ignored.remove(&(pid, fd));
+    }
+
+    pub fn on_exit(&mut self, pid: u32) {
+        self.connections.retain(|&(p, _), _| p != pid);
+        self.locations.retain(|&(p, _), _| p != pid);
+        self.ignored.retain(|&(p, _)| p != pid);
+    }
+
+    pub fn report(&self, out: &mut crate::stats::StageStats) {
+        out.size("assemble", "connection_entries", self.connections.len());
+        out.size("assemble", "location_entries", self.locations.len());
+        out.size("assemble", "ignored_connection_entries", self.ignored.len());
+    }
+}

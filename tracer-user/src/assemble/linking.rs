@@ -1,0 +1,144 @@
+//! Which span is whose parent: client↔server pairing by request bytes, W3C context, the serving
+//! stack of each thread.
+
+use std::{
+    collections::{HashMap, VecDeque, hash_map::DefaultHasher},
+    hash::{Hash, Hasher},
+};
+
+use opentelemetry::trace::{SpanId, TraceId};
+
+use super::span::SpanContextLite;
+
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+pub fn parse_traceparent(text: &str) -> Option<SpanContextLite> {
+    let mut parts = text.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let _flags = parts.next()?;
+    if version.len() != 2 || trace.len() != 32 || span.len() != 16 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID)
+        .then_some(SpanContextLite { trace_id, span_id })
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// How long a client request waits for its server side before it stops being a candidate parent.
+const MATCH_WINDOW_NS: u64 = 10_000_000_000;
+/// Most client requests waiting for their server side; beyond, new ones are not offered.
+const MAX_UNMATCHED: usize = 65_536;
+/// Most threads serving at once (a stack each).
+const MAX_SERVING_THREADS: usize = 65_536;
+
+/// Server spans open on one thread, with the object key each serves; innermost last.
+type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
+
+/// Linking state: per request fingerprint (expired after [`MATCH_WINDOW_NS`]), per thread
+/// (freed when its last server span ends) and per process (freed at exit).
+#[derive(Default)]
+pub struct Linking {
+    /// Client requests not yet seen arriving at a traced server, by request fingerprint.
+    unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
+    unmatched_len: usize,
+    /// Server spans being served, per (pid, tid), innermost last.
+    serving: HashMap<(u32, u32), ServingStack>,
+    /// Processes whose native telemetry sends W3C context (not traced twice).
+    native_clients: HashMap<u32, ()>,
+    /// Client requests not offered for pairing, or threads not followed, because a table was full.
+    pub refused_full: u64,
+}
+
+impl Linking {
+    /// The innermost server span `tid` of `pid` is serving, with its object key.
+    pub fn serving(&self, pid: u32, tid: u32) -> Option<&(SpanContextLite, Vec<u8>)> {
+        self.serving.get(&(pid, tid)).and_then(|stack| stack.last())
+    }
+
+    /// `tid` of `pid` starts serving `context` for the device behind `object_key`.
+    pub fn enter(&mut self, pid: u32, tid: u32, context: SpanContextLite, object_key: &[u8]) {
+        if !self.serving.contains_key(&(pid, tid))
+            && !crate::stats::has_room(self.serving.len(), MAX_SERVING_THREADS, &mut self.refused_full)
+        {
+            return;
+        }
+        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
+    }
+
+    /// `tid` of `pid` ends serving `context`.
+    pub fn leave(&mut self, pid: u32, tid: u32, context: SpanContextLite) {
+        if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
+            stack.retain(|(ctx, _)| *ctx != context);
+            if stack.is_empty() {
+                self.serving.remove(&(pid, tid));
+            }
+        }
+    }
+
+    /// A client sent `bytes` at `ts_ns` as `context`: a server reading the same bytes is its child.
+    pub fn offer_client(&mut self, bytes: &[u8], ts_ns: u64, context: SpanContextLite) {
+        if !crate::stats::has_room(self.unmatched_len, MAX_UNMATCHED, &mut self.refused_full) {
+            return;
+        }
+        self.unmatched.entry(fingerprint(bytes)).or_default().push_back((ts_ns, context));
+        self.unmatched_len += 1;
+    }
+
+    /// The oldest client request with the same bytes sent within the window, if any.
+    pub fn take_client_match(&mut self, bytes: &[u8], ts_ns: u64) -> Option<SpanContextLite> {
+        let key = fingerprint(bytes);
+        let window = self.unmatched.get_mut(&key)?;
+        let mut found = None;
+        while let Some((sent, ctx)) = window.pop_front() {
+            self.unmatched_len -= 1;
+            if sent <= ts_ns && ts_ns - sent <= MATCH_WINDOW_NS {
+                found = Some(ctx);
+                break;
+            }
+        }
+        if window.is_empty() {
+            self.unmatched.remove(&key);
+        }
+        found
+    }
+
+    /// `pid` sends W3C context itself: its native telemetry traces its client calls.
+    pub fn mark_native(&mut self, pid: u32) {
+        self.native_clients.insert(pid, ());
+    }
+
+    pub fn is_native(&self, pid: u32) -> bool {
+        self.native_clients.contains_key(&pid)
+    }
+
+    /// Forgets client requests that no traced server picked up (their server is elsewhere).
+    pub fn expire(&mut self, now_ns: u64) {
+        let mut len = 0;
+        self.unmatched.retain(|_, window| {
+            window.retain(|(sent, _)| now_ns.saturating_sub(*sent) <= MATCH_WINDOW_NS);
+            len += window.len();
+            !window.is_empty()
+        });
+        self.unmatched_len = len;
+    }
+
+    /// A process ended.
+    pub fn on_exit(&mut self, pid: u32) {
+        self.serving.retain(|&(p, _), _| p != pid);
+        self.native_clients.remove(&pid);
+    }
+
+    pub fn report(&self, out: &mut crate::stats::StageStats) {
+        out.size("assemble", "unmatched_request_entries", self.unmatched_len);
+        out.size("assemble", "serving_thread_entries", self.serving.len());
+        out.size("assemble", "native_client_entries", self.native_clients.len());
+    }
+}

@@ -1,0 +1,261 @@
+//! Which Tango operation a GIOP operation is, what cppTango 10.3 calls its spans, and which
+//! telemetry topic it belongs to; span names and attributes from the operation.
+
+use opentelemetry::KeyValue;
+use tracer_wire::tango::{ArgValue, ClntIdent, LockerLanguage, TangoCall};
+
+/// The object key of the Tango database device when reached through `TANGO_HOST`.
+pub const DATABASE_KEY: &[u8] = b"database";
+/// The name clients use for the database device (its `TANGO_HOST` object).
+pub const DATABASE_DEVICE: &str = "sys/database/2";
+
+/// How an operation relates to what native telemetry traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OperationClass {
+    /// Operations cppTango 10.3 traces (the `ClntIdent` family and `command_inout`).
+    User,
+    /// Calls to the Tango database device.
+    Database,
+    /// Operations native telemetry leaves out: ping, state, status, info, configuration queries.
+    Extended,
+    /// Event push and delivery (the `events` topic).
+    Event,
+    /// CORBA housekeeping (`_is_a`, `_non_existent`): never traced.
+    Internal,
+}
+
+/// A classified GIOP operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// The GIOP operation name (`read_attributes_5`).
+    pub giop: String,
+    pub class: OperationClass,
+}
+
+impl Operation {
+    pub fn classify(giop: &str, object_key: &[u8], call: &TangoCall) -> Operation {
+        let user = matches!(
+            call,
+            TangoCall::ReadAttributes { .. }
+                | TangoCall::WriteAttributes { .. }
+                | TangoCall::WriteReadAttributes { .. }
+                | TangoCall::CommandInout { .. }
+                | TangoCall::SetAttributeConfig { .. }
+                | TangoCall::Pipe { .. }
+        );
+        let class = if giop == "_is_a" || giop == "_non_existent" || giop.starts_with("_interface") {
+            OperationClass::Internal
+        } else if object_key == DATABASE_KEY && user {
+            OperationClass::Database
+        } else if user {
+            OperationClass::User
+        } else {
+            OperationClass::Extended
+        };
+        Operation { giop: giop.to_string(), class }
+    }
+
+    /// `read_attributes_5` → 5; `command_inout` → 1.
+    fn idl_version(&self) -> Option<u32> {
+        let (_, suffix) = self.giop.rsplit_once('_')?;
+        suffix.parse().ok()
+    }
+
+    /// The servant method cppTango names its SERVER span after: `Tango::Device_5Impl::read_attributes_5`.
+    pub fn server_span_name(&self) -> String {
+        let method = match self.giop.as_str() {
+            "_get_state" => "state",
+            "_get_status" => "status",
+            "_get_description" => "description",
+            "_get_name" => "name",
+            "_get_adm_name" => "adm_name",
+            other => other,
+        };
+        match self.idl_version() {
+            Some(n) if n >= 2 => format!("Tango::Device_{n}Impl::{method}"),
+            _ => format!("Tango::DeviceImpl::{method}"),
+        }
+    }
+
+    /// The client API method cppTango names its CLIENT span after.
+    pub fn client_span_name(&self, call: &TangoCall) -> String {
+        let base = self.giop.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('_');
+        match call {
+            TangoCall::ReadAttributes { names } if names.len() == 1 => {
+                "Tango::DeviceProxy::read_attribute".into()
+            }
+            TangoCall::ReadAttributes { .. } => {
+                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes".into()
+            }
+            TangoCall::WriteAttributes { names } if names.len() == 1 => {
+                "Tango::DeviceProxy::write_attribute".into()
+            }
+            TangoCall::WriteAttributes { .. } => "Tango::DeviceProxy::write_attributes".into(),
+            TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
+                "Tango::DeviceProxy::write_read_attribute".into()
+            }
+            TangoCall::WriteReadAttributes { .. } => {
+                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::write_read_attributes".into()
+            }
+            TangoCall::CommandInout { .. } => "Tango::Connection::command_inout".into(),
+            TangoCall::SetAttributeConfig { .. } => "Tango::DeviceProxy::set_attribute_config".into(),
+            TangoCall::Pipe { .. } => format!("Tango::DeviceProxy::{base}"),
+            TangoCall::Other => {
+                let method = match base {
+                    "_get_state" => "state",
+                    "_get_status" => "status",
+                    "_get_description" => "description",
+                    "_get_name" => "name",
+                    "_get_adm_name" => "adm_name",
+                    "read_attribute_history" => "attribute_history",
+                    "command_inout_history" => "command_history",
+                    other => other,
+                };
+                format!("Tango::DeviceProxy::{method}")
+            }
+        }
+    }
+
+    /// `tango.operation.argument` of a CLIENT span: the attribute, command or pipe name.
+    pub fn client_argument(&self, call: &TangoCall) -> Option<String> {
+        match call {
+            TangoCall::ReadAttributes { names }
+            | TangoCall::WriteAttributes { names }
+            | TangoCall::SetAttributeConfig { names }
+                if names.len() == 1 =>
+            {
+                names.first().cloned()
+            }
+            TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
+                written.first().cloned()
+            }
+            TangoCall::CommandInout { command, .. } => Some(command.clone()),
+            TangoCall::Pipe { name } => Some(name.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
+pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
+
+/// Whether `call` is an event subscription (sent to an admin device).
+pub fn is_subscription(call: &TangoCall) -> bool {
+    matches!(call, TangoCall::CommandInout { command, .. } if command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND))
+}
+
+/// `ZmqEventSubscriptionChange [device, attribute, action, event type, …]` as span attributes.
+pub fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
+    let TangoCall::CommandInout { command, argin: Some(ArgValue::StringArray(args)) } = call else {
+        return Vec::new();
+    };
+    if !command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND) {
+        return Vec::new();
+    }
+    let mut attributes = Vec::new();
+    let names = ["tango.event.device", "tango.event.attribute", "tango.event.action", "tango.event.type"];
+    for (name, value) in names.iter().zip(args) {
+        attributes.push(KeyValue::new(*name, value.to_ascii_lowercase()));
+    }
+    attributes
+}
+
+pub fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
+    let mut attributes = Vec::new();
+    let lang = match ident.lang {
+        LockerLanguage::Cpp | LockerLanguage::Cpp6 => "CPP",
+        LockerLanguage::Java | LockerLanguage::Java6 => "JAVA",
+        LockerLanguage::Unknown(_) => "UNKNOWN",
+    };
+    if let Some(pid) = ident.pid {
+        attributes.push(KeyValue::new("tango.client_ident.pid", i64::from(pid)));
+    }
+    attributes.push(KeyValue::new("tango.client_ident.lang", lang));
+    if let Some(class) = &ident.java_main_class {
+        attributes.push(KeyValue::new("tango.client_ident.java_class", class.clone()));
+    }
+    if let Some(uuid) = ident.java_uuid {
+        attributes.push(KeyValue::new(
+            "tango.client_ident.java_ident",
+            format!("{:016x}{:016x}", uuid[0], uuid[1]),
+        ));
+    }
+    attributes
+}
+
+/// Server span name and attributes, as cppTango 10.3 names its servant methods.
+pub fn server_span(call: &TangoCall, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let TangoCall::CommandInout { command, .. } = call {
+        attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
+    }
+    (operation.server_span_name(), attributes)
+}
+
+/// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
+/// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
+pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::new();
+    if let Some(argument) = operation.client_argument(call) {
+        attributes.push(KeyValue::new("tango.operation.argument", argument));
+    }
+    attributes.push(KeyValue::new("thread.id", tid.to_string()));
+    (operation.client_span_name(call), attributes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
+    use super::*;
+
+    fn op(giop: &str) -> Operation {
+        Operation::classify(giop, b"test/demo/1", &TangoCall::Other)
+    }
+
+    #[test]
+    fn server_names_follow_the_servant_class() {
+        assert_eq!(op("read_attributes_5").server_span_name(), "Tango::Device_5Impl::read_attributes_5");
+        assert_eq!(op("write_attributes_4").server_span_name(), "Tango::Device_4Impl::write_attributes_4");
+        assert_eq!(op("command_inout_4").server_span_name(), "Tango::Device_4Impl::command_inout_4");
+        assert_eq!(op("command_inout").server_span_name(), "Tango::DeviceImpl::command_inout");
+        assert_eq!(op("_get_state").server_span_name(), "Tango::DeviceImpl::state");
+    }
+
+    #[test]
+    fn client_names_follow_the_api_method() {
+        let one = TangoCall::ReadAttributes { names: vec!["temperature".into()] };
+        let two = TangoCall::ReadAttributes { names: vec!["a".into(), "b".into()] };
+        let o = op("read_attributes_5");
+        assert_eq!(o.client_span_name(&one), "Tango::DeviceProxy::read_attribute");
+        assert_eq!(o.client_argument(&one).as_deref(), Some("temperature"));
+        assert_eq!(
+            o.client_span_name(&two),
+            "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes"
+        );
+        assert_eq!(o.client_argument(&two), None);
+        let cmd = TangoCall::CommandInout { command: "Echo".into(), argin: None };
+        assert_eq!(op("command_inout_4").client_span_name(&cmd), "Tango::Connection::command_inout");
+        assert_eq!(op("_get_state").client_span_name(&TangoCall::Other), "Tango::DeviceProxy::state");
+    }
+
+    #[test]
+    fn classes() {
+        let cmd = TangoCall::CommandInout { command: "DbImportDevice".into(), argin: None };
+        assert_eq!(Operation::classify("command_inout", DATABASE_KEY, &cmd).class, OperationClass::Database);
+        assert_eq!(Operation::classify("command_inout_4", b"x/y/z", &cmd).class, OperationClass::User);
+        assert_eq!(op("ping").class, OperationClass::Extended);
+        let info = Operation::classify("info", DATABASE_KEY, &TangoCall::Other);
+        assert_eq!(
+            info.class,
+            OperationClass::Extended,
+            "cppTango traces only command_inout on the database"
+        );
+        assert_eq!(op("_non_existent").class, OperationClass::Internal);
+    }
+}

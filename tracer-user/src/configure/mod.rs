@@ -1,0 +1,384 @@
+//! Which spans each traced process and device gets, and where they go: cppTango's configuration
+//! sources resolved in cppTango's order, on top of the daemon's own policy.
+//!
+//! daemon defaults < `/etc/tangorc` < `~/.tangorc` < environment < device properties
+//! < admin-device commands at run time (and `tango-tracer ctl`, which acts like one).
+//!
+//! Values are parsed by [`crate::configure::cpptango`]. An invalid value is reported once, naming the
+//! process, device, source and value, and that setting falls back to the next lower source.
+
+use std::collections::{HashMap, HashSet};
+
+use log::warn;
+use tracer_export::Destination;
+use tracer_wire::tango::ArgValue;
+
+pub mod cpptango;
+
+use self::cpptango::{
+    self as tc, AdminCommand, ConfigWarning, Effective, Layer, Source, Topics, Types, parse_admin_command,
+};
+use crate::{assemble::naming::OperationClass, discover::procinfo::ProcessInfo, stats::StageStats};
+
+/// Most routing decisions cached; the cache starts again empty beyond.
+const MAX_ROUTES: usize = 65_536;
+/// Most devices whose properties are kept; beyond, new ones are refused and counted.
+const MAX_DEVICES: usize = 65_536;
+
+/// The operator's policy for processes that say nothing.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Trace processes whose configuration does not enable telemetry.
+    pub trace_by_default: bool,
+    /// The daemon's own destinations.
+    pub destinations: Vec<Destination>,
+    /// Also trace operations native telemetry leaves out, whatever the topics say.
+    pub extended_operations: bool,
+}
+
+struct ProcessConfig {
+    layers: Vec<(Source, Layer)>,
+    /// libtango ≥ 10: the process's own telemetry exports the operations it traces.
+    native_capable: bool,
+    label: String,
+}
+
+/// Configuration state of all traced processes and devices.
+pub struct Configuration {
+    policy: Policy,
+    daemon: Layer,
+    processes: HashMap<u32, ProcessConfig>,
+    /// Device properties by lowercase device name.
+    properties: HashMap<String, Layer>,
+    /// Admin-device commands seen at run time, per server process, in order.
+    runtime: HashMap<u32, Vec<AdminCommand>>,
+    /// Changes made with `tango-tracer ctl`, host-wide by pattern.
+    ctl: Vec<AdminCommand>,
+    /// Warnings already logged (each is logged once).
+    reported: HashSet<String>,
+    /// Routing decisions, valid until the next change of any source (one lookup per span).
+    routes: std::cell::RefCell<HashMap<RouteKey, Routing>>,
+    /// Device properties not kept because the table was full.
+    refused_full: u64,
+}
+
+/// (pid, device, operation class): what a routing decision depends on besides the sources.
+type RouteKey = (u32, Option<String>, OperationClass);
+
+/// A span's routing decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Routing {
+    /// Export to these destinations.
+    Export(Vec<Destination>),
+    /// Not wanted (telemetry off, tracing not among the types, or the topic excluded).
+    Drop,
+    /// cppTango's own telemetry already exports this span.
+    Native,
+}
+
+impl Configuration {
+    pub fn new(policy: Policy) -> Self {
+        let daemon = Layer {
+            enable: Some(policy.trace_by_default),
+            types: Some(Types::both()),
+            topics: Some(Topics::native_default()),
+            tracing: Some(policy.destinations.clone()),
+            logging: Some(Vec::new()),
+        };
+        Configuration {
+            policy,
+            daemon,
+            processes: HashMap::new(),
+            properties: HashMap::new(),
+            runtime: HashMap::new(),
+            ctl: Vec::new(),
+            reported: HashSet::new(),
+            routes: Default::default(),
+            refused_full: 0,
+        }
+    }
+
+    /// Reads the process's environment and tangorc files (once, when it becomes a target).
+    pub fn add_process(&mut self, info: &ProcessInfo) {
+        self.routes.get_mut().clear();
+        let files: Vec<(&str, &str)> =
+            info.tangorc_files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
+        let (layers, warnings) = tc::layers_from_process(&info.environ, &files);
+        let label = format!("pid {} ({})", info.pid, info.comm);
+        self.report(&label, None, warnings);
+        let native_capable = info.tango_major().is_some_and(|m| m >= 10);
+        self.processes.insert(info.pid, ProcessConfig { layers, native_capable, label });
+    }
+
+    /// libtango may be mapped after the process became a target.
+    pub fn set_native_capable(&mut self, pid: u32, capable: bool) {
+        self.routes.get_mut().clear();
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.native_capable = capable;
+        }
+    }
+
+    /// The process restarted or exited: its runtime changes end with it, as natively.
+    pub fn remove_process(&mut self, pid: u32) {
+        self.routes.get_mut().clear();
+        self.processes.remove(&pid);
+        self.runtime.remove(&pid);
+    }
+
+    /// The device's telemetry properties as the database holds them (read at device start-up).
+    pub fn set_properties(&mut self, device: &str, properties: &[(String, Vec<String>)]) {
+        self.routes.get_mut().clear();
+        let telemetry: Vec<(String, Vec<String>)> = properties
+            .iter()
+            .filter(|(name, values)| {
+                name.starts_with("telemetry_") && values.iter().any(|v| !v.trim().is_empty())
+            })
+            .cloned()
+            .collect();
+        let (layer, warnings) = tc::layer_from_device_properties(&telemetry);
+        self.report(device, Some(device), warnings);
+        let device = device.to_ascii_lowercase();
+        if self.properties.contains_key(&device)
+            || crate::stats::has_room(self.properties.len(), MAX_DEVICES, &mut self.refused_full)
+        {
+            self.properties.insert(device, layer);
+        }
+    }
+
+    /// A command reached an admin device of server process `pid`; telemetry-changing commands
+    /// apply to the matching devices of that process from now on. Queries change nothing.
+    pub fn admin_command(&mut self, pid: u32, command: &str, argin: Option<&ArgValue>) -> bool {
+        self.routes.get_mut().clear();
+        match parse_admin_command(command, argin) {
+            None => false,
+            Some(Ok(commands)) => {
+                self.runtime.entry(pid).or_default().extend(commands);
+                true
+            }
+            Some(Err(warning)) => {
+                let label =
+                    self.processes.get(&pid).map(|p| p.label.clone()).unwrap_or_else(|| format!("pid {pid}"));
+                self.report(&label, None, vec![warning]);
+                false
+            }
+        }
+    }
+
+    /// `tango-tracer ctl` changes, host-wide.
+    pub fn ctl_commands(&mut self, commands: Vec<AdminCommand>) {
+        self.routes.get_mut().clear();
+        self.ctl.extend(commands);
+    }
+
+    /// Forgets `ctl` changes whose pattern is `pattern`.
+    pub fn ctl_reset(&mut self, pattern: &str) {
+        self.routes.get_mut().clear();
+        self.ctl.retain(
+            |c| !matches!(&c.targets, tc::DeviceSelector::Pattern(p) if p.eq_ignore_ascii_case(pattern)),
+        );
+    }
+
+    /// The effective configuration of a device of `pid` (or of the process itself).
+    pub fn effective(&self, pid: u32, device: Option<&str>) -> Effective {
+        let mut layers: Vec<(Source, &Layer)> = vec![(Source::Daemon, &self.daemon)];
+        if let Some(process) = self.processes.get(&pid) {
+            layers.extend(process.layers.iter().map(|(source, layer)| (source.clone(), layer)));
+        }
+        if let Some(layer) = device.and_then(|d| self.properties.get(&d.to_ascii_lowercase())) {
+            layers.push((Source::DeviceProperty, layer));
+        }
+        let mut effective = tc::resolve(&layers);
+        if let Some(device) = device {
+            if let Some(commands) = self.runtime.get(&pid) {
+                effective.apply_admin_commands(device, commands);
+            }
+            effective.apply_admin_commands(device, &self.ctl);
+        }
+        effective
+    }
+
+    /// Where a span of `class` from device `device` of `pid` goes.
+    pub fn route(&self, pid: u32, device: Option<&str>, class: OperationClass) -> Routing {
+        let key = (pid, device.map(str::to_string), class);
+        if let Some(routing) = self.routes.borrow().get(&key) {
+            return routing.clone();
+        }
+        let routing = self.decide(pid, device, class);
+        let mut routes = self.routes.borrow_mut();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key, routing.clone());
+        routing
+    }
+
+    fn decide(&self, pid: u32, device: Option<&str>, class: OperationClass) -> Routing {
+        let effective = self.effective(pid, device);
+        if !effective.tracing_active() {
+            return Routing::Drop;
+        }
+        let (topics, topics_source) = &effective.topics;
+        let explicit_all = topics.all && *topics_source != Source::Daemon;
+        let wanted = match class {
+            OperationClass::User => topics.all || topics.user,
+            OperationClass::Database => topics.all || topics.database,
+            OperationClass::Event => topics.all || topics.events,
+            // `all` set explicitly (not cppTango's unset default) asks for everything.
+            OperationClass::Extended => self.policy.extended_operations || explicit_all,
+            OperationClass::Internal => false,
+        };
+        if !wanted {
+            return Routing::Drop;
+        }
+        // A cppTango 10 process told to trace itself exports what it knows how to trace.
+        let native = self.processes.get(&pid).is_some_and(|p| p.native_capable)
+            && effective.enable.1 != Source::Daemon
+            && matches!(class, OperationClass::User | OperationClass::Database);
+        if native {
+            return Routing::Native;
+        }
+        Routing::Export(effective.tracing.0)
+    }
+
+    fn report(&mut self, process: &str, device: Option<&str>, warnings: Vec<ConfigWarning>) {
+        for warning in warnings {
+            let line = match device {
+                Some(device) if device != process => format!("{process}, device {device}: {warning}"),
+                _ => format!("{process}: {warning}"),
+            };
+            if self.reported.insert(line.clone()) {
+                warn!("{line}");
+            }
+        }
+    }
+
+    /// Counters and table sizes.
+    pub fn stats(&self, out: &mut StageStats) {
+        const STAGE: &str = "configure";
+        out.push(STAGE, "refused_table_full", self.refused_full);
+        out.size(STAGE, "process_entries", self.processes.len());
+        out.size(STAGE, "runtime_command_entries", self.runtime.len());
+        out.size(STAGE, "device_property_entries", self.properties.len());
+        out.size(STAGE, "route_cache_entries", self.routes.borrow().len());
+    }
+
+    /// Warnings reported so far (for `ctl list`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.reported.iter().cloned().collect();
+        lines.sort();
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
+    use super::*;
+    use crate::discover::procinfo::parse_environ;
+
+    fn policy() -> Policy {
+        Policy {
+            trace_by_default: true,
+            destinations: vec![Destination::Store { path: "/tmp/x".into() }],
+            extended_operations: false,
+        }
+    }
+
+    fn process(pid: u32, env: &[u8], tango: &str) -> ProcessInfo {
+        use crate::discover::procinfo::{MappedLibrary, TangoLibraries};
+        ProcessInfo {
+            pid,
+            comm: "test".into(),
+            environ: parse_environ(env),
+            libraries: TangoLibraries {
+                tango: Some(MappedLibrary { path: "libtango.so".into(), version: Some(tango.into()) }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_daemon_default_traces_to_its_destinations() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        assert_eq!(
+            config.route(1, Some("a/b/c"), OperationClass::User),
+            Routing::Export(policy().destinations)
+        );
+        assert_eq!(config.route(1, Some("a/b/c"), OperationClass::Extended), Routing::Drop);
+    }
+
+    #[test]
+    fn environment_beats_default_property_beats_environment_admin_beats_property() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=off\0", "9.3.4"));
+        assert_eq!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Drop);
+        config.set_properties("A/B/C", &[("telemetry_enable".into(), vec!["true".into()])]);
+        assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)));
+        assert_eq!(
+            config.route(1, Some("x/y/z"), OperationClass::User),
+            Routing::Drop,
+            "other devices keep the env"
+        );
+        let argin = ArgValue::StringArray(vec!["a/b/*".into()]);
+        assert!(config.admin_command(1, "StopTelemetry", Some(&argin)));
+        assert_eq!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Drop);
+        // A restart forgets runtime changes.
+        config.remove_process(1);
+        config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=off\0", "9.3.4"));
+        assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)));
+    }
+
+    #[test]
+    fn a_cpptango_10_process_that_enables_itself_is_traced_natively() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=on\0", "10.3.3"));
+        assert_eq!(config.route(1, None, OperationClass::User), Routing::Native);
+        // Events are ours: cppTango emits nothing for them.
+        assert!(matches!(config.route(1, None, OperationClass::Event), Routing::Export(_)));
+    }
+
+    #[test]
+    fn the_events_topic_switches_event_spans_per_device() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        config.set_properties("a/b/quiet", &[("telemetry_topics".into(), vec!["user,database".into()])]);
+        assert_eq!(config.route(1, Some("a/b/quiet"), OperationClass::Event), Routing::Drop);
+        assert!(matches!(config.route(1, Some("a/b/quiet"), OperationClass::User), Routing::Export(_)));
+        assert!(matches!(config.route(1, Some("a/b/loud"), OperationClass::Event), Routing::Export(_)));
+        // Explicitly `all` adds what native telemetry leaves out; the unset default does not.
+        config.set_properties("a/b/all", &[("telemetry_topics".into(), vec!["all".into()])]);
+        assert!(matches!(config.route(1, Some("a/b/all"), OperationClass::Extended), Routing::Export(_)));
+        assert_eq!(config.route(1, Some("a/b/loud"), OperationClass::Extended), Routing::Drop);
+    }
+
+    #[test]
+    fn invalid_values_fall_back_and_endpoints_route_per_device() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=maybe\0", "9.3.4"));
+        assert!(matches!(config.route(1, None, OperationClass::User), Routing::Export(_)));
+        assert!(config.warnings().iter().any(|w| w.contains("maybe")), "{:?}", config.warnings());
+        config.set_properties(
+            "a/b/1",
+            &[
+                ("telemetry_tracing_exporters".into(), vec!["http".into()]),
+                ("telemetry_tracing_endpoints".into(), vec!["http://127.0.0.1:1/v1/traces".into()]),
+            ],
+        );
+        let Routing::Export(one) = config.route(1, Some("a/b/1"), OperationClass::User) else {
+            panic!("exported");
+        };
+        assert_eq!(one, vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/traces".into() }]);
+        assert_eq!(
+            config.route(1, Some("a/b/2"), OperationClass::User),
+            Routing::Export(policy().destinations)
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Assembled spans → export records: resources, scopes, SDK `SpanData`.
+
+pub mod resources;
+pub mod spandata;

@@ -1,0 +1,123 @@
+//! OpenTelemetry resources and scopes of traced processes and devices, as cppTango builds them.
+
+use std::collections::HashMap;
+
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::Resource;
+
+use crate::{
+    devices::{DeviceFacts, device_name_from_key},
+    discover::procinfo::ProcessInfo,
+    stats::StageStats,
+};
+
+/// Default `service.name` of cppTango client processes.
+pub const DEFAULT_SERVICE_NAME: &str = "tango.telemetry.default";
+/// cppTango's instrumentation scope name.
+pub const SCOPE_NAME: &str = "tango.cpp";
+
+/// Which resource a span carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ResourceKey {
+    /// A process outside any device context (a client, or a server's own threads).
+    Process { pid: u32 },
+    /// A device of a server process.
+    Device { pid: u32, object_key: Vec<u8> },
+}
+
+/// Builds and caches resources.
+#[derive(Default)]
+pub struct Resources {
+    /// By key and by whether the process serves (a client may turn into a server).
+    cache: HashMap<(ResourceKey, bool), Resource>,
+}
+
+impl Resources {
+    pub fn report(&self, out: &mut StageStats) {
+        out.size("convert", "resource_entries", self.cache.len());
+    }
+
+    /// Forgets everything about `pid` (it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.cache.retain(|(key, _), _| match key {
+            ResourceKey::Process { pid: p } | ResourceKey::Device { pid: p, .. } => *p != pid,
+        });
+    }
+
+    /// The resource of `key`; `is_server` says whether the process serves devices.
+    /// `device` is `None` while the device class is still unknown: such resources are not cached.
+    pub fn resolve(
+        &mut self,
+        key: &ResourceKey,
+        process: Option<&ProcessInfo>,
+        is_server: bool,
+        device_name: Option<&str>,
+        device: Option<&DeviceFacts>,
+    ) -> Resource {
+        if let Some(resource) = self.cache.get(&(key.clone(), is_server)) {
+            return resource.clone();
+        }
+        let pid = match key {
+            ResourceKey::Process { pid } | ResourceKey::Device { pid, .. } => *pid,
+        };
+        let mut attributes = vec![
+            KeyValue::new("service.namespace", "tango"),
+            KeyValue::new("tango.process.id", i64::from(pid)),
+            KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.version", "0.33"),
+            KeyValue::new("telemetry.distro.name", "tango-tracer"),
+            KeyValue::new("telemetry.distro.version", env!("CARGO_PKG_VERSION")),
+        ];
+        let tango_host = process.and_then(|p| p.tango_host());
+        let cacheable = match key {
+            ResourceKey::Device { object_key, .. } => {
+                attributes.push(KeyValue::new("tango.process.kind", "server"));
+                let class = device.and_then(|d| d.dev_class.clone());
+                attributes.push(KeyValue::new(
+                    "service.name",
+                    class.clone().unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+                ));
+                if let Some(name) = device_name {
+                    attributes.push(KeyValue::new("service.instance.id", name.to_string()));
+                }
+                if let Some(server) = device.and_then(|d| d.server_id.clone()) {
+                    attributes.push(KeyValue::new("tango.server.name", server));
+                }
+                // Devices served without a database have their name as object key; cppTango
+                // then reports no tango.host.
+                let without_database = device_name_from_key(object_key).is_some();
+                if let (Some(host), false) = (tango_host, without_database) {
+                    attributes.push(KeyValue::new("tango.host", host));
+                }
+                class.is_some() && device_name.is_some()
+            }
+            ResourceKey::Process { .. } => {
+                attributes
+                    .push(KeyValue::new("tango.process.kind", if is_server { "server" } else { "client" }));
+                let service = process
+                    .and_then(|p| p.environ.get("PYTANGO_TELEMETRY_CLIENT_SERVICE_NAME"))
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+                attributes.push(KeyValue::new("service.name", service));
+                if let Some(host) = tango_host {
+                    attributes.push(KeyValue::new("tango.host", host));
+                }
+                // Cached per kind: the kind may still turn from client to server.
+                true
+            }
+        };
+        let resource = Resource::builder_empty().with_attributes(attributes).build();
+        if cacheable {
+            self.cache.insert((key.clone(), is_server), resource.clone());
+        }
+        resource
+    }
+}
+
+/// The instrumentation scope of spans of a process: cppTango's, versioned by its libtango.
+pub fn scope_for(process: Option<&ProcessInfo>) -> InstrumentationScope {
+    let version = process.and_then(|p| p.tango_version()).unwrap_or("unknown").to_string();
+    InstrumentationScope::builder(SCOPE_NAME).with_version(version).build()
+}

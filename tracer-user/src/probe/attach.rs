@@ -1,0 +1,411 @@
+//! Loading the eBPF programs, attaching them, and managing the set of target processes.
+//!
+//! Tracepoints are attached once, for the whole host; they filter by the `TARGETS` map in the
+//! kernel. A process joins that map either here (found by the daemon's scan) or in the kernel
+//! itself the moment it opens an omniORB library.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use log::{debug, info, warn};
+use tracer_common::{MAX_CAPTURE, PendingCall, StreamKey, StreamState, TargetConfig, loss};
+
+use super::{kernel_offsets, uprobes};
+
+/// Why a uprobe was not attached.
+#[derive(Debug, thiserror::Error)]
+pub enum UprobeAttachError {
+    #[error(transparent)]
+    Point(uprobes::UprobeError),
+    #[error("the eBPF object has no uprobe program")]
+    Missing,
+    #[error("attaching the uprobe failed")]
+    Attach(#[source] Box<aya::programs::ProgramError>),
+}
+
+/// The compiled eBPF object, built by `build.rs` with the pinned nightly.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// (program name, tracepoint category, tracepoint name)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("sendto_exit", "syscalls", "sys_exit_sendto"),
+    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
+    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
+    ("close_enter", "syscalls", "sys_enter_close"),
+    ("openat_enter", "syscalls", "sys_enter_openat"),
+    ("process_fork", "sched", "sched_process_fork"),
+    ("process_exec", "sched", "sched_process_exec"),
+    ("process_exit", "sched", "sched_process_exit"),
+];
+
+/// Errors of loading and attaching the probes.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The kernel refused the object or a map/program is missing from it.
+    #[error("loading the eBPF programs failed (root, CAP_BPF and CAP_PERFMON are needed)")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program could not be loaded or attached.
+    #[error("attaching {program} to {category}:{name} failed")]
+    Attach {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    /// A program or map named here is absent from the object.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("eBPF map operation failed")]
+    Map(#[source] Box<aya::maps::MapError>),
+    /// The kernel's BTF lacks what the process facts are read with.
+    #[error(transparent)]
+    Offsets(#[from] kernel_offsets::OffsetError),
+    /// tracefs is not mounted and could not be mounted.
+    #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
+    Tracefs(std::io::Error),
+    /// A tracepoint's record layout could not be read from tracefs.
+    #[error("cannot tell where the fork tracepoint keeps the child pid")]
+    Format(#[source] kernel_offsets::FormatError),
+}
+
+// Boxed: aya's errors are large and would bloat every `Result` of this module.
+impl From<aya::EbpfError> for ProbeError {
+    fn from(error: aya::EbpfError) -> Self {
+        ProbeError::Load(Box::new(error))
+    }
+}
+
+impl From<aya::maps::MapError> for ProbeError {
+    fn from(error: aya::maps::MapError) -> Self {
+        ProbeError::Map(Box::new(error))
+    }
+}
+
+/// The loaded programs plus handles on the maps the daemon uses.
+pub struct Probes {
+    // Keeps programs and their links alive.
+    ebpf: Ebpf,
+    /// Library files (device, inode) whose functions are already probed.
+    probed_files: std::collections::HashSet<(u64, u64)>,
+    targets: HashMap<MapData, u32, TargetConfig>,
+    /// Syscalls in flight (key: pid_tgid) and partly moved messages: entries a process leaves
+    /// behind when it dies are removed by [`Probes::forget_process`].
+    pending: HashMap<MapData, u64, PendingCall>,
+    streams: HashMap<MapData, StreamKey, StreamState>,
+    lost: PerCpuArray<MapData, u64>,
+    capture_len: u32,
+}
+
+/// Probe records and in-kernel state lost so far, by cause, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProbeLosses {
+    /// Totals indexed by the `tracer_common::loss` slots.
+    pub totals: [u64; loss::CAUSES as usize],
+}
+
+impl ProbeLosses {
+    /// (cause, total) pairs, every cause included.
+    pub fn by_cause(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        loss::NAMES.iter().copied().zip(self.totals.iter().copied())
+    }
+
+    /// Everything lost, all causes together.
+    pub fn total(&self) -> u64 {
+        self.totals.iter().sum()
+    }
+}
+
+impl std::fmt::Display for ProbeLosses {
+    /// `cause total, …` for the causes that occurred, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut any = false;
+        for (cause, total) in self.by_cause().filter(|&(_, total)| total > 0) {
+            if any {
+                f.write_str(", ")?;
+            }
+            write!(f, "{cause} {total}")?;
+            any = true;
+        }
+        if !any {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
+}
+
+impl Probes {
+    /// Loads the programs and attaches every tracepoint. `capture_len` is clamped to
+    /// [`MAX_CAPTURE`].
+    pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        ensure_tracefs()?;
+        let capture_len = capture_len.clamp(MIN_CAPTURE_BYTES, MAX_CAPTURE_BYTES);
+        let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        let sock_offsets = kernel_offsets::sock_offsets(vmlinux);
+        let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
+        let fork_child_pid = kernel_offsets::fork_child_pid_offset(std::path::Path::new(TRACEFS))
+            .map_err(ProbeError::Format)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
+            .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .override_global("PROCESS_OFFSETS", &process_offsets, true)
+            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid, true)
+            .load(EBPF_OBJECT)?;
+        for &(program, category, name) in TRACEPOINTS {
+            let tp: &mut TracePoint =
+                ebpf.program_mut(program).ok_or(ProbeError::Missing(program))?.try_into().map_err(
+                    |source| ProbeError::Attach { program, category, name, source: Box::new(source) },
+                )?;
+            tp.load()
+                .and_then(|()| tp.attach(category, name).map(|_| ()))
+                .map_err(|source| ProbeError::Attach { program, category, name, source: Box::new(source) })?;
+            debug!("attached {program} to tracepoint {category}:{name}");
+        }
+        attach_fork_facts(&mut ebpf)?;
+        let peers_in_kernel = sock_offsets.valid == 1 && attach_sock_recv_length(&mut ebpf);
+        if !peers_in_kernel {
+            warn!(
+                "sock:sock_recv_length is not available: peers of server connections are read from /proc \
+                 (a connection that ends before the daemon looks keeps no tango.client_ident.location)"
+            );
+        }
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
+        let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
+        let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
+        let pending = HashMap::try_from(ebpf.take_map("PENDING").ok_or(ProbeError::Missing("PENDING"))?)?;
+        let streams = HashMap::try_from(ebpf.take_map("STREAMS").ok_or(ProbeError::Missing("STREAMS"))?)?;
+        info!(
+            "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
+            TRACEPOINTS.len()
+        );
+        let probes =
+            Self { ebpf, probed_files: Default::default(), targets, pending, streams, lost, capture_len };
+        Ok((probes, events))
+    }
+
+    /// Puts the uprobes of the ZMQ library `library` (a path valid in the daemon's namespace)
+    /// once per file, for every process that maps it; the kernel keeps only targets' hits.
+    /// Returns what was attached, for the log, or `None` when the file was done already.
+    pub fn probe_zmq(&mut self, library: &std::path::Path) -> Result<Option<String>, UprobeAttachError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(library).map_err(|e| {
+            UprobeAttachError::Point(uprobes::UprobeError::Read { path: library.into(), source: e })
+        })?;
+        if !self.probed_files.insert((meta.dev(), meta.ino())) {
+            return Ok(None);
+        }
+        let point = uprobes::probe_point(library, "zmq_msg_send").map_err(UprobeAttachError::Point)?;
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut("zmq_msg_send")
+            .ok_or(UprobeAttachError::Missing)?
+            .try_into()
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        }
+        program
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
+                library,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        Ok(Some(format!(
+            "uprobe zmq_msg_send at {}+{:#x} (first instruction {}, emulated)",
+            library.display(),
+            point.file_offset,
+            point.first_instruction
+        )))
+    }
+
+    /// Makes `pid` a target (idempotent).
+    pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
+        self.targets.insert(&pid, &config, 0)?;
+        Ok(())
+    }
+
+    /// Stops capturing for `pid` (idempotent).
+    pub fn remove_target(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// Whether the kernel currently captures for `pid`.
+    pub fn is_target(&self, pid: u32) -> bool {
+        self.targets.get(&pid, 0).is_ok()
+    }
+
+    /// Records of followed streams that never arrived: the ring buffer was full, a syscall or a
+    /// partly moved message could not be remembered, a buffer could not be read. The streams they
+    /// belong to have a hole. (Messages over the per-call limit and desyncs leave clean gaps at
+    /// message boundaries: they are losses, not holes.)
+    pub fn lost_records(&self) -> u64 {
+        let totals = self.losses().totals;
+        [loss::RING_FULL, loss::PENDING_FULL, loss::STREAM_FULL, loss::READ_FAILED]
+            .iter()
+            .filter_map(|&cause| totals.get(cause as usize))
+            .sum()
+    }
+
+    /// Probe records and in-kernel state lost so far, by cause (a snapshot summed over CPUs).
+    pub fn losses(&self) -> ProbeLosses {
+        let mut losses = ProbeLosses::default();
+        for (cause, total) in (0u32..).zip(losses.totals.iter_mut()) {
+            *total = self.lost.get(&cause, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        }
+        losses
+    }
+
+    /// Removes what the kernel still holds for `pid` (syscalls in flight, partly moved messages),
+    /// once the process has exited or exec'd. Returns how many entries were removed. The maps
+    /// hold only in-flight state, so walking them is short.
+    pub fn forget_process(&mut self, pid: u32) -> usize {
+        let calls: Vec<u64> = self
+            .pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|pid_tgid| (pid_tgid >> 32) as u32 == pid)
+            .collect();
+        let streams: Vec<StreamKey> =
+            self.streams.keys().filter_map(Result::ok).filter(|key| key.pid == pid).collect();
+        let mut removed = 0;
+        for call in &calls {
+            removed += usize::from(self.pending.remove(call).is_ok());
+        }
+        for stream in &streams {
+            removed += usize::from(self.streams.remove(stream).is_ok());
+        }
+        removed
+    }
+
+    /// Entries in the in-kernel maps of syscalls in flight and partly moved messages (for tests
+    /// and `ctl`: both return to their baseline when traced processes are gone).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.pending.keys().count(), self.streams.keys().count())
+    }
+}
+
+/// The BTF tracepoint that copies a forked child's facts (`sched_process_fork` hands over the
+/// child's task; the classic tracepoint only its pid). Required: without it a short-lived child of
+/// a target would be known only by what `/proc` still shows.
+fn attach_fork_facts(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    const PROGRAM: &str = "fork_facts";
+    let attach_error = |source| ProbeError::Attach {
+        program: PROGRAM,
+        category: "sched",
+        name: "sched_process_fork",
+        source: Box::new(source),
+    };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| attach_error(aya::programs::ProgramError::Btf(e)))?;
+    let program: &mut BtfTracePoint =
+        ebpf.program_mut(PROGRAM).ok_or(ProbeError::Missing(PROGRAM))?.try_into().map_err(attach_error)?;
+    program.load("sched_process_fork", &btf).map_err(attach_error)?;
+    program.attach().map_err(attach_error)?;
+    debug!("attached {PROGRAM} to BTF tracepoint sched:sched_process_fork");
+    Ok(())
+}
+
+/// The BTF tracepoint that tells the peer of each receive (Linux ≥ 6.3 has `sock:*`).
+fn attach_sock_recv_length(ebpf: &mut Ebpf) -> bool {
+    let Ok(btf) = aya::Btf::from_sys_fs() else {
+        return false;
+    };
+    let Some(program) = ebpf.program_mut("sock_recv_length") else {
+        return false;
+    };
+    let Ok(program): Result<&mut BtfTracePoint, _> = program.try_into() else {
+        return false;
+    };
+    match program.load("sock_recv_length", &btf).and_then(|()| program.attach().map(|_| ())) {
+        Ok(()) => {
+            debug!("attached sock_recv_length to BTF tracepoint sock:sock_recv_length");
+            true
+        }
+        Err(e) => {
+            debug!("sock:sock_recv_length: {e}");
+            false
+        }
+    }
+}
+
+/// Where tracefs is (mounted there by [`ensure_tracefs`] when it is not).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Smallest `--capture-bytes`: the GIOP header and the Tango arguments the daemon reads must fit.
+/// The largest such messages seen in real traffic: a `DbImportDevice` reply with its IOR
+/// (805 bytes), an `info` reply naming the device class (542), a request carrying a W3C trace
+/// context (up to 565).
+pub const MIN_CAPTURE_BYTES: u32 = 1024;
+/// Largest `--capture-bytes` (what one record holds).
+pub const MAX_CAPTURE_BYTES: u32 = MAX_CAPTURE as u32;
+
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let events = std::path::Path::new("/sys/kernel/tracing/events");
+    if events.exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()
+        .map_err(ProbeError::Tracefs)?;
+    if status.success() && events.exists() {
+        Ok(())
+    } else {
+        Err(ProbeError::Tracefs(std::io::Error::other("mount -t tracefs failed")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "tests"
+    )]
+
+    use super::*;
+
+    #[test]
+    fn minimum_capture_holds_every_captured_tango_message() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer-wire/tests/fixtures/giop");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&fixtures).expect("the GIOP fixtures") {
+            let path = entry.expect("a fixture").path();
+            // Lengthened on purpose (to make omniORB fragment its answer): only its head is read.
+            if path.to_string_lossy().contains("-20k") {
+                continue;
+            }
+            let len = std::fs::metadata(&path).expect("fixture size").len();
+            assert!(len <= u64::from(MIN_CAPTURE_BYTES), "{} is {len} bytes", path.display());
+            checked += 1;
+        }
+        assert!(checked > 20, "only {checked} fixtures");
+    }
+
+    #[test]
+    fn probes_and_parsers_believe_the_same_giop_lengths() {
+        assert_eq!(tracer_common::MAX_GIOP_BODY_LEN, tracer_wire::giop::MAX_BODY_LEN);
+    }
+
+    #[test]
+    fn losses_read_as_pairs_and_text() {
+        let mut losses = ProbeLosses::default();
+        assert_eq!(losses.to_string(), "none");
+        losses.totals[loss::RING_FULL as usize] = 3;
+        losses.totals[loss::OVER_LIMIT as usize] = 5;
+        assert_eq!(losses.total(), 8);
+        assert_eq!(losses.by_cause().count(), loss::CAUSES as usize);
+        assert_eq!(losses.to_string(), "ring_buffer_full 3, messages_over_per_call_limit 5");
+    }
+}

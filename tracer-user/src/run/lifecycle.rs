@@ -1,0 +1,129 @@
+//! Which processes are traced, and when: adoption at start (from `/proc`), at `openat` of omniORB
+//! and at fork (from what the kernel copied then); libraries found later; uprobes where sockets
+//! are blind.
+
+use log::{info, warn};
+
+use super::Daemon;
+use crate::{
+    discover::{
+        self,
+        procinfo::{MappedLibrary, ProcessInfo},
+    },
+    probe::record::Record,
+};
+
+impl Daemon {
+    fn selected(&self, info: &ProcessInfo) -> bool {
+        let by_env =
+            self.options.select_env.as_ref().map(|(name, value)| info.environ.get(name) == Some(value));
+        let by_pid =
+            (!self.options.select_pids.is_empty()).then(|| self.options.select_pids.contains(&info.pid));
+        match (by_env, by_pid) {
+            (None, None) => true,
+            (env, pid) => env.unwrap_or(false) || pid.unwrap_or(false),
+        }
+    }
+
+    pub(super) fn scan_existing(&mut self) {
+        for pid in discover::scan(&self.options.proc_root, self.own_pid) {
+            self.adopt(pid);
+        }
+    }
+
+    /// Handles the records that start or change a target; true when the record is done with.
+    pub(super) fn on_lifecycle(&mut self, record: &Record) -> bool {
+        match record {
+            Record::LibOpened { pid, .. } => {
+                self.adopt(*pid);
+                true
+            }
+            // A forked process (not a thread) comes with its own facts record.
+            Record::Fork { .. } => true,
+            Record::ProcessFacts(facts) => {
+                if !self.processes.is_running(facts.pid) {
+                    let info = self.processes.from_captured(facts);
+                    self.trace(info);
+                }
+                true
+            }
+            Record::LibraryPath { pid, path, .. } => {
+                if let Some(info) = self.processes.note_library(*pid, path) {
+                    self.pipeline.libraries_changed(info);
+                    self.probe_libraries(*pid);
+                }
+                true
+            }
+            Record::Exit { pid, .. } | Record::Exec { pid, .. } => {
+                // What the kernel still holds for it (syscalls in flight, partly moved messages).
+                self.probes.forget_process(*pid);
+                false
+            }
+            Record::Data { pid, .. } => {
+                if let Some(info) = self.processes.refresh_libraries(*pid) {
+                    self.pipeline.libraries_changed(info);
+                    self.probe_libraries(*pid);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts tracing a running `pid` (read from `/proc`) if it is selected.
+    fn adopt(&mut self, pid: u32) {
+        if !self.processes.is_running(pid) {
+            let info = ProcessInfo::read(&self.options.proc_root, pid);
+            self.trace(info);
+        }
+    }
+
+    /// Starts tracing the process if it is selected; otherwise makes sure the kernel ignores it.
+    fn trace(&mut self, info: ProcessInfo) {
+        let pid = info.pid;
+        if !self.selected(&info) {
+            self.probes.remove_target(pid);
+            return;
+        }
+        if let Err(e) = self.probes.add_target(pid) {
+            warn!("cannot trace pid {pid}: {e}");
+            return;
+        }
+        info!(
+            "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: syscalls sendto/recvfrom (GIOP over TCP and Unix sockets)",
+            info.comm,
+            lib_text(info.libraries.omniorb.as_ref()),
+            lib_text(info.libraries.tango.as_ref()),
+        );
+        self.pipeline.adopt(&info);
+        if !self.processes.insert(info) {
+            warn!("pid {pid} not traced: too many processes traced at once");
+            self.probes.remove_target(pid);
+            return;
+        }
+        self.probe_libraries(pid);
+    }
+
+    /// Uprobes where sockets are blind: the ZMQ application thread pushing events.
+    fn probe_libraries(&mut self, pid: u32) {
+        let Some(zmq) = self.processes.info(pid).and_then(|p| p.libraries.zmq.clone()) else {
+            return;
+        };
+        // The library as the process sees it (through its root while it lives).
+        let Some(path) = self.processes.path_in_view(pid, &zmq.path) else {
+            return;
+        };
+        match self.probes.probe_zmq(&path) {
+            Ok(Some(what)) => info!("pid {pid}: {what}"),
+            Ok(None) => {}
+            Err(e) => warn!("pid {pid}: no ZMQ uprobe: {e}"),
+        }
+    }
+}
+
+pub(super) fn lib_text(lib: Option<&MappedLibrary>) -> String {
+    match lib {
+        Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
+        None => "being loaded".to_string(),
+    }
+}

@@ -1,0 +1,459 @@
+//! The `run` loop: probe records in, spans out.
+//!
+//! One task owns all state and reads the ring buffer when the kernel signals it and every 20 ms;
+//! a timer tick expires stale state, forgets processes gone for good and releases spans that
+//! waited for device facts. SIGINT, SIGTERM and SIGQUIT end every open call, flush the exporters
+//! and return; SIGHUP does not end the daemon. Every loss is logged with exact counts within
+//! [`LOSS_REPORT_INTERVAL`], and the totals at stop.
+//! The stages' work per record and per span is the [`pipeline`]; this module adds what needs
+//! the kernel, the network and the clock.
+
+pub mod ctl;
+pub mod instance;
+mod lifecycle;
+pub mod losses;
+pub mod pipeline;
+pub mod privileges;
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use log::{info, warn};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
+use tracer_export::{Destination, ExportHub};
+
+use self::{
+    ctl::{CtlAnswer, CtlRequest},
+    instance::Instance,
+    losses::{Loss, LossReport},
+    pipeline::{DbQuery, OwnPorts, Pipeline, Routed},
+};
+pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
+use crate::{
+    configure::{
+        Policy,
+        cpptango::{self as tc, AdminChange, AdminCommand, DeviceSelector},
+    },
+    devices::dbclient,
+    discover::processes::Processes,
+    probe::{attach::Probes, record::Record},
+};
+
+/// How often the ring buffer is drained of records that did not wake the daemon.
+const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest time a loss waits before a log line reports it (the first one goes out at once).
+const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the loss counters are read.
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the facts of an exited process are kept for spans still in flight: longer than any
+/// span waits for device facts (2 s) or for a lost reply (2 s).
+const EXITED_KEEP: Duration = Duration::from_secs(5);
+
+/// Options of `tango-tracer run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub destinations: Vec<Destination>,
+    pub export: tracer_export::ExportConfig,
+    pub capture_bytes: u32,
+    pub ready_file: Option<PathBuf>,
+    /// Trace only processes whose environment has this `NAME=value` (tests, scoped sessions).
+    pub select_env: Option<(String, String)>,
+    /// Trace only these pids (and processes selected by `select_env`).
+    pub select_pids: Vec<u32>,
+    /// Also trace operations native telemetry leaves out (ping, state, info, …).
+    pub extended_operations: bool,
+    /// Trace processes whose own configuration says nothing (else only those that enable it).
+    pub trace_by_default: bool,
+    /// Where `tango-tracer ctl` reaches the daemon.
+    pub control_socket: Option<PathBuf>,
+    /// Write every probe record as a JSON line here (for replay and benchmarks).
+    pub record_to: Option<PathBuf>,
+    pub proc_root: PathBuf,
+}
+
+struct Daemon {
+    options: RunOptions,
+    probes: Probes,
+    processes: Processes,
+    pipeline: Pipeline,
+    hub: ExportHub,
+    /// Export records of the last release (reused).
+    routed: Vec<Routed>,
+    recorder: Option<std::io::BufWriter<std::fs::File>>,
+    own_pid: u32,
+    imported_tx: mpsc::UnboundedSender<dbclient::Import>,
+    /// Ring-buffer items that could not be decoded.
+    undecodable: u64,
+    /// Probe records lost so far, as last seen: when it grows, the pipeline stops trusting what
+    /// was in progress.
+    records_lost_seen: u64,
+    loss_report: LossReport,
+    last_loss_check: Instant,
+}
+
+/// Runs until SIGINT, SIGTERM or SIGQUIT.
+pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    privileges::check()?;
+    // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
+    // and the socket is removed when it drops.
+    let _instance = match &options.control_socket {
+        Some(socket) => Some(Instance::acquire(socket)?),
+        None => None,
+    };
+    let (probes, ring) = Probes::load(options.capture_bytes)?;
+    // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the ring buffer")?;
+    let hub = ExportHub::start(options.export.clone());
+    let recorder = match &options.record_to {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
+    let policy = Policy {
+        trace_by_default: options.trace_by_default,
+        destinations: options.destinations.clone(),
+        extended_operations: options.extended_operations,
+    };
+    let mut daemon = Daemon {
+        pipeline: Pipeline::new(options.capture_bytes as usize, policy),
+        processes: Processes::new(Some(options.proc_root.clone())),
+        options,
+        probes,
+        hub,
+        routed: Vec::new(),
+        recorder,
+        own_pid: std::process::id(),
+        imported_tx,
+        undecodable: 0,
+        records_lost_seen: 0,
+        loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
+        last_loss_check: Instant::now(),
+    };
+    for destination in &daemon.options.destinations {
+        info!("exporting spans to {destination:?}");
+    }
+    daemon.scan_existing();
+    daemon.pipeline.import_all(&daemon.processes);
+    daemon.run_queries();
+    if let Some(path) = &daemon.options.ready_file {
+        std::fs::write(path, format!("{}\n", daemon.own_pid))
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<ctl::Pending>(16);
+    if let Some(path) = &daemon.options.control_socket {
+        match ctl::serve(path, ctl_tx) {
+            Ok(()) => info!("control socket {} (tango-tracer ctl)", path.display()),
+            Err(e) => warn!("no control socket at {}: {e}", path.display()),
+        }
+    }
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                daemon.drain_ring(guard.get_inner_mut());
+                guard.clear_ready();
+                daemon.release(false);
+            }
+            _ = drain.tick() => {
+                // Data records do not wake the daemon (see the probes); collect them here.
+                daemon.drain_ring(ring.get_mut());
+                daemon.release(false);
+            }
+            _ = tick.tick() => daemon.on_tick(),
+            Some(import) = imported_rx.recv() => {
+                daemon.pipeline.learn_import(import);
+                daemon.release(false);
+            }
+            Some(pending) = ctl_rx.recv() => {
+                let answer = daemon.on_ctl(pending.request);
+                let _ = pending.reply.send(answer);
+                daemon.release(false);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sigquit.recv() => break,
+            // Never an unflushed end: the configuration is read as processes and devices appear.
+            _ = sighup.recv() => info!("SIGHUP: nothing to reload; the daemon keeps running"),
+        }
+    }
+    // Records already in the ring buffer belong to calls that happened before the signal.
+    daemon.drain_ring(ring.get_mut());
+    daemon.shutdown().await;
+    Ok(())
+}
+
+impl Daemon {
+    /// The one decode loop: every record in the ring buffer, in order.
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match Record::decode(&item) {
+                Ok(record) => self.on_record(&record),
+                Err(e) => {
+                    // Counted and reported with the other losses.
+                    self.undecodable += 1;
+                    log::debug!("skipping a probe record: {e}");
+                }
+            }
+        }
+        let lost = self.probes.lost_records();
+        if lost > self.records_lost_seen {
+            self.records_lost_seen = lost;
+            self.pipeline.records_lost(monotonic_ns());
+        }
+    }
+
+    fn on_record(&mut self, record: &Record) {
+        if let Some(recorder) = &mut self.recorder
+            && let Ok(line) = serde_json::to_string(record)
+        {
+            let _ = writeln!(recorder, "{line}");
+        }
+        if self.on_lifecycle(record) {
+            return;
+        }
+        self.pipeline.push(record, &mut self.processes);
+    }
+
+    fn on_tick(&mut self) {
+        self.pipeline.expire(monotonic_ns());
+        self.release(false);
+        for pid in self.processes.take_gone(EXITED_KEEP) {
+            self.pipeline.forget_process(pid);
+        }
+        if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
+            self.last_loss_check = Instant::now();
+            let losses = self.losses();
+            if let Some(line) = self.loss_report.check(&losses, self.last_loss_check) {
+                warn!("{line}");
+            }
+        }
+    }
+
+    /// Everything lost so far, by stage and cause: probe records, state the stages could not
+    /// keep, spans the exporters dropped.
+    fn losses(&self) -> Vec<Loss> {
+        let mut losses: Vec<Loss> = self
+            .probes
+            .losses()
+            .by_cause()
+            .map(|(cause, total)| Loss::new("probes", cause.replace('_', " "), total))
+            .collect();
+        losses.push(Loss::new("probes", "undecodable records", self.undecodable));
+        for (stage, name, value) in self.pipeline.report(&self.processes).iter() {
+            if is_loss(name) {
+                losses.push(Loss::new(stage, name.replace('_', " "), value));
+            }
+        }
+        for (destination, stats) in &self.hub.stats().destinations {
+            let stage = format!("export to {destination}");
+            for (cause, count) in stats.dropped.by_cause() {
+                losses.push(Loss::new(stage.clone(), cause, count));
+            }
+        }
+        losses
+    }
+
+    /// Sends finished spans to their destinations and starts the database queries asked for.
+    fn release(&mut self, force: bool) {
+        self.pipeline.release(&self.processes, force, &mut self.routed);
+        for Routed { record, destinations } in self.routed.drain(..) {
+            self.hub.submit(record, &destinations);
+        }
+        self.run_queries();
+    }
+
+    fn run_queries(&mut self) {
+        for query in self.pipeline.take_queries() {
+            spawn_query(query, self.pipeline.own_ports(), self.imported_tx.clone());
+        }
+    }
+
+    /// Answers `tango-tracer ctl`.
+    fn on_ctl(&mut self, request: CtlRequest) -> CtlAnswer {
+        let command = |pattern: &str, change| AdminCommand {
+            command: "tango-tracer ctl".to_string(),
+            targets: DeviceSelector::Pattern(pattern.to_string()),
+            change,
+        };
+        match request {
+            CtlRequest::List => CtlAnswer::Targets {
+                targets: self.targets_view(),
+                warnings: self.pipeline.configuration().warnings(),
+            },
+            CtlRequest::Stats => {
+                let mut stats = self.pipeline.report(&self.processes);
+                stats.push("probe", "lost_records", self.probes.lost_records());
+                let (pending, streams) = self.probes.in_flight();
+                stats.push("probe", "pending_syscall_entries", pending as u64);
+                stats.push("probe", "partial_message_entries", streams as u64);
+                stats.push("probe", "undecodable_records", self.undecodable);
+                CtlAnswer::Stats(ctl::StatsView::new(&stats, self.losses(), &self.hub.stats()))
+            }
+            CtlRequest::Enable { pattern, enable } => {
+                let cmd = command(&pattern, AdminChange::Enable(enable));
+                self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+            CtlRequest::Endpoints { pattern, exporters, endpoints } => {
+                if exporters.len() != endpoints.len() {
+                    return CtlAnswer::Error { message: "give as many endpoints as exporters".into() };
+                }
+                let mut list = Vec::new();
+                for (exporter, endpoint) in exporters.iter().zip(&endpoints) {
+                    let parsed = tc::Exporter::parse(exporter).and_then(|e| tc::destination(e, endpoint));
+                    match parsed {
+                        Ok(destination) => list.push(destination),
+                        Err(e) => return CtlAnswer::Error { message: format!("{exporter} {endpoint}: {e}") },
+                    }
+                }
+                let cmd = command(&pattern, AdminChange::SetTracing(list));
+                self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+            CtlRequest::Reset { pattern } => {
+                self.pipeline.configuration_mut().ctl_reset(&pattern);
+                CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+        }
+    }
+
+    fn devices_matching(&self, pattern: &str) -> Vec<String> {
+        let selector = DeviceSelector::Pattern(pattern.to_string());
+        let devices = self.pipeline.devices();
+        let mut names: Vec<String> = self
+            .processes
+            .running()
+            .iter()
+            .flat_map(|p| devices.served_by(p.pid).filter_map(|k| devices.name(k)))
+            .filter(|name| selector.matches(name))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    fn targets_view(&self) -> Vec<ctl::TargetView> {
+        let devices = self.pipeline.devices();
+        let config = self.pipeline.configuration();
+        let mut views = Vec::new();
+        for info in self.processes.running() {
+            let libraries = format!(
+                "omniORB {}, libtango {}",
+                lifecycle::lib_text(info.libraries.omniorb.as_ref()),
+                lifecycle::lib_text(info.libraries.tango.as_ref())
+            );
+            let mut served: Vec<(Option<String>, Option<String>)> = vec![(None, None)];
+            for key in devices.served_by(info.pid) {
+                served.push((devices.name(key), devices.class(key).map(str::to_string)));
+            }
+            served.sort();
+            served.dedup();
+            for (device, class) in served {
+                let effective = config.effective(info.pid, device.as_deref());
+                let spans = self.pipeline.released(info.pid, device.as_deref());
+                let setting = |value: String, source: &tc::Source| ctl::SettingView {
+                    value,
+                    source: source.to_string(),
+                };
+                let destinations: Vec<String> = effective.tracing.0.iter().map(|d| d.to_string()).collect();
+                views.push(ctl::TargetView {
+                    pid: info.pid,
+                    process: info.comm.clone(),
+                    device,
+                    class,
+                    libraries: libraries.clone(),
+                    enable: setting(effective.enable.0.to_string(), &effective.enable.1),
+                    types: setting(effective.types.0.names().join(","), &effective.types.1),
+                    topics: setting(effective.topics.0.names().join(","), &effective.topics.1),
+                    tracing: setting(destinations.join(", "), &effective.tracing.1),
+                    spans,
+                });
+            }
+        }
+        views
+    }
+
+    async fn shutdown(&mut self) {
+        info!("stopping: ending open calls and flushing exporters");
+        self.pipeline.flush_all(monotonic_ns());
+        self.release(true);
+        self.hub.shutdown().await;
+        if let Some(recorder) = &mut self.recorder {
+            let _ = recorder.flush();
+        }
+        let (messages, spans, unparsable) = self.pipeline.totals();
+        let losses = self.losses();
+        if let Some(line) = self.loss_report.since_last(&losses) {
+            warn!("{line}");
+        }
+        let export = self.hub.stats().total();
+        info!(
+            "stopped: {messages} GIOP messages, {spans} spans, {unparsable} unparsable, {} probe records lost; \
+             export: {} submitted, {} delivered, {} dropped, {} held; lost: {}",
+            self.probes.lost_records(),
+            export.spans_submitted,
+            export.spans_delivered,
+            export.dropped.total(),
+            export.spans_held,
+            losses::totals(&losses),
+        );
+        let stats = self.pipeline.report(&self.processes);
+        let counters: Vec<String> = stats
+            .iter()
+            .filter(|(_, name, value)| *value > 0 && !name.ends_with("_entries"))
+            .map(|(stage, name, value)| format!("{stage}.{name}={value}"))
+            .collect();
+        info!("stage counters: {}", counters.join(" "));
+    }
+}
+
+/// Stage counters that count something lost (the others count work done, or state in use).
+fn is_loss(name: &str) -> bool {
+    ["refused", "overflow", "dropped", "lost", "not_read"].iter().any(|word| name.contains(word))
+}
+
+/// Runs one database query in the background; its answer comes back to the loop.
+fn spawn_query(query: DbQuery, own_ports: OwnPorts, tx: mpsc::UnboundedSender<dbclient::Import>) {
+    let register = move |addr: Option<std::net::SocketAddr>| {
+        if let (Some(addr), Ok(mut ports)) = (addr, own_ports.lock()) {
+            ports.insert(addr.port());
+        }
+    };
+    tokio::spawn(async move {
+        match query {
+            DbQuery::Import { tango_host } => match dbclient::import_exported(&tango_host, register).await {
+                Ok(import) => {
+                    info!("database {tango_host}: learnt {} device(s)", import.devices.len());
+                    let _ = tx.send(import);
+                }
+                Err(e) => info!("database {tango_host} not queried: {e}"),
+            },
+            DbQuery::Properties { tango_host, device } => {
+                match dbclient::device_properties(&tango_host, &device, register).await {
+                    Ok(properties) => {
+                        let import =
+                            dbclient::Import { devices: Vec::new(), properties: vec![(device, properties)] };
+                        let _ = tx.send(import);
+                    }
+                    Err(e) => info!("database {tango_host}: properties of {device} not read: {e}"),
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,826 @@
+//! The per-record and per-span path, the same for the daemon and the replay benchmark: a
+//! decoded record goes through assembly and events; finished spans wait for their device's
+//! facts, are routed by the configuration and converted to export records.
+//!
+//! What needs the kernel or the network stays outside: the run loop adopts processes, attaches
+//! uprobes and runs the database queries the pipeline asks for ([`Pipeline::take_queries`]).
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry::trace::SpanKind;
+use tracer_export::{Destination, SpanRecord};
+
+use crate::{
+    assemble::{
+        AssembledSpan, Assembler, Observation,
+        naming::{DATABASE_KEY, OperationClass},
+    },
+    configure::{Configuration, Policy, Routing},
+    convert::{
+        resources::{self, ResourceKey, Resources},
+        spandata::{self, ClockOffset},
+    },
+    devices::{DeviceFacts, DeviceRegistry, dbclient},
+    discover::{processes::Processes, procinfo::ProcessInfo},
+    events::Events,
+    probe::record::{Direction, Record},
+    stats::StageStats,
+};
+
+/// How long a server span may wait for its device's class before it goes out without it.
+const DEVICE_FACTS_WAIT: Duration = Duration::from_secs(2);
+/// How long a span with an unknown opaque object key waits before the database is asked.
+const IMPORT_AFTER: Duration = Duration::from_millis(300);
+/// Most spans waiting for their device's facts; beyond, the oldest goes out without them.
+const MAX_WAITING: usize = 65_536;
+
+/// Local ports of the daemon's own database connections (their requests are not traced).
+pub type OwnPorts = Arc<Mutex<HashSet<u16>>>;
+
+/// A database query the pipeline needs and the run loop makes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbQuery {
+    /// Every exported device of the database at `tango_host` (names of opaque keys).
+    Import { tango_host: String },
+    /// The telemetry properties of `device` (it was exported, as cppTango reads them at start).
+    Properties { tango_host: String, device: String },
+}
+
+/// An export record and where it goes.
+pub struct Routed {
+    pub record: SpanRecord,
+    pub destinations: Vec<Destination>,
+}
+
+/// Counters of the pipeline's own steps.
+#[derive(Clone, Copy, Debug, Default)]
+struct PipelineStats {
+    released: u64,
+    /// Spans the configuration does not want (telemetry off, topic excluded).
+    not_wanted: u64,
+    /// Spans cppTango's own telemetry exports.
+    native: u64,
+    /// Spans released before their device's facts were known because too many waited.
+    waiting_overflow: u64,
+}
+
+/// Assembly, events, devices, configuration and conversion, in that order.
+pub struct Pipeline {
+    assembler: Assembler,
+    events: Events,
+    devices: DeviceRegistry,
+    config: Configuration,
+    resources: Resources,
+    clock: ClockOffset,
+    own_ports: OwnPorts,
+    /// Spans finished since the last release.
+    finished: Vec<AssembledSpan>,
+    /// Spans waiting for their device's facts, with the time they started waiting.
+    waiting: VecDeque<(Instant, AssembledSpan)>,
+    /// Spans routed at a process's exit, before its configuration goes.
+    ready: Vec<Routed>,
+    queries: Vec<DbQuery>,
+    stats: PipelineStats,
+    /// Spans released per process and device (`None`: the process's own), for `ctl list`.
+    released_by: HashMap<(u32, Option<String>), u64>,
+}
+
+impl Pipeline {
+    /// `capture_bytes` is the probes' capture length; `policy` the operator's configuration.
+    pub fn new(capture_bytes: usize, policy: Policy) -> Self {
+        Pipeline {
+            assembler: Assembler::new(capture_bytes),
+            events: Events::default(),
+            devices: DeviceRegistry::default(),
+            config: Configuration::new(policy),
+            resources: Resources::default(),
+            clock: ClockOffset::now(),
+            own_ports: Arc::default(),
+            finished: Vec::new(),
+            waiting: VecDeque::new(),
+            ready: Vec::new(),
+            queries: Vec::new(),
+            stats: PipelineStats::default(),
+            released_by: HashMap::new(),
+        }
+    }
+
+    /// A process became a target: its configuration sources, and what its command line says.
+    pub fn adopt(&mut self, info: &ProcessInfo) {
+        if let Some(facts) = database_server_facts(info) {
+            self.devices.learn(DATABASE_KEY.to_vec(), facts);
+        }
+        self.config.add_process(info);
+    }
+
+    /// libtango was found mapped after the process became a target.
+    pub fn libraries_changed(&mut self, info: &ProcessInfo) {
+        let capable = info.tango_major().is_some_and(|m| m >= 10);
+        self.config.set_native_capable(info.pid, capable);
+    }
+
+    /// The per-record path: one decoded record of a traced process.
+    pub fn push(&mut self, record: &Record, processes: &mut Processes) {
+        let pid = record.pid();
+        if !processes.is_traced(pid) {
+            return;
+        }
+        match record {
+            Record::Data { fd, direction, bytes, total_len, ts_ns, .. }
+                if !self.assembler.carries_giop(pid, *fd, bytes) =>
+            {
+                // Not GIOP and not the rest of a GIOP message: ZMTP event frames.
+                let complete = bytes.len() >= *total_len as usize;
+                self.events.on_zmtp(pid, *fd, *ts_ns, *direction, bytes, complete, &mut self.finished);
+            }
+            Record::Data { fd, direction: Direction::Recv, bytes, peer, .. } => {
+                if is_giop_request(bytes)
+                    && self.assembler.needs_location(pid, *fd)
+                    && let Some(location) = processes.peer_location(pid, *fd, peer)
+                {
+                    if self.is_own_connection(&location) {
+                        self.assembler.ignore_connection(pid, *fd);
+                    }
+                    self.assembler.set_location(pid, *fd, location);
+                }
+                self.assembler.push(record);
+            }
+            Record::ZmqSend { tid, ts_ns, .. } => {
+                let serving = self.assembler.serving_context(pid, *tid);
+                self.events.on_zmq_send(pid, *ts_ns, serving);
+            }
+            Record::Close { fd, .. } => {
+                self.assembler.push(record);
+                self.events.on_close(pid, *fd);
+            }
+            Record::Exit { .. } | Record::Exec { .. } => {
+                self.assembler.push(record);
+                self.events.on_exit(pid);
+                // Route what the process left under its own configuration, then drop it.
+                let mut ready = std::mem::take(&mut self.ready);
+                self.release(processes, false, &mut ready);
+                self.ready = ready;
+                processes.mark_exited(pid);
+                self.config.remove_process(pid);
+            }
+            Record::Data { .. }
+            | Record::LibOpened { .. }
+            | Record::Fork { .. }
+            | Record::ProcessFacts(_)
+            | Record::LibraryPath { .. } => self.assembler.push(record),
+        }
+    }
+
+    /// The per-span path: finished spans that are ready go to `out` with their destinations;
+    /// server spans wait a little for their device's class (learnt from `info` replies) unless
+    /// `force`.
+    pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
+        out.append(&mut self.ready);
+        for observation in self.assembler.drain_observations() {
+            self.on_observation(observation, processes);
+        }
+        let now = Instant::now();
+        self.assembler.drain_into(&mut self.finished);
+        for mut span in std::mem::take(&mut self.finished) {
+            span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
+            if span.operation == OperationClass::Internal {
+                continue;
+            }
+            if self.waiting.len() >= MAX_WAITING
+                && let Some((_, oldest)) = self.waiting.pop_front()
+            {
+                self.stats.waiting_overflow += 1;
+                self.route(oldest, processes, out);
+            }
+            self.waiting.push_back((now, span));
+        }
+        let mut unknown_hosts = Vec::new();
+        for (since, span) in &self.waiting {
+            let opaque_unknown = span
+                .device_key
+                .as_deref()
+                .is_some_and(|k| self.devices.name(k).is_none() && since.elapsed() >= IMPORT_AFTER);
+            if opaque_unknown && let Some(host) = processes.info(span.pid).and_then(|p| p.tango_host()) {
+                unknown_hosts.push(host);
+            }
+        }
+        for tango_host in unknown_hosts {
+            self.import(tango_host);
+        }
+        for (since, span) in std::mem::take(&mut self.waiting) {
+            let known = span.device_key.as_deref().is_none_or(|key| self.devices.is_known(key));
+            if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
+                self.route(span, processes, out);
+            } else {
+                self.waiting.push_back((since, span));
+            }
+        }
+    }
+
+    /// Asks for every database the given processes use (at start).
+    pub fn import_all(&mut self, processes: &Processes) {
+        let hosts: HashSet<String> = processes.running().iter().filter_map(|p| p.tango_host()).collect();
+        for host in hosts {
+            self.import(host);
+        }
+    }
+
+    fn import(&mut self, tango_host: String) {
+        if self.devices.want_import(&tango_host) {
+            self.queries.push(DbQuery::Import { tango_host });
+        }
+    }
+
+    /// Database queries to make, asked for since the last call.
+    pub fn take_queries(&mut self) -> Vec<DbQuery> {
+        std::mem::take(&mut self.queries)
+    }
+
+    /// What a database query found.
+    pub fn learn_import(&mut self, import: dbclient::Import) {
+        for (key, facts) in import.devices {
+            self.devices.learn(key, facts);
+        }
+        for (device, properties) in import.properties {
+            self.config.set_properties(&device, &properties);
+        }
+    }
+
+    /// Shared with the database client, which notes its connections' ports here.
+    pub fn own_ports(&self) -> OwnPorts {
+        Arc::clone(&self.own_ports)
+    }
+
+    /// The run loop saw the probes' count of lost records grow, at about `now_ns` (kernel
+    /// monotonic time, the records' clock). Messages in progress cannot be trusted any more and
+    /// calls pending now may have lost their reply: they end incomplete if it does not come soon
+    /// (see [`Pipeline::expire`]).
+    pub fn records_lost(&mut self, now_ns: u64) {
+        self.assembler.records_lost(now_ns);
+        self.events.records_lost();
+    }
+
+    /// Timer work: forgets links too old to matter, ends calls that waited too long or whose
+    /// reply was probably lost.
+    pub fn expire(&mut self, now_ns: u64) {
+        self.assembler.expire(now_ns);
+        self.events.expire(now_ns);
+    }
+
+    /// A process is gone for good (some time after its exit): every stage frees its state.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.released_by.retain(|(p, _), _| *p != pid);
+        self.devices.forget_process(pid);
+        self.resources.forget(pid);
+    }
+
+    /// Ends every call still open (shutdown).
+    pub fn flush_all(&mut self, now_ns: u64) {
+        self.assembler.flush_all(now_ns);
+    }
+
+    /// Spans released so far for `pid`'s `device` (`None`: the process's own spans).
+    pub fn released(&self, pid: u32, device: Option<&str>) -> u64 {
+        self.released_by.get(&(pid, device.map(str::to_string))).copied().unwrap_or(0)
+    }
+
+    pub fn configuration(&self) -> &Configuration {
+        &self.config
+    }
+
+    pub fn configuration_mut(&mut self) -> &mut Configuration {
+        &mut self.config
+    }
+
+    pub fn devices(&self) -> &DeviceRegistry {
+        &self.devices
+    }
+
+    /// (GIOP messages, spans, unparsable messages) so far, for the stop line.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let stats = self.assembler.stats();
+        (stats.messages, stats.spans, stats.unparsable + self.events.stats().unparsable)
+    }
+
+    /// Every stage's counters and table sizes, in pipeline order.
+    pub fn report(&self, processes: &Processes) -> StageStats {
+        let mut out = StageStats::default();
+        processes.report(&mut out);
+        self.assembler.report(&mut out);
+        self.events.report(&mut out);
+        self.devices.report(&mut out);
+        self.config.stats(&mut out);
+        self.resources.report(&mut out);
+        const STAGE: &str = "pipeline";
+        out.push(STAGE, "released", self.stats.released);
+        out.push(STAGE, "not_wanted", self.stats.not_wanted);
+        out.push(STAGE, "native", self.stats.native);
+        out.push(STAGE, "waiting_overflow", self.stats.waiting_overflow);
+        out.size(STAGE, "waiting_span_entries", self.waiting.len());
+        out.size(STAGE, "released_count_entries", self.released_by.len());
+        out
+    }
+
+    fn on_observation(&mut self, observation: Observation, processes: &Processes) {
+        match observation {
+            Observation::Device { object_key, facts } => self.devices.learn(object_key, facts),
+            Observation::Serves { pid, object_key } => self.devices.serves(pid, object_key),
+            Observation::DeviceProperties { device, properties } => {
+                self.config.set_properties(&device, &properties);
+            }
+            Observation::Command { pid, object_key, command, argin } => {
+                // Telemetry commands go to a server's admin device (`dserver/<server>/<instance>`);
+                // they apply also when a 9.x server answers "command not found".
+                let name = self.devices.name(&object_key);
+                log::debug!("pid {pid}: command {command} on {name:?}");
+                if name.as_deref().is_some_and(|name| name.starts_with("dserver/"))
+                    && self.config.admin_command(pid, &command, argin.as_ref())
+                {
+                    log::info!(
+                        "pid {pid}: {command} on {} applied to the telemetry configuration",
+                        name.unwrap_or_default()
+                    );
+                }
+            }
+            Observation::Exported { pid, device } => {
+                if let Some(tango_host) = processes.info(pid).and_then(|p| p.tango_host()) {
+                    self.queries.push(DbQuery::Properties { tango_host, device });
+                }
+            }
+        }
+    }
+
+    /// Where a span goes, by the configuration of its device (or process), and its export form.
+    fn route(&mut self, span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>) {
+        let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
+        match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
+            Routing::Export(destinations) if !destinations.is_empty() => {
+                self.stats.released += 1;
+                *self.released_by.entry((span.pid, device.clone())).or_default() += 1;
+                let record = self.span_record(span, device, processes);
+                out.push(Routed { record, destinations });
+            }
+            Routing::Native => self.stats.native += 1,
+            Routing::Export(_) | Routing::Drop => self.stats.not_wanted += 1,
+        }
+    }
+
+    fn span_record(
+        &mut self,
+        span: AssembledSpan,
+        device_name: Option<String>,
+        processes: &Processes,
+    ) -> SpanRecord {
+        let process = processes.info(span.pid);
+        let is_server = self.assembler.is_server(span.pid);
+        let key = match &span.device_key {
+            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
+            None => ResourceKey::Process { pid: span.pid },
+        };
+        let facts = span.device_key.as_deref().and_then(|k| self.devices.facts(k));
+        let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
+        let scope = resources::scope_for(process);
+        let target =
+            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
+        let data = spandata::to_span_data(span, target, scope, &self.clock);
+        SpanRecord { resource, data }
+    }
+
+    /// Whether a server-side connection's client is one of the daemon's database connections.
+    fn is_own_connection(&self, location: &str) -> bool {
+        let Some(port) = location.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) else {
+            return false;
+        };
+        location.starts_with("giop:tcp:") && self.own_ports.lock().is_ok_and(|ports| ports.contains(&port))
+    }
+}
+
+/// The database server (`DataBaseds <instance>`) serves `sys/database/2` of class `DataBase`.
+fn database_server_facts(info: &ProcessInfo) -> Option<DeviceFacts> {
+    let program = info.cmdline.first()?;
+    if !program.ends_with("DataBaseds") {
+        return None;
+    }
+    let instance = info.cmdline.get(1)?;
+    Some(DeviceFacts {
+        name: Some(crate::assemble::naming::DATABASE_DEVICE.to_string()),
+        dev_class: Some("DataBase".to_string()),
+        server_id: Some(format!("DataBaseds/{instance}")),
+    })
+}
+
+/// The topic class a span is routed by. cppTango traces no command an admin device serves
+/// (`Kill`, `SetLoggingLevel`, `DevPollStatus`, …): their SERVER spans are among what native
+/// telemetry leaves out, known only once the device's name is (opaque keys of database servers).
+/// The subscription's is an `events` span already.
+fn class_of(span: &AssembledSpan, device: Option<&str>) -> OperationClass {
+    let admin = device.is_some_and(|name| name.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("dserver/")));
+    if span.kind == SpanKind::Server && admin && span.operation == OperationClass::User {
+        OperationClass::Extended
+    } else {
+        span.operation
+    }
+}
+
+fn is_giop_request(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(b"GIOP") && bytes.get(7) == Some(&0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Churn through the whole pipeline with real GIOP messages captured from PyTango 10.3.1:
+    //! every span comes out, and every table goes back to its size before the churn.
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        reason = "tests"
+    )]
+
+    use super::*;
+    use crate::probe::record::Peer;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/../tracer-wire/tests/fixtures/giop/{name}.bin", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// GIOP 1.0 messages with an empty service-context list keep their request id at offset 16.
+    fn with_request_id(mut bytes: Vec<u8>, id: u32) -> Vec<u8> {
+        bytes.splice(16..20, id.to_le_bytes());
+        bytes
+    }
+
+    fn data(pid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) -> Record<'static> {
+        Record::Data {
+            pid,
+            tid: pid,
+            fd,
+            ts_ns,
+            direction,
+            total_len: bytes.len() as u32,
+            bytes: bytes.to_vec().into(),
+            peer: Default::default(),
+        }
+    }
+
+    struct Host {
+        pipeline: Pipeline,
+        processes: Processes,
+        routed: Vec<Routed>,
+        ts_ns: u64,
+    }
+
+    impl Host {
+        fn new() -> Self {
+            let policy = Policy {
+                trace_by_default: true,
+                destinations: vec![Destination::Store { path: "test".into() }],
+                extended_operations: false,
+            };
+            Host {
+                pipeline: Pipeline::new(2048, policy),
+                processes: Processes::new(None),
+                routed: Vec::new(),
+                ts_ns: 1_000,
+            }
+        }
+
+        fn start(&mut self, pid: u32) {
+            let info = ProcessInfo { pid, comm: "test".into(), ..Default::default() };
+            self.pipeline.adopt(&info);
+            assert!(self.processes.insert(info));
+        }
+
+        fn push(&mut self, record: Record) {
+            self.pipeline.push(&record, &mut self.processes);
+        }
+
+        fn next_ts(&mut self) -> u64 {
+            self.ts_ns += 1_000;
+            self.ts_ns
+        }
+
+        /// A client process that makes one call to `server` and exits.
+        fn short_client(&mut self, client: u32, server: u32, server_fd: i32, id: u32) {
+            let request = with_request_id(fixture("demo-req-read_attributes_5"), id);
+            let reply = with_request_id(fixture("demo-rep-read_attributes_5"), id);
+            self.start(client);
+            for (pid, fd, direction, bytes) in [
+                (client, 7, Direction::Send, &request),
+                (server, server_fd, Direction::Recv, &request),
+                (server, server_fd, Direction::Send, &reply),
+                (client, 7, Direction::Recv, &reply),
+            ] {
+                let ts_ns = self.next_ts();
+                self.push(data(pid, fd, ts_ns, direction, bytes));
+            }
+            let ts_ns = self.next_ts();
+            self.push(Record::Close { pid: server, fd: server_fd, ts_ns });
+            self.push(Record::Exit { pid: client, ts_ns });
+        }
+
+        fn stop(&mut self, pid: u32) {
+            let ts_ns = self.next_ts();
+            self.push(Record::Exit { pid, ts_ns });
+        }
+
+        /// Releases everything and forgets every process that exited, as the tick does later.
+        fn settle(&mut self) -> usize {
+            self.pipeline.release(&self.processes, true, &mut self.routed);
+            self.pipeline.expire(self.ts_ns);
+            for pid in self.processes.take_gone(Duration::ZERO) {
+                self.pipeline.forget_process(pid);
+            }
+            self.routed.drain(..).count()
+        }
+
+        fn tables(&self) -> Vec<(&'static str, &'static str, u64)> {
+            self.pipeline.report(&self.processes).tables().collect()
+        }
+    }
+
+    #[test]
+    fn tables_return_to_their_baseline_after_client_and_server_churn() {
+        let mut host = Host::new();
+        host.start(10);
+        host.short_client(11, 10, 21, 1);
+        assert_eq!(host.settle(), 2, "one client and one server span");
+        let baseline = host.tables();
+
+        let mut spans = 0;
+        let mut server = 10;
+        for round in 0..50u32 {
+            for client in 0..20u32 {
+                let pid = 1_000 + round * 100 + client;
+                host.short_client(pid, server, 30 + client as i32, client + 2);
+            }
+            // The server restarts under a new pid.
+            host.stop(server);
+            server = 100_000 + round;
+            host.start(server);
+            spans += host.settle();
+        }
+        assert_eq!(spans, 50 * 20 * 2, "every call gives a client and a server span");
+        host.short_client(11, server, 21, 1);
+        host.settle();
+        assert_eq!(host.tables(), baseline);
+        assert!(host.pipeline.report(&host.processes).iter().all(|(_, name, value)| {
+            !(name.starts_with("refused") || name.ends_with("overflow")) || value == 0
+        }));
+    }
+
+    /// The client calls the admin device `dserver/demo/demo` and subscribes to an event through it.
+    #[test]
+    fn admin_device_commands_have_no_server_span_but_the_subscription_has_one() {
+        let mut host = Host::new();
+        let (client, server) = (11, 10);
+        host.start(server);
+        host.start(client);
+        for (request, reply) in [
+            ("admin-req-command_inout_4-querydevice", "admin-rep-command_inout_4-querydevice"),
+            (
+                "tele-req-command_inout_4-zmqeventsubscriptionchange",
+                "tele-rep-command_inout_4-zmqeventsubscriptionchange",
+            ),
+        ] {
+            let (request, reply) = (fixture(request), fixture(reply));
+            for (pid, fd, direction, bytes) in [
+                (client, 7, Direction::Send, &request),
+                (server, 21, Direction::Recv, &request),
+                (server, 21, Direction::Send, &reply),
+                (client, 7, Direction::Recv, &reply),
+            ] {
+                let ts_ns = host.next_ts();
+                host.push(data(pid, fd, ts_ns, direction, bytes));
+            }
+        }
+        host.pipeline.release(&host.processes, true, &mut host.routed);
+        let spans: Vec<(opentelemetry::trace::SpanKind, String)> = host
+            .routed
+            .iter()
+            .map(|r| {
+                let argument = r
+                    .record
+                    .data
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "tango.operation.argument")
+                    .map(|kv| kv.value.to_string())
+                    .unwrap_or_default();
+                (r.record.data.span_kind.clone(), argument)
+            })
+            .collect();
+        // The subscribing client had its own telemetry on (W3C context): its CLIENT span is native.
+        assert_eq!(
+            spans,
+            vec![
+                (SpanKind::Client, "QueryDevice".to_string()),
+                (SpanKind::Server, "ZmqEventSubscriptionChange".to_string())
+            ]
+        );
+    }
+
+    /// Every GIOP and ZMTP capture of the parsers' fixtures.
+    fn captures(kind: &str) -> &'static [Vec<u8>] {
+        static GIOP: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        static ZMTP: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        let cell = if kind == "giop" { &GIOP } else { &ZMTP };
+        cell.get_or_init(|| {
+            let dir = format!("{}/../tracer-wire/tests/fixtures/{kind}", env!("CARGO_MANIFEST_DIR"));
+            let mut paths: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+            paths.sort();
+            paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+        })
+    }
+
+    /// How a capture reaches the pipeline.
+    #[derive(Clone, Debug)]
+    enum Cut {
+        Whole,
+        /// Only a prefix was copied by the probe.
+        Truncated(usize),
+        /// In two calls.
+        Split(usize),
+        /// One byte changed.
+        Corrupted(usize, u8),
+        /// Bytes that are no protocol at all.
+        Garbage(Vec<u8>),
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Giop { pid: usize, tid: u32, fd: i32, send: bool, capture: usize, cut: Cut },
+        Zmtp { pid: usize, fd: i32, send: bool, capture: usize, cut: Cut },
+        Close { pid: usize, fd: i32 },
+        Exit { pid: usize },
+        Exec { pid: usize },
+        Fork { pid: usize, child: usize },
+        ZmqSend { pid: usize, tid: u32 },
+        RecordsLost,
+        Expire { advance_ms: u64 },
+        Release,
+    }
+
+    const PIDS: [u32; 4] = [10, 11, 12, 13];
+
+    fn cut() -> impl proptest::strategy::Strategy<Value = Cut> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => Just(Cut::Whole),
+            1 => (0usize..400).prop_map(Cut::Truncated),
+            1 => (0usize..400).prop_map(Cut::Split),
+            1 => (0usize..400, any::<u8>()).prop_map(|(at, b)| Cut::Corrupted(at, b)),
+            1 => proptest::collection::vec(any::<u8>(), 0..64).prop_map(Cut::Garbage),
+        ]
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let pid = 0..PIDS.len();
+        prop_oneof![
+            12 => (pid.clone(), 0u32..3, 0i32..3, any::<bool>(), 0..captures("giop").len(), cut())
+                .prop_map(|(pid, tid, fd, send, capture, cut)| Op::Giop { pid, tid, fd, send, capture, cut }),
+            2 => (pid.clone(), 3i32..5, any::<bool>(), 0..captures("zmtp").len(), cut())
+                .prop_map(|(pid, fd, send, capture, cut)| Op::Zmtp { pid, fd, send, capture, cut }),
+            1 => (pid.clone(), 0i32..5).prop_map(|(pid, fd)| Op::Close { pid, fd }),
+            1 => pid.clone().prop_map(|pid| Op::Exit { pid }),
+            1 => pid.clone().prop_map(|pid| Op::Exec { pid }),
+            1 => (pid.clone(), pid.clone()).prop_map(|(pid, child)| Op::Fork { pid, child }),
+            1 => (pid, 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
+            1 => Just(Op::RecordsLost),
+            1 => (0u64..3_000).prop_map(|advance_ms| Op::Expire { advance_ms }),
+            1 => Just(Op::Release),
+        ]
+    }
+
+    /// The records `cut` makes of `bytes`.
+    fn cut_into(bytes: &[u8], cut: &Cut) -> Vec<(Vec<u8>, u32)> {
+        let whole = |b: &[u8]| (b.to_vec(), b.len() as u32);
+        match cut {
+            Cut::Whole => vec![whole(bytes)],
+            Cut::Truncated(keep) => vec![(bytes[..(*keep).min(bytes.len())].to_vec(), bytes.len() as u32)],
+            Cut::Split(at) => {
+                let (head, tail) = bytes.split_at((*at).min(bytes.len()));
+                vec![whole(head), whole(tail)]
+            }
+            Cut::Corrupted(at, byte) => {
+                let mut changed = bytes.to_vec();
+                if !changed.is_empty() {
+                    let at = at % changed.len();
+                    changed[at] = *byte;
+                }
+                vec![whole(&changed)]
+            }
+            Cut::Garbage(garbage) => vec![whole(garbage)],
+        }
+    }
+
+    impl Host {
+        fn apply(&mut self, op: &Op) {
+            let ts_ns = self.next_ts();
+            let pid_of = |i: usize| PIDS[i];
+            let direction = |send: bool| if send { Direction::Send } else { Direction::Recv };
+            match op {
+                Op::Giop { pid, tid, fd, send, capture, cut } => {
+                    for (bytes, total_len) in cut_into(&captures("giop")[*capture], cut) {
+                        let (pid, ts_ns) = (pid_of(*pid), self.next_ts());
+                        let tid = pid + tid;
+                        let direction = direction(*send);
+                        let peer = Peer::Inet(std::net::Ipv4Addr::LOCALHOST, 4321);
+                        self.push(Record::Data {
+                            pid,
+                            tid,
+                            fd: *fd,
+                            ts_ns,
+                            direction,
+                            total_len,
+                            bytes: bytes.into(),
+                            peer,
+                        });
+                    }
+                }
+                Op::Zmtp { pid, fd, send, capture, cut } => {
+                    for (bytes, total_len) in cut_into(&captures("zmtp")[*capture], cut) {
+                        let (pid, ts_ns) = (pid_of(*pid), self.next_ts());
+                        let direction = direction(*send);
+                        let peer = Peer::Unknown;
+                        self.push(Record::Data {
+                            pid,
+                            tid: pid,
+                            fd: *fd,
+                            ts_ns,
+                            direction,
+                            total_len,
+                            bytes: bytes.into(),
+                            peer,
+                        });
+                    }
+                }
+                Op::Close { pid, fd } => self.push(Record::Close { pid: pid_of(*pid), fd: *fd, ts_ns }),
+                Op::Exit { pid } => self.push(Record::Exit { pid: pid_of(*pid), ts_ns }),
+                Op::Exec { pid } => self.push(Record::Exec { pid: pid_of(*pid), ts_ns }),
+                Op::Fork { pid, child } => {
+                    self.push(Record::Fork { pid: pid_of(*pid), child: pid_of(*child), ts_ns })
+                }
+                Op::ZmqSend { pid, tid } => {
+                    let pid = pid_of(*pid);
+                    self.push(Record::ZmqSend { pid, tid: pid + tid, ts_ns })
+                }
+                Op::RecordsLost => self.pipeline.records_lost(ts_ns),
+                Op::Expire { advance_ms } => {
+                    self.ts_ns += advance_ms * 1_000_000;
+                    self.pipeline.expire(self.ts_ns);
+                }
+                Op::Release => {
+                    self.pipeline.release(&self.processes, false, &mut self.routed);
+                    self.routed.clear();
+                }
+            }
+        }
+    }
+
+    /// Tables that outlive the processes by design: facts about devices and their properties
+    /// (kept by name for servers the daemon does not trace, until their table is full), the
+    /// database import rate limit, and the routing cache (emptied at every configuration change).
+    const NOT_PER_PROCESS: [&str; 4] =
+        ["device_entries", "device_property_entries", "database_entries", "route_cache_entries"];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Random record sequences mixing real captures, cut, corrupted and garbage bytes with
+        /// lifecycle records and losses: no panic, and once every process exited and the
+        /// expiries passed, every per-process table of every stage is empty.
+        #[test]
+        fn random_record_sequences_never_panic_and_leave_no_state(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut host = Host::new();
+            for pid in PIDS {
+                host.start(pid);
+            }
+            for op in &ops {
+                host.apply(op);
+            }
+            for pid in PIDS {
+                let ts_ns = host.next_ts();
+                host.push(Record::Exit { pid, ts_ns });
+            }
+            host.ts_ns += 700_000_000_000;
+            host.settle();
+            let report = host.pipeline.report(&host.processes);
+            let left: Vec<_> = report
+                .tables()
+                .filter(|(_, name, value)| *value > 0 && !NOT_PER_PROCESS.contains(name))
+                .collect();
+            proptest::prop_assert!(left.is_empty(), "state left after every process exited: {:?}", left);
+            // Every span the assembly ended went somewhere.
+            let spans = report.get("assemble", "spans").unwrap_or(0);
+            proptest::prop_assert!(spans >= report.get("assemble", "incomplete_spans").unwrap_or(0));
+        }
+    }
+}
