@@ -34,6 +34,10 @@ fn fingerprint(bytes: &[u8]) -> u64 {
 
 /// How long a client request waits for its server side before it stops being a candidate parent.
 const MATCH_WINDOW_NS: u64 = 10_000_000_000;
+/// How long a server request that found no client waits for one. Sends are reported when they
+/// return, so on one host the server's read can be reported a little before the client's write
+/// (microseconds; a drain or two of the ring buffer at most).
+const LATE_CLIENT_WINDOW_NS: u64 = 200_000_000;
 /// Most client requests waiting for their server side; beyond, new ones are not offered.
 const MAX_UNMATCHED: usize = 65_536;
 /// Most threads serving at once (a stack each).
@@ -49,6 +53,10 @@ pub struct Linking {
     /// Client requests not yet seen arriving at a traced server, by request fingerprint.
     unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
     unmatched_len: usize,
+    /// Server requests no client request had been seen for, by request fingerprint: (time read,
+    /// the server call's key (pid, fd, request id)). Expired after [`LATE_CLIENT_WINDOW_NS`].
+    early_servers: HashMap<u64, VecDeque<(u64, (u32, i32, u32))>>,
+    early_servers_len: usize,
     /// Server spans being served, per (pid, tid), innermost last.
     serving: HashMap<(u32, u32), ServingStack>,
     /// Processes whose native telemetry sends W3C context (not traced twice).
@@ -110,6 +118,46 @@ impl Linking {
         found
     }
 
+    /// A server read `bytes` at `ts_ns` before any client was seen writing them: a client write
+    /// reported just after may still be its parent.
+    pub fn offer_server(&mut self, bytes: &[u8], ts_ns: u64, call: (u32, i32, u32)) {
+        if !crate::stats::has_room(self.early_servers_len, MAX_UNMATCHED, &mut self.refused_full) {
+            return;
+        }
+        self.early_servers.entry(fingerprint(bytes)).or_default().push_back((ts_ns, call));
+        self.early_servers_len += 1;
+    }
+
+    /// The oldest server call that read `bytes`, written at `ts_ns`, before the write was reported.
+    pub fn take_early_server(&mut self, bytes: &[u8], ts_ns: u64) -> Option<(u32, i32, u32)> {
+        if self.early_servers.is_empty() {
+            return None;
+        }
+        let key = fingerprint(bytes);
+        let window = self.early_servers.get_mut(&key)?;
+        let mut found = None;
+        while let Some((read, call)) = window.pop_front() {
+            self.early_servers_len -= 1;
+            if ts_ns <= read && read - ts_ns <= LATE_CLIENT_WINDOW_NS {
+                found = Some(call);
+                break;
+            }
+        }
+        if window.is_empty() {
+            self.early_servers.remove(&key);
+        }
+        found
+    }
+
+    /// `tid` of `pid` serves `old` under a new identity (its client was found late).
+    pub fn rename_serving(&mut self, pid: u32, tid: u32, old: SpanContextLite, new: SpanContextLite) {
+        if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
+            for (ctx, _) in stack.iter_mut().filter(|(ctx, _)| *ctx == old) {
+                *ctx = new;
+            }
+        }
+    }
+
     /// `pid` sends W3C context itself: its native telemetry traces its client calls.
     pub fn mark_native(&mut self, pid: u32) {
         self.native_clients.insert(pid, ());
@@ -128,6 +176,13 @@ impl Linking {
             !window.is_empty()
         });
         self.unmatched_len = len;
+        let mut len = 0;
+        self.early_servers.retain(|_, window| {
+            window.retain(|(read, _)| now_ns.saturating_sub(*read) <= LATE_CLIENT_WINDOW_NS);
+            len += window.len();
+            !window.is_empty()
+        });
+        self.early_servers_len = len;
     }
 
     /// A process ended.
@@ -138,6 +193,7 @@ impl Linking {
 
     pub fn report(&self, out: &mut crate::stats::StageStats) {
         out.size("assemble", "unmatched_request_entries", self.unmatched_len);
+        out.size("assemble", "early_server_request_entries", self.early_servers_len);
         out.size("assemble", "serving_thread_entries", self.serving.len());
         out.size("assemble", "native_client_entries", self.native_clients.len());
     }

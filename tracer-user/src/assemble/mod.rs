@@ -335,7 +335,10 @@ impl Assembler {
             span_id: self.ids.new_span_id(),
         };
         if !suppressed {
-            self.linking.offer_client(bytes, ts_ns, context);
+            match self.linking.take_early_server(bytes, ts_ns) {
+                Some(key) => self.adopt_early_server(key, context),
+                None => self.linking.offer_client(bytes, ts_ns, context),
+            }
         }
         let call = PendingCall {
             fd,
@@ -388,6 +391,11 @@ impl Assembler {
             Some(ctx) => (Some(ctx), true),
             None => (self.linking.take_client_match(bytes, ts_ns), false),
         };
+        if parent.is_none() && response_expected {
+            // Its client's write may be reported just after this read (sends are reported when
+            // they return).
+            self.linking.offer_server(bytes, ts_ns, (pid, fd, request_id));
+        }
         let trace_state =
             request.client_ident.as_ref().and_then(|c| c.trace_state.clone()).unwrap_or_default();
         let context = SpanContextLite {
@@ -419,6 +427,21 @@ impl Assembler {
         } else {
             self.end_incomplete(pid, SpanKind::Server, call, end, Incomplete::TableFull);
         }
+    }
+
+    /// A server call read before its client's write was reported becomes that client's child.
+    fn adopt_early_server(&mut self, key: (u32, i32, u32), client: SpanContextLite) {
+        let Some(call) = self.server_calls.get_mut(&key) else {
+            return;
+        };
+        if call.parent.is_some() {
+            return;
+        }
+        let old = call.context;
+        call.parent = Some(client);
+        call.context = SpanContextLite { trace_id: client.trace_id, span_id: old.span_id };
+        let (pid, tid, new) = (key.0, call.tid, call.context);
+        self.linking.rename_serving(pid, tid, old, new);
     }
 
     /// Reports once per process that it serves the device behind `object_key`.
@@ -840,6 +863,28 @@ mod tests {
         assert!(client.attributes.contains(&KeyValue::new("tango.operation.argument", "temperature")));
         assert!(server.attributes.contains(&KeyValue::new("tango.client_ident.lang", "CPP")));
         assert!(a.is_server(SERVER) && !a.is_server(CLIENT));
+    }
+
+    #[test]
+    fn a_server_read_reported_before_its_client_write_is_still_its_child() {
+        // Sends are reported when they return: on one host the server's read can come first.
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        let reply = with_request_id(fixture("demo-rep-read_attributes_5"), 8);
+        a.push(&data(SERVER, SERVER + 1, 21, 1_010, Direction::Recv, &request));
+        a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &request));
+        a.push(&data(SERVER, SERVER + 1, 21, 1_020, Direction::Send, &reply));
+        a.push(&data(CLIENT, CLIENT, 7, 1_030, Direction::Recv, &reply));
+        let spans = a.drain();
+        let server = spans.iter().find(|s| s.kind == SpanKind::Server).expect("server span");
+        let client = spans.iter().find(|s| s.kind == SpanKind::Client).expect("client span");
+        assert_eq!(server.parent, Some(client.context));
+        assert_eq!(server.context.trace_id, client.context.trace_id);
+        // Nothing left waiting on either side.
+        let mut stats = crate::stats::StageStats::default();
+        a.linking.report(&mut stats);
+        assert!(stats.tables().any(|(_, name, n)| name == "early_server_request_entries" && n == 0));
+        assert!(stats.tables().any(|(_, name, n)| name == "unmatched_request_entries" && n == 0));
     }
 
     #[test]
