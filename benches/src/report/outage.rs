@@ -153,6 +153,20 @@ fn write_reading(md: &mut String, o: &Outage, received: usize) -> std::fmt::Resu
         .checkpoint(outage::RESTARTED)
         .zip(o.checkpoint(outage::BEFORE))
         .is_some_and(|(r, b)| r.export.dropped > b.export.dropped);
+    if let Some(r) = o.checkpoint(outage::RESTARTED).filter(|r| r.export.held > 0) {
+        let per_span = r.export.bytes_held as f64 / r.export.held as f64;
+        let spans_per_s = f64::from(o.sizes.rate) * outage::SPANS_PER_CALL as f64;
+        writeln!(
+            md,
+            "- At {} calls/s the daemon submits {} spans/s, each counted as {:.0} bytes of the \
+             budget: {} MiB hold about {:.0} s of outage.",
+            thousands(f64::from(o.sizes.rate)),
+            thousands(spans_per_s),
+            per_span,
+            o.sizes.budget_mib,
+            budget_bytes as f64 / (per_span * spans_per_s)
+        )?;
+    }
     writeln!(
         md,
         "- The outage {} the {} MiB budget{}.",
