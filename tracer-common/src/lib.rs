@@ -25,6 +25,12 @@ pub mod kind {
     /// [`super::ProcessRecord`]: an application thread finished queueing a ZMQ message
     /// (`zmq_msg_send` without `ZMQ_SNDMORE`); the ZMQ I/O thread sends it later.
     pub const ZMQ_SEND: u32 = 7;
+    /// [`super::FactsRecord`]: what the daemon needs to know about a process that has just become
+    /// a target (it opened omniORB, or a target forked it), copied while it cannot exit.
+    pub const PROCESS_FACTS: u32 = 8;
+    /// [`super::LibraryRecord`]: a path naming libomniORB4, libtango or libzmq that a target opened
+    /// (or that a process opened just before it became a target).
+    pub const LIBRARY_PATH: u32 = 9;
 }
 
 /// Direction of a [`DataRecord`].
@@ -82,6 +88,89 @@ pub struct SockOffsets {
     pub valid: u32,
 }
 
+/// Longest path copied from an `openat`.
+pub const MAX_PATH: usize = 256;
+/// Bytes of the command line (`mm->arg_start..arg_end`) copied into a [`FactsRecord`].
+pub const MAX_CMDLINE: usize = 2048;
+/// Bytes of the environment block (`mm->env_start..env_end`) copied into a [`FactsRecord`].
+pub const MAX_ENVIRON: usize = 8192;
+
+/// Bits of [`FactsRecord::unreadable`]: facts the kernel could not read (left out, not guessed).
+pub mod unreadable {
+    /// `task->mm` (so neither the command line nor the environment).
+    pub const MM: u32 = 1;
+    pub const CMDLINE: u32 = 2;
+    pub const ENVIRON: u32 = 4;
+    /// `task->cred->euid`.
+    pub const EUID: u32 = 8;
+    /// `task->nsproxy->mnt_ns->ns.inum`.
+    pub const MNT_NS: u32 = 16;
+}
+
+/// A process that has just become a target, seen from inside the kernel while it is in a syscall
+/// (or being forked) and so cannot exit: what the daemon would otherwise read from `/proc` later.
+/// Only `FACTS_RECORD_HEADER_LEN + cmdline_captured + environ_captured` bytes cross the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FactsRecord {
+    pub header: RecordHeader,
+    /// The target that forked this process; 0 when it became a target by opening omniORB (the
+    /// path follows in a [`LibraryRecord`]).
+    pub parent_pid: u32,
+    pub euid: u32,
+    /// Inode of the process's mount namespace (whether it sees the daemon's files).
+    pub mnt_ns: u32,
+    /// [`unreadable`] bits.
+    pub unreadable: u32,
+    /// True length of the command line (`arg_end - arg_start`) and the bytes of it copied.
+    pub cmdline_len: u32,
+    pub cmdline_captured: u32,
+    /// True length of the environment block and the bytes of it copied.
+    pub environ_len: u32,
+    pub environ_captured: u32,
+    /// `task->comm`, NUL-padded.
+    pub comm: [u8; 16],
+    /// The command line's `cmdline_captured` bytes, then the environment's `environ_captured`.
+    pub blocks: [u8; MAX_CMDLINE + MAX_ENVIRON],
+}
+
+/// Size of a [`FactsRecord`] without its command line and environment.
+pub const FACTS_RECORD_HEADER_LEN: usize = core::mem::size_of::<FactsRecord>() - MAX_CMDLINE - MAX_ENVIRON;
+
+/// A library path opened by a process (see [`kind::LIBRARY_PATH`]). Only
+/// `LIBRARY_RECORD_HEADER_LEN + path_len` bytes cross the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LibraryRecord {
+    pub header: RecordHeader,
+    /// Valid bytes of `path` (without the NUL).
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; MAX_PATH],
+}
+
+/// Size of a [`LibraryRecord`] without its path.
+pub const LIBRARY_RECORD_HEADER_LEN: usize = core::mem::size_of::<LibraryRecord>() - MAX_PATH;
+
+/// Offsets into kernel structs the facts are read from, found in the kernel's BTF by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessOffsets {
+    pub task_mm: u32,
+    pub task_cred: u32,
+    pub task_nsproxy: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
+    pub cred_euid: u32,
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns` plus `ns_common.inum`.
+    pub mnt_ns_inum: u32,
+}
+
 /// Size of a [`DataRecord`] without its payload.
 pub const DATA_RECORD_HEADER_LEN: usize = core::mem::size_of::<DataRecord>() - MAX_CAPTURE;
 
@@ -118,4 +207,6 @@ mod pod {
     unsafe impl aya::Pod for super::StreamKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessOffsets {}
 }

@@ -131,6 +131,10 @@ fn check_clients(spans: &[SpanJson], clients: &[i64], problems: &mut Vec<String>
     }
 }
 
+/// The daemon forgets an exited process 5 s after its exit (spans still in flight may need its
+/// facts until then); a little more for the last ones.
+const SETTLE: Duration = Duration::from_secs(8);
+
 #[test]
 fn a_thousand_short_lived_clients_and_fifty_server_restarts_lose_nothing_and_leak_nothing() {
     let receiver = OtlpReceiver::start_blocking();
@@ -140,12 +144,12 @@ fn a_thousand_short_lived_clients_and_fifty_server_restarts_lose_nothing_and_lea
     let server = DemoServer::start(&marker, "churn", &["test/demo/1"]);
     let url = server.url("test/demo/1");
     let mut problems = Vec::new();
-    std::thread::sleep(Duration::from_millis(500));
-    let baseline = tables(&daemon);
-
     let parallel = PARALLEL.to_string();
     let warm_up = churn(&marker, &["clients", &url, &WARM_UP_CLIENTS.to_string(), &parallel]);
     wait_for_count(&receiver, warm_up.clients.len() * SPANS_PER_CLIENT, Duration::from_secs(60));
+    // The baseline: the server has served and the warm-up clients are forgotten.
+    std::thread::sleep(SETTLE);
+    let baseline = tables(&daemon);
     let rss_warm = daemon.rss_kib();
 
     // Clients and restarts at the same time, as on a busy host.
@@ -162,8 +166,9 @@ fn a_thousand_short_lived_clients_and_fifty_server_restarts_lose_nothing_and_lea
         warm_up.clients.iter().chain(&main.clients).chain(&restarted.clients).copied().collect();
     let expected = all_clients.len() * SPANS_PER_CLIENT;
     wait_for_count(&receiver, expected, Duration::from_secs(120));
-    // Let exits and closes settle before looking at memory and tables.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let exits and closes settle, and exited processes be forgotten, before looking at memory
+    // and tables.
+    std::thread::sleep(SETTLE);
     let rss_end = daemon.rss_kib();
     if rss_end > rss_warm + RSS_GROWTH_KIB {
         problems.push(format!("daemon RSS grew from {rss_warm} KiB after the warm-up to {rss_end} KiB"));

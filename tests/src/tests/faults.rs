@@ -9,7 +9,10 @@ use std::{
 
 use tracer_export::json::SpanJson;
 
-use crate::harness::{DemoServer, MARKER, Proc, python, run_client, script, tracer_binary, unique_marker};
+use crate::{
+    harness::{DemoServer, MARKER, Proc, python, run_client, script, tracer_binary, unique_marker},
+    otlp_receiver::{OtlpReceiver, ReceiverOptions},
+};
 
 /// A daemon whose standard error is kept in a file, for the lines it logs at stop.
 struct LoggedDaemon {
@@ -18,15 +21,22 @@ struct LoggedDaemon {
 }
 
 impl LoggedDaemon {
+    /// A daemon writing to its own store.
     fn start(marker: &str, dir: &Path) -> LoggedDaemon {
+        let store = dir.join("spans.jsonl");
+        let store = store.to_string_lossy();
+        Self::start_with(marker, dir, &["--exporter", "store", "--store", &store], &[])
+    }
+
+    fn start_with(marker: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> LoggedDaemon {
         crate::harness::require_root();
         std::fs::create_dir_all(dir).expect("creating the daemon's directory");
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
-        let proc = Proc {
-            child: daemon_command(marker, dir).spawn().expect("starting tango-tracer"),
-            name: "tango-tracer".into(),
-        };
+        let mut command = daemon_command(marker, dir);
+        command.args(args).envs(env.iter().copied());
+        let proc =
+            Proc { child: command.spawn().expect("starting tango-tracer"), name: "tango-tracer".into() };
         let mut daemon = LoggedDaemon { proc, dir: dir.to_path_buf() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
@@ -86,10 +96,6 @@ fn daemon_command(marker: &str, dir: &Path) -> Command {
         .arg("200ms")
         .arg("--control-socket")
         .arg(dir.join("ctl.sock"))
-        .arg("--exporter")
-        .arg("store")
-        .arg("--store")
-        .arg(dir.join("spans.jsonl"))
         .env("RUST_LOG", "info")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -164,6 +170,7 @@ fn a_second_daemon_is_refused_and_a_killed_one_is_replaced() {
     let other_dir = scratch("second-other");
     std::fs::create_dir_all(&other_dir).expect("creating a directory");
     let mut second = daemon_command(&marker, &other_dir);
+    second.args(["--exporter", "store", "--store"]).arg(other_dir.join("spans.jsonl"));
     // The same control socket: the same instance.
     let args: Vec<_> = second.get_args().map(|a| a.to_os_string()).collect();
     let socket_at = args.iter().position(|a| a == "--control-socket").expect("socket flag") + 1;
@@ -286,4 +293,134 @@ fn bytes_that_are_not_tango_on_a_live_socket_are_counted_and_harmless() {
     assert_eq!(server_reads(&spans), 1, "only the real call is traced");
     assert_eq!(spans.iter().filter(|s| s.kind == "SERVER").count(), 2, "read and command, nothing invented");
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// The daemon's resident memory, in KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `tango-tracer ctl stats --json` of a daemon.
+fn ctl_stats(dir: &Path) -> serde_json::Value {
+    let output = Command::new(tracer_binary())
+        .args(["ctl", "--socket"])
+        .arg(dir.join("ctl.sock"))
+        .args(["stats", "--json"])
+        .output()
+        .expect("running tango-tracer ctl stats");
+    assert!(output.status.success(), "ctl stats: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("ctl stats --json is JSON")
+}
+
+/// `N word` in the daemon's stop line (`export: 10 submitted, 8 delivered, 2 dropped, 0 held`).
+fn stop_count(log: &str, word: &str) -> u64 {
+    let line =
+        log.lines().rev().find(|l| l.contains("stopped:")).unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    let export = line.split("export:").nth(1).unwrap_or_else(|| panic!("no export totals: {line}"));
+    export
+        .split([',', ';'])
+        .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{word}` count in {line}"))
+}
+
+#[test]
+fn backend_down_for_minutes_then_back_bounded_and_exactly_counted() {
+    const RATE: f64 = 150.0;
+    const BEFORE: Duration = Duration::from_secs(15);
+    const OUTAGE: Duration = Duration::from_secs(120);
+    const AFTER: Duration = Duration::from_secs(20);
+    const BUDGET: u64 = 2 * 1024 * 1024;
+
+    let mut receiver = OtlpReceiver::start_with(ReceiverOptions::default()).expect("starting the receiver");
+    let http = receiver.http_addr();
+    let endpoint = format!("http://{http}");
+    let marker = unique_marker("outage");
+    let server = DemoServer::start(&marker, "outage", &["test/demo/1"]);
+    let dir = scratch("outage");
+    let mut daemon = LoggedDaemon::start_with(
+        &marker,
+        &dir,
+        &["--exporter", "otlp", "--export-memory", "2MiB"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    );
+    let total = BEFORE + OUTAGE + AFTER;
+    let client = Command::new(python())
+        .arg(script("paced_loop.py"))
+        .arg(server.url("test/demo/1"))
+        .arg(RATE.to_string())
+        .arg(total.as_secs().to_string())
+        .env(MARKER, &marker)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting the paced client");
+
+    std::thread::sleep(BEFORE);
+    let mut received = receiver.spans();
+    receiver.close();
+    let outage_start = Instant::now();
+    let baseline_rss = rss_kib(daemon.pid());
+    let mut peak_rss = baseline_rss;
+    while outage_start.elapsed() < OUTAGE {
+        std::thread::sleep(Duration::from_secs(2));
+        peak_rss = peak_rss.max(rss_kib(daemon.pid()));
+        let stats = ctl_stats(&dir);
+        for destination in stats["export"].as_array().into_iter().flatten() {
+            let held = destination["bytes_held"].as_u64().unwrap_or(0);
+            assert!(held <= BUDGET, "export holds {held} bytes, above its {BUDGET}-byte budget");
+        }
+    }
+    let mut receiver = OtlpReceiver::start_with(ReceiverOptions { http, ..ReceiverOptions::default() })
+        .expect("starting the receiver again on the same port");
+    let back = Instant::now();
+
+    let output = client.wait_with_output().expect("waiting for the client");
+    assert!(output.status.success(), "the client failed");
+    let out: serde_json::Value =
+        serde_json::from_slice(output.stdout.trim_ascii()).expect("the client's JSON summary");
+    let calls = out["calls"].as_u64().expect("calls");
+    assert_eq!(out["failed"], 0, "every call succeeded");
+    std::thread::sleep(Duration::from_secs(3));
+    let stats = ctl_stats(&dir);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(30)).success(), "{}", daemon.log());
+    received.extend(receiver.spans());
+    receiver.close();
+
+    // Every span accounted for: a CLIENT and a SERVER span per call, delivered or counted as dropped.
+    let log = daemon.log();
+    let mut ids: Vec<&str> = received.iter().map(|s| s.span_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), received.len(), "no span delivered twice");
+    let (submitted, delivered, dropped, held) = (
+        stop_count(&log, "submitted"),
+        stop_count(&log, "delivered"),
+        stop_count(&log, "dropped"),
+        stop_count(&log, "held"),
+    );
+    assert_eq!(submitted, 2 * calls, "two spans per call submitted:\n{log}");
+    assert_eq!(delivered, received.len() as u64, "delivered as the receiver counts");
+    assert_eq!(submitted, delivered + dropped + held, "every span delivered, held or dropped");
+    assert_eq!(held, 0, "nothing held after a stop with the backend up");
+    assert!(dropped > 0, "the outage overflowed the 2 MiB budget (else the test proves little)");
+    // The drops are reported, exactly: the stop line's totals name the cause with that count.
+    assert!(
+        log.contains(&format!("memory budget full (oldest dropped): {dropped}")),
+        "the drops by cause in the log:\n{log}"
+    );
+    // The newest spans survived the outage: calls of its last seconds were delivered.
+    let last_outage_ns = received.iter().map(|s| s.start_ns).max().unwrap_or(0);
+    assert!(last_outage_ns > 0);
+    let peak = stats["export"][0]["peak_bytes_held"].as_u64().unwrap_or(u64::MAX);
+    assert!(peak <= BUDGET, "peak export memory {peak} within the budget");
+    assert!(
+        peak_rss < baseline_rss + 64 * 1024,
+        "daemon RSS during the outage: {baseline_rss} KiB at its start, {peak_rss} KiB at most"
+    );
+    assert!(back.elapsed() < Duration::from_secs(120));
 }

@@ -4,6 +4,7 @@ mod churn;
 mod config;
 mod events;
 mod export;
+mod facts;
 mod faults;
 mod legacy;
 mod pytango;

@@ -14,6 +14,9 @@ const MAX_CONNECTIONS: usize = 65_536;
 #[derive(Default)]
 struct Connection {
     assemblers: [Option<MessageAssembler>; 2],
+    /// Per direction: probe records were lost, so bytes are skipped until one starts a GIOP
+    /// message (a lost chunk would otherwise splice the wrong bytes into a message).
+    resync: [bool; 2],
 }
 
 /// Every traced connection.
@@ -62,10 +65,17 @@ impl Connections {
             return;
         }
         let connection = self.connections.entry((pid, fd)).or_default();
-        let slot = match direction {
-            Direction::Send => &mut connection.assemblers[0],
-            Direction::Recv => &mut connection.assemblers[1],
+        let (slot, resync) = match direction {
+            Direction::Send => (&mut connection.assemblers[0], &mut connection.resync[0]),
+            Direction::Recv => (&mut connection.assemblers[1], &mut connection.resync[1]),
         };
+        if *resync {
+            if !bytes.starts_with(b"GIOP") {
+                self.discarded_bytes += total_len.max(bytes.len()) as u64;
+                return;
+            }
+            *resync = false;
+        }
         let assembler = slot.get_or_insert_with(|| MessageAssembler::new(self.max_keep));
         let discarded = assembler.stats().discarded_bytes;
         assembler.push(bytes, total_len, out);
@@ -99,6 +109,17 @@ impl Connections {
 
     pub fn is_ignored(&self, pid: u32, fd: i32) -> bool {
         self.ignored.contains(&(pid, fd))
+    }
+
+    /// Probe records were lost: every message in progress is dropped and each stream starts
+    /// again at the next GIOP header (the bytes skipped until then are counted as discarded).
+    pub fn lose_sync(&mut self) {
+        for connection in self.connections.values_mut() {
+            for assembler in connection.assemblers.iter_mut().flatten() {
+                assembler.reset();
+            }
+            connection.resync = [true; 2];
+        }
     }
 
     pub fn on_close(&mut self, pid: u32, fd: i32) {

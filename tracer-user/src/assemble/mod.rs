@@ -14,6 +14,7 @@ pub mod connection;
 pub mod linking;
 pub mod naming;
 pub mod observe;
+pub mod proxy;
 pub mod span;
 
 use std::collections::{HashMap, HashSet};
@@ -29,22 +30,26 @@ use tracer_wire::{
 use self::{
     connection::Connections,
     linking::Linking,
-    naming::{DATABASE_KEY, Operation, SUBSCRIPTION_COMMAND},
+    naming::{DATABASE_KEY, Operation, OperationClass, SUBSCRIPTION_COMMAND},
+    proxy::{CallEnd, Constructions, Sent},
 };
 pub use self::{
     linking::parse_traceparent,
     observe::{DeviceFacts, Observation, Properties, parse_property_answer},
-    span::{AssembledSpan, ExceptionEvent, SpanContextLite},
+    span::{AssembledSpan, ExceptionEvent, Incomplete, IncompleteCounts, SpanContextLite},
 };
 use crate::{
-    probe::record::{Direction, Record},
+    probe::record::{Direction, Peer, Record},
     stats::{StageStats, has_room},
 };
 
 /// Most calls waiting for their reply, per side; beyond, new ones are not traced (counted).
 const MAX_PENDING_CALLS: usize = 65_536;
-/// A call without a reply for this long ends as an error span and its state is freed.
+/// A call without a reply for this long ends incomplete and its state is freed.
 const PENDING_CALL_LIMIT_NS: u64 = 600_000_000_000;
+/// After probe records were lost, how long (record time) a pending call may still get its reply
+/// before it ends incomplete: the reply may have been among the lost records.
+pub const LOSS_GRACE_NS: u64 = 2_000_000_000;
 /// Most processes remembered as servers, or as serving a device.
 const MAX_PROCESSES: usize = 65_536;
 
@@ -55,12 +60,17 @@ pub struct AssemblyStats {
     pub unparsable: u64,
     /// Bytes skipped because they did not start or continue a GIOP message.
     pub discarded_bytes: u64,
+    /// Replies to no pending call (its request was not seen, or the call already ended).
     pub orphan_replies: u64,
     pub spans: u64,
-    /// Calls not traced, or state not kept, because a table was full.
+    /// Calls not followed, or state not kept, because a table was full.
     pub refused_full: u64,
     /// Calls that waited longer than the limit for their reply.
     pub expired_calls: u64,
+    /// Times the run loop reported lost probe records.
+    pub record_losses: u64,
+    /// Spans whose end was not seen, by reason.
+    pub incomplete: IncompleteCounts,
 }
 
 #[derive(Debug)]
@@ -81,6 +91,9 @@ struct PendingCall {
     suppressed: bool,
     /// Attributes learnt from the reply (event subscription endpoints).
     reply_attributes: Vec<KeyValue>,
+    /// Set when probe records were lost while the call was pending: the record time after
+    /// which it ends incomplete.
+    loss_deadline: Option<u64>,
 }
 
 /// Where and when a GIOP message was seen.
@@ -91,6 +104,8 @@ struct Seen<'a> {
     fd: i32,
     ts_ns: u64,
     bytes: &'a [u8],
+    /// The other end of the connection, when the probe read it (receives).
+    peer: Peer,
 }
 
 /// Pending calls by (pid, fd, request id).
@@ -102,6 +117,7 @@ pub struct Assembler {
     ids: RandomIdGenerator,
     connections: Connections,
     linking: Linking,
+    constructions: Constructions,
     client_calls: Calls,
     server_calls: Calls,
     /// Processes seen serving requests.
@@ -109,6 +125,8 @@ pub struct Assembler {
     /// Object keys each process was seen serving (each reported once).
     served: HashMap<u32, HashSet<Vec<u8>>>,
     finished: Vec<AssembledSpan>,
+    /// DeviceProxy spans just ended, on their way to `finished` (reused).
+    proxy_spans: Vec<AssembledSpan>,
     observations: Vec<Observation>,
     stats: AssemblyStats,
 }
@@ -120,11 +138,13 @@ impl Assembler {
             ids: RandomIdGenerator::default(),
             connections: Connections::new(max_keep),
             linking: Linking::default(),
+            constructions: Constructions::default(),
             client_calls: HashMap::new(),
             server_calls: HashMap::new(),
             servers: HashSet::new(),
             served: HashMap::new(),
             finished: Vec::new(),
+            proxy_spans: Vec::new(),
             observations: Vec::new(),
             stats: AssemblyStats::default(),
         }
@@ -133,7 +153,10 @@ impl Assembler {
     pub fn stats(&self) -> AssemblyStats {
         AssemblyStats {
             discarded_bytes: self.connections.discarded_bytes,
-            refused_full: self.stats.refused_full + self.connections.refused_full + self.linking.refused_full,
+            refused_full: self.stats.refused_full
+                + self.connections.refused_full
+                + self.linking.refused_full
+                + self.constructions.refused_full,
             ..self.stats
         }
     }
@@ -149,8 +172,14 @@ impl Assembler {
         out.push(STAGE, "spans", stats.spans);
         out.push(STAGE, "refused_table_full", stats.refused_full);
         out.push(STAGE, "expired_calls", stats.expired_calls);
+        out.push(STAGE, "record_losses", stats.record_losses);
+        out.push(STAGE, "incomplete_spans", stats.incomplete.total());
+        for why in Incomplete::ALL {
+            out.push(STAGE, why.counter(), stats.incomplete.get(why));
+        }
         self.connections.report(out);
         self.linking.report(out);
+        self.constructions.report(out);
         out.size(STAGE, "client_call_entries", self.client_calls.len());
         out.size(STAGE, "server_call_entries", self.server_calls.len());
         out.size(STAGE, "server_process_entries", self.servers.len());
@@ -211,23 +240,36 @@ impl Assembler {
     /// Feeds one probe record; ZMTP data (see [`Assembler::carries_giop`]) is left alone.
     pub fn push(&mut self, record: &Record) {
         match record {
-            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, .. } => {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer } => {
                 if !self.carries_giop(*pid, *fd, bytes) {
                     return;
                 }
                 let mut messages = Vec::new();
                 self.connections.push((*pid, *fd, *direction), bytes, *total_len as usize, &mut messages);
                 for message in messages {
-                    self.on_message(*pid, *tid, *fd, *ts_ns, *direction, &message.bytes);
+                    let seen = Seen {
+                        pid: *pid,
+                        tid: *tid,
+                        fd: *fd,
+                        ts_ns: *ts_ns,
+                        bytes: &message.bytes,
+                        peer: *peer,
+                    };
+                    self.on_message(seen, *direction);
                 }
             }
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
-            Record::ZmqSend { .. } | Record::LibOpened { .. } | Record::Fork { .. } => {}
+            Record::ZmqSend { .. }
+            | Record::LibOpened { .. }
+            | Record::Fork { .. }
+            | Record::ProcessFacts(_)
+            | Record::LibraryPath { .. } => {}
         }
     }
 
-    fn on_message(&mut self, pid: u32, tid: u32, fd: i32, ts_ns: u64, direction: Direction, bytes: &[u8]) {
+    fn on_message(&mut self, seen: Seen<'_>, direction: Direction) {
+        let Seen { pid, fd, ts_ns, bytes, peer, .. } = seen;
         self.stats.messages += 1;
         let Ok((_, message)) = giop::parse_message(bytes) else {
             self.stats.unparsable += 1;
@@ -236,18 +278,19 @@ impl Assembler {
         match (message, direction) {
             (Message::Request(request), Direction::Send) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_client_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
+                self.on_client_request(seen, &request, parsed);
             }
             (Message::Request(_), Direction::Recv) | (Message::Reply(_), Direction::Send)
                 if self.connections.is_ignored(pid, fd) => {}
             (Message::Request(request), Direction::Recv) => {
                 let parsed = tango::parse_request(request.operation, request.body.clone());
-                self.on_server_request(Seen { pid, tid, fd, ts_ns, bytes }, &request, parsed);
+                self.on_server_request(seen, &request, parsed);
             }
             (Message::Reply(reply), Direction::Recv) => {
                 match self.client_calls.remove(&(pid, fd, reply.request_id)) {
                     Some(call) => {
-                        self.finish_call(pid, SpanKind::Client, call, ts_ns, reply.status, reply.body)
+                        let end = Ended { request_id: reply.request_id, ts_ns, peer };
+                        self.finish_call(pid, SpanKind::Client, call, end, reply.status, reply.body)
                     }
                     None => self.stats.orphan_replies += 1,
                 }
@@ -256,7 +299,8 @@ impl Assembler {
                 match self.server_calls.remove(&(pid, fd, reply.request_id)) {
                     Some(call) => {
                         self.linking.leave(pid, call.tid, call.context);
-                        self.finish_call(pid, SpanKind::Server, call, ts_ns, reply.status, reply.body);
+                        let end = Ended { request_id: reply.request_id, ts_ns, peer };
+                        self.finish_call(pid, SpanKind::Server, call, end, reply.status, reply.body);
                     }
                     None => self.stats.orphan_replies += 1,
                 }
@@ -266,18 +310,19 @@ impl Assembler {
     }
 
     fn on_client_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
-        let Seen { pid, tid, fd, ts_ns, bytes } = at;
+        let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
-        if response_expected
-            && !has_room(self.client_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full)
-        {
-            return;
-        }
-        let (parent, device_key) = match self.linking.serving(pid, tid) {
+        let (serving, device_key) = match self.linking.serving(pid, tid) {
             Some((ctx, key)) => (Some(*ctx), Some(key.clone())),
             None => (None, None),
         };
+        // A call made while building a DeviceProxy is a child of the proxy's span.
+        let sent = Sent { pid, tid, fd, request_id, ts_ns, object_key, operation, call: &request.call };
+        let serving_key = serving.zip(device_key.as_deref());
+        let proxy = self.constructions.on_request(&sent, serving_key, &self.ids, &mut self.proxy_spans);
+        self.collect_proxy_spans();
+        let parent = proxy.or(serving);
         let suppressed = match request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()) {
             Some(tp) if !tp.is_empty() => {
                 self.linking.mark_native(pid);
@@ -306,30 +351,23 @@ impl Assembler {
             device_key,
             suppressed,
             reply_attributes: Vec::new(),
+            loss_deadline: None,
         };
-        if response_expected {
+        let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
+        if !response_expected {
+            self.finish_call(pid, SpanKind::Client, call, end, ReplyStatus::NoException, no_body());
+        } else if has_room(self.client_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full) {
             self.client_calls.insert((pid, fd, request_id), call);
         } else {
-            self.finish_call(
-                pid,
-                SpanKind::Client,
-                call,
-                ts_ns,
-                ReplyStatus::NoException,
-                CdrReader::new(&[], true, 0),
-            );
+            // Not followed to its reply: what is known goes out now.
+            self.end_incomplete(pid, SpanKind::Client, call, end, Incomplete::TableFull);
         }
     }
 
     fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
-        let Seen { pid, tid, fd, ts_ns, bytes } = at;
+        let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
-        if response_expected
-            && !has_room(self.server_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full)
-        {
-            return;
-        }
         if self.servers.contains(&pid)
             || has_room(self.servers.len(), MAX_PROCESSES, &mut self.stats.refused_full)
         {
@@ -370,19 +408,16 @@ impl Assembler {
             device_key: Some(object_key.to_vec()),
             suppressed: false,
             reply_attributes: Vec::new(),
+            loss_deadline: None,
         };
-        if response_expected {
+        let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
+        if !response_expected {
+            self.finish_call(pid, SpanKind::Server, call, end, ReplyStatus::NoException, no_body());
+        } else if has_room(self.server_calls.len(), MAX_PENDING_CALLS, &mut self.stats.refused_full) {
             self.linking.enter(pid, tid, context, object_key);
             self.server_calls.insert((pid, fd, request_id), call);
         } else {
-            self.finish_call(
-                pid,
-                SpanKind::Server,
-                call,
-                ts_ns,
-                ReplyStatus::NoException,
-                CdrReader::new(&[], true, 0),
-            );
+            self.end_incomplete(pid, SpanKind::Server, call, end, Incomplete::TableFull);
         }
     }
 
@@ -405,13 +440,13 @@ impl Assembler {
         pid: u32,
         kind: SpanKind,
         mut call: PendingCall,
-        end_ns: u64,
+        end: Ended,
         status: ReplyStatus,
         body: CdrReader<'_>,
     ) {
+        let end_ns = end.ts_ns;
         // Replies are parsed for what users see: Tango errors, device facts from `info`.
         let mut exception = None;
-        let mut error = None;
         match status {
             ReplyStatus::NoException => {
                 if call.operation.starts_with("info")
@@ -424,6 +459,11 @@ impl Assembler {
                     };
                     self.observations
                         .push(Observation::Device { object_key: call.object_key.clone(), facts });
+                } else if kind == SpanKind::Client
+                    && call.operation == "_get_adm_name"
+                    && let Ok(name) = body.clone().string()
+                {
+                    self.constructions.note_admin_name(pid, call.tid, name.to_string());
                 } else if let TangoCall::CommandInout { command, .. } = &call.request.call
                     && command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND)
                     && let Ok(
@@ -489,14 +529,62 @@ impl Assembler {
                     message: format!("REASON:API_CorbaException;DESC:{desc};ORIGIN:{}", call.operation),
                 });
             }
+            // Not errors: the ORB follows a forward or retries; the span says what happened.
             ReplyStatus::LocationForward
             | ReplyStatus::LocationForwardPerm
             | ReplyStatus::NeedsAddressingMode
             | ReplyStatus::Unknown(_) => {
-                error = Some(format!("GIOP reply status {status:?}"));
+                call.reply_attributes
+                    .push(KeyValue::new(GIOP_REPLY_STATUS_ATTRIBUTE, reply_status_name(status)));
             }
         }
-        self.emit(pid, kind, call, end_ns, exception, error);
+        if kind == SpanKind::Client {
+            let reply = CallEnd::Reply { ts_ns: end_ns, peer: end.peer, exception: exception.as_ref() };
+            let thread = (pid, call.tid);
+            self.constructions.on_call_end(
+                thread,
+                (call.fd, end.request_id),
+                call.parent,
+                reply,
+                &mut self.proxy_spans,
+            );
+            self.collect_proxy_spans();
+        }
+        self.emit(pid, kind, call, end_ns, exception, None);
+    }
+
+    /// Ends a call whose reply was not seen: what is known, no invented duration, not an error.
+    fn end_incomplete(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end: Ended, why: Incomplete) {
+        if kind == SpanKind::Client {
+            let thread = (pid, call.tid);
+            let ended = CallEnd::Incomplete(why);
+            self.constructions.on_call_end(
+                thread,
+                (call.fd, end.request_id),
+                call.parent,
+                ended,
+                &mut self.proxy_spans,
+            );
+            self.collect_proxy_spans();
+        } else {
+            self.linking.leave(pid, call.tid, call.context);
+        }
+        self.emit(pid, kind, call, end.ts_ns, None, Some(why));
+    }
+
+    /// Moves the DeviceProxy spans the constructions ended to the finished spans, counted.
+    fn collect_proxy_spans(&mut self) {
+        for span in self.proxy_spans.drain(..) {
+            // A process whose own telemetry is on traces its proxies itself.
+            if self.linking.is_native(span.pid) {
+                continue;
+            }
+            self.stats.spans += 1;
+            if let Some(why) = span.incomplete {
+                self.stats.incomplete.add(why);
+            }
+            self.finished.push(span);
+        }
     }
 
     fn emit(
@@ -506,13 +594,17 @@ impl Assembler {
         mut call: PendingCall,
         end_ns: u64,
         exception: Option<ExceptionEvent>,
-        error: Option<String>,
+        incomplete: Option<Incomplete>,
     ) {
         if call.suppressed || (kind == SpanKind::Client && self.linking.is_native(pid)) {
             return;
         }
-        let operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
+        let mut operation = Operation::classify(&call.operation, &call.object_key, &call.request.call);
         let is_server = kind == SpanKind::Server;
+        if is_server && naming::is_subscription(&call.request.call) {
+            // The admin device's side of a subscription belongs to the `events` topic.
+            operation.class = OperationClass::Event;
+        }
         let (name, mut attributes) = if is_server {
             naming::server_span(&call.request.call, &operation)
         } else {
@@ -529,6 +621,11 @@ impl Assembler {
             }
         }
         self.stats.spans += 1;
+        if let Some(why) = incomplete {
+            self.stats.incomplete.add(why);
+        }
+        // A call whose end was not seen ends when it started: no invented duration.
+        let end_ns = if incomplete.is_some() { call.start_ns } else { end_ns.max(call.start_ns) };
         self.finished.push(AssembledSpan {
             name,
             kind,
@@ -537,11 +634,11 @@ impl Assembler {
             parent_is_remote: call.parent_is_remote,
             trace_state: call.trace_state,
             start_ns: call.start_ns,
-            end_ns: end_ns.max(call.start_ns),
+            end_ns,
             attributes,
             exception,
             links: Vec::new(),
-            error,
+            incomplete,
             pid,
             target_key: (!is_server).then(|| call.object_key.clone()),
             device_key: call.device_key,
@@ -549,64 +646,120 @@ impl Assembler {
         });
     }
 
-    /// A connection closed: its calls still waiting for a reply end in error.
+    /// A connection closed: its calls still waiting for a reply end incomplete.
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
         self.connections.on_close(pid, fd);
-        self.fail_pending(|&(p, f, _), _| p == pid && f == fd, ts_ns, "connection closed before the reply");
+        self.end_pending(|&(p, f, _), _| p == pid && f == fd, ts_ns, |_| Incomplete::ConnectionClosed);
     }
 
-    /// A process ended: everything it had in flight ends in error and its state is freed.
+    /// A process ended: everything it had in flight ends incomplete and its state is freed.
     fn on_exit(&mut self, pid: u32, ts_ns: u64) {
-        self.fail_pending(|&(p, _, _), _| p == pid, ts_ns, "process exited before the reply");
+        self.end_pending(|&(p, _, _), _| p == pid, ts_ns, |_| Incomplete::ProcessExited);
+        self.constructions.on_exit(pid, &mut self.proxy_spans);
+        self.collect_proxy_spans();
         self.connections.on_exit(pid);
         self.linking.on_exit(pid);
         self.servers.remove(&pid);
         self.served.remove(&pid);
     }
 
-    /// Ends the pending calls `matches` selects with error `why`; returns how many.
-    fn fail_pending(
+    /// Ends the pending calls `matches` selects as incomplete, for the reason `why` gives;
+    /// returns how many.
+    fn end_pending(
         &mut self,
         matches: impl Fn(&(u32, i32, u32), &PendingCall) -> bool,
         ts_ns: u64,
-        why: &str,
+        why: impl Fn(&PendingCall) -> Incomplete,
     ) -> u64 {
         let mut ended = 0;
-        let client_keys: Vec<_> =
-            self.client_calls.iter().filter(|(k, c)| matches(k, c)).map(|(k, _)| *k).collect();
-        for key in client_keys {
-            if let Some(call) = self.client_calls.remove(&key) {
-                ended += 1;
-                self.emit(key.0, SpanKind::Client, call, ts_ns, None, Some(why.to_string()));
-            }
-        }
-        let server_keys: Vec<_> =
-            self.server_calls.iter().filter(|(k, c)| matches(k, c)).map(|(k, _)| *k).collect();
-        for key in server_keys {
-            if let Some(call) = self.server_calls.remove(&key) {
-                ended += 1;
-                self.linking.leave(key.0, call.tid, call.context);
-                self.emit(key.0, SpanKind::Server, call, ts_ns, None, Some(why.to_string()));
+        for kind in [SpanKind::Client, SpanKind::Server] {
+            let calls = match kind {
+                SpanKind::Client => &self.client_calls,
+                _ => &self.server_calls,
+            };
+            let keys: Vec<_> = calls.iter().filter(|(k, c)| matches(k, c)).map(|(k, _)| *k).collect();
+            for key in keys {
+                let calls = match kind {
+                    SpanKind::Client => &mut self.client_calls,
+                    _ => &mut self.server_calls,
+                };
+                if let Some(call) = calls.remove(&key) {
+                    ended += 1;
+                    let reason = why(&call);
+                    let end = Ended { request_id: key.2, ts_ns, peer: Peer::Unknown };
+                    self.end_incomplete(key.0, kind.clone(), call, end, reason);
+                }
             }
         }
         ended
     }
 
     /// Forgets client requests that no traced server picked up (their server is elsewhere) and
-    /// ends calls that waited too long for their reply.
+    /// ends calls that waited too long for their reply, or whose reply may have been among lost
+    /// probe records.
     pub fn expire(&mut self, now_ns: u64) {
         self.linking.expire(now_ns);
         let limit = now_ns.saturating_sub(PENDING_CALL_LIMIT_NS);
-        let stale = |_: &(u32, i32, u32), call: &PendingCall| call.start_ns < limit;
+        let lost = |call: &PendingCall| call.loss_deadline.is_some_and(|d| d <= now_ns);
+        let stale = |_: &(u32, i32, u32), call: &PendingCall| call.start_ns < limit || lost(call);
         if self.client_calls.values().chain(self.server_calls.values()).any(|c| stale(&(0, 0, 0), c)) {
-            self.stats.expired_calls += self.fail_pending(stale, now_ns, "no reply seen within 600 s");
+            let why =
+                |call: &PendingCall| if lost(call) { Incomplete::RecordsLost } else { Incomplete::NoReply };
+            let ended = self.end_pending(stale, now_ns, why);
+            self.stats.expired_calls += ended;
         }
+        self.constructions.expire(now_ns, &mut self.proxy_spans);
+        self.collect_proxy_spans();
+    }
+
+    /// Probe records were lost at about `now_ns` (record time): a lost chunk would splice the
+    /// wrong bytes into a message, so every connection starts again at its next GIOP header;
+    /// calls pending now end incomplete unless their reply arrives within [`LOSS_GRACE_NS`].
+    pub fn records_lost(&mut self, now_ns: u64) {
+        self.stats.record_losses += 1;
+        self.connections.lose_sync();
+        let deadline = now_ns.saturating_add(LOSS_GRACE_NS);
+        for call in self.client_calls.values_mut().chain(self.server_calls.values_mut()) {
+            call.loss_deadline.get_or_insert(deadline);
+        }
+        self.constructions.records_lost(deadline);
     }
 
     /// Ends every call still open (daemon shutdown): nothing is lost.
     pub fn flush_all(&mut self, now_ns: u64) {
-        self.fail_pending(|_, _| true, now_ns, "tracer stopped before the reply");
+        self.end_pending(|_, _| true, now_ns, |_| Incomplete::TracerStopped);
+        self.constructions.flush_all(&mut self.proxy_spans);
+        self.collect_proxy_spans();
     }
+}
+
+/// Attribute of a span whose reply had a GIOP status other than a result or an exception.
+pub const GIOP_REPLY_STATUS_ATTRIBUTE: &str = "tango_tracer.giop.reply_status";
+
+/// The CORBA name of a reply status.
+fn reply_status_name(status: ReplyStatus) -> String {
+    match status {
+        ReplyStatus::NoException => "NO_EXCEPTION".to_string(),
+        ReplyStatus::UserException => "USER_EXCEPTION".to_string(),
+        ReplyStatus::SystemException => "SYSTEM_EXCEPTION".to_string(),
+        ReplyStatus::LocationForward => "LOCATION_FORWARD".to_string(),
+        ReplyStatus::LocationForwardPerm => "LOCATION_FORWARD_PERM".to_string(),
+        ReplyStatus::NeedsAddressingMode => "NEEDS_ADDRESSING_MODE".to_string(),
+        ReplyStatus::Unknown(code) => format!("unknown ({code})"),
+    }
+}
+
+/// How a call ended: the request id it had, when, and the peer when the probe read it.
+#[derive(Clone, Copy)]
+struct Ended {
+    request_id: u32,
+    ts_ns: u64,
+    peer: Peer,
+}
+
+/// The empty body of a call that expects no reply.
+fn no_body() -> CdrReader<'static> {
+    CdrReader::new(&[], true, 0)
 }
 
 #[cfg(test)]
@@ -623,7 +776,7 @@ mod tests {
 
     use opentelemetry::trace::SpanId;
 
-    use super::{naming::OperationClass, *};
+    use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/../tracer-wire/tests/fixtures/giop/{name}.bin", env!("CARGO_MANIFEST_DIR"));
@@ -804,16 +957,323 @@ mod tests {
         assert!(a.is_natively_traced(CLIENT));
     }
 
+    fn incomplete(span: &AssembledSpan) -> Option<&'static str> {
+        span.incomplete.map(Incomplete::reason)
+    }
+
     #[test]
-    fn a_client_that_exits_mid_call_still_gets_its_span() {
+    fn a_client_that_exits_mid_call_gets_an_incomplete_span_without_duration() {
         let mut a = Assembler::new(2048);
         let request = with_request_id(fixture("demo-req-read_attributes_5"), 8);
         a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &request));
+        a.push(&data(SERVER, SERVER + 1, 21, 1_010, Direction::Recv, &request));
         a.push(&Record::Exit { pid: CLIENT, ts_ns: 5_000 });
         let spans = a.drain();
         assert_eq!(spans.len(), 1);
-        assert_eq!(spans[0].error.as_deref(), Some("process exited before the reply"));
-        assert_eq!(spans[0].end_ns, 5_000);
+        assert_eq!(incomplete(&spans[0]), Some("process exited"));
+        assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_000, 1_000), "no invented duration");
+        assert!(spans[0].exception.is_none(), "not an error");
+        // The server's side ends when its connection closes.
+        a.push(&Record::Close { pid: SERVER, fd: 21, ts_ns: 6_000 });
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(incomplete(&spans[0]), Some("connection closed"));
+        assert_eq!(spans[0].end_ns, 1_010);
+        let stats = a.stats();
+        assert_eq!(stats.incomplete.get(Incomplete::ProcessExited), 1);
+        assert_eq!(stats.incomplete.get(Incomplete::ConnectionClosed), 1);
+        let mut report = StageStats::default();
+        a.report(&mut report);
+        assert_eq!(report.get("assemble", "incomplete_spans"), Some(2));
+        assert_eq!(report.get("assemble", "incomplete_connection_closed"), Some(1));
+    }
+
+    #[test]
+    fn calls_open_at_stop_or_past_the_limit_end_incomplete() {
+        let mut a = Assembler::new(2048);
+        let old = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        let new = with_request_id(fixture("demo-req-command_inout_4-echo"), 9);
+        a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &old));
+        a.push(&data(CLIENT, CLIENT, 7, PENDING_CALL_LIMIT_NS, Direction::Send, &new));
+        a.expire(PENDING_CALL_LIMIT_NS + 2_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(incomplete(&spans[0]), Some("no reply within 600 s"));
+        assert_eq!(spans[0].end_ns, 1_000);
+        a.flush_all(PENDING_CALL_LIMIT_NS + 3_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(incomplete(&spans[0]), Some("tracer stopped"));
+        assert_eq!(a.stats().expired_calls, 1);
+        assert_eq!(a.client_calls.len(), 0);
+    }
+
+    /// A Reply with status LOCATION_FORWARD (3): the status word follows the request id.
+    #[test]
+    fn other_reply_statuses_are_attributes_not_errors() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-ping"), 8);
+        let mut reply = with_request_id(fixture("demo-rep-ping"), 8);
+        reply[20..24].copy_from_slice(&3u32.to_le_bytes());
+        call(&mut a, &request, &reply, 1_000);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 2);
+        for span in &spans {
+            assert!(span.exception.is_none() && span.incomplete.is_none(), "{span:?}");
+            assert!(
+                span.attributes.contains(&KeyValue::new(GIOP_REPLY_STATUS_ATTRIBUTE, "LOCATION_FORWARD")),
+                "{span:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lost_reply_ends_the_call_incomplete_after_the_grace_period_and_a_late_one_is_an_orphan() {
+        let mut a = Assembler::new(2048);
+        let lost = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        let lost_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 8);
+        let kept = with_request_id(fixture("demo-req-command_inout_4-echo"), 9);
+        let kept_reply = with_request_id(fixture("demo-rep-command_inout_4-echo"), 9);
+        a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &lost));
+        a.push(&data(SERVER, SERVER + 1, 21, 1_010, Direction::Recv, &lost));
+        a.push(&data(CLIENT, CLIENT + 1, 8, 1_020, Direction::Send, &kept));
+        a.records_lost(2_000);
+        // The second call's reply arrives within the grace period: an ordinary span.
+        a.push(&data(CLIENT, CLIENT + 1, 8, 2_000 + LOSS_GRACE_NS - 1, Direction::Recv, &kept_reply));
+        a.expire(2_000 + LOSS_GRACE_NS - 1);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].incomplete, None);
+        assert_eq!(spans[0].end_ns, 2_000 + LOSS_GRACE_NS - 1);
+        // The first one's reply was among the lost records.
+        a.expire(2_000 + LOSS_GRACE_NS);
+        let spans = a.drain();
+        assert_eq!(spans.len(), 2, "client and server side");
+        for span in &spans {
+            assert_eq!(incomplete(span), Some("probe records lost"));
+            assert_eq!(span.end_ns, span.start_ns);
+            assert!(span.exception.is_none());
+        }
+        // A reply that turns up after all is counted, not a second span.
+        a.push(&data(SERVER, SERVER + 1, 21, 2_000 + LOSS_GRACE_NS + 5, Direction::Send, &lost_reply));
+        a.push(&data(CLIENT, CLIENT, 7, 2_000 + LOSS_GRACE_NS + 6, Direction::Recv, &lost_reply));
+        assert!(a.drain().is_empty());
+        assert_eq!(a.stats().orphan_replies, 2);
+        assert_eq!(a.stats().incomplete.get(Incomplete::RecordsLost), 2);
+        assert!(a.client_calls.is_empty() && a.server_calls.is_empty());
+        assert!(a.linking.serving(SERVER, SERVER + 1).is_none(), "the serving stack is left");
+    }
+
+    #[test]
+    fn after_lost_records_reassembly_starts_again_at_the_next_giop_header() {
+        let mut a = Assembler::new(2048);
+        let request = with_request_id(fixture("demo-req-read_attributes_5"), 8);
+        let (head, tail) = request.split_at(30);
+        // The head of a message, then records were lost (its middle, say): the tail must not be
+        // spliced onto the head.
+        a.push(&Record::Data {
+            pid: CLIENT,
+            tid: CLIENT,
+            fd: 7,
+            ts_ns: 1_000,
+            direction: Direction::Send,
+            total_len: head.len() as u32,
+            bytes: head.to_vec(),
+            peer: Default::default(),
+        });
+        a.records_lost(1_500);
+        a.push(&data(CLIENT, CLIENT, 7, 2_000, Direction::Send, tail));
+        assert_eq!(a.stats().discarded_bytes, tail.len() as u64);
+        assert_eq!(a.stats().messages, 0);
+        // The next whole message is traced.
+        let next = with_request_id(fixture("demo-req-read_attributes_5"), 9);
+        a.push(&data(CLIENT, CLIENT, 7, 3_000, Direction::Send, &next));
+        assert_eq!(a.stats().messages, 1);
+        assert_eq!(a.client_calls.len(), 1);
+        assert!(a.client_calls.contains_key(&(CLIENT, 7, 9)));
+    }
+
+    /// GIOP 1.0 `_is_a("IDL:Tango/Device_6:1.0")` / `_non_existent()` as cppTango sends them
+    /// when a DeviceProxy connects (no capture has them for `test/demo/1`); their replies are the
+    /// captured `ping` reply (a void result: the body is not read for these operations).
+    fn probe(operation: &str, key: &[u8], id: u32) -> (Vec<u8>, Vec<u8>) {
+        let request = tracer_wire::encode::request_1_0(id, key, operation, |w| {
+            if operation == "_is_a" {
+                w.string("IDL:Tango/Device_6:1.0");
+            }
+        });
+        (request, with_request_id(fixture("demo-rep-ping"), id))
+    }
+
+    /// Client thread `tid` of `pid` sends `request` on `fd` at `t` and gets `reply` at `t + 5`
+    /// from 127.0.0.1:4321.
+    fn client_call(a: &mut Assembler, (pid, tid, fd): (u32, u32, i32), request: &[u8], reply: &[u8], t: u64) {
+        a.push(&data(pid, tid, fd, t, Direction::Send, request));
+        let mut received = data(pid, tid, fd, t + 5, Direction::Recv, reply);
+        if let Record::Data { peer, .. } = &mut received {
+            *peer = Peer::Inet(std::net::Ipv4Addr::LOCALHOST, 4321);
+        }
+        a.push(&received);
+    }
+
+    /// `DeviceProxy("tango://127.0.0.1:4321/test/demo/1#dbase=no")`, as on the wire.
+    fn connect_without_database(a: &mut Assembler, thread: (u32, u32, i32), t: u64) {
+        let (is_a, is_a_reply) = probe("_is_a", b"test/demo/1", 1);
+        let (non_existent, non_existent_reply) = probe("_non_existent", b"test/demo/1", 2);
+        let info = with_request_id(fixture("demo-req-info"), 3);
+        let info_reply = with_request_id(fixture("demo-rep-info"), 3);
+        client_call(a, thread, &is_a, &is_a_reply, t);
+        client_call(a, thread, &non_existent, &non_existent_reply, t + 10);
+        client_call(a, thread, &info, &info_reply, t + 20);
+    }
+
+    fn proxy_threads(a: &Assembler) -> u64 {
+        let mut report = StageStats::default();
+        a.report(&mut report);
+        report.get("assemble", "proxy_thread_entries").expect("reported")
+    }
+
+    fn proxies(spans: &[AssembledSpan]) -> Vec<&AssembledSpan> {
+        spans.iter().filter(|s| s.name == proxy::SPAN_NAME).collect()
+    }
+
+    #[test]
+    fn a_device_proxy_without_database_is_an_internal_span_up_to_the_info_reply() {
+        let mut a = Assembler::new(2048);
+        connect_without_database(&mut a, (CLIENT, CLIENT, 7), 1_000);
+        let read = with_request_id(fixture("demo-req-read_attributes_5"), 4);
+        let read_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 4);
+        client_call(&mut a, (CLIENT, CLIENT, 7), &read, &read_reply, 2_000);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        let proxy = proxy[0];
+        assert_eq!(proxy.kind, SpanKind::Internal);
+        assert_eq!((proxy.start_ns, proxy.end_ns), (1_000, 1_025), "from _is_a to the info reply");
+        assert_eq!(proxy.parent, None);
+        assert_eq!(proxy.device_key, None, "the client process's resource");
+        assert_eq!(proxy.operation, OperationClass::User);
+        assert!(proxy.attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/test/demo/1#dbase=no"
+        )));
+        assert!(proxy.attributes.contains(&KeyValue::new("thread.id", CLIENT.to_string())));
+        let info = spans.iter().find(|s| s.name == "Tango::DeviceProxy::info").expect("info span");
+        assert_eq!(info.parent, Some(proxy.context), "the constructor's calls are its children");
+        let read = spans.iter().find(|s| s.name == "Tango::DeviceProxy::read_attribute").expect("read");
+        assert_eq!(read.parent, None, "later calls are not");
+        // A second proxy of the same device on the same thread is a second span.
+        connect_without_database(&mut a, (CLIENT, CLIENT, 7), 3_000);
+        assert_eq!(proxies(&a.drain()).len(), 1);
+        assert_eq!(proxy_threads(&a), 0, "nothing kept between constructions");
+    }
+
+    #[test]
+    fn a_device_proxy_built_while_serving_is_a_child_of_the_request_with_the_device_resource() {
+        let mut a = Assembler::new(2048);
+        let outer = with_request_id(fixture("demo-req-command_inout_4-echo"), 20);
+        let outer_reply = with_request_id(fixture("demo-rep-command_inout_4-echo"), 20);
+        a.push(&data(SERVER, 201, 21, 100, Direction::Recv, &outer));
+        connect_without_database(&mut a, (SERVER, 201, 30), 1_000);
+        let read = with_request_id(fixture("demo-req-read_attributes_5"), 4);
+        let read_reply = with_request_id(fixture("demo-rep-read_attributes_5"), 4);
+        client_call(&mut a, (SERVER, 201, 30), &read, &read_reply, 2_000);
+        a.push(&data(SERVER, 201, 21, 3_000, Direction::Send, &outer_reply));
+        let spans = a.drain();
+        let serving = spans.iter().find(|s| s.kind == SpanKind::Server).expect("serving span");
+        let proxy = proxies(&spans)[0];
+        assert_eq!(proxy.parent, Some(serving.context));
+        assert_eq!(proxy.context.trace_id, serving.context.trace_id);
+        assert_eq!(proxy.device_key.as_deref(), Some(&b"test/demo/1"[..]), "the served device");
+        let read = spans.iter().find(|s| s.name == "Tango::DeviceProxy::read_attribute").expect("read");
+        assert_eq!(read.parent, Some(serving.context));
+    }
+
+    /// The captured `DbImportDevice("test/dbdemo/1")` and the GIOP 1.2 calls to the device's
+    /// opaque key that follow it.
+    #[test]
+    fn a_device_proxy_through_the_database_has_the_database_calls_as_children() {
+        let mut a = Assembler::new(4096);
+        let thread = (CLIENT, CLIENT, 7);
+        let device = (CLIENT, CLIENT, 9);
+        let import = fixture("dbclient-req-command_inout_4-dbimportdevice");
+        let import_reply = fixture("dbclient-rep-command_inout_4-dbimportdevice");
+        client_call(&mut a, thread, &import, &import_reply, 1_000);
+        client_call(
+            &mut a,
+            device,
+            &fixture("giop12-req-_non_existent"),
+            &fixture("giop12-rep-_non_existent"),
+            1_100,
+        );
+        client_call(&mut a, device, &fixture("giop12-req-info_6"), &fixture("giop12-rep-info_6"), 1_200);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        let proxy = proxy[0];
+        assert!(proxy.attributes.contains(&KeyValue::new("tango.operation.argument", "test/dbdemo/1")));
+        assert_eq!((proxy.start_ns, proxy.end_ns), (1_000, 1_205));
+        let import = spans
+            .iter()
+            .find(|s| s.attributes.contains(&KeyValue::new("tango.operation.argument", "DbImportDevice")))
+            .expect("import span");
+        assert_eq!(import.parent, Some(proxy.context));
+        assert_eq!(import.operation, OperationClass::Database);
+    }
+
+    #[test]
+    fn a_device_proxy_that_cannot_connect_fails_and_one_left_unfinished_is_incomplete() {
+        let mut a = Assembler::new(2048);
+        client_call(
+            &mut a,
+            (CLIENT, CLIENT, 7),
+            &fixture("nodev-req-_is_a"),
+            &fixture("nodev-rep-object_not_exist"),
+            1_000,
+        );
+        let spans = a.drain();
+        let proxy = proxies(&spans)[0];
+        let exception = proxy.exception.as_ref().expect("an error");
+        assert!(exception.message.contains("OBJECT_NOT_EXIST"), "{}", exception.message);
+        assert!(proxy.attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/test/demo/99#dbase=no"
+        )));
+        // The process exits in the middle of a construction.
+        let (is_a, _) = probe("_is_a", b"test/demo/1", 5);
+        a.push(&data(CLIENT, CLIENT, 7, 2_000, Direction::Send, &is_a));
+        a.push(&Record::Exit { pid: CLIENT, ts_ns: 3_000 });
+        let spans = a.drain();
+        let proxy = proxies(&spans)[0];
+        assert_eq!(incomplete(proxy), Some("process exited"));
+        assert_eq!((proxy.start_ns, proxy.end_ns), (2_000, 2_000));
+        assert_eq!(proxy_threads(&a), 0);
+    }
+
+    #[test]
+    fn the_admin_proxy_of_a_subscription_is_named_as_the_server_spells_its_admin_device() {
+        let mut a = Assembler::new(2048);
+        let thread = (CLIENT, CLIENT, 7);
+        // `_get_adm_name` answers a CORBA string: length 18, "dserver/Demo/Demo\0".
+        let adm_name = tracer_wire::encode::request_1_0(1, b"test/demo/1", "_get_adm_name", |_| {});
+        let mut adm_reply = with_request_id(fixture("demo-rep-ping"), 1);
+        adm_reply.extend_from_slice(&18u32.to_le_bytes());
+        adm_reply.extend_from_slice(b"dserver/Demo/Demo\0");
+        let len = (adm_reply.len() - 12) as u32;
+        adm_reply[8..12].copy_from_slice(&len.to_le_bytes());
+        client_call(&mut a, thread, &adm_name, &adm_reply, 1_000);
+        let (is_a, is_a_reply) = probe("_is_a", b"dserver/demo/demo", 2);
+        let info = tracer_wire::encode::request_1_0(3, b"dserver/demo/demo", "info", |_| {});
+        let info_reply = with_request_id(fixture("demo-rep-info"), 3);
+        client_call(&mut a, thread, &is_a, &is_a_reply, 1_100);
+        client_call(&mut a, thread, &info, &info_reply, 1_200);
+        let spans = a.drain();
+        let proxy = proxies(&spans);
+        assert_eq!(proxy.len(), 1, "{spans:#?}");
+        assert!(proxy[0].attributes.contains(&KeyValue::new(
+            "tango.operation.argument",
+            "tango://127.0.0.1:4321/dserver/Demo/Demo#dbase=no"
+        )));
     }
 
     #[test]

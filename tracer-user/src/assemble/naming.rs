@@ -139,6 +139,11 @@ impl Operation {
 /// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
 pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
 
+/// Whether `call` is an event subscription (sent to an admin device).
+pub fn is_subscription(call: &TangoCall) -> bool {
+    matches!(call, TangoCall::CommandInout { command, .. } if command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND))
+}
+
 /// `ZmqEventSubscriptionChange [device, attribute, action, event type, …]` as span attributes.
 pub fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
     let TangoCall::CommandInout { command, argin: Some(ArgValue::StringArray(args)) } = call else {

@@ -13,6 +13,9 @@ use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
 use crate::assemble::AssembledSpan;
 
+/// The attribute of a span whose end was not seen: why, in a few words.
+pub const INCOMPLETE_ATTRIBUTE: &str = "tango_tracer.incomplete";
+
 /// The exportable form of `span`; `target` is the called device's name (CLIENT spans).
 pub fn to_span_data(
     span: AssembledSpan,
@@ -20,15 +23,20 @@ pub fn to_span_data(
     scope: InstrumentationScope,
     clock: &ClockOffset,
 ) -> SpanData {
-    let mut attributes = Vec::with_capacity(span.attributes.len() + 1);
+    let mut attributes = Vec::with_capacity(span.attributes.len() + 2);
     if let Some(name) = target {
         attributes.push(KeyValue::new("tango.operation.target", name));
     }
     attributes.extend(span.attributes);
+    if let Some(why) = span.incomplete {
+        attributes.push(KeyValue::new(INCOMPLETE_ATTRIBUTE, why.reason()));
+    }
 
     let mut events = SpanEvents::default();
-    let status = match (&span.exception, &span.error) {
-        (Some(exception), _) => {
+    // Only a Tango or CORBA exception in the reply is an error; a call whose end was not seen
+    // is not (it carries `tango_tracer.incomplete`).
+    let status = match &span.exception {
+        Some(exception) => {
             events.events.push(opentelemetry::trace::Event::new(
                 "exception caught",
                 clock.to_system(exception.ts_ns),
@@ -40,8 +48,7 @@ pub fn to_span_data(
             ));
             Status::error("exception caught (see associated event)")
         }
-        (None, Some(error)) => Status::error(error.clone()),
-        (None, None) => Status::Unset,
+        None => Status::Unset,
     };
     let trace_state = TraceState::from_key_value(
         span.trace_state.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim())),

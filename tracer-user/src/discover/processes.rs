@@ -1,16 +1,19 @@
-//! The traced processes and what `/proc` said about them. A process's entry stays for a while
+//! The traced processes and what the kernel copied or `/proc` said about them. A process's entry stays for a while
 //! after it exits (spans of its last calls are still on their way), then it is forgotten and
 //! every stage frees what it kept for it.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use super::{procinfo::ProcessInfo, sockets};
+use super::{
+    procinfo::{FactReader, ProcessInfo},
+    sockets,
+};
 use crate::{
-    probe::record::Peer,
+    probe::record::{CapturedFacts, Peer},
     stats::{StageStats, has_room},
 };
 
@@ -29,12 +32,35 @@ pub struct Processes {
     /// Where `/proc` is; `None` where there is none to read (replay of a recorded session).
     proc_root: Option<PathBuf>,
     table: HashMap<u32, TracedProcess>,
+    /// Builds what is known about a process, and counts what could not be read.
+    facts: FactReader,
     refused_full: u64,
 }
 
 impl Processes {
     pub fn new(proc_root: Option<PathBuf>) -> Self {
-        Processes { proc_root, table: HashMap::new(), refused_full: 0 }
+        let facts = FactReader::new(proc_root.as_deref());
+        Processes { proc_root, table: HashMap::new(), facts, refused_full: 0 }
+    }
+
+    /// What a process the kernel has just made a target is: the kernel's copy first (a forked
+    /// child inherits its parent's facts); `/proc` only for what the copy cannot carry.
+    pub fn from_captured(&mut self, facts: &CapturedFacts) -> ProcessInfo {
+        let parent = facts.parent.and_then(|p| self.table.get(&p)).map(|p| &p.info);
+        self.facts.from_captured(facts, parent)
+    }
+
+    /// A library path the process opened; returns the process when its libraries changed.
+    pub fn note_library(&mut self, pid: u32, path: &Path) -> Option<&ProcessInfo> {
+        let process = self.table.get_mut(&pid)?;
+        let before = process.info.libraries.clone();
+        self.facts.note_library(&mut process.info, path);
+        (process.info.libraries != before).then_some(&process.info)
+    }
+
+    /// `path` (as `pid` sees it) where the daemon can open it, while that is possible.
+    pub fn path_in_view(&self, pid: u32, path: &Path) -> Option<PathBuf> {
+        self.facts.path_in_view(&self.table.get(&pid)?.info, path)
     }
 
     /// Starts following a process (again, when its pid was reused); false when the table is full.
@@ -81,6 +107,7 @@ impl Processes {
     pub fn mark_exited(&mut self, pid: u32) {
         if let Some(process) = self.table.get_mut(&pid) {
             process.exited_at = Some(Instant::now());
+            self.facts.process_ended(&process.info);
         }
     }
 
@@ -133,6 +160,9 @@ impl Processes {
 
     pub fn report(&self, out: &mut StageStats) {
         out.push("discover", "refused_table_full", self.refused_full);
+        for (cause, total) in self.facts.losses() {
+            out.push("discover", cause, total);
+        }
         out.size("discover", "process_entries", self.table.len());
     }
 }

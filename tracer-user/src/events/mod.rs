@@ -56,6 +56,8 @@ pub struct EventStats {
     pub refused_full: u64,
     /// Application sends dropped because a process queued more than [`MAX_APP_SENDS`].
     pub app_sends_dropped: u64,
+    /// Bytes of unfinished messages dropped because probe records were lost.
+    pub discarded_bytes: u64,
 }
 
 /// The events stage: ZMTP streams in, push and delivery spans out. Its state is per process
@@ -108,6 +110,7 @@ impl Events {
         out.push(STAGE, "unparsable", self.stats.unparsable);
         out.push(STAGE, "refused_table_full", self.stats.refused_full);
         out.push(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
+        out.push(STAGE, "discarded_bytes", self.stats.discarded_bytes);
         out.size(STAGE, "app_send_entries", self.app_sends.len());
         out.size(STAGE, "push_entries", self.pushes.len());
         out.size(STAGE, "push_by_topic_entries", self.by_topic.len());
@@ -184,6 +187,14 @@ impl Events {
             self.last_counter.retain(|(p, _), _| *p != pid);
         }
         self.expire(ts_ns);
+    }
+
+    /// Probe records were lost: an unfinished message may miss its middle, and a counter gap
+    /// is no evidence of lost events. Streams start again with the next call.
+    pub fn records_lost(&mut self) {
+        self.stats.discarded_bytes += self.partial.values().map(|p| p.len() as u64).sum::<u64>();
+        self.partial.clear();
+        self.last_counter.clear();
     }
 
     /// A socket closed: its unfinished message goes with it.
@@ -380,7 +391,7 @@ fn event_span(
         attributes,
         exception: None,
         links: Vec::new(),
-        error: None,
+        incomplete: None,
         pid,
         device_key,
         target_key: None,

@@ -64,6 +64,9 @@ pub enum ProbeError {
     /// A map operation failed.
     #[error("eBPF map operation failed")]
     Map(#[source] Box<aya::maps::MapError>),
+    /// The kernel's BTF lacks what the process facts are read with.
+    #[error(transparent)]
+    Offsets(#[from] kernel_offsets::OffsetError),
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
     Tracefs(std::io::Error),
@@ -99,10 +102,13 @@ impl Probes {
     pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
         let capture_len = capture_len.clamp(64, MAX_CAPTURE as u32);
-        let sock_offsets = kernel_offsets::sock_offsets(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
+        let sock_offsets = kernel_offsets::sock_offsets(vmlinux);
+        let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .override_global("PROCESS_OFFSETS", &process_offsets, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
@@ -114,6 +120,7 @@ impl Probes {
                 .map_err(|source| ProbeError::Attach { program, category, name, source: Box::new(source) })?;
             debug!("attached {program} to tracepoint {category}:{name}");
         }
+        attach_fork_facts(&mut ebpf)?;
         let peers_in_kernel = sock_offsets.valid == 1 && attach_sock_recv_length(&mut ebpf);
         if !peers_in_kernel {
             warn!(
@@ -188,6 +195,26 @@ impl Probes {
     pub fn lost_records(&self) -> u64 {
         self.lost.get(&0, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
     }
+}
+
+/// The BTF tracepoint that copies a forked child's facts (`sched_process_fork` hands over the
+/// child's task; the classic tracepoint only its pid). Required: without it a short-lived child of
+/// a target would be known only by what `/proc` still shows.
+fn attach_fork_facts(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    const PROGRAM: &str = "fork_facts";
+    let attach_error = |source| ProbeError::Attach {
+        program: PROGRAM,
+        category: "sched",
+        name: "sched_process_fork",
+        source: Box::new(source),
+    };
+    let btf = aya::Btf::from_sys_fs().map_err(|e| attach_error(aya::programs::ProgramError::Btf(e)))?;
+    let program: &mut BtfTracePoint =
+        ebpf.program_mut(PROGRAM).ok_or(ProbeError::Missing(PROGRAM))?.try_into().map_err(attach_error)?;
+    program.load("sched_process_fork", &btf).map_err(attach_error)?;
+    program.attach().map_err(attach_error)?;
+    debug!("attached {PROGRAM} to BTF tracepoint sched:sched_process_fork");
+    Ok(())
 }
 
 /// The BTF tracepoint that tells the peer of each receive (Linux ≥ 6.3 has `sock:*`).

@@ -1,6 +1,11 @@
 //! Decoding ring-buffer records into owned values.
 
-use tracer_common::{DATA_RECORD_HEADER_LEN, RecordHeader, direction, kind};
+use std::{os::unix::ffi::OsStrExt as _, path::PathBuf};
+
+use tracer_common::{
+    DATA_RECORD_HEADER_LEN, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN, LibraryRecord,
+    MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, RecordHeader, direction, kind, unreadable,
+};
 
 /// Which way bytes moved, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -63,6 +68,52 @@ pub enum Record {
         tid: u32,
         ts_ns: u64,
     },
+    /// A process became a target; what the kernel copied about it at that moment. When it opened
+    /// omniORB, that path follows as a `LibraryPath`, then the libtango/libzmq paths it opened
+    /// before.
+    ProcessFacts(Box<CapturedFacts>),
+    /// A path naming libomniORB4, libtango or libzmq that the process opened (the last path of a
+    /// name is the one that opened: the dynamic loader stops at the first that exists).
+    LibraryPath {
+        pid: u32,
+        ts_ns: u64,
+        path: PathBuf,
+    },
+}
+
+/// Facts the kernel copied about a process while it could not exit (see `FactsRecord`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CapturedFacts {
+    pub pid: u32,
+    pub ts_ns: u64,
+    /// The target that forked it; `None` when it opened omniORB itself.
+    pub parent: Option<u32>,
+    pub comm: String,
+    pub euid: Option<u32>,
+    /// Inode of its mount namespace.
+    pub mnt_ns: Option<u32>,
+    /// NUL-separated arguments.
+    pub cmdline: CapturedBlock,
+    /// NUL-separated `NAME=value` entries.
+    pub environ: CapturedBlock,
+}
+
+/// A block of process memory copied by the kernel up to a limit, with its true length.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CapturedBlock {
+    #[serde(with = "hex_bytes")]
+    pub bytes: Vec<u8>,
+    /// Length of the whole block in the process.
+    pub len: u32,
+    /// The kernel could not read it (`bytes` is then empty).
+    pub unreadable: bool,
+}
+
+impl CapturedBlock {
+    /// Only a prefix was copied.
+    pub fn truncated(&self) -> bool {
+        !self.unreadable && self.bytes.len() < self.len as usize
+    }
 }
 
 /// Why a record could not be decoded.
@@ -72,6 +123,25 @@ pub enum RecordError {
     Short(usize),
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("record of kind {kind} has {len} bytes, fewer than its fixed part")]
+    Truncated { kind: u32, len: usize },
+}
+
+/// Reads a native-endian `u32` at `offset`, if the record is long enough.
+fn read_u32(raw: &[u8], offset: usize) -> Option<u32> {
+    let bytes = raw.get(offset..offset + 4)?;
+    Some(u32::from_ne_bytes(bytes.try_into().ok()?))
+}
+
+/// `len` bytes at `offset`, clamped to `limit` and to what the record holds.
+fn bytes_at(raw: &[u8], offset: usize, len: u32, limit: usize) -> &[u8] {
+    let end = offset.saturating_add((len as usize).min(limit)).min(raw.len());
+    raw.get(offset..end).unwrap_or_default()
+}
+
+/// A NUL-padded C string.
+fn c_string(bytes: &[u8]) -> &[u8] {
+    bytes.split(|b| *b == 0).next().unwrap_or_default()
 }
 
 impl Record {
@@ -125,6 +195,14 @@ impl Record {
             kind::EXEC => Record::Exec { pid, ts_ns },
             kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
             kind::ZMQ_SEND => Record::ZmqSend { pid, tid, ts_ns },
+            kind::PROCESS_FACTS => Record::ProcessFacts(Box::new(decode_facts(raw, pid, ts_ns)?)),
+            kind::LIBRARY_PATH => {
+                const PATH: usize = LIBRARY_RECORD_HEADER_LEN;
+                let path_len = read_u32(raw, std::mem::offset_of!(LibraryRecord, path_len))
+                    .ok_or(RecordError::Truncated { kind: kind::LIBRARY_PATH, len: raw.len() })?;
+                let path = bytes_at(raw, PATH, path_len, MAX_PATH);
+                Record::LibraryPath { pid, ts_ns, path: PathBuf::from(std::ffi::OsStr::from_bytes(path)) }
+            }
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -137,9 +215,56 @@ impl Record {
             | Record::Exit { pid, .. }
             | Record::Exec { pid, .. }
             | Record::Fork { pid, .. }
-            | Record::ZmqSend { pid, .. } => *pid,
+            | Record::ZmqSend { pid, .. }
+            | Record::LibraryPath { pid, .. } => *pid,
+            Record::ProcessFacts(facts) => facts.pid,
         }
     }
+}
+
+/// Decodes a `FactsRecord` (only `FACTS_RECORD_HEADER_LEN` + the captured blocks travel).
+fn decode_facts(raw: &[u8], pid: u32, ts_ns: u64) -> Result<CapturedFacts, RecordError> {
+    use std::mem::offset_of;
+    if raw.len() < FACTS_RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { kind: kind::PROCESS_FACTS, len: raw.len() });
+    }
+    let field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+    let missing = field(offset_of!(FactsRecord, unreadable));
+    let known = |bit: u32, value: u32| (missing & bit == 0).then_some(value);
+    let block = |bytes_offset: usize, len_offset: usize, captured_offset: usize, limit: usize, bit: u32| {
+        let unreadable = missing & (bit | unreadable::MM) != 0;
+        CapturedBlock {
+            bytes: bytes_at(raw, bytes_offset, field(captured_offset), limit).to_vec(),
+            len: field(len_offset),
+            unreadable,
+        }
+    };
+    let blocks = offset_of!(FactsRecord, blocks);
+    let cmdline_captured = (field(offset_of!(FactsRecord, cmdline_captured)) as usize).min(MAX_CMDLINE);
+    let parent = field(offset_of!(FactsRecord, parent_pid));
+    let comm = bytes_at(raw, offset_of!(FactsRecord, comm), 16, 16);
+    Ok(CapturedFacts {
+        pid,
+        ts_ns,
+        parent: (parent != 0).then_some(parent),
+        comm: String::from_utf8_lossy(c_string(comm)).into_owned(),
+        euid: known(unreadable::EUID, field(offset_of!(FactsRecord, euid))),
+        mnt_ns: known(unreadable::MNT_NS, field(offset_of!(FactsRecord, mnt_ns))),
+        cmdline: block(
+            blocks,
+            offset_of!(FactsRecord, cmdline_len),
+            offset_of!(FactsRecord, cmdline_captured),
+            MAX_CMDLINE,
+            unreadable::CMDLINE,
+        ),
+        environ: block(
+            blocks + cmdline_captured,
+            offset_of!(FactsRecord, environ_len),
+            offset_of!(FactsRecord, environ_captured),
+            MAX_ENVIRON,
+            unreadable::ENVIRON,
+        ),
+    })
 }
 
 mod hex_bytes {
@@ -152,5 +277,107 @@ mod hex_bytes {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        reason = "tests"
+    )]
+
+    use super::*;
+
+    /// Records the kernel sent for Debian's TangoTest 9.3.4 started as
+    /// `env -i FACTSTRY=1 TANGO_HOST=127.0.0.1:10000 [BIG=x…] /usr/lib/tango/TangoTest test`.
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn facts(name: &str) -> CapturedFacts {
+        match Record::decode(&fixture(name)) {
+            Ok(Record::ProcessFacts(facts)) => *facts,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_the_facts_the_kernel_copied_from_a_tango_server() {
+        let facts = facts("facts-tangotest.bin");
+        assert_eq!(facts.comm, "TangoTest");
+        assert_eq!(facts.parent, None);
+        assert_eq!(facts.euid, Some(0));
+        assert_eq!(facts.mnt_ns, Some(4_026_531_832));
+        assert_eq!(facts.cmdline.bytes, b"/usr/lib/tango/TangoTest\0test\0");
+        assert_eq!(facts.cmdline.len, 30);
+        assert_eq!(facts.environ.bytes, b"FACTSTRY=1\0TANGO_HOST=127.0.0.1:10000\0");
+        assert!(!facts.cmdline.truncated() && !facts.environ.truncated());
+        assert!(!facts.cmdline.unreadable && !facts.environ.unreadable);
+    }
+
+    #[test]
+    fn a_long_environment_is_a_known_truncation() {
+        let facts = facts("facts-tangotest-long-environment.bin");
+        assert_eq!(facts.environ.bytes.len(), MAX_ENVIRON);
+        assert_eq!(facts.environ.len, 11 + 27 + 9005, "FACTSTRY=1, TANGO_HOST=…, BIG= and 9000 x");
+        assert!(facts.environ.truncated());
+        assert!(facts.environ.bytes.starts_with(b"FACTSTRY=1\0TANGO_HOST=127.0.0.1:10000\0BIG=xxx"));
+        assert_eq!(facts.cmdline.bytes, b"/usr/lib/tango/TangoTest\0test\0");
+    }
+
+    #[test]
+    fn decodes_library_paths_opened_before_and_after_omniorb() {
+        let path = |name: &str| match Record::decode(&fixture(name)) {
+            Ok(Record::LibraryPath { pid, path, .. }) => (pid, path),
+            other => panic!("{name}: {other:?}"),
+        };
+        let pid = facts("facts-tangotest.bin").pid;
+        assert_eq!(
+            path("library-tangotest-libtango.bin"),
+            (pid, "/lib/x86_64-linux-gnu/libtango.so.9".into())
+        );
+        assert_eq!(
+            path("library-tangotest-libomniorb4.bin"),
+            (pid, "/lib/x86_64-linux-gnu/libomniORB4.so.2".into())
+        );
+        assert_eq!(path("library-tangotest-libzmq.bin"), (pid, "/lib/x86_64-linux-gnu/libzmq.so.5".into()));
+    }
+
+    #[test]
+    fn cut_records_are_refused_or_clamped_never_overread() {
+        let raw = fixture("facts-tangotest.bin");
+        let fixed = FACTS_RECORD_HEADER_LEN;
+        assert_eq!(
+            Record::decode(&raw[..fixed - 1]),
+            Err(RecordError::Truncated { kind: kind::PROCESS_FACTS, len: fixed - 1 })
+        );
+        // Cut inside the environment: what is there, and the true length that says it is partial.
+        let Ok(Record::ProcessFacts(cut)) = Record::decode(&raw[..raw.len() - 10]) else {
+            panic!("a cut facts record still decodes")
+        };
+        assert_eq!(cut.environ.bytes, b"FACTSTRY=1\0TANGO_HOST=127.0.");
+        assert!(cut.environ.truncated());
+        let library = fixture("library-tangotest-libtango.bin");
+        let Ok(Record::LibraryPath { path, .. }) = Record::decode(&library[..library.len() - 2]) else {
+            panic!("a cut library record still decodes")
+        };
+        assert_eq!(path, std::path::PathBuf::from("/lib/x86_64-linux-gnu/libtango.so"));
+    }
+
+    #[test]
+    fn unreadable_facts_are_marked_not_invented() {
+        let mut raw = fixture("facts-tangotest.bin");
+        let at = std::mem::offset_of!(FactsRecord, unreadable);
+        raw[at..at + 4]
+            .copy_from_slice(&(unreadable::EUID | unreadable::MNT_NS | unreadable::MM).to_ne_bytes());
+        let Ok(Record::ProcessFacts(facts)) = Record::decode(&raw) else { panic!("decodes") };
+        assert_eq!((facts.euid, facts.mnt_ns), (None, None));
+        assert!(facts.cmdline.unreadable && facts.environ.unreadable);
+        assert!(!facts.environ.truncated());
     }
 }

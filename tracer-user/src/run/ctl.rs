@@ -38,6 +38,8 @@ pub struct ExportView {
     pub dropped: u64,
     pub held: u64,
     pub bytes_held: u64,
+    /// The most bytes ever held (never above the budget).
+    pub peak_bytes_held: u64,
     pub failing: bool,
     pub last_error: Option<String>,
 }
@@ -63,6 +65,7 @@ impl StatsView {
                     dropped: s.dropped.total(),
                     held: s.spans_held,
                     bytes_held: s.bytes_held,
+                    peak_bytes_held: s.peak_bytes_held,
                     failing: s.failing,
                     last_error: s.last_error.clone(),
                 })

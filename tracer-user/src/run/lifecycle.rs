@@ -1,7 +1,6 @@
-//! Which processes are traced, and when: adoption at start, at `openat` of omniORB and at fork;
-//! libraries found later; uprobes where sockets are blind.
-
-use std::path::Path;
+//! Which processes are traced, and when: adoption at start (from `/proc`), at `openat` of omniORB
+//! and at fork (from what the kernel copied then); libraries found later; uprobes where sockets
+//! are blind.
 
 use log::{info, warn};
 
@@ -39,10 +38,19 @@ impl Daemon {
                 self.adopt(*pid);
                 true
             }
-            Record::Fork { child, .. } => {
-                // A new process (not a thread) inherits the parent's omniORB mapping.
-                if is_process(&self.options.proc_root, *child) {
-                    self.adopt(*child);
+            // A forked process (not a thread) comes with its own facts record.
+            Record::Fork { .. } => true,
+            Record::ProcessFacts(facts) => {
+                if !self.processes.is_running(facts.pid) {
+                    let info = self.processes.from_captured(facts);
+                    self.trace(info);
+                }
+                true
+            }
+            Record::LibraryPath { pid, path, .. } => {
+                if let Some(info) = self.processes.note_library(*pid, path) {
+                    self.pipeline.libraries_changed(info);
+                    self.probe_libraries(*pid);
                 }
                 true
             }
@@ -57,12 +65,17 @@ impl Daemon {
         }
     }
 
-    /// Starts tracing `pid` if it is selected; otherwise makes sure the kernel ignores it.
+    /// Starts tracing a running `pid` (read from `/proc`) if it is selected.
     fn adopt(&mut self, pid: u32) {
-        if self.processes.is_running(pid) {
-            return;
+        if !self.processes.is_running(pid) {
+            let info = ProcessInfo::read(&self.options.proc_root, pid);
+            self.trace(info);
         }
-        let info = ProcessInfo::read(&self.options.proc_root, pid);
+    }
+
+    /// Starts tracing the process if it is selected; otherwise makes sure the kernel ignores it.
+    fn trace(&mut self, info: ProcessInfo) {
+        let pid = info.pid;
         if !self.selected(&info) {
             self.probes.remove_target(pid);
             return;
@@ -91,9 +104,10 @@ impl Daemon {
         let Some(zmq) = self.processes.info(pid).and_then(|p| p.libraries.zmq.clone()) else {
             return;
         };
-        // The library as the process sees it, through its root (its mount namespace).
-        let inside = zmq.path.strip_prefix("/").unwrap_or(&zmq.path);
-        let path = self.options.proc_root.join(pid.to_string()).join("root").join(inside);
+        // The library as the process sees it (through its root while it lives).
+        let Some(path) = self.processes.path_in_view(pid, &zmq.path) else {
+            return;
+        };
         match self.probes.probe_zmq(&path) {
             Ok(Some(what)) => info!("pid {pid}: {what}"),
             Ok(None) => {}
@@ -107,12 +121,4 @@ pub(super) fn lib_text(lib: Option<&MappedLibrary>) -> String {
         Some(lib) => format!("{} ({})", lib.version.as_deref().unwrap_or("?"), lib.path.display()),
         None => "being loaded".to_string(),
     }
-}
-
-/// A task id is a process when it leads its thread group.
-fn is_process(proc_root: &Path, pid: u32) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok().and_then(|status| {
-        let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
-        line.split_whitespace().nth(1)?.parse::<u32>().ok()
-    }) == Some(pid)
 }

@@ -50,8 +50,9 @@ const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the loss counters are read.
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the facts of an exited process are kept for spans still in flight.
-const EXITED_KEEP: Duration = Duration::from_secs(30);
+/// How long the facts of an exited process are kept for spans still in flight: longer than any
+/// span waits for device facts (2 s) or for a lost reply (2 s).
+const EXITED_KEEP: Duration = Duration::from_secs(5);
 
 /// Options of `tango-tracer run`.
 #[derive(Clone, Debug)]
@@ -88,6 +89,9 @@ struct Daemon {
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
     /// Ring-buffer items that could not be decoded.
     undecodable: u64,
+    /// Probe records lost so far, as last seen: when it grows, the pipeline stops trusting what
+    /// was in progress.
+    records_lost_seen: u64,
     loss_report: LossReport,
     last_loss_check: Instant,
 }
@@ -128,6 +132,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         own_pid: std::process::id(),
         imported_tx,
         undecodable: 0,
+        records_lost_seen: 0,
         loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
         last_loss_check: Instant::now(),
     };
@@ -200,10 +205,16 @@ impl Daemon {
             match Record::decode(&item) {
                 Ok(record) => self.on_record(&record),
                 Err(e) => {
+                    // Counted and reported with the other losses.
                     self.undecodable += 1;
-                    warn!("skipping a probe record: {e}");
+                    log::debug!("skipping a probe record: {e}");
                 }
             }
+        }
+        let lost = self.probes.lost_records();
+        if lost > self.records_lost_seen {
+            self.records_lost_seen = lost;
+            self.pipeline.records_lost(monotonic_ns());
         }
     }
 
