@@ -27,8 +27,8 @@ pub const CALL_SPAN: &str = "Tango::Connection::command_inout";
 pub const SERVED_SPAN: &str = "Tango::Device_4Impl::command_inout_4";
 const SPANS_PER_CLIENT: usize = 3;
 /// Longest wait, after the last span arrived, for the state tables to be back to their baseline
-/// (the daemon keeps an exited process's facts 30 s).
-pub const TABLES_WAIT: Duration = Duration::from_secs(45);
+/// (the daemon keeps an exited process's facts a few seconds for spans still in flight).
+pub const TABLES_WAIT: Duration = Duration::from_secs(30);
 
 /// Sizes of the churn benchmark.
 #[derive(Clone, Copy, Debug)]

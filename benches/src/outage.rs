@@ -68,7 +68,8 @@ pub struct Outage {
     /// restart was settled (delivered or dropped).
     pub first_delivery: Option<Duration>,
     pub drained: Option<Duration>,
-    /// The most `bytes_held` and spans held seen (polled twice a second), and the daemon's peak RSS.
+    /// The most bytes held (the daemon's own `peak_bytes_held`) and the most spans held seen
+    /// (polled twice a second), and the daemon's peak RSS.
     pub peak_bytes_held: u64,
     pub peak_held: u64,
     pub hwm_kib: u64,
@@ -115,7 +116,7 @@ impl Watch<'_> {
     fn export(&mut self) -> anyhow::Result<ExportView> {
         let stats = self.daemon.stats(self.programs)?;
         let export = stats.export.into_iter().next().context("the daemon has no export destination")?;
-        self.peak_bytes_held = self.peak_bytes_held.max(export.bytes_held);
+        self.peak_bytes_held = self.peak_bytes_held.max(export.bytes_held).max(export.peak_bytes_held);
         self.peak_held = self.peak_held.max(export.held);
         Ok(export)
     }

@@ -100,7 +100,7 @@ pub(super) fn write(md: &mut String, o: &Outage) -> std::fmt::Result {
     }
     writeln!(
         md,
-        "| export memory held at most (`bytes_held`, polled) | {} of {} MiB ({} spans) |",
+        "| export memory held at most (`peak_bytes_held`; spans held at most, polled) | {} of {} MiB ({} spans) |",
         mib(o.peak_bytes_held / 1024),
         s.budget_mib,
         thousands(o.peak_held as f64)
