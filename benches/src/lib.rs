@@ -2,10 +2,14 @@
 //! round trips of a PyTango client untraced, traced, and with cppTango's native telemetry
 //! ([`roundtrip`]); the same against a legacy (cppTango 9.3.4) server in a Tango database
 //! ([`legacy`]); change events pushed to a subscriber ([`events`]); the daemon's assembly
-//! throughput on a recorded session ([`replay`]); and BENCHMARKS.md ([`report`]).
+//! throughput on a recorded session ([`replay`]); over a thousand short-lived clients and
+//! server restarts under one daemon ([`churn`]); a backend outage under steady load
+//! ([`outage`]); and BENCHMARKS.md ([`report`]).
 
+pub mod churn;
 pub mod events;
 pub mod legacy;
+pub mod outage;
 pub mod procs;
 pub mod replay;
 pub mod report;

@@ -1,10 +1,17 @@
 //! BENCHMARKS.md: the machine, the tables, and how they were made.
 
+mod churn;
+mod outage;
+
 use std::{fmt::Write as _, time::Duration};
 
+use tango_tracer::run::losses::Loss;
+
 use crate::{
+    churn::Churn,
     events::{self, EventSample, Events, RunSpans, Workload},
     legacy::{self, Legacy},
+    outage::Outage,
     replay::ReplayRun,
     roundtrip::{self, Config, RequestStats, RoundTrips, Sample},
 };
@@ -83,6 +90,10 @@ pub struct Report<'a> {
     pub legacy: Option<&'a Legacy>,
     /// Change events untraced and traced.
     pub events: Option<&'a Events>,
+    /// Short-lived clients and server restarts under one daemon.
+    pub churn: Option<&'a Churn>,
+    /// The backend down under steady load.
+    pub outage: Option<&'a Outage>,
     pub assembly: Option<&'a Assembly>,
 }
 
@@ -112,6 +123,39 @@ fn thousands(value: f64) -> String {
         }
         out.push(c);
     }
+    out
+}
+
+/// KiB as "65.7 MiB".
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Non-zero losses as "stage cause: n, …", or "none".
+fn lost_cell(lost: &[Loss]) -> String {
+    let text: Vec<String> = lost
+        .iter()
+        .filter(|l| l.total > 0)
+        .map(|l| format!("{} {}: {}", l.stage, l.cause, thousands(l.total as f64)))
+        .collect();
+    if text.is_empty() { "none".to_string() } else { without_ports(&text.join(", ")) }
+}
+
+/// `127.0.0.1:40123` as `127.0.0.1:<port>`: ephemeral ports change every run.
+fn without_ports(text: &str) -> String {
+    const HOST: &str = "127.0.0.1:";
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(HOST) {
+        let (before, after) = rest.split_at(at + HOST.len());
+        out.push_str(before);
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            out.push_str("<port>");
+        }
+        rest = after.get(digits..).unwrap_or_default();
+    }
+    out.push_str(rest);
     out
 }
 
@@ -172,6 +216,12 @@ impl Report<'_> {
         if let Some(rt) = self.round_trips {
             write_requests(md, rt)?;
             write_memory(md, rt)?;
+        }
+        if let Some(c) = self.churn {
+            churn::write(md, c)?;
+        }
+        if let Some(o) = self.outage {
+            outage::write(md, o)?;
         }
         self.write_commands(md)
     }
@@ -235,7 +285,7 @@ impl Report<'_> {
             md,
             "cargo xtask bench                # bootstrap, release build, full run, writes BENCHMARKS.md"
         )?;
-        writeln!(md, "cargo xtask bench -- --quick     # under 2 minutes")?;
+        writeln!(md, "cargo xtask bench -- --quick     # about 3 minutes")?;
         writeln!(md, "cargo xtask bench -- --replay-only   # assembly throughput only (no root needed)")?;
         writeln!(
             md,
@@ -351,6 +401,12 @@ impl Report<'_> {
                 ev.sizes.commands
             )?;
             writeln!(md, "```")?;
+        }
+        if let Some(c) = self.churn {
+            churn::write_commands(md, c)?;
+        }
+        if let Some(o) = self.outage {
+            outage::write_commands(md, o)?;
         }
         Ok(())
     }
@@ -1096,8 +1152,10 @@ fn write_event_losses(md: &mut String, ev: &Events) -> std::fmt::Result {
             continue;
         };
         let received: usize = samples.iter().map(|s| s.received).sum();
-        let lost_records: Option<u64> =
-            samples.iter().filter_map(|s| s.daemon_totals.map(|t| t.lost_records)).reduce(|a, b| a + b);
+        let lost_records: Option<u64> = samples
+            .iter()
+            .filter_map(|s| s.daemon_totals.as_ref().map(|t| t.lost_records))
+            .reduce(|a, b| a + b);
         let (p, c) = (producers as f64 / pushes.max(1) as f64, consumers as f64 / received.max(1) as f64);
         let name = match workload {
             Workload::Burst => "Burst",
@@ -1189,5 +1247,9 @@ mod tests {
         assert_eq!(thousands(212_345.4), "212,345");
         assert_eq!(thousands(999.0), "999");
         assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(
+            without_ports("export to http://127.0.0.1:40123/v1/traces: 5, 127.0.0.1: x"),
+            "export to http://127.0.0.1:<port>/v1/traces: 5, 127.0.0.1: x"
+        );
     }
 }

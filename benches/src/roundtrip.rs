@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use tango_tracer::run::ctl::{CtlAnswer, StatsView};
 
 use crate::procs::{self, Proc};
 
@@ -91,6 +92,9 @@ pub struct Programs {
     /// `tests/python/bench_event_sink.py` and `bench_event_push.py` (events row).
     pub event_sink: PathBuf,
     pub event_driver: PathBuf,
+    /// `tests/python/churn.py` (churn row) and `benches/python/paced_read_loop.py` (outage row).
+    pub churn: PathBuf,
+    pub paced_client: PathBuf,
 }
 
 /// One client run.
@@ -187,8 +191,20 @@ impl Receiver {
         dir: &Path,
         out: Option<&Path>,
     ) -> anyhow::Result<Receiver> {
+        Self::start_on(name, programs, dir, "127.0.0.1:0", out)
+    }
+
+    /// With OTLP/HTTP on `http` (`127.0.0.1:0` for an ephemeral port; a port a stopped receiver
+    /// had, to bring a backend back).
+    pub(crate) fn start_on(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        http: &str,
+        out: Option<&Path>,
+    ) -> anyhow::Result<Receiver> {
         let mut command = Command::new(&programs.receiver);
-        command.args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"]);
+        command.args(["--http", http, "--grpc", "127.0.0.1:0", "--quiet"]);
         if let Some(out) = out {
             command.arg("--out").arg(out);
         }
@@ -200,6 +216,16 @@ impl Receiver {
     /// `http://127.0.0.1:PORT`, the base the OTEL_EXPORTER_OTLP_ENDPOINT convention wants.
     fn base_url(&self) -> &str {
         self.traces_url.strip_suffix("/v1/traces").unwrap_or(&self.traces_url)
+    }
+
+    /// `127.0.0.1:PORT` of its OTLP/HTTP listener.
+    pub(crate) fn http_address(&self) -> &str {
+        self.base_url().strip_prefix("http://").unwrap_or(self.base_url())
+    }
+
+    /// Spans received so far, from the requests it has logged (every 200 ms).
+    pub(crate) fn spans_so_far(&self) -> usize {
+        parse_receiver_log(&self.proc.stderr()).spans()
     }
 
     /// Stops it and reads what it reported about every request.
@@ -296,6 +322,8 @@ impl Server {
 /// The tango-tracer daemon selecting processes marked with `marker`.
 pub(crate) struct Daemon {
     pub(crate) proc: Proc,
+    /// Its control socket, for `tango-tracer ctl`.
+    socket: PathBuf,
 }
 
 /// The daemon's command line, as BENCHMARKS.md shows it (placeholders in angle brackets).
@@ -330,7 +358,20 @@ impl Daemon {
         receiver: &Receiver,
         rust_log: &str,
     ) -> anyhow::Result<(Daemon, Duration)> {
+        Self::start_with_args(name, programs, dir, (marker, receiver), rust_log, &[])
+    }
+
+    /// Like [`start_logging`](Self::start_logging) with more arguments of `tango-tracer run`.
+    pub(crate) fn start_with_args(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        (marker, receiver): (&str, &Receiver),
+        rust_log: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Daemon, Duration)> {
         let ready = dir.join(format!("{name}.ready"));
+        let socket = dir.join(format!("{name}.sock"));
         let mut command = Command::new(&programs.tracer);
         command
             .arg("run")
@@ -348,45 +389,105 @@ impl Daemon {
             .env("TANGO_TRACER_STORE", dir.join("store.jsonl"))
             // Nor the system-wide control socket, which another daemon may own.
             .arg("--control-socket")
-            .arg(dir.join(format!("{name}.sock")))
+            .arg(&socket)
+            .args(extra_args)
             .env("RUST_LOG", rust_log);
         let started = Instant::now();
         let mut proc = Proc::spawn(name, command, dir)?;
         procs::wait_for_file(&ready, &mut proc, Duration::from_secs(90))?;
-        Ok((Daemon { proc }, started.elapsed()))
+        Ok((Daemon { proc, socket }, started.elapsed()))
+    }
+
+    /// Its counters, table sizes, losses and export state (`tango-tracer ctl stats --json`).
+    pub(crate) fn stats(&self, programs: &Programs) -> anyhow::Result<StatsView> {
+        let output = Command::new(&programs.tracer)
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["stats", "--json"])
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running tango-tracer ctl stats")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("tango-tracer ctl stats: {}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+        }
+        match serde_json::from_str::<CtlAnswer>(&text) {
+            Ok(CtlAnswer::Stats(stats)) => Ok(stats),
+            Ok(other) => bail!("tango-tracer ctl stats answered {other:?}"),
+            Err(error) => bail!("tango-tracer ctl stats printed {text:?}: {error}"),
+        }
     }
 
     /// Stops it (SIGTERM: it flushes) and reads its totals, when it logged them.
-    pub(crate) fn stop(mut self) -> anyhow::Result<Option<DaemonTotals>> {
-        self.proc.stop(Duration::from_secs(30));
+    pub(crate) fn stop(self) -> anyhow::Result<Option<DaemonTotals>> {
+        Ok(self.stop_timed()?.0)
+    }
+
+    /// Like [`stop`](Self::stop), also returning how long it took from SIGTERM to its exit.
+    pub(crate) fn stop_timed(mut self) -> anyhow::Result<(Option<DaemonTotals>, Duration)> {
+        let sent = Instant::now();
+        self.proc.stop(Duration::from_secs(60));
+        let took = sent.elapsed();
         match self.proc.exited() {
-            Some(status) if status.success() => Ok(DaemonTotals::parse(&self.proc.stderr())),
+            Some(status) if status.success() => Ok((DaemonTotals::parse(&self.proc.stderr()), took)),
             status => bail!("tango-tracer ended with {status:?}:\n{}", self.proc.stderr_tail()),
         }
     }
 }
 
 /// What a daemon logged on exit (at `info`): `stopped: M GIOP messages, S spans, U unparsable,
-/// L probe records lost`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// L probe records lost; export: A submitted, B delivered, C dropped, D held; lost: …`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DaemonTotals {
     pub messages: u64,
     pub spans: u64,
     pub unparsable: u64,
     /// Probe records the kernel could not put into the full ring buffer.
     pub lost_records: u64,
+    /// Spans of all destinations together, when the line has them.
+    pub export: Option<ExportTotals>,
+    /// Everything lost, by stage and cause, as the line words it (`none` when nothing was).
+    pub lost: Option<String>,
+}
+
+/// The export part of the stop line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportTotals {
+    pub submitted: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub held: u64,
+}
+
+fn numbers_in(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
 }
 
 impl DaemonTotals {
     pub fn parse(log: &str) -> Option<DaemonTotals> {
         let line = log.lines().rev().find(|l| l.contains("stopped: ") && l.contains("probe records lost"))?;
         let rest = line.split("stopped: ").nth(1)?;
-        let numbers: Vec<u64> =
-            rest.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
-        let [messages, spans, unparsable, lost_records] = numbers[..] else {
+        // The lost causes name destinations (URLs with ports): split them off before counting.
+        let (counts, lost) = match rest.split_once("; lost: ") {
+            Some((counts, lost)) => (counts, Some(lost.trim().to_string())),
+            None => (rest, None),
+        };
+        let (pipeline, export) = match counts.split_once("; export: ") {
+            Some((pipeline, export)) => (pipeline, Some(export)),
+            None => (counts, None),
+        };
+        let [messages, spans, unparsable, lost_records] = numbers_in(pipeline)[..] else {
             return None;
         };
-        Some(DaemonTotals { messages, spans, unparsable, lost_records })
+        let export = match export.map(numbers_in).as_deref() {
+            Some(&[submitted, delivered, dropped, held]) => {
+                Some(ExportTotals { submitted, delivered, dropped, held })
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        Some(DaemonTotals { messages, spans, unparsable, lost_records, export, lost })
     }
 }
 
@@ -631,7 +732,23 @@ mod tests {
         let log = "[INFO] stopping: ending open calls and flushing exporters\n\
                    [2025-01-01T00:00:00Z INFO tango_tracer::daemon] stopped: 120 GIOP messages, 61 spans, 0 unparsable, 7 probe records lost\n";
         let totals = DaemonTotals::parse(log);
-        assert_eq!(totals, Some(DaemonTotals { messages: 120, spans: 61, unparsable: 0, lost_records: 7 }));
+        let old =
+            DaemonTotals { messages: 120, spans: 61, unparsable: 0, lost_records: 7, ..Default::default() };
+        assert_eq!(totals, Some(old));
         assert_eq!(DaemonTotals::parse("nothing"), None);
+        let log = "[2026-01-01T00:00:00Z INFO  tango_tracer::run] stopped: 2400 GIOP messages, 1200 spans, \
+                   0 unparsable, 0 probe records lost; export: 1200 submitted, 700 delivered, 500 dropped, 0 held; \
+                   lost: export to http://127.0.0.1:40001/v1/traces not delivered at shutdown: 500\n";
+        let totals = DaemonTotals::parse(log).unwrap();
+        assert_eq!(
+            (totals.messages, totals.spans, totals.unparsable, totals.lost_records),
+            (2400, 1200, 0, 0)
+        );
+        let export = ExportTotals { submitted: 1200, delivered: 700, dropped: 500, held: 0 };
+        assert_eq!(totals.export, Some(export));
+        assert_eq!(
+            totals.lost.as_deref(),
+            Some("export to http://127.0.0.1:40001/v1/traces not delivered at shutdown: 500")
+        );
     }
 }

@@ -10,8 +10,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use benches::{
+    churn::{self, ChurnSizes},
     events::{self, EventSizes},
-    legacy, procs, replay,
+    legacy,
+    outage::{self, OutageSizes},
+    procs, replay,
     report::{Assembly, Machine, Report},
     roundtrip::{self, Programs, Sizes},
     session_file, workspace_root,
@@ -22,7 +25,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "tango-bench")]
 struct Options {
-    /// A shorter run (under 2 minutes): fewer rounds, calls and pushes.
+    /// A shorter run (about 3 minutes): fewer rounds, calls, pushes and clients, a shorter outage.
     #[arg(long)]
     quick: bool,
     /// Rounds of the round-trip benchmark (each runs every configuration once).
@@ -62,6 +65,27 @@ struct Options {
     /// Leave out the event benchmark.
     #[arg(long)]
     skip_events: bool,
+    /// Short-lived clients of the churn benchmark (after 100 for warming up).
+    #[arg(long)]
+    churn_clients: Option<usize>,
+    /// Server restarts of the churn benchmark, side by side with the clients.
+    #[arg(long)]
+    churn_restarts: Option<usize>,
+    /// Leave out the churn benchmark.
+    #[arg(long)]
+    skip_churn: bool,
+    /// Seconds the backend is down in the outage benchmark.
+    #[arg(long)]
+    outage_seconds: Option<f64>,
+    /// Read calls per second during the outage benchmark.
+    #[arg(long)]
+    outage_rate: Option<u32>,
+    /// The daemon's `--export-memory` in the outage benchmark, MiB.
+    #[arg(long)]
+    outage_budget_mib: Option<u64>,
+    /// Leave out the outage benchmark.
+    #[arg(long)]
+    skip_outage: bool,
     /// Seconds each replay of the recorded session runs (at least 2).
     #[arg(long)]
     replay_seconds: Option<f64>,
@@ -84,6 +108,11 @@ struct Options {
     #[arg(long)]
     keep_logs: bool,
 }
+
+/// Export memory of the daemon in the outage benchmark (a quarter of it in a quick run): about
+/// half of what the full run's minute at 1,000 calls/s submits, so the budget overflows and its
+/// policy shows.
+const OUTAGE_BUDGET_MIB: u64 = 32;
 
 /// Debian's TangoTest 9.3.4 (package `tango-test`).
 const TANGOTEST: &str = "/usr/lib/tango/TangoTest";
@@ -110,6 +139,8 @@ fn programs() -> anyhow::Result<Programs> {
         attribute_client: python_script("bench_attribute_loop.py"),
         event_sink: python_script("bench_event_sink.py"),
         event_driver: python_script("bench_event_push.py"),
+        churn: python_script("churn.py"),
+        paced_client: root.join("benches/python/paced_read_loop.py"),
     };
     let needed = [
         (&programs.python, "scripts/bootstrap.sh --test-stack"),
@@ -123,6 +154,8 @@ fn programs() -> anyhow::Result<Programs> {
         (&programs.attribute_client, "the workspace"),
         (&programs.event_sink, "the workspace"),
         (&programs.event_driver, "the workspace"),
+        (&programs.churn, "the workspace"),
+        (&programs.paced_client, "the workspace"),
     ];
     for (path, from) in needed {
         if !path.exists() {
@@ -222,7 +255,7 @@ fn main() -> anyhow::Result<()> {
         calls: options.calls.unwrap_or(if options.quick { 2000 } else { 5000 }),
         warmup: options.warmup.unwrap_or(if options.quick { 200 } else { 300 }),
         quiet_budget: Duration::from_secs_f64(options.quiet_budget.unwrap_or(if options.quick {
-            15.0
+            10.0
         } else {
             60.0
         })),
@@ -238,6 +271,29 @@ fn main() -> anyhow::Result<()> {
         burst: options.burst_pushes.unwrap_or(if options.quick { 5000 } else { 10000 }),
         commands: options.command_pushes.unwrap_or(if options.quick { 1000 } else { 2000 }),
         quiet_budget: Duration::from_secs(if options.quick { 5 } else { 20 }),
+    };
+    let churn_sizes = ChurnSizes {
+        warmup_clients: 100,
+        clients: options.churn_clients.unwrap_or(if options.quick { 300 } else { 1000 }),
+        parallel: 8,
+        restarts: options.churn_restarts.unwrap_or(if options.quick { 20 } else { 50 }),
+    };
+    let outage_sizes = OutageSizes {
+        rate: options.outage_rate.unwrap_or(1000),
+        steady: Duration::from_secs(if options.quick { 2 } else { 10 }),
+        outage: Duration::from_secs_f64(options.outage_seconds.unwrap_or(if options.quick {
+            10.0
+        } else {
+            60.0
+        })),
+        drain_timeout: Duration::from_secs(if options.quick { 30 } else { 120 }),
+        after: Duration::from_secs(if options.quick { 2 } else { 5 }),
+        final_outage: Duration::from_secs(if options.quick { 2 } else { 3 }),
+        budget_mib: options.outage_budget_mib.unwrap_or(if options.quick {
+            OUTAGE_BUDGET_MIB / 4
+        } else {
+            OUTAGE_BUDGET_MIB
+        }),
     };
     let replay_seconds = options.replay_seconds.unwrap_or(if options.quick { 2.0 } else { 3.0 });
     let session = options.session.clone().unwrap_or_else(session_file);
@@ -256,6 +312,7 @@ fn main() -> anyhow::Result<()> {
     let machine = Machine::read();
     let started = Instant::now();
     let (mut round_trips, mut legacy, mut events) = (None, None, None);
+    let (mut churn, mut outage) = (None, None);
     if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
         let dir = WorkDir::create("tango-bench")?;
@@ -288,6 +345,16 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("events ({})", logs()))?;
             events = Some(result);
         }
+        if !options.skip_churn {
+            let result = churn::run(&programs, churn_sizes, &dir.path)
+                .with_context(|| format!("churn ({})", logs()))?;
+            churn = Some(result);
+        }
+        if !options.skip_outage {
+            let result = outage::run(&programs, outage_sizes, &dir.path)
+                .with_context(|| format!("backend outage ({})", logs()))?;
+            outage = Some(result);
+        }
         dir.done(options.keep_logs);
     }
     let assembly = assembly(&session, replay_seconds)?;
@@ -297,6 +364,8 @@ fn main() -> anyhow::Result<()> {
         round_trips: round_trips.as_ref(),
         legacy: legacy.as_ref(),
         events: events.as_ref(),
+        churn: churn.as_ref(),
+        outage: outage.as_ref(),
         assembly: Some(&assembly),
     };
     let text = report.render();

@@ -33,7 +33,7 @@ struct Options {
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
-    let receiver = OtlpReceiver::start_with(ReceiverOptions {
+    let mut receiver = OtlpReceiver::start_with(ReceiverOptions {
         http: options.http,
         grpc: options.grpc,
         out: options.out.clone(),
@@ -68,6 +68,8 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    // Closed first: a request answered after the count would be delivered but never counted.
+    receiver.close();
     let spans = receiver.spans();
     eprintln!("otlp-receiver: {} spans in {} requests", spans.len(), receiver.requests());
     if !options.quiet {
