@@ -43,6 +43,9 @@ const MAX_UNMATCHED: usize = 65_536;
 /// Most threads serving at once (a stack each).
 const MAX_SERVING_THREADS: usize = 65_536;
 
+/// A server call's key: (pid, fd, request id).
+type ServerCall = (u32, i32, u32);
+
 /// Server spans open on one thread, with the object key each serves; innermost last.
 type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
 
@@ -55,7 +58,7 @@ pub struct Linking {
     unmatched_len: usize,
     /// Server requests no client request had been seen for, by request fingerprint: (time read,
     /// the server call's key (pid, fd, request id)). Expired after [`LATE_CLIENT_WINDOW_NS`].
-    early_servers: HashMap<u64, VecDeque<(u64, (u32, i32, u32))>>,
+    early_servers: HashMap<u64, VecDeque<(u64, ServerCall)>>,
     early_servers_len: usize,
     /// Server spans being served, per (pid, tid), innermost last.
     serving: HashMap<(u32, u32), ServingStack>,
@@ -120,7 +123,7 @@ impl Linking {
 
     /// A server read `bytes` at `ts_ns` before any client was seen writing them: a client write
     /// reported just after may still be its parent.
-    pub fn offer_server(&mut self, bytes: &[u8], ts_ns: u64, call: (u32, i32, u32)) {
+    pub fn offer_server(&mut self, bytes: &[u8], ts_ns: u64, call: ServerCall) {
         if !crate::stats::has_room(self.early_servers_len, MAX_UNMATCHED, &mut self.refused_full) {
             return;
         }
@@ -129,7 +132,7 @@ impl Linking {
     }
 
     /// The oldest server call that read `bytes`, written at `ts_ns`, before the write was reported.
-    pub fn take_early_server(&mut self, bytes: &[u8], ts_ns: u64) -> Option<(u32, i32, u32)> {
+    pub fn take_early_server(&mut self, bytes: &[u8], ts_ns: u64) -> Option<ServerCall> {
         if self.early_servers.is_empty() {
             return None;
         }
