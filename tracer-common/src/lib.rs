@@ -23,6 +23,11 @@ pub const MAX_MESSAGES_PER_CALL: u32 = 128;
 /// not looked at ([`loss::WALK_CUT`]) and its stream resynchronises on the next message start.
 pub const MAX_HEADERS_PER_CALL: u32 = 1024;
 
+/// Most processes traced at once: the size of the in-kernel `TARGETS` map and the cap of the
+/// daemon's process table. One number for both, so the kernel never captures for a process the
+/// daemon has no room to know, and the daemon never keeps a process the kernel cannot capture.
+pub const MAX_TARGETS: u32 = 65_536;
+
 /// Record kinds (the first field of every record).
 pub mod kind {
     /// [`super::DataRecord`]: bytes a target process sent or received on a socket.
@@ -35,8 +40,7 @@ pub mod kind {
     pub const EXIT: u32 = 4;
     /// [`super::ProcessRecord`]: a target process called exec.
     pub const EXEC: u32 = 5;
-    /// [`super::ProcessRecord`]: a target process forked a child (`fd` holds the child pid).
-    pub const FORK: u32 = 6;
+    // 6 was a fork record: a forked child now arrives as a `PROCESS_FACTS` record with its parent.
     /// [`super::ProcessRecord`]: an application thread finished queueing a ZMQ message
     /// (`zmq_msg_send` without `ZMQ_SNDMORE`); the ZMQ I/O thread sends it later.
     pub const ZMQ_SEND: u32 = 7;
@@ -69,8 +73,11 @@ pub mod loss {
     pub const OVERSIZE: u32 = 6;
     /// The syscall's buffer could not be read.
     pub const READ_FAILED: u32 = 7;
+    /// The target map was full ([`super::MAX_TARGETS`]): a process that opened omniORB, or a
+    /// target's forked child, is not traced.
+    pub const TARGETS_FULL: u32 = 8;
     /// Number of causes (length of the `LOST` array).
-    pub const CAUSES: u32 = 8;
+    pub const CAUSES: u32 = 9;
 
     /// Names of the causes, by slot, as the daemon reports them.
     pub const NAMES: [&str; CAUSES as usize] = [
@@ -82,6 +89,7 @@ pub mod loss {
         "desync_not_giop",
         "giop_length_over_maximum",
         "user_buffer_unreadable",
+        "target_map_full",
     ];
 }
 
@@ -100,7 +108,7 @@ pub struct RecordHeader {
     pub pid: u32,
     /// Kernel thread id (what `gettid` returns).
     pub tid: u32,
-    /// Socket fd for data and close records, child pid for fork records.
+    /// Socket fd for data and close records, the `zmq_msg_send` flags for ZMQ send records.
     pub fd: i32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the syscall entered (send) or returned (receive);
     /// every chunk of one syscall carries the same time.

@@ -9,7 +9,8 @@
 //!   request is missed while the daemon reacts; its facts (environment, command line, euid, mount
 //!   namespace, library paths) are copied then, so a short-lived process is known even when it
 //!   has exited before the daemon reads anything. A target's forked children inherit both.
-//! - Scheduler tracepoints report fork, exec and exit of targets so the daemon can free state.
+//! - Scheduler tracepoints report exec and exit of targets so the daemon can free state; a BTF
+//!   `sched_process_fork` program makes a target's forked children targets.
 #![no_std]
 #![no_main]
 
@@ -28,13 +29,14 @@ use aya_ebpf::{
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
     LibraryRecord, MAX_CAPTURE, MAX_CMDLINE, MAX_ENVIRON, MAX_GIOP_BODY_LEN, MAX_HEADERS_PER_CALL,
-    MAX_MESSAGES_PER_CALL, MAX_PATH, PendingCall, ProcessOffsets, ProcessRecord, RecordHeader, SockOffsets,
-    StreamKey, StreamState, TargetConfig, chunk, direction, kind, loss, unreadable,
+    MAX_MESSAGES_PER_CALL, MAX_PATH, MAX_TARGETS, PendingCall, ProcessOffsets, ProcessRecord, RecordHeader,
+    SockOffsets, StreamKey, StreamState, TargetConfig, chunk, direction, kind, loss, unreadable,
 };
 
-/// Target processes (key: tgid), written by the daemon and by `openat` below.
+/// Target processes (key: tgid), written by the daemon and by `openat` below. A plain hash map:
+/// a full map fails the insert, which is counted, where an LRU map would silently drop a target.
 #[map]
-static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(8192, 0);
+static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Arguments of a `sendto`/`recvfrom` in flight, per thread (key: pid_tgid), read back when it
 /// returns. A plain hash map, not an LRU one: a full map fails the insert, which is counted,
@@ -107,11 +109,6 @@ static PROCESS_OFFSETS: ProcessOffsets = ProcessOffsets {
 /// Capture limit for processes made targets in the kernel (set by the daemon before attaching).
 #[unsafe(no_mangle)]
 static DEFAULT_CAPTURE_LEN: u32 = 1024;
-
-/// Offset of `child_pid` in the `sched_process_fork` tracepoint's record, from its format file
-/// (set by the daemon before loading; the layout changed across kernel versions).
-#[unsafe(no_mangle)]
-static FORK_CHILD_PID_OFFSET: u32 = 0;
 
 /// Where the peer address lives in `struct sock_common` (set by the daemon from BTF).
 #[unsafe(no_mangle)]
@@ -685,11 +682,14 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let fd = fd as i32;
+    // Stream state goes whatever `SOCKETS` says: an LRU eviction of a long-lived connection must
+    // not leave a partial message for the next connection that gets this fd number.
+    for dir in [direction::SEND, direction::RECV] {
+        let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
+        let _ = ZMTP_STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
+    }
+    // `SOCKETS` only says whether the fd carried a record, so other closes are not reported.
     if SOCKETS.remove(&socket_key(pid, fd)).is_ok() {
-        for dir in [direction::SEND, direction::RECV] {
-            let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
-            let _ = ZMTP_STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
-        }
         emit_process(kind::CLOSE, pid, pid_tgid as u32, fd);
     }
     0
@@ -770,7 +770,9 @@ fn become_target(pid_tgid: u64, opened: &LibraryRecord) -> Result<(), ()> {
         capture_len: unsafe { core::ptr::read_volatile(&DEFAULT_CAPTURE_LEN) },
         flags: 0,
     };
-    let _ = TARGETS.insert(&pid, &config, 0);
+    if TARGETS.insert(&pid, &config, 0).is_err() {
+        count_lost(loss::TARGETS_FULL, 1);
+    }
     let Some(facts) = FACTS_SCRATCH.get_ptr_mut(0) else {
         // Never for a one-entry array; the daemon would then read /proc.
         emit_process(kind::LIB_OPENED, pid, pid_tgid as u32, -1);
@@ -990,7 +992,9 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let child_pid = child_pid as u32;
-    let _ = TARGETS.insert(&child_pid, &config, 0);
+    if TARGETS.insert(&child_pid, &config, 0).is_err() {
+        count_lost(loss::TARGETS_FULL, 1);
+    }
     let facts = FACTS_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
     let facts = unsafe { &mut *facts };
@@ -1006,24 +1010,6 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
     read_facts(facts, child);
     emit_facts(facts);
     Ok(())
-}
-
-#[tracepoint]
-pub fn process_fork(ctx: TracePointContext) -> u32 {
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    if unsafe { TARGETS.get(&pid) }.is_none() {
-        return 0;
-    }
-    // SAFETY: a global the daemon sets before loading, from sched/sched_process_fork/format; read
-    // as volatile so it is not folded.
-    let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
-    // SAFETY: reading the tracepoint's record at that offset.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(offset) }) else {
-        return 0;
-    };
-    emit_process(kind::FORK, pid, bpf_get_current_pid_tgid() as u32, child);
-    0
 }
 
 #[tracepoint]

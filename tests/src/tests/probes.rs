@@ -188,9 +188,9 @@ fn short_sends_and_eagain_lose_nothing() {
 }
 
 #[test]
-fn a_forked_child_is_traced_from_the_fork_record() {
-    // The child loads nothing: only the fork tracepoint (its child pid read at the offset the
-    // tracepoint's format gives) makes it known.
+fn a_forked_child_is_traced_from_its_facts_record() {
+    // The child loads nothing: only the BTF fork tracepoint (child pid and tgid read at BTF
+    // offsets, a facts record naming its parent) makes it known.
     let count = 20;
     let (spans, out, losses, server_pid) = run(count, Mode::ForkedChild);
     let child_pid = out["pid"].as_u64().expect("child pid") as u32;

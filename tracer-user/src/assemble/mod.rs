@@ -486,7 +486,12 @@ impl Assembler {
                     && call.operation == "_get_adm_name"
                     && let Ok(name) = body.clone().string()
                 {
-                    self.constructions.note_admin_name(pid, call.tid, name.to_string());
+                    self.constructions.note_admin_name(
+                        (pid, call.tid),
+                        (call.fd, end.request_id),
+                        end_ns,
+                        name.to_string(),
+                    );
                 } else if let TangoCall::CommandInout { command, .. } = &call.request.call
                     && command.eq_ignore_ascii_case(SUBSCRIPTION_COMMAND)
                     && let Ok(
@@ -1295,17 +1300,51 @@ mod tests {
         assert_eq!(proxy_threads(&a), 0);
     }
 
-    #[test]
-    fn the_admin_proxy_of_a_subscription_is_named_as_the_server_spells_its_admin_device() {
-        let mut a = Assembler::new(2048);
-        let thread = (CLIENT, CLIENT, 7);
-        // `_get_adm_name` answers a CORBA string: length 18, "dserver/Demo/Demo\0".
-        let adm_name = tracer_wire::encode::request_1_0(1, b"test/demo/1", "_get_adm_name", |_| {});
-        let mut adm_reply = with_request_id(fixture("demo-rep-ping"), 1);
+    /// `_get_adm_name` with request id `id` and its reply, a CORBA string: length 18,
+    /// "dserver/Demo/Demo\0".
+    fn get_adm_name(id: u32) -> (Vec<u8>, Vec<u8>) {
+        let adm_name = tracer_wire::encode::request_1_0(id, b"test/demo/1", "_get_adm_name", |_| {});
+        let mut adm_reply = with_request_id(fixture("demo-rep-ping"), id);
         adm_reply.extend_from_slice(&18u32.to_le_bytes());
         adm_reply.extend_from_slice(b"dserver/Demo/Demo\0");
         let len = (adm_reply.len() - 12) as u32;
         adm_reply[8..12].copy_from_slice(&len.to_le_bytes());
+        (adm_name, adm_reply)
+    }
+
+    #[test]
+    fn an_admin_name_no_construction_uses_is_forgotten_when_it_expires() {
+        let mut a = Assembler::new(2048);
+        let (adm_name, adm_reply) = get_adm_name(1);
+        client_call(&mut a, (CLIENT, CLIENT, 7), &adm_name, &adm_reply, 1_000);
+        assert_eq!(proxy_threads(&a), 1);
+        a.expire(1_005 + 599_000_000_000);
+        assert_eq!(proxy_threads(&a), 1, "kept while a construction may still take it");
+        a.expire(1_005 + 601_000_000_000);
+        assert_eq!(proxy_threads(&a), 0);
+    }
+
+    #[test]
+    fn an_admin_name_is_forgotten_when_the_threads_next_call_ends() {
+        let mut a = Assembler::new(2048);
+        let (adm_name, adm_reply) = get_adm_name(1);
+        let ping = tracer_wire::encode::request_1_0(2, b"test/demo/1", "ping", |_| {});
+        let ping_reply = with_request_id(fixture("demo-rep-ping"), 2);
+        // Two calls in flight on one thread: the `_get_adm_name` reply comes first.
+        a.push(&data(CLIENT, CLIENT, 7, 1_000, Direction::Send, &adm_name));
+        a.push(&data(CLIENT, CLIENT, 8, 1_001, Direction::Send, &ping));
+        a.push(&data(CLIENT, CLIENT, 7, 1_002, Direction::Recv, &adm_reply));
+        assert_eq!(proxy_threads(&a), 1);
+        a.push(&data(CLIENT, CLIENT, 8, 1_003, Direction::Recv, &ping_reply));
+        assert_eq!(proxy_threads(&a), 0);
+        assert_eq!(a.drain().len(), 2);
+    }
+
+    #[test]
+    fn the_admin_proxy_of_a_subscription_is_named_as_the_server_spells_its_admin_device() {
+        let mut a = Assembler::new(2048);
+        let thread = (CLIENT, CLIENT, 7);
+        let (adm_name, adm_reply) = get_adm_name(1);
         client_call(&mut a, thread, &adm_name, &adm_reply, 1_000);
         let (is_a, is_a_reply) = probe("_is_a", b"dserver/demo/demo", 2);
         let info = tracer_wire::encode::request_1_0(3, b"dserver/demo/demo", "info", |_| {});

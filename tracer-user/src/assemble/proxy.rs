@@ -81,8 +81,18 @@ impl Construction {
 struct ThreadState {
     construction: Option<Construction>,
     /// The admin device's name as its server spells it (a `_get_adm_name` reply): cppTango builds
-    /// the admin proxy of an event subscription from it.
-    admin_name: Option<String>,
+    /// the admin proxy of an event subscription from it, starting with the thread's next request.
+    admin_name: Option<AdminName>,
+}
+
+/// A `_get_adm_name` reply waiting for the construction it names.
+#[derive(Debug)]
+struct AdminName {
+    name: String,
+    /// (fd, request id) of the `_get_adm_name` call: the end of any other call forgets the name.
+    call: (i32, u32),
+    /// When the reply arrived: an unused name expires with the construction age limit.
+    noted_ns: u64,
 }
 
 impl ThreadState {
@@ -211,7 +221,7 @@ impl Constructions {
             }
         }
         if current.is_none() {
-            current = start(&step, sent, serving, state.admin_name.take(), ids);
+            current = start(&step, sent, serving, state.admin_name.take().map(|a| a.name), ids);
         }
         let parent = match current.as_mut() {
             Some(construction) if construction.confirmed() => {
@@ -242,43 +252,34 @@ impl Constructions {
         let Some(state) = self.threads.get_mut(&(pid, tid)) else {
             return;
         };
-        let Some(construction) = state.construction.as_mut() else {
-            return;
-        };
-        if parent != Some(construction.context) {
-            return;
+        // A construction takes the name at its first request, before any later call ends.
+        if state.admin_name.as_ref().is_some_and(|admin| admin.call != call) {
+            state.admin_name = None;
         }
-        if let CallEnd::Reply { peer: peer @ (Peer::Inet(..) | Peer::Unix), .. } = &end {
-            construction.peer = *peer;
-        }
-        let ends = match &end {
-            CallEnd::Incomplete(why) => Some(End::Incomplete(*why)),
-            CallEnd::Reply { ts_ns, exception: Some(exception), .. }
-                if construction.phase == Phase::Connecting || construction.import_call == Some(call) =>
-            {
-                Some(End::Failed(*ts_ns, (*exception).clone()))
+        let ends = match state.construction.as_mut() {
+            Some(construction) if parent == Some(construction.context) => {
+                construction_end(construction, call, end)
             }
-            CallEnd::Reply { ts_ns, exception: None, .. } if construction.awaiting == Some(call) => {
-                Some(End::Done(*ts_ns))
-            }
-            CallEnd::Reply { .. } => None,
+            _ => None,
         };
         if let Some(end) = ends
             && let Some(construction) = state.construction.take()
         {
             out.push(finish(pid, tid, construction, end));
-            if state.is_empty() {
-                self.threads.remove(&(pid, tid));
-            }
+        }
+        if state.is_empty() {
+            self.threads.remove(&(pid, tid));
         }
     }
 
-    /// A `_get_adm_name` reply: the admin proxy cppTango may build next is named so.
-    pub fn note_admin_name(&mut self, pid: u32, tid: u32, name: String) {
+    /// A `_get_adm_name` call `call` of thread `tid` answered `name` at `ts_ns`: the admin proxy
+    /// cppTango may build next is named so.
+    pub fn note_admin_name(&mut self, (pid, tid): (u32, u32), call: (i32, u32), ts_ns: u64, name: String) {
         if self.threads.contains_key(&(pid, tid))
             || has_room(self.threads.len(), MAX_THREADS, &mut self.refused_full)
         {
-            self.threads.entry((pid, tid)).or_default().admin_name = Some(name);
+            self.threads.entry((pid, tid)).or_default().admin_name =
+                Some(AdminName { name, call, noted_ns: ts_ns });
         }
     }
 
@@ -301,6 +302,13 @@ impl Constructions {
             }
         };
         self.end_where(why, out);
+        // A `_get_adm_name` answered on a thread that called nothing since.
+        self.threads.retain(|_, state| {
+            if state.admin_name.as_ref().is_some_and(|admin| admin.noted_ns < limit) {
+                state.admin_name = None;
+            }
+            !state.is_empty()
+        });
     }
 
     /// A process ended: its constructions end incomplete, its threads are forgotten.
@@ -343,6 +351,25 @@ impl Constructions {
 
     pub fn report(&self, out: &mut StageStats) {
         out.size("assemble", "proxy_thread_entries", self.threads.len());
+    }
+}
+
+/// How a call of `construction` ending (`call`, `end`) ends the construction, if it does.
+fn construction_end(construction: &mut Construction, call: (i32, u32), end: CallEnd<'_>) -> Option<End> {
+    if let CallEnd::Reply { peer: peer @ (Peer::Inet(..) | Peer::Unix), .. } = &end {
+        construction.peer = *peer;
+    }
+    match end {
+        CallEnd::Incomplete(why) => Some(End::Incomplete(why)),
+        CallEnd::Reply { ts_ns, exception: Some(exception), .. }
+            if construction.phase == Phase::Connecting || construction.import_call == Some(call) =>
+        {
+            Some(End::Failed(ts_ns, exception.clone()))
+        }
+        CallEnd::Reply { ts_ns, exception: None, .. } if construction.awaiting == Some(call) => {
+            Some(End::Done(ts_ns))
+        }
+        CallEnd::Reply { .. } => None,
     }
 }
 

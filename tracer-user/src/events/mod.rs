@@ -186,7 +186,6 @@ impl Events {
             // is no evidence of loss.
             self.last_counter.retain(|(p, _), _| *p != pid);
         }
-        self.expire(ts_ns);
     }
 
     /// Probe records were lost: an unfinished message may miss its middle, and a counter gap

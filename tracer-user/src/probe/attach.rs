@@ -39,7 +39,6 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
     ("close_enter", "syscalls", "sys_enter_close"),
     ("openat_enter", "syscalls", "sys_enter_openat"),
-    ("process_fork", "sched", "sched_process_fork"),
     ("process_exec", "sched", "sched_process_exec"),
     ("process_exit", "sched", "sched_process_exit"),
 ];
@@ -71,9 +70,6 @@ pub enum ProbeError {
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
     Tracefs(std::io::Error),
-    /// A tracepoint's record layout could not be read from tracefs.
-    #[error("cannot tell where the fork tracepoint keeps the child pid")]
-    Format(#[source] kernel_offsets::FormatError),
 }
 
 // Boxed: aya's errors are large and would bloat every `Result` of this module.
@@ -150,13 +146,10 @@ impl Probes {
         let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
         let sock_offsets = kernel_offsets::sock_offsets(vmlinux);
         let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
-        let fork_child_pid = kernel_offsets::fork_child_pid_offset(std::path::Path::new(TRACEFS))
-            .map_err(ProbeError::Format)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("PROCESS_OFFSETS", &process_offsets, true)
-            .override_global("FORK_CHILD_PID_OFFSET", &fork_child_pid, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
@@ -348,12 +341,12 @@ pub const MIN_CAPTURE_BYTES: u32 = 1024;
 pub const MAX_CAPTURE_BYTES: u32 = MAX_CAPTURE as u32;
 
 fn ensure_tracefs() -> Result<(), ProbeError> {
-    let events = std::path::Path::new("/sys/kernel/tracing/events");
+    let events = std::path::Path::new(TRACEFS).join("events");
     if events.exists() {
         return Ok(());
     }
     let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .args(["-t", "tracefs", "nodev", TRACEFS])
         .status()
         .map_err(ProbeError::Tracefs)?;
     if status.success() && events.exists() {

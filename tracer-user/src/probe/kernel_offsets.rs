@@ -1,5 +1,4 @@
-//! Field offsets of kernel structs, from the running kernel's BTF (`/sys/kernel/btf/vmlinux`), and
-//! of tracepoint records, from their tracefs format files.
+//! Field offsets of kernel structs, from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! Rust eBPF programs cannot carry CO-RE relocations yet, so the daemon looks the offsets up and
 //! hands them to the programs as globals.
@@ -54,43 +53,6 @@ pub fn sock_offsets(vmlinux: &std::path::Path) -> SockOffsets {
         (Some(daddr), Some(dport), Some(family)) => SockOffsets { daddr, dport, family, valid: 1 },
         _ => SockOffsets::default(),
     }
-}
-
-/// Why a tracepoint field's offset is unknown.
-#[derive(Debug, thiserror::Error)]
-pub enum FormatError {
-    #[error("reading the tracepoint format {path}")]
-    Read {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the tracepoint format {path} has no field {field}")]
-    NoField { path: std::path::PathBuf, field: &'static str },
-}
-
-/// Offset of `child_pid` in the record of `sched:sched_process_fork` (it moved when the comm
-/// fields became `__data_loc` strings), read from `<tracefs>/events/sched/sched_process_fork/format`.
-pub fn fork_child_pid_offset(tracefs: &std::path::Path) -> Result<u32, FormatError> {
-    let path = tracefs.join("events/sched/sched_process_fork/format");
-    let text =
-        std::fs::read_to_string(&path).map_err(|source| FormatError::Read { path: path.clone(), source })?;
-    field_offset(&text, "child_pid").ok_or(FormatError::NoField { path, field: "child_pid" })
-}
-
-/// Offset of `field` in a tracepoint format text: a line
-/// `field:<type> <name>[array];\toffset:<n>;\tsize:<n>;\tsigned:<n>;`.
-pub fn field_offset(format: &str, field: &str) -> Option<u32> {
-    format.lines().find_map(|line| {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let declaration = parts.next()?.strip_prefix("field:")?;
-        let name = declaration.rsplit(' ').next()?;
-        let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        parts.find_map(|part| part.strip_prefix("offset:"))?.parse().ok()
-    })
 }
 
 /// Byte offset of `field` in struct `name`, looking through anonymous unions and structs.
@@ -164,53 +126,5 @@ mod tests {
         let error = process_offsets(std::path::Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(error.to_string().contains("/nonexistent/vmlinux"), "{error}");
         assert!(OffsetError::MissingField("cred.euid").to_string().contains("cred.euid"));
-    }
-
-    /// `sched_process_fork/format` of Linux 6.18 (this machine): comms are `__data_loc` strings.
-    const FORK_FORMAT_6_18: &str = "name: sched_process_fork\nID: 366\nformat:\n\
-        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-        \tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\
-        \tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\
-        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-        \tfield:__data_loc char[] parent_comm;\toffset:8;\tsize:4;\tsigned:0;\n\
-        \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
-        \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
-        \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n\n\
-        print fmt: \"comm=%s pid=%d child_comm=%s child_pid=%d\", __get_str(parent_comm), \
-        REC->parent_pid, __get_str(child_comm), REC->child_pid\n";
-
-    /// The same tracepoint on older kernels (Debian 12's 6.1 among them): fixed 16-byte comms.
-    const FORK_FORMAT_6_1: &str = "name: sched_process_fork\nformat:\n\
-        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-        \tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\
-        \tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\
-        \tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\
-        \tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:0;\n\
-        \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
-        \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:0;\n\
-        \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";
-
-    #[test]
-    fn fork_child_pid_offset_follows_the_format() {
-        assert_eq!(field_offset(FORK_FORMAT_6_18, "child_pid"), Some(20));
-        assert_eq!(field_offset(FORK_FORMAT_6_1, "child_pid"), Some(44));
-        assert_eq!(field_offset(FORK_FORMAT_6_1, "child_comm"), Some(28));
-        assert_eq!(field_offset(FORK_FORMAT_6_1, "pid"), None);
-        assert_eq!(field_offset("garbage", "child_pid"), None);
-    }
-
-    #[test]
-    fn fork_format_of_this_kernel() {
-        let tracefs = std::path::Path::new("/sys/kernel/tracing");
-        if !tracefs.join("events").exists() {
-            // Unprivileged runs cannot mount tracefs; the error must say which file.
-            let error = fork_child_pid_offset(tracefs).expect_err("no tracefs");
-            assert!(error.to_string().contains("sched_process_fork/format"), "{error}");
-            return;
-        }
-        let offset = fork_child_pid_offset(tracefs).expect("reading the fork format");
-        assert!(offset >= 8, "{offset}");
-        let missing = fork_child_pid_offset(std::path::Path::new("/nonexistent")).expect_err("no file");
-        assert!(matches!(missing, FormatError::Read { .. }), "{missing}");
     }
 }

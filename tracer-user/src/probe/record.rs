@@ -58,6 +58,8 @@ pub enum Record<'a> {
         pid: u32,
         ts_ns: u64,
     },
+    /// No probe sends this any more (a forked child arrives as `ProcessFacts` with its parent);
+    /// kept while the daemon's pipeline and its tests still name it.
     Fork {
         pid: u32,
         child: u32,
@@ -194,7 +196,6 @@ impl Record<'_> {
             kind::LIB_OPENED => Record::LibOpened { pid, ts_ns },
             kind::EXIT => Record::Exit { pid, ts_ns },
             kind::EXEC => Record::Exec { pid, ts_ns },
-            kind::FORK => Record::Fork { pid, child: fd as u32, ts_ns },
             kind::ZMQ_SEND => Record::ZmqSend { pid, tid, ts_ns },
             kind::PROCESS_FACTS => Record::ProcessFacts(Box::new(decode_facts(raw, pid, ts_ns)?)),
             kind::LIBRARY_PATH => {
