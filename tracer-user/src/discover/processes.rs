@@ -159,9 +159,9 @@ impl Processes {
     }
 
     pub fn report(&self, out: &mut StageStats) {
-        out.push("discover", "refused_table_full", self.refused_full);
+        out.loss("discover", "refused_table_full", self.refused_full);
         for (cause, total) in self.facts.losses() {
-            out.push("discover", cause, total);
+            out.loss("discover", cause, total);
         }
         out.size("discover", "process_entries", self.table.len());
     }

@@ -255,10 +255,8 @@ impl Daemon {
             .map(|(cause, total)| Loss::new("probes", cause.replace('_', " "), total))
             .collect();
         losses.push(Loss::new("probes", "undecodable records", self.undecodable));
-        for (stage, name, value) in self.pipeline.report(&self.processes).iter() {
-            if is_loss(name) {
-                losses.push(Loss::new(stage, name.replace('_', " "), value));
-            }
+        for (stage, name, value) in self.pipeline.report(&self.processes).losses() {
+            losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
         for (destination, stats) in &self.hub.stats().destinations {
             let stage = format!("export to {destination}");
@@ -421,11 +419,6 @@ impl Daemon {
             .collect();
         info!("stage counters: {}", counters.join(" "));
     }
-}
-
-/// Stage counters that count something lost (the others count work done, or state in use).
-fn is_loss(name: &str) -> bool {
-    ["refused", "overflow", "dropped", "lost", "not_read"].iter().any(|word| name.contains(word))
 }
 
 /// Runs one database query in the background; its answer comes back to the loop.
