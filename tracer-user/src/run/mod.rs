@@ -142,12 +142,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     daemon.scan_existing();
     daemon.pipeline.import_all(&daemon.processes);
     daemon.run_queries();
-    if let Some(path) = &daemon.options.ready_file {
-        std::fs::write(path, format!("{}\n", daemon.own_pid))
-            .with_context(|| format!("writing the ready file {}", path.display()))?;
-    }
-    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
-
+    // The control socket first: whoever waits for the ready file may call `ctl` at once.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ctl::Pending>(16);
     if let Some(path) = &daemon.options.control_socket {
         match ctl::serve(path, ctl_tx) {
@@ -155,6 +150,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Err(e) => warn!("no control socket at {}: {e}", path.display()),
         }
     }
+    if let Some(path) = &daemon.options.ready_file {
+        std::fs::write(path, format!("{}\n", daemon.own_pid))
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
