@@ -102,17 +102,6 @@ impl ProcessInfo {
         ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries, mnt_ns }
     }
 
-    /// Re-reads the mapped libraries (a library loaded by `dlopen` after the first look).
-    pub fn refresh_libraries(&mut self, proc_root: &Path) {
-        let maps = proc_root.join(self.pid.to_string()).join("maps");
-        if let Ok(maps) = fs::read_to_string(maps) {
-            let libs = TangoLibraries::from_maps(&maps);
-            if libs.omniorb.is_some() || libs.tango.is_some() {
-                self.libraries = libs;
-            }
-        }
-    }
-
     /// A Tango setting as cppTango reads it: the environment first, then the tangorc files.
     pub fn tango_setting(&self, name: &str) -> Option<String> {
         if let Some(value) = self.environ.get(name) {

@@ -59,13 +59,6 @@ impl Daemon {
                 self.probes.forget_process(*pid);
                 false
             }
-            Record::Data { pid, .. } => {
-                if let Some(info) = self.processes.refresh_libraries(*pid) {
-                    self.pipeline.libraries_changed(info);
-                    self.probe_libraries(*pid);
-                }
-                false
-            }
             _ => false,
         }
     }
