@@ -143,8 +143,7 @@ impl Replayer {
 
     fn adopt_all(&mut self) {
         for info in &self.adopted {
-            self.pipeline.adopt(info);
-            self.processes.insert(info.clone());
+            self.pipeline.start_process(info.clone(), &mut self.processes);
         }
     }
 }

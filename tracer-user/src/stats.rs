@@ -14,12 +14,27 @@ pub struct StageStat {
 /// The stages' counters and table sizes, in pipeline order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StageStats {
-    entries: Vec<(&'static str, &'static str, u64)>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    stage: &'static str,
+    name: &'static str,
+    value: u64,
+    /// Counts state or data the stage could not keep (reported as a loss).
+    loss: bool,
 }
 
 impl StageStats {
+    /// A counter of work done or a table size.
     pub fn push(&mut self, stage: &'static str, name: &'static str, value: u64) {
-        self.entries.push((stage, name, value));
+        self.entries.push(Entry { stage, name, value, loss: false });
+    }
+
+    /// A counter of something lost: state or data the stage could not keep.
+    pub fn loss(&mut self, stage: &'static str, name: &'static str, value: u64) {
+        self.entries.push(Entry { stage, name, value, loss: true });
     }
 
     /// Table sizes are recorded as `usize`.
@@ -28,12 +43,17 @@ impl StageStats {
     }
 
     pub fn get(&self, stage: &str, name: &str) -> Option<u64> {
-        self.entries.iter().find(|(s, n, _)| *s == stage && *n == name).map(|(_, _, v)| *v)
+        self.entries.iter().find(|e| e.stage == stage && e.name == name).map(|e| e.value)
     }
 
     /// Every `(stage, name, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
-        self.entries.iter().copied()
+        self.entries.iter().map(|e| (e.stage, e.name, e.value))
+    }
+
+    /// The loss counters only (see [`StageStats::loss`]).
+    pub fn losses(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        self.entries.iter().filter(|e| e.loss).map(|e| (e.stage, e.name, e.value))
     }
 
     /// Table sizes only (names ending in `_entries`), for baseline checks.
@@ -55,5 +75,20 @@ pub fn has_room(len: usize, cap: usize, refused: &mut u64) -> bool {
     } else {
         *refused += 1;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_counters_recorded_as_losses_are_losses() {
+        let mut stats = StageStats::default();
+        stats.push("pipeline", "waiting_overflow", 3);
+        stats.loss("discover", "refused_table_full", 2);
+        stats.size("discover", "process_entries", 5);
+        assert_eq!(stats.losses().collect::<Vec<_>>(), vec![("discover", "refused_table_full", 2)]);
+        assert_eq!(stats.iter().count(), 3);
     }
 }

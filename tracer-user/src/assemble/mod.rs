@@ -170,7 +170,7 @@ impl Assembler {
         out.push(STAGE, "discarded_bytes", stats.discarded_bytes);
         out.push(STAGE, "orphan_replies", stats.orphan_replies);
         out.push(STAGE, "spans", stats.spans);
-        out.push(STAGE, "refused_table_full", stats.refused_full);
+        out.loss(STAGE, "refused_table_full", stats.refused_full);
         out.push(STAGE, "expired_calls", stats.expired_calls);
         out.push(STAGE, "record_losses", stats.record_losses);
         out.push(STAGE, "incomplete_spans", stats.incomplete.total());

@@ -255,7 +255,7 @@ impl Configuration {
     /// Counters and table sizes.
     pub fn stats(&self, out: &mut StageStats) {
         const STAGE: &str = "configure";
-        out.push(STAGE, "refused_table_full", self.refused_full);
+        out.loss(STAGE, "refused_table_full", self.refused_full);
         out.size(STAGE, "process_entries", self.processes.len());
         out.size(STAGE, "runtime_command_entries", self.runtime.len());
         out.size(STAGE, "device_property_entries", self.properties.len());

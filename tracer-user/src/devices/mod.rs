@@ -141,7 +141,7 @@ impl DeviceRegistry {
 
     pub fn report(&self, out: &mut StageStats) {
         const STAGE: &str = "devices";
-        out.push(STAGE, "refused_table_full", self.refused_full);
+        out.loss(STAGE, "refused_table_full", self.refused_full);
         out.size(STAGE, "device_entries", self.devices.len());
         out.size(STAGE, "served_process_entries", self.served.len());
         out.size(STAGE, "database_entries", self.imports.len());

@@ -125,18 +125,6 @@ impl Processes {
         gone
     }
 
-    /// libtango may be loaded after the process became a target: re-reads its libraries while
-    /// it is unknown. Returns the process when libtango was found now.
-    pub fn refresh_libraries(&mut self, pid: u32) -> Option<&ProcessInfo> {
-        let proc_root = self.proc_root.as_deref()?;
-        let process = self.table.get_mut(&pid)?;
-        if process.info.libraries.tango.is_some() {
-            return None;
-        }
-        process.info.refresh_libraries(proc_root);
-        process.info.libraries.tango.is_some().then_some(&process.info)
-    }
-
     /// The peer of a server-side connection: from the kernel when it could tell, else from
     /// `/proc` while the socket still exists.
     pub fn peer_location(&mut self, pid: u32, fd: i32, peer: &Peer) -> Option<String> {
@@ -159,9 +147,9 @@ impl Processes {
     }
 
     pub fn report(&self, out: &mut StageStats) {
-        out.push("discover", "refused_table_full", self.refused_full);
+        out.loss("discover", "refused_table_full", self.refused_full);
         for (cause, total) in self.facts.losses() {
-            out.push("discover", cause, total);
+            out.loss("discover", cause, total);
         }
         out.size("discover", "process_entries", self.table.len());
     }

@@ -102,17 +102,6 @@ impl ProcessInfo {
         ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries, mnt_ns }
     }
 
-    /// Re-reads the mapped libraries (a library loaded by `dlopen` after the first look).
-    pub fn refresh_libraries(&mut self, proc_root: &Path) {
-        let maps = proc_root.join(self.pid.to_string()).join("maps");
-        if let Ok(maps) = fs::read_to_string(maps) {
-            let libs = TangoLibraries::from_maps(&maps);
-            if libs.omniorb.is_some() || libs.tango.is_some() {
-                self.libraries = libs;
-            }
-        }
-    }
-
     /// A Tango setting as cppTango reads it: the environment first, then the tangorc files.
     pub fn tango_setting(&self, name: &str) -> Option<String> {
         if let Some(value) = self.environ.get(name) {
@@ -209,7 +198,8 @@ pub enum FactLoss {
     PasswdUnreadable,
     /// The process was gone and saw other files than the daemon: no tangorc file.
     TangorcProcessGone,
-    /// The process ended and the path of the libtango it used was never seen.
+    /// The process ended and the path of the libtango it used was never seen (it mapped
+    /// libtango: libzmq, which only libtango brings to a Tango process, was seen).
     LibtangoPathUnknown,
 }
 
@@ -333,9 +323,10 @@ impl FactReader {
         Some(root.join(path.strip_prefix("/").unwrap_or(path)))
     }
 
-    /// The process ended (exit or exec): counts what was never learnt.
+    /// The process ended (exit or exec): counts what was never learnt. A process with omniORB
+    /// alone has no libtango to learn; one with libzmq (loaded for libtango) had one.
     pub fn process_ended(&mut self, info: &ProcessInfo) {
-        if info.libraries.tango.is_none() {
+        if info.libraries.tango.is_none() && info.libraries.zmq.is_some() {
             self.count(FactLoss::LibtangoPathUnknown);
         }
     }
@@ -560,7 +551,15 @@ mod tests {
         assert_eq!(info.tango_version(), Some("9"));
         reader.process_ended(&info);
         assert_eq!(loss(&reader, FactLoss::LibtangoPathUnknown), 0);
-        reader.process_ended(&ProcessInfo::default());
+        // omniORB alone: no libtango to learn.
+        let mut omniorb_only = ProcessInfo::default();
+        reader.note_library(&mut omniorb_only, Path::new("/lib/libomniORB4.so.2"));
+        reader.process_ended(&omniorb_only);
+        assert_eq!(loss(&reader, FactLoss::LibtangoPathUnknown), 0);
+        // libzmq came with a libtango whose path was never seen.
+        let mut tango_unseen = omniorb_only;
+        reader.note_library(&mut tango_unseen, Path::new("/lib/libzmq.so.5"));
+        reader.process_ended(&tango_unseen);
         assert_eq!(loss(&reader, FactLoss::LibtangoPathUnknown), 1);
     }
 

@@ -108,8 +108,8 @@ impl Events {
         out.push(STAGE, "delivered", self.stats.delivered);
         out.push(STAGE, "heartbeats", self.stats.heartbeats);
         out.push(STAGE, "unparsable", self.stats.unparsable);
-        out.push(STAGE, "refused_table_full", self.stats.refused_full);
-        out.push(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
+        out.loss(STAGE, "refused_table_full", self.stats.refused_full);
+        out.loss(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
         out.push(STAGE, "discarded_bytes", self.stats.discarded_bytes);
         out.size(STAGE, "app_send_entries", self.app_sends.len());
         out.size(STAGE, "push_entries", self.pushes.len());

@@ -132,11 +132,9 @@ pub struct Pending {
     pub reply: oneshot::Sender<CtlAnswer>,
 }
 
-/// Listens on `path` and forwards requests to the main loop. A stale socket file is replaced.
+/// Listens on `path` and forwards requests to the main loop. A stale socket file was reclaimed
+/// by [`super::instance::Instance::acquire`]; another file there is an error.
 pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
-    if path.exists() {
-        std::fs::remove_file(path)?;
-    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

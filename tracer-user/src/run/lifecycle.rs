@@ -59,13 +59,6 @@ impl Daemon {
                 self.probes.forget_process(*pid);
                 false
             }
-            Record::Data { pid, .. } => {
-                if let Some(info) = self.processes.refresh_libraries(*pid) {
-                    self.pipeline.libraries_changed(info);
-                    self.probe_libraries(*pid);
-                }
-                false
-            }
             _ => false,
         }
     }
@@ -95,8 +88,7 @@ impl Daemon {
             lib_text(info.libraries.omniorb.as_ref()),
             lib_text(info.libraries.tango.as_ref()),
         );
-        self.pipeline.adopt(&info);
-        if !self.processes.insert(info) {
+        if !self.pipeline.start_process(info, &mut self.processes) {
             warn!("pid {pid} not traced: too many processes traced at once");
             self.probes.remove_target(pid);
             return;

@@ -142,12 +142,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     daemon.scan_existing();
     daemon.pipeline.import_all(&daemon.processes);
     daemon.run_queries();
-    if let Some(path) = &daemon.options.ready_file {
-        std::fs::write(path, format!("{}\n", daemon.own_pid))
-            .with_context(|| format!("writing the ready file {}", path.display()))?;
-    }
-    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
-
+    // The control socket first: whoever waits for the ready file may call `ctl` at once.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<ctl::Pending>(16);
     if let Some(path) = &daemon.options.control_socket {
         match ctl::serve(path, ctl_tx) {
@@ -155,6 +150,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             Err(e) => warn!("no control socket at {}: {e}", path.display()),
         }
     }
+    if let Some(path) = &daemon.options.ready_file {
+        std::fs::write(path, format!("{}\n", daemon.own_pid))
+            .with_context(|| format!("writing the ready file {}", path.display()))?;
+    }
+    info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
@@ -255,10 +255,8 @@ impl Daemon {
             .map(|(cause, total)| Loss::new("probes", cause.replace('_', " "), total))
             .collect();
         losses.push(Loss::new("probes", "undecodable records", self.undecodable));
-        for (stage, name, value) in self.pipeline.report(&self.processes).iter() {
-            if is_loss(name) {
-                losses.push(Loss::new(stage, name.replace('_', " "), value));
-            }
+        for (stage, name, value) in self.pipeline.report(&self.processes).losses() {
+            losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
         for (destination, stats) in &self.hub.stats().destinations {
             let stage = format!("export to {destination}");
@@ -421,11 +419,6 @@ impl Daemon {
             .collect();
         info!("stage counters: {}", counters.join(" "));
     }
-}
-
-/// Stage counters that count something lost (the others count work done, or state in use).
-fn is_loss(name: &str) -> bool {
-    ["refused", "overflow", "dropped", "lost", "not_read"].iter().any(|word| name.contains(word))
 }
 
 /// Runs one database query in the background; its answer comes back to the loop.

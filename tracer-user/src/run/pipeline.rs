@@ -109,12 +109,40 @@ impl Pipeline {
         }
     }
 
-    /// A process became a target: its configuration sources, and what its command line says.
-    pub fn adopt(&mut self, info: &ProcessInfo) {
-        if let Some(facts) = database_server_facts(info) {
-            self.devices.learn(DATABASE_KEY.to_vec(), facts);
+    /// A process becomes a target: follows it when `processes` has room (false when not), then
+    /// learns its configuration sources and what its command line says. A process that had the
+    /// pid until a moment ago (exec, pid reuse) leaves first: what it left is routed under its
+    /// own configuration, then every stage forgets it.
+    pub fn start_process(&mut self, info: ProcessInfo, processes: &mut Processes) -> bool {
+        let pid = info.pid;
+        if processes.is_traced(pid) {
+            self.route_process(pid, processes);
+            self.forget_process(pid);
         }
-        self.config.add_process(info);
+        if !processes.insert(info) {
+            return false;
+        }
+        if let Some(info) = processes.info(pid) {
+            if let Some(facts) = database_server_facts(info) {
+                self.devices.learn(DATABASE_KEY.to_vec(), facts);
+            }
+            self.config.add_process(info);
+        }
+        true
+    }
+
+    /// Routes every span `pid` left, ready or not, to the next release.
+    fn route_process(&mut self, pid: u32, processes: &Processes) {
+        self.collect_finished(processes);
+        let mut ready = std::mem::take(&mut self.ready);
+        for (since, span) in std::mem::take(&mut self.waiting) {
+            if span.pid == pid {
+                self.route(span, processes, &mut ready);
+            } else {
+                self.waiting.push_back((since, span));
+            }
+        }
+        self.ready = ready;
     }
 
     /// libtango was found mapped after the process became a target.
@@ -160,12 +188,9 @@ impl Pipeline {
             Record::Exit { .. } | Record::Exec { .. } => {
                 self.assembler.push(record);
                 self.events.on_exit(pid);
-                // Route what the process left under its own configuration, then drop it.
-                let mut ready = std::mem::take(&mut self.ready);
-                self.release(processes, false, &mut ready);
-                self.ready = ready;
+                // Its configuration stays until it is forgotten: spans it left still wait for
+                // their device's facts and are routed by it.
                 processes.mark_exited(pid);
-                self.config.remove_process(pid);
             }
             Record::Data { .. }
             | Record::LibOpened { .. }
@@ -179,25 +204,8 @@ impl Pipeline {
     /// server spans wait a little for their device's class (learnt from `info` replies) unless
     /// `force`.
     pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
+        self.collect_finished(processes);
         out.append(&mut self.ready);
-        for observation in self.assembler.drain_observations() {
-            self.on_observation(observation, processes);
-        }
-        let now = Instant::now();
-        self.assembler.drain_into(&mut self.finished);
-        for mut span in std::mem::take(&mut self.finished) {
-            span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
-            if span.operation == OperationClass::Internal {
-                continue;
-            }
-            if self.waiting.len() >= MAX_WAITING
-                && let Some((_, oldest)) = self.waiting.pop_front()
-            {
-                self.stats.waiting_overflow += 1;
-                self.route(oldest, processes, out);
-            }
-            self.waiting.push_back((now, span));
-        }
         let mut unknown_hosts = Vec::new();
         for (since, span) in &self.waiting {
             let opaque_unknown = span
@@ -219,6 +227,31 @@ impl Pipeline {
                 self.waiting.push_back((since, span));
             }
         }
+    }
+
+    /// Moves what the stages finished to `waiting`; the oldest waiting span goes to `ready`
+    /// when too many wait.
+    fn collect_finished(&mut self, processes: &Processes) {
+        for observation in self.assembler.drain_observations() {
+            self.on_observation(observation, processes);
+        }
+        let now = Instant::now();
+        self.assembler.drain_into(&mut self.finished);
+        let mut ready = std::mem::take(&mut self.ready);
+        for mut span in std::mem::take(&mut self.finished) {
+            span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
+            if span.operation == OperationClass::Internal {
+                continue;
+            }
+            if self.waiting.len() >= MAX_WAITING
+                && let Some((_, oldest)) = self.waiting.pop_front()
+            {
+                self.stats.waiting_overflow += 1;
+                self.route(oldest, processes, &mut ready);
+            }
+            self.waiting.push_back((now, span));
+        }
+        self.ready = ready;
     }
 
     /// Asks for every database the given processes use (at start).
@@ -271,8 +304,10 @@ impl Pipeline {
         self.events.expire(now_ns);
     }
 
-    /// A process is gone for good (some time after its exit): every stage frees its state.
+    /// A process is gone for good (some time after its exit, or its pid has a new process):
+    /// every stage frees its state.
     pub fn forget_process(&mut self, pid: u32) {
+        self.config.remove_process(pid);
         self.released_by.retain(|(p, _), _| *p != pid);
         self.devices.forget_process(pid);
         self.resources.forget(pid);
@@ -492,9 +527,11 @@ mod tests {
         }
 
         fn start(&mut self, pid: u32) {
-            let info = ProcessInfo { pid, comm: "test".into(), ..Default::default() };
-            self.pipeline.adopt(&info);
-            assert!(self.processes.insert(info));
+            self.start_with(ProcessInfo { pid, comm: "test".into(), ..Default::default() });
+        }
+
+        fn start_with(&mut self, info: ProcessInfo) {
+            assert!(self.pipeline.start_process(info, &mut self.processes));
         }
 
         fn push(&mut self, record: Record) {
@@ -573,6 +610,47 @@ mod tests {
         assert!(host.pipeline.report(&host.processes).iter().all(|(_, name, value)| {
             !(name.starts_with("refused") || name.ends_with("overflow")) || value == 0
         }));
+    }
+
+    fn telemetry_off(pid: u32) -> ProcessInfo {
+        let environ = HashMap::from([("TANGO_TELEMETRY_ENABLE".to_string(), "off".to_string())]);
+        ProcessInfo { pid, comm: "server".into(), environ, ..Default::default() }
+    }
+
+    fn waiting(host: &Host) -> u64 {
+        host.pipeline.report(&host.processes).get("pipeline", "waiting_span_entries").unwrap()
+    }
+
+    #[test]
+    fn spans_a_process_left_are_routed_by_its_own_configuration_after_it_exits() {
+        let mut host = Host::new();
+        host.start_with(telemetry_off(10));
+        host.short_client(11, 10, 21, 1);
+        host.stop(10);
+        host.pipeline.release(&host.processes, false, &mut host.routed);
+        assert_eq!(waiting(&host), 1, "the server span waits for its device's class");
+        assert_eq!(host.settle(), 1, "only the client's span: the server's telemetry is off");
+        let report = host.pipeline.report(&host.processes);
+        assert_eq!(report.get("pipeline", "not_wanted"), Some(1));
+        assert_eq!(report.get("configure", "process_entries"), Some(0), "forgotten with the process");
+    }
+
+    #[test]
+    fn a_pid_adopted_again_before_it_is_forgotten_starts_afresh() {
+        let mut host = Host::new();
+        host.start_with(telemetry_off(10));
+        host.short_client(11, 10, 21, 1);
+        host.pipeline.release(&host.processes, false, &mut host.routed);
+        assert_eq!(host.pipeline.devices().served_by(10).count(), 1);
+        // exec: the pid runs a new program, traced by default, before the old one is forgotten.
+        host.stop(10);
+        host.start(10);
+        assert_eq!(waiting(&host), 0, "the old program's span is routed at once");
+        assert_eq!(host.pipeline.devices().served_by(10).count(), 0, "its devices are forgotten");
+        let report = host.pipeline.report(&host.processes);
+        assert_eq!(report.get("pipeline", "not_wanted"), Some(1), "by the old program's configuration");
+        host.short_client(12, 10, 22, 2);
+        assert_eq!(host.settle(), 3, "the first client's span, then both spans of the second call");
     }
 
     /// The client calls the admin device `dserver/demo/demo` and subscribes to an event through it.
