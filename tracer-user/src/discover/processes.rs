@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Most processes traced at once; beyond, new ones are refused and counted.
-const MAX_PROCESSES: usize = 65_536;
+const MAX_PROCESSES: usize = tracer_common::MAX_TARGETS as usize;
 
 struct TracedProcess {
     info: ProcessInfo,
