@@ -84,7 +84,7 @@ fn tangotest_9_3_4_running_before_the_daemon_is_traced_over_unix_sockets() {
         &[],
     );
     let pid = out["pid"].as_i64().expect("client pid");
-    let spans = receiver.wait_for_blocking(
+    let _ = receiver.wait_for_blocking(
         |s| {
             s.iter()
                 .filter(|x| x.kind == "SERVER" && x.resource.get_str("service.name") == Some("TangoTest"))
@@ -94,6 +94,8 @@ fn tangotest_9_3_4_running_before_the_daemon_is_traced_over_unix_sockets() {
         WAIT,
     );
     daemon.stop();
+    // Everything the daemon flushed at stop, not only what had arrived when the wait ended.
+    let spans = receiver.spans();
 
     let read = client_span(&spans, pid, "Tango::DeviceProxy::read_attribute", "double_scalar");
     assert_eq!(read.attributes.get_str("tango.operation.target"), Some("sys/tg_test/1"));
@@ -147,7 +149,7 @@ fn tcp_forced_client_reaches_the_same_spans_with_a_tcp_location() {
         &[("ORBclientTransportRule", "* tcp")],
     );
     let pid = out["pid"].as_i64().expect("client pid");
-    let spans = receiver.wait_for_blocking(
+    let _ = receiver.wait_for_blocking(
         |s| {
             s.iter().any(|x| x.kind == "SERVER" && x.name == "Tango::Device_5Impl::read_attributes_5")
                 && s.iter().any(|x| x.kind == "CLIENT" && x.resource.get_i64("tango.process.id") == Some(pid))
@@ -155,6 +157,8 @@ fn tcp_forced_client_reaches_the_same_spans_with_a_tcp_location() {
         WAIT,
     );
     daemon.stop();
+    // Everything the daemon flushed at stop, not only what had arrived when the wait ended.
+    let spans = receiver.spans();
     let read = client_span(&spans, pid, "Tango::DeviceProxy::read_attribute", "double_scalar");
     let served = server_child(&spans, read, "Tango::Device_5Impl::read_attributes_5");
     assert_device(served, "TangoTest", "sys/tg_test/1", "TangoTest/test", &stack.tango_host(), "9.3.4");
@@ -205,7 +209,7 @@ fn mixed_generation_chains_are_one_trace_each() {
     );
     let new_pid = new_client["pid"].as_i64().expect("pid");
     let old_pid = old_client["pid"].as_i64().expect("pid");
-    let spans = receiver.wait_for_blocking(
+    let _ = receiver.wait_for_blocking(
         |s| {
             s.iter().any(|x| {
                 x.name == "Tango::Device_5Impl::read_attributes_5"
@@ -215,6 +219,8 @@ fn mixed_generation_chains_are_one_trace_each() {
         WAIT,
     );
     daemon.stop();
+    // Everything the daemon flushed at stop, not only what had arrived when the wait ended.
+    let spans = receiver.spans();
 
     // 10.3.1 client → Demo (10.3.1) → TangoTest (9.3.4).
     let outer = client_span(&spans, new_pid, "Tango::Connection::command_inout", "ReadPeer");
