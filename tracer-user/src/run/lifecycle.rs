@@ -105,6 +105,11 @@ impl Daemon {
         let Some(path) = self.processes.path_in_view(pid, &zmq.path) else {
             return;
         };
+        // The loader tries every directory of its search path in turn: an open that failed names
+        // no library, and the one that succeeds follows.
+        if !path.exists() {
+            return;
+        }
         match self.probes.probe_zmq(&path) {
             Ok(Some(what)) => info!("pid {pid}: {what}"),
             Ok(None) => {}
