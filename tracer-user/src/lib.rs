@@ -7,6 +7,7 @@
 pub mod assemble;
 pub mod configure;
 pub mod convert;
+pub mod crosshost;
 pub mod devices;
 pub mod discover;
 pub mod events;

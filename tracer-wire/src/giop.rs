@@ -366,6 +366,9 @@ pub struct AssembledMessage {
     pub total_len: usize,
     /// Every byte of the message was captured (even if `bytes` keeps only a prefix).
     pub complete_capture: bool,
+    /// Where the message's first byte is in the stream: bytes pushed into the assembler before
+    /// it (for a fragmented message, before its first part).
+    pub stream_start: u64,
 }
 
 /// Counters of a [`MessageAssembler`].
@@ -397,6 +400,7 @@ struct Fragmented {
     /// Header and joined bodies so far.
     total_len: usize,
     complete_capture: bool,
+    stream_start: u64,
 }
 
 #[derive(Debug)]
@@ -406,6 +410,7 @@ struct Partial {
     /// Bytes of the message that have gone by, captured or not.
     seen: usize,
     complete_capture: bool,
+    stream_start: u64,
 }
 
 /// Cuts the bytes of one connection direction into GIOP messages.
@@ -424,6 +429,8 @@ pub struct MessageAssembler {
     /// Messages waiting for more fragments, oldest first.
     fragmented: Vec<Fragmented>,
     resync: bool,
+    /// Bytes pushed so far, captured or not.
+    pushed: u64,
     stats: AssemblerStats,
 }
 
@@ -437,6 +444,7 @@ impl MessageAssembler {
             current: None,
             fragmented: Vec::new(),
             resync: false,
+            pushed: 0,
             stats: AssemblerStats::default(),
         }
     }
@@ -444,6 +452,11 @@ impl MessageAssembler {
     /// Counters so far.
     pub fn stats(&self) -> AssemblerStats {
         self.stats
+    }
+
+    /// Bytes pushed so far, captured or not: the stream position of the next chunk.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
     }
 
     /// Forgets any partial message (e.g. when the connection is reused).
@@ -470,6 +483,8 @@ impl MessageAssembler {
     /// Whole messages are appended to `out`.
     pub fn push(&mut self, captured: &[u8], total_len: usize, out: &mut Vec<AssembledMessage>) {
         let total = total_len.max(captured.len());
+        let base = self.pushed;
+        self.pushed += total as u64;
         if self.resync {
             if captured.starts_with(&MAGIC) {
                 self.resync = false;
@@ -525,6 +540,7 @@ impl MessageAssembler {
                         total_len: h.message_len(),
                         seen: HEADER_LEN,
                         complete_capture: true,
+                        stream_start: (base + p as u64).saturating_sub(had as u64),
                     });
                     self.header_len = 0;
                     p += take;
@@ -550,6 +566,7 @@ impl MessageAssembler {
             bytes: cur.bytes,
             total_len: cur.total_len,
             complete_capture: cur.complete_capture,
+            stream_start: cur.stream_start,
         };
         // The header was whole when the message started, so at least its kept part is here.
         match message.bytes.first_chunk::<HEADER_LEN>().map(|h| parse_header(h)) {
@@ -583,6 +600,7 @@ impl MessageAssembler {
             bytes: message.bytes,
             total_len: message.total_len,
             complete_capture: message.complete_capture,
+            stream_start: message.stream_start,
         });
     }
 
@@ -635,7 +653,12 @@ impl MessageAssembler {
         }
         self.stats.joined += 1;
         self.emit(
-            AssembledMessage { bytes, total_len: open.total_len, complete_capture: open.complete_capture },
+            AssembledMessage {
+                bytes,
+                total_len: open.total_len,
+                complete_capture: open.complete_capture,
+                stream_start: open.stream_start,
+            },
             out,
         );
     }

@@ -51,18 +51,19 @@ impl Connections {
         bytes.starts_with(b"GIOP") || self.connections.contains_key(&(pid, fd))
     }
 
-    /// Feeds the bytes of one call; whole messages go to `out`.
+    /// Feeds the bytes of one call; whole messages go to `out`. Returns the stream position of
+    /// the call's first byte (see [`AssembledMessage::stream_start`]).
     pub fn push(
         &mut self,
         (pid, fd, direction): (u32, i32, Direction),
         bytes: &[u8],
         total_len: usize,
         out: &mut Vec<AssembledMessage>,
-    ) {
+    ) -> u64 {
         if !self.connections.contains_key(&(pid, fd))
             && !has_room(self.connections.len(), MAX_CONNECTIONS, &mut self.refused_full)
         {
-            return;
+            return 0;
         }
         let connection = self.connections.entry((pid, fd)).or_default();
         let (slot, resync) = match direction {
@@ -72,14 +73,16 @@ impl Connections {
         if *resync {
             if !bytes.starts_with(b"GIOP") {
                 self.discarded_bytes += total_len.max(bytes.len()) as u64;
-                return;
+                return 0;
             }
             *resync = false;
         }
         let assembler = slot.get_or_insert_with(|| MessageAssembler::new(self.max_keep));
         let discarded = assembler.stats().discarded_bytes;
+        let position = assembler.pushed();
         assembler.push(bytes, total_len, out);
         self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
+        position
     }
 
     /// The run loop tells where the client of a server-side connection is (`giop:tcp:…`).

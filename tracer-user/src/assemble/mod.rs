@@ -39,7 +39,7 @@ pub use self::{
     span::{AssembledSpan, ExceptionEvent, Incomplete, IncompleteCounts, SpanContextLite},
 };
 use crate::{
-    probe::record::{Direction, Peer, Record},
+    probe::record::{Direction, Peer, Record, TcpPosition},
     stats::{StageStats, has_room},
 };
 
@@ -106,6 +106,9 @@ struct Seen<'a> {
     bytes: &'a [u8],
     /// The other end of the connection, when the probe read it (receives).
     peer: Peer,
+    /// The chunk's place in its TCP connection, when the probe read it.
+    #[allow(dead_code)]
+    tcp: Option<TcpPosition>,
 }
 
 /// Pending calls by (pid, fd, request id).
@@ -240,12 +243,13 @@ impl Assembler {
     /// Feeds one probe record; ZMTP data (see [`Assembler::carries_giop`]) is left alone.
     pub fn push(&mut self, record: &Record) {
         match record {
-            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer } => {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer, tcp } => {
                 if !self.carries_giop(*pid, *fd, bytes) {
                     return;
                 }
                 let mut messages = Vec::new();
-                self.connections.push((*pid, *fd, *direction), bytes, *total_len as usize, &mut messages);
+                let position =
+                    self.connections.push((*pid, *fd, *direction), bytes, *total_len as usize, &mut messages);
                 for message in messages {
                     let seen = Seen {
                         pid: *pid,
@@ -254,6 +258,11 @@ impl Assembler {
                         ts_ns: *ts_ns,
                         bytes: &message.bytes,
                         peer: *peer,
+                        // The message's first byte, in this chunk or an earlier one of the stream.
+                        tcp: tcp.map(|at| TcpPosition {
+                            seq: at.seq.wrapping_add(message.stream_start.wrapping_sub(position) as u32),
+                            ..at
+                        }),
                     };
                     self.on_message(seen, *direction);
                 }
@@ -829,6 +838,7 @@ mod tests {
             total_len: bytes.len() as u32,
             bytes: bytes.to_vec().into(),
             peer: Default::default(),
+            tcp: None,
         }
     }
 
@@ -1130,6 +1140,7 @@ mod tests {
             total_len: head.len() as u32,
             bytes: head.to_vec().into(),
             peer: Default::default(),
+            tcp: None,
         });
         a.records_lost(1_500);
         a.push(&data(CLIENT, CLIENT, 7, 2_000, Direction::Send, tail));

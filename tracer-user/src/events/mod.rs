@@ -449,6 +449,7 @@ mod tests {
             total_len: bytes.len() as u32,
             bytes: bytes.to_vec().into(),
             peer: Default::default(),
+            tcp: None,
         }
     }
 
@@ -493,6 +494,7 @@ mod tests {
             total_len: 9_000,
             bytes: bytes[..message_len].to_vec().into(),
             peer: Default::default(),
+            tcp: None,
         };
         a.push(&cut);
         if let Record::Data { bytes: b, total_len, .. } = &mut cut {

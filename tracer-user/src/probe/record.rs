@@ -25,6 +25,20 @@ pub enum Peer {
     Other(u16),
 }
 
+/// Where a chunk sits in a TCP/IPv4 connection, as the kernel saw it during the syscall: both ends
+/// of the connection and the sequence number of the chunk's first byte. Both hosts of a connection
+/// see the same numbers for the same bytes, so they can name a request without touching it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TcpPosition {
+    /// This process's end.
+    pub local: std::net::SocketAddrV4,
+    /// The other end.
+    pub remote: std::net::SocketAddrV4,
+    /// Sequence number of the chunk's first byte (`write_seq` for a send, `copied_seq` for a
+    /// receive, plus the chunk's offset in the syscall).
+    pub seq: u32,
+}
+
 /// One record from the probes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Record<'a> {
@@ -40,6 +54,9 @@ pub enum Record<'a> {
         bytes: Cow<'a, [u8]>,
         #[serde(default)]
         peer: Peer,
+        /// The chunk's place in its TCP connection, when the probe could read it.
+        #[serde(default)]
+        tcp: Option<TcpPosition>,
     },
     Close {
         pid: u32,
@@ -190,6 +207,7 @@ impl Record<'_> {
                     total_len,
                     bytes: Cow::Borrowed(raw.get(DATA_RECORD_HEADER_LEN..end).unwrap_or_default()),
                     peer,
+                    tcp: None,
                 }
             }
             kind::CLOSE => Record::Close { pid, fd, ts_ns },
@@ -212,7 +230,7 @@ impl Record<'_> {
     /// The same record owning its bytes (to keep it past the ring-buffer item).
     pub fn into_owned(self) -> Record<'static> {
         match self {
-            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer } => Record::Data {
+            Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer, tcp } => Record::Data {
                 pid,
                 tid,
                 fd,
@@ -221,6 +239,7 @@ impl Record<'_> {
                 total_len,
                 bytes: Cow::Owned(bytes.into_owned()),
                 peer,
+                tcp,
             },
             Record::Close { pid, fd, ts_ns } => Record::Close { pid, fd, ts_ns },
             Record::LibOpened { pid, ts_ns } => Record::LibOpened { pid, ts_ns },
@@ -441,7 +460,7 @@ mod tests {
         .expect("fixture");
         let raw = raw_data(&message, 40);
         let record = Record::decode(&raw).expect("decode");
-        let Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer } = &record else {
+        let Record::Data { pid, tid, fd, ts_ns, direction, total_len, bytes, peer, .. } = &record else {
             panic!("{record:?}")
         };
         assert_eq!((*pid, *tid, *fd, *ts_ns, *direction), (10, 11, 7, 99, Direction::Recv));

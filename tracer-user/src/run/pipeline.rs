@@ -501,6 +501,7 @@ mod tests {
             total_len: bytes.len() as u32,
             bytes: bytes.to_vec().into(),
             peer: Default::default(),
+            tcp: None,
         }
     }
 
@@ -820,6 +821,7 @@ mod tests {
                             total_len,
                             bytes: bytes.into(),
                             peer,
+                            tcp: None,
                         });
                     }
                 }
@@ -837,6 +839,7 @@ mod tests {
                             total_len,
                             bytes: bytes.into(),
                             peer,
+                            tcp: None,
                         });
                     }
                 }
