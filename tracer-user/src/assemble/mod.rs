@@ -17,9 +17,15 @@ pub mod observe;
 pub mod proxy;
 pub mod span;
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
 
-use opentelemetry::{KeyValue, trace::SpanKind};
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanKind, TraceId},
+};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_wire::{
     cdr::CdrReader,
@@ -39,6 +45,7 @@ pub use self::{
     span::{AssembledSpan, ExceptionEvent, Incomplete, IncompleteCounts, SpanContextLite},
 };
 use crate::{
+    crosshost::LinkKey,
     probe::record::{Direction, Peer, Record, TcpPosition},
     stats::{StageStats, has_room},
 };
@@ -50,6 +57,8 @@ const PENDING_CALL_LIMIT_NS: u64 = 600_000_000_000;
 /// After probe records were lost, how long (record time) a pending call may still get its reply
 /// before it ends incomplete: the reply may have been among the lost records.
 pub const LOSS_GRACE_NS: u64 = 2_000_000_000;
+/// Attribute naming the key of a request between two hosts (see [`LinkKey::attribute`]).
+pub const LINK_KEY_ATTRIBUTE: &str = "tango_tracer.link.key";
 /// Most processes remembered as servers, or as serving a device.
 const MAX_PROCESSES: usize = 65_536;
 
@@ -94,6 +103,20 @@ struct PendingCall {
     /// Set when probe records were lost while the call was pending: the record time after
     /// which it ends incomplete.
     loss_deadline: Option<u64>,
+    /// The request crossed to or from another host: its key, known to both hosts.
+    link: Option<LinkKey>,
+}
+
+/// A request that crossed between this host and another, for the cross-host linker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crossing {
+    /// A client of ours sent a request to a server on another host, as `trace_id`;
+    /// `continues_trace` when the call was made inside a trace (its trace id is not derived from
+    /// the key); `len` is the request message's length on the wire.
+    Sent { key: LinkKey, trace_id: TraceId, continues_trace: bool, len: u32 },
+    /// A server of ours read a request from a client on another host. Its span is the child of
+    /// the client span the key names, in the provisional trace the key names.
+    Received { key: LinkKey },
 }
 
 /// Where and when a GIOP message was seen.
@@ -106,9 +129,10 @@ struct Seen<'a> {
     bytes: &'a [u8],
     /// The other end of the connection, when the probe read it (receives).
     peer: Peer,
-    /// The chunk's place in its TCP connection, when the probe read it.
-    #[allow(dead_code)]
+    /// The message's first byte in its TCP connection, when the probe read it.
     tcp: Option<TcpPosition>,
+    /// The message's length on the wire (`bytes` may hold a prefix).
+    wire_len: usize,
 }
 
 /// Pending calls by (pid, fd, request id).
@@ -131,6 +155,11 @@ pub struct Assembler {
     /// DeviceProxy spans just ended, on their way to `finished` (reused).
     proxy_spans: Vec<AssembledSpan>,
     observations: Vec<Observation>,
+    /// Addresses of this host: a TCP peer elsewhere is another host. Empty while cross-host
+    /// linking is off.
+    local_addresses: HashSet<Ipv4Addr>,
+    /// Requests that crossed hosts since the last drain.
+    crossings: Vec<Crossing>,
     stats: AssemblyStats,
 }
 
@@ -149,8 +178,36 @@ impl Assembler {
             finished: Vec::new(),
             proxy_spans: Vec::new(),
             observations: Vec::new(),
+            local_addresses: HashSet::new(),
+            crossings: Vec::new(),
             stats: AssemblyStats::default(),
         }
+    }
+
+    /// Turns cross-host linking on with this host's addresses (off when empty); called again
+    /// when they change.
+    pub fn set_local_addresses(&mut self, addresses: impl IntoIterator<Item = Ipv4Addr>) {
+        self.local_addresses = addresses.into_iter().collect();
+    }
+
+    /// Requests that crossed hosts since the last call, in the order they were seen.
+    pub fn drain_crossings(&mut self, out: &mut Vec<Crossing>) {
+        out.append(&mut self.crossings);
+    }
+
+    /// The request's key when `tcp` joins this host to another one and linking is on.
+    /// `client_side`: this process sent the request.
+    fn link_key(&self, tcp: Option<TcpPosition>, client_side: bool) -> Option<LinkKey> {
+        let at = tcp?;
+        let remote = *at.remote.ip();
+        if self.local_addresses.is_empty() || remote.is_loopback() || self.local_addresses.contains(&remote) {
+            return None;
+        }
+        Some(if client_side {
+            LinkKey { client: at.local, server: at.remote, seq: at.seq }
+        } else {
+            LinkKey { client: at.remote, server: at.local, seq: at.seq }
+        })
     }
 
     pub fn stats(&self) -> AssemblyStats {
@@ -257,6 +314,7 @@ impl Assembler {
                         fd: *fd,
                         ts_ns: *ts_ns,
                         bytes: &message.bytes,
+                        wire_len: message.total_len,
                         peer: *peer,
                         // The message's first byte, in this chunk or an earlier one of the stream.
                         tcp: tcp.map(|at| TcpPosition {
@@ -339,11 +397,27 @@ impl Assembler {
             }
             _ => false,
         };
-        let context = SpanContextLite {
-            trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
-            span_id: self.ids.new_span_id(),
+        // A call to another host: both hosts derive its span id, and its trace id when it starts
+        // a trace, from the key.
+        let link = if suppressed { None } else { self.link_key(at.tcp, true) };
+        let context = match link {
+            Some(key) => SpanContextLite {
+                trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| key.trace_id()),
+                span_id: key.span_id(),
+            },
+            None => SpanContextLite {
+                trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
+                span_id: self.ids.new_span_id(),
+            },
         };
-        if !suppressed {
+        if let Some(key) = link {
+            self.crossings.push(Crossing::Sent {
+                key,
+                trace_id: context.trace_id,
+                continues_trace: parent.is_some(),
+                len: at.wire_len as u32,
+            });
+        } else if !suppressed {
             match self.linking.take_early_server(bytes, ts_ns) {
                 Some(key) => self.adopt_early_server(key, context),
                 None => self.linking.offer_client(bytes, ts_ns, context),
@@ -364,6 +438,7 @@ impl Assembler {
             suppressed,
             reply_attributes: Vec::new(),
             loss_deadline: None,
+            link,
         };
         let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
         if !response_expected {
@@ -396,9 +471,15 @@ impl Assembler {
         }
         let w3c =
             request.client_ident.as_ref().and_then(|c| c.trace_parent.as_deref()).and_then(parse_traceparent);
-        let (parent, parent_is_remote) = match w3c {
-            Some(ctx) => (Some(ctx), true),
-            None => (self.linking.take_client_match(bytes, ts_ns), false),
+        // A W3C context wins; else a client on another host names its span by the key.
+        let link = if w3c.is_none() { self.link_key(at.tcp, false) } else { None };
+        let (parent, parent_is_remote) = match (w3c, link) {
+            (Some(ctx), _) => (Some(ctx), true),
+            (None, Some(key)) => {
+                self.crossings.push(Crossing::Received { key });
+                (Some(SpanContextLite { trace_id: key.trace_id(), span_id: key.span_id() }), true)
+            }
+            (None, None) => (self.linking.take_client_match(bytes, ts_ns), false),
         };
         if parent.is_none() && response_expected {
             // Its client's write may be reported just after this read (sends are reported when
@@ -426,6 +507,7 @@ impl Assembler {
             suppressed: false,
             reply_attributes: Vec::new(),
             loss_deadline: None,
+            link,
         };
         let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
         if !response_expected {
@@ -656,6 +738,14 @@ impl Assembler {
             if let Some(location) = self.connections.location(pid, call.fd) {
                 attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
             }
+            if let Some(key) = &call.link {
+                attributes.push(KeyValue::new("client.address", key.client.ip().to_string()));
+                attributes.push(KeyValue::new("client.port", i64::from(key.client.port())));
+            }
+        }
+        if let Some(key) = &call.link {
+            // Both sides carry the key: a backend can join them even when no daemon answered.
+            attributes.push(KeyValue::new(LINK_KEY_ATTRIBUTE, key.attribute()));
         }
         self.stats.spans += 1;
         if let Some(why) = incomplete {

@@ -16,7 +16,7 @@ use tracer_export::{Destination, SpanRecord};
 
 use crate::{
     assemble::{
-        AssembledSpan, Assembler, Observation,
+        AssembledSpan, Assembler, Crossing, Observation,
         naming::{DATABASE_KEY, OperationClass},
     },
     configure::{Configuration, Policy, Routing},
@@ -24,6 +24,7 @@ use crate::{
         resources::{self, ResourceKey, Resources},
         spandata::{self, ClockOffset},
     },
+    crosshost::{Incoming, Linker, Outgoing},
     devices::{DeviceFacts, DeviceRegistry, dbclient},
     discover::{processes::Processes, procinfo::ProcessInfo},
     events::Events,
@@ -87,6 +88,10 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// Spans released per process and device (`None`: the process's own), for `ctl list`.
     released_by: HashMap<(u32, Option<String>), u64>,
+    /// Cross-host linking, when on.
+    linker: Option<Linker>,
+    /// Requests that crossed hosts, drained from the assembler (reused).
+    crossings: Vec<Crossing>,
 }
 
 impl Pipeline {
@@ -106,6 +111,22 @@ impl Pipeline {
             queries: Vec::new(),
             stats: PipelineStats::default(),
             released_by: HashMap::new(),
+            linker: None,
+            crossings: Vec::new(),
+        }
+    }
+
+    /// Turns cross-host linking on: a server span of a request from another host waits at most
+    /// `wait` for the daemon there.
+    pub fn link_hosts(&mut self, wait: Duration) {
+        self.linker = Some(Linker::new(wait));
+    }
+
+    /// This host's addresses (a TCP peer elsewhere is another host); called again when they
+    /// change. Only used while cross-host linking is on.
+    pub fn set_local_addresses(&mut self, addresses: &[std::net::Ipv4Addr]) {
+        if self.linker.is_some() {
+            self.assembler.set_local_addresses(addresses.iter().copied());
         }
     }
 
@@ -204,6 +225,15 @@ impl Pipeline {
     /// server spans wait a little for their device's class (learnt from `info` replies) unless
     /// `force`.
     pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
+        self.note_crossings();
+        if let Some(linker) = self.linker.as_mut() {
+            let now = Instant::now();
+            if force {
+                linker.settle_all(now);
+            } else {
+                linker.expire(now);
+            }
+        }
         self.collect_finished(processes);
         out.append(&mut self.ready);
         let mut unknown_hosts = Vec::new();
@@ -221,7 +251,9 @@ impl Pipeline {
         }
         for (since, span) in std::mem::take(&mut self.waiting) {
             let known = span.device_key.as_deref().is_none_or(|key| self.devices.is_known(key));
-            if known || force || since.elapsed() >= DEVICE_FACTS_WAIT {
+            // A span of a request from another host waits (boundedly) for its trace to be known.
+            let held = self.linker.as_ref().is_some_and(|l| l.holds(span.context.trace_id));
+            if force || (!held && (known || since.elapsed() >= DEVICE_FACTS_WAIT)) {
                 self.route(span, processes, out);
             } else {
                 self.waiting.push_back((since, span));
@@ -255,13 +287,33 @@ impl Pipeline {
     }
 
     /// What a daemon on another host said about calls between our hosts.
-    pub fn peer_message(&mut self, message: crate::crosshost::Incoming) {
-        let _ = message;
+    pub fn peer_message(&mut self, message: Incoming) {
+        self.note_crossings();
+        if let Some(linker) = self.linker.as_mut() {
+            linker.on_incoming(message, Instant::now());
+        }
     }
 
     /// What the daemons of other hosts are to be told, in the order it happened.
-    pub fn take_outgoing(&mut self, out: &mut Vec<crate::crosshost::Outgoing>) {
-        let _ = out;
+    pub fn take_outgoing(&mut self, out: &mut Vec<Outgoing>) {
+        self.note_crossings();
+        if let Some(linker) = self.linker.as_mut() {
+            linker.take_outgoing(out);
+        }
+    }
+
+    /// Hands the requests that crossed hosts to the linker, in the order they were seen.
+    fn note_crossings(&mut self) {
+        self.assembler.drain_crossings(&mut self.crossings);
+        if self.crossings.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for crossing in self.crossings.drain(..) {
+            if let Some(linker) = self.linker.as_mut() {
+                linker.on_crossing(crossing, now);
+            }
+        }
     }
 
     /// Asks for every database the given processes use (at start).
@@ -360,6 +412,9 @@ impl Pipeline {
         self.devices.report(&mut out);
         self.config.stats(&mut out);
         self.resources.report(&mut out);
+        if let Some(linker) = &self.linker {
+            linker.report(&mut out);
+        }
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
@@ -400,7 +455,10 @@ impl Pipeline {
     }
 
     /// Where a span goes, by the configuration of its device (or process), and its export form.
-    fn route(&mut self, span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>) {
+    fn route(&mut self, mut span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>) {
+        if let Some(linker) = self.linker.as_mut() {
+            linker.rewrite(&mut span, Instant::now());
+        }
         let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
