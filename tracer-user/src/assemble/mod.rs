@@ -417,7 +417,10 @@ impl Assembler {
                 continues_trace: parent.is_some(),
                 len: at.wire_len as u32,
             });
-        } else if !suppressed {
+        }
+        // Offered on this host too: an address that looks remote may still reach a traced
+        // server here (a container of this host, a NAT).
+        if !suppressed {
             match self.linking.take_early_server(bytes, ts_ns) {
                 Some(key) => self.adopt_early_server(key, context),
                 None => self.linking.offer_client(bytes, ts_ns, context),
