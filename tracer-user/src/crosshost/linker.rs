@@ -184,6 +184,8 @@ impl Linker {
         if let Some(why) = self.absent.get(&peer).copied() {
             self.count_absence(why);
             self.orphan(key, now);
+            // Still asked for: the peer link tries again once its pause is over.
+            self.want(peer, now);
             return;
         }
         if !has_room(self.fates.len(), MAX_ENTRIES, &mut self.stats.refused_full) {
