@@ -198,8 +198,9 @@ impl PeerLink {
         self.counters.report(stats);
     }
 
-    /// Closes every link and the listener, and waits for the tasks to end.
-    pub async fn stop(mut self) {
+    /// Closes every link and the listener, and waits for the tasks to end. The counters stay
+    /// readable; what is sent afterwards is counted as sent after the stop.
+    pub async fn stop(&mut self) {
         self.cancel.cancel();
         if let Some(hub) = self.hub.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), hub).await;
@@ -434,10 +435,7 @@ impl Hub {
             }
             Event::RefusedInbound { peer, error } => {
                 if let Some(unlogged) = self.quiet.check(peer.ip(), "refused inbound", now) {
-                    warn!(
-                        "refused a link from {peer}: {error} (does it hold the shared key?){}",
-                        unlogged_text(unlogged)
-                    );
+                    warn!("refused a link from {peer}: {error}{}", unlogged_text(unlogged));
                 }
             }
             Event::Subscribed { id, peer, addrs, feed } => {

@@ -87,7 +87,7 @@ async fn link_up(subscriber: &mut PeerLink, publisher: &PeerLink, ip: Ipv4Addr, 
 #[tokio::test]
 async fn calls_progress_and_renames_stream_to_the_servers_host() {
     let (a, b) = (host(1, 2), host(1, 3));
-    let [link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
     link_up(&mut link_b, &link_a, a, 1).await;
 
     // A call to a third host is not B's business.
@@ -118,7 +118,7 @@ async fn calls_progress_and_renames_stream_to_the_servers_host() {
 #[tokio::test]
 async fn a_call_made_before_the_subscription_is_replayed() {
     let (a, b) = (host(2, 2), host(2, 3));
-    let [link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
     let k = call_key(a, b, 77);
     link_a.send(Outgoing::Call { key: k, trace_id: trace(3), settled: true });
     link_a.send(Outgoing::Progress { client: k.client, server: k.server, next_seq: 90 });
@@ -139,7 +139,7 @@ async fn a_call_made_before_the_subscription_is_replayed() {
 #[tokio::test]
 async fn progress_never_overtakes_a_call_it_covers() {
     let (a, b) = (host(3, 2), host(3, 3));
-    let [link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
     link_up(&mut link_b, &link_a, a, 1).await;
     // Every third request continues a trace; progress after each request.
     const REQUESTS: u32 = 3000;
@@ -197,7 +197,7 @@ async fn three_hosts_each_hear_only_of_calls_to_them() {
     link_b.send(Outgoing::Call { key: b_to_c, trace_id: trace(5), settled: true });
     assert_eq!(next(&mut link_c).await, Incoming::Call { key: b_to_c, trace_id: trace(5), settled: true });
     assert_eq!(stat(&link_c, "linked_peers"), 2);
-    for link in [link_a, link_b, link_c] {
+    for mut link in [link_a, link_b, link_c] {
         link.stop().await;
     }
 }
@@ -205,11 +205,11 @@ async fn three_hosts_each_hear_only_of_calls_to_them() {
 #[tokio::test]
 async fn a_peer_without_the_key_is_refused_both_ways_and_hears_nothing() {
     let (a, b) = (host(5, 2), host(5, 3));
-    let link_a = PeerLink::start(options(a, 0, key())).unwrap();
+    let mut link_a = PeerLink::start(options(a, 0, key())).unwrap();
     let port = link_a.local_addr().port();
     let wrong = PeerKey::from_secret(&[0x5b; 32]).unwrap();
     let mut link_b = PeerLink::start(options(b, port, wrong)).unwrap();
-    let mut link_a = link_a;
+
     // A has a call for B before anything happens: it must not leak.
     link_a.send(Outgoing::Call { key: call_key(a, b, 1), trace_id: trace(1), settled: true });
 
@@ -238,7 +238,7 @@ async fn bytes_that_are_not_a_handshake_are_refused() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let a = host(6, 2);
-    let link_a = PeerLink::start(options(a, 0, key())).unwrap();
+    let mut link_a = PeerLink::start(options(a, 0, key())).unwrap();
     let mut stream = tokio::net::TcpStream::connect(link_a.local_addr()).await.unwrap();
     // A frame of 48 bytes that is no Noise message of the key.
     let mut forged = vec![0u8, 48];
@@ -253,7 +253,7 @@ async fn bytes_that_are_not_a_handshake_are_refused() {
     // And a listener that answers with garbage is no daemon we believe.
     let b = host(6, 3);
     let fake = tokio::net::TcpListener::bind((b, link_a.local_addr().port())).await.unwrap();
-    let mut link_a = link_a;
+
     link_a.send(Outgoing::Want { ip: b });
     let (mut accepted, _) = tokio::time::timeout(TIMEOUT, fake.accept()).await.unwrap().unwrap();
     accepted.write_all(&forged).await.unwrap();
@@ -279,7 +279,7 @@ async fn no_daemon_is_absent_at_once_and_one_started_later_is_linked_after_the_p
     );
     assert_eq!(stat(&link_a, "connect_failures"), 1);
 
-    let link_b = PeerLink::start(options(b, port, key())).unwrap();
+    let mut link_b = PeerLink::start(options(b, port, key())).unwrap();
     // Within the pause: still absent, without dialing.
     link_a.send(Outgoing::Want { ip: b });
     assert_eq!(next(&mut link_a).await, Incoming::Absent { ip: b, why: Absence::NoDaemon });
@@ -307,7 +307,7 @@ async fn no_daemon_is_absent_at_once_and_one_started_later_is_linked_after_the_p
 #[tokio::test]
 async fn a_daemon_restarted_mid_run_is_lost_then_linked_again() {
     let (a, b) = (host(8, 2), host(8, 3));
-    let [link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
     let port = link_a.local_addr().port();
     link_up(&mut link_b, &link_a, a, 1).await;
 
@@ -316,7 +316,7 @@ async fn a_daemon_restarted_mid_run_is_lost_then_linked_again() {
     assert_eq!(stat(&link_b, "links_lost"), 1);
     assert_eq!(stat(&link_b, "linked_peers"), 0);
 
-    let link_a = PeerLink::start(options(a, port, key())).unwrap();
+    let mut link_a = PeerLink::start(options(a, port, key())).unwrap();
     // A lost link is dialed again at the next want, without a pause.
     link_up(&mut link_b, &link_a, a, 1).await;
     let k = call_key(a, b, 31);
@@ -330,7 +330,7 @@ async fn a_daemon_restarted_mid_run_is_lost_then_linked_again() {
 #[tokio::test]
 async fn wants_are_deduplicated() {
     let (a, b) = (host(9, 2), host(9, 3));
-    let [link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
     for _ in 0..50 {
         link_b.send(Outgoing::Want { ip: a });
     }
