@@ -54,7 +54,7 @@ use crate::{
 /// The port every daemon listens at, unless told otherwise.
 pub const DEFAULT_PORT: u16 = 4320;
 /// Messages from the pipeline waiting for the hub.
-const OUTGOING_QUEUE: usize = 16_384;
+const OUTGOING_QUEUE: usize = 65_536;
 /// Messages from other daemons waiting for the pipeline.
 const INCOMING_QUEUE: usize = 4096;
 /// How long progress waits to be coalesced before it is written.

@@ -348,3 +348,27 @@ async fn wants_are_deduplicated() {
     link_a.stop().await;
     link_b.stop().await;
 }
+
+/// What a link and a call cost on the wire (the figures BENCHMARKS.md quotes): the handshake is
+/// two 50-byte frames, the subscription one of 24; a call alone in its frame 54 bytes.
+#[tokio::test]
+async fn wire_cost_of_a_link_and_a_call() {
+    let (a, b) = (host(10, 2), host(10, 3));
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    link_up(&mut link_b, &link_a, a, 1).await;
+    // Beats may cross at any time (19 bytes each).
+    let beats = |link: &PeerLink, direction: &str| 19 * stat(link, &format!("{direction}_beats"));
+    assert_eq!(stat(&link_a, "received_bytes"), 50 + 24 + beats(&link_a, "received"));
+    assert_eq!(stat(&link_b, "sent_bytes"), 50 + 24 + beats(&link_b, "sent"));
+    assert_eq!(stat(&link_a, "sent_bytes"), 50 + beats(&link_a, "sent"));
+    let k = LinkKey {
+        client: SocketAddrV4::new(a, 40312),
+        server: SocketAddrV4::new(b, 10000),
+        seq: 3_141_592_653,
+    };
+    link_a.send(Outgoing::Call { key: k, trace_id: trace(1), settled: true });
+    assert!(matches!(next(&mut link_b).await, Incoming::Call { .. }));
+    assert_eq!(stat(&link_a, "sent_bytes"), 50 + 54 + beats(&link_a, "sent"));
+    link_a.stop().await;
+    link_b.stop().await;
+}

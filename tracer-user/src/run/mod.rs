@@ -49,6 +49,8 @@ use crate::{
 
 /// How often the ring buffer is drained of records that did not wake the daemon.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Most messages from other hosts' daemons handed to the pipeline between two releases.
+const PEER_BURST: usize = 1024;
 /// Longest time a loss waits before a log line reports it (the first one goes out at once).
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the loss counters are read.
@@ -198,6 +200,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             }
             message = next_peer_message(&mut peer_rx) => {
                 daemon.pipeline.peer_message(message);
+                // A burst (a replay) is handed over whole and released once.
+                if let Some(rx) = &mut peer_rx {
+                    for _ in 0..PEER_BURST {
+                        let Ok(message) = rx.try_recv() else { break };
+                        daemon.pipeline.peer_message(message);
+                    }
+                }
                 daemon.release(false);
             }
             Some(pending) = ctl_rx.recv() => {
