@@ -110,6 +110,8 @@ pub struct PeerLink {
     cancel: CancellationToken,
     hub: Option<tokio::task::JoinHandle<()>>,
     local_addr: SocketAddr,
+    /// This host's addresses as told to publishers (shared with the hub).
+    addrs: Arc<watch::Sender<Vec<Ipv4Addr>>>,
 }
 
 impl PeerLink {
@@ -139,27 +141,39 @@ impl PeerLink {
             events,
             cancel: cancel.clone(),
         });
-        let (addrs_tx, _) = watch::channel(addrs);
+        let addrs = Arc::new(watch::channel(addrs).0);
         let hub = Hub {
             publisher: Publisher::new(options.limits, counters.clone()),
             options,
             shared,
             listener,
             fixed_addrs,
-            addrs: addrs_tx,
+            addrs: addrs.clone(),
             peers: HashMap::new(),
             tasks: JoinSet::new(),
             next_id: 0,
             inbound_open: 0,
             quiet: Quiet::default(),
         };
-        info!("listening for other hosts' tango-tracer daemons at {local_addr}");
         let hub = tokio::spawn(hub.run(outgoing_rx, events_rx));
-        Ok(PeerLink { outgoing, incoming: Some(incoming), counters, cancel, hub: Some(hub), local_addr })
+        Ok(PeerLink {
+            outgoing,
+            incoming: Some(incoming),
+            counters,
+            cancel,
+            hub: Some(hub),
+            local_addr,
+            addrs,
+        })
     }
 
     /// Hands a message to the link; never waits. When the queue is full it is dropped and
     /// counted by kind.
+    ///
+    /// A `Want` for a host that is linked or being linked is ignored (its `Up` or `Absent` is
+    /// coming or came); for a host found absent less than the retry pause ago it is answered
+    /// `Absent` at once; otherwise the host is dialed and `Up` or `Absent` follows within the
+    /// connect timeout. A link that breaks later says `Absent { why: Lost }`.
     pub fn send(&self, message: Outgoing) {
         let counter = match &message {
             Outgoing::Call { .. } => &self.counters.queue_full_calls,
@@ -186,6 +200,17 @@ impl PeerLink {
     /// The next message from other daemons (when the receiver was not taken).
     pub async fn recv(&mut self) -> Option<Incoming> {
         self.incoming.as_mut()?.recv().await
+    }
+
+    /// Changes the addresses told to publishers, as the hub does when the interfaces change.
+    #[cfg(test)]
+    fn set_addrs(&self, addrs: Vec<Ipv4Addr>) {
+        self.addrs.send_replace(addrs);
+    }
+
+    /// This host's addresses as told to publishers now.
+    pub fn addrs(&self) -> Vec<Ipv4Addr> {
+        self.addrs.borrow().clone()
     }
 
     /// Where the link listens.
@@ -269,7 +294,7 @@ struct Hub {
     publisher: Publisher,
     fixed_addrs: bool,
     /// This host's addresses, watched by every subscribing link.
-    addrs: watch::Sender<Vec<Ipv4Addr>>,
+    addrs: Arc<watch::Sender<Vec<Ipv4Addr>>>,
     peers: HashMap<Ipv4Addr, PeerState>,
     tasks: JoinSet<()>,
     next_id: SubscriberId,

@@ -372,3 +372,23 @@ async fn wire_cost_of_a_link_and_a_call() {
     link_a.stop().await;
     link_b.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_whose_addresses_change_hears_of_calls_to_the_new_ones() {
+    let (a, b, b2) = (host(11, 2), host(11, 3), host(11, 4));
+    let [mut link_a, mut link_b] = <[PeerLink; 2]>::try_from(start_hosts(&[a, b])).ok().unwrap();
+    let early = call_key(a, b2, 1);
+    link_a.send(Outgoing::Call { key: early, trace_id: trace(1), settled: true });
+    wait_stat(&link_a, "replay_entries", |n| n == 1).await;
+    link_up(&mut link_b, &link_a, a, 1).await;
+
+    link_b.set_addrs(vec![b, b2]);
+    // The call made before the change is replayed, then live calls to the new address follow.
+    assert_eq!(next(&mut link_b).await, Incoming::Call { key: early, trace_id: trace(1), settled: true });
+    let late = call_key(a, b2, 2);
+    link_a.send(Outgoing::Call { key: late, trace_id: trace(2), settled: true });
+    assert_eq!(next(&mut link_b).await, Incoming::Call { key: late, trace_id: trace(2), settled: true });
+    assert_eq!(stat(&link_a, "received_subscribes"), 2);
+    link_a.stop().await;
+    link_b.stop().await;
+}

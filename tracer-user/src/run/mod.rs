@@ -127,7 +127,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     let peers = match &options.peers {
-        Some(peer_options) => Some(PeerLink::start(peer_options.clone())?),
+        Some(peer_options) => {
+            let link = PeerLink::start(peer_options.clone())?;
+            info!(
+                "cross-host linking on: listening for other hosts' daemons at {}, this host's addresses {:?}",
+                link.local_addr(),
+                link.addrs()
+            );
+            Some(link)
+        }
         None => None,
     };
     let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
