@@ -24,10 +24,6 @@ use super::{
 };
 use crate::crosshost::{Absence, Incoming};
 
-/// A link says something at least this often, so its peer knows it is alive.
-const BEAT_INTERVAL: Duration = Duration::from_secs(2);
-/// A link silent this long is broken.
-const SILENCE: Duration = Duration::from_secs(7);
 /// Longest time one frame may take to leave.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for one subscriber (a replay is one).
@@ -41,6 +37,10 @@ pub struct Shared {
     /// Every daemon listens at this port.
     pub port: u16,
     pub connect_timeout: Duration,
+    /// A link says something at least this often, so its peer knows it is alive.
+    pub beat: Duration,
+    /// A link silent this long is broken.
+    pub silence: Duration,
     pub counters: Arc<Counters>,
     pub incoming: mpsc::Sender<Incoming>,
     pub events: mpsc::UnboundedSender<Event>,
@@ -141,7 +141,7 @@ async fn follow(
     let mut messages = Vec::new();
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(BEAT_INTERVAL / 2);
+    let mut tick = tokio::time::interval(shared.beat / 2);
     loop {
         tokio::select! {
             received = session.recv(&mut messages, counters) => {
@@ -182,7 +182,7 @@ async fn follow(
                 last_write = Instant::now();
             }
             _ = tick.tick() => {
-                if let Some(error) = keep_alive(&mut session, last_read, &mut last_write, counters).await {
+                if let Some(error) = keep_alive(shared, &mut session, last_read, &mut last_write).await {
                     return error;
                 }
             }
@@ -254,7 +254,7 @@ async fn publish(
     let mut batch = Vec::with_capacity(BATCH_BYTES + 64);
     let mut last_read = Instant::now();
     let mut last_write = Instant::now();
-    let mut tick = tokio::time::interval(BEAT_INTERVAL / 2);
+    let mut tick = tokio::time::interval(shared.beat / 2);
     loop {
         tokio::select! {
             feed = feed_rx.recv() => {
@@ -280,7 +280,7 @@ async fn publish(
                 }
             }
             _ = tick.tick() => {
-                if let Some(error) = keep_alive(&mut session, last_read, &mut last_write, counters).await {
+                if let Some(error) = keep_alive(shared, &mut session, last_read, &mut last_write).await {
                     return error;
                 }
             }
@@ -333,16 +333,16 @@ async fn push(
 
 /// Sends a beat when nothing was written for a while; an error when nothing was read for too long.
 async fn keep_alive(
+    shared: &Shared,
     session: &mut Session,
     last_read: Instant,
     last_write: &mut Instant,
-    counters: &Counters,
 ) -> Option<String> {
-    if last_read.elapsed() > SILENCE {
-        return Some(format!("nothing heard for {SILENCE:?}"));
+    if last_read.elapsed() > shared.silence {
+        return Some(format!("nothing heard for {:?}", shared.silence));
     }
-    if last_write.elapsed() >= BEAT_INTERVAL {
-        if let Err(e) = send(session, &[Message::Beat], counters).await {
+    if last_write.elapsed() >= shared.beat {
+        if let Err(e) = send(session, &[Message::Beat], &shared.counters).await {
             return Some(e);
         }
         *last_write = Instant::now();

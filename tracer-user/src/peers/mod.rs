@@ -82,6 +82,8 @@ pub struct PeerOptions {
     pub retry_pause: Duration,
     /// Longest time a connection and its handshake may take.
     pub connect_timeout: Duration,
+    /// A link says something at least this often; one silent for 3.5 times as long is broken.
+    pub beat: Duration,
     /// This host's addresses as told to publishers; `None`: every interface's but loopback,
     /// read again every few seconds.
     pub addrs: Option<Vec<Ipv4Addr>>,
@@ -96,6 +98,7 @@ impl PeerOptions {
             wait: Duration::from_millis(1500),
             retry_pause: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(1),
+            beat: Duration::from_secs(2),
             addrs: None,
             limits: PublishLimits::default(),
         }
@@ -136,6 +139,8 @@ impl PeerLink {
             key: options.key.clone(),
             port: local_addr.port(),
             connect_timeout: options.connect_timeout,
+            beat: options.beat,
+            silence: options.beat * 7 / 2,
             counters: counters.clone(),
             incoming: incoming_tx,
             events,

@@ -392,3 +392,40 @@ async fn a_subscriber_whose_addresses_change_hears_of_calls_to_the_new_ones() {
     link_a.stop().await;
     link_b.stop().await;
 }
+
+/// A link that goes silent without closing (a host gone) is found broken by its beats, both ways.
+#[tokio::test]
+async fn a_silent_link_is_lost_both_ways() {
+    let (a, b) = (host(12, 2), host(12, 3));
+    let beat = Duration::from_millis(100);
+    let mut options_a = options(a, 0, key());
+    options_a.beat = beat;
+    let mut link_a = PeerLink::start(options_a).unwrap();
+    let port = link_a.local_addr().port();
+    let counters = Counters::default();
+
+    // A daemon at B that holds the key, takes the subscription, then says nothing.
+    let silent = tokio::net::TcpListener::bind((b, port)).await.unwrap();
+    link_a.send(Outgoing::Want { ip: b });
+    let (stream, _) = tokio::time::timeout(TIMEOUT, silent.accept()).await.unwrap().unwrap();
+    let mut session = wire::respond(stream, &key(), TIMEOUT, &counters).await.unwrap();
+    let mut subscribe = Vec::new();
+    session.recv(&mut subscribe, &counters).await.unwrap();
+    assert_eq!(subscribe, vec![wire::Message::Subscribe { addrs: vec![a] }]);
+    assert_eq!(next(&mut link_a).await, Incoming::Up { ip: b });
+    let up = Instant::now();
+    assert_eq!(next(&mut link_a).await, Incoming::Absent { ip: b, why: Absence::Lost });
+    assert!(up.elapsed() >= beat * 3, "lost after {:?}", up.elapsed());
+    assert_eq!(stat(&link_a, "links_lost"), 1);
+
+    // A subscriber at B that goes silent after subscribing: A stops serving it.
+    let stream = tokio::net::TcpStream::connect((a, port)).await.unwrap();
+    let mut session = wire::initiate(stream, &key(), TIMEOUT, &counters).await.unwrap();
+    let mut batch = Vec::new();
+    wire::Message::Subscribe { addrs: vec![b] }.encode(&mut batch);
+    session.send(&batch, &counters).await.unwrap();
+    wait_stat(&link_a, "subscribers", |n| n == 1).await;
+    wait_stat(&link_a, "subscribers", |n| n == 0).await;
+    drop(session);
+    link_a.stop().await;
+}
