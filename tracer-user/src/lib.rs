@@ -2,7 +2,8 @@
 //!
 //! Data flows one way, one folder per stage: [`discover`] → [`probe`] → wire parsers
 //! (`tracer-wire`) → [`assemble`] → [`events`] → [`devices`] → [`configure`] → [`convert`] →
-//! export (`tracer-export`). [`run`] wires them together.
+//! export (`tracer-export`). [`run`] wires them together; [`peers`] links it to the daemons of
+//! other hosts.
 
 pub mod assemble;
 pub mod configure;
@@ -11,6 +12,7 @@ pub mod crosshost;
 pub mod devices;
 pub mod discover;
 pub mod events;
+pub mod peers;
 pub mod probe;
 pub mod run;
 pub mod stats;

@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use tango_tracer::run::{self as daemon, RunOptions};
+use tango_tracer::{
+    peers::{PeerKey, PeerOptions},
+    run::{self as daemon, RunOptions},
+};
 use tracer_export::{ConsoleStream, Destination, ExportConfig};
 
 /// Zero-instrumentation tracing of Tango Controls device servers and clients.
@@ -18,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the traces kept in the embedded store as trees.
     Show(ShowArgs),
     /// Ask or change a running daemon: traced processes and devices, their configuration.
@@ -115,6 +118,19 @@ struct RunArgs {
     /// Control socket for `tango-tracer ctl`.
     #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     control_socket: PathBuf,
+    /// Shared key of the daemons of all hosts (at least 32 random bytes, e.g. 64 hex digits; a
+    /// file only its owner can read). Given, calls between hosts become one trace.
+    #[arg(long)]
+    peer_key: Option<PathBuf>,
+    /// Where to listen for the daemons of other hosts; every host's daemon uses the same port.
+    #[arg(long, default_value = "0.0.0.0:4320", requires = "peer_key")]
+    peer_listen: std::net::SocketAddr,
+    /// Longest time a server span of a call from another host waits for that host's daemon.
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration, requires = "peer_key")]
+    peer_wait: Duration,
+    /// How long a host whose daemon did not answer is left alone before it is asked again.
+    #[arg(long, default_value = "3s", value_parser = parse_duration, requires = "peer_key")]
+    peer_retry: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -223,6 +239,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_timeout: args.shutdown_timeout,
         ..ExportConfig::default()
     };
+    let peers = peer_options(&args)?;
     let options = RunOptions {
         destinations: destinations(&args)?,
         export,
@@ -235,8 +252,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         trace_by_default: args.default_telemetry == OnOff::On,
         control_socket: Some(args.control_socket),
         proc_root: PathBuf::from("/proc"),
+        peers,
     };
     daemon::run(options).await
+}
+
+/// Cross-host linking: on when a key is given.
+fn peer_options(args: &RunArgs) -> anyhow::Result<Option<PeerOptions>> {
+    let Some(path) = &args.peer_key else {
+        return Ok(None);
+    };
+    if args.peer_wait.is_zero() || args.peer_wait > Duration::from_secs(10) {
+        bail!("--peer-wait must be more than 0 and at most 10s: server spans are held that long");
+    }
+    if args.peer_retry < Duration::from_millis(100) || args.peer_retry > Duration::from_secs(300) {
+        bail!("--peer-retry must be between 100ms and 300s");
+    }
+    let mut options = PeerOptions::new(PeerKey::load(path)?);
+    options.listen = args.peer_listen;
+    options.wait = args.peer_wait;
+    options.retry_pause = args.peer_retry;
+    // A daemon that does not answer within the wait is no use to the spans waiting for it.
+    options.connect_timeout = options.connect_timeout.min(args.peer_wait);
+    Ok(Some(options))
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
@@ -310,7 +348,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
         Command::Show(args) => show(args),
         Command::Ctl(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -39,13 +39,18 @@ use crate::{
         Policy,
         cpptango::{self as tc, AdminChange, AdminCommand, DeviceSelector},
     },
+    crosshost::{Incoming, Outgoing},
     devices::dbclient,
     discover::processes::Processes,
+    peers::{PeerLink, PeerOptions},
     probe::{attach::Probes, record::Record},
+    stats::StageStats,
 };
 
 /// How often the ring buffer is drained of records that did not wake the daemon.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// Most messages from other hosts' daemons handed to the pipeline between two releases.
+const PEER_BURST: usize = 1024;
 /// Longest time a loss waits before a log line reports it (the first one goes out at once).
 const LOSS_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the loss counters are read.
@@ -74,6 +79,8 @@ pub struct RunOptions {
     /// Write every probe record as a JSON line here (for replay and benchmarks).
     pub record_to: Option<PathBuf>,
     pub proc_root: PathBuf,
+    /// Linking calls across hosts with the daemons there (on when a key is given).
+    pub peers: Option<PeerOptions>,
 }
 
 struct Daemon {
@@ -94,6 +101,10 @@ struct Daemon {
     records_lost_seen: u64,
     loss_report: LossReport,
     last_loss_check: Instant,
+    /// The link to other hosts' daemons, when cross-host linking is on.
+    peers: Option<PeerLink>,
+    /// Messages for other hosts' daemons from the last release (reused).
+    outgoing: Vec<Outgoing>,
 }
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT.
@@ -113,6 +124,18 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
+        None => None,
+    };
+    let peers = match &options.peers {
+        Some(peer_options) => {
+            let link = PeerLink::start(peer_options.clone())?;
+            info!(
+                "cross-host linking on: listening for other hosts' daemons at {}, this host's addresses {:?}",
+                link.local_addr(),
+                link.addrs()
+            );
+            Some(link)
+        }
         None => None,
     };
     let (imported_tx, mut imported_rx) = mpsc::unbounded_channel();
@@ -135,7 +158,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         records_lost_seen: 0,
         loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
         last_loss_check: Instant::now(),
+        peers,
+        outgoing: Vec::new(),
     };
+    let mut peer_rx = daemon.peers.as_mut().and_then(PeerLink::take_incoming);
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
     }
@@ -178,6 +204,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = tick.tick() => daemon.on_tick(),
             Some(import) = imported_rx.recv() => {
                 daemon.pipeline.learn_import(import);
+                daemon.release(false);
+            }
+            message = next_peer_message(&mut peer_rx) => {
+                daemon.pipeline.peer_message(message);
+                // A burst (a replay) is handed over whole and released once.
+                if let Some(rx) = &mut peer_rx {
+                    for _ in 0..PEER_BURST {
+                        let Ok(message) = rx.try_recv() else { break };
+                        daemon.pipeline.peer_message(message);
+                    }
+                }
                 daemon.release(false);
             }
             Some(pending) = ctl_rx.recv() => {
@@ -258,6 +295,9 @@ impl Daemon {
         for (stage, name, value) in self.pipeline.report(&self.processes).losses() {
             losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
+        for (stage, name, value) in self.peer_stats().losses() {
+            losses.push(Loss::new(stage, name.replace('_', " "), value));
+        }
         for (destination, stats) in &self.hub.stats().destinations {
             let stage = format!("export to {destination}");
             for (cause, count) in stats.dropped.by_cause() {
@@ -273,7 +313,21 @@ impl Daemon {
         for Routed { record, destinations } in self.routed.drain(..) {
             self.hub.submit(record, &destinations);
         }
+        self.pipeline.take_outgoing(&mut self.outgoing);
+        match &self.peers {
+            Some(peers) => self.outgoing.drain(..).for_each(|message| peers.send(message)),
+            None => self.outgoing.clear(),
+        }
         self.run_queries();
+    }
+
+    /// The peer link's counters (none when cross-host linking is off).
+    fn peer_stats(&self) -> StageStats {
+        let mut stats = StageStats::default();
+        if let Some(peers) = &self.peers {
+            peers.report(&mut stats);
+        }
+        stats
     }
 
     fn run_queries(&mut self) {
@@ -301,6 +355,9 @@ impl Daemon {
                 stats.push("probe", "pending_syscall_entries", pending as u64);
                 stats.push("probe", "partial_message_entries", streams as u64);
                 stats.push("probe", "undecodable_records", self.undecodable);
+                if let Some(peers) = &self.peers {
+                    peers.report(&mut stats);
+                }
                 CtlAnswer::Stats(ctl::StatsView::new(&stats, self.losses(), &self.hub.stats()))
             }
             CtlRequest::Enable { pattern, enable } => {
@@ -391,6 +448,9 @@ impl Daemon {
         info!("stopping: ending open calls and flushing exporters");
         self.pipeline.flush_all(monotonic_ns());
         self.release(true);
+        if let Some(peers) = &mut self.peers {
+            peers.stop().await;
+        }
         self.hub.shutdown().await;
         if let Some(recorder) = &mut self.recorder {
             let _ = recorder.flush();
@@ -412,12 +472,25 @@ impl Daemon {
             losses::totals(&losses),
         );
         let stats = self.pipeline.report(&self.processes);
+        let peer_stats = self.peer_stats();
         let counters: Vec<String> = stats
             .iter()
+            .chain(peer_stats.iter())
             .filter(|(_, name, value)| *value > 0 && !name.ends_with("_entries"))
             .map(|(stage, name, value)| format!("{stage}.{name}={value}"))
             .collect();
         info!("stage counters: {}", counters.join(" "));
+    }
+}
+
+/// The next message from other hosts' daemons (never, when cross-host linking is off).
+async fn next_peer_message(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Incoming {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(message) => message,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
