@@ -5,7 +5,6 @@
 pub mod exchange;
 pub mod key;
 pub mod linker;
-pub mod local;
 
 pub use exchange::{Absence, Incoming, Outgoing};
 pub use key::LinkKey;

@@ -4,32 +4,13 @@ use std::net::Ipv4Addr;
 
 /// Every IPv4 address of every interface except loopback, sorted, once each.
 pub fn local_ipv4() -> std::io::Result<Vec<Ipv4Addr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list it allocates; it is freed below, once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut entry = head;
-    while !entry.is_null() {
-        // SAFETY: `entry` is a non-null node of the list getifaddrs returned, not yet freed.
-        let ifa = unsafe { &*entry };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: `ifa_addr` is non-null and points to a sockaddr of the list.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: an AF_INET address is a sockaddr_in; read unaligned to be safe.
-                let sin = unsafe { std::ptr::read_unaligned(ifa.ifa_addr.cast::<libc::sockaddr_in>()) };
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() {
-                    out.push(ip);
-                }
-            }
-        }
-        entry = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once; no reference into it outlives this.
-    unsafe { libc::freeifaddrs(head) };
+    let mut out: Vec<Ipv4Addr> = if_addrs::get_if_addrs()?
+        .into_iter()
+        .filter_map(|interface| match interface.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+            _ => None,
+        })
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)

@@ -161,6 +161,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         peers,
         outgoing: Vec::new(),
     };
+    if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
+        daemon.pipeline.link_hosts(peer_options.wait);
+        daemon.pipeline.set_local_addresses(&link.addrs());
+    }
     let mut peer_rx = daemon.peers.as_mut().and_then(PeerLink::take_incoming);
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
@@ -269,6 +273,10 @@ impl Daemon {
 
     fn on_tick(&mut self) {
         self.pipeline.expire(monotonic_ns());
+        if let Some(link) = &self.peers {
+            // The peer link re-reads them now and then; the assembler follows.
+            self.pipeline.set_local_addresses(&link.addrs());
+        }
         self.release(false);
         for pid in self.processes.take_gone(EXITED_KEEP) {
             self.pipeline.forget_process(pid);
