@@ -303,7 +303,9 @@ fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
         return Ok(());
     }
     // The syscall's bytes end where the socket's counter now stands (it moved by `ret`), except
-    // for a peek, which moves nothing.
+    // for a peek, which moves nothing. (A second thread moving bytes on the same socket between
+    // the transfer and this tracepoint would shift the counter; omniORB and ZMQ give a connection
+    // one writer and one reader at a time.)
     // SAFETY (the loads): fields of the TCP socket the kernel just checked, at BTF offsets.
     let seq = if dir == direction::SEND {
         unsafe { tp.add(offset(&SOCK_OFFSETS.write_seq)).cast::<u32>().read_volatile() }
