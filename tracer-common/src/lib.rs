@@ -130,14 +130,20 @@ pub struct DataRecord {
     pub direction: u8,
     /// [`chunk`] flags.
     pub flags: u8,
-    /// Address family of the socket's peer (`AF_INET` 2, `AF_UNIX` 1; 0 when unknown), read in
-    /// the kernel for receives so the daemon need not race the connection's end.
+    /// Address family of the socket (`AF_INET` 2, `AF_UNIX` 1; 0 when unknown), read in the
+    /// kernel during the syscall so the daemon need not race the connection's end.
     pub peer_family: u16,
     /// IPv4 address of the peer, network byte order.
     pub peer_addr: u32,
     /// Port of the peer, host byte order.
     pub peer_port: u16,
-    pub _pad2: [u8; 6],
+    /// Port of this end, host byte order (valid with [`chunk::TCP_POSITION`]).
+    pub local_port: u16,
+    /// IPv4 address of this end, network byte order (valid with [`chunk::TCP_POSITION`]).
+    pub local_addr: u32,
+    /// TCP sequence number of the chunk's first byte (valid with [`chunk::TCP_POSITION`]).
+    pub tcp_seq: u32,
+    pub _pad2: u32,
     pub data: [u8; MAX_CAPTURE],
 }
 
@@ -145,17 +151,31 @@ pub struct DataRecord {
 pub mod chunk {
     /// The chunk starts at a GIOP message header (else it continues a message or is ZMTP).
     pub const MESSAGE_START: u8 = 0x01;
+    /// The chunk's TCP position (`local_*`, `peer_*`, `tcp_seq`) was read from a TCP/IPv4
+    /// socket during the syscall.
+    pub const TCP_POSITION: u8 = 0x02;
 }
 
-/// Offsets into `struct sock_common`, read from the kernel's BTF by the daemon.
+/// Offsets into `struct sock_common` and `struct tcp_sock`, read from the kernel's BTF by the
+/// daemon.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
     pub daddr: u32,
     pub dport: u32,
     pub family: u32,
-    /// 1 when the offsets are valid.
+    /// 1 when the three offsets above are valid (the peer of a socket).
     pub valid: u32,
+    /// `sock_common.skc_rcv_saddr`: the local IPv4 address.
+    pub rcv_saddr: u32,
+    /// `sock_common.skc_num`: the local port, host byte order.
+    pub num: u32,
+    /// `tcp_sock.write_seq`: the sequence number after the last byte queued for sending.
+    pub write_seq: u32,
+    /// `tcp_sock.copied_seq`: the sequence number after the last byte read by the process.
+    pub copied_seq: u32,
+    /// 1 when the four offsets above are valid too (the TCP position of a chunk).
+    pub tcp_valid: u32,
 }
 
 /// Longest path copied from an `openat`.
@@ -175,6 +195,8 @@ pub mod unreadable {
     pub const EUID: u32 = 8;
     /// `task->nsproxy->mnt_ns->ns.inum`.
     pub const MNT_NS: u32 = 16;
+    /// `task->nsproxy->net_ns->ns.inum`.
+    pub const NET_NS: u32 = 32;
 }
 
 /// A process that has just become a target, seen from inside the kernel while it is in a syscall
@@ -190,6 +212,8 @@ pub struct FactsRecord {
     pub euid: u32,
     /// Inode of the process's mount namespace (whether it sees the daemon's files).
     pub mnt_ns: u32,
+    /// Inode of the process's network namespace (which host it is part of).
+    pub net_ns: u32,
     /// [`unreadable`] bits.
     pub unreadable: u32,
     /// True length of the command line (`arg_end - arg_start`) and the bytes of it copied.
@@ -198,6 +222,7 @@ pub struct FactsRecord {
     /// True length of the environment block and the bytes of it copied.
     pub environ_len: u32,
     pub environ_captured: u32,
+    pub _pad: u32,
     /// `task->comm`, NUL-padded.
     pub comm: [u8; 16],
     /// The command line's `cmdline_captured` bytes, then the environment's `environ_captured`.
@@ -239,10 +264,20 @@ pub struct ProcessOffsets {
     pub nsproxy_mnt_ns: u32,
     /// `mnt_namespace.ns` plus `ns_common.inum`.
     pub mnt_ns_inum: u32,
+    pub nsproxy_net_ns: u32,
+    /// `net.ns` plus `ns_common.inum`.
+    pub net_ns_inum: u32,
 }
 
 /// Size of a [`DataRecord`] without its payload.
 pub const DATA_RECORD_HEADER_LEN: usize = core::mem::size_of::<DataRecord>() - MAX_CAPTURE;
+
+// No padding surprises: the variable parts start where the fixed parts end, so the bytes that
+// cross the ring buffer are exactly the fields and what was copied.
+const _: () = assert!(core::mem::offset_of!(DataRecord, data) == DATA_RECORD_HEADER_LEN);
+const _: () = assert!(core::mem::offset_of!(FactsRecord, blocks) == FACTS_RECORD_HEADER_LEN);
+const _: () = assert!(core::mem::offset_of!(LibraryRecord, path) == LIBRARY_RECORD_HEADER_LEN);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 
 /// Process lifecycle records carry only the header.
 #[repr(C)]
@@ -281,12 +316,19 @@ pub struct PendingCall {
     pub fd: i32,
     /// The target's capture length, read at entry so the exit need not look the target up again.
     pub capture_len: u32,
-    /// Peer of a receive, noted by `sock:sock_recv_length` while it runs (0 when unknown).
+    /// Peer of the socket, noted by `sock:sock_send_length`/`sock_recv_length` while the
+    /// syscall runs (0 when unknown).
     pub peer_addr: u32,
     pub peer_family: u16,
     pub peer_port: u16,
+    /// This end of a TCP/IPv4 socket and the sequence number of the syscall's first byte, noted
+    /// by the same tracepoints (valid when `tcp_valid` is 1).
+    pub local_addr: u32,
+    pub tcp_seq: u32,
+    pub local_port: u16,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    pub tcp_valid: u8,
+    pub _pad: [u8; 4],
 }
 
 /// What the probes remember of a stream direction between syscalls while a GIOP message is only

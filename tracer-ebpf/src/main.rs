@@ -11,6 +11,11 @@
 //!   has exited before the daemon reads anything. A target's forked children inherit both.
 //! - Scheduler tracepoints report exec and exit of targets so the daemon can free state; a BTF
 //!   `sched_process_fork` program makes a target's forked children targets.
+//! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` note the socket of each send and
+//!   receive in flight: its peer and, for TCP/IPv4, its local end and the TCP sequence number of
+//!   the first byte moved, which both hosts of a connection see for the same bytes.
+//! - With a network namespace chosen (`--netns`), only its processes become targets, at the
+//!   omniORB open and at fork alike.
 #![no_std]
 #![no_main]
 
@@ -104,15 +109,33 @@ static PROCESS_OFFSETS: ProcessOffsets = ProcessOffsets {
     cred_euid: 0,
     nsproxy_mnt_ns: 0,
     mnt_ns_inum: 0,
+    nsproxy_net_ns: 0,
+    net_ns_inum: 0,
 };
 
 /// Capture limit for processes made targets in the kernel (set by the daemon before attaching).
 #[unsafe(no_mangle)]
 static DEFAULT_CAPTURE_LEN: u32 = 1024;
 
-/// Where the peer address lives in `struct sock_common` (set by the daemon from BTF).
+/// Where the peer address, the local address and the TCP sequence numbers live in a socket (set
+/// by the daemon from BTF).
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: SockOffsets = SockOffsets { daddr: 0, dport: 0, family: 0, valid: 0 };
+static SOCK_OFFSETS: SockOffsets = SockOffsets {
+    daddr: 0,
+    dport: 0,
+    family: 0,
+    valid: 0,
+    rcv_saddr: 0,
+    num: 0,
+    write_seq: 0,
+    copied_seq: 0,
+    tcp_valid: 0,
+};
+
+/// Inode of the only network namespace whose processes become targets; 0 for every namespace
+/// (set by the daemon before loading).
+#[unsafe(no_mangle)]
+static TARGET_NET_NS: u32 = 0;
 
 const GIOP_HEADER_LEN: usize = 12;
 /// `bpf_ringbuf_output` flag: do not wake the consumer.
@@ -172,8 +195,12 @@ fn stash_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
             peer_addr: 0,
             peer_family: 0,
             peer_port: 0,
+            local_addr: 0,
+            tcp_seq: 0,
+            local_port: 0,
             direction: dir,
-            _pad: [0; 7],
+            tcp_valid: 0,
+            _pad: [0; 4],
         }
     };
     if PENDING.insert(&pid_tgid, &call, 0).is_err() {
@@ -210,39 +237,89 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     emit_data(pid_tgid, &call, ret as u64, capture_len)
 }
 
-/// `sock:sock_recv_length` fires inside the receive, with the socket: its peer address is noted
-/// for the `recvfrom` in flight on this thread.
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_sock_recv_length(&ctx);
+/// `sock:sock_send_length` fires inside the send, after the bytes were queued, with the socket:
+/// its ends and the sequence number of the send's first byte are noted for the `sendto` in
+/// flight on this thread.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = note_socket(&ctx, direction::SEND);
     0
 }
 
-fn try_sock_recv_length(ctx: &BtfTracePointContext) -> Result<(), ()> {
+/// `sock:sock_recv_length` fires inside the receive, after the bytes were copied, with the
+/// socket: its ends and the sequence number of the receive's first byte are noted for the
+/// `recvfrom` in flight on this thread.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let _ = note_socket(&ctx, direction::RECV);
+    0
+}
+
+const AF_INET: u16 = 2;
+const MSG_PEEK: i32 = 2;
+
+/// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
+/// number of the syscall's first byte. Threads without a syscall in flight pay one lookup.
+///
+/// The socket is read with plain loads, not helper calls: the verifier knows the argument's type
+/// from BTF and the offsets (read-only globals set before loading) as constants, checks each
+/// load against the struct, and makes it fault-tolerant.
+#[inline(always)]
+fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(args) = PENDING.get_ptr_mut(&pid_tgid) else {
+    let Some(call) = PENDING.get_ptr_mut(&pid_tgid) else {
         return Ok(());
     };
-    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
-    let offsets = unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) };
-    if offsets.valid != 1 {
+    // SAFETY: the entry belongs to this thread's syscall in flight; only this thread touches it.
+    let call = unsafe { &mut *call };
+    // SAFETY (the offsets): globals the daemon sets before loading; read one by one as volatile
+    // so each stays a load the verifier resolves to a constant.
+    let offset = |field: &u32| unsafe { core::ptr::read_volatile(field) } as usize;
+    if call.direction != dir || offset(&SOCK_OFFSETS.valid) != 1 {
         return Ok(());
     }
+    // TP_PROTO(struct sock *sk, int ret, int flags)
     let sk: *const u8 = ctx.arg(0);
-    // SAFETY: reading kernel memory of the socket the tracepoint hands us, at BTF offsets.
-    let (family, dport, daddr) = unsafe {
-        (
-            bpf_probe_read_kernel(sk.add(offsets.family as usize).cast::<u16>()).map_err(|_| ())?,
-            bpf_probe_read_kernel(sk.add(offsets.dport as usize).cast::<u16>()).map_err(|_| ())?,
-            bpf_probe_read_kernel(sk.add(offsets.daddr as usize).cast::<u32>()).map_err(|_| ())?,
-        )
-    };
-    // SAFETY: the entry belongs to this thread's recvfrom in flight.
-    unsafe {
-        (*args).peer_family = family;
-        (*args).peer_port = u16::from_be(dport);
-        (*args).peer_addr = daddr;
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if sk.is_null() {
+        return Ok(());
     }
+    // SAFETY (the loads): fields of the socket the tracepoint hands us, at BTF offsets.
+    let family = unsafe { sk.add(offset(&SOCK_OFFSETS.family)).cast::<u16>().read_volatile() };
+    let dport = unsafe { sk.add(offset(&SOCK_OFFSETS.dport)).cast::<u16>().read_volatile() };
+    let daddr = unsafe { sk.add(offset(&SOCK_OFFSETS.daddr)).cast::<u32>().read_volatile() };
+    call.peer_family = family;
+    call.peer_port = u16::from_be(dport);
+    call.peer_addr = daddr;
+    if offset(&SOCK_OFFSETS.tcp_valid) != 1 || family != AF_INET || ret <= 0 {
+        return Ok(());
+    }
+    // The kernel's own check (full socket, IPPROTO_TCP, SOCK_STREAM): only then is it a
+    // `tcp_sock` whose sequence numbers may be read.
+    // SAFETY: the helper only inspects the socket.
+    let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
+    if tp.is_null() {
+        return Ok(());
+    }
+    // The syscall's bytes end where the socket's counter now stands (it moved by `ret`), except
+    // for a peek, which moves nothing. (A second thread moving bytes on the same socket between
+    // the transfer and this tracepoint would shift the counter; omniORB and ZMQ give a connection
+    // one writer and one reader at a time.)
+    // SAFETY (the loads): fields of the TCP socket the kernel just checked, at BTF offsets.
+    let seq = if dir == direction::SEND {
+        unsafe { tp.add(offset(&SOCK_OFFSETS.write_seq)).cast::<u32>().read_volatile() }
+            .wrapping_sub(ret as u32)
+    } else if flags & MSG_PEEK != 0 {
+        unsafe { tp.add(offset(&SOCK_OFFSETS.copied_seq)).cast::<u32>().read_volatile() }
+    } else {
+        unsafe { tp.add(offset(&SOCK_OFFSETS.copied_seq)).cast::<u32>().read_volatile() }
+            .wrapping_sub(ret as u32)
+    };
+    call.local_addr = unsafe { sk.add(offset(&SOCK_OFFSETS.rcv_saddr)).cast::<u32>().read_volatile() };
+    call.local_port = unsafe { sk.add(offset(&SOCK_OFFSETS.num)).cast::<u16>().read_volatile() };
+    call.tcp_seq = seq;
+    call.tcp_valid = 1;
     Ok(())
 }
 
@@ -271,12 +348,16 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         capture_len,
         steps_before_messages: 0,
         peer_addr: call.peer_addr,
+        local_addr: call.local_addr,
+        tcp_seq: call.tcp_seq,
         peer_family: call.peer_family,
         peer_port: call.peer_port,
+        local_port: call.local_port,
         direction: call.direction,
+        tcp_valid: call.tcp_valid,
         in_stream: 0,
         finished: 0,
-        _pad: [0; 3],
+        _pad: [0; 6],
         state: state.unwrap_or_default(),
     };
     let lost_sync = state.is_some_and(|s| s.lost_sync == 1);
@@ -368,14 +449,19 @@ struct Walk {
     /// Loop steps spent on the message an earlier syscall began (at most 2: its header, its rest).
     steps_before_messages: u32,
     peer_addr: u32,
+    local_addr: u32,
+    /// Sequence number of the syscall's first byte (valid when `tcp_valid` is 1).
+    tcp_seq: u32,
     peer_family: u16,
     peer_port: u16,
+    local_port: u16,
     direction: u8,
+    tcp_valid: u8,
     /// 1 once a message ended inside these bytes: what follows must be a message start.
     in_stream: u8,
     /// 1 when the walk reached the end of the bytes (or stopped on purpose).
     finished: u8,
-    _pad: [u8; 3],
+    _pad: [u8; 6],
     /// The stream between syscalls: kept when the walk ends inside a message.
     state: StreamState,
 }
@@ -597,10 +683,15 @@ fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> R
         RecordHeader { kind: kind::DATA, pid, tid: walk.pid_tgid as u32, fd: walk.fd, ts_ns: walk.ts_ns };
     record.total_len = len.min(u32::MAX as u64) as u32;
     record.direction = walk.direction;
-    record.flags = flags;
+    record.flags = if walk.tcp_valid == 1 { flags | chunk::TCP_POSITION } else { flags };
     record.peer_family = walk.peer_family;
     record.peer_port = walk.peer_port;
     record.peer_addr = walk.peer_addr;
+    record.local_port = walk.local_port;
+    record.local_addr = walk.local_addr;
+    // Each chunk starts `off` bytes into the syscall.
+    record.tcp_seq = walk.tcp_seq.wrapping_add(off as u32);
+    record._pad2 = 0;
     let mut captured = len as usize;
     let limit = capture_len as usize;
     if captured > limit {
@@ -762,9 +853,15 @@ fn early_key(pid: u32, slot: u64) -> u64 {
 }
 
 /// Makes the current process a target and sends its facts, then the library paths it opened
-/// before omniORB.
+/// before omniORB; nothing when it is outside the traced network namespace.
 fn become_target(pid_tgid: u64, opened: &LibraryRecord) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: helper without arguments; the current task is the process opening omniORB.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let net_ns = net_ns_of(task);
+    if !in_traced_net_ns(net_ns) {
+        return Ok(());
+    }
     let config = TargetConfig {
         // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
         capture_len: unsafe { core::ptr::read_volatile(&DEFAULT_CAPTURE_LEN) },
@@ -783,9 +880,7 @@ fn become_target(pid_tgid: u64, opened: &LibraryRecord) -> Result<(), ()> {
     facts.header = opened.header;
     facts.header.kind = kind::PROCESS_FACTS;
     facts.parent_pid = 0;
-    // SAFETY: helper without arguments; the current task is the process opening omniORB.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    read_facts(facts, task);
+    read_facts(facts, task, net_ns);
     emit_facts(facts);
     emit_library(opened);
     for slot in [EARLY_TANGO, EARLY_ZMQ] {
@@ -815,13 +910,48 @@ fn emit_library(record: &LibraryRecord) {
     }
 }
 
-/// Fills everything but the header and the parent from `task` (the current task, or a
-/// child being forked, whose memory is still the same as its parent's).
+/// Inode of the network namespace of `task` (a live task: the current one, or a child being
+/// forked).
 #[inline(always)]
-fn read_facts(facts: &mut FactsRecord, task: *const u8) {
+fn net_ns_of(task: *const u8) -> Result<u32, ()> {
+    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+    let offsets = unsafe { core::ptr::read_volatile(&PROCESS_OFFSETS) };
+    // SAFETY (the reads): kernel memory of a live task at BTF offsets, fault-tolerant helper.
+    let nsproxy = unsafe { bpf_probe_read_kernel(task.add(offsets.task_nsproxy as usize).cast::<u64>()) }
+        .map_err(|_| ())?;
+    let net = unsafe {
+        bpf_probe_read_kernel((nsproxy as *const u8).add(offsets.nsproxy_net_ns as usize).cast::<u64>())
+    }
+    .map_err(|_| ())?;
+    unsafe { bpf_probe_read_kernel((net as *const u8).add(offsets.net_ns_inum as usize).cast::<u32>()) }
+        .map_err(|_| ())
+}
+
+/// Whether a process in network namespace `net_ns` may become a target (`--netns`). When a
+/// namespace is chosen, a process whose namespace cannot be read is left out.
+#[inline(always)]
+fn in_traced_net_ns(net_ns: Result<u32, ()>) -> bool {
+    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+    let wanted = unsafe { core::ptr::read_volatile(&TARGET_NET_NS) };
+    wanted == 0 || net_ns == Ok(wanted)
+}
+
+/// Fills everything but the header and the parent from `task` (the current task, or a
+/// child being forked, whose memory is still the same as its parent's); `net_ns` was read from
+/// it already.
+#[inline(always)]
+fn read_facts(facts: &mut FactsRecord, task: *const u8, net_ns: Result<u32, ()>) {
     // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
     let offsets = unsafe { core::ptr::read_volatile(&PROCESS_OFFSETS) };
     facts.unreadable = 0;
+    facts._pad = 0;
+    match net_ns {
+        Ok(inum) => facts.net_ns = inum,
+        Err(()) => {
+            facts.net_ns = 0;
+            facts.unreadable |= unreadable::NET_NS;
+        }
+    }
     facts.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     facts.cmdline_len = 0;
     facts.cmdline_captured = 0;
@@ -992,6 +1122,11 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let child_pid = child_pid as u32;
+    // A child cloned into another network namespace belongs to another host.
+    let net_ns = net_ns_of(child);
+    if !in_traced_net_ns(net_ns) {
+        return Ok(());
+    }
     if TARGETS.insert(&child_pid, &config, 0).is_err() {
         count_lost(loss::TARGETS_FULL, 1);
     }
@@ -1007,7 +1142,7 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
     facts.parent_pid = parent;
-    read_facts(facts, child);
+    read_facts(facts, child, net_ns);
     emit_facts(facts);
     Ok(())
 }

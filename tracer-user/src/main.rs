@@ -105,6 +105,11 @@ struct RunArgs {
     /// Trace only these processes (repeatable; combines with --select-env).
     #[arg(long = "pid")]
     pids: Vec<u32>,
+    /// Trace only processes in the network namespace of PATH (`/run/netns/NAME`,
+    /// `/proc/PID/ns/net`): one simulated host of several on one machine, or a host without its
+    /// containers. Default: every process of the host.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
     /// Also trace operations native telemetry leaves out: ping, state, status, info, …
     #[arg(long)]
     all_operations: bool,
@@ -240,6 +245,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..ExportConfig::default()
     };
     let peers = peer_options(&args)?;
+    let net_ns = match &args.netns {
+        Some(path) => Some(tango_tracer::discover::net_namespace_inode(path).context("--netns")?),
+        None => None,
+    };
     let options = RunOptions {
         destinations: destinations(&args)?,
         export,
@@ -247,6 +256,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ready_file: args.ready_file,
         select_env: args.select_env,
         select_pids: args.pids,
+        net_ns,
         extended_operations: args.all_operations,
         record_to: args.record,
         trace_by_default: args.default_telemetry == OnOff::On,

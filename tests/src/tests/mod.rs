@@ -7,6 +7,8 @@ mod export;
 mod facts;
 mod faults;
 mod legacy;
+mod netns;
 mod probes;
 mod pytango;
 mod setup;
+mod tcp_positions;

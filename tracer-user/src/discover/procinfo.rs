@@ -83,6 +83,8 @@ pub struct ProcessInfo {
     pub libraries: TangoLibraries,
     /// Inode of the process's mount namespace, when known.
     pub mnt_ns: Option<u32>,
+    /// Inode of the process's network namespace (the host it belongs to), when known.
+    pub net_ns: Option<u32>,
 }
 
 impl ProcessInfo {
@@ -99,7 +101,8 @@ impl ProcessInfo {
             .unwrap_or_default();
         let (tangorc_files, _) = read_tangorc(&dir.join("root"), effective_uid(&dir));
         let mnt_ns = mount_namespace(proc_root, pid);
-        ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries, mnt_ns }
+        let net_ns = net_namespace(proc_root, pid);
+        ProcessInfo { pid, comm, cmdline, environ, tangorc_files, libraries, mnt_ns, net_ns }
     }
 
     /// A Tango setting as cppTango reads it: the environment first, then the tangorc files.
@@ -177,9 +180,18 @@ fn home_of(passwd: &str, uid: u32) -> Option<String> {
 
 /// `/proc/<pid>/ns/mnt` is a link to `mnt:[<inode>]`.
 fn mount_namespace(proc_root: &Path, pid_or_self: impl std::fmt::Display) -> Option<u32> {
-    let link = fs::read_link(proc_root.join(pid_or_self.to_string()).join("ns/mnt")).ok()?;
+    namespace(proc_root, pid_or_self, "mnt")
+}
+
+/// `/proc/<pid>/ns/net` is a link to `net:[<inode>]`.
+pub fn net_namespace(proc_root: &Path, pid_or_self: impl std::fmt::Display) -> Option<u32> {
+    namespace(proc_root, pid_or_self, "net")
+}
+
+fn namespace(proc_root: &Path, pid_or_self: impl std::fmt::Display, kind: &str) -> Option<u32> {
+    let link = fs::read_link(proc_root.join(pid_or_self.to_string()).join("ns").join(kind)).ok()?;
     let text = link.to_str()?;
-    text.strip_prefix("mnt:[")?.strip_suffix(']')?.parse().ok()
+    text.strip_prefix(kind)?.strip_prefix(":[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Why a fact about a process is missing (see [`FactReader::losses`]).
@@ -257,7 +269,13 @@ impl FactReader {
     /// A forked child inherits its parent's facts.
     pub fn from_captured(&mut self, facts: &CapturedFacts, parent: Option<&ProcessInfo>) -> ProcessInfo {
         if let Some(parent) = parent {
-            return ProcessInfo { pid: facts.pid, comm: facts.comm.clone(), ..parent.clone() };
+            // A child cloned into a namespace of its own says so in its facts.
+            return ProcessInfo {
+                pid: facts.pid,
+                comm: facts.comm.clone(),
+                net_ns: facts.net_ns.or(parent.net_ns),
+                ..parent.clone()
+            };
         }
         let dir = self.live_dir(facts.pid, facts.mnt_ns);
         let environ = self.block(
@@ -283,6 +301,7 @@ impl FactReader {
             cmdline,
             environ,
             mnt_ns: facts.mnt_ns,
+            net_ns: facts.net_ns,
             ..Default::default()
         };
         match self.root_of(&info) {

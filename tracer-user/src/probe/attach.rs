@@ -65,7 +65,10 @@ pub enum ProbeError {
     #[error("eBPF map operation failed")]
     Map(#[source] Box<aya::maps::MapError>),
     /// The kernel's BTF lacks what the process facts are read with.
-    #[error(transparent)]
+    #[error(
+        "tango-tracer cannot copy a process's environment, command line, user and namespaces in the \
+         kernel on this kernel"
+    )]
     Offsets(#[from] kernel_offsets::OffsetError),
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
@@ -98,6 +101,9 @@ pub struct Probes {
     streams: HashMap<MapData, StreamKey, StreamState>,
     lost: PerCpuArray<MapData, u64>,
     capture_len: u32,
+    /// Whether data records of TCP/IPv4 sockets carry their TCP position (both `sock:*`
+    /// tracepoints attached, every offset found).
+    tcp_positions: bool,
 }
 
 /// Probe records and in-kernel state lost so far, by cause, summed over CPUs.
@@ -139,17 +145,19 @@ impl std::fmt::Display for ProbeLosses {
 
 impl Probes {
     /// Loads the programs and attaches every tracepoint. `capture_len` is clamped to
-    /// [`MAX_CAPTURE`].
-    pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    /// [`MAX_CAPTURE`]. Only processes of the network namespace with inode `net_ns` become
+    /// targets in the kernel (0: any namespace).
+    pub fn load(capture_len: u32, net_ns: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
         let capture_len = capture_len.clamp(MIN_CAPTURE_BYTES, MAX_CAPTURE_BYTES);
         let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
-        let sock_offsets = kernel_offsets::sock_offsets(vmlinux);
+        let (sock_offsets, tcp_offsets) = kernel_offsets::sock_offsets(vmlinux);
         let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("PROCESS_OFFSETS", &process_offsets, true)
+            .override_global("TARGET_NET_NS", &net_ns, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
@@ -162,13 +170,27 @@ impl Probes {
             debug!("attached {program} to tracepoint {category}:{name}");
         }
         attach_fork_facts(&mut ebpf)?;
-        let peers_in_kernel = sock_offsets.valid == 1 && attach_sock_recv_length(&mut ebpf);
-        if !peers_in_kernel {
+        // Without the peer's offsets the socket programs would do nothing: not attached then.
+        let [send_attached, recv_attached] = kernel_offsets::SOCK_TRACEPOINTS.map(|tracepoint| {
+            if sock_offsets.valid != 1 {
+                return Err("the kernel's BTF lacks the socket address fields".to_string());
+            }
+            attach_sock_tracepoint(&mut ebpf, tracepoint)
+        });
+        if let Err(e) = &recv_attached {
             warn!(
-                "sock:sock_recv_length is not available: peers of server connections are read from /proc \
-                 (a connection that ends before the daemon looks keeps no tango.client_ident.location)"
+                "sock:sock_recv_length is not available ({e}): peers of server connections are read from \
+                 /proc (a connection that ends before the daemon looks keeps no tango.client_ident.location)"
             );
         }
+        let tcp_positions = match tcp_offsets.map_err(|e| e.to_string()).and(send_attached).and(recv_attached)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                info!("cross-host keys are unavailable: {e}; probe records carry no TCP position");
+                false
+            }
+        };
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
         let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
@@ -178,9 +200,22 @@ impl Probes {
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        let probes =
-            Self { ebpf, probed_files: Default::default(), targets, pending, streams, lost, capture_len };
+        let probes = Self {
+            ebpf,
+            probed_files: Default::default(),
+            targets,
+            pending,
+            streams,
+            lost,
+            capture_len,
+            tcp_positions,
+        };
         Ok((probes, events))
+    }
+
+    /// Whether data records of TCP/IPv4 sockets carry their TCP position on this kernel.
+    pub fn tcp_positions(&self) -> bool {
+        self.tcp_positions
     }
 
     /// Puts the uprobes of the ZMQ library `library` (a path valid in the daemon's namespace)
@@ -306,27 +341,18 @@ fn attach_fork_facts(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// The BTF tracepoint that tells the peer of each receive (Linux ≥ 6.3 has `sock:*`).
-fn attach_sock_recv_length(ebpf: &mut Ebpf) -> bool {
-    let Ok(btf) = aya::Btf::from_sys_fs() else {
-        return false;
-    };
-    let Some(program) = ebpf.program_mut("sock_recv_length") else {
-        return false;
-    };
-    let Ok(program): Result<&mut BtfTracePoint, _> = program.try_into() else {
-        return false;
-    };
-    match program.load("sock_recv_length", &btf).and_then(|()| program.attach().map(|_| ())) {
-        Ok(()) => {
-            debug!("attached sock_recv_length to BTF tracepoint sock:sock_recv_length");
-            true
-        }
-        Err(e) => {
-            debug!("sock:sock_recv_length: {e}");
-            false
-        }
-    }
+/// A BTF tracepoint `sock:<tracepoint>` (Linux ≥ 6.3) that tells the socket of each send or
+/// receive: its peer, its local end, its TCP sequence numbers. The program of the same name.
+fn attach_sock_tracepoint(ebpf: &mut Ebpf, tracepoint: &'static str) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF: {e}"))?;
+    let program = ebpf.program_mut(tracepoint).ok_or_else(|| format!("no program {tracepoint}"))?;
+    let program: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{tracepoint}: {e}"))?;
+    program
+        .load(tracepoint, &btf)
+        .and_then(|()| program.attach().map(|_| ()))
+        .map_err(|e| format!("attaching sock:{tracepoint}: {e}"))?;
+    debug!("attached {tracepoint} to BTF tracepoint sock:{tracepoint}");
+    Ok(())
 }
 
 /// Where tracefs is (mounted there by [`ensure_tracefs`] when it is not).

@@ -4,8 +4,8 @@
 use std::{borrow::Cow, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN, LibraryRecord,
-    MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, RecordHeader, direction, kind, unreadable,
+    DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
+    LibraryRecord, MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, RecordHeader, chunk, direction, kind, unreadable,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -15,7 +15,7 @@ pub enum Direction {
     Recv,
 }
 
-/// The peer of a socket, as the kernel saw it during a receive.
+/// The peer of a socket, as the kernel saw it during the send or receive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Peer {
     #[default]
@@ -112,6 +112,9 @@ pub struct CapturedFacts {
     pub euid: Option<u32>,
     /// Inode of its mount namespace.
     pub mnt_ns: Option<u32>,
+    /// Inode of its network namespace.
+    #[serde(default)]
+    pub net_ns: Option<u32>,
     /// NUL-separated arguments.
     pub cmdline: CapturedBlock,
     /// NUL-separated `NAME=value` entries.
@@ -153,6 +156,12 @@ fn read_u32(raw: &[u8], offset: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes.try_into().ok()?))
 }
 
+/// Reads a native-endian `u16` at `offset`, if the record is long enough.
+fn read_u16(raw: &[u8], offset: usize) -> Option<u16> {
+    let bytes = raw.get(offset..offset + 2)?;
+    Some(u16::from_ne_bytes(bytes.try_into().ok()?))
+}
+
 /// `len` bytes at `offset`, clamped to `limit` and to what the record holds.
 fn bytes_at(raw: &[u8], offset: usize, len: u32, limit: usize) -> &[u8] {
     let end = offset.saturating_add((len as usize).min(limit)).min(raw.len());
@@ -181,22 +190,39 @@ impl Record<'_> {
         let ts_ns = u64::from_ne_bytes(ts);
         Ok(match kind {
             kind::DATA => {
+                use std::mem::offset_of;
                 if raw.len() < DATA_RECORD_HEADER_LEN {
                     return Err(RecordError::Short(raw.len()));
                 }
-                let total_len = u32_at(header_len);
-                let captured = u32_at(header_len + 4) as usize;
-                let dir = raw[header_len + 8];
-                let family = u16::from_ne_bytes([raw[header_len + 10], raw[header_len + 11]]);
-                let addr =
-                    [raw[header_len + 12], raw[header_len + 13], raw[header_len + 14], raw[header_len + 15]];
-                let port = u16::from_ne_bytes([raw[header_len + 16], raw[header_len + 17]]);
+                // The fixed part is whole: every field below is there.
+                let u32_field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+                let u16_field = |offset: usize| read_u16(raw, offset).unwrap_or_default();
+                let byte_field = |offset: usize| raw.get(offset).copied().unwrap_or_default();
+                let total_len = u32_field(offset_of!(DataRecord, total_len));
+                let captured = u32_field(offset_of!(DataRecord, captured_len)) as usize;
+                let dir = byte_field(offset_of!(DataRecord, direction));
+                let flags = byte_field(offset_of!(DataRecord, flags));
+                let family = u16_field(offset_of!(DataRecord, peer_family));
+                // Addresses travel in network byte order: their bytes are the address.
+                let peer_addr = u32_field(offset_of!(DataRecord, peer_addr)).to_ne_bytes();
+                let peer_port = u16_field(offset_of!(DataRecord, peer_port));
                 let peer = match family {
                     0 => Peer::Unknown,
                     1 => Peer::Unix,
-                    2 => Peer::Inet(std::net::Ipv4Addr::from(addr), port),
+                    2 => Peer::Inet(std::net::Ipv4Addr::from(peer_addr), peer_port),
                     other => Peer::Other(other),
                 };
+                let tcp = (flags & chunk::TCP_POSITION != 0).then(|| {
+                    let local_addr = u32_field(offset_of!(DataRecord, local_addr)).to_ne_bytes();
+                    TcpPosition {
+                        local: std::net::SocketAddrV4::new(
+                            local_addr.into(),
+                            u16_field(offset_of!(DataRecord, local_port)),
+                        ),
+                        remote: std::net::SocketAddrV4::new(peer_addr.into(), peer_port),
+                        seq: u32_field(offset_of!(DataRecord, tcp_seq)),
+                    }
+                });
                 let end = (DATA_RECORD_HEADER_LEN + captured).min(raw.len());
                 Record::Data {
                     pid,
@@ -207,7 +233,7 @@ impl Record<'_> {
                     total_len,
                     bytes: Cow::Borrowed(raw.get(DATA_RECORD_HEADER_LEN..end).unwrap_or_default()),
                     peer,
-                    tcp: None,
+                    tcp,
                 }
             }
             kind::CLOSE => Record::Close { pid, fd, ts_ns },
@@ -295,6 +321,7 @@ fn decode_facts(raw: &[u8], pid: u32, ts_ns: u64) -> Result<CapturedFacts, Recor
         comm: String::from_utf8_lossy(c_string(comm)).into_owned(),
         euid: known(unreadable::EUID, field(offset_of!(FactsRecord, euid))),
         mnt_ns: known(unreadable::MNT_NS, field(offset_of!(FactsRecord, mnt_ns))),
+        net_ns: known(unreadable::NET_NS, field(offset_of!(FactsRecord, net_ns))),
         cmdline: block(
             blocks,
             offset_of!(FactsRecord, cmdline_len),
@@ -339,7 +366,8 @@ mod tests {
     use super::*;
 
     /// Records the kernel sent for Debian's TangoTest 9.3.4 started as
-    /// `env -i FACTSTRY=1 TANGO_HOST=127.0.0.1:10000 [BIG=x…] /usr/lib/tango/TangoTest test`.
+    /// `env -i FACTSTRY=1 TANGO_HOST=127.0.0.1:10000 [BIG=x…] /usr/lib/tango/TangoTest test`
+    /// (captured again when the facts gained the network namespace).
     fn fixture(name: &str) -> Vec<u8> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records").join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -358,7 +386,9 @@ mod tests {
         assert_eq!(facts.comm, "TangoTest");
         assert_eq!(facts.parent, None);
         assert_eq!(facts.euid, Some(0));
+        // The host's initial namespaces have fixed inodes.
         assert_eq!(facts.mnt_ns, Some(4_026_531_832));
+        assert_eq!(facts.net_ns, Some(4_026_531_833));
         assert_eq!(facts.cmdline.bytes, b"/usr/lib/tango/TangoTest\0test\0");
         assert_eq!(facts.cmdline.len, 30);
         assert_eq!(facts.environ.bytes, b"FACTSTRY=1\0TANGO_HOST=127.0.0.1:10000\0");
@@ -419,19 +449,20 @@ mod tests {
     fn unreadable_facts_are_marked_not_invented() {
         let mut raw = fixture("facts-tangotest.bin");
         let at = std::mem::offset_of!(FactsRecord, unreadable);
-        raw[at..at + 4]
-            .copy_from_slice(&(unreadable::EUID | unreadable::MNT_NS | unreadable::MM).to_ne_bytes());
+        raw[at..at + 4].copy_from_slice(
+            &(unreadable::EUID | unreadable::MNT_NS | unreadable::NET_NS | unreadable::MM).to_ne_bytes(),
+        );
         let Ok(Record::ProcessFacts(facts)) = Record::decode(&raw) else { panic!("decodes") };
-        assert_eq!((facts.euid, facts.mnt_ns), (None, None));
+        assert_eq!((facts.euid, facts.mnt_ns, facts.net_ns), (None, None, None));
         assert!(facts.cmdline.unreadable && facts.environ.unreadable);
         assert!(!facts.environ.truncated());
     }
 
-    use tracer_common::{DataRecord, MAX_CAPTURE, chunk};
+    use tracer_common::MAX_CAPTURE;
 
     /// A data record as the probes write it: `captured` bytes of `message`.
     fn raw_data(message: &[u8], captured: usize) -> Vec<u8> {
-        let mut record = DataRecord {
+        let record = DataRecord {
             header: RecordHeader { kind: kind::DATA, pid: 10, tid: 11, fd: 7, ts_ns: 99 },
             total_len: message.len() as u32,
             captured_len: captured as u32,
@@ -440,15 +471,89 @@ mod tests {
             peer_family: 2,
             peer_addr: u32::from_ne_bytes([127, 0, 0, 1]),
             peer_port: 4242,
-            _pad2: [0; 6],
+            local_port: 0,
+            local_addr: 0,
+            tcp_seq: 0,
+            _pad2: 0,
             data: [0; MAX_CAPTURE],
         };
-        record.data[..captured].copy_from_slice(&message[..captured]);
+        record_bytes(record, &message[..captured])
+    }
+
+    /// `record` with `data` as the ring buffer carries it (fixed part, then only `data`).
+    fn record_bytes(mut record: DataRecord, data: &[u8]) -> Vec<u8> {
+        record.data[..data.len()].copy_from_slice(data);
         // SAFETY: a plain #[repr(C)] struct viewed as its bytes, as the ring buffer carries it.
         let bytes = unsafe {
             std::slice::from_raw_parts((&record as *const DataRecord).cast::<u8>(), size_of::<DataRecord>())
         };
-        bytes[..DATA_RECORD_HEADER_LEN + captured].to_vec()
+        bytes[..DATA_RECORD_HEADER_LEN + data.len()].to_vec()
+    }
+
+    #[test]
+    fn a_tcp_position_is_decoded_when_the_probe_marked_it() {
+        let message = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tracer-wire/tests/fixtures/giop/demo-req-read_attributes_5.bin"
+        ))
+        .expect("fixture");
+        // A client's send on 10.0.0.1:40000 → 10.0.0.2:10000 at sequence number 0xfffffff0 (it
+        // wraps within the message: the assembler adds offsets modulo 2^32).
+        let mut record = DataRecord {
+            header: RecordHeader { kind: kind::DATA, pid: 10, tid: 11, fd: 7, ts_ns: 99 },
+            total_len: message.len() as u32,
+            captured_len: message.len() as u32,
+            direction: direction::SEND,
+            flags: chunk::MESSAGE_START | chunk::TCP_POSITION,
+            peer_family: 2,
+            peer_addr: u32::from_ne_bytes([10, 0, 0, 2]),
+            peer_port: 10000,
+            local_port: 40000,
+            local_addr: u32::from_ne_bytes([10, 0, 0, 1]),
+            tcp_seq: 0xffff_fff0,
+            _pad2: 0,
+            data: [0; MAX_CAPTURE],
+        };
+        let raw = record_bytes(record, &message);
+        let Ok(Record::Data { direction, peer, tcp, bytes, .. }) = Record::decode(&raw) else {
+            panic!("decodes")
+        };
+        let ends = |a: [u8; 4], port| std::net::SocketAddrV4::new(a.into(), port);
+        assert_eq!(direction, Direction::Send);
+        assert_eq!(peer, Peer::Inet(std::net::Ipv4Addr::new(10, 0, 0, 2), 10000));
+        assert_eq!(
+            tcp,
+            Some(TcpPosition {
+                local: ends([10, 0, 0, 1], 40000),
+                remote: ends([10, 0, 0, 2], 10000),
+                seq: 0xffff_fff0
+            })
+        );
+        assert_eq!(&bytes[..], &message[..]);
+        // Through the recorder's JSON lines and back.
+        let line = serde_json::to_string(&Record::decode(&raw).expect("decodes")).expect("JSON");
+        let back: Record<'static> = serde_json::from_str(&line).expect("from JSON");
+        assert_eq!(back, Record::decode(&raw).expect("decodes"));
+        // Without the flag the same fields mean nothing (a Unix socket, a kernel without the
+        // tracepoints): no position, the peer as before.
+        record.flags = chunk::MESSAGE_START;
+        let raw = record_bytes(record, &message);
+        let Ok(Record::Data { peer, tcp, .. }) = Record::decode(&raw) else { panic!("decodes") };
+        assert_eq!(tcp, None);
+        assert_eq!(peer, Peer::Inet(std::net::Ipv4Addr::new(10, 0, 0, 2), 10000));
+        // A record recorded before positions existed reads back without one.
+        let old_line =
+            line.replace(&format!(",\"tcp\":{}", serde_json::to_string(&tcp_of(&back)).expect("JSON")), "");
+        assert!(!old_line.contains("\"tcp\""), "{old_line}");
+        let old: Record<'static> = serde_json::from_str(&old_line).expect("an old line");
+        assert!(matches!(old, Record::Data { tcp: None, .. }));
+    }
+
+    fn tcp_of(record: &Record) -> Option<TcpPosition> {
+        match record {
+            Record::Data { tcp, .. } => *tcp,
+            _ => None,
+        }
     }
 
     #[test]

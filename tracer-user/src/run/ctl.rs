@@ -105,6 +105,9 @@ pub struct SettingView {
 pub struct TargetView {
     pub pid: u32,
     pub process: String,
+    /// Inode of the process's network namespace (the host it belongs to), when known.
+    #[serde(default)]
+    pub net_ns: Option<u32>,
     /// `None` for the process's own configuration (clients, a server's own threads).
     pub device: Option<String>,
     pub class: Option<String>,
@@ -236,6 +239,9 @@ pub fn render_targets(targets: &[TargetView], warnings: &[String]) -> String {
         };
         out.push_str(&format!("pid {} {} — {what}\n", t.pid, t.process));
         out.push_str(&format!("    libraries: {}\n", t.libraries));
+        if let Some(net_ns) = t.net_ns {
+            out.push_str(&format!("    network namespace: net:[{net_ns}]\n"));
+        }
         for (name, setting) in
             [("enable", &t.enable), ("types", &t.types), ("topics", &t.topics), ("tracing", &t.tracing)]
         {

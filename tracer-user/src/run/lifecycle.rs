@@ -8,13 +8,17 @@ use super::Daemon;
 use crate::{
     discover::{
         self,
-        procinfo::{MappedLibrary, ProcessInfo},
+        procinfo::{self, MappedLibrary, ProcessInfo},
     },
     probe::record::Record,
 };
 
 impl Daemon {
     fn selected(&self, info: &ProcessInfo) -> bool {
+        // `--netns` bounds every other choice: a process of another host is never traced.
+        if self.options.net_ns.is_some_and(|wanted| info.net_ns != Some(wanted)) {
+            return false;
+        }
         let by_env =
             self.options.select_env.as_ref().map(|(name, value)| info.environ.get(name) == Some(value));
         let by_pid =
@@ -27,6 +31,12 @@ impl Daemon {
 
     pub(super) fn scan_existing(&mut self) {
         for pid in discover::scan(&self.options.proc_root, self.own_pid) {
+            // Processes of other network namespaces are not even read.
+            if let Some(wanted) = self.options.net_ns
+                && procinfo::net_namespace(&self.options.proc_root, pid) != Some(wanted)
+            {
+                continue;
+            }
             self.adopt(pid);
         }
     }

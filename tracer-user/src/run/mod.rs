@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub select_env: Option<(String, String)>,
     /// Trace only these pids (and processes selected by `select_env`).
     pub select_pids: Vec<u32>,
+    /// Trace only processes of the network namespace with this inode (`--netns`); every process
+    /// of the host when `None`.
+    pub net_ns: Option<u32>,
     /// Also trace operations native telemetry leaves out (ping, state, info, …).
     pub extended_operations: bool,
     /// Trace processes whose own configuration says nothing (else only those that enable it).
@@ -116,7 +119,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(socket) => Some(Instance::acquire(socket)?),
         None => None,
     };
-    let (probes, ring) = Probes::load(options.capture_bytes)?;
+    let (probes, ring) = Probes::load(options.capture_bytes, options.net_ns.unwrap_or(0))?;
+    if let Some(net_ns) = options.net_ns {
+        info!("tracing only processes of network namespace net:[{net_ns}]");
+    }
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the ring buffer")?;
     let hub = ExportHub::start(options.export.clone());
@@ -438,6 +444,7 @@ impl Daemon {
                 views.push(ctl::TargetView {
                     pid: info.pid,
                     process: info.comm.clone(),
+                    net_ns: info.net_ns,
                     device,
                     class,
                     libraries: libraries.clone(),
