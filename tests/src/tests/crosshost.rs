@@ -7,7 +7,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::Read as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::Ipv4Addr,
     path::Path,
     time::Duration,
@@ -24,6 +24,8 @@ const PEER_WAIT: &str = "1500ms";
 const PEER_WAIT_NS: u64 = 1_500_000_000;
 /// Beyond `--peer-wait`: the export interval (200 ms) and a loaded machine.
 const EXPORT_MARGIN_NS: u64 = 2_000_000_000;
+/// Longer than two export intervals (200 ms): see [`wait_settled`].
+const SETTLE: Duration = Duration::from_millis(500);
 /// A daemon that starts again is asked again within this (the issue: seconds, not minutes).
 const RELINK_WITHIN: Duration = Duration::from_secs(10);
 /// The attribute that carries the link key on both sides of a call that could not be linked.
@@ -295,6 +297,70 @@ fn lookup_counters(stats: &serde_json::Value, word: &str) -> Vec<(String, u64)> 
         .collect()
 }
 
+/// `stepped_client.py` in a host: connected (one call made) when [`Stepped::start`] returns.
+struct Stepped {
+    proc: crate::harness::Proc,
+    out: BufReader<std::process::ChildStdout>,
+    /// Calls made so far.
+    calls: usize,
+}
+
+impl Stepped {
+    fn start(host: &Host, url: &str) -> Stepped {
+        let mut proc = host.spawn_script("stepped_client.py", &[url], &[]);
+        let out = BufReader::new(proc.child.stdout.take().expect("piped stdout"));
+        let mut stepped = Stepped { proc, out, calls: 0 };
+        stepped.read_calls();
+        assert_eq!(stepped.calls, 1, "stepped_client.py connects with one call");
+        stepped
+    }
+
+    fn read_calls(&mut self) {
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("reading stepped_client.py");
+        let out: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stepped_client.py printed {line:?} ({e}); did it fail?"));
+        self.calls = out["calls"].as_u64().expect("calls") as usize;
+    }
+
+    /// `n` more calls, done when this returns.
+    fn step(&mut self, n: usize) {
+        let stdin = self.proc.child.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{n}").and_then(|()| stdin.flush()).expect("writing to stepped_client.py");
+        self.read_calls();
+    }
+
+    /// Ends it (stdin closed); its number of calls.
+    fn finish(&mut self) -> usize {
+        drop(self.proc.child.stdin.take());
+        let status = self.proc.child.wait().expect("waiting for stepped_client.py");
+        assert!(status.success(), "stepped_client.py failed: {status}");
+        self.calls
+    }
+}
+
+/// Waits until `done` holds for the spans of `daemons` (in their order), and still holds
+/// [`SETTLE`] later: what a daemon exports comes in batches, so a moment when both sides have
+/// exported as much of a finished exchange may precede the batch with the rest.
+fn wait_settled(daemons: &[&HostDaemon], what: &str, done: impl Fn(&[Vec<SpanJson>]) -> bool) {
+    let spans = || daemons.iter().map(|d| d.spans()).collect::<Vec<_>>();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if done(&spans()) {
+            std::thread::sleep(SETTLE);
+            if done(&spans()) {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}; the daemons exported:\n{}",
+            excerpt(&spans().concat())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_call_from_host_a_to_a_device_on_host_b_is_one_trace() {
     let hosts = Hosts::new("xh-ab", &["a", "b"], Scope::Netns);
@@ -302,15 +368,11 @@ fn a_call_from_host_a_to_a_device_on_host_b_is_one_trace() {
     let server = b.start_demo_server("xhab", &["test/hostb/1"]);
     let url = server.url("test/hostb/1");
     // A client whose connection was opened before either daemon started.
-    let mut early = a.spawn_script("paced_loop.py", &[&url, "20", "stdin"], &[]);
-    let deadline = std::time::Instant::now() + WAIT;
-    while connections_from(server.proc.pid(), server.port, a.address).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the early client did not connect within {WAIT:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut early = Stepped::start(a, &url);
+    let early_ports = connections_from(server.proc.pid(), server.port, a.address);
+    assert_eq!(early_ports.len(), 1, "the early client's one connection to b: {early_ports:?}");
     let mut daemon_a = start_daemon(a, hosts.key_file());
     let mut daemon_b = start_daemon(b, hosts.key_file());
-    let both_ready = daemon_a.ready_ns.max(daemon_b.ready_ns);
 
     let out = a.run_script(
         "demo_client.py",
@@ -324,25 +386,19 @@ fn a_call_from_host_a_to_a_device_on_host_b_is_one_trace() {
         "{out}"
     );
     let pid = out["pid"].as_i64().expect("client pid");
-    // The early client goes on calling; enough of its calls made since the daemons were ready.
-    let early_pid = i64::from(early.pid());
-    let served_early_after_ready = |spans: &[SpanJson]| {
-        spans
-            .iter()
-            .filter(|s| {
-                s.kind == "SERVER"
-                    && s.attributes.get_i64("tango.client_ident.pid") == Some(early_pid)
-                    && s.start_ns > both_ready
-            })
-            .count()
-    };
-    wait_until(&daemon_b, WAIT, "five calls of the early client served since both daemons were ready", |s| {
-        served_early_after_ready(s) >= 5
-    });
-    let early_out = finish_script(&mut early);
-    assert_eq!(early_out["failed"], 0, "{early_out}");
-    wait_until(&daemon_b, WAIT, "the server spans of the fresh client", |s| {
-        s.iter().filter(|x| x.attributes.get_i64("tango.client_ident.pid") == Some(pid)).count() >= 4
+    const EARLY_CALLS: usize = 10;
+    early.step(EARLY_CALLS);
+    let early_pid = i64::from(early.proc.pid());
+    let early_done = early.finish();
+    let of = |pid: i64| move |s: &&SpanJson| s.attributes.get_i64("tango.client_ident.pid") == Some(pid);
+    wait_settled(&[&daemon_a, &daemon_b], "every call of both clients exported on both hosts", |spans| {
+        let (spans_a, spans_b) = (&spans[0], &spans[1]);
+        let clients = |p: i64| spans_a.iter().filter(|s| s.kind == "CLIENT" && pid_of(s) == Some(p)).count();
+        spans_b.iter().filter(of(pid)).count() == 4
+            && clients(pid) == 4
+            // One short: told apart below, with its own message.
+            && spans_b.iter().filter(of(early_pid)).count() >= EARLY_CALLS - 1
+            && clients(early_pid) == EARLY_CALLS
     });
     daemon_a.stop();
     daemon_b.stop();
@@ -365,32 +421,27 @@ fn a_call_from_host_a_to_a_device_on_host_b_is_one_trace() {
     let failed = server_span(&spans_b, pid, COMMAND_SERVER, Some("Fail"), &all);
     assert_eq!(failed.status.code, 2, "the failing command is an error on b: {failed:?}");
 
-    // Calls on the connection opened before the daemons: linked too, once both were ready.
-    let early_clients: HashMap<&str, &SpanJson> = spans_a
-        .iter()
-        .filter(|s| s.kind == "CLIENT" && pid_of(s) == Some(early_pid))
-        .map(|s| (s.span_id.as_str(), s))
-        .collect();
-    let early_served: Vec<&SpanJson> = spans_b
-        .iter()
-        .filter(|s| {
-            s.kind == "SERVER"
-                && s.attributes.get_i64("tango.client_ident.pid") == Some(early_pid)
-                && s.start_ns > both_ready
-        })
-        .collect();
-    assert!(early_served.len() >= 5, "{}", excerpt(&all));
-    for served in early_served {
-        let client = early_clients.get(served.parent_span_id.as_str()).unwrap_or_else(|| {
-            panic!(
-                "a call on a connection opened before the daemons started: expected the server span \
-                 (started after both daemons were ready) to be the child of a CLIENT span of pid \
-                 {early_pid} on a, found parent {:?}:\n{}",
-                served.parent_span_id,
-                traces_of(&all, &[served])
-            )
-        });
-        assert_child_of(served, client, "a call on a connection opened before the daemons", &all);
+    // The calls on the connection opened before the daemons: each linked to its own client span.
+    assert_eq!(early_done, 1 + EARLY_CALLS);
+    let mut early_clients: Vec<&SpanJson> =
+        spans_a.iter().filter(|s| s.kind == "CLIENT" && pid_of(s) == Some(early_pid)).collect();
+    let mut early_served: Vec<&SpanJson> = spans_b.iter().filter(of(early_pid)).collect();
+    early_clients.sort_by_key(|s| s.start_ns);
+    early_served.sort_by_key(|s| s.start_ns);
+    assert_eq!(
+        early_served.len(),
+        EARLY_CALLS,
+        "expected b's daemon to trace all {EARLY_CALLS} calls made on a connection opened before it started \
+         (the first one's receive was already pending in the server when the daemon started):\n{}",
+        excerpt(&early_served.iter().map(|s| (*s).clone()).collect::<Vec<_>>())
+    );
+    for (client, served) in early_clients.iter().zip(&early_served) {
+        assert_eq!(
+            i64::from(early_ports[0]),
+            client_port(served, a.address),
+            "the premise: the early client's calls use the connection it opened before the daemons"
+        );
+        assert_child_of(served, client, "a call on a connection opened before the daemons started", &all);
     }
     daemon_a.assert_only_from(a);
     daemon_b.assert_only_from(b);
@@ -414,8 +465,25 @@ fn chains_over_three_hosts_and_back_are_one_trace_each() {
         assert_eq!(out["steps"]["nested"], "ok", "{out}");
     }
     let b_pid = i64::from(server_b.proc.pid());
-    wait_until(&daemons[2], WAIT, "c serves b's nested read", |s| {
-        s.iter().any(|x| x.kind == "SERVER" && x.attributes.get_i64("tango.client_ident.pid") == Some(b_pid))
+    let client_pids = [to_c["pid"].as_i64(), back_to_a["pid"].as_i64()];
+    let [spans_of_a, spans_of_b, spans_of_c] = [&daemons[0], &daemons[1], &daemons[2]];
+    wait_settled(&[spans_of_a, spans_of_b, spans_of_c], "every span of both chains exported", |spans| {
+        let count = |spans: &[SpanJson], kind: &str, pid: Option<i64>, ident: Option<i64>| {
+            spans
+                .iter()
+                .filter(|s| {
+                    s.kind == kind
+                        && pid.is_none_or(|p| pid_of(s) == Some(p))
+                        && ident.is_none_or(|p| s.attributes.get_i64("tango.client_ident.pid") == Some(p))
+                })
+                .count()
+        };
+        client_pids
+            .iter()
+            .all(|&p| count(&spans[0], "CLIENT", p, None) == 1 && count(&spans[1], "SERVER", None, p) == 1)
+            && count(&spans[1], "CLIENT", Some(b_pid), None) >= 2
+            && count(&spans[0], "SERVER", None, Some(b_pid)) == 1
+            && count(&spans[2], "SERVER", None, Some(b_pid)) == 1
     });
     for daemon in &mut daemons {
         daemon.stop();
@@ -484,11 +552,14 @@ fn tangotest_and_its_database_on_b_called_from_a_are_linked() {
     assert_eq!(out["steps"]["read_attribute=double_scalar"], "ok", "{out}");
     assert_eq!(out["steps"]["command_inout=DevString:abc"], "ok", "{out}");
     let pid = out["pid"].as_i64().expect("client pid");
-    wait_until(&daemon_b, WAIT, "TangoTest's server spans of the client on a", |s| {
-        s.iter()
-            .filter(|x| x.kind == "SERVER" && x.attributes.get_i64("tango.client_ident.pid") == Some(pid))
-            .count()
-            >= 3
+    wait_settled(&[&daemon_a, &daemon_b], "every call of the client exported on both hosts", |spans| {
+        let clients = spans[0].iter().filter(|s| s.kind == "CLIENT" && pid_of(s) == Some(pid)).count();
+        let served = spans[1]
+            .iter()
+            .filter(|s| s.kind == "SERVER" && s.attributes.get_i64("tango.client_ident.pid") == Some(pid))
+            .count();
+        // Two device calls and at least one database lookup.
+        clients >= 3 && served == clients
     });
     daemon_a.stop();
     daemon_b.stop();
@@ -697,6 +768,11 @@ fn a_daemon_killed_and_restarted_is_linked_again_within_seconds() {
     });
     let out = finish_script(&mut client);
     assert_eq!(out["failed"], 0, "{out}");
+    // b ran throughout: it serves and exports every call the client made, linked or not.
+    let calls = out["calls"].as_u64().expect("calls") as usize;
+    wait_until(&daemon_b, WAIT, "a server span for every call of the client", |s| {
+        s.iter().filter(of_client).count() == calls
+    });
     second_a.stop();
     daemon_b.stop();
     let spans_b = daemon_b.spans();
