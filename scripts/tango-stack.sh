@@ -4,9 +4,10 @@
 # Usage: scripts/tango-stack.sh start|stop|status DIR
 #
 #   start   creates DIR if needed, brings up MariaDB (datadir, socket, logs all in DIR) with the Tango
-#           schema and DataBaseds on an ephemeral 127.0.0.1 port, waits until the database device
-#           answers, writes DIR/env and prints `TANGO_HOST=127.0.0.1:<port>`. Idempotent: with the
-#           stack already up it only prints that line; missing pieces are (re)started.
+#           schema and DataBaseds on an ephemeral port of $TANGO_STACK_ADDRESS (default 127.0.0.1),
+#           waits until the database device answers, writes DIR/env and prints
+#           `TANGO_HOST=<address>:<port>`. Idempotent: with the stack already up it only prints that
+#           line; missing pieces are (re)started.
 #   stop    stops DataBaseds then MariaDB by their recorded PIDs (SIGTERM, SIGKILL after a timeout);
 #           DIR stays, so the next start skips the initialisation.
 #   status  prints DIR/env and the state of each process; exit status 0 if all are up, 1 if not.
@@ -24,6 +25,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TANGO_TRACER_VENV:-$ROOT/target/venv}"
 DATABASEDS=/usr/lib/tango/DataBaseds
+# The address DataBaseds listens on (another one than loopback lets other hosts reach it; run the
+# script inside that host's network namespace).
+ADDRESS="${TANGO_STACK_ADDRESS:-127.0.0.1}"
 # The dbconfig-common install script of Debian's tango-db: tables, stored procedures, and the
 # devices of DataBaseds/2 and TangoTest/test (sys/tg_test/1).
 SCHEMA=/usr/share/dbconfig-common/data/tango-db/install/mysql
@@ -194,7 +198,7 @@ load_schema() {
 # port $1; exit status 2 if it died first (e.g. the port was taken meanwhile), 1 on timeout.
 wait_database() {
     local port="$1" timeout="$2"
-    TANGO_HOST="127.0.0.1:$port" "$PYTHON" - "$(<"$DIR/databaseds.pid")" "$timeout" <<'EOF'
+    TANGO_HOST="$ADDRESS:$port" "$PYTHON" - "$(<"$DIR/databaseds.pid")" "$timeout" <<'EOF'
 import os, sys, time
 import tango
 pid, timeout = int(sys.argv[1]), float(sys.argv[2])
@@ -218,7 +222,7 @@ EOF
 }
 
 free_port() {
-    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    "$PYTHON" -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$ADDRESS"
 }
 
 start_databaseds() {
@@ -227,10 +231,10 @@ start_databaseds() {
     for attempt in 1 2 3; do
         # Reuse the previous port on a restart (clients may hold it); else a fresh ephemeral one.
         [[ -n "$port" ]] || port="$(free_port)"
-        log "starting DataBaseds on 127.0.0.1:$port"
-        TANGO_HOST="127.0.0.1:$port" MYSQL_HOME="$DIR" MYSQL_HOST=localhost MYSQL_USER="$DB_USER" \
+        log "starting DataBaseds on $ADDRESS:$port"
+        TANGO_HOST="$ADDRESS:$port" MYSQL_HOME="$DIR" MYSQL_HOST=localhost MYSQL_USER="$DB_USER" \
             MYSQL_PASSWORD="$DB_PASSWORD" MYSQL_DATABASE=tango \
-            spawn databaseds "$DATABASEDS" 2 -ORBendPoint "giop:tcp:127.0.0.1:$port"
+            spawn databaseds "$DATABASEDS" 2 -ORBendPoint "giop:tcp:$ADDRESS:$port"
         status=0
         wait_database "$port" "$START_TIMEOUT" || status=$?
         if ((status == 0)); then
@@ -252,7 +256,7 @@ env_value() {
 write_env() {
     local tmp="$ENV_FILE.tmp"
     {
-        echo "TANGO_HOST=127.0.0.1:$DB_PORT"
+        echo "TANGO_HOST=$ADDRESS:$DB_PORT"
         echo "TANGO_STACK_DIR=$DIR"
         echo "MYSQL_SOCKET=$SOCKET"
         echo "MYSQLD_PID=$(<"$DIR/mysqld.pid")"
@@ -281,7 +285,7 @@ cmd_start() {
         start_databaseds "$old_port"
     fi
     write_env
-    echo "TANGO_HOST=127.0.0.1:$DB_PORT"
+    echo "TANGO_HOST=$ADDRESS:$DB_PORT"
 }
 
 cmd_stop() {

@@ -1,7 +1,7 @@
 """A PyTango device server used by the integration tests.
 
-Usage: demo_server.py INSTANCE PORT DEVICE [DEVICE ...]
-Runs without a database on 127.0.0.1:PORT; a device's `peer` property-free
+Usage: demo_server.py INSTANCE [ADDRESS:]PORT DEVICE [DEVICE ...]
+Runs without a database on ADDRESS:PORT (default address 127.0.0.1); a device's `peer` property-free
 `ReadPeer` command reads `temperature` (or `dev/ice/name/attribute`) from the device named by argin.
 `PushTemperature` pushes one change event of `temperature`; `PushBurst(n)` pushes n in a loop (for
 the event benchmark) and returns the seconds the loop took.
@@ -71,10 +71,11 @@ class Demo(Device):
 
 
 def main():
-    instance, port, *devices = sys.argv[1:]
+    instance, endpoint, *devices = sys.argv[1:]
+    address, _, port = endpoint.rpartition(":")
     # run_server puts the server name in front itself: the server is Demo/<instance>.
     args = [instance, "-nodb", "-dlist", ",".join(devices),
-            "-ORBendPoint", f"giop:tcp:127.0.0.1:{port}"]
+            "-ORBendPoint", f"giop:tcp:{address or '127.0.0.1'}:{port}"]
     Demo.run_server(args=args)
 
 

@@ -1,23 +1,31 @@
 """A client that calls read_attribute at a steady rate for a while (outage tests).
 
-Usage: paced_loop.py DEVICE_URL CALLS_PER_S SECONDS
-Prints one JSON object: {"pid": ..., "calls": ..., "failed": ...}.
+Usage: paced_loop.py DEVICE_URL CALLS_PER_S SECONDS|stdin
+With `stdin` it calls until its standard input is closed. Prints one JSON object:
+{"pid": ..., "calls": ..., "failed": ...}.
 """
 
 import json
 import os
 import sys
+import threading
 import time
 
 import tango
 
 
 def main():
-    url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+    url, rate = sys.argv[1], float(sys.argv[2])
+    stopped = threading.Event()
+    if sys.argv[3] == "stdin":
+        seconds = float("inf")
+        threading.Thread(target=lambda: (sys.stdin.read(), stopped.set()), daemon=True).start()
+    else:
+        seconds = float(sys.argv[3])
     device = tango.DeviceProxy(url)
     calls = failed = 0
     start = time.monotonic()
-    while True:
+    while not stopped.is_set():
         now = time.monotonic() - start
         if now >= seconds:
             break

@@ -1,6 +1,7 @@
 """Test client: many Tango requests written back to back in ONE write on one connection.
 
-Usage: pipelined_client.py PORT DEVICE COUNT [--short-sends SERVER_PID | --fork | --half-and-exit]
+Usage: pipelined_client.py [ADDRESS:]PORT DEVICE COUNT [--short-sends SERVER_PID | --fork | --half-and-exit]
+                          [--tag-reasons]
 
 Takes two GIOP 1.2 requests captured from a real PyTango client (read_attributes_5 of
 `temperature`, command_inout_4 `Fail`), puts DEVICE's object key (a DB-less device) in them,
@@ -12,7 +13,10 @@ anywhere), then fails, then moves the rest once SIGCONT lets the server read; ea
 carries a 1 KiB filler service context, so that a send holds fewer requests. With --fork a child
 process (forked after omniORB is loaded, so only the fork tells a tracer about it) does all this,
 a second after its birth; the parent waits for it. With --half-and-exit the client writes the
-first half of one request, prints {"pid"} and exits without closing the socket. Otherwise prints
+first half of one request, prints {"pid"} and exits without closing the socket. With
+--tag-reasons each failing command gets its own reason, `B` and the request id in three digits
+(`B002`, ...), so that each request's spans can be told apart. The address defaults to
+127.0.0.1. Otherwise prints
 one JSON object:
   {"pid", "sent_bytes", "stream_bytes", "sends", "eagain", "replies", "wrong_status", "missing_ids"}
 where wrong_status counts replies whose status does not fit their request (a read answered with
@@ -144,8 +148,17 @@ def write_in_short_sends(sock, stream, counters, server_pid):
         os.kill(server_pid, signal.SIGCONT)
 
 
+def with_reason(message, reason):
+    """The captured command_inout_4 `Fail` request with its 4-byte argument `Boom` replaced."""
+    at = message.rindex(b"Boom\0")
+    return message[:at] + reason + message[at + 4:]
+
+
 def main():
-    port, device, count = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+    address, _, port = sys.argv[1].rpartition(":")
+    address, port = address or "127.0.0.1", int(port)
+    device, count = sys.argv[2].encode(), int(sys.argv[3])
+    tagged = "--tag-reasons" in sys.argv
     server_pid = int(sys.argv[5]) if sys.argv[4:5] == ["--short-sends"] else None
     if sys.argv[4:5] == ["--fork"]:
         child = os.fork()
@@ -158,10 +171,15 @@ def main():
     filler = FILLER_BYTES if server_pid else 0
     read = rekey((FIXTURES / "giop12-req-read_attributes_5.bin").read_bytes(), device, filler)
     fail = rekey((FIXTURES / "giop12-req-command_inout_4-fail.bin").read_bytes(), device, filler)
-    requests = [with_request_id(read if i % 2 else fail, i) for i in range(1, count + 1)]
+    if tagged:
+        assert count < 1000, "three digits per tag"
+        requests = [with_request_id(read if i % 2 else with_reason(fail, b"B%03d" % i), i)
+                    for i in range(1, count + 1)]
+    else:
+        requests = [with_request_id(read if i % 2 else fail, i) for i in range(1, count + 1)]
     stream = b"".join(requests)
 
-    sock = socket.create_connection(("127.0.0.1", port))
+    sock = socket.create_connection((address, port))
     if sys.argv[4:5] == ["--half-and-exit"]:
         sock.send(requests[0][:len(requests[0]) // 2])
         print(json.dumps({"pid": os.getpid()}), flush=True)

@@ -14,8 +14,14 @@
 //!
 //! Drop order matters: declare the stack first, so that servers (dropped first) can unexport
 //! themselves from a still-running database.
+//!
+//! [`DbStack::start_on`] puts the stack on a simulated host instead (see [`crate::hosts`]): the
+//! script, DataBaseds and everything started with [`DbStack::command`] run inside the host's
+//! network namespace, and DataBaseds and TangoTest listen on the host's address, so that clients
+//! on other hosts reach them.
 
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -55,16 +61,37 @@ fn run_checked(command: &mut Command, what: &str) -> Output {
     output
 }
 
+/// Where a stack runs when not on this host's loopback: a simulated host.
+#[derive(Clone, Debug)]
+pub struct StackHost {
+    /// The host's network namespace (`/run/netns/NAME`), entered with `nsenter --net`.
+    pub netns: PathBuf,
+    /// The host's address: DataBaseds and TangoTest listen on it.
+    pub address: Ipv4Addr,
+    /// Environment of every process of the host (its marker, its transport rule).
+    pub env: Vec<(String, String)>,
+}
+
 /// A private MariaDB + DataBaseds 9.3.4, stopped (and its directory removed) on drop.
 pub struct DbStack {
     dir: PathBuf,
     tango_host: String,
+    host: Option<StackHost>,
 }
 
 impl DbStack {
     /// Starts a stack in a new directory under the system temp dir and waits until the database
     /// device answers.
     pub fn start() -> DbStack {
+        Self::start_with(None)
+    }
+
+    /// Like [`start`](Self::start), on a simulated host: DataBaseds listens on its address.
+    pub fn start_on(host: StackHost) -> DbStack {
+        Self::start_with(Some(host))
+    }
+
+    fn start_with(host: Option<StackHost>) -> DbStack {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         // Short: the MariaDB socket lives in it, and Unix socket paths are limited to 108 bytes.
         let dir = std::env::temp_dir().join(format!(
@@ -73,12 +100,13 @@ impl DbStack {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut stack = DbStack { dir, tango_host: String::new() };
+        let mut stack = DbStack { dir, tango_host: String::new(), host };
         // From here on, Drop stops whatever the script got to start.
-        run_checked(
-            Command::new("bash").arg(stack_script()).arg("start").arg(&stack.dir).stdin(Stdio::null()),
-            "tango-stack.sh start",
-        );
+        let mut start = stack.in_host("bash");
+        if let Some(host) = &stack.host {
+            start.env("TANGO_STACK_ADDRESS", host.address.to_string());
+        }
+        run_checked(start.arg(stack_script()).arg("start").arg(&stack.dir), "tango-stack.sh start");
         let env_file = stack.dir.join("env");
         let env = std::fs::read_to_string(&env_file)
             .unwrap_or_else(|e| panic!("reading {}: {e}", env_file.display()));
@@ -90,9 +118,32 @@ impl DbStack {
         stack
     }
 
-    /// `127.0.0.1:<port>` of the stack's DataBaseds.
+    /// `<address>:<port>` of the stack's DataBaseds (address 127.0.0.1 unless on a host).
     pub fn tango_host(&self) -> String {
         self.tango_host.clone()
+    }
+
+    /// The `-ORBendPoint` of servers started against the stack: any port of its address.
+    pub fn endpoint(&self) -> String {
+        let address = self.host.as_ref().map_or(Ipv4Addr::LOCALHOST, |h| h.address);
+        format!("giop:tcp:{address}:")
+    }
+
+    /// `program` inside the stack's host (if any), with the host's environment; stdin closed.
+    fn in_host(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = match &self.host {
+            Some(host) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", host.netns.display())).arg("--").arg(program);
+                for (name, value) in &host.env {
+                    command.env(name, value);
+                }
+                command
+            }
+            None => Command::new(program),
+        };
+        command.stdin(Stdio::null());
+        command
     }
 
     /// The stack's directory (MariaDB datadir, logs, pid files).
@@ -101,14 +152,13 @@ impl DbStack {
     }
 
     /// A command with this stack's `TANGO_HOST`, and without the environment of the test runner
-    /// that would change how Tango processes behave.
+    /// that would change how Tango processes behave; on a host, inside it with its environment.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new(program);
-        command
-            .env("TANGO_HOST", &self.tango_host)
-            .env_remove("TANGO_TELEMETRY_ENABLE")
-            .env_remove("ORBclientTransportRule")
-            .stdin(Stdio::null());
+        let mut command = self.in_host(program);
+        command.env("TANGO_HOST", &self.tango_host).env_remove("TANGO_TELEMETRY_ENABLE");
+        if self.host.is_none() {
+            command.env_remove("ORBclientTransportRule");
+        }
         command
     }
 
@@ -211,7 +261,7 @@ impl TangoTestServer {
             }
             None => stack.command(TANGOTEST),
         };
-        command.arg(instance).args(["-ORBendPoint", "giop:tcp:127.0.0.1:"]).env(MARKER, marker);
+        command.arg(instance).args(["-ORBendPoint", &stack.endpoint()]).env(MARKER, marker);
         for (name, value) in env {
             command.env(name, value);
         }
@@ -245,7 +295,7 @@ impl TangoTestServer {
         let child = stack
             .command(TANGOTEST)
             .arg(instance)
-            .args(["-ORBendPoint", "giop:tcp:127.0.0.1:"])
+            .args(["-ORBendPoint", &stack.endpoint()])
             .env(MARKER, marker)
             // Logs in the stack's directory: a test's output stays readable, and they survive a failure.
             .stdout(log_file(stack, &format!("tangotest-{instance}.log")))

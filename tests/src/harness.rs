@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::{
@@ -108,22 +108,29 @@ impl Drop for Proc {
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_for_port(port: u16, proc: &mut Proc, timeout: Duration) {
+    wait_for_address(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), proc, timeout);
+}
+
+/// Waits until something accepts connections at `address`.
+pub fn wait_for_address(address: SocketAddr, proc: &mut Proc, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok() {
             return;
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!("{} exited ({status}) before listening on port {port}", proc.name);
+            panic!("{} exited ({status}) before listening on {address}", proc.name);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{} did not listen on port {port} within {timeout:?}", proc.name);
+    panic!("{} did not listen on {address} within {timeout:?}", proc.name);
 }
 
 /// A PyTango `Demo` device server without database (tests/python/demo_server.py).
 pub struct DemoServer {
     pub proc: Proc,
+    /// The address it listens on: 127.0.0.1, or a simulated host's (see [`crate::hosts`]).
+    pub address: IpAddr,
     pub port: u16,
 }
 
@@ -143,12 +150,12 @@ impl DemoServer {
             .expect("starting demo_server.py");
         let mut proc = Proc { child, name: format!("demo server {instance}") };
         wait_for_port(port, &mut proc, Duration::from_secs(30));
-        DemoServer { proc, port }
+        DemoServer { proc, address: IpAddr::V4(Ipv4Addr::LOCALHOST), port }
     }
 
-    /// `tango://127.0.0.1:<port>/<device>#dbase=no`
+    /// `tango://<address>:<port>/<device>#dbase=no`
     pub fn url(&self, device: &str) -> String {
-        format!("tango://127.0.0.1:{}/{device}#dbase=no", self.port)
+        format!("tango://{}:{}/{device}#dbase=no", self.address, self.port)
     }
 }
 
@@ -294,34 +301,73 @@ pub fn loss_reports(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// How to start a daemon: [`TracerDaemon::start`] for the usual one, this for the daemons of
+/// simulated hosts (see [`crate::hosts`]).
+#[derive(Clone, Debug, Default)]
+pub struct DaemonLaunch {
+    /// Its directory under the system temp dir (ready file, control socket, store); removed and
+    /// made anew at start.
+    pub dir_name: String,
+    /// Traces only processes with `MARKER=<select_marker>` in their environment.
+    pub select_marker: String,
+    /// Environment (OTEL_* settings).
+    pub env: Vec<(String, String)>,
+    /// More arguments of `tango-tracer run`.
+    pub args: Vec<String>,
+    /// Runs it inside this network namespace (`nsenter --net=<path>`, which leaves `/sys` and
+    /// tracefs as they are, unlike `ip netns exec`).
+    pub enter_netns: Option<PathBuf>,
+    /// Put in front of each line of its log copied to the test's output (several daemons).
+    pub log_prefix: String,
+}
+
 impl TracerDaemon {
     /// Starts `tango-tracer run` with `env` (OTEL_* settings) and extra arguments; waits for its
     /// ready file.
     pub fn start(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
+        TracerDaemon::launch(&DaemonLaunch {
+            dir_name: format!("tango-tracer-{marker}"),
+            select_marker: marker.to_owned(),
+            env: env.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            enter_netns: None,
+            log_prefix: String::new(),
+        })
+    }
+
+    /// Starts `tango-tracer run` as `launch` says; waits for its ready file.
+    pub fn launch(launch: &DaemonLaunch) -> TracerDaemon {
         require_root();
-        let dir = std::env::temp_dir().join(format!("tango-tracer-{marker}"));
+        let dir = std::env::temp_dir().join(&launch.dir_name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the daemon's test directory");
         let ready = dir.join("ready");
-        let mut command = Command::new(tracer_binary());
+        let mut command = match &launch.enter_netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(tracer_binary());
+                command
+            }
+            None => Command::new(tracer_binary()),
+        };
         command
             .arg("run")
             .arg("--ready-file")
             .arg(&ready)
             .arg("--select-env")
-            .arg(format!("{MARKER}={marker}"))
+            .arg(format!("{MARKER}={}", launch.select_marker))
             .arg("--export-interval")
             .arg("200ms")
             .arg("--control-socket")
             .arg(dir.join("ctl.sock"))
-            .args(args)
+            .args(&launch.args)
             .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped());
-        for (name, value) in env {
+        for (name, value) in &launch.env {
             command.env(name, value);
         }
         let mut child =
@@ -329,22 +375,24 @@ impl TracerDaemon {
         let log = Arc::new(Mutex::new(String::new()));
         let log_reader = child.stderr.take().map(|stderr| {
             let log = log.clone();
+            let prefix = launch.log_prefix.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("{line}");
+                    eprintln!("{prefix}{line}");
                     let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
                     log.push_str(&line);
                     log.push('\n');
                 }
             })
         });
-        let mut proc = Proc { child, name: "tango-tracer".into() };
+        let mut proc =
+            Proc { child, name: format!("tango-tracer {}", launch.log_prefix).trim_end().to_owned() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() {
             if let Ok(Some(status)) = proc.child.try_wait() {
-                panic!("tango-tracer exited ({status}) before it was ready");
+                panic!("{} exited ({status}) before it was ready", proc.name);
             }
-            assert!(Instant::now() < deadline, "tango-tracer was not ready within 60 s");
+            assert!(Instant::now() < deadline, "{} was not ready within 60 s", proc.name);
             std::thread::sleep(Duration::from_millis(50));
         }
         TracerDaemon { proc, dir, log, log_reader, checked: false }
@@ -403,13 +451,24 @@ impl TracerDaemon {
     pub fn stop(&mut self) {
         let exit = self.stop_unchecked();
         let problems = exit.problems();
-        assert!(problems.is_empty(), "the daemon did not end cleanly:\n{}", problems.join("\n"));
+        assert!(problems.is_empty(), "{} did not end cleanly:\n{}", self.proc.name, problems.join("\n"));
     }
 
     /// SIGTERM and wait, without judging the outcome (for tests that provoke losses).
     pub fn stop_unchecked(&mut self) -> DaemonExit {
         self.checked = true;
         let status = self.proc.stop_status(Duration::from_secs(20));
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        DaemonExit { status, log: self.log() }
+    }
+
+    /// SIGKILL and wait: a daemon that dies without flushing (what it held is lost, by design).
+    pub fn kill(&mut self) -> DaemonExit {
+        self.checked = true;
+        let _ = self.proc.child.kill();
+        let status = self.proc.child.wait().ok();
         if let Some(reader) = self.log_reader.take() {
             let _ = reader.join();
         }

@@ -4,6 +4,8 @@
 //!   `otlp-receiver` binary, for benchmarks and humans).
 //! - [`reference`]: the daemon's spans compared with cppTango's own (`tests/reference/`).
 //! - [`harness`]: real servers, clients and the daemon, stopped by PID; the daemon's end checked.
+//! - [`dbstack`]: a private MariaDB + DataBaseds 9.3.4 stack and TangoTest 9.3.4.
+//! - [`hosts`]: simulated hosts (network namespaces on a bridge), each with its processes and daemon.
 //!
 //! The tests themselves live in `src/tests/`, one file per feature.
 // Test code: a failure panics with its message and backtrace.
@@ -17,6 +19,7 @@
 
 pub mod dbstack;
 pub mod harness;
+pub mod hosts;
 pub mod otlp_receiver;
 pub mod reference;
 

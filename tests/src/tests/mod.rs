@@ -2,6 +2,7 @@
 
 mod churn;
 mod config;
+mod crosshost;
 mod events;
 mod export;
 mod facts;
