@@ -61,7 +61,7 @@ pub struct Counters {
     /// A connection or handshake that took longer than the connect timeout.
     pub connect_timeouts: AtomicU64,
     /// Links that broke (closed, silent, or a bad frame).
-    pub links_lost: AtomicU64,
+    pub links_broken: AtomicU64,
     /// Incoming connections turned away because too many were open.
     pub inbound_over_limit: AtomicU64,
     /// Progress forwarded at once because the per-connection table was full.
@@ -123,7 +123,7 @@ impl Counters {
         stats.push(STAGE, "refused_outbound", get(&self.refused_outbound));
         stats.push(STAGE, "connect_failures", get(&self.connect_failures));
         stats.push(STAGE, "connect_timeouts", get(&self.connect_timeouts));
-        stats.push(STAGE, "links_lost", get(&self.links_lost));
+        stats.push(STAGE, "links_broken", get(&self.links_broken));
         stats.push(STAGE, "inbound_over_limit", get(&self.inbound_over_limit));
         stats.push(STAGE, "progress_uncoalesced", get(&self.progress_uncoalesced));
         stats.loss(STAGE, "queue_full_calls", get(&self.queue_full_calls));

@@ -87,7 +87,7 @@ pub async fn subscribe(shared: Arc<Shared>, ip: Ipv4Addr, mut addrs: watch::Rece
         _ = shared.cancel.cancelled() => return,
         error = follow(&shared, session, ip, &mut addrs) => error,
     };
-    shared.counters.links_lost.fetch_add(1, Relaxed);
+    shared.counters.links_broken.fetch_add(1, Relaxed);
     let _ = shared.events.send(Event::LinkEnded { ip, why: Absence::Lost, error: error.clone() });
     let _ = shared.incoming.send(Incoming::Absent { ip, why: Absence::Lost }).await;
 }

@@ -440,7 +440,7 @@ impl Hub {
             Event::LinkEnded { ip, why: Absence::Lost, error } => {
                 // Dialed again at the next want, without a pause: a restarted daemon is back soon.
                 self.peers.remove(&ip);
-                info!("lost the link to the tango-tracer daemon at {ip}: {error}");
+                info!("the link to the tango-tracer daemon at {ip} broke off: {error}");
             }
             Event::LinkEnded { ip, why, error } => {
                 let until = now + self.options.retry_pause;

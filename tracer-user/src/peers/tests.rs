@@ -309,7 +309,7 @@ async fn a_daemon_restarted_mid_run_is_lost_then_linked_again() {
 
     link_a.stop().await;
     assert_eq!(next(&mut link_b).await, Incoming::Absent { ip: a, why: Absence::Lost });
-    assert_eq!(stat(&link_b, "links_lost"), 1);
+    assert_eq!(stat(&link_b, "links_broken"), 1);
     assert_eq!(stat(&link_b, "linked_peers"), 0);
 
     let mut link_a = PeerLink::start(options(a, port, key())).unwrap();
@@ -412,7 +412,7 @@ async fn a_silent_link_is_lost_both_ways() {
     let up = Instant::now();
     assert_eq!(next(&mut link_a).await, Incoming::Absent { ip: b, why: Absence::Lost });
     assert!(up.elapsed() >= beat * 3, "lost after {:?}", up.elapsed());
-    assert_eq!(stat(&link_a, "links_lost"), 1);
+    assert_eq!(stat(&link_a, "links_broken"), 1);
 
     // A subscriber at B that goes silent after subscribing: A stops serving it.
     let stream = tokio::net::TcpStream::connect((a, port)).await.unwrap();

@@ -261,6 +261,42 @@ impl Probes {
         Ok(())
     }
 
+    /// Receives `pid`'s threads were already blocked in when the probes attached: their entry
+    /// was not seen, so their exit would report nothing and the first request each one reads
+    /// would be missed. `/proc/<pid>/task/<tid>/syscall` names the call and its arguments; each
+    /// blocked `recvfrom` is noted as if its entry had been seen. Returns how many were noted.
+    pub fn adopt_blocked_receives(&mut self, proc_root: &std::path::Path, pid: u32) -> usize {
+        let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+            return 0;
+        };
+        let mut adopted = 0;
+        for task in tasks.filter_map(Result::ok) {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(task.path().join("syscall")) else {
+                continue;
+            };
+            let Some((fd, buf)) = blocked_recvfrom(&text) else {
+                continue;
+            };
+            let pid_tgid = (u64::from(pid) << 32) | u64::from(tid);
+            if self.pending.get(&pid_tgid, 0).is_ok() {
+                continue;
+            }
+            let call = PendingCall {
+                buf,
+                ts_ns: 0,
+                fd,
+                capture_len: self.capture_len,
+                direction: tracer_common::direction::RECV,
+                ..PendingCall::default()
+            };
+            adopted += usize::from(self.pending.insert(&pid_tgid, &call, 0).is_ok());
+        }
+        adopted
+    }
+
     /// Stops capturing for `pid` (idempotent).
     pub fn remove_target(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
@@ -319,6 +355,24 @@ impl Probes {
     pub fn in_flight(&self) -> (usize, usize) {
         (self.pending.keys().count(), self.streams.keys().count())
     }
+}
+
+/// `recvfrom`'s number on x86_64.
+const SYS_RECVFROM: u64 = 45;
+
+/// The fd and buffer of a thread blocked in `recvfrom`, from its `/proc/…/syscall` line
+/// (`<nr> <arg0> <arg1> … <sp> <pc>`, arguments in hex); `None` for anything else (another
+/// call, `running`).
+fn blocked_recvfrom(text: &str) -> Option<(i32, u64)> {
+    let mut fields = text.split_whitespace();
+    let nr = fields.next()?.parse::<u64>().ok()?;
+    if nr != SYS_RECVFROM {
+        return None;
+    }
+    let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16).ok();
+    let fd = hex(fields.next()?)?;
+    let buf = hex(fields.next()?)?;
+    Some((i32::try_from(fd).ok()?, buf))
 }
 
 /// The BTF tracepoint that copies a forked child's facts (`sched_process_fork` hands over the
@@ -393,6 +447,16 @@ mod tests {
     )]
 
     use super::*;
+
+    #[test]
+    fn a_blocked_recvfrom_is_read_from_its_syscall_line() {
+        // Lines as /proc/<pid>/task/<tid>/syscall gives them for an omniORB server thread.
+        let blocked = "45 0x9 0x7f3c5c001c40 0x2000 0x0 0x0 0x0 0x7f3c6affc9d8 0x7f3c6d7ac7fc\n";
+        assert_eq!(blocked_recvfrom(blocked), Some((9, 0x7f3c_5c00_1c40)));
+        assert_eq!(blocked_recvfrom("7 0x7f3c5c000b70 0x2 0xffffffff 0x0 0x0 0x0 0x7f 0x7f\n"), None);
+        assert_eq!(blocked_recvfrom("running\n"), None);
+        assert_eq!(blocked_recvfrom(""), None);
+    }
 
     #[test]
     fn minimum_capture_holds_every_captured_tango_message() {

@@ -2,7 +2,7 @@
 //! and at fork (from what the kernel copied then); libraries found later; uprobes where sockets
 //! are blind.
 
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use super::Daemon;
 use crate::{
@@ -91,6 +91,11 @@ impl Daemon {
         if let Err(e) = self.probes.add_target(pid) {
             warn!("cannot trace pid {pid}: {e}");
             return;
+        }
+        // A process running before the daemon may have threads waiting in a receive already.
+        let adopted = self.probes.adopt_blocked_receives(&self.options.proc_root, pid);
+        if adopted > 0 {
+            debug!("pid {pid}: {adopted} receive(s) already waiting followed");
         }
         info!(
             "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: syscalls sendto/recvfrom (GIOP over TCP and Unix sockets)",
