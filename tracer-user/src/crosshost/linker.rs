@@ -44,7 +44,7 @@ const WANT_EVERY: Duration = Duration::from_secs(1);
 #[derive(Clone, Copy, Debug)]
 enum Fate {
     /// Waiting for the client host's daemon.
-    Waiting { key: LinkKey, deadline: Instant },
+    Waiting { key: LinkKey, since: Instant, deadline: Instant },
     /// The client's daemon named the trace, but that name is itself provisional there: waiting
     /// for its `Settled`.
     Renamed { to: TraceId, deadline: Instant },
@@ -73,6 +73,10 @@ pub struct LinkerStats {
     pub late: u64,
     /// Entries not kept because a table was full.
     pub refused_full: u64,
+    /// Requests answered, and the time from reading each to its answer (what a server span of a
+    /// call shorter than that waits before export): total and longest, in microseconds.
+    pub answer_wait_total_us: u64,
+    pub answer_wait_max_us: u64,
 }
 
 /// The cross-host linking state of the pipeline: per provisional trace (freed once its spans
@@ -194,7 +198,7 @@ impl Linker {
             return;
         }
         let deadline = now + self.wait;
-        self.fates.insert(provisional, Fate::Waiting { key, deadline });
+        self.fates.insert(provisional, Fate::Waiting { key, since: now, deadline });
         self.deadlines.push_back((deadline, provisional));
         self.waiting_by_connection.entry(connection).or_default().push(key);
         self.want(peer, now);
@@ -213,9 +217,9 @@ impl Linker {
         match message {
             Incoming::Call { key, trace_id, settled } => {
                 let provisional = key.trace_id();
-                match self.fates.get(&provisional) {
-                    Some(Fate::Waiting { .. }) => {
-                        self.stats.answered += 1;
+                match self.fates.get(&provisional).copied() {
+                    Some(Fate::Waiting { since, .. }) => {
+                        self.answered(since, now);
                         self.unwait(key);
                         self.rename(provisional, trace_id, settled, now);
                     }
@@ -245,8 +249,8 @@ impl Linker {
                     self.waiting_by_connection.remove(&connection);
                 }
                 for key in covered {
-                    if matches!(self.fates.get(&key.trace_id()), Some(Fate::Waiting { .. })) {
-                        self.stats.answered += 1;
+                    if let Some(Fate::Waiting { since, .. }) = self.fates.get(&key.trace_id()).copied() {
+                        self.answered(since, now);
                         self.settle(key.trace_id(), key.trace_id(), now);
                     }
                 }
@@ -279,6 +283,13 @@ impl Linker {
                 }
             }
         }
+    }
+
+    fn answered(&mut self, since: Instant, now: Instant) {
+        self.stats.answered += 1;
+        let waited = u64::try_from(now.duration_since(since).as_micros()).unwrap_or(u64::MAX);
+        self.stats.answer_wait_total_us = self.stats.answer_wait_total_us.saturating_add(waited);
+        self.stats.answer_wait_max_us = self.stats.answer_wait_max_us.max(waited);
     }
 
     fn count_absence(&mut self, why: Absence) {
@@ -345,7 +356,7 @@ impl Linker {
             }
             self.deadlines.pop_front();
             match self.fates.get(&trace_id).copied() {
-                Some(Fate::Waiting { key, deadline: due }) if due <= now => {
+                Some(Fate::Waiting { key, deadline: due, .. }) if due <= now => {
                     self.stats.unanswered += 1;
                     self.unwait(key);
                     self.orphan(key, now);
@@ -433,6 +444,8 @@ impl Linker {
         out.push(STAGE, "no_daemon", s.no_daemon);
         out.push(STAGE, "refused", s.refused);
         out.push(STAGE, "late", s.late);
+        out.push(STAGE, "answer_wait_total_us", s.answer_wait_total_us);
+        out.push(STAGE, "answer_wait_max_us", s.answer_wait_max_us);
         out.loss(STAGE, "refused_table_full", s.refused_full);
         out.size(STAGE, "provisional_trace_entries", self.fates.len());
         out.size(STAGE, "announced_call_entries", self.announced.len());
