@@ -282,19 +282,11 @@ fn finish_script(proc: &mut crate::harness::Proc) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{} output {stdout:?}: {e}", proc.name))
 }
 
-/// The counters of a `ctl stats --json` answer whose name has `word` and is about cross-host
-/// lookups (names with `peer`, `link`, `lookup` or `cross`).
-fn lookup_counters(stats: &serde_json::Value, word: &str) -> Vec<(String, u64)> {
-    stats["counters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            name.contains(word) && ["peer", "link", "lookup", "cross"].iter().any(|w| name.contains(w))
-        })
-        .map(|(name, value)| (name.clone(), value.as_u64().unwrap_or(0)))
-        .collect()
+/// The counter `stage.name` of a `ctl stats --json` answer of host `host`'s daemon.
+fn counter(stats: &serde_json::Value, host: &str, name: &str) -> u64 {
+    stats["counters"][name].as_u64().unwrap_or_else(|| {
+        panic!("expected a counter {name} in ctl stats of host {host}'s daemon, found {}", stats["counters"])
+    })
 }
 
 /// `stepped_client.py` in a host: connected (one call made) when [`Stepped::start`] returns.
@@ -400,6 +392,12 @@ fn a_call_from_host_a_to_a_device_on_host_b_is_one_trace() {
             && spans_b.iter().filter(of(early_pid)).count() >= EARLY_CALLS - 1
             && clients(early_pid) == EARLY_CALLS
     });
+    let stats_b = daemon_b.stats();
+    assert!(
+        counter(&stats_b, "b", "crosshost.answered") > 0,
+        "expected b's lookups answered by a's daemon counted in crosshost.answered:\n{}",
+        stats_b["counters"]
+    );
     daemon_a.stop();
     daemon_b.stop();
     let (spans_a, spans_b) = (daemon_a.spans(), daemon_b.spans());
@@ -636,12 +634,22 @@ fn without_a_daemon_on_the_other_host_spans_are_roots_carrying_the_key() {
     let arrived_ns = wait_until(&daemon_b, WAIT, "b's server span of a's call", |s| s.iter().any(of_client));
     let first = daemon_b.spans().into_iter().find(of_client).expect("found above");
     let held_ns = arrived_ns.saturating_sub(first.end_ns);
+    eprintln!(
+        "no daemon on a: b's server span reached the receiver {} ms after it ended",
+        held_ns / 1_000_000
+    );
     assert!(
         held_ns <= PEER_WAIT_NS + EXPORT_MARGIN_NS,
         "with no daemon on a, b's server span must be exported after at most --peer-wait ({PEER_WAIT}) plus \
          the export ({} ms margin); it arrived {} ms after it ended",
         EXPORT_MARGIN_NS / 1_000_000,
         held_ns / 1_000_000
+    );
+    let stats_b = daemon_b.stats();
+    assert!(
+        counter(&stats_b, "b", "crosshost.no_daemon") > 0,
+        "expected b's lookup of a (no daemon there) counted in crosshost.no_daemon:\n{}",
+        stats_b["counters"]
     );
     daemon_b.stop();
     let spans_b = daemon_b.spans();
@@ -691,14 +699,35 @@ fn a_peer_with_the_wrong_key_is_refused_and_both_sides_carry_the_same_key() {
     let (spans_a, spans_b) = (daemon_a.spans(), daemon_b.spans());
     let all = all_spans(&[&daemon_a, &daemon_b]);
 
-    let refused: Vec<(String, u64)> = stats.iter().flat_map(|s| lookup_counters(s, "refused")).collect();
-    assert!(
-        refused.iter().any(|(_, n)| *n > 0),
-        "expected a refused cross-host lookup counted in ctl stats (a counter named with `refused` and \
-         peer/link/lookup/cross), found {refused:?} in\n{}\n{}",
-        stats[0]["counters"],
-        stats[1]["counters"]
-    );
+    let [stats_a, stats_b] = &stats;
+    // b asked a and was refused: its lookups are counted refused, the link refused both ways.
+    for (stats, host, name) in [
+        (stats_b, "b", "crosshost.refused"),
+        (stats_b, "b", "peers.refused_outbound"),
+        (stats_a, "a", "peers.refused_inbound"),
+    ] {
+        assert!(
+            counter(stats, host, name) > 0,
+            "expected the wrong key counted in {name} of host {host}'s daemon:\n{}",
+            stats["counters"]
+        );
+    }
+    // Neither learnt anything from the other.
+    for (stats, host, name) in [
+        (stats_b, "b", "peers.linked_peers"),
+        (stats_b, "b", "peers.received_calls"),
+        (stats_b, "b", "peers.received_progress"),
+        (stats_b, "b", "crosshost.answered"),
+        (stats_a, "a", "peers.subscriptions_served"),
+        (stats_a, "a", "peers.received_subscribes"),
+    ] {
+        assert_eq!(
+            counter(stats, host, name),
+            0,
+            "a peer with the wrong key gets nothing and is not believed: {name} of host {host}'s daemon:\n{}",
+            stats["counters"]
+        );
+    }
     for (client_name, server_name, arg) in
         [(READ_CLIENT, READ_SERVER, None), (COMMAND_CLIENT, COMMAND_SERVER, Some("Echo"))]
     {
@@ -780,6 +809,10 @@ fn a_daemon_killed_and_restarted_is_linked_again_within_seconds() {
 
     let relinked = linked_to(&second_a, &spans_b, restarted_ns);
     let first_relinked = relinked.iter().map(|s| s.start_ns).min().expect("waited for above");
+    eprintln!(
+        "the first call linked again started {} ms after a's new daemon was ready",
+        first_relinked.saturating_sub(restarted_ns) / 1_000_000
+    );
     assert!(
         first_relinked.saturating_sub(restarted_ns) <= RELINK_WITHIN.as_nanos() as u64,
         "expected calls to be linked again within {RELINK_WITHIN:?} of the restart, the first was {} ms after",
