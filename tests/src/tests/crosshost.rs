@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, TcpListener},
     path::Path,
     time::Duration,
 };
@@ -30,6 +30,8 @@ const SETTLE: Duration = Duration::from_millis(500);
 const RELINK_WITHIN: Duration = Duration::from_secs(10);
 /// The attribute that carries the link key on both sides of a call that could not be linked.
 const KEY_ATTRIBUTE: &str = "tango_tracer.link.key";
+/// Where every daemon listens for its peers (the default of `--peer-listen`).
+const PEER_PORT: u16 = 4320;
 
 const READ_CLIENT: &str = "Tango::DeviceProxy::read_attribute";
 const WRITE_CLIENT: &str = "Tango::DeviceProxy::write_attribute";
@@ -615,9 +617,9 @@ fn tangotest_and_its_database_on_b_called_from_a_are_linked() {
     daemon_b.assert_only_from(b);
 }
 
-/// No daemon on A: B's server span waits at most `--peer-wait` and is exported as a root with the
-/// client's address, port and the key. Then a daemon on A and none on B: A's client span carries
-/// the key.
+/// No daemon on A (nothing on its peer port, then something there that never answers): B's server
+/// span waits at most `--peer-wait` and is exported as a root with the client's address, port and
+/// the key. Then a daemon on A and none on B: A's client span carries the key.
 #[test]
 fn without_a_daemon_on_the_other_host_spans_are_roots_carrying_the_key() {
     let hosts = Hosts::new("xh-alone", &["a", "b"], Scope::Netns);
@@ -626,36 +628,50 @@ fn without_a_daemon_on_the_other_host_spans_are_roots_carrying_the_key() {
     let url = server.url("test/hostb/1");
     let server_end = (b.address, server.port);
 
-    let mut daemon_b = start_daemon(b, hosts.key_file());
-    let out = a.run_script("demo_client.py", &[&url, "read_attribute"], &[]);
-    let pid = out["pid"].as_i64().expect("client pid");
-    let of_client =
-        |s: &SpanJson| s.kind == "SERVER" && s.attributes.get_i64("tango.client_ident.pid") == Some(pid);
-    let arrived_ns = wait_until(&daemon_b, WAIT, "b's server span of a's call", |s| s.iter().any(of_client));
-    let first = daemon_b.spans().into_iter().find(of_client).expect("found above");
-    let held_ns = arrived_ns.saturating_sub(first.end_ns);
-    eprintln!(
-        "no daemon on a: b's server span reached the receiver {} ms after it ended",
-        held_ns / 1_000_000
-    );
+    // A call from a with a new daemon on b only: b's server span must be an unlinked root and come
+    // out within --peer-wait; b's counters then.
+    let unlinked_call = |what: &str| -> serde_json::Value {
+        let mut daemon_b = start_daemon(b, hosts.key_file());
+        let out = a.run_script("demo_client.py", &[&url, "read_attribute"], &[]);
+        let pid = out["pid"].as_i64().expect("client pid");
+        let of_client =
+            |s: &SpanJson| s.kind == "SERVER" && s.attributes.get_i64("tango.client_ident.pid") == Some(pid);
+        let arrived_ns =
+            wait_until(&daemon_b, WAIT, "b's server span of a's call", |s| s.iter().any(of_client));
+        let first = daemon_b.spans().into_iter().find(of_client).expect("found above");
+        let held_ns = arrived_ns.saturating_sub(first.end_ns);
+        eprintln!("{what}: b's server span reached the receiver {} ms after it ended", held_ns / 1_000_000);
+        assert!(
+            held_ns <= PEER_WAIT_NS + EXPORT_MARGIN_NS,
+            "{what}: b's server span must be exported after at most --peer-wait ({PEER_WAIT}) plus the \
+             export ({} ms margin); it arrived {} ms after it ended",
+            EXPORT_MARGIN_NS / 1_000_000,
+            held_ns / 1_000_000
+        );
+        let stats = daemon_b.stats();
+        daemon_b.stop();
+        let spans_b = daemon_b.spans();
+        let served = server_span(&spans_b, pid, READ_SERVER, None, &spans_b);
+        assert_unlinked_root(served, a.address, server_end, what);
+        daemon_b.assert_only_from(b);
+        stats
+    };
+
+    let stats = unlinked_call("no daemon on a");
     assert!(
-        held_ns <= PEER_WAIT_NS + EXPORT_MARGIN_NS,
-        "with no daemon on a, b's server span must be exported after at most --peer-wait ({PEER_WAIT}) plus \
-         the export ({} ms margin); it arrived {} ms after it ended",
-        EXPORT_MARGIN_NS / 1_000_000,
-        held_ns / 1_000_000
+        counter(&stats, "b", "crosshost.no_daemon") > 0,
+        "expected b's lookup of a (nothing listens there) counted in crosshost.no_daemon:\n{}",
+        stats["counters"]
     );
-    let stats_b = daemon_b.stats();
+    // Something on a's peer port that never answers: b gives up after --peer-wait.
+    let silent = a.in_netns(|| TcpListener::bind((a.address, PEER_PORT)).expect("a silent peer port on a"));
+    let stats = unlinked_call("a peer port on a that never answers");
+    drop(silent);
     assert!(
-        counter(&stats_b, "b", "crosshost.no_daemon") > 0,
-        "expected b's lookup of a (no daemon there) counted in crosshost.no_daemon:\n{}",
-        stats_b["counters"]
+        counter(&stats, "b", "peers.connect_timeouts") > 0,
+        "expected b's link to the silent port on a counted in peers.connect_timeouts:\n{}",
+        stats["counters"]
     );
-    daemon_b.stop();
-    let spans_b = daemon_b.spans();
-    let served = server_span(&spans_b, pid, READ_SERVER, None, &spans_b);
-    assert_unlinked_root(served, a.address, server_end, "no daemon on a");
-    daemon_b.assert_only_from(b);
 
     let mut daemon_a = start_daemon(a, hosts.key_file());
     let out = a.run_script("demo_client.py", &[&url, "read_attribute"], &[]);
