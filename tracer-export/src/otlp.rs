@@ -78,6 +78,9 @@ pub enum OtlpError {
         code: Code,
         /// The status message.
         message: String,
+        /// The status was made by the client from a transport failure (the connection broke,
+        /// was reset or refused), not sent by the backend.
+        transport: bool,
     },
     /// The gRPC endpoint could not be turned into a channel.
     #[error("OTLP/gRPC endpoint {endpoint} is not usable: {source}")]
@@ -119,6 +122,8 @@ impl OtlpError {
             // The OTLP list (429, 502, 503, 504) and 408, a timeout on the backend's side; any
             // other 4xx says the request itself is wrong.
             OtlpError::HttpStatus { status, .. } => matches!(status, 408 | 429 | 502 | 503 | 504),
+            // A broken connection may come back whatever code the client gave it.
+            OtlpError::Grpc { transport: true, .. } => true,
             OtlpError::Grpc { code, .. } => matches!(
                 code,
                 Code::Cancelled
@@ -239,6 +244,7 @@ impl OtlpSender {
                 endpoint: grpc.endpoint.clone(),
                 code: Code::Internal,
                 message: "an HTTP body cannot be sent over gRPC".to_owned(),
+                transport: false,
             }),
         }
     }
@@ -341,6 +347,7 @@ impl GrpcSender {
                 endpoint: self.endpoint.clone(),
                 code: status.code(),
                 message: status.message().to_owned(),
+                transport: std::error::Error::source(&status).is_some(),
             }),
         }
     }
@@ -463,9 +470,21 @@ mod tests {
         assert!(!status(413).is_retryable());
         assert!(!status(500).is_retryable());
         assert!(!status(404).is_retryable());
-        let grpc = |code| OtlpError::Grpc { endpoint: String::new(), code, message: String::new() };
+        let grpc = |code| OtlpError::Grpc {
+            endpoint: String::new(),
+            code,
+            message: String::new(),
+            transport: false,
+        };
         assert!(grpc(Code::Unavailable).is_retryable());
         assert!(!grpc(Code::InvalidArgument).is_retryable());
+        let broken = OtlpError::Grpc {
+            endpoint: String::new(),
+            code: Code::Unknown,
+            message: String::new(),
+            transport: true,
+        };
+        assert!(broken.is_retryable());
         assert_eq!(grpc_uri("grpc://h:1"), "http://h:1");
         assert_eq!(grpc_uri("http://h:1"), "http://h:1");
     }
