@@ -50,7 +50,9 @@ mod worker;
 
 pub use backlog::span_bytes;
 pub use console::ConsoleError;
-pub use destination::{ConsoleStream, Destination, DestinationError, destinations_from_otel_env};
+pub use destination::{
+    ConsoleStream, Destination, DestinationError, Signal, destinations_from_otel_env, otel_env_destinations,
+};
 pub use hub::{ExportConfig, ExportHub};
 pub use otlp::OtlpError;
 pub use stats::{DestinationStats, DropCounts, ExportStats};
