@@ -10,6 +10,10 @@
 //! [`crate::backlog`]). Sending, retries and shutdown are the worker's ([`crate::worker`]).
 //! Every span submitted is, at any time, delivered, dropped for a counted cause, or held
 //! ([`crate::DestinationStats`]).
+//!
+//! Log records ([`ExportHub::submit_log`]) take the same path in parallel: each signal has its
+//! own table of destinations, so a destination of logs has its own backlog (with the same
+//! budget), worker and counters even when it is spelled like a destination of spans.
 
 use std::{
     collections::HashMap,
@@ -26,10 +30,11 @@ use tokio::{
 };
 
 use crate::{
-    SpanRecord,
-    backlog::{Backlog, span_bytes},
+    LogRecord, SpanRecord,
+    backlog::Backlog,
     destination::Destination,
     otlp::Prepared,
+    record::Exportable,
     stats::ExportStats,
     worker::{Worker, at_shutdown},
 };
@@ -48,7 +53,8 @@ pub struct ExportConfig {
     pub max_batch: usize,
     /// Memory budget of each destination: the most bytes of spans (estimated by
     /// [`crate::span_bytes`]) it holds while they wait, wait for a retry, or are being sent.
-    /// When full, the oldest spans are dropped (default 64 MiB).
+    /// When full, the oldest spans are dropped (default 64 MiB). A destination of log records
+    /// has a budget of this size of its own (estimated by [`crate::log_bytes`]).
     pub max_backlog_bytes: u64,
     /// Time limit of one OTLP request, connection included (default 10 s).
     pub request_timeout: Duration,
@@ -119,19 +125,31 @@ pub(crate) struct Shared {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// Set by shutdown: no new workers, every submit is a counted drop.
     closed: bool,
-    index: HashMap<Destination, usize>,
-    /// In order of first use; never removed, so that counters stay complete.
-    destinations: Vec<DestinationEntry>,
+    pub(crate) spans: Table<SpanRecord>,
+    pub(crate) logs: Table<LogRecord>,
 }
 
-struct DestinationEntry {
+/// The destinations of one signal.
+pub(crate) struct Table<R> {
+    index: HashMap<Destination, usize>,
+    /// In order of first use; never removed, so that counters stay complete.
+    entries: Vec<DestinationEntry<R>>,
+}
+
+impl<R> Default for Table<R> {
+    fn default() -> Self {
+        Table { index: HashMap::new(), entries: Vec::new() }
+    }
+}
+
+struct DestinationEntry<R> {
     destination: Destination,
-    backlog: Backlog<Prepared>,
+    backlog: Backlog<R, Prepared>,
     wake: Arc<Notify>,
-    /// The console writes each span as it comes.
+    /// The console writes each record as it comes.
     immediate: bool,
     task: Option<JoinHandle<()>>,
 }
@@ -141,9 +159,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the backlog of the destination at `index`, under the lock.
-    pub(crate) fn backlog<R>(&self, index: usize, f: impl FnOnce(&mut Backlog<Prepared>) -> R) -> Option<R> {
-        self.lock().destinations.get_mut(index).map(|entry| f(&mut entry.backlog))
+    /// Runs `f` on the backlog of the destination of `R`'s signal at `index`, under the lock.
+    pub(crate) fn backlog<R: Exportable, T>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut Backlog<R, Prepared>) -> T,
+    ) -> Option<T> {
+        R::table(&mut self.lock()).entries.get_mut(index).map(|entry| f(&mut entry.backlog))
     }
 }
 
@@ -171,30 +193,43 @@ impl ExportHub {
     /// Puts `span` into each destination's backlog. Never blocks and never panics: what the
     /// memory budget cannot keep (or what comes after shutdown) is counted.
     pub fn submit(&self, span: SpanRecord, destinations: &[Destination]) {
+        self.submit_record(span, destinations);
+    }
+
+    /// Puts `log` into the backlog of each destination of logs, as [`ExportHub::submit`] does
+    /// for spans. The destinations of logs are apart from those of spans: a destination given
+    /// here has its own backlog, worker and counters ([`ExportStats::logs`]).
+    pub fn submit_log(&self, log: LogRecord, destinations: &[Destination]) {
+        self.submit_record(log, destinations);
+    }
+
+    fn submit_record<R: Exportable>(&self, record: R, destinations: &[Destination]) {
         let Some((last, others)) = destinations.split_last() else {
             return;
         };
-        let bytes = span_bytes(&span);
+        let bytes = record.bytes();
         let mut state = self.inner.shared.lock();
         for destination in others {
-            self.push(&mut state, destination, span.clone(), bytes);
+            self.push(&mut state, destination, record.clone(), bytes);
         }
-        self.push(&mut state, last, span, bytes);
+        self.push(&mut state, last, record, bytes);
     }
 
-    fn push(&self, state: &mut State, destination: &Destination, span: SpanRecord, bytes: u64) {
-        let index = match state.index.get(destination) {
+    fn push<R: Exportable>(&self, state: &mut State, destination: &Destination, record: R, bytes: u64) {
+        let closed = state.closed;
+        let table = R::table(state);
+        let index = match table.index.get(destination) {
             Some(&index) => index,
-            None => self.add_destination(state, destination),
+            None => self.add_destination(closed, table, destination),
         };
-        let Some(entry) = state.destinations.get_mut(index) else {
+        let Some(entry) = table.entries.get_mut(index) else {
             return;
         };
-        if state.closed {
+        if closed {
             entry.backlog.refuse_after_shutdown();
             return;
         }
-        let waiting = entry.backlog.push(span, bytes);
+        let waiting = entry.backlog.push(record, bytes);
         // Only the span that completes a batch wakes the worker; after each batch the worker
         // looks for more by itself.
         if entry.immediate || waiting == self.inner.shared.config.max_batch {
@@ -202,28 +237,33 @@ impl ExportHub {
         }
     }
 
-    fn add_destination(&self, state: &mut State, destination: &Destination) -> usize {
-        let index = state.destinations.len();
+    fn add_destination<R: Exportable>(
+        &self,
+        closed: bool,
+        table: &mut Table<R>,
+        destination: &Destination,
+    ) -> usize {
+        let index = table.entries.len();
         let wake = Arc::new(Notify::new());
-        let task = (!state.closed).then(|| {
-            let worker = Worker::new(
+        let task = (!closed).then(|| {
+            let worker = Worker::<R>::new(
                 self.inner.shared.clone(),
                 index,
                 destination.clone(),
                 wake.clone(),
                 self.inner.closing.subscribe(),
             );
-            debug!("export to {destination}: worker started");
+            debug!("export of {} to {destination}: worker started", R::SIGNAL);
             self.inner.runtime.spawn(worker.run())
         });
-        state.destinations.push(DestinationEntry {
+        table.entries.push(DestinationEntry {
             destination: destination.clone(),
             backlog: Backlog::new(self.inner.shared.config.max_backlog_bytes),
             wake,
             immediate: matches!(destination, Destination::Console { .. }),
             task,
         });
-        state.index.insert(destination.clone(), index);
+        table.index.insert(destination.clone(), index);
         index
     }
 
@@ -233,45 +273,58 @@ impl ExportHub {
     /// Returns the final statistics.
     pub async fn shutdown(&self) -> ExportStats {
         let deadline = Instant::now() + self.inner.shared.config.shutdown_timeout;
-        let tasks: Vec<(Destination, JoinHandle<()>)> = {
+        let tasks: Vec<(String, JoinHandle<()>)> = {
             let mut state = self.inner.shared.lock();
             state.closed = true;
-            state
-                .destinations
-                .iter_mut()
-                .filter_map(|entry| entry.task.take().map(|task| (entry.destination.clone(), task)))
-                .collect()
+            let mut tasks = take_tasks(&mut state.spans);
+            tasks.extend(take_tasks(&mut state.logs));
+            tasks
         };
         self.inner.closing.send_replace(Some(deadline));
-        for (destination, mut task) in tasks {
+        for (export, mut task) in tasks {
             match tokio::time::timeout_at(deadline + SHUTDOWN_GRACE, &mut task).await {
-                Ok(Ok(())) => debug!("export to {destination}: stopped"),
-                Ok(Err(join)) => debug!("export to {destination}: worker ended abnormally: {join}"),
+                Ok(Ok(())) => debug!("{export}: stopped"),
+                Ok(Err(join)) => debug!("{export}: worker ended abnormally: {join}"),
                 Err(_) => {
                     task.abort();
                     let _ = task.await;
-                    debug!("export to {destination}: worker stopped at the deadline");
+                    debug!("{export}: worker stopped at the deadline");
                 }
             }
         }
         // What a stopped worker could not settle.
-        for entry in &mut self.inner.shared.lock().destinations {
+        let mut state = self.inner.shared.lock();
+        for entry in &mut state.spans.entries {
             entry.backlog.drop_all(at_shutdown);
         }
+        for entry in &mut state.logs.entries {
+            entry.backlog.drop_all(at_shutdown);
+        }
+        drop(state);
         self.stats()
     }
 
-    /// A snapshot of every destination's counters.
+    /// A snapshot of every destination's counters, spans and logs.
     pub fn stats(&self) -> ExportStats {
         let state = self.inner.shared.lock();
-        ExportStats {
-            destinations: state
-                .destinations
-                .iter()
-                .map(|e| (e.destination.clone(), e.backlog.stats()))
-                .collect(),
-        }
+        ExportStats { destinations: table_stats(&state.spans), logs: table_stats(&state.logs) }
     }
+}
+
+/// The workers of a table, to be awaited at shutdown, each with what it exports.
+fn take_tasks<R: Exportable>(table: &mut Table<R>) -> Vec<(String, JoinHandle<()>)> {
+    table
+        .entries
+        .iter_mut()
+        .filter_map(|entry| {
+            let task = entry.task.take()?;
+            Some((format!("export of {} to {}", R::SIGNAL, entry.destination), task))
+        })
+        .collect()
+}
+
+fn table_stats<R>(table: &Table<R>) -> Vec<(Destination, crate::DestinationStats)> {
+    table.entries.iter().map(|e| (e.destination.clone(), e.backlog.stats())).collect()
 }
 
 #[cfg(test)]
@@ -297,7 +350,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        DestinationStats, read_store,
+        DestinationStats, read_store, span_bytes,
         testing::{TempDir, device_resource, many_spans, reference_command_inout},
         tree::render_trees,
     };

@@ -1,4 +1,5 @@
-//! Span export: where finished spans go once assembly has built them.
+//! Span and log export: where finished spans and device log records go once assembly has
+//! built them.
 //!
 //! The tracer sees many Tango processes and devices at once, and each of them is its own
 //! OpenTelemetry [`Resource`](opentelemetry_sdk::Resource). The SDK's exporters fix one resource
@@ -18,6 +19,10 @@
 //!   store (a JSON-lines file in the same [`json`] form that OTLP would carry).
 //! - [`json`] and [`tree`] turn spans into the readable forms used by the store, by test
 //!   receivers and by humans.
+//! - Device log messages ([`LogRecord`]) take the same way beside spans
+//!   ([`ExportHub::submit_log`]): one `ExportLogsServiceRequest` per batch across devices
+//!   (`/v1/logs`, `LogsService`), the console, and a file beside the store's; with backlogs,
+//!   budgets and counters of their own ([`ExportStats::logs`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -41,6 +46,7 @@ mod destination;
 mod hub;
 pub mod json;
 pub mod otlp;
+mod record;
 mod stats;
 mod store;
 #[cfg(any(test, feature = "testing"))]
@@ -48,7 +54,7 @@ pub mod testing;
 pub mod tree;
 mod worker;
 
-pub use backlog::span_bytes;
+pub use backlog::{log_bytes, span_bytes};
 pub use console::ConsoleError;
 pub use destination::{
     ConsoleStream, Destination, DestinationError, Signal, destinations_from_otel_env, otel_env_destinations,
@@ -56,7 +62,9 @@ pub use destination::{
 pub use hub::{ExportConfig, ExportHub};
 pub use otlp::OtlpError;
 pub use stats::{DestinationStats, DropCounts, ExportStats};
-pub use store::{MAX_STORE_BYTES, StoreError, check_store, read_store, rotated_path};
+pub use store::{
+    MAX_STORE_BYTES, StoreError, check_store, logs_path, read_log_store, read_store, rotated_path,
+};
 
 /// One finished span together with the resource (Tango process or device) it belongs to.
 ///
