@@ -1,11 +1,14 @@
 //! A real OTLP receiver for tests: OTLP/HTTP and OTLP/gRPC on 127.0.0.1, built on the official
 //! protobuf definitions (`opentelemetry-proto`'s generated types and tonic service).
 //!
-//! - OTLP/HTTP: `POST /v1/traces`, `application/x-protobuf` (or `application/json`), gzip or not.
-//! - OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gzip or not.
+//! - OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, `application/x-protobuf` (or
+//!   `application/json`), gzip or not.
+//! - OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//!   `opentelemetry.proto.collector.logs.v1.LogsService/Export`, gzip or not.
 //!
 //! Every span received is kept as a [`SpanJson`] with `transport` set to `http` or `grpc`, and
-//! every request is logged with its number of `resource_spans`.
+//! every request is logged with its number of `resource_spans`. Log records are kept apart, as
+//! [`LogJson`]s ([`OtlpReceiver::logs`]).
 //!
 //! The receiver runs on its own thread with its own tokio runtime, so it works the same from an
 //! async test and from a plain `#[test]`, and a test's runtime never starves it:
@@ -48,15 +51,21 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tonic::codec::CompressionEncoding;
 use tracer_export::{
-    json::{SpanJson, request_to_json},
+    json::{LogJson, SpanJson, logs_request_to_json, request_to_json},
     tree::render_trees,
 };
 
@@ -136,6 +145,9 @@ struct State {
     spans: Vec<SpanJson>,
     requests: Vec<RequestInfo>,
     refused: usize,
+    logs: Vec<LogJson>,
+    /// Accepted log export requests, by transport.
+    log_requests: Vec<Protocol>,
 }
 
 impl Shared {
@@ -173,6 +185,16 @@ impl Shared {
         let mut state = self.lock();
         state.requests.push(info);
         state.spans.extend(spans);
+    }
+
+    fn record_logs(&self, protocol: Protocol, request: &ExportLogsServiceRequest) {
+        let mut logs = logs_request_to_json(request);
+        for log in &mut logs {
+            log.transport = Some(protocol.name().to_owned());
+        }
+        let mut state = self.lock();
+        state.log_requests.push(protocol);
+        state.logs.extend(logs);
     }
 }
 
@@ -234,6 +256,54 @@ impl OtlpReceiver {
         format!("http://{}/v1/traces", self.http_addr)
     }
 
+    /// The OTLP/HTTP logs URL, `http://127.0.0.1:PORT/v1/logs`.
+    pub fn http_logs_endpoint(&self) -> String {
+        format!("http://{}/v1/logs", self.http_addr)
+    }
+
+    /// Every log record received so far, in arrival order.
+    pub fn logs(&self) -> Vec<LogJson> {
+        self.shared.lock().logs.clone()
+    }
+
+    /// How many log export requests were accepted over `protocol`.
+    pub fn log_requests_by(&self, protocol: Protocol) -> usize {
+        self.shared.lock().log_requests.iter().filter(|p| **p == protocol).count()
+    }
+
+    /// Waits until `done(logs)` holds and returns the log records.
+    ///
+    /// # Panics
+    /// On timeout, with every log record received.
+    pub fn wait_for_logs_blocking(
+        &self,
+        done: impl Fn(&[LogJson]) -> bool,
+        timeout: Duration,
+    ) -> Vec<LogJson> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = self.shared.lock();
+            if done(&state.logs) {
+                return state.logs.clone();
+            }
+            if Instant::now() >= deadline {
+                let dump: Vec<String> = state
+                    .logs
+                    .iter()
+                    .map(|l| format!("{} {} {} {}", l.severity_text, l.body_text(), l.trace_id, l.service()))
+                    .collect();
+                drop(state);
+                panic!(
+                    "OTLP receiver: log condition not met after {timeout:?}; {} record(s):\n{}",
+                    dump.len(),
+                    dump.join("\n")
+                );
+            }
+            drop(state);
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// The OTLP/gRPC endpoint, `http://127.0.0.1:PORT`.
     pub fn grpc_endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
@@ -291,6 +361,8 @@ impl OtlpReceiver {
         state.spans.clear();
         state.requests.clear();
         state.refused = 0;
+        state.logs.clear();
+        state.log_requests.clear();
     }
 
     /// Waits until `done(spans)` holds and returns the spans.
@@ -385,8 +457,14 @@ async fn serve(http: TcpListener, grpc: TcpListener, shared: Arc<Shared>, stoppe
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_SIZE);
-    let grpc_server = tonic::transport::Server::builder()
-        .serve_with_incoming(grpc_service, tonic::transport::server::TcpIncoming::from(grpc));
+    let grpc_logs = LogsServiceServer::new(GrpcReceiver { shared: shared.clone() })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let grpc_server = tonic::transport::Server::builder().serve_with_incoming(
+        GrpcServices { traces: grpc_service, logs: grpc_logs },
+        tonic::transport::server::TcpIncoming::from(grpc),
+    );
     tokio::select! {
         _ = stopped => {}
         () = serve_http(http, shared) => {}
@@ -423,9 +501,13 @@ async fn handle_http(
     request: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.uri().path() != "/v1/traces" {
-        return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces is served"));
-    }
+    let logs = match request.uri().path() {
+        "/v1/traces" => false,
+        "/v1/logs" => true,
+        _ => {
+            return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces and /v1/logs are served"));
+        }
+    };
     if request.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only"));
     }
@@ -457,6 +539,21 @@ async fn handle_http(
     } else {
         body
     };
+    if logs {
+        let decoded = if json {
+            serde_json::from_slice::<ExportLogsServiceRequest>(&body).map_err(|e| e.to_string())
+        } else {
+            ExportLogsServiceRequest::decode(body).map_err(|e| e.to_string())
+        };
+        return Ok(match decoded {
+            Ok(export) => {
+                shared.record_logs(Protocol::Http, &export);
+                let response = ExportLogsServiceResponse::default().encode_to_vec();
+                reply(StatusCode::OK, "application/x-protobuf", response)
+            }
+            Err(err) => reply(StatusCode::BAD_REQUEST, "text/plain", err),
+        });
+    }
     let decoded = if json {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
     } else {
@@ -485,6 +582,35 @@ struct GrpcReceiver {
     shared: Arc<Shared>,
 }
 
+/// Both OTLP services on one port, by path, as a collector serves them.
+#[derive(Clone)]
+struct GrpcServices {
+    traces: TraceServiceServer<GrpcReceiver>,
+    logs: LogsServiceServer<GrpcReceiver>,
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for GrpcServices
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with("/opentelemetry.proto.collector.logs.") {
+            Box::pin(self.logs.call(request))
+        } else {
+            Box::pin(self.traces.call(request))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for GrpcReceiver {
     async fn export(
@@ -501,6 +627,20 @@ impl TraceService for GrpcReceiver {
             .is_some_and(|v| v == "gzip");
         self.shared.record(Protocol::Grpc, gzip, request.get_ref());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if self.shared.take_failure() {
+            return Err(tonic::Status::unavailable("refused for the test"));
+        }
+        self.shared.record_logs(Protocol::Grpc, request.get_ref());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
     }
 }
 

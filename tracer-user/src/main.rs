@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tango_tracer::run::{self as daemon, RunOptions};
-use tracer_export::{ConsoleStream, Destination, ExportConfig};
+use tracer_export::{ConsoleStream, Destination, ExportConfig, Signal};
 
 /// Zero-instrumentation tracing of Tango Controls device servers and clients.
 #[derive(Parser, Debug)]
@@ -52,6 +52,18 @@ enum CtlAction {
         #[arg(num_args = 2.., required = true)]
         pairs: Vec<String>,
     },
+    /// Export the device logs of the devices matching PATTERN, or not (like SetTelemetryLogging).
+    Logging {
+        pattern: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Send the matching devices' logs to EXPORTER ENDPOINT pairs (`http http://h:4318/v1/logs`).
+    LogEndpoints {
+        pattern: String,
+        #[arg(num_args = 2.., required = true)]
+        pairs: Vec<String>,
+    },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
     /// Counters and table sizes of every stage of the daemon.
@@ -64,7 +76,8 @@ enum CtlAction {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Exporter {
-    /// OTLP to OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL.
+    /// OTLP to OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL;
+    /// device logs to OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT (`/v1/logs`).
     Otlp,
     /// One line per span on standard output, as spans finish.
     Console,
@@ -74,7 +87,8 @@ enum Exporter {
 
 #[derive(Parser, Debug)]
 struct RunArgs {
-    /// Where spans go. Default: OTLP when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else the store.
+    /// Where spans and device logs go. Default: OTLP when OTEL_EXPORTER_OTLP_[TRACES_|LOGS_]ENDPOINT
+    /// is set (a signal without an endpoint goes to the store), else the store.
     #[arg(long = "exporter", value_enum)]
     exporters: Vec<Exporter>,
     /// File of the embedded store.
@@ -174,29 +188,56 @@ fn parse_name_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {text}"))
 }
 
-fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
-    let from_env = tracer_export::destinations_from_otel_env(|name| std::env::var(name).ok())
+/// Where spans and where device logs go: (spans, logs).
+fn destinations(args: &RunArgs) -> anyhow::Result<(Vec<Destination>, Vec<Destination>)> {
+    let env = |name: &str| std::env::var(name).ok();
+    let spans_env = tracer_export::destinations_from_otel_env(env)
         .context("reading the OTEL_EXPORTER_OTLP_* environment")?;
-    let exporters = if args.exporters.is_empty() {
-        vec![if from_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
+    let logs_env = tracer_export::otel_env_destinations(Signal::Logs, env)
+        .context("reading the OTEL_LOGS_EXPORTER and OTEL_EXPORTER_OTLP_* environment")?;
+    let defaulted = args.exporters.is_empty();
+    let exporters = if defaulted {
+        vec![if spans_env.is_some() || logs_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
     } else {
         args.exporters.clone()
     };
-    let mut destinations = Vec::new();
+    let store = Destination::Store { path: args.store.clone() };
+    let (mut spans, mut logs) = (Vec::new(), Vec::new());
     for exporter in exporters {
         match exporter {
-            Exporter::Otlp => match &from_env {
-                Some(list) => destinations.extend(list.iter().cloned()),
-                None => bail!(
-                    "--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-                ),
-            },
-            Exporter::Console => destinations.push(Destination::Console { stream: ConsoleStream::Stdout }),
-            Exporter::Store => destinations.push(Destination::Store { path: args.store.clone() }),
+            Exporter::Otlp => {
+                if spans_env.is_none() && logs_env.is_none() {
+                    bail!(
+                        "--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+                         or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+                    );
+                }
+                // Left to their default, a signal the environment says nothing about goes to
+                // the store.
+                match &spans_env {
+                    Some(list) => spans.extend(list.iter().cloned()),
+                    None if defaulted => spans.push(store.clone()),
+                    None => {}
+                }
+                match &logs_env {
+                    Some(list) => logs.extend(list.iter().cloned()),
+                    None if defaulted => logs.push(store.clone()),
+                    None => {}
+                }
+            }
+            Exporter::Console => {
+                spans.push(Destination::Console { stream: ConsoleStream::Stdout });
+                logs.push(Destination::Console { stream: ConsoleStream::Stdout });
+            }
+            Exporter::Store => {
+                spans.push(store.clone());
+                logs.push(store.clone());
+            }
         }
     }
-    destinations.dedup();
-    for destination in &destinations {
+    spans.dedup();
+    logs.dedup();
+    for destination in spans.iter().chain(&logs) {
         if let Destination::Store { path } = destination {
             // Refused now rather than found out at the first write, spans lost.
             tracer_export::check_store(path).map_err(|err| {
@@ -206,7 +247,7 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
             })?;
         }
     }
-    Ok(destinations)
+    Ok((spans, logs))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -230,8 +271,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown_timeout: args.shutdown_timeout,
         ..ExportConfig::default()
     };
+    let (destinations, log_destinations) = destinations(&args)?;
     let options = RunOptions {
-        destinations: destinations(&args)?,
+        destinations,
+        log_destinations,
         export,
         capture_bytes: args.capture_bytes,
         log_bytes: args.log_bytes,
@@ -287,6 +330,17 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             let exporters = pairs.iter().step_by(2).cloned().collect();
             let endpoints = pairs.iter().skip(1).step_by(2).cloned().collect();
             (CtlRequest::Endpoints { pattern, exporters, endpoints }, false)
+        }
+        CtlAction::Logging { pattern, state } => {
+            (CtlRequest::Logging { pattern, enable: state == OnOff::On }, false)
+        }
+        CtlAction::LogEndpoints { pattern, pairs } => {
+            if pairs.len() % 2 != 0 {
+                bail!("give EXPORTER ENDPOINT pairs");
+            }
+            let exporters = pairs.iter().step_by(2).cloned().collect();
+            let endpoints = pairs.iter().skip(1).step_by(2).cloned().collect();
+            (CtlRequest::LogEndpoints { pattern, exporters, endpoints }, false)
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
         CtlAction::Stats { json } => (CtlRequest::Stats, json),

@@ -19,6 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::InstrumentationScope;
+use opentelemetry_sdk::Resource;
+
 use crate::{
     assemble::SpanContextLite,
     probe::record::LogMessage,
@@ -122,21 +125,39 @@ struct LogStats {
     refused_full: u64,
 }
 
-/// Names one process's messages carry, each allocated once.
+/// What one process's messages share, each built once: names, and per logger the resource of
+/// the device it resolved to (once that device's facts were complete), and the scope.
 #[derive(Default)]
 struct ProcessNames {
     loggers: HashMap<Box<[u8]>, Arc<str>>,
     files: HashMap<Box<[u8]>, Arc<str>>,
-    /// The object key of the device each logger resolved to.
-    devices: HashMap<Arc<str>, Vec<u8>>,
+    targets: HashMap<Arc<str>, LoggerTarget>,
+    scope: Option<Arc<InstrumentationScope>>,
+}
+
+/// The device a logger resolved to, and its resource.
+#[derive(Clone, Debug)]
+pub struct LoggerTarget {
+    pub object_key: Vec<u8>,
+    pub resource: Resource,
+    /// The device's name and class were known when the resource was built: it will not change.
+    pub complete: bool,
+}
+
+/// A message waiting to be released.
+pub struct Waiting {
+    pub since: Instant,
+    pub log: AssembledLog,
+    /// Newer messages pushed it out: it goes now, with what is known.
+    pub overflowed: bool,
 }
 
 /// The log stage.
 #[derive(Default)]
 pub struct Logs {
-    waiting: VecDeque<(Instant, AssembledLog)>,
+    waiting: VecDeque<Waiting>,
     /// Messages pushed out of `waiting` by newer ones, released first.
-    overflow: Vec<AssembledLog>,
+    overflow: Vec<Waiting>,
     names: HashMap<u32, ProcessNames>,
     stats: LogStats,
 }
@@ -176,18 +197,19 @@ impl Logs {
             logger,
         };
         if self.waiting.len() >= MAX_WAITING
-            && let Some((_, oldest)) = self.waiting.pop_front()
+            && let Some(mut oldest) = self.waiting.pop_front()
         {
             // Goes out at the next release with what is known by then.
             self.stats.waiting_overflow += 1;
+            oldest.overflowed = true;
             self.overflow.push(oldest);
         }
-        self.waiting.push_back((now, log));
+        self.waiting.push_back(Waiting { since: now, log, overflowed: false });
     }
 
     /// A server span took its client's trace id after messages were logged under it.
     pub fn rename(&mut self, old: SpanContextLite, new: SpanContextLite) {
-        for (_, log) in &mut self.waiting {
+        for Waiting { log, .. } in self.waiting.iter_mut().chain(&mut self.overflow) {
             if log.context == Some(old) {
                 log.context = Some(new);
                 self.stats.renamed += 1;
@@ -195,42 +217,43 @@ impl Logs {
         }
     }
 
-    /// Messages waiting, oldest first, with the time each started waiting.
-    pub fn waiting(&self) -> impl Iterator<Item = &(Instant, AssembledLog)> + '_ {
-        self.waiting.iter()
+    /// Every message waiting, oldest first; the caller puts back what is not ready
+    /// ([`Logs::wait_again`]).
+    pub fn take_waiting(&mut self) -> Vec<Waiting> {
+        let mut all = std::mem::take(&mut self.overflow);
+        all.extend(self.waiting.drain(..));
+        all
     }
 
-    /// Takes every message `ready` accepts (given how long it waited), and every message that
-    /// waited [`MAX_WAIT`], in order, into `out`.
-    pub fn take_ready(
-        &mut self,
-        mut ready: impl FnMut(&AssembledLog, Duration) -> bool,
-        out: &mut Vec<AssembledLog>,
-    ) {
-        out.append(&mut self.overflow);
-        let now = Instant::now();
-        for (since, log) in std::mem::take(&mut self.waiting) {
-            let waited = now.saturating_duration_since(since);
-            if waited >= MAX_WAIT || ready(&log, waited) {
-                out.push(log);
-            } else {
-                self.waiting.push_back((since, log));
-            }
+    /// A message taken by [`Logs::take_waiting`] waits on.
+    pub fn wait_again(&mut self, waiting: Waiting) {
+        self.waiting.push_back(waiting);
+    }
+
+    /// The device `logger` of `pid` resolved to, once it did.
+    pub fn target(&self, pid: u32, logger: &Arc<str>) -> Option<&LoggerTarget> {
+        self.names.get(&pid)?.targets.get(logger)
+    }
+
+    /// `logger` of `pid` is the device of `target`.
+    pub fn set_target(&mut self, pid: u32, logger: &Arc<str>, target: LoggerTarget) {
+        if let Some(names) = self.names.get_mut(&pid)
+            && (names.targets.contains_key(logger)
+                || has_room(names.targets.len(), MAX_NAMES_PER_PROCESS, &mut self.stats.refused_full))
+        {
+            names.targets.insert(Arc::clone(logger), target);
         }
     }
 
-    /// The object key `logger` of `pid` resolved to, once known.
-    pub fn device_of(&self, pid: u32, logger: &Arc<str>) -> Option<&[u8]> {
-        self.names.get(&pid)?.devices.get(logger).map(Vec::as_slice)
-    }
-
-    /// `logger` of `pid` is the device behind `object_key` (asked once per logger).
-    pub fn resolved(&mut self, pid: u32, logger: &Arc<str>, object_key: &[u8]) {
-        if let Some(names) = self.names.get_mut(&pid)
-            && (names.devices.contains_key(logger)
-                || has_room(names.devices.len(), MAX_NAMES_PER_PROCESS, &mut self.stats.refused_full))
-        {
-            names.devices.insert(Arc::clone(logger), object_key.to_vec());
+    /// The scope of `pid`'s records, built by `make` the first time.
+    pub fn scope(
+        &mut self,
+        pid: u32,
+        make: impl FnOnce() -> Arc<InstrumentationScope>,
+    ) -> Arc<InstrumentationScope> {
+        match self.names.get_mut(&pid) {
+            Some(names) => Arc::clone(names.scope.get_or_insert_with(make)),
+            None => make(),
         }
     }
 
@@ -340,8 +363,7 @@ mod tests {
         let now = Instant::now();
         logs.push(&message(b"test/log/1", b"/srv/dev/pydev2.py", Some(20), b"hello"), None, now);
         logs.push(&message(b"test/log/1", b"/srv/dev/pydev2.py", Some(21), b"again"), None, now);
-        let mut out = Vec::new();
-        logs.take_ready(|_, _| true, &mut out);
+        let out: Vec<AssembledLog> = logs.take_waiting().into_iter().map(|w| w.log).collect();
         assert_eq!(out.len(), 2);
         assert!(Arc::ptr_eq(&out[0].logger, &out[1].logger), "one allocation per logger and process");
         assert_eq!(out[0].file.as_deref(), Some("pydev2.py"));
@@ -360,8 +382,7 @@ mod tests {
         let mut cut = message(b"a/b/c", b"", None, b"caf\xe9 \xff!");
         cut.message_len = 100;
         logs.push(&cut, None, Instant::now());
-        let mut out = Vec::new();
-        logs.take_ready(|_, _| true, &mut out);
+        let out: Vec<AssembledLog> = logs.take_waiting().into_iter().map(|w| w.log).collect();
         assert_eq!(out[0].body, "caf\u{fffd} \u{fffd}!");
         assert_eq!(out[0].file, None, "9.x calls carry no location");
         let mut report = StageStats::default();
@@ -377,8 +398,7 @@ mod tests {
         logs.push(&message(b"a/b/c", b"", None, b"one"), Some(old), Instant::now());
         logs.push(&message(b"a/b/c", b"", None, b"two"), Some(other), Instant::now());
         logs.rename(old, new);
-        let mut out = Vec::new();
-        logs.take_ready(|_, _| true, &mut out);
+        let out: Vec<AssembledLog> = logs.take_waiting().into_iter().map(|w| w.log).collect();
         assert_eq!(out.iter().map(|l| l.context).collect::<Vec<_>>(), vec![Some(new), Some(other)]);
     }
 }

@@ -58,8 +58,10 @@ impl StatsView {
             export: export
                 .destinations
                 .iter()
+                .map(|(destination, s)| (destination.to_string(), s))
+                .chain(export.logs.iter().map(|(destination, s)| (format!("logs to {destination}"), s)))
                 .map(|(destination, s)| ExportView {
-                    destination: destination.to_string(),
+                    destination,
                     submitted: s.spans_submitted,
                     delivered: s.spans_delivered,
                     dropped: s.dropped.total(),
@@ -87,6 +89,11 @@ pub enum CtlRequest {
     Enable { pattern: String, enable: bool },
     /// Send the matching devices' spans to these exporters/endpoints instead.
     Endpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
+    /// Export (`enable: true`) or not the device logs of the devices matching `pattern`
+    /// (like `SetTelemetryLogging`).
+    Logging { pattern: String, enable: bool },
+    /// Send the matching devices' logs to these exporters/endpoints instead.
+    LogEndpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
     /// Forget runtime changes made with `ctl` for the matching devices.
     Reset { pattern: String },
     /// Every stage's counters and table sizes.
@@ -114,6 +121,11 @@ pub struct TargetView {
     pub topics: SettingView,
     pub tracing: SettingView,
     pub spans: u64,
+    /// Where device logs go, and how many were exported.
+    #[serde(default)]
+    pub logging: Option<SettingView>,
+    #[serde(default)]
+    pub logs: u64,
 }
 
 /// The daemon's answer.
@@ -241,7 +253,13 @@ pub fn render_targets(targets: &[TargetView], warnings: &[String]) -> String {
         {
             out.push_str(&format!("    {name:<8} {:<40} [{}]\n", setting.value, setting.source));
         }
+        if let Some(logging) = &t.logging {
+            out.push_str(&format!("    {:<8} {:<40} [{}]\n", "logging", logging.value, logging.source));
+        }
         out.push_str(&format!("    spans    {}\n", t.spans));
+        if t.device.is_some() {
+            out.push_str(&format!("    logs     {}\n", t.logs));
+        }
     }
     for warning in warnings {
         out.push_str(&format!("warning: {warning}\n"));
