@@ -7,6 +7,7 @@ mod export;
 mod facts;
 mod faults;
 mod legacy;
+mod logs;
 mod probes;
 mod pytango;
 mod setup;
