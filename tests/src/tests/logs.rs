@@ -385,7 +385,7 @@ fn tangotest_9_logs_its_commands_once_its_level_is_raised() {
         &marker,
         &python(),
         "legacy_client.py",
-        &[&device, &steps[0], &steps[1], &steps[2]],
+        &[&device, steps[0], steps[1], steps[2]],
         &[],
     );
     for step in steps {
