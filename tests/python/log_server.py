@@ -10,6 +10,8 @@ Runs without a database on 127.0.0.1:PORT (class LogDev). Commands:
 - `CallPeer(device)` logs `before <device>`, runs `LogAll("nested")` on that device, then logs
   `after <device>`; returns the line of the first call.
 - `LogBurst(n)` logs `n` INFO messages `burst <i>`; returns the seconds the loop took.
+- `LogPaced([n, rate])` logs `n` INFO messages `paced <i>` at `rate` per second; returns the
+  seconds the loop took.
 - `PushAndLog` pushes a change event of `counter` and logs `pushed` (INFO).
 """
 
@@ -78,6 +80,19 @@ class LogDev(Device):
         start = time.perf_counter()
         for i in range(n):
             info("burst %d" % i)
+        return time.perf_counter() - start
+
+    @command(dtype_in=[int], dtype_out=float)
+    def LogPaced(self, n_rate):
+        n, rate = int(n_rate[0]), float(n_rate[1])
+        info = self.info_stream
+        start = time.perf_counter()
+        for i in range(n):
+            info("paced %d" % i)
+            if i % 50 == 49:
+                ahead = start + (i + 1) / rate - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)
         return time.perf_counter() - start
 
     @command

@@ -157,7 +157,7 @@ pub struct Waiting {
 pub struct Logs {
     waiting: VecDeque<Waiting>,
     /// Messages pushed out of `waiting` by newer ones, released first.
-    overflow: Vec<Waiting>,
+    overflow: VecDeque<Waiting>,
     names: HashMap<u32, ProcessNames>,
     stats: LogStats,
 }
@@ -202,7 +202,7 @@ impl Logs {
             // Goes out at the next release with what is known by then.
             self.stats.waiting_overflow += 1;
             oldest.overflowed = true;
-            self.overflow.push(oldest);
+            self.overflow.push_back(oldest);
         }
         self.waiting.push_back(Waiting { since: now, log, overflowed: false });
     }
@@ -217,17 +217,25 @@ impl Logs {
         }
     }
 
-    /// Every message waiting, oldest first; the caller puts back what is not ready
-    /// ([`Logs::wait_again`]).
-    pub fn take_waiting(&mut self) -> Vec<Waiting> {
-        let mut all = std::mem::take(&mut self.overflow);
-        all.extend(self.waiting.drain(..));
-        all
+    /// The oldest message waiting (those pushed out by newer ones first); the caller puts it
+    /// back with [`Logs::wait_again`] when it is not ready.
+    pub fn next_waiting(&mut self) -> Option<Waiting> {
+        self.overflow.pop_front().or_else(|| self.waiting.pop_front())
     }
 
-    /// A message taken by [`Logs::take_waiting`] waits on.
+    /// The message [`Logs::next_waiting`] gave waits on, first in line.
     pub fn wait_again(&mut self, waiting: Waiting) {
-        self.waiting.push_back(waiting);
+        if waiting.overflowed {
+            self.overflow.push_front(waiting);
+        } else {
+            self.waiting.push_front(waiting);
+        }
+    }
+
+    /// Every message waiting, oldest first (tests).
+    #[cfg(test)]
+    fn take_waiting(&mut self) -> Vec<Waiting> {
+        std::iter::from_fn(|| self.next_waiting()).collect()
     }
 
     /// The device `logger` of `pid` resolved to, once it did.

@@ -250,21 +250,23 @@ impl Pipeline {
         }
     }
 
-    /// The per-log path: device log messages that are ready go to `out` with their destinations.
-    /// A message logged inside a request waits [`logs::CONTEXT_SETTLE`] (its server span may
-    /// still take its client's trace id); every message waits until its device's facts are known,
-    /// as spans do, at most [`logs::MAX_WAIT`], unless `force`.
+    /// The per-log path: device log messages that are ready go to `out` with their destinations,
+    /// in the order they were logged. A message logged inside a request waits
+    /// [`logs::CONTEXT_SETTLE`] (its server span may still take its client's trace id); every
+    /// message waits until its device's facts are known, as spans do, at most
+    /// [`logs::MAX_WAIT`], unless `force`. The first message that must wait stops the release
+    /// (the ones after it are younger): a release costs what it releases, not what waits.
     pub fn release_logs(&mut self, processes: &Processes, force: bool, out: &mut Vec<RoutedLog>) {
         // Observations first: renamed server spans, device names and classes.
         self.collect_finished(processes);
         let now = Instant::now();
         let mut unknown_hosts = Vec::new();
-        for waiting in self.logs.take_waiting() {
+        while let Some(waiting) = self.logs.next_waiting() {
             let waited = now.saturating_duration_since(waiting.since);
             let must_go = force || waiting.overflowed || waited >= logs::MAX_WAIT;
             if waiting.log.context.is_some() && waited < logs::CONTEXT_SETTLE && !must_go {
                 self.logs.wait_again(waiting);
-                continue;
+                break;
             }
             let Waiting { since, log, .. } = waiting;
             let (pid, logger) = (log.pid, std::sync::Arc::clone(&log.logger));
@@ -295,7 +297,7 @@ impl Pipeline {
                             unknown_hosts.push(host);
                         }
                         self.logs.wait_again(Waiting { since, log, overflowed: false });
-                        continue;
+                        break;
                     }
                     // Without a database the object key is the lowercased device name.
                     let object_key = key.unwrap_or_else(|| logger.to_ascii_lowercase().into_bytes());
