@@ -19,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::InstrumentationScope;
+use opentelemetry::{
+    InstrumentationScope,
+    trace::{SpanId, TraceId},
+};
 use opentelemetry_sdk::Resource;
 
 use crate::{
@@ -36,6 +39,11 @@ pub const CONTEXT_SETTLE: Duration = Duration::from_millis(250);
 pub const MAX_WAIT: Duration = Duration::from_secs(2);
 /// Most messages waiting; beyond, the oldest goes out at once (counted).
 const MAX_WAITING: usize = 65_536;
+/// How long a renamed server span's new trace id is kept for the messages logged under it: they
+/// wait at most [`MAX_WAIT`] after being logged, which is after the rename's server read.
+const RENAME_KEEP: Duration = Duration::from_secs(3);
+/// Most renames kept; beyond, new ones are not kept (counted).
+const MAX_RENAMES: usize = 65_536;
 /// Most processes with interned names, and most names per process.
 const MAX_PROCESSES: usize = 65_536;
 const MAX_NAMES_PER_PROCESS: usize = 4_096;
@@ -101,7 +109,7 @@ pub struct AssembledLog {
     pub line: Option<i64>,
     /// The SERVER span the thread was serving when it logged.
     pub context: Option<SpanContextLite>,
-    /// The logger's name (the device's, lowercase).
+    /// The logger's name: the device's (lowercase), or `dserver/<server>/<instance>`.
     pub logger: Arc<str>,
 }
 
@@ -159,6 +167,9 @@ pub struct Logs {
     /// Messages pushed out of `waiting` by newer ones, released first.
     overflow: VecDeque<Waiting>,
     names: HashMap<u32, ProcessNames>,
+    /// Server spans renamed lately: span id → the trace id it took, and (in order) when.
+    renamed: HashMap<SpanId, TraceId>,
+    renamed_at: VecDeque<(Instant, SpanId)>,
     stats: LogStats,
 }
 
@@ -207,14 +218,32 @@ impl Logs {
         self.waiting.push_back(Waiting { since: now, log, overflowed: false });
     }
 
-    /// A server span took its client's trace id after messages were logged under it.
-    pub fn rename(&mut self, old: SpanContextLite, new: SpanContextLite) {
-        for Waiting { log, .. } in self.waiting.iter_mut().chain(&mut self.overflow) {
-            if log.context == Some(old) {
-                log.context = Some(new);
-                self.stats.renamed += 1;
-            }
+    /// A server span took its client's trace id (its span id stays): messages logged under it,
+    /// before or after, go out with the new one. Kept [`RENAME_KEEP`], one lookup per message.
+    pub fn rename(&mut self, old: SpanContextLite, new: SpanContextLite, now: Instant) {
+        self.stats.renamed += 1;
+        while let Some((at, span)) = self.renamed_at.front()
+            && now.saturating_duration_since(*at) > RENAME_KEEP
+        {
+            self.renamed.remove(span);
+            self.renamed_at.pop_front();
         }
+        if old.span_id == new.span_id
+            && has_room(self.renamed.len(), MAX_RENAMES, &mut self.stats.refused_full)
+        {
+            self.renamed.insert(new.span_id, new.trace_id);
+            self.renamed_at.push_back((now, new.span_id));
+        }
+    }
+
+    /// The span `log` was logged under as it is now (renamed, or not).
+    pub fn context_of(&self, log: &AssembledLog) -> Option<SpanContextLite> {
+        let context = log.context?;
+        if self.renamed.is_empty() {
+            return Some(context);
+        }
+        let trace_id = self.renamed.get(&context.span_id).copied().unwrap_or(context.trace_id);
+        Some(SpanContextLite { trace_id, ..context })
     }
 
     /// The oldest message waiting (those pushed out by newer ones first); the caller puts it
@@ -270,6 +299,16 @@ impl Logs {
         self.names.remove(&pid);
     }
 
+    /// Forgets renames older than [`RENAME_KEEP`] (timer work).
+    pub fn expire(&mut self, now: Instant) {
+        while let Some((at, span)) = self.renamed_at.front()
+            && now.saturating_duration_since(*at) > RENAME_KEEP
+        {
+            self.renamed.remove(span);
+            self.renamed_at.pop_front();
+        }
+    }
+
     /// Counters and table sizes.
     pub fn report(&self, out: &mut StageStats) {
         const STAGE: &str = "logs";
@@ -284,6 +323,7 @@ impl Logs {
         out.loss(STAGE, "refused_table_full", stats.refused_full);
         out.size(STAGE, "waiting_log_entries", self.waiting.len() + self.overflow.len());
         out.size(STAGE, "log_process_entries", self.names.len());
+        out.size(STAGE, "renamed_span_entries", self.renamed.len());
     }
 
     fn intern(&mut self, pid: u32, bytes: &[u8], which: Interned) -> Arc<str> {
@@ -403,10 +443,14 @@ mod tests {
     fn a_renamed_server_span_takes_its_messages_along() {
         let mut logs = Logs::default();
         let (old, new, other) = (context(1, 5), context(2, 5), context(3, 6));
-        logs.push(&message(b"a/b/c", b"", None, b"one"), Some(old), Instant::now());
-        logs.push(&message(b"a/b/c", b"", None, b"two"), Some(other), Instant::now());
-        logs.rename(old, new);
+        let now = Instant::now();
+        logs.push(&message(b"a/b/c", b"", None, b"one"), Some(old), now);
+        logs.push(&message(b"a/b/c", b"", None, b"two"), Some(other), now);
+        logs.rename(old, new, now);
         let out: Vec<AssembledLog> = logs.take_waiting().into_iter().map(|w| w.log).collect();
-        assert_eq!(out.iter().map(|l| l.context).collect::<Vec<_>>(), vec![Some(new), Some(other)]);
+        let contexts: Vec<_> = out.iter().map(|l| logs.context_of(l)).collect();
+        assert_eq!(contexts, vec![Some(new), Some(other)]);
+        logs.expire(now + RENAME_KEEP * 2);
+        assert_eq!(logs.context_of(&out[0]), Some(old), "forgotten once no message can wait for it");
     }
 }

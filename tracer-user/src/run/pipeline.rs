@@ -268,7 +268,8 @@ impl Pipeline {
                 self.logs.wait_again(waiting);
                 break;
             }
-            let Waiting { since, log, .. } = waiting;
+            let Waiting { since, mut log, .. } = waiting;
+            log.context = self.logs.context_of(&log);
             let (pid, logger) = (log.pid, std::sync::Arc::clone(&log.logger));
             let resource = match self.logs.target(pid, &logger) {
                 Some(target) if target.complete || !self.devices.is_known(&target.object_key) => {
@@ -411,6 +412,7 @@ impl Pipeline {
     pub fn expire(&mut self, now_ns: u64) {
         self.assembler.expire(now_ns);
         self.events.expire(now_ns);
+        self.logs.expire(Instant::now());
     }
 
     /// A process is gone for good (some time after its exit, or its pid has a new process):
@@ -506,7 +508,7 @@ impl Pipeline {
                     );
                 }
             }
-            Observation::Renamed { old, new } => self.logs.rename(old, new),
+            Observation::Renamed { old, new } => self.logs.rename(old, new, Instant::now()),
             Observation::Exported { pid, device } => {
                 if let Some(tango_host) = processes.info(pid).and_then(|p| p.tango_host()) {
                     self.queries.push(DbQuery::Properties { tango_host, device });
@@ -1155,8 +1157,15 @@ mod tests {
     /// Tables that outlive the processes by design: facts about devices and their properties
     /// (kept by name for servers the daemon does not trace, until their table is full), the
     /// database import rate limit, and the routing cache (emptied at every configuration change).
-    const NOT_PER_PROCESS: [&str; 4] =
-        ["device_entries", "device_property_entries", "database_entries", "route_cache_entries"];
+    /// Renamed server spans are kept for a few seconds of wall-clock time for the messages logged
+    /// under them, whatever process they were in.
+    const NOT_PER_PROCESS: [&str; 5] = [
+        "device_entries",
+        "device_property_entries",
+        "database_entries",
+        "route_cache_entries",
+        "renamed_span_entries",
+    ];
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
