@@ -13,4 +13,5 @@ pub mod discover;
 pub mod events;
 pub mod probe;
 pub mod run;
+pub mod show;
 pub mod stats;

@@ -246,7 +246,7 @@ impl Daemon {
     }
 
     /// Everything lost so far, by stage and cause: probe records, state the stages could not
-    /// keep, spans the exporters dropped.
+    /// keep, spans and log records the exporters dropped.
     fn losses(&self) -> Vec<Loss> {
         let mut losses: Vec<Loss> = self
             .probes
@@ -258,8 +258,15 @@ impl Daemon {
         for (stage, name, value) in self.pipeline.report(&self.processes).losses() {
             losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
-        for (destination, stats) in &self.hub.stats().destinations {
+        let export = self.hub.stats();
+        for (destination, stats) in &export.destinations {
             let stage = format!("export to {destination}");
+            for (cause, count) in stats.dropped.by_cause() {
+                losses.push(Loss::new(stage.clone(), cause, count));
+            }
+        }
+        for (destination, stats) in &export.logs {
+            let stage = format!("export of logs to {destination}");
             for (cause, count) in stats.dropped.by_cause() {
                 losses.push(Loss::new(stage.clone(), cause, count));
             }
