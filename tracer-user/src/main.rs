@@ -84,7 +84,8 @@ struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     export_interval: Duration,
     /// Memory for spans waiting to be exported, per destination (KiB, MiB, GiB); when it is full
-    /// (a backend down), the oldest spans are dropped and counted.
+    /// (a backend down), the oldest spans are dropped and counted. Each destination of device
+    /// log records has as much again for its records.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     export_memory: u64,
     /// Longest time the export takes at stop; what is not delivered by then is counted.
