@@ -246,7 +246,7 @@ impl Daemon {
     }
 
     /// Everything lost so far, by stage and cause: probe records, state the stages could not
-    /// keep, spans and log records the exporters dropped.
+    /// keep, spans the exporters dropped.
     fn losses(&self) -> Vec<Loss> {
         let mut losses: Vec<Loss> = self
             .probes
@@ -259,16 +259,12 @@ impl Daemon {
             losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
         let export = self.hub.stats();
-        for (destination, stats) in &export.destinations {
-            let stage = format!("export to {destination}");
-            for (cause, count) in stats.dropped.by_cause() {
-                losses.push(Loss::new(stage.clone(), cause, count));
-            }
-        }
-        for (destination, stats) in &export.logs {
-            let stage = format!("export of logs to {destination}");
-            for (cause, count) in stats.dropped.by_cause() {
-                losses.push(Loss::new(stage.clone(), cause, count));
+        for (signal, list) in [("", &export.destinations), ("logs ", &export.logs)] {
+            for (destination, stats) in list {
+                let stage = format!("export {signal}to {destination}");
+                for (cause, count) in stats.dropped.by_cause() {
+                    losses.push(Loss::new(stage.clone(), cause, count));
+                }
             }
         }
         losses
