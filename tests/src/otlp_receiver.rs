@@ -109,7 +109,7 @@ pub struct RequestInfo {
 
 /// One logs export request the receiver accepted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogsRequestInfo {
+pub struct LogRequestInfo {
     /// How it came.
     pub protocol: Protocol,
     /// Its number of `resource_logs` entries.
@@ -163,7 +163,7 @@ struct State {
     requests: Vec<RequestInfo>,
     refused: usize,
     logs: Vec<LogJson>,
-    logs_requests: Vec<LogsRequestInfo>,
+    logs_requests: Vec<LogRequestInfo>,
     logs_refused: usize,
 }
 
@@ -213,7 +213,7 @@ impl Shared {
             log.transport = Some(protocol.name().to_owned());
         }
         append_lines(self.logs_out.as_ref(), &logs, "logs");
-        let info = LogsRequestInfo {
+        let info = LogRequestInfo {
             protocol,
             resource_logs: request.resource_logs.len(),
             records: logs.len(),
@@ -357,12 +357,12 @@ impl OtlpReceiver {
     }
 
     /// Every accepted logs request, in arrival order.
-    pub fn logs_request_log(&self) -> Vec<LogsRequestInfo> {
+    pub fn log_request_log(&self) -> Vec<LogRequestInfo> {
         self.shared.lock().logs_requests.clone()
     }
 
     /// How many logs requests were accepted over `protocol`.
-    pub fn logs_requests_by(&self, protocol: Protocol) -> usize {
+    pub fn log_requests_by(&self, protocol: Protocol) -> usize {
         self.shared.lock().logs_requests.iter().filter(|r| r.protocol == protocol).count()
     }
 

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             reported = log.len();
-            let log = receiver.logs_request_log();
+            let log = receiver.log_request_log();
             for request in log.iter().skip(reported_logs) {
                 eprintln!(
                     "otlp-receiver: {} logs request: {} resource_logs, {} records{}",
@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         spans.len(),
         receiver.requests(),
         logs.len(),
-        receiver.logs_request_log().len()
+        receiver.log_request_log().len()
     );
     if !options.quiet {
         print!("{}", render_trees_with_logs(&spans, &logs));

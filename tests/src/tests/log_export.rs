@@ -133,7 +133,7 @@ async fn logs_of_two_devices_in_one_request(protocol: Protocol) {
     submit_logs(&hub, logs, &destination);
 
     let received = receiver.wait_for_logs(|l| l.len() >= 4, WAIT).await;
-    let requests = receiver.logs_request_log();
+    let requests = receiver.log_request_log();
     assert_eq!(requests.len(), 1, "{requests:?}");
     let request = &requests[0];
     assert_eq!(
@@ -183,10 +183,7 @@ async fn spans_and_logs_to_one_backend_stay_apart() {
     receiver.wait_for(|s| s.len() >= 4, WAIT).await;
     receiver.wait_for_logs(|l| l.len() >= 6, WAIT).await;
     assert_eq!((receiver.requests_by(Protocol::Http), receiver.requests_by(Protocol::Grpc)), (1, 1));
-    assert_eq!(
-        (receiver.logs_requests_by(Protocol::Http), receiver.logs_requests_by(Protocol::Grpc)),
-        (1, 1)
-    );
+    assert_eq!((receiver.log_requests_by(Protocol::Http), receiver.log_requests_by(Protocol::Grpc)), (1, 1));
 
     let stats = hub.shutdown().await;
     assert_eq!(stats.get(&grpc).unwrap().spans_delivered, 2);
