@@ -314,6 +314,18 @@ mod tests {
     }
 
     #[test]
+    fn the_log_estimate_grows_with_the_message_and_attributes() {
+        let warn = crate::testing::reference_device_logs().remove(0);
+        let mut bare = warn.clone();
+        bare.attributes.clear();
+        assert!(log_bytes(&bare) > size_of::<LogRecord>() as u64 + bare.body.len() as u64);
+        assert!(log_bytes(&warn) > log_bytes(&bare) + "code.filepath".len() as u64);
+        let mut long = warn.clone();
+        long.body = "x".repeat(10_000);
+        assert!(log_bytes(&long) > log_bytes(&warn) + 9_000);
+    }
+
+    #[test]
     fn a_full_budget_drops_the_oldest_and_keeps_the_newest() {
         let mut backlog = Backlog::<SpanRecord, ()>::new(1000); // ten spans of 100 bytes
         for (span, bytes) in spans(25, 1) {

@@ -123,6 +123,30 @@ mod tests {
     )]
 
     use super::*;
+    use crate::LogRecord;
+
+    #[test]
+    fn one_line_per_log_record() {
+        let text = LogRecord::console_text(crate::testing::reference_device_logs());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "2026-11-21T08:03:42.411517Z WARN svc=LogDev/test/logdev/1 server:15342 trace=- span=- \
+                 at=pydev2.py:15 background thread log tid=15370",
+                "2026-11-21T08:03:46.536048Z INFO svc=LogDev/test/logdev/1 server:15342 \
+                 trace=1c7ec4378c562421f9fc46412b5514f8 span=45d2abbade956bf8 at=pydev2.py:20 hello 0",
+                "2026-11-21T08:03:46.536117Z FATAL svc=LogDev/test/logdev/1 server:15342 \
+                 trace=1c7ec4378c562421f9fc46412b5514f8 span=45d2abbade956bf8 at=pydev2.py:23 fatal hello 0",
+            ]
+        );
+        // A message of many lines stays one line; a record without a location has no `at=`.
+        let mut record = crate::testing::reference_device_logs().remove(0);
+        record.body = "first\nsecond\r\n".into();
+        record.attributes.clear();
+        let text = LogRecord::console_text(vec![record]);
+        assert!(text.ends_with("trace=- span=- first\\nsecond\\r\\n\n"), "{text:?}");
+    }
 
     #[test]
     fn one_compact_line() {

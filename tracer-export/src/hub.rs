@@ -350,9 +350,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        DestinationStats, read_store, span_bytes,
-        testing::{TempDir, device_resource, many_spans, reference_command_inout},
-        tree::render_trees,
+        DestinationStats, log_bytes, logs_path, read_log_store, read_store, span_bytes,
+        testing::{
+            TempDir, device_resource, many_logs, many_spans, reference_command_inout, reference_device_logs,
+            reference_logged_span,
+        },
+        tree::{render_logs, render_trees, render_trees_with_logs},
     };
 
     fn fast_config() -> ExportConfig {
@@ -435,6 +438,12 @@ mod tests {
             self.received.load(Ordering::SeqCst)
         }
 
+        /// The same backend, as an endpoint of logs.
+        fn logs_endpoint(&self) -> Destination {
+            let Destination::OtlpHttp { endpoint } = &self.endpoint else { panic!("an HTTP backend") };
+            Destination::OtlpHttp { endpoint: endpoint.replace("/v1/traces", "/v1/logs") }
+        }
+
         fn then(&self, reply: Reply) {
             self.script.lock().unwrap().push_back(reply);
         }
@@ -504,6 +513,126 @@ mod tests {
         assert_eq!(config.backoff(u32::MAX, 0), Duration::from_millis(2500));
         let middle = config.backoff(10, u64::MAX / 2);
         assert!(middle > Duration::from_millis(3700) && middle < Duration::from_millis(3800), "{middle:?}");
+    }
+
+    fn logs(n: u64, first: u64) -> Vec<LogRecord> {
+        many_logs(&device_resource("Demo", "test/demo/1", "Demo/Demo", 1), n, first)
+    }
+
+    fn submit_logs(hub: &ExportHub, logs: Vec<LogRecord>, destination: &Destination) {
+        for log in logs {
+            hub.submit_log(log, std::slice::from_ref(destination));
+        }
+    }
+
+    fn log_seq(log: &crate::json::LogJson) -> i64 {
+        log.attributes.get_i64("seq").unwrap()
+    }
+
+    async fn wait_log_stats(
+        hub: &ExportHub,
+        destination: &Destination,
+        done: impl Fn(&DestinationStats) -> bool,
+    ) -> DestinationStats {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = hub.stats().get_logs(destination).cloned().unwrap_or_default();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(std::time::Instant::now() < deadline, "stats never got there: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Spans and logs given one store destination: each in its own file, counted apart, and
+    /// shown together (`tango-tracer show`).
+    #[tokio::test]
+    async fn logs_and_spans_of_one_store_are_kept_apart_and_shown_together() {
+        let dir = TempDir::new("hub-logs-store");
+        let path = dir.path().join("spans.jsonl");
+        let store = Destination::Store { path: path.clone() };
+        let hub = ExportHub::start(fast_config());
+        hub.submit(reference_logged_span(), std::slice::from_ref(&store));
+        submit_logs(&hub, reference_device_logs(), &store);
+        let stats = hub.shutdown().await;
+
+        let spans = read_store(&path).unwrap();
+        let logs = read_log_store(logs_path(&path)).unwrap();
+        assert_eq!((spans.len(), logs.len()), (1, 3));
+        let s = stats.get(&store).unwrap();
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!((s.spans_submitted, s.spans_delivered, s.unaccounted()), (1, 1, 0));
+        assert_eq!((l.spans_submitted, l.spans_delivered, l.dropped.total(), l.unaccounted()), (3, 3, 0, 0));
+        assert_eq!(stats.logs_total().spans_delivered, 3);
+        assert_eq!(stats.total().spans_delivered, 1);
+
+        assert_eq!(
+            render_trees_with_logs(&spans, &logs),
+            "  - [SERVER] Tango::Device_4Impl::command_inout_4  trace=1c7ec437 span=45d2abba parent=- \
+             svc=LogDev/test/logdev/1 server:15342 scope=tango.cpp {\"tango.client_ident.lang\": \"CPP\", \
+             \"tango.client_ident.location\": \"giop:tcp:127.0.0.1:44850\", \"tango.client_ident.pid\": 15381, \
+             \"tango.operation.argument\": \"Hello\"} dur=366.293us\n\
+             \x20   > 08:03:46.536048Z INFO hello 0 [pydev2.py:20]\n\
+             \x20   > 08:03:46.536117Z FATAL fatal hello 0 [pydev2.py:23]\n"
+        );
+        assert_eq!(
+            render_logs(&logs).lines().next().unwrap(),
+            "2026-11-21T08:03:42.411517Z WARN svc=LogDev/test/logdev/1 trace=- span=- \
+             background thread log tid=15370 [pydev2.py:15]"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_keeps_the_newest_logs_and_spans_keep_theirs() {
+        let dir = TempDir::new("hub-logs-budget");
+        let path = dir.path().join("spans.jsonl");
+        let store = Destination::Store { path: path.clone() };
+        let one = log_bytes(&logs(1, 1)[0]);
+        let hub = ExportHub::start(ExportConfig {
+            flush_interval: Duration::from_secs(60),
+            max_batch: 100_000,
+            max_backlog_bytes: 10 * one,
+            ..fast_config()
+        });
+        submit_logs(&hub, logs(25, 1), &store);
+        // The spans' budget is their own: a full logs backlog takes nothing from it.
+        submit_all(&hub, spans(2, 1), &store);
+        let stats = hub.stats();
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!((l.dropped.budget_oldest, l.spans_held, l.bytes_held), (15, 10, 10 * one), "{l:?}");
+        assert!(l.peak_bytes_held <= 10 * one);
+        let s = stats.get(&store).unwrap();
+        assert_eq!((s.spans_held, s.dropped.total()), (2, 0));
+
+        let stats = hub.shutdown().await;
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!(
+            (l.spans_delivered, l.dropped.budget_oldest, l.spans_held, l.unaccounted()),
+            (10, 15, 0, 0)
+        );
+        let mut seqs: Vec<i64> = read_log_store(logs_path(&path)).unwrap().iter().map(log_seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (16..=25).collect::<Vec<_>>(), "the newest ten");
+        assert_eq!(read_store(&path).unwrap().len(), 2);
+        // After shutdown, counted as for spans.
+        submit_logs(&hub, logs(2, 30), &store);
+        let l = hub.stats().get_logs(&store).cloned().unwrap();
+        assert_eq!((l.spans_submitted, l.dropped.after_shutdown, l.unaccounted()), (27, 2, 0));
+    }
+
+    /// Logs are retried with backoff like spans, to their own endpoint, and counted apart.
+    #[tokio::test]
+    async fn logs_are_retried_until_delivered() {
+        let backend = Backend::start([Reply::Status(503); 3]).await;
+        let destination = backend.logs_endpoint();
+        let hub = ExportHub::start(ExportConfig { max_batch: 10, ..fast_config() });
+        submit_logs(&hub, logs(25, 1), &destination);
+        let l = wait_log_stats(&hub, &destination, |s| s.spans_delivered == 25).await;
+        assert_eq!((l.requests_failed, l.dropped.total(), l.spans_held, l.failing), (3, 0, 0, false));
+        assert_eq!(backend.received(), 3 + 3, "three refusals, then three batches");
+        assert!(hub.stats().get(&destination).is_none(), "no destination of spans was made");
+        hub.shutdown().await;
     }
 
     #[tokio::test]

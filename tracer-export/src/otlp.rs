@@ -619,6 +619,118 @@ mod tests {
         assert_eq!(span_count(&request), 4);
     }
 
+    /// What cppTango 10.3.3 sent for the reference records, as the protobuf message: the
+    /// capture's JSON (protobuf's JSON mapping) with the severity's enum name given as its
+    /// number.
+    fn native_logs_request() -> ExportLogsServiceRequest {
+        let mut capture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/device_logs.json")).unwrap();
+        let mut records = capture["logRecords"].take();
+        for record in records.as_array_mut().unwrap() {
+            let record = record.as_object_mut().unwrap();
+            let number = record.remove("severityNumber_int").unwrap();
+            record.insert("severityNumber".into(), number);
+        }
+        let request = serde_json::json!({"resourceLogs": [{
+            "resource": capture["resource"].take(),
+            "scopeLogs": [{"scope": capture["scope"].take(), "logRecords": records}],
+        }]});
+        serde_json::from_value(request).unwrap()
+    }
+
+    /// Our encoding of the reference records is, field by field and byte for byte, what
+    /// cppTango sends natively.
+    #[test]
+    fn log_records_encode_as_cpptango_sends_them() {
+        let mut native = native_logs_request();
+        let body = build_logs_request(crate::testing::reference_device_logs()).encode_to_vec();
+        let mut ours = ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
+        // Resource attributes come in a hash's order, on both sides.
+        for request in [&mut ours, &mut native] {
+            for resource_logs in &mut request.resource_logs {
+                resource_logs.resource.as_mut().unwrap().attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+        }
+
+        assert_eq!(ours.resource_logs.len(), 1);
+        let (ours_rl, native_rl) = (&ours.resource_logs[0], &native.resource_logs[0]);
+        assert_eq!(ours_rl.resource, native_rl.resource, "resource");
+        assert_eq!(ours_rl.scope_logs.len(), 1);
+        let (ours_sl, native_sl) = (&ours_rl.scope_logs[0], &native_rl.scope_logs[0]);
+        let scope = ours_sl.scope.as_ref().unwrap();
+        assert_eq!((scope.name.as_str(), scope.version.as_str()), ("cppTango", "10.3.3"));
+        assert_eq!(ours_sl.scope, native_sl.scope, "scope");
+        assert_eq!(ours_sl.log_records.len(), 3);
+        for (ours, native) in ours_sl.log_records.iter().zip(&native_sl.log_records) {
+            let which = &native.severity_text;
+            assert_eq!(ours.time_unix_nano, native.time_unix_nano, "{which}: time");
+            assert_eq!(
+                ours.observed_time_unix_nano, native.observed_time_unix_nano,
+                "{which}: observed time"
+            );
+            assert_eq!(ours.severity_number, native.severity_number, "{which}: severity number");
+            assert_eq!(ours.severity_text, native.severity_text, "{which}: severity text");
+            assert_eq!(ours.body, native.body, "{which}: body");
+            assert_eq!(ours.attributes, native.attributes, "{which}: attributes");
+            assert_eq!(ours.trace_id, native.trace_id, "{which}: trace id");
+            assert_eq!(ours.span_id, native.span_id, "{which}: span id");
+            assert_eq!(ours.flags, native.flags, "{which}: flags");
+            assert_eq!(ours.dropped_attributes_count, native.dropped_attributes_count, "{which}: dropped");
+            assert_eq!(ours.event_name, native.event_name, "{which}: event name");
+        }
+        // The capture's facts, checked on their own so that a wrong capture cannot hide.
+        let [warn, info, fatal] = &ours_sl.log_records[..] else { panic!("three records") };
+        assert_eq!((warn.severity_number, warn.severity_text.as_str()), (13, "WARN"));
+        assert_eq!((info.severity_number, fatal.severity_number), (9, 21));
+        assert!(warn.trace_id.is_empty() && warn.span_id.is_empty() && warn.flags == 0);
+        assert_eq!((info.trace_id.len(), info.span_id.len(), info.flags), (16, 8, 3));
+        assert_eq!(
+            info.attributes[1].value.as_ref().unwrap().value,
+            Some(any_value::Value::IntValue(20)),
+            "code.lineno is an integer"
+        );
+        // Equal messages, equal bytes: nothing is set that native leaves out.
+        assert_eq!(ours, native);
+        assert_eq!(ours.encode_to_vec(), native.encode_to_vec());
+    }
+
+    #[test]
+    fn log_records_of_many_devices_share_one_request() {
+        let scope = crate::testing::logs_scope();
+        let other_scope = Arc::new(InstrumentationScope::builder("cppTango").with_version("9.3.4").build());
+        let a = device("test/demo/1", 1);
+        let b = device("test/demo/2", 2);
+        let mut records = crate::testing::many_logs(&a, 2, 1);
+        records.extend(crate::testing::many_logs(&b, 1, 3));
+        records.extend(crate::testing::many_logs(&device("test/demo/1", 1), 1, 4));
+        let mut old = crate::testing::many_logs(&b, 1, 5);
+        old[0].scope = other_scope;
+        records.extend(old);
+        // An equal scope built separately shares the group.
+        let mut same = crate::testing::many_logs(&a, 1, 6);
+        same[0].scope = Arc::new((*scope).clone());
+        records.extend(same);
+
+        let request = build_logs_request(records);
+        let seqs = |logs: &ScopeLogs| -> Vec<i64> {
+            logs.log_records
+                .iter()
+                .map(|r| match r.attributes.last().unwrap().value.as_ref().unwrap().value {
+                    Some(any_value::Value::IntValue(i)) => i,
+                    _ => -1,
+                })
+                .collect()
+        };
+        assert_eq!(request.resource_logs.len(), 2);
+        let [first, second] = &request.resource_logs[..] else { panic!("two resources") };
+        assert_eq!(first.scope_logs.len(), 1);
+        assert_eq!(seqs(&first.scope_logs[0]), vec![1, 2, 4, 6]);
+        assert_eq!(second.scope_logs.len(), 2, "two versions of libtango, two scopes");
+        assert_eq!(seqs(&second.scope_logs[0]), vec![3]);
+        assert_eq!(seqs(&second.scope_logs[1]), vec![5]);
+        assert_eq!(second.scope_logs[1].scope.as_ref().unwrap().version, "9.3.4");
+    }
+
     #[test]
     fn fingerprint_ignores_attribute_order() {
         let one = Resource::builder_empty()

@@ -333,6 +333,68 @@ mod tests {
         assert_eq!(all.len(), 2, "the newest file rotated again; the previous one is replaced");
     }
 
+    #[test]
+    fn the_logs_file_sits_beside_the_store() {
+        assert_eq!(
+            logs_path(Path::new("/var/lib/x/spans.jsonl")),
+            PathBuf::from("/var/lib/x/spans.logs.jsonl")
+        );
+        assert_eq!(logs_path(Path::new("store")), PathBuf::from("store.logs"));
+        assert_eq!(logs_path(Path::new("a.b/s.json.gz")), PathBuf::from("a.b/s.json.logs.gz"));
+        assert_eq!(rotated_path(&logs_path(Path::new("s.jsonl"))), PathBuf::from("s.logs.jsonl.1"));
+    }
+
+    /// Log records are stored as their OTLP form says, and read back; a spans reader never
+    /// meets them.
+    #[tokio::test]
+    async fn log_records_round_trip() {
+        let dir = TempDir::new("store-logs");
+        let path = logs_path(&dir.path().join("spans.jsonl"));
+        let mut writer = StoreWriter::new(path.clone());
+        writer.write(crate::testing::reference_device_logs(), true).await.unwrap();
+        let logs = read_log_store(&path).unwrap();
+        assert_eq!(logs.len(), 3);
+        let info = &logs[1];
+        assert_eq!(info.body_text(), "hello 0");
+        assert_eq!((info.severity_number, info.severity_text.as_str()), (9, "INFO"));
+        assert_eq!(info.code_location().as_deref(), Some("pydev2.py:20"));
+        assert_eq!(info.attributes.get_i64("code.lineno"), Some(20));
+        assert_eq!(
+            (info.trace_id.as_str(), info.span_id.as_str(), info.flags),
+            ("1c7ec4378c562421f9fc46412b5514f8", "45d2abbade956bf8", 3)
+        );
+        assert_eq!((info.time_ns, info.observed_ns), (1_795_248_226_536_048_691, 1_795_248_226_536_058_830));
+        assert_eq!(info.service(), "LogDev/test/logdev/1");
+        assert_eq!(info.resource.get_i64("tango.process.id"), Some(15342));
+        assert_eq!((info.scope.name.as_str(), info.scope.version.as_str()), ("cppTango", "10.3.3"));
+        let warn = &logs[0];
+        assert_eq!((warn.trace_id.as_str(), warn.span_id.as_str(), warn.flags), ("", "", 0));
+
+        // The line has the documented keys, in order.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        let keys = [
+            "resource",
+            "scope",
+            "time_ns",
+            "observed_ns",
+            "severity_number",
+            "severity_text",
+            "body",
+            "attributes",
+            "trace_id",
+            "span_id",
+            "flags",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| first.find(&format!("\"{k}\":")).unwrap()).collect();
+        assert!(at.is_sorted(), "{first}");
+        let line: serde_json::Value = serde_json::from_str(first).unwrap();
+        assert_eq!(line.as_object().unwrap().len(), keys.len(), "{first}");
+        // A log line is no span.
+        let err = read_store(&path).unwrap_err();
+        assert!(err.to_string().contains("line 1 is not a span"), "{err}");
+    }
+
     #[tokio::test]
     async fn writes_reads_and_survives_a_torn_line() {
         let dir = TempDir::new("store");

@@ -14,4 +14,5 @@ pub mod events;
 pub mod logs;
 pub mod probe;
 pub mod run;
+pub mod show;
 pub mod stats;

@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root).
     Run(RunArgs),
-    /// Print the traces kept in the embedded store as trees.
+    /// Print the traces kept in the embedded store as trees, with their device log records.
     Show(ShowArgs),
     /// Ask or change a running daemon: traced processes and devices, their configuration.
     Ctl(CtlArgs),
@@ -98,7 +98,8 @@ struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     export_interval: Duration,
     /// Memory for spans waiting to be exported, per destination (KiB, MiB, GiB); when it is full
-    /// (a backend down), the oldest spans are dropped and counted.
+    /// (a backend down), the oldest spans are dropped and counted. Each destination of device
+    /// log records has as much again for its records.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     export_memory: u64,
     /// Longest time the export takes at stop; what is not delivered by then is counted.
@@ -148,9 +149,13 @@ struct ShowArgs {
     /// Only this trace (full or leading hex digits of the trace id).
     #[arg(long)]
     trace: Option<String>,
-    /// Only the last N traces.
+    /// Only the last N traces (with --logs: the last N log records).
     #[arg(long)]
     last: Option<usize>,
+    /// List the device log records alone, one per line in order of time, those logged outside
+    /// any request included (without it, each record is shown under the span it was logged in).
+    #[arg(long)]
+    logs: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -291,29 +296,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
-    // The rotated file holds the older spans; it may not exist.
-    let mut spans = tracer_export::read_store(tracer_export::rotated_path(&args.store)).unwrap_or_default();
-    spans.extend(
-        tracer_export::read_store(&args.store)
-            .with_context(|| format!("reading the store {}", args.store.display()))?,
-    );
-    if let Some(prefix) = &args.trace {
-        let prefix = prefix.to_ascii_lowercase();
-        spans.retain(|s| s.trace_id.starts_with(&prefix));
-    }
-    if let Some(last) = args.last {
-        let mut traces: Vec<(u64, String)> = Vec::new();
-        for span in &spans {
-            match traces.iter_mut().find(|(_, id)| *id == span.trace_id) {
-                Some(entry) => entry.0 = entry.0.min(span.start_ns),
-                None => traces.push((span.start_ns, span.trace_id.clone())),
-            }
-        }
-        traces.sort();
-        let keep: Vec<String> = traces.into_iter().rev().take(last).map(|(_, id)| id).collect();
-        spans.retain(|s| keep.contains(&s.trace_id));
-    }
-    print!("{}", tracer_export::tree::render_trees(&spans));
+    let options = tango_tracer::show::ShowOptions { trace: args.trace, last: args.last, logs: args.logs };
+    print!("{}", tango_tracer::show::show(&args.store, &options)?);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod export;
 mod facts;
 mod faults;
 mod legacy;
+mod log_export;
 mod logs;
 mod probes;
 mod pytango;
