@@ -569,4 +569,68 @@ mod tests {
         raw[..4].copy_from_slice(&77u32.to_ne_bytes());
         assert_eq!(Record::decode(&raw), Err(RecordError::UnknownKind(77)));
     }
+
+    /// A log record as the probe writes it: the logger's name, the file's last bytes and the
+    /// message's first bytes, packed; `message_len` is the message's true length.
+    fn raw_log(logger: &[u8], file: Option<(&[u8], i32)>, message: &[u8], message_len: u32) -> Vec<u8> {
+        use tracer_common::{LogRecord, log_flags};
+        let mut record = LogRecord {
+            header: RecordHeader { kind: kind::LOG, pid: 10, tid: 12, fd: -1, ts_ns: 99 },
+            level: 400,
+            line: 0,
+            flags: 0,
+            logger_len: logger.len() as u32,
+            logger_captured: logger.len() as u32,
+            file_len: 0,
+            file_captured: 0,
+            message_len,
+            message_captured: message.len() as u32,
+            _pad: 0,
+            text: [0; MAX_LOGGER_NAME + MAX_LOG_FILE + MAX_LOG_MESSAGE],
+        };
+        let mut at = 0;
+        record.text[..logger.len()].copy_from_slice(logger);
+        at += logger.len();
+        if let Some((file, line)) = file {
+            record.flags |= log_flags::HAS_LOCATION;
+            record.line = line;
+            record.file_len = file.len() as u32;
+            record.file_captured = file.len() as u32;
+            record.text[at..at + file.len()].copy_from_slice(file);
+            at += file.len();
+        }
+        record.text[at..at + message.len()].copy_from_slice(message);
+        at += message.len();
+        // SAFETY: a plain #[repr(C)] struct viewed as its bytes, as the ring buffer carries it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&record as *const LogRecord).cast::<u8>(), size_of::<LogRecord>())
+        };
+        bytes[..LOG_RECORD_HEADER_LEN + at].to_vec()
+    }
+
+    #[test]
+    fn log_records_borrow_their_texts_and_say_what_was_cut() {
+        let raw = raw_log(b"test/logdev/1", Some((b"/srv/dev/pydev2.py", 20)), b"hello \xff", 300);
+        let Ok(Record::Log(log)) = Record::decode(&raw) else { panic!("a log record") };
+        assert_eq!((log.pid, log.tid, log.ts_ns, log.level, log.line), (10, 12, 99, 400, Some(20)));
+        assert_eq!((&log.logger[..], &log.file[..]), (&b"test/logdev/1"[..], &b"/srv/dev/pydev2.py"[..]));
+        assert_eq!(&log.message[..], b"hello \xff");
+        assert!(log.truncated(), "300 bytes long, 7 copied");
+        assert!(matches!(log.message, Cow::Borrowed(_)));
+        let owned = Record::Log(log.clone()).into_owned();
+        assert_eq!(owned, Record::Log(log));
+
+        // cppTango 9: no location.
+        let raw = raw_log(b"sys/tg_test/1", None, b"TangoTest::DevVoid()  - sys/tg_test/1", 37);
+        let Ok(Record::Log(log)) = Record::decode(&raw) else { panic!("a log record") };
+        assert_eq!((log.line, log.file.len(), log.truncated()), (None, 0, false));
+
+        // Cut short by a bad length: refused below the fixed part, clamped above it.
+        assert_eq!(
+            Record::decode(&raw[..LOG_RECORD_HEADER_LEN - 1]),
+            Err(RecordError::Truncated { kind: kind::LOG, len: LOG_RECORD_HEADER_LEN - 1 })
+        );
+        let Ok(Record::Log(cut)) = Record::decode(&raw[..raw.len() - 5]) else { panic!("still decodes") };
+        assert_eq!(&cut.message[..], b"TangoTest::DevVoid()  - sys/tg_t");
+    }
 }
