@@ -64,13 +64,24 @@ pub struct Configuration {
     /// Routing decisions, valid until the next change of any source (one lookup per span).
     routes: std::cell::RefCell<HashMap<RouteKey, Routing>>,
     /// Routing decisions of device logs by (pid, logger), likewise (one lookup per message).
-    log_routes: std::cell::RefCell<HashMap<(u32, Arc<str>), Routing>>,
+    log_routes: std::cell::RefCell<HashMap<(u32, Arc<str>), LogRouting>>,
     /// Device properties not kept because the table was full.
     refused_full: u64,
 }
 
 /// (pid, device, operation class): what a routing decision depends on besides the sources.
 type RouteKey = (u32, Option<String>, OperationClass);
+
+/// A device log message's routing decision; the destinations are shared by every message of the
+/// logger until the configuration changes (no copy per message).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogRouting {
+    Export(Arc<[Destination]>),
+    /// Not wanted (telemetry off, logging not among the types).
+    Drop,
+    /// cppTango's own telemetry already exports it.
+    Native,
+}
 
 /// A span's routing decision.
 #[derive(Clone, Debug, PartialEq)]
@@ -252,20 +263,20 @@ impl Configuration {
     /// unless telemetry is on with `logging` among its types; nowhere either when the process's
     /// own cppTango 10 telemetry exports it (it was told to, by anything but the daemon's
     /// default); else to the device's logging destinations.
-    pub fn route_log(&self, pid: u32, device: &Arc<str>) -> Routing {
+    pub fn route_log(&self, pid: u32, device: &Arc<str>) -> LogRouting {
         let key = (pid, Arc::clone(device));
         if let Some(routing) = self.log_routes.borrow().get(&key) {
             return routing.clone();
         }
         let effective = self.effective(pid, Some(device));
-        let routing = if !effective.logging_active() {
-            Routing::Drop
+        let routing = if !effective.logging_active() || effective.logging.0.is_empty() {
+            LogRouting::Drop
         } else if self.processes.get(&pid).is_some_and(|p| p.native_capable)
             && effective.enable.1 != Source::Daemon
         {
-            Routing::Native
+            LogRouting::Native
         } else {
-            Routing::Export(effective.logging.0)
+            LogRouting::Export(effective.logging.0.into())
         };
         let mut routes = self.log_routes.borrow_mut();
         if routes.len() >= MAX_ROUTES {
@@ -434,7 +445,7 @@ mod tests {
         let mut config = Configuration::new(policy());
         config.add_process(&process(1, b"", "9.3.4"));
         let device = logger("a/b/c");
-        assert_eq!(config.route_log(1, &device), Routing::Export(policy().log_destinations));
+        assert_eq!(config.route_log(1, &device), LogRouting::Export(policy().log_destinations.into()));
         config.set_properties(
             "A/B/C",
             &[
@@ -445,15 +456,18 @@ mod tests {
                 ),
             ],
         );
-        let Routing::Export(list) = config.route_log(1, &device) else { panic!("exported") };
+        let LogRouting::Export(list) = config.route_log(1, &device) else { panic!("exported") };
         assert_eq!(
-            list,
+            list.to_vec(),
             vec![
                 Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/logs".into() },
                 Destination::OtlpGrpc { endpoint: "http://127.0.0.1:2".into() },
             ]
         );
-        assert_eq!(config.route_log(1, &logger("x/y/z")), Routing::Export(policy().log_destinations));
+        assert_eq!(
+            config.route_log(1, &logger("x/y/z")),
+            LogRouting::Export(policy().log_destinations.into())
+        );
         // At run time: SetTelemetryLoggingEndpoints, then SetTelemetryLogging off for the device.
         let argin = ArgValue::StringArray(
             ["a/b/*", "1", "http", "http://127.0.0.1:3/v1/logs"].map(String::from).to_vec(),
@@ -461,11 +475,13 @@ mod tests {
         assert!(config.admin_command(1, "SetTelemetryLoggingEndpoints", Some(&argin)));
         assert_eq!(
             config.route_log(1, &device),
-            Routing::Export(vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:3/v1/logs".into() }])
+            LogRouting::Export(
+                vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:3/v1/logs".into() }].into()
+            )
         );
         let off = ArgValue::LongStringArray { longs: vec![0], strings: vec!["a/b/c".into()] };
         assert!(config.admin_command(1, "SetTelemetryLogging", Some(&off)));
-        assert_eq!(config.route_log(1, &device), Routing::Drop);
+        assert_eq!(config.route_log(1, &device), LogRouting::Drop);
         assert!(
             matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)),
             "spans go on"
@@ -477,23 +493,25 @@ mod tests {
         let device = logger("a/b/c");
         let mut config = Configuration::new(policy());
         config.add_process(&process(1, b"TANGO_TELEMETRY_TYPES=tracing\0", "9.3.4"));
-        assert_eq!(config.route_log(1, &device), Routing::Drop);
+        assert_eq!(config.route_log(1, &device), LogRouting::Drop);
         assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)));
         config.add_process(&process(2, b"TANGO_TELEMETRY_TYPES=logging\0", "9.3.4"));
-        assert!(matches!(config.route_log(2, &device), Routing::Export(_)));
+        assert!(matches!(config.route_log(2, &device), LogRouting::Export(_)));
         assert_eq!(config.route(2, Some("a/b/c"), OperationClass::User), Routing::Drop);
         // cppTango 10 exporting its own logs: not twice. Told nothing but the variables of
         // logging: the daemon's default enable decides, and cppTango exports nothing.
         config.add_process(&process(3, b"TANGO_TELEMETRY_ENABLE=on\0", "10.3.3"));
-        assert_eq!(config.route_log(3, &device), Routing::Native);
+        assert_eq!(config.route_log(3, &device), LogRouting::Native);
         config.add_process(&process(4, b"TANGO_TELEMETRY_LOGGING_EXPORTERS=console\0", "10.3.3"));
         assert_eq!(
             config.route_log(4, &device),
-            Routing::Export(vec![Destination::Console { stream: tracer_export::ConsoleStream::Stdout }])
+            LogRouting::Export(
+                vec![Destination::Console { stream: tracer_export::ConsoleStream::Stdout }].into()
+            )
         );
         let off = Policy { trace_by_default: false, ..policy() };
         let mut config = Configuration::new(off);
         config.add_process(&process(4, b"TANGO_TELEMETRY_TYPES=logging\0", "10.3.3"));
-        assert_eq!(config.route_log(4, &device), Routing::Drop, "the daemon's default enable is off");
+        assert_eq!(config.route_log(4, &device), LogRouting::Drop, "the daemon's default enable is off");
     }
 }

@@ -19,7 +19,7 @@ use crate::{
         AssembledSpan, Assembler, Observation,
         naming::{DATABASE_KEY, OperationClass},
     },
-    configure::{Configuration, Policy, Routing},
+    configure::{Configuration, LogRouting, Policy, Routing},
     convert::{
         logdata,
         resources::{self, ResourceKey, Resources},
@@ -61,7 +61,7 @@ pub struct Routed {
 /// A device log record and where it goes.
 pub struct RoutedLog {
     pub record: LogRecord,
-    pub destinations: Vec<Destination>,
+    pub destinations: std::sync::Arc<[Destination]>,
 }
 
 /// Counters of the pipeline's own steps.
@@ -313,15 +313,15 @@ impl Pipeline {
                 }
             };
             match self.config.route_log(pid, &logger) {
-                Routing::Export(destinations) if !destinations.is_empty() => {
+                LogRouting::Export(destinations) => {
                     self.stats.logs_released += 1;
                     *self.logs_released_by.entry((pid, logger)).or_default() += 1;
                     let scope = self.logs.scope(pid, || logdata::log_scope_for(processes.info(pid)));
                     let record = logdata::to_log_record(log, resource, scope, &self.clock);
                     out.push(RoutedLog { record, destinations });
                 }
-                Routing::Native => self.stats.logs_native += 1,
-                Routing::Export(_) | Routing::Drop => self.stats.logs_not_wanted += 1,
+                LogRouting::Native => self.stats.logs_native += 1,
+                LogRouting::Drop => self.stats.logs_not_wanted += 1,
             }
         }
         for tango_host in unknown_hosts {
