@@ -1,7 +1,8 @@
 //! Benchmarks of tango-tracer, run by `cargo xtask bench` through the `tango-bench` binary:
 //! round trips of a PyTango client untraced, traced, and with cppTango's native telemetry
 //! ([`roundtrip`]); the same against a legacy (cppTango 9.3.4) server in a Tango database
-//! ([`legacy`]); change events pushed to a subscriber ([`events`]); the daemon's assembly
+//! ([`legacy`]); change events pushed to a subscriber ([`events`]); device log messages
+//! ([`logs`]); the daemon's assembly
 //! throughput on a recorded session ([`replay`]); over a thousand short-lived clients and
 //! server restarts under one daemon ([`churn`]); a backend outage under steady load
 //! ([`outage`]); and BENCHMARKS.md ([`report`]).
@@ -9,6 +10,7 @@
 pub mod churn;
 pub mod events;
 pub mod legacy;
+pub mod logs;
 pub mod outage;
 pub mod procs;
 pub mod replay;

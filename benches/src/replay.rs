@@ -124,6 +124,7 @@ impl Replayer {
         let policy = Policy {
             trace_by_default: true,
             destinations: vec![Destination::Store { path: "replay".into() }],
+            log_destinations: vec![Destination::Store { path: "replay".into() }],
             extended_operations: false,
         };
         let mut pids: Vec<u32> = session.iter().map(Record::pid).collect();

@@ -1,6 +1,7 @@
 //! BENCHMARKS.md: the machine, the tables, and how they were made.
 
 mod churn;
+mod logs;
 mod outage;
 
 use std::{fmt::Write as _, time::Duration};
@@ -90,6 +91,8 @@ pub struct Report<'a> {
     pub legacy: Option<&'a Legacy>,
     /// Change events untraced and traced.
     pub events: Option<&'a Events>,
+    /// Device log messages untraced and traced.
+    pub logs: Option<&'a crate::logs::Logs>,
     /// Short-lived clients and server restarts under one daemon.
     pub churn: Option<&'a Churn>,
     /// The backend down under steady load.
@@ -206,6 +209,9 @@ impl Report<'_> {
         }
         if let Some(events) = self.events {
             write_events(md, events)?;
+        }
+        if let Some(l) = self.logs {
+            logs::write(md, l)?;
         }
         if let Some(assembly) = self.assembly {
             write_assembly(md, assembly)?;
@@ -401,6 +407,9 @@ impl Report<'_> {
                 ev.sizes.commands
             )?;
             writeln!(md, "```")?;
+        }
+        if let Some(l) = self.logs {
+            logs::write_commands(md, l)?;
         }
         if let Some(c) = self.churn {
             churn::write_commands(md, c)?;

@@ -95,6 +95,9 @@ pub struct Programs {
     /// `tests/python/churn.py` (churn row) and `benches/python/paced_read_loop.py` (outage row).
     pub churn: PathBuf,
     pub paced_client: PathBuf,
+    /// `tests/python/log_server.py` and `bench_log_loop.py` (device-logs row).
+    pub log_server: PathBuf,
+    pub log_driver: PathBuf,
 }
 
 /// One client run.
@@ -447,6 +450,8 @@ pub struct DaemonTotals {
     pub lost_records: u64,
     /// Spans of all destinations together, when the line has them.
     pub export: Option<ExportTotals>,
+    /// Device log records of all destinations together, when the line has them.
+    pub logs: Option<ExportTotals>,
     /// Everything lost, by stage and cause, as the line words it (`none` when nothing was).
     pub lost: Option<String>,
 }
@@ -473,6 +478,10 @@ impl DaemonTotals {
             Some((counts, lost)) => (counts, Some(lost.trim().to_string())),
             None => (rest, None),
         };
+        let (counts, logs) = match counts.split_once("; logs export: ") {
+            Some((counts, logs)) => (counts, Some(logs)),
+            None => (counts, None),
+        };
         let (pipeline, export) = match counts.split_once("; export: ") {
             Some((pipeline, export)) => (pipeline, Some(export)),
             None => (counts, None),
@@ -480,14 +489,15 @@ impl DaemonTotals {
         let [messages, spans, unparsable, lost_records] = numbers_in(pipeline)[..] else {
             return None;
         };
-        let export = match export.map(numbers_in).as_deref() {
+        let totals = |part: Option<&str>| match part.map(numbers_in).as_deref() {
             Some(&[submitted, delivered, dropped, held]) => {
-                Some(ExportTotals { submitted, delivered, dropped, held })
+                Ok(Some(ExportTotals { submitted, delivered, dropped, held }))
             }
-            Some(_) => return None,
-            None => None,
+            Some(_) => Err(()),
+            None => Ok(None),
         };
-        Some(DaemonTotals { messages, spans, unparsable, lost_records, export, lost })
+        let (export, logs) = (totals(export).ok()?, totals(logs).ok()?);
+        Some(DaemonTotals { messages, spans, unparsable, lost_records, export, logs, lost })
     }
 }
 
@@ -749,6 +759,15 @@ mod tests {
         assert_eq!(
             totals.lost.as_deref(),
             Some("export to http://127.0.0.1:40001/v1/traces not delivered at shutdown: 500")
+        );
+        let log = "[2026-01-01T00:00:00Z INFO  tango_tracer::run] stopped: 20 GIOP messages, 10 spans, \
+                   0 unparsable, 0 probe records lost; export: 10 submitted, 10 delivered, 0 dropped, 0 held; \
+                   logs export: 5000 submitted, 4990 delivered, 0 dropped, 10 held; lost: none\n";
+        let totals = DaemonTotals::parse(log).unwrap();
+        assert_eq!(totals.export, Some(ExportTotals { submitted: 10, delivered: 10, dropped: 0, held: 0 }));
+        assert_eq!(
+            totals.logs,
+            Some(ExportTotals { submitted: 5000, delivered: 4990, dropped: 0, held: 10 })
         );
     }
 }

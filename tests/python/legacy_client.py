@@ -10,6 +10,8 @@ STEP is one of
   command_inout=CMD  command_inout=CMD:ARG  ping  state
   change_events=ATTR:N   (subscribes, waits up to 10 s for N change events, unsubscribes)
   nested=PEER   (the Demo device's ReadPeer command)
+  logging_level=N   (DeviceProxy.set_logging_level: the device's logging level, 5 = DEBUG)
+  get_logging_level   (the device's logging level now: 0 OFF, 1 FATAL … 5 DEBUG)
 or a step of demo_client.py for Demo devices (read_attribute, write_attribute, command_inout, ...).
 VALUE and ARG are taken as an int, else a float, else a string.
 Prints one JSON object: {"pid": ..., "version": "<PyTango version>", "steps": {"step": "ok" |
@@ -99,6 +101,11 @@ def run_step(device, step):
         return change_events(device, attribute, int(count or 1))
     if name == "nested":
         return plain(device.command_inout("ReadPeer", arg))
+    if name == "get_logging_level":
+        return device.get_logging_level()
+    if name == "logging_level":
+        device.set_logging_level(int(arg))
+        return None
     raise ValueError(f"unknown step {step!r}")
 
 

@@ -1,6 +1,7 @@
 """Changes a device's telemetry through PyTango's own API (which sends the admin-device commands).
 
 Usage: telemetry_control.py DEVICE start | stop | tracing-endpoint EXPORTER ENDPOINT
+       | logging-endpoint EXPORTER ENDPOINT | logging on|off
 Prints {"pid": ..., "result": "ok" | "DevFailed:<reason>"}: a 9.x server answers with a
 command-not-found DevFailed, after the command went over the wire.
 """
@@ -24,6 +25,12 @@ def main():
         elif action == "tracing-endpoint":
             exporter, endpoint = args
             proxy.set_telemetry_tracing_endpoints([TelemetryEndpoint(TelemetryExporter[exporter.upper()], endpoint)])
+        elif action == "logging-endpoint":
+            exporter, endpoint = args
+            proxy.set_telemetry_logging_endpoints([TelemetryEndpoint(TelemetryExporter[exporter.upper()], endpoint)])
+        elif action == "logging":
+            (state,) = args
+            proxy.set_telemetry_logging(state == "on")
         else:
             raise SystemExit(f"unknown action {action}")
         outcome = "ok"

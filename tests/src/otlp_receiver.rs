@@ -1,11 +1,15 @@
 //! A real OTLP receiver for tests: OTLP/HTTP and OTLP/gRPC on 127.0.0.1, built on the official
 //! protobuf definitions (`opentelemetry-proto`'s generated types and tonic service).
 //!
-//! - OTLP/HTTP: `POST /v1/traces`, `application/x-protobuf` (or `application/json`), gzip or not.
-//! - OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export`, gzip or not.
+//! - OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, `application/x-protobuf` (or
+//!   `application/json`), gzip or not.
+//! - OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService/Export` and
+//!   `opentelemetry.proto.collector.logs.v1.LogsService/Export`, gzip or not.
 //!
 //! Every span received is kept as a [`SpanJson`] with `transport` set to `http` or `grpc`, and
-//! every request is logged with its number of `resource_spans`.
+//! every request is logged with its number of `resource_spans`. Log records are kept apart, as
+//! [`LogJson`]s ([`OtlpReceiver::logs`]), with a request log, a wait and refusals of their own,
+//! so that tests of spans are not disturbed by logs arriving at the same receiver.
 //!
 //! The receiver runs on its own thread with its own tokio runtime, so it works the same from an
 //! async test and from a plain `#[test]`, and a test's runtime never starves it:
@@ -48,16 +52,23 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::{
+        ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use prost::Message as _;
 use tokio::sync::oneshot;
 use tonic::codec::CompressionEncoding;
 use tracer_export::{
-    json::{SpanJson, request_to_json},
-    tree::render_trees,
+    json::{LogJson, SpanJson, logs_request_to_json, request_to_json},
+    logs_path,
+    tree::{render_logs, render_trees},
 };
 
 /// How long [`OtlpReceiver::wait_for`] sleeps between looks.
@@ -96,6 +107,19 @@ pub struct RequestInfo {
     pub gzip: bool,
 }
 
+/// One logs export request the receiver accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRequestInfo {
+    /// How it came.
+    pub protocol: Protocol,
+    /// Its number of `resource_logs` entries.
+    pub resource_logs: usize,
+    /// Its number of log records.
+    pub records: usize,
+    /// Whether its body was gzip-compressed.
+    pub gzip: bool,
+}
+
 /// Where the receiver listens and whether it keeps a file.
 #[derive(Clone, Debug)]
 pub struct ReceiverOptions {
@@ -104,7 +128,7 @@ pub struct ReceiverOptions {
     /// The OTLP/gRPC address (port 0: any free port).
     pub grpc: SocketAddr,
     /// A JSON-lines file every received span is appended to (the store's form, plus
-    /// `transport`).
+    /// `transport`); log records go to the file beside it ([`tracer_export::logs_path`]).
     pub out: Option<PathBuf>,
 }
 
@@ -128,7 +152,9 @@ pub struct OtlpReceiver {
 struct Shared {
     state: Mutex<State>,
     fail_next: AtomicU32,
+    fail_next_logs: AtomicU32,
     out: Option<Mutex<BufWriter<File>>>,
+    logs_out: Option<Mutex<BufWriter<File>>>,
 }
 
 #[derive(Default)]
@@ -136,6 +162,9 @@ struct State {
     spans: Vec<SpanJson>,
     requests: Vec<RequestInfo>,
     refused: usize,
+    logs: Vec<LogJson>,
+    logs_requests: Vec<LogRequestInfo>,
+    logs_refused: usize,
 }
 
 impl Shared {
@@ -153,26 +182,59 @@ impl Shared {
         refuse
     }
 
+    /// Whether this logs request is to be refused (see [`OtlpReceiver::fail_next_logs`]).
+    fn take_logs_failure(&self) -> bool {
+        let refuse = self
+            .fail_next_logs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            self.lock().logs_refused += 1;
+        }
+        refuse
+    }
+
     fn record(&self, protocol: Protocol, gzip: bool, request: &ExportTraceServiceRequest) {
         let mut spans = request_to_json(request);
         for span in &mut spans {
             span.transport = Some(protocol.name().to_owned());
         }
-        if let Some(out) = &self.out {
-            let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
-            let written: io::Result<()> = spans.iter().try_for_each(|span| {
-                serde_json::to_writer(&mut *out, span)?;
-                out.write_all(b"\n")
-            });
-            if let Err(err) = written.and_then(|()| out.flush()) {
-                eprintln!("otlp-receiver: cannot write spans: {err}");
-            }
-        }
+        append_lines(self.out.as_ref(), &spans, "spans");
         let info =
             RequestInfo { protocol, resource_spans: request.resource_spans.len(), spans: spans.len(), gzip };
         let mut state = self.lock();
         state.requests.push(info);
         state.spans.extend(spans);
+    }
+
+    fn record_logs(&self, protocol: Protocol, gzip: bool, request: &ExportLogsServiceRequest) {
+        let mut logs = logs_request_to_json(request);
+        for log in &mut logs {
+            log.transport = Some(protocol.name().to_owned());
+        }
+        append_lines(self.logs_out.as_ref(), &logs, "logs");
+        let info = LogRequestInfo {
+            protocol,
+            resource_logs: request.resource_logs.len(),
+            records: logs.len(),
+            gzip,
+        };
+        let mut state = self.lock();
+        state.logs_requests.push(info);
+        state.logs.extend(logs);
+    }
+}
+
+/// Appends `items` as JSON lines to `out`, if there is one.
+fn append_lines<T: serde::Serialize>(out: Option<&Mutex<BufWriter<File>>>, items: &[T], what: &str) {
+    let Some(out) = out else { return };
+    let mut out = out.lock().unwrap_or_else(PoisonError::into_inner);
+    let written: io::Result<()> = items.iter().try_for_each(|item| {
+        serde_json::to_writer(&mut *out, item)?;
+        out.write_all(b"\n")
+    });
+    if let Err(err) = written.and_then(|()| out.flush()) {
+        eprintln!("otlp-receiver: cannot write {what}: {err}");
     }
 }
 
@@ -204,17 +266,16 @@ impl OtlpReceiver {
         http.set_nonblocking(true)?;
         grpc.set_nonblocking(true)?;
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
-        let out = match &options.out {
-            Some(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                let file = OpenOptions::new().create(true).append(true).open(path)?;
-                Some(Mutex::new(BufWriter::new(file)))
+        let open = |path: &PathBuf| -> io::Result<Mutex<BufWriter<File>>> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
             }
-            None => None,
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            Ok(Mutex::new(BufWriter::new(file)))
         };
-        let shared = Arc::new(Shared { out, ..Shared::default() });
+        let out = options.out.as_ref().map(open).transpose()?;
+        let logs_out = options.out.as_ref().map(|path| open(&logs_path(path))).transpose()?;
+        let shared = Arc::new(Shared { out, logs_out, ..Shared::default() });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -234,7 +295,12 @@ impl OtlpReceiver {
         format!("http://{}/v1/traces", self.http_addr)
     }
 
-    /// The OTLP/gRPC endpoint, `http://127.0.0.1:PORT`.
+    /// The OTLP/HTTP logs URL, `http://127.0.0.1:PORT/v1/logs`.
+    pub fn http_logs_endpoint(&self) -> String {
+        format!("http://{}/v1/logs", self.http_addr)
+    }
+
+    /// The OTLP/gRPC endpoint, `http://127.0.0.1:PORT` (spans and logs alike).
     pub fn grpc_endpoint(&self) -> String {
         format!("http://{}", self.grpc_addr)
     }
@@ -285,12 +351,95 @@ impl OtlpReceiver {
         self.shared.lock().refused
     }
 
-    /// Forgets everything received so far.
+    /// Every log record received so far, in arrival order.
+    pub fn logs(&self) -> Vec<LogJson> {
+        self.shared.lock().logs.clone()
+    }
+
+    /// Every accepted logs request, in arrival order.
+    pub fn log_request_log(&self) -> Vec<LogRequestInfo> {
+        self.shared.lock().logs_requests.clone()
+    }
+
+    /// How many logs requests were accepted over `protocol`.
+    pub fn log_requests_by(&self, protocol: Protocol) -> usize {
+        self.shared.lock().logs_requests.iter().filter(|r| r.protocol == protocol).count()
+    }
+
+    /// Refuses the next `n` logs requests (HTTP 503, gRPC `UNAVAILABLE`), as
+    /// [`OtlpReceiver::fail_next`] does for spans.
+    pub fn fail_next_logs(&self, n: u32) {
+        self.shared.fail_next_logs.store(n, Ordering::SeqCst);
+    }
+
+    /// How many logs requests were refused through [`OtlpReceiver::fail_next_logs`].
+    pub fn logs_refused(&self) -> usize {
+        self.shared.lock().logs_refused
+    }
+
+    /// Forgets everything received so far, spans and logs.
     pub fn clear(&self) {
         let mut state = self.shared.lock();
         state.spans.clear();
         state.requests.clear();
         state.refused = 0;
+        state.logs.clear();
+        state.logs_requests.clear();
+        state.logs_refused = 0;
+    }
+
+    /// Waits until `done(logs)` holds and returns the log records.
+    ///
+    /// # Panics
+    /// On timeout, with every record and span received.
+    pub async fn wait_for_logs(&self, done: impl Fn(&[LogJson]) -> bool, timeout: Duration) -> Vec<LogJson> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(logs) = self.check_logs(&done, deadline, timeout) {
+                return logs;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Like [`OtlpReceiver::wait_for_logs`], for code without a runtime.
+    ///
+    /// # Panics
+    /// On timeout, with every record and span received.
+    pub fn wait_for_logs_blocking(
+        &self,
+        done: impl Fn(&[LogJson]) -> bool,
+        timeout: Duration,
+    ) -> Vec<LogJson> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(logs) = self.check_logs(&done, deadline, timeout) {
+                return logs;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn check_logs(
+        &self,
+        done: &impl Fn(&[LogJson]) -> bool,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Option<Vec<LogJson>> {
+        let state = self.shared.lock();
+        if done(&state.logs) {
+            return Some(state.logs.clone());
+        }
+        if Instant::now() < deadline {
+            return None;
+        }
+        let (count, requests) = (state.logs.len(), state.logs_requests.len());
+        let dump = format!("{}spans:\n{}", render_logs(&state.logs), render_trees(&state.spans));
+        drop(state);
+        panic!(
+            "OTLP receiver: condition on logs not met after {timeout:?}; {count} record(s) in \
+             {requests} request(s) received:\n{dump}"
+        );
     }
 
     /// Waits until `done(spans)` holds and returns the spans.
@@ -381,12 +530,18 @@ async fn serve(http: TcpListener, grpc: TcpListener, shared: Arc<Shared>, stoppe
                 return;
             }
         };
-    let grpc_service = TraceServiceServer::new(GrpcReceiver { shared: shared.clone() })
+    let traces_service = TraceServiceServer::new(GrpcReceiver { shared: shared.clone() })
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_SIZE);
-    let grpc_server = tonic::transport::Server::builder()
-        .serve_with_incoming(grpc_service, tonic::transport::server::TcpIncoming::from(grpc));
+    let logs_service = LogsServiceServer::new(GrpcReceiver { shared: shared.clone() })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let grpc_server = tonic::transport::Server::builder().serve_with_incoming(
+        GrpcServices { traces: traces_service, logs: logs_service },
+        tonic::transport::server::TcpIncoming::from(grpc),
+    );
     tokio::select! {
         _ = stopped => {}
         () = serve_http(http, shared) => {}
@@ -423,9 +578,13 @@ async fn handle_http(
     request: Request<Incoming>,
     shared: Arc<Shared>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if request.uri().path() != "/v1/traces" {
-        return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces is served"));
-    }
+    let logs = match request.uri().path() {
+        "/v1/traces" => false,
+        "/v1/logs" => true,
+        _ => {
+            return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces and /v1/logs are served"));
+        }
+    };
     if request.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only"));
     }
@@ -445,7 +604,8 @@ async fn handle_http(
             return Ok(reply(StatusCode::BAD_REQUEST, "text/plain", err.to_string()));
         }
     };
-    if shared.take_failure() {
+    let refuse = if logs { shared.take_logs_failure() } else { shared.take_failure() };
+    if refuse {
         return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "refused for the test"));
     }
     let body = if gzip {
@@ -457,6 +617,21 @@ async fn handle_http(
     } else {
         body
     };
+    if logs {
+        let decoded = if json {
+            serde_json::from_slice::<ExportLogsServiceRequest>(&body).map_err(|e| e.to_string())
+        } else {
+            ExportLogsServiceRequest::decode(body).map_err(|e| e.to_string())
+        };
+        return Ok(match decoded {
+            Ok(export) => {
+                shared.record_logs(Protocol::Http, gzip, &export);
+                let response = ExportLogsServiceResponse::default().encode_to_vec();
+                reply(StatusCode::OK, "application/x-protobuf", response)
+            }
+            Err(err) => reply(StatusCode::BAD_REQUEST, "text/plain", err),
+        });
+    }
     let decoded = if json {
         serde_json::from_slice::<ExportTraceServiceRequest>(&body).map_err(|e| e.to_string())
     } else {
@@ -485,6 +660,37 @@ struct GrpcReceiver {
     shared: Arc<Shared>,
 }
 
+/// Both OTLP services on one port, routed by the gRPC path's service name (tonic's own router
+/// is left out of this build).
+#[derive(Clone)]
+struct GrpcServices {
+    traces: TraceServiceServer<GrpcReceiver>,
+    logs: LogsServiceServer<GrpcReceiver>,
+}
+
+/// The path prefix of the logs service's methods.
+const LOGS_SERVICE_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for GrpcServices {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both services are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path().starts_with(LOGS_SERVICE_PATH) {
+            self.logs.call(request)
+        } else {
+            // The traces service answers `UNIMPLEMENTED` to anything it does not know.
+            self.traces.call(request)
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl TraceService for GrpcReceiver {
     async fn export(
@@ -494,14 +700,30 @@ impl TraceService for GrpcReceiver {
         if self.shared.take_failure() {
             return Err(tonic::Status::unavailable("refused for the test"));
         }
-        let gzip = request
-            .metadata()
-            .get("grpc-encoding")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "gzip");
+        let gzip = grpc_gzip(&request);
         self.shared.record(Protocol::Grpc, gzip, request.get_ref());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+#[tonic::async_trait]
+impl LogsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if self.shared.take_logs_failure() {
+            return Err(tonic::Status::unavailable("refused for the test"));
+        }
+        let gzip = grpc_gzip(&request);
+        self.shared.record_logs(Protocol::Grpc, gzip, request.get_ref());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+/// Whether a gRPC request came gzip-compressed.
+fn grpc_gzip<T>(request: &tonic::Request<T>) -> bool {
+    request.metadata().get("grpc-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v == "gzip")
 }
 
 /// A free port on 127.0.0.1 right now, for a receiver to be started later on a known address

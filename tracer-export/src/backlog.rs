@@ -1,4 +1,6 @@
-//! The spans one destination holds, within a memory budget, and their accounting.
+//! The spans (or log records) one destination holds, within a memory budget, and their
+//! accounting. Log records follow exactly the rules written here for spans, in a backlog, a
+//! budget and counters of their own.
 //!
 //! A backlog holds, oldest first: a batch waiting for its retry (*parked*), then the spans
 //! waiting to be sent. The batch whose request is out (*sending*) is counted too, but belongs
@@ -20,7 +22,7 @@ use std::collections::VecDeque;
 use opentelemetry::{Array, KeyValue, Value, trace::Status};
 
 use crate::{
-    SpanRecord,
+    LogRecord, SpanRecord,
     stats::{DestinationStats, DropCounts},
 };
 
@@ -45,6 +47,15 @@ pub fn span_bytes(span: &SpanRecord) -> u64 {
     for link in data.links.iter() {
         bytes += size_of::<opentelemetry::trace::Link>() + attributes_bytes(&link.attributes);
     }
+    bytes as u64
+}
+
+/// The bytes one log record is counted for against the budget, estimated as for spans
+/// ([`span_bytes`]): the record's own struct, its message, its severity text and its
+/// attributes. The resource and the scope are shared and not counted.
+pub fn log_bytes(log: &LogRecord) -> u64 {
+    let bytes =
+        size_of::<LogRecord>() + log.body.len() + log.severity_text.len() + attributes_bytes(&log.attributes);
     bytes as u64
 }
 
@@ -73,8 +84,8 @@ pub(crate) struct Held {
     pub(crate) bytes: u64,
 }
 
-struct Waiting {
-    span: SpanRecord,
+struct Waiting<R> {
+    span: R,
     bytes: u64,
 }
 
@@ -85,13 +96,13 @@ struct Parked<P> {
 }
 
 /// What the worker gets to send next.
-pub(crate) enum Taken<P> {
+pub(crate) enum Taken<R, P> {
     /// Nothing is waiting.
     Nothing,
     /// The parked batch, for its retry.
     Retry(P),
     /// The oldest waiting spans.
-    Fresh(Vec<SpanRecord>),
+    Fresh(Vec<R>),
 }
 
 /// How the batch that was out ended.
@@ -106,9 +117,9 @@ pub(crate) enum Outcome<P> {
 
 /// One destination's spans and counters. Owned by the hub, under its lock; the submitting side
 /// pushes, the destination's worker takes batches and settles them.
-pub(crate) struct Backlog<P> {
+pub(crate) struct Backlog<R, P> {
     budget: u64,
-    waiting: VecDeque<Waiting>,
+    waiting: VecDeque<Waiting<R>>,
     waiting_bytes: u64,
     parked: Option<Parked<P>>,
     sending: Option<Held>,
@@ -117,7 +128,7 @@ pub(crate) struct Backlog<P> {
     stats: DestinationStats,
 }
 
-impl<P> Backlog<P> {
+impl<R, P> Backlog<R, P> {
     /// An empty backlog holding at most `budget` bytes (as estimated by [`span_bytes`]).
     pub(crate) fn new(budget: u64) -> Self {
         Backlog {
@@ -133,7 +144,7 @@ impl<P> Backlog<P> {
 
     /// Adds a span of `bytes`, dropping the oldest spans held if the budget needs room. Returns
     /// how many spans wait now.
-    pub(crate) fn push(&mut self, span: SpanRecord, bytes: u64) -> usize {
+    pub(crate) fn push(&mut self, span: R, bytes: u64) -> usize {
         self.stats.spans_submitted += 1;
         let sending = self.sending.map_or(0, |s| s.bytes);
         if sending.saturating_add(bytes) > self.budget {
@@ -171,7 +182,7 @@ impl<P> Backlog<P> {
 
     /// Takes the next batch to send, oldest first: the parked batch if there is one, else up to
     /// `max` waiting spans. It counts as *sending* until [`Backlog::settle`].
-    pub(crate) fn take(&mut self, max: usize) -> Taken<P> {
+    pub(crate) fn take(&mut self, max: usize) -> Taken<R, P> {
         debug_assert!(self.sending.is_none(), "one batch out at a time");
         if let Some(parked) = self.parked.take() {
             self.sending = Some(parked.held);
@@ -284,7 +295,7 @@ mod tests {
         })
     }
 
-    fn assert_balanced(backlog: &Backlog<()>) {
+    fn assert_balanced(backlog: &Backlog<SpanRecord, ()>) {
         let stats = backlog.stats();
         assert_eq!(stats.unaccounted(), 0, "{stats:?}");
         assert!(stats.bytes_held <= backlog.budget && stats.peak_bytes_held <= backlog.budget, "{stats:?}");
@@ -303,8 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn the_log_estimate_grows_with_the_message_and_attributes() {
+        let warn = crate::testing::reference_device_logs().remove(0);
+        let mut bare = warn.clone();
+        bare.attributes.clear();
+        assert!(log_bytes(&bare) > size_of::<LogRecord>() as u64 + bare.body.len() as u64);
+        assert!(log_bytes(&warn) > log_bytes(&bare) + "code.filepath".len() as u64);
+        let mut long = warn.clone();
+        long.body = "x".repeat(10_000);
+        assert!(log_bytes(&long) > log_bytes(&warn) + 9_000);
+    }
+
+    #[test]
     fn a_full_budget_drops_the_oldest_and_keeps_the_newest() {
-        let mut backlog = Backlog::<()>::new(1000); // ten spans of 100 bytes
+        let mut backlog = Backlog::<SpanRecord, ()>::new(1000); // ten spans of 100 bytes
         for (span, bytes) in spans(25, 1) {
             backlog.push(span, bytes);
             assert_balanced(&backlog);
@@ -320,7 +343,7 @@ mod tests {
 
     #[test]
     fn a_parked_batch_is_the_oldest_and_goes_first() {
-        let mut backlog = Backlog::<&'static str>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000);
         for (span, bytes) in spans(6, 1) {
             backlog.push(span, bytes);
         }
@@ -341,7 +364,7 @@ mod tests {
 
     #[test]
     fn the_batch_out_is_never_dropped_but_leaves_no_room() {
-        let mut backlog = Backlog::<()>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, ()>::new(1000);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }
@@ -378,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_older_than_spans_dropped_meanwhile_goes_too() {
-        let mut backlog = Backlog::<&'static str>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }
@@ -399,7 +422,7 @@ mod tests {
 
     #[test]
     fn every_end_is_counted_once() {
-        let mut backlog = Backlog::<()>::new(10_000);
+        let mut backlog = Backlog::<SpanRecord, ()>::new(10_000);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }

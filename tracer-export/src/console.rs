@@ -1,24 +1,25 @@
-//! The console exporter: one compact line of text per span, as it finishes.
+//! The console exporter: one compact line of text per span, as it finishes, and one per log
+//! record (time, severity, device, span, source location, then the message).
 //!
 //! ```text
 //! CLIENT Tango::Connection::command_inout trace=b2a1…9fde span=5d5c121137108f77 parent=- dur=503.861us svc=tango.telemetry.default client:17915 {"tango.operation.argument": "Increment", …}
+//! 2026-11-21T08:03:46.536048Z INFO svc=LogDev/test/logdev/1 server:15342 trace=1c7e…14f8 span=45d2abbade956bf8 at=pydev2.py:20 hello 0
 //! ```
 //! Lines are built from the same OTLP conversion as every other exporter ([`crate::json`]).
 
 use tokio::io::AsyncWriteExt as _;
 
 use crate::{
-    SpanRecord,
     destination::ConsoleStream,
-    json::{SpanJson, request_to_json, value_text},
-    otlp::build_request,
+    json::{LogJson, SpanJson, utc_timestamp, value_text},
+    record::Exportable,
 };
 
 /// Why the console could not be written to.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
     /// Writing to the stream failed (closed pipe, full disk behind a redirect).
-    #[error("writing spans to {stream:?} failed: {source}")]
+    #[error("writing to {stream:?} failed: {source}")]
     Write {
         /// The stream.
         stream: ConsoleStream,
@@ -55,7 +56,36 @@ pub(crate) fn format_line(span: &SpanJson) -> String {
     line
 }
 
-/// Writes finished spans to standard output or standard error.
+/// Formats one log record as one line, without the newline. The message comes last, as it
+/// is (a line break in it is shown as `\n`, so that one record stays one line).
+pub(crate) fn format_log_line(log: &LogJson) -> String {
+    let process = |key| log.resource.get(key).map(value_text).unwrap_or_default();
+    let id = |id: &str| if id.is_empty() { "-".to_owned() } else { id.to_owned() };
+    let mut line = format!(
+        "{} {} svc={} {}:{} trace={} span={}",
+        utc_timestamp(log.time_ns),
+        log.severity_text,
+        log.service(),
+        process("tango.process.kind"),
+        process("tango.process.id"),
+        id(&log.trace_id),
+        id(&log.span_id),
+    );
+    if let Some(at) = log.code_location() {
+        line.push_str(" at=");
+        line.push_str(&at);
+    }
+    line.push(' ');
+    line.push_str(&one_line(&log.body_text()));
+    line
+}
+
+/// `text` with line breaks escaped.
+pub(crate) fn one_line(text: &str) -> String {
+    text.replace('\n', "\\n").replace('\r', "\\r")
+}
+
+/// Writes finished spans and log records to standard output or standard error.
 pub(crate) struct ConsoleWriter {
     stream: ConsoleStream,
 }
@@ -65,12 +95,8 @@ impl ConsoleWriter {
         ConsoleWriter { stream }
     }
 
-    pub(crate) async fn write(&mut self, batch: Vec<SpanRecord>) -> Result<(), ConsoleError> {
-        let mut text = String::new();
-        for span in request_to_json(&build_request(batch)) {
-            text.push_str(&format_line(&span));
-            text.push('\n');
-        }
+    pub(crate) async fn write<R: Exportable>(&mut self, batch: Vec<R>) -> Result<(), ConsoleError> {
+        let text = R::console_text(batch);
         // tokio's std streams write on its blocking pool: a slow terminal or a full pipe never
         // stalls the runtime's workers.
         let result = match self.stream {
@@ -97,6 +123,30 @@ mod tests {
     )]
 
     use super::*;
+    use crate::LogRecord;
+
+    #[test]
+    fn one_line_per_log_record() {
+        let text = LogRecord::console_text(crate::testing::reference_device_logs());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "2026-11-21T08:03:42.411517Z WARN svc=LogDev/test/logdev/1 server:15342 trace=- span=- \
+                 at=pydev2.py:15 background thread log tid=15370",
+                "2026-11-21T08:03:46.536048Z INFO svc=LogDev/test/logdev/1 server:15342 \
+                 trace=1c7ec4378c562421f9fc46412b5514f8 span=45d2abbade956bf8 at=pydev2.py:20 hello 0",
+                "2026-11-21T08:03:46.536117Z FATAL svc=LogDev/test/logdev/1 server:15342 \
+                 trace=1c7ec4378c562421f9fc46412b5514f8 span=45d2abbade956bf8 at=pydev2.py:23 fatal hello 0",
+            ]
+        );
+        // A message of many lines stays one line; a record without a location has no `at=`.
+        let mut record = crate::testing::reference_device_logs().remove(0);
+        record.body = "first\nsecond\r\n".into();
+        record.attributes.clear();
+        let text = LogRecord::console_text(vec![record]);
+        assert!(text.ends_with("trace=- span=- first\\nsecond\\r\\n\n"), "{text:?}");
+    }
 
     #[test]
     fn one_compact_line() {

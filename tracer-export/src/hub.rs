@@ -10,6 +10,10 @@
 //! [`crate::backlog`]). Sending, retries and shutdown are the worker's ([`crate::worker`]).
 //! Every span submitted is, at any time, delivered, dropped for a counted cause, or held
 //! ([`crate::DestinationStats`]).
+//!
+//! Log records ([`ExportHub::submit_log`]) take the same path in parallel: each signal has its
+//! own table of destinations, so a destination of logs has its own backlog (with the same
+//! budget), worker and counters even when it is spelled like a destination of spans.
 
 use std::{
     collections::HashMap,
@@ -26,10 +30,11 @@ use tokio::{
 };
 
 use crate::{
-    SpanRecord,
-    backlog::{Backlog, span_bytes},
+    LogRecord, SpanRecord,
+    backlog::Backlog,
     destination::Destination,
     otlp::Prepared,
+    record::Exportable,
     stats::ExportStats,
     worker::{Worker, at_shutdown},
 };
@@ -48,7 +53,8 @@ pub struct ExportConfig {
     pub max_batch: usize,
     /// Memory budget of each destination: the most bytes of spans (estimated by
     /// [`crate::span_bytes`]) it holds while they wait, wait for a retry, or are being sent.
-    /// When full, the oldest spans are dropped (default 64 MiB).
+    /// When full, the oldest spans are dropped (default 64 MiB). A destination of log records
+    /// has a budget of this size of its own (estimated by [`crate::log_bytes`]).
     pub max_backlog_bytes: u64,
     /// Time limit of one OTLP request, connection included (default 10 s).
     pub request_timeout: Duration,
@@ -119,19 +125,31 @@ pub(crate) struct Shared {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// Set by shutdown: no new workers, every submit is a counted drop.
     closed: bool,
-    index: HashMap<Destination, usize>,
-    /// In order of first use; never removed, so that counters stay complete.
-    destinations: Vec<DestinationEntry>,
+    pub(crate) spans: Table<SpanRecord>,
+    pub(crate) logs: Table<LogRecord>,
 }
 
-struct DestinationEntry {
+/// The destinations of one signal.
+pub(crate) struct Table<R> {
+    index: HashMap<Destination, usize>,
+    /// In order of first use; never removed, so that counters stay complete.
+    entries: Vec<DestinationEntry<R>>,
+}
+
+impl<R> Default for Table<R> {
+    fn default() -> Self {
+        Table { index: HashMap::new(), entries: Vec::new() }
+    }
+}
+
+struct DestinationEntry<R> {
     destination: Destination,
-    backlog: Backlog<Prepared>,
+    backlog: Backlog<R, Prepared>,
     wake: Arc<Notify>,
-    /// The console writes each span as it comes.
+    /// The console writes each record as it comes.
     immediate: bool,
     task: Option<JoinHandle<()>>,
 }
@@ -141,9 +159,13 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the backlog of the destination at `index`, under the lock.
-    pub(crate) fn backlog<R>(&self, index: usize, f: impl FnOnce(&mut Backlog<Prepared>) -> R) -> Option<R> {
-        self.lock().destinations.get_mut(index).map(|entry| f(&mut entry.backlog))
+    /// Runs `f` on the backlog of the destination of `R`'s signal at `index`, under the lock.
+    pub(crate) fn backlog<R: Exportable, T>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut Backlog<R, Prepared>) -> T,
+    ) -> Option<T> {
+        R::table(&mut self.lock()).entries.get_mut(index).map(|entry| f(&mut entry.backlog))
     }
 }
 
@@ -171,30 +193,43 @@ impl ExportHub {
     /// Puts `span` into each destination's backlog. Never blocks and never panics: what the
     /// memory budget cannot keep (or what comes after shutdown) is counted.
     pub fn submit(&self, span: SpanRecord, destinations: &[Destination]) {
+        self.submit_record(span, destinations);
+    }
+
+    /// Puts `log` into the backlog of each destination of logs, as [`ExportHub::submit`] does
+    /// for spans. The destinations of logs are apart from those of spans: a destination given
+    /// here has its own backlog, worker and counters ([`ExportStats::logs`]).
+    pub fn submit_log(&self, log: LogRecord, destinations: &[Destination]) {
+        self.submit_record(log, destinations);
+    }
+
+    fn submit_record<R: Exportable>(&self, record: R, destinations: &[Destination]) {
         let Some((last, others)) = destinations.split_last() else {
             return;
         };
-        let bytes = span_bytes(&span);
+        let bytes = record.bytes();
         let mut state = self.inner.shared.lock();
         for destination in others {
-            self.push(&mut state, destination, span.clone(), bytes);
+            self.push(&mut state, destination, record.clone(), bytes);
         }
-        self.push(&mut state, last, span, bytes);
+        self.push(&mut state, last, record, bytes);
     }
 
-    fn push(&self, state: &mut State, destination: &Destination, span: SpanRecord, bytes: u64) {
-        let index = match state.index.get(destination) {
+    fn push<R: Exportable>(&self, state: &mut State, destination: &Destination, record: R, bytes: u64) {
+        let closed = state.closed;
+        let table = R::table(state);
+        let index = match table.index.get(destination) {
             Some(&index) => index,
-            None => self.add_destination(state, destination),
+            None => self.add_destination(closed, table, destination),
         };
-        let Some(entry) = state.destinations.get_mut(index) else {
+        let Some(entry) = table.entries.get_mut(index) else {
             return;
         };
-        if state.closed {
+        if closed {
             entry.backlog.refuse_after_shutdown();
             return;
         }
-        let waiting = entry.backlog.push(span, bytes);
+        let waiting = entry.backlog.push(record, bytes);
         // Only the span that completes a batch wakes the worker; after each batch the worker
         // looks for more by itself.
         if entry.immediate || waiting == self.inner.shared.config.max_batch {
@@ -202,28 +237,33 @@ impl ExportHub {
         }
     }
 
-    fn add_destination(&self, state: &mut State, destination: &Destination) -> usize {
-        let index = state.destinations.len();
+    fn add_destination<R: Exportable>(
+        &self,
+        closed: bool,
+        table: &mut Table<R>,
+        destination: &Destination,
+    ) -> usize {
+        let index = table.entries.len();
         let wake = Arc::new(Notify::new());
-        let task = (!state.closed).then(|| {
-            let worker = Worker::new(
+        let task = (!closed).then(|| {
+            let worker = Worker::<R>::new(
                 self.inner.shared.clone(),
                 index,
                 destination.clone(),
                 wake.clone(),
                 self.inner.closing.subscribe(),
             );
-            debug!("export to {destination}: worker started");
+            debug!("export of {} to {destination}: worker started", R::SIGNAL);
             self.inner.runtime.spawn(worker.run())
         });
-        state.destinations.push(DestinationEntry {
+        table.entries.push(DestinationEntry {
             destination: destination.clone(),
             backlog: Backlog::new(self.inner.shared.config.max_backlog_bytes),
             wake,
             immediate: matches!(destination, Destination::Console { .. }),
             task,
         });
-        state.index.insert(destination.clone(), index);
+        table.index.insert(destination.clone(), index);
         index
     }
 
@@ -233,45 +273,58 @@ impl ExportHub {
     /// Returns the final statistics.
     pub async fn shutdown(&self) -> ExportStats {
         let deadline = Instant::now() + self.inner.shared.config.shutdown_timeout;
-        let tasks: Vec<(Destination, JoinHandle<()>)> = {
+        let tasks: Vec<(String, JoinHandle<()>)> = {
             let mut state = self.inner.shared.lock();
             state.closed = true;
-            state
-                .destinations
-                .iter_mut()
-                .filter_map(|entry| entry.task.take().map(|task| (entry.destination.clone(), task)))
-                .collect()
+            let mut tasks = take_tasks(&mut state.spans);
+            tasks.extend(take_tasks(&mut state.logs));
+            tasks
         };
         self.inner.closing.send_replace(Some(deadline));
-        for (destination, mut task) in tasks {
+        for (export, mut task) in tasks {
             match tokio::time::timeout_at(deadline + SHUTDOWN_GRACE, &mut task).await {
-                Ok(Ok(())) => debug!("export to {destination}: stopped"),
-                Ok(Err(join)) => debug!("export to {destination}: worker ended abnormally: {join}"),
+                Ok(Ok(())) => debug!("{export}: stopped"),
+                Ok(Err(join)) => debug!("{export}: worker ended abnormally: {join}"),
                 Err(_) => {
                     task.abort();
                     let _ = task.await;
-                    debug!("export to {destination}: worker stopped at the deadline");
+                    debug!("{export}: worker stopped at the deadline");
                 }
             }
         }
         // What a stopped worker could not settle.
-        for entry in &mut self.inner.shared.lock().destinations {
+        let mut state = self.inner.shared.lock();
+        for entry in &mut state.spans.entries {
             entry.backlog.drop_all(at_shutdown);
         }
+        for entry in &mut state.logs.entries {
+            entry.backlog.drop_all(at_shutdown);
+        }
+        drop(state);
         self.stats()
     }
 
-    /// A snapshot of every destination's counters.
+    /// A snapshot of every destination's counters, spans and logs.
     pub fn stats(&self) -> ExportStats {
         let state = self.inner.shared.lock();
-        ExportStats {
-            destinations: state
-                .destinations
-                .iter()
-                .map(|e| (e.destination.clone(), e.backlog.stats()))
-                .collect(),
-        }
+        ExportStats { destinations: table_stats(&state.spans), logs: table_stats(&state.logs) }
     }
+}
+
+/// The workers of a table, to be awaited at shutdown, each with what it exports.
+fn take_tasks<R: Exportable>(table: &mut Table<R>) -> Vec<(String, JoinHandle<()>)> {
+    table
+        .entries
+        .iter_mut()
+        .filter_map(|entry| {
+            let task = entry.task.take()?;
+            Some((format!("export of {} to {}", R::SIGNAL, entry.destination), task))
+        })
+        .collect()
+}
+
+fn table_stats<R>(table: &Table<R>) -> Vec<(Destination, crate::DestinationStats)> {
+    table.entries.iter().map(|e| (e.destination.clone(), e.backlog.stats())).collect()
 }
 
 #[cfg(test)]
@@ -297,9 +350,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        DestinationStats, read_store,
-        testing::{TempDir, device_resource, many_spans, reference_command_inout},
-        tree::render_trees,
+        DestinationStats, log_bytes, logs_path, read_log_store, read_store, span_bytes,
+        testing::{
+            TempDir, device_resource, many_logs, many_spans, reference_command_inout, reference_device_logs,
+            reference_logged_span,
+        },
+        tree::{render_logs, render_trees, render_trees_with_logs},
     };
 
     fn fast_config() -> ExportConfig {
@@ -382,6 +438,12 @@ mod tests {
             self.received.load(Ordering::SeqCst)
         }
 
+        /// The same backend, as an endpoint of logs.
+        fn logs_endpoint(&self) -> Destination {
+            let Destination::OtlpHttp { endpoint } = &self.endpoint else { panic!("an HTTP backend") };
+            Destination::OtlpHttp { endpoint: endpoint.replace("/v1/traces", "/v1/logs") }
+        }
+
         fn then(&self, reply: Reply) {
             self.script.lock().unwrap().push_back(reply);
         }
@@ -451,6 +513,126 @@ mod tests {
         assert_eq!(config.backoff(u32::MAX, 0), Duration::from_millis(2500));
         let middle = config.backoff(10, u64::MAX / 2);
         assert!(middle > Duration::from_millis(3700) && middle < Duration::from_millis(3800), "{middle:?}");
+    }
+
+    fn logs(n: u64, first: u64) -> Vec<LogRecord> {
+        many_logs(&device_resource("Demo", "test/demo/1", "Demo/Demo", 1), n, first)
+    }
+
+    fn submit_logs(hub: &ExportHub, logs: Vec<LogRecord>, destination: &Destination) {
+        for log in logs {
+            hub.submit_log(log, std::slice::from_ref(destination));
+        }
+    }
+
+    fn log_seq(log: &crate::json::LogJson) -> i64 {
+        log.attributes.get_i64("seq").unwrap()
+    }
+
+    async fn wait_log_stats(
+        hub: &ExportHub,
+        destination: &Destination,
+        done: impl Fn(&DestinationStats) -> bool,
+    ) -> DestinationStats {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let stats = hub.stats().get_logs(destination).cloned().unwrap_or_default();
+            if done(&stats) {
+                return stats;
+            }
+            assert!(std::time::Instant::now() < deadline, "stats never got there: {stats:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Spans and logs given one store destination: each in its own file, counted apart, and
+    /// shown together (`tango-tracer show`).
+    #[tokio::test]
+    async fn logs_and_spans_of_one_store_are_kept_apart_and_shown_together() {
+        let dir = TempDir::new("hub-logs-store");
+        let path = dir.path().join("spans.jsonl");
+        let store = Destination::Store { path: path.clone() };
+        let hub = ExportHub::start(fast_config());
+        hub.submit(reference_logged_span(), std::slice::from_ref(&store));
+        submit_logs(&hub, reference_device_logs(), &store);
+        let stats = hub.shutdown().await;
+
+        let spans = read_store(&path).unwrap();
+        let logs = read_log_store(logs_path(&path)).unwrap();
+        assert_eq!((spans.len(), logs.len()), (1, 3));
+        let s = stats.get(&store).unwrap();
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!((s.spans_submitted, s.spans_delivered, s.unaccounted()), (1, 1, 0));
+        assert_eq!((l.spans_submitted, l.spans_delivered, l.dropped.total(), l.unaccounted()), (3, 3, 0, 0));
+        assert_eq!(stats.logs_total().spans_delivered, 3);
+        assert_eq!(stats.total().spans_delivered, 1);
+
+        assert_eq!(
+            render_trees_with_logs(&spans, &logs),
+            "  - [SERVER] Tango::Device_4Impl::command_inout_4  trace=1c7ec437 span=45d2abba parent=- \
+             svc=LogDev/test/logdev/1 server:15342 scope=tango.cpp {\"tango.client_ident.lang\": \"CPP\", \
+             \"tango.client_ident.location\": \"giop:tcp:127.0.0.1:44850\", \"tango.client_ident.pid\": 15381, \
+             \"tango.operation.argument\": \"Hello\"} dur=366.293us\n\
+             \x20   > 08:03:46.536048Z INFO hello 0 [pydev2.py:20]\n\
+             \x20   > 08:03:46.536117Z FATAL fatal hello 0 [pydev2.py:23]\n"
+        );
+        assert_eq!(
+            render_logs(&logs).lines().next().unwrap(),
+            "2026-11-21T08:03:42.411517Z WARN svc=LogDev/test/logdev/1 trace=- span=- \
+             background thread log tid=15370 [pydev2.py:15]"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_keeps_the_newest_logs_and_spans_keep_theirs() {
+        let dir = TempDir::new("hub-logs-budget");
+        let path = dir.path().join("spans.jsonl");
+        let store = Destination::Store { path: path.clone() };
+        let one = log_bytes(&logs(1, 1)[0]);
+        let hub = ExportHub::start(ExportConfig {
+            flush_interval: Duration::from_secs(60),
+            max_batch: 100_000,
+            max_backlog_bytes: 10 * one,
+            ..fast_config()
+        });
+        submit_logs(&hub, logs(25, 1), &store);
+        // The spans' budget is their own: a full logs backlog takes nothing from it.
+        submit_all(&hub, spans(2, 1), &store);
+        let stats = hub.stats();
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!((l.dropped.budget_oldest, l.spans_held, l.bytes_held), (15, 10, 10 * one), "{l:?}");
+        assert!(l.peak_bytes_held <= 10 * one);
+        let s = stats.get(&store).unwrap();
+        assert_eq!((s.spans_held, s.dropped.total()), (2, 0));
+
+        let stats = hub.shutdown().await;
+        let l = stats.get_logs(&store).unwrap();
+        assert_eq!(
+            (l.spans_delivered, l.dropped.budget_oldest, l.spans_held, l.unaccounted()),
+            (10, 15, 0, 0)
+        );
+        let mut seqs: Vec<i64> = read_log_store(logs_path(&path)).unwrap().iter().map(log_seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (16..=25).collect::<Vec<_>>(), "the newest ten");
+        assert_eq!(read_store(&path).unwrap().len(), 2);
+        // After shutdown, counted as for spans.
+        submit_logs(&hub, logs(2, 30), &store);
+        let l = hub.stats().get_logs(&store).cloned().unwrap();
+        assert_eq!((l.spans_submitted, l.dropped.after_shutdown, l.unaccounted()), (27, 2, 0));
+    }
+
+    /// Logs are retried with backoff like spans, to their own endpoint, and counted apart.
+    #[tokio::test]
+    async fn logs_are_retried_until_delivered() {
+        let backend = Backend::start([Reply::Status(503); 3]).await;
+        let destination = backend.logs_endpoint();
+        let hub = ExportHub::start(ExportConfig { max_batch: 10, ..fast_config() });
+        submit_logs(&hub, logs(25, 1), &destination);
+        let l = wait_log_stats(&hub, &destination, |s| s.spans_delivered == 25).await;
+        assert_eq!((l.requests_failed, l.dropped.total(), l.spans_held, l.failing), (3, 0, 0, false));
+        assert_eq!(backend.received(), 3 + 3, "three refusals, then three batches");
+        assert!(hub.stats().get(&destination).is_none(), "no destination of spans was made");
+        hub.shutdown().await;
     }
 
     #[tokio::test]

@@ -15,6 +15,19 @@
 //!  "status": {"code": 2, "message": "…"}}
 //! ```
 //!
+//! One [`LogJson`] is one log record, flattened the same way:
+//!
+//! ```json
+//! {"resource": {"service.name": "LogDev", "service.instance.id": "test/logdev/1", …},
+//!  "scope": {"name": "cppTango", "version": "10.3.3"},
+//!  "time_ns": 1795248226536048691, "observed_ns": 1795248226536058830,
+//!  "severity_number": 9, "severity_text": "INFO", "body": "hello 0",
+//!  "attributes": {"code.filepath": "pydev2.py", "code.lineno": 20},
+//!  "trace_id": "1c7e…14f8", "span_id": "45d2abbade956bf8", "flags": 3}
+//! ```
+//!
+//! (`trace_id` and `span_id` are empty and `flags` 0 for a record logged outside any span.)
+//!
 //! It is made from the OTLP protobuf types, never from the SDK's, so that what the store shows is
 //! what an OTLP backend receives. Attribute values keep their type (string, int, bool, double;
 //! arrays and maps nest; bytes become hex). Attribute order is kept.
@@ -22,8 +35,9 @@
 use std::fmt::Write as _;
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::ExportTraceServiceRequest,
+    collector::{logs::v1::ExportLogsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
+    logs::v1::LogRecord,
     resource::v1::Resource,
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
@@ -66,6 +80,36 @@ pub struct SpanJson {
     pub links: Vec<LinkJson>,
     /// The span's status.
     pub status: StatusJson,
+}
+
+/// One log record, flattened with its resource and scope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogJson {
+    /// How the record reached a test receiver (`http` or `grpc`); absent in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// Attributes of the resource (the device or process).
+    pub resource: Attributes,
+    /// The instrumentation scope.
+    pub scope: ScopeJson,
+    /// When the message was logged, in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// When it was observed, in nanoseconds since the Unix epoch.
+    pub observed_ns: u64,
+    /// OpenTelemetry's severity number (`DEBUG` 5, `INFO` 9, `WARN` 13, `ERROR` 17, `FATAL` 21).
+    pub severity_number: i32,
+    /// The level as the logger names it.
+    pub severity_text: String,
+    /// The message (a string; other kinds of body keep their JSON form).
+    pub body: Value,
+    /// The record's attributes (`code.filepath`, `code.lineno`).
+    pub attributes: Attributes,
+    /// 32 lowercase hex digits, empty outside any span.
+    pub trace_id: String,
+    /// 16 lowercase hex digits, empty outside any span.
+    pub span_id: String,
+    /// The trace flags (0 outside any span).
+    pub flags: u32,
 }
 
 /// An instrumentation scope.
@@ -252,17 +296,76 @@ impl SpanJson {
 
     /// `service.name`, then `/service.instance.id` when there is one.
     pub fn service(&self) -> String {
-        let name = self.resource.get("service.name").map(value_text).unwrap_or_default();
-        match self.resource.get("service.instance.id") {
-            Some(instance) => format!("{name}/{}", value_text(instance)),
-            None => name,
-        }
+        service(&self.resource)
     }
 
     /// Whether the span's status is ERROR.
     pub fn is_error(&self) -> bool {
         self.status.code == StatusCode::Error as i32
     }
+}
+
+impl LogJson {
+    /// Flattens one OTLP log record with the resource and scope it was sent under.
+    pub fn from_proto(
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        record: &LogRecord,
+    ) -> LogJson {
+        LogJson {
+            transport: None,
+            resource: resource.map(|r| attributes(&r.attributes)).unwrap_or_default(),
+            scope: scope
+                .map(|s| ScopeJson { name: s.name.clone(), version: s.version.clone() })
+                .unwrap_or_default(),
+            time_ns: record.time_unix_nano,
+            observed_ns: record.observed_time_unix_nano,
+            severity_number: record.severity_number,
+            severity_text: record.severity_text.clone(),
+            body: record.body.as_ref().map_or(Value::Null, any_value_json),
+            attributes: attributes(&record.attributes),
+            trace_id: hex(&record.trace_id),
+            span_id: hex(&record.span_id),
+            flags: record.flags,
+        }
+    }
+
+    /// `service.name`, then `/service.instance.id` when there is one.
+    pub fn service(&self) -> String {
+        service(&self.resource)
+    }
+
+    /// The message as text.
+    pub fn body_text(&self) -> String {
+        value_text(&self.body)
+    }
+
+    /// `file:line` from `code.filepath` and `code.lineno`, or the file alone; `None` without a
+    /// file.
+    pub fn code_location(&self) -> Option<String> {
+        let file = self.attributes.get("code.filepath").map(value_text)?;
+        Some(match self.attributes.get("code.lineno") {
+            Some(line) => format!("{file}:{}", value_text(line)),
+            None => file,
+        })
+    }
+}
+
+/// Every log record of a request, in request order.
+pub fn logs_request_to_json(request: &ExportLogsServiceRequest) -> Vec<LogJson> {
+    let mut out = Vec::new();
+    for resource_logs in &request.resource_logs {
+        for scope_logs in &resource_logs.scope_logs {
+            for record in &scope_logs.log_records {
+                out.push(LogJson::from_proto(
+                    resource_logs.resource.as_ref(),
+                    scope_logs.scope.as_ref(),
+                    record,
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Every span of a request, in request order.
@@ -287,6 +390,43 @@ pub fn value_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// A time in nanoseconds since the Unix epoch as UTC, RFC 3339 with microseconds
+/// (`2026-11-21T08:03:46.536048Z`).
+pub fn utc_timestamp(ns: u64) -> String {
+    let seconds = ns / 1_000_000_000;
+    let micros = (ns % 1_000_000_000) / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+fn service(resource: &Attributes) -> String {
+    let name = resource.get("service.name").map(value_text).unwrap_or_default();
+    match resource.get("service.instance.id") {
+        Some(instance) => format!("{name}/{}", value_text(instance)),
+        None => name,
     }
 }
 
@@ -365,6 +505,15 @@ mod tests {
             span.attributes.to_compact_json(|_| false),
             r#"{"tango.client_ident.pid": 17915, "tango.operation.argument": "Increment"}"#
         );
+    }
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        // The reference record's time (`date -u -d @1795248226.536048691`).
+        assert_eq!(utc_timestamp(1_795_248_226_536_048_691), "2026-11-21T08:03:46.536048Z");
+        assert_eq!(utc_timestamp(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(utc_timestamp(4_107_542_399_999_999_999), "2100-02-28T23:59:59.999999Z");
     }
 
     #[test]

@@ -6,25 +6,43 @@
 //! `opentelemetry-proto`'s own `group_spans_by_resource_and_scope`, and concatenates the results:
 //! one `ExportTraceServiceRequest`, one `ResourceSpans` per resource, whatever the number of
 //! devices.
+//!
+//! Log records go the same way ([`build_logs_request`]): one `ExportLogsServiceRequest`, one
+//! `ResourceLogs` per resource and one `ScopeLogs` per scope inside it, made of
+//! `opentelemetry-proto`'s message types (the SDK's own conversion wants records made by an SDK
+//! logger, which a tracer of other processes does not have).
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     io::Write as _,
+    sync::Arc,
     time::Duration,
 };
 
 use bytes::Bytes;
-use opentelemetry::Value;
+use opentelemetry::{InstrumentationScope, Value};
 use opentelemetry_proto::{
-    tonic::collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
+    tonic::{
+        collector::{
+            logs::v1::{
+                ExportLogsServiceRequest, ExportLogsServiceResponse, logs_service_client::LogsServiceClient,
+            },
+            trace::v1::{
+                ExportTraceServiceRequest, ExportTraceServiceResponse,
+                trace_service_client::TraceServiceClient,
+            },
+        },
+        common::v1::{AnyValue, any_value},
+        logs::v1::{LogRecord as ProtoLogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource as ProtoResource,
     },
     transform::{
-        common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope,
+        common::tonic::{Attributes, ResourceAttributesWithSchema},
+        trace::tonic::group_spans_by_resource_and_scope,
     },
 };
-use opentelemetry_sdk::{Resource, trace::SpanData};
+use opentelemetry_sdk::Resource;
 use prost::Message as _;
 use tonic::{
     Code,
@@ -32,7 +50,7 @@ use tonic::{
     transport::{Channel, ClientTlsConfig, Endpoint},
 };
 
-use crate::SpanRecord;
+use crate::{LogRecord, Signal, SpanRecord};
 
 /// Longest part of an error response body kept in an error message.
 const MAX_ERROR_BODY: usize = 256;
@@ -90,12 +108,12 @@ pub enum OtlpError {
         /// tonic's error.
         source: tonic::transport::Error,
     },
-    /// The backend accepted the request but rejected some spans.
-    #[error("{endpoint} rejected {rejected} spans: {message}")]
+    /// The backend accepted the request but rejected some spans or log records.
+    #[error("{endpoint} rejected {rejected} records: {message}")]
     PartialSuccess {
         /// The endpoint.
         endpoint: String,
-        /// How many spans were rejected.
+        /// How many spans or log records were rejected.
         rejected: u64,
         /// The backend's explanation.
         message: String,
@@ -144,22 +162,8 @@ impl OtlpError {
 
 /// Builds one request carrying every span of `records`, with one `ResourceSpans` per distinct
 /// resource (in order of first appearance) and, inside it, one `ScopeSpans` per scope.
-#[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
 pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
-    let mut groups: Vec<(Resource, Vec<SpanData>)> = Vec::new();
-    // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
-    // one candidate, so grouping stays linear in the batch size with thousands of devices.
-    let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
-    for SpanRecord { resource, data } in records {
-        let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
-            Some(i) => groups[i].1.push(data),
-            None => {
-                candidates.push(groups.len());
-                groups.push((resource, vec![data]));
-            }
-        }
-    }
+    let groups = group_by_resource(records.into_iter().map(|SpanRecord { resource, data }| (resource, data)));
     let resource_spans = groups
         .into_iter()
         .flat_map(|(resource, spans)| {
@@ -168,6 +172,109 @@ pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }
+}
+
+/// Builds one request carrying every log record of `records`, with one `ResourceLogs` per
+/// distinct resource and, inside it, one `ScopeLogs` per scope, both in order of first
+/// appearance; records keep their order within their group.
+pub fn build_logs_request(records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    let groups = group_by_resource(records.into_iter().map(log_record_to_proto));
+    let resource_logs = groups
+        .into_iter()
+        .map(|(resource, records)| {
+            let mut scopes: Vec<(Arc<InstrumentationScope>, Vec<ProtoLogRecord>)> = Vec::new();
+            for (scope, proto) in records {
+                // Records of one process share one scope: the pointer check almost always decides.
+                match scopes.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &scope) || **s == *scope) {
+                    Some((_, list)) => list.push(proto),
+                    None => scopes.push((scope, vec![proto])),
+                }
+            }
+            let resource = ResourceAttributesWithSchema::from(&resource);
+            ResourceLogs {
+                resource: Some(ProtoResource {
+                    attributes: resource.attributes.0,
+                    dropped_attributes_count: 0,
+                    entity_refs: vec![],
+                }),
+                scope_logs: scopes
+                    .into_iter()
+                    .map(|(scope, log_records)| ScopeLogs {
+                        schema_url: scope.schema_url().unwrap_or_default().to_owned(),
+                        scope: Some((&*scope, None).into()),
+                        log_records,
+                    })
+                    .collect(),
+                schema_url: resource.schema_url.unwrap_or_default(),
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest { resource_logs }
+}
+
+/// One log record in OTLP's form, with its resource and scope: the body as a string value, the
+/// severity's number and text, the trace context when there is one (empty ids and flags 0
+/// otherwise, as cppTango sends).
+fn log_record_to_proto(record: LogRecord) -> (Resource, (Arc<InstrumentationScope>, ProtoLogRecord)) {
+    let LogRecord {
+        resource,
+        scope,
+        timestamp,
+        observed_timestamp,
+        severity,
+        severity_text,
+        body,
+        attributes,
+        trace,
+    } = record;
+    let (trace_id, span_id, flags) = match trace {
+        Some(context) => (
+            context.trace_id.to_bytes().to_vec(),
+            context.span_id.to_bytes().to_vec(),
+            u32::from(context.flags.to_u8()),
+        ),
+        None => (Vec::new(), Vec::new(), 0),
+    };
+    let proto = ProtoLogRecord {
+        time_unix_nano: unix_nanos(timestamp),
+        observed_time_unix_nano: unix_nanos(observed_timestamp),
+        severity_number: severity as i32,
+        severity_text: severity_text.into_owned(),
+        body: Some(AnyValue { value: Some(any_value::Value::StringValue(body)) }),
+        attributes: Attributes::from(attributes).0,
+        dropped_attributes_count: 0,
+        flags,
+        trace_id,
+        span_id,
+        event_name: String::new(),
+    };
+    (resource, (scope, proto))
+}
+
+/// Nanoseconds since the Unix epoch; a time before it (a clock gone wrong) is the epoch.
+fn unix_nanos(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Groups items by resource, in order of first appearance.
+#[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
+fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
+    let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
+    // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
+    // one candidate, so grouping stays linear in the batch size with thousands of devices.
+    let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (resource, item) in items {
+        let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
+        match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
+            Some(i) => groups[i].1.push(item),
+            None => {
+                candidates.push(groups.len());
+                groups.push((resource, vec![item]));
+            }
+        }
+    }
+    groups
 }
 
 /// A hash of a resource's attributes and schema URL, independent of attribute order.
@@ -198,6 +305,22 @@ fn span_count(request: &ExportTraceServiceRequest) -> u64 {
     request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
 }
 
+/// The request of one batch, of either signal.
+#[derive(Clone, Debug)]
+pub(crate) enum OtlpRequest {
+    Traces(ExportTraceServiceRequest),
+    Logs(ExportLogsServiceRequest),
+}
+
+impl OtlpRequest {
+    fn encode_to_vec(&self) -> Vec<u8> {
+        match self {
+            OtlpRequest::Traces(request) => request.encode_to_vec(),
+            OtlpRequest::Logs(request) => request.encode_to_vec(),
+        }
+    }
+}
+
 /// Sends requests to one OTLP endpoint, over either protocol.
 pub(crate) enum OtlpSender {
     Http(HttpSender),
@@ -208,22 +331,21 @@ pub(crate) enum OtlpSender {
 /// compressed) body for HTTP, the request for gRPC.
 pub(crate) enum Prepared {
     Http(Bytes),
-    Grpc(ExportTraceServiceRequest),
+    Grpc(OtlpRequest),
 }
 
 /// What one successful attempt achieved.
 pub(crate) struct Accepted {
-    /// Spans the backend said it rejected (OTLP partial success).
+    /// Spans or log records the backend said it rejected (OTLP partial success).
     pub rejected: u64,
     /// The backend's explanation of the rejection.
     pub message: String,
 }
 
 impl OtlpSender {
-    /// Builds the request of a batch once, so that retries repeat neither the conversion nor
-    /// the encoding and compression.
-    pub(crate) fn prepare(&self, batch: Vec<SpanRecord>) -> Result<Prepared, OtlpError> {
-        let request = build_request(batch);
+    /// Puts the request of a batch in the form it is sent in, once, so that retries repeat
+    /// neither the conversion nor the encoding and compression.
+    pub(crate) fn prepare(&self, request: OtlpRequest) -> Result<Prepared, OtlpError> {
         match self {
             OtlpSender::Http(http) => http.encode(&request).map(Prepared::Http),
             OtlpSender::Grpc(_) => Ok(Prepared::Grpc(request)),
@@ -255,19 +377,26 @@ pub(crate) struct HttpSender {
     client: reqwest::Client,
     endpoint: String,
     gzip: bool,
+    /// What the endpoint takes, and so how its answers read.
+    signal: Signal,
 }
 
 impl HttpSender {
-    pub(crate) fn new(endpoint: &str, timeout: Duration, gzip: bool) -> Result<Self, OtlpError> {
+    pub(crate) fn new(
+        endpoint: &str,
+        timeout: Duration,
+        gzip: bool,
+        signal: Signal,
+    ) -> Result<Self, OtlpError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
             .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
-        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip })
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, signal })
     }
 
-    fn encode(&self, request: &ExportTraceServiceRequest) -> Result<Bytes, OtlpError> {
+    fn encode(&self, request: &OtlpRequest) -> Result<Bytes, OtlpError> {
         let raw = request.encode_to_vec();
         if !self.gzip {
             return Ok(Bytes::from(raw));
@@ -305,23 +434,36 @@ impl HttpSender {
                 body: text,
             });
         }
-        // A success body is an `ExportTraceServiceResponse`; an empty or foreign one means all
-        // spans were accepted.
-        let response = ExportTraceServiceResponse::decode(body).unwrap_or_default();
-        Ok(accepted(response))
+        // A success body is the signal's export response; an empty or foreign one means all
+        // records were accepted.
+        Ok(match self.signal {
+            Signal::Traces => accepted(ExportTraceServiceResponse::decode(body).unwrap_or_default()),
+            Signal::Logs => accepted_logs(ExportLogsServiceResponse::decode(body).unwrap_or_default()),
+        })
     }
 }
 
-/// OTLP/gRPC through `opentelemetry-proto`'s generated tonic client.
+/// The generated tonic client of a signal's service.
+enum GrpcClient {
+    Traces(TraceServiceClient<Channel>),
+    Logs(LogsServiceClient<Channel>),
+}
+
+/// OTLP/gRPC through `opentelemetry-proto`'s generated tonic clients.
 pub(crate) struct GrpcSender {
-    client: TraceServiceClient<Channel>,
+    client: GrpcClient,
     endpoint: String,
 }
 
 impl GrpcSender {
     /// Creates the channel lazily: a backend that is down now is connected to later.
     /// Must be called inside a tokio runtime.
-    pub(crate) fn new(endpoint: &str, timeout: Duration, gzip: bool) -> Result<Self, OtlpError> {
+    pub(crate) fn new(
+        endpoint: &str,
+        timeout: Duration,
+        gzip: bool,
+        signal: Signal,
+    ) -> Result<Self, OtlpError> {
         let uri = grpc_uri(endpoint);
         let grpc_error = |source| OtlpError::GrpcEndpoint { endpoint: endpoint.to_owned(), source };
         let mut channel =
@@ -329,27 +471,53 @@ impl GrpcSender {
         if uri.starts_with("https://") {
             channel = channel.tls_config(ClientTlsConfig::new().with_webpki_roots()).map_err(grpc_error)?;
         }
-        let mut client = TraceServiceClient::new(channel.connect_lazy())
-            .max_encoding_message_size(MAX_MESSAGE_SIZE)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE);
-        if gzip {
-            client = client
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-        }
+        let channel = channel.connect_lazy();
+        let client = match signal {
+            Signal::Traces => {
+                let mut client = TraceServiceClient::new(channel)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE);
+                if gzip {
+                    client = client
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .accept_compressed(CompressionEncoding::Gzip);
+                }
+                GrpcClient::Traces(client)
+            }
+            Signal::Logs => {
+                let mut client = LogsServiceClient::new(channel)
+                    .max_encoding_message_size(MAX_MESSAGE_SIZE)
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE);
+                if gzip {
+                    client = client
+                        .send_compressed(CompressionEncoding::Gzip)
+                        .accept_compressed(CompressionEncoding::Gzip);
+                }
+                GrpcClient::Logs(client)
+            }
+        };
         Ok(GrpcSender { client, endpoint: endpoint.to_owned() })
     }
 
-    async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<Accepted, OtlpError> {
-        match self.client.export(request).await {
-            Ok(response) => Ok(accepted(response.into_inner())),
-            Err(status) => Err(OtlpError::Grpc {
-                endpoint: self.endpoint.clone(),
-                code: status.code(),
-                message: status.message().to_owned(),
-                transport: std::error::Error::source(&status).is_some(),
-            }),
-        }
+    async fn send(&mut self, request: OtlpRequest) -> Result<Accepted, OtlpError> {
+        let result = match (&mut self.client, request) {
+            (GrpcClient::Traces(client), OtlpRequest::Traces(request)) => {
+                client.export(request).await.map(|response| accepted(response.into_inner()))
+            }
+            (GrpcClient::Logs(client), OtlpRequest::Logs(request)) => {
+                client.export(request).await.map(|response| accepted_logs(response.into_inner()))
+            }
+            // A worker prepares only its own signal.
+            (GrpcClient::Traces(_), OtlpRequest::Logs(_)) | (GrpcClient::Logs(_), OtlpRequest::Traces(_)) => {
+                Err(tonic::Status::internal("a request of one signal cannot go to the other's service"))
+            }
+        };
+        result.map_err(|status| OtlpError::Grpc {
+            endpoint: self.endpoint.clone(),
+            code: status.code(),
+            message: status.message().to_owned(),
+            transport: std::error::Error::source(&status).is_some(),
+        })
     }
 }
 
@@ -374,6 +542,16 @@ fn accepted(response: ExportTraceServiceResponse) -> Accepted {
     }
 }
 
+fn accepted_logs(response: ExportLogsServiceResponse) -> Accepted {
+    match response.partial_success {
+        Some(partial) => Accepted {
+            rejected: u64::try_from(partial.rejected_log_records).unwrap_or(0),
+            message: partial.error_message,
+        },
+        None => Accepted { rejected: 0, message: String::new() },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -390,7 +568,7 @@ mod tests {
         InstrumentationScope, KeyValue,
         trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
     };
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
     use super::*;
 
@@ -446,6 +624,118 @@ mod tests {
         assert_eq!(ids, vec![1u64.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec()]);
         assert_eq!(request.resource_spans[1].scope_spans[0].spans.len(), 2);
         assert_eq!(span_count(&request), 4);
+    }
+
+    /// What cppTango 10.3.3 sent for the reference records, as the protobuf message: the
+    /// capture's JSON (protobuf's JSON mapping) with the severity's enum name given as its
+    /// number.
+    fn native_logs_request() -> ExportLogsServiceRequest {
+        let mut capture: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/fixtures/device_logs.json")).unwrap();
+        let mut records = capture["logRecords"].take();
+        for record in records.as_array_mut().unwrap() {
+            let record = record.as_object_mut().unwrap();
+            let number = record.remove("severityNumber_int").unwrap();
+            record.insert("severityNumber".into(), number);
+        }
+        let request = serde_json::json!({"resourceLogs": [{
+            "resource": capture["resource"].take(),
+            "scopeLogs": [{"scope": capture["scope"].take(), "logRecords": records}],
+        }]});
+        serde_json::from_value(request).unwrap()
+    }
+
+    /// Our encoding of the reference records is, field by field and byte for byte, what
+    /// cppTango sends natively.
+    #[test]
+    fn log_records_encode_as_cpptango_sends_them() {
+        let mut native = native_logs_request();
+        let body = build_logs_request(crate::testing::reference_device_logs()).encode_to_vec();
+        let mut ours = ExportLogsServiceRequest::decode(body.as_slice()).unwrap();
+        // Resource attributes come in a hash's order, on both sides.
+        for request in [&mut ours, &mut native] {
+            for resource_logs in &mut request.resource_logs {
+                resource_logs.resource.as_mut().unwrap().attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+        }
+
+        assert_eq!(ours.resource_logs.len(), 1);
+        let (ours_rl, native_rl) = (&ours.resource_logs[0], &native.resource_logs[0]);
+        assert_eq!(ours_rl.resource, native_rl.resource, "resource");
+        assert_eq!(ours_rl.scope_logs.len(), 1);
+        let (ours_sl, native_sl) = (&ours_rl.scope_logs[0], &native_rl.scope_logs[0]);
+        let scope = ours_sl.scope.as_ref().unwrap();
+        assert_eq!((scope.name.as_str(), scope.version.as_str()), ("cppTango", "10.3.3"));
+        assert_eq!(ours_sl.scope, native_sl.scope, "scope");
+        assert_eq!(ours_sl.log_records.len(), 3);
+        for (ours, native) in ours_sl.log_records.iter().zip(&native_sl.log_records) {
+            let which = &native.severity_text;
+            assert_eq!(ours.time_unix_nano, native.time_unix_nano, "{which}: time");
+            assert_eq!(
+                ours.observed_time_unix_nano, native.observed_time_unix_nano,
+                "{which}: observed time"
+            );
+            assert_eq!(ours.severity_number, native.severity_number, "{which}: severity number");
+            assert_eq!(ours.severity_text, native.severity_text, "{which}: severity text");
+            assert_eq!(ours.body, native.body, "{which}: body");
+            assert_eq!(ours.attributes, native.attributes, "{which}: attributes");
+            assert_eq!(ours.trace_id, native.trace_id, "{which}: trace id");
+            assert_eq!(ours.span_id, native.span_id, "{which}: span id");
+            assert_eq!(ours.flags, native.flags, "{which}: flags");
+            assert_eq!(ours.dropped_attributes_count, native.dropped_attributes_count, "{which}: dropped");
+            assert_eq!(ours.event_name, native.event_name, "{which}: event name");
+        }
+        // The capture's facts, checked on their own so that a wrong capture cannot hide.
+        let [warn, info, fatal] = &ours_sl.log_records[..] else { panic!("three records") };
+        assert_eq!((warn.severity_number, warn.severity_text.as_str()), (13, "WARN"));
+        assert_eq!((info.severity_number, fatal.severity_number), (9, 21));
+        assert!(warn.trace_id.is_empty() && warn.span_id.is_empty() && warn.flags == 0);
+        assert_eq!((info.trace_id.len(), info.span_id.len(), info.flags), (16, 8, 3));
+        assert_eq!(
+            info.attributes[1].value.as_ref().unwrap().value,
+            Some(any_value::Value::IntValue(20)),
+            "code.lineno is an integer"
+        );
+        // Equal messages, equal bytes: nothing is set that native leaves out.
+        assert_eq!(ours, native);
+        assert_eq!(ours.encode_to_vec(), native.encode_to_vec());
+    }
+
+    #[test]
+    fn log_records_of_many_devices_share_one_request() {
+        let scope = crate::testing::logs_scope();
+        let other_scope = Arc::new(InstrumentationScope::builder("cppTango").with_version("9.3.4").build());
+        let a = device("test/demo/1", 1);
+        let b = device("test/demo/2", 2);
+        let mut records = crate::testing::many_logs(&a, 2, 1);
+        records.extend(crate::testing::many_logs(&b, 1, 3));
+        records.extend(crate::testing::many_logs(&device("test/demo/1", 1), 1, 4));
+        let mut old = crate::testing::many_logs(&b, 1, 5);
+        old[0].scope = other_scope;
+        records.extend(old);
+        // An equal scope built separately shares the group.
+        let mut same = crate::testing::many_logs(&a, 1, 6);
+        same[0].scope = Arc::new((*scope).clone());
+        records.extend(same);
+
+        let request = build_logs_request(records);
+        let seqs = |logs: &ScopeLogs| -> Vec<i64> {
+            logs.log_records
+                .iter()
+                .map(|r| match r.attributes.last().unwrap().value.as_ref().unwrap().value {
+                    Some(any_value::Value::IntValue(i)) => i,
+                    _ => -1,
+                })
+                .collect()
+        };
+        assert_eq!(request.resource_logs.len(), 2);
+        let [first, second] = &request.resource_logs[..] else { panic!("two resources") };
+        assert_eq!(first.scope_logs.len(), 1);
+        assert_eq!(seqs(&first.scope_logs[0]), vec![1, 2, 4, 6]);
+        assert_eq!(second.scope_logs.len(), 2, "two versions of libtango, two scopes");
+        assert_eq!(seqs(&second.scope_logs[0]), vec![3]);
+        assert_eq!(seqs(&second.scope_logs[1]), vec![5]);
+        assert_eq!(second.scope_logs[1].scope.as_ref().unwrap().version, "9.3.4");
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! `spans_submitted == spans_delivered + dropped.total() + spans_held`. The hub logs no counts
 //! itself: whoever runs it reads these counters (and logs their deltas, see
 //! [`DropCounts::since`]), so no loss is ever missing from a report.
+//!
+//! Log records are counted the same way, apart ([`ExportStats::logs`]): there the `spans_*`
+//! counters of [`DestinationStats`] count log records.
 
 use crate::destination::Destination;
 
@@ -113,36 +116,52 @@ impl DestinationStats {
 /// Statistics of every destination used so far, in order of first use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportStats {
-    /// One entry per destination.
+    /// One entry per destination of spans.
     pub destinations: Vec<(Destination, DestinationStats)>,
+    /// One entry per destination of log records (the `spans_*` counters count log records).
+    pub logs: Vec<(Destination, DestinationStats)>,
 }
 
 impl ExportStats {
-    /// The statistics of one destination, if it was ever used.
+    /// The statistics of one destination of spans, if it was ever used.
     pub fn get(&self, destination: &Destination) -> Option<&DestinationStats> {
         self.destinations.iter().find(|(d, _)| d == destination).map(|(_, s)| s)
     }
 
-    /// The sums over all destinations (`failing` if any is; `last_error` is the last listed one
-    /// that is set).
-    pub fn total(&self) -> DestinationStats {
-        let mut total = DestinationStats::default();
-        for (_, s) in &self.destinations {
-            total.spans_submitted += s.spans_submitted;
-            total.spans_delivered += s.spans_delivered;
-            total.dropped.add(&s.dropped);
-            total.spans_held += s.spans_held;
-            total.bytes_held += s.bytes_held;
-            total.peak_bytes_held += s.peak_bytes_held;
-            total.requests_sent += s.requests_sent;
-            total.requests_failed += s.requests_failed;
-            total.failing |= s.failing;
-            if s.last_error.is_some() {
-                total.last_error.clone_from(&s.last_error);
-            }
-        }
-        total
+    /// The statistics of one destination of log records, if it was ever used.
+    pub fn get_logs(&self, destination: &Destination) -> Option<&DestinationStats> {
+        self.logs.iter().find(|(d, _)| d == destination).map(|(_, s)| s)
     }
+
+    /// The sums over all destinations of spans (`failing` if any is; `last_error` is the last
+    /// listed one that is set).
+    pub fn total(&self) -> DestinationStats {
+        sum(&self.destinations)
+    }
+
+    /// The sums over all destinations of log records, as [`ExportStats::total`].
+    pub fn logs_total(&self) -> DestinationStats {
+        sum(&self.logs)
+    }
+}
+
+fn sum(destinations: &[(Destination, DestinationStats)]) -> DestinationStats {
+    let mut total = DestinationStats::default();
+    for (_, s) in destinations {
+        total.spans_submitted += s.spans_submitted;
+        total.spans_delivered += s.spans_delivered;
+        total.dropped.add(&s.dropped);
+        total.spans_held += s.spans_held;
+        total.bytes_held += s.bytes_held;
+        total.peak_bytes_held += s.peak_bytes_held;
+        total.requests_sent += s.requests_sent;
+        total.requests_failed += s.requests_failed;
+        total.failing |= s.failing;
+        if s.last_error.is_some() {
+            total.last_error.clone_from(&s.last_error);
+        }
+    }
+    total
 }
 
 #[cfg(test)]

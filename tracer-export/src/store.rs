@@ -1,9 +1,14 @@
-//! The embedded store: spans appended to a JSON-lines file, one [`SpanJson`] per line.
+//! The embedded store: spans appended to a JSON-lines file, one [`SpanJson`] per line, and log
+//! records to the file beside it ([`logs_path`]), one [`LogJson`] per line.
 //!
 //! It is the default sink when no backend is configured, and it keeps exactly what OTLP would
-//! carry: every batch goes through [`build_request`] and [`request_to_json`]. Lines are written
-//! whole at each flush; a line torn by a crash is cut off when the file is next opened for
-//! writing and skipped by [`read_store`] when it is the last one.
+//! carry: every batch goes through the OTLP request ([`crate::otlp::build_request`],
+//! [`crate::otlp::build_logs_request`]) and its JSON form. Lines are written whole at each
+//! flush; a line torn by a crash is cut off when the file is next opened for writing and
+//! skipped by [`read_store`] when it is the last one.
+//!
+//! Logs have a file of their own so that readers of spans (and the two writers, each rotating
+//! its own file) never meet the other signal's lines.
 
 use std::{
     fs::{File, OpenOptions},
@@ -11,10 +16,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::de::DeserializeOwned;
+
 use crate::{
-    SpanRecord,
-    json::{SpanJson, request_to_json},
-    otlp::build_request,
+    json::{LogJson, SpanJson},
+    record::Exportable,
 };
 
 /// Why the store could not be written or read. Each message ends with the system's reason,
@@ -45,18 +51,20 @@ pub enum StoreError {
         /// The I/O error.
         reason: std::io::Error,
     },
-    /// A complete line is not a span.
-    #[error("span store {path} line {line} is not a span: {reason}")]
+    /// A complete line is not a span (or, in the logs' file, not a log record).
+    #[error("span store {path} line {line} is not a {what}: {reason}")]
     BadLine {
         /// The store's file.
         path: PathBuf,
         /// The line number, from 1.
         line: usize,
+        /// What the line should have been: `span` or `log record`.
+        what: &'static str,
         /// What the JSON parser objected to.
         reason: serde_json::Error,
     },
-    /// A span could not be turned into JSON.
-    #[error("cannot encode a span for store {path}: {reason}")]
+    /// A span or log record could not be turned into JSON.
+    #[error("cannot encode a record for store {path}: {reason}")]
     Encode {
         /// The store's file.
         path: PathBuf,
@@ -68,7 +76,29 @@ pub enum StoreError {
 /// Reads every span of a store file, in file order. A torn last line (no newline, not valid
 /// JSON: the writer was stopped mid-line) is skipped; any other bad line is an error.
 pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
-    let path = path.as_ref();
+    read_lines(path.as_ref(), "span")
+}
+
+/// Reads every log record of a store's logs file (the [`logs_path`] of the store), in file
+/// order, as [`read_store`] reads spans.
+pub fn read_log_store(path: impl AsRef<Path>) -> Result<Vec<LogJson>, StoreError> {
+    read_lines(path.as_ref(), "log record")
+}
+
+/// The file beside the store `path` that holds its log records: `spans.jsonl` keeps its logs
+/// in `spans.logs.jsonl`, a store without an extension `store` in `store.logs`.
+pub fn logs_path(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default();
+    let mut name = stem.to_owned();
+    name.push(".logs");
+    if let Some(extension) = path.extension() {
+        name.push(".");
+        name.push(extension);
+    }
+    path.with_file_name(name)
+}
+
+fn read_lines<T: DeserializeOwned>(path: &Path, what: &'static str) -> Result<Vec<T>, StoreError> {
     let read_error = |reason| StoreError::Read { path: path.to_owned(), reason };
     let file = File::open(path).map_err(read_error)?;
     let mut reader = BufReader::new(file);
@@ -90,7 +120,7 @@ pub fn read_store(path: impl AsRef<Path>) -> Result<Vec<SpanJson>, StoreError> {
             Ok(span) => spans.push(span),
             Err(_) if !complete => return Ok(spans),
             Err(reason) => {
-                return Err(StoreError::BadLine { path: path.to_owned(), line: number, reason });
+                return Err(StoreError::BadLine { path: path.to_owned(), line: number, what, reason });
             }
         }
     }
@@ -123,13 +153,9 @@ impl StoreWriter {
     }
 
     /// Writes `batch` as whole lines; with `sync`, also asks the kernel to put it on disk.
-    pub(crate) async fn write(&mut self, batch: Vec<SpanRecord>, sync: bool) -> Result<(), StoreError> {
-        let mut bytes = Vec::new();
-        for span in request_to_json(&build_request(batch)) {
-            serde_json::to_writer(&mut bytes, &span)
-                .map_err(|reason| StoreError::Encode { path: self.path.clone(), reason })?;
-            bytes.push(b'\n');
-        }
+    pub(crate) async fn write<R: Exportable>(&mut self, batch: Vec<R>, sync: bool) -> Result<(), StoreError> {
+        let bytes =
+            R::store_lines(batch).map_err(|reason| StoreError::Encode { path: self.path.clone(), reason })?;
         self.run_blocking(move |path, file| {
             file.write_all(&bytes)
                 .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
@@ -143,7 +169,7 @@ impl StoreWriter {
 
     /// Keeps the store bounded: past [`MAX_STORE_BYTES`] the file becomes `<path>.1` (replacing
     /// the previous one) and a new file starts, so a daemon that runs for months keeps at most
-    /// twice that on disk and loses only the oldest spans.
+    /// twice that on disk and loses only the oldest records.
     fn rotate_if_full(&mut self) {
         let full = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.limit);
         if full {
@@ -305,6 +331,68 @@ mod tests {
         let mut all = read_store(rotated_path(&path)).unwrap();
         all.extend(read_store(&path).unwrap_or_default());
         assert_eq!(all.len(), 2, "the newest file rotated again; the previous one is replaced");
+    }
+
+    #[test]
+    fn the_logs_file_sits_beside_the_store() {
+        assert_eq!(
+            logs_path(Path::new("/var/lib/x/spans.jsonl")),
+            PathBuf::from("/var/lib/x/spans.logs.jsonl")
+        );
+        assert_eq!(logs_path(Path::new("store")), PathBuf::from("store.logs"));
+        assert_eq!(logs_path(Path::new("a.b/s.json.gz")), PathBuf::from("a.b/s.json.logs.gz"));
+        assert_eq!(rotated_path(&logs_path(Path::new("s.jsonl"))), PathBuf::from("s.logs.jsonl.1"));
+    }
+
+    /// Log records are stored as their OTLP form says, and read back; a spans reader never
+    /// meets them.
+    #[tokio::test]
+    async fn log_records_round_trip() {
+        let dir = TempDir::new("store-logs");
+        let path = logs_path(&dir.path().join("spans.jsonl"));
+        let mut writer = StoreWriter::new(path.clone());
+        writer.write(crate::testing::reference_device_logs(), true).await.unwrap();
+        let logs = read_log_store(&path).unwrap();
+        assert_eq!(logs.len(), 3);
+        let info = &logs[1];
+        assert_eq!(info.body_text(), "hello 0");
+        assert_eq!((info.severity_number, info.severity_text.as_str()), (9, "INFO"));
+        assert_eq!(info.code_location().as_deref(), Some("pydev2.py:20"));
+        assert_eq!(info.attributes.get_i64("code.lineno"), Some(20));
+        assert_eq!(
+            (info.trace_id.as_str(), info.span_id.as_str(), info.flags),
+            ("1c7ec4378c562421f9fc46412b5514f8", "45d2abbade956bf8", 3)
+        );
+        assert_eq!((info.time_ns, info.observed_ns), (1_795_248_226_536_048_691, 1_795_248_226_536_058_830));
+        assert_eq!(info.service(), "LogDev/test/logdev/1");
+        assert_eq!(info.resource.get_i64("tango.process.id"), Some(15342));
+        assert_eq!((info.scope.name.as_str(), info.scope.version.as_str()), ("cppTango", "10.3.3"));
+        let warn = &logs[0];
+        assert_eq!((warn.trace_id.as_str(), warn.span_id.as_str(), warn.flags), ("", "", 0));
+
+        // The line has the documented keys, in order.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text.lines().next().unwrap();
+        let keys = [
+            "resource",
+            "scope",
+            "time_ns",
+            "observed_ns",
+            "severity_number",
+            "severity_text",
+            "body",
+            "attributes",
+            "trace_id",
+            "span_id",
+            "flags",
+        ];
+        let at: Vec<usize> = keys.iter().map(|k| first.find(&format!("\"{k}\":")).unwrap()).collect();
+        assert!(at.is_sorted(), "{first}");
+        let line: serde_json::Value = serde_json::from_str(first).unwrap();
+        assert_eq!(line.as_object().unwrap().len(), keys.len(), "{first}");
+        // A log line is no span.
+        let err = read_store(&path).unwrap_err();
+        assert!(err.to_string().contains("line 1 is not a span"), "{err}");
     }
 
     #[tokio::test]

@@ -3,11 +3,16 @@
 //! The spans mirror cppTango 10.3.3's own telemetry for one `command_inout` (client span in the
 //! client process, server span in the device server) and for a failed call (status ERROR and an
 //! `exception caught` event), as captured in the reference files kept under `tests/fixtures/`.
+//! The log records mirror cppTango 10.3.3's own log records of a PyTango device
+//! (`device_logs.json`): one logged from a thread of the device's own, two inside a command.
 
 use std::{
     borrow::Cow,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -20,7 +25,7 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanEvents, SpanLinks},
 };
 
-use crate::SpanRecord;
+use crate::{LogRecord, LogTraceContext, Severity, SpanRecord};
 
 /// The scope cppTango 10.3.3 uses.
 pub fn tango_scope() -> InstrumentationScope {
@@ -220,6 +225,141 @@ pub fn many_spans(resource: &Resource, n: u64, first_id: u64) -> Vec<SpanRecord>
                 TraceState::default(),
             );
             SpanRecord { resource: resource.clone(), data }
+        })
+        .collect()
+}
+
+/// The scope of cppTango 10.3.3's log records.
+pub fn logs_scope() -> Arc<InstrumentationScope> {
+    Arc::new(InstrumentationScope::builder("cppTango").with_version("10.3.3").build())
+}
+
+/// The resource of the device of the reference log records (PyTango's `test/logdev/1`).
+pub fn logdev_resource() -> Resource {
+    device_resource("LogDev", "test/logdev/1", "LogDev/LogDev", 15342)
+}
+
+/// The parts of a log record that vary between tests.
+#[derive(Clone, Debug)]
+pub struct LogSpec {
+    /// When it was logged, ns since the epoch.
+    pub time_ns: u64,
+    /// When it was observed, ns since the epoch.
+    pub observed_ns: u64,
+    /// The severity; its text is the severity's name.
+    pub severity: Severity,
+    /// The message.
+    pub body: &'static str,
+    /// `code.filepath` and `code.lineno`, if known.
+    pub code: Option<(&'static str, i64)>,
+    /// The trace and span (hex), if logged inside a span.
+    pub span: Option<(&'static str, &'static str)>,
+}
+
+/// Builds a log record of `resource` from a spec, with cppTango's log scope and the flags 3
+/// cppTango gives records logged inside a span.
+pub fn log_record(resource: &Resource, scope: &Arc<InstrumentationScope>, spec: LogSpec) -> LogRecord {
+    LogRecord {
+        resource: resource.clone(),
+        scope: scope.clone(),
+        timestamp: at_ns(spec.time_ns),
+        observed_timestamp: at_ns(spec.observed_ns),
+        severity: spec.severity,
+        severity_text: Cow::Borrowed(spec.severity.name()),
+        body: spec.body.to_owned(),
+        attributes: spec
+            .code
+            .map(|(file, line)| {
+                vec![KeyValue::new("code.filepath", file), KeyValue::new("code.lineno", line)]
+            })
+            .unwrap_or_default(),
+        trace: spec.span.map(|(trace, span)| LogTraceContext {
+            trace_id: TraceId::from_hex(trace).unwrap_or(TraceId::INVALID),
+            span_id: SpanId::from_hex(span).unwrap_or(SpanId::INVALID),
+            flags: TraceFlags::new(3),
+        }),
+    }
+}
+
+/// The three log records of the reference capture (`device_logs.json`): a WARN from a thread
+/// of the device's own (no span), then an INFO and a FATAL inside the SERVER span of
+/// `command_inout("Hello")`.
+pub fn reference_device_logs() -> Vec<LogRecord> {
+    let resource = logdev_resource();
+    let scope = logs_scope();
+    let span = Some(("1c7ec4378c562421f9fc46412b5514f8", "45d2abbade956bf8"));
+    [
+        LogSpec {
+            time_ns: 1_795_248_222_411_517_035,
+            observed_ns: 1_795_248_222_411_641_317,
+            severity: Severity::Warn,
+            body: "background thread log tid=15370",
+            code: Some(("pydev2.py", 15)),
+            span: None,
+        },
+        LogSpec {
+            time_ns: 1_795_248_226_536_048_691,
+            observed_ns: 1_795_248_226_536_058_830,
+            severity: Severity::Info,
+            body: "hello 0",
+            code: Some(("pydev2.py", 20)),
+            span,
+        },
+        LogSpec {
+            time_ns: 1_795_248_226_536_117_660,
+            observed_ns: 1_795_248_226_536_124_343,
+            severity: Severity::Fatal,
+            body: "fatal hello 0",
+            code: Some(("pydev2.py", 23)),
+            span,
+        },
+    ]
+    .into_iter()
+    .map(|spec| log_record(&resource, &scope, spec))
+    .collect()
+}
+
+/// The SERVER span the reference log records were logged under (`command_inout("Hello")` of
+/// `test/logdev/1`).
+pub fn reference_logged_span() -> SpanRecord {
+    let data = span_data(SpanSpec {
+        trace_id: "1c7ec4378c562421f9fc46412b5514f8",
+        span_id: "45d2abbade956bf8",
+        parent_span_id: "",
+        kind: SpanKind::Server,
+        name: "Tango::Device_4Impl::command_inout_4",
+        start_ns: 1_795_248_226_535_773_858,
+        end_ns: 1_795_248_226_536_140_151,
+        attributes: vec![
+            KeyValue::new("tango.client_ident.lang", "CPP"),
+            KeyValue::new("tango.client_ident.location", "giop:tcp:127.0.0.1:44850"),
+            KeyValue::new("tango.client_ident.pid", 15381),
+            KeyValue::new("tango.operation.argument", "Hello"),
+        ],
+    });
+    SpanRecord { resource: logdev_resource(), data }
+}
+
+/// `n` INFO records of one resource, numbered by an attribute `seq` from `first`, for volume
+/// tests.
+pub fn many_logs(resource: &Resource, n: u64, first: u64) -> Vec<LogRecord> {
+    let scope = logs_scope();
+    (first..first + n)
+        .map(|seq| {
+            let mut record = log_record(
+                resource,
+                &scope,
+                LogSpec {
+                    time_ns: 1_000_000 + seq * 1000,
+                    observed_ns: 1_000_100 + seq * 1000,
+                    severity: Severity::Info,
+                    body: "a message of some length, as devices log them",
+                    code: None,
+                    span: None,
+                },
+            );
+            record.attributes.push(KeyValue::new("seq", seq as i64));
+            record
         })
         .collect()
 }

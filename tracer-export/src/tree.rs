@@ -11,14 +11,36 @@
 //! Roots come in order of start time, children under their parent in order of start time. A
 //! span whose parent is not among the spans given is shown as a root marked
 //! `(parent not seen)`. Source-location attributes (`code.*`) are left out, as in the summaries.
+//!
+//! With log records ([`render_trees_with_logs`]), each record logged inside a span is shown
+//! under it, among its children in order of time, as `> time SEVERITY message [file:line]`:
+//!
+//! ```text
+//!   - [SERVER] Tango::Device_4Impl::command_inout_4  trace=1c7ec437 span=45d2abba parent=- svc=LogDev/test/logdev/1 server:15342 scope=tango.cpp {…} dur=366.293us
+//!     > 08:03:46.536048Z INFO hello 0 [pydev2.py:20]
+//!     > 08:03:46.536117Z FATAL fatal hello 0 [pydev2.py:23]
+//! ```
+//!
+//! Records of a span that is not among the spans given follow the trees, marked
+//! `(span not seen)`. [`render_logs`] lists records on their own, one line each.
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use crate::json::{SpanJson, value_text};
+use crate::{
+    console::one_line,
+    json::{LogJson, SpanJson, utc_timestamp, value_text},
+};
 
 /// Renders every trace among `spans` as an indented tree, one line per span.
-#[expect(clippy::indexing_slicing, reason = "every index is below `spans.len()` by construction")]
 pub fn render_trees(spans: &[SpanJson]) -> String {
+    render_trees_with_logs(spans, &[])
+}
+
+/// Renders every trace among `spans` as an indented tree, one line per span, with the log
+/// records of `logs` that were logged inside a span under it. Records of no span are left
+/// out (see [`render_logs`]).
+#[expect(clippy::indexing_slicing, reason = "every index is below `spans.len()` by construction")]
+pub fn render_trees_with_logs(spans: &[SpanJson], logs: &[LogJson]) -> String {
     let mut by_id: HashMap<(&str, &str), usize> = HashMap::with_capacity(spans.len());
     for (i, span) in spans.iter().enumerate() {
         // A span reported twice is shown once.
@@ -46,11 +68,25 @@ pub fn render_trees(spans: &[SpanJson]) -> String {
     for list in children.values_mut() {
         list.sort_by(by_start);
     }
+    // Each record under its span, in order of time; those of spans not given, apart.
+    let mut logs_of: HashMap<usize, Vec<&LogJson>> = HashMap::new();
+    let mut unseen: Vec<&LogJson> = Vec::new();
+    for log in logs.iter().filter(|l| !l.span_id.is_empty()) {
+        match by_id.get(&(log.trace_id.as_str(), log.span_id.as_str())) {
+            Some(&span) => logs_of.entry(span).or_default().push(log),
+            None => unseen.push(log),
+        }
+    }
+    for list in logs_of.values_mut() {
+        list.sort_by_key(|l| l.time_ns);
+    }
+    unseen.sort_by(|a, b| (&a.trace_id, a.time_ns).cmp(&(&b.trace_id, b.time_ns)));
+    let tree = Tree { spans, children: &children, logs_of: &logs_of };
 
     let mut out = String::new();
     let mut shown = vec![false; spans.len()];
     for &(root, orphan) in &roots {
-        render(spans, &children, root, 0, orphan, &mut shown, &mut out);
+        tree.render(root, 0, orphan, &mut shown, &mut out);
     }
     // Spans in a parent cycle are reachable from no root: still show them.
     let mut rest: Vec<usize> = (0..spans.len())
@@ -61,33 +97,113 @@ pub fn render_trees(spans: &[SpanJson]) -> String {
     rest.sort_by(by_start);
     for i in rest {
         if !shown[i] {
-            render(spans, &children, i, 0, true, &mut shown, &mut out);
+            tree.render(i, 0, true, &mut shown, &mut out);
         }
+    }
+    for log in unseen {
+        log_line(log, 0, " (span not seen)", &mut out);
     }
     out
 }
 
-#[expect(clippy::indexing_slicing, reason = "`children` holds indices of `spans`, `shown` is as long")]
-fn render(
-    spans: &[SpanJson],
-    children: &HashMap<usize, Vec<usize>>,
-    start: usize,
-    start_depth: usize,
-    orphan: bool,
-    shown: &mut [bool],
-    out: &mut String,
-) {
-    // Iterative, so a pathologically deep trace cannot overflow the stack.
-    let mut stack = vec![(start, start_depth, orphan)];
-    while let Some((i, depth, orphan)) = stack.pop() {
-        if std::mem::replace(&mut shown[i], true) {
-            continue;
+/// Lists log records one per line, in order of time: UTC time, severity, device, trace and
+/// span (`-` outside any span), the message and its source location.
+///
+/// ```text
+/// 2026-11-21T08:03:42.411517Z WARN svc=LogDev/test/logdev/1 trace=- span=- background thread log tid=15370 [pydev2.py:15]
+/// ```
+pub fn render_logs(logs: &[LogJson]) -> String {
+    let mut sorted: Vec<&LogJson> = logs.iter().collect();
+    sorted.sort_by_key(|l| l.time_ns);
+    let mut out = String::new();
+    let short = |id: &str| if id.is_empty() { "-".to_owned() } else { id.get(..8).unwrap_or(id).to_owned() };
+    for log in sorted {
+        let _ = write!(
+            out,
+            "{} {} svc={} trace={} span={} {}",
+            utc_timestamp(log.time_ns),
+            log.severity_text,
+            log.service(),
+            short(&log.trace_id),
+            short(&log.span_id),
+            one_line(&log.body_text()),
+        );
+        if let Some(at) = log.code_location() {
+            let _ = write!(out, " [{at}]");
         }
-        line(&spans[i], depth, orphan, out);
-        if let Some(list) = children.get(&i) {
-            stack.extend(list.iter().rev().map(|&c| (c, depth + 1, false)));
+        out.push('\n');
+    }
+    out
+}
+
+/// What one rendering walks: the spans, each span's children and each span's log records.
+struct Tree<'a> {
+    spans: &'a [SpanJson],
+    children: &'a HashMap<usize, Vec<usize>>,
+    logs_of: &'a HashMap<usize, Vec<&'a LogJson>>,
+}
+
+/// One line to come.
+enum Item<'a> {
+    Span { index: usize, depth: usize, orphan: bool },
+    Log { log: &'a LogJson, depth: usize },
+}
+
+impl Tree<'_> {
+    #[expect(clippy::indexing_slicing, reason = "`children` holds indices of `spans`, `shown` is as long")]
+    fn render(&self, start: usize, start_depth: usize, orphan: bool, shown: &mut [bool], out: &mut String) {
+        // Iterative, so a pathologically deep trace cannot overflow the stack.
+        let mut stack = vec![Item::Span { index: start, depth: start_depth, orphan }];
+        while let Some(item) = stack.pop() {
+            let (i, depth, orphan) = match item {
+                Item::Log { log, depth } => {
+                    log_line(log, depth, "", out);
+                    continue;
+                }
+                Item::Span { index, depth, orphan } => (index, depth, orphan),
+            };
+            if std::mem::replace(&mut shown[i], true) {
+                continue;
+            }
+            line(&self.spans[i], depth, orphan, out);
+            // Children and records in order of time (a record first on a tie: it was logged
+            // before the call it precedes could start).
+            let mut next: Vec<(u64, Item<'_>)> = Vec::new();
+            for &child in self.children.get(&i).into_iter().flatten() {
+                next.push((
+                    self.spans[child].start_ns,
+                    Item::Span { index: child, depth: depth + 1, orphan: false },
+                ));
+            }
+            for &log in self.logs_of.get(&i).into_iter().flatten() {
+                next.push((log.time_ns, Item::Log { log, depth: depth + 1 }));
+            }
+            // Stable: children keep their order among equal times.
+            next.sort_by_key(|(t, item)| (*t, matches!(item, Item::Span { .. })));
+            stack.extend(next.into_iter().rev().map(|(_, item)| item));
         }
     }
+}
+
+fn log_line(log: &LogJson, depth: usize, note: &str, out: &mut String) {
+    let time = utc_timestamp(log.time_ns);
+    let _ = write!(
+        out,
+        "{:indent$}> {} {} {}",
+        "",
+        time.get(11..).unwrap_or(&time),
+        log.severity_text,
+        one_line(&log.body_text()),
+        indent = 2 * (depth + 1),
+    );
+    if let Some(at) = log.code_location() {
+        let _ = write!(out, " [{at}]");
+    }
+    if !note.is_empty() {
+        let short = |id: &str| id.get(..8).unwrap_or(id).to_owned();
+        let _ = write!(out, "{note} trace={} span={}", short(&log.trace_id), short(&log.span_id));
+    }
+    out.push('\n');
 }
 
 fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
@@ -129,7 +245,7 @@ mod tests {
     )]
 
     use super::*;
-    use crate::json::{Attributes, ScopeJson, StatusJson};
+    use crate::json::{Attributes, LogJson, ScopeJson, StatusJson};
 
     fn span(trace: &str, id: &str, parent: &str, start: u64, name: &str) -> SpanJson {
         SpanJson {
@@ -178,6 +294,68 @@ mod tests {
         assert!(lines[3].starts_with("      - [SERVER] connect "), "{text}");
         assert!(lines[4].starts_with("      - [SERVER] read "), "{text}");
         assert!(lines[4].ends_with("scope=tango.cpp {} dur=1.5us status=ERROR(\"boom\")"), "{text}");
+    }
+
+    fn log(trace: &str, span: &str, time_ns: u64, severity: &str, body: &str) -> LogJson {
+        LogJson {
+            transport: None,
+            resource: [("service.name", "Demo".into()), ("service.instance.id", "test/demo/1".into())]
+                .into_iter()
+                .collect(),
+            scope: ScopeJson { name: "cppTango".into(), version: "10.3.3".into() },
+            time_ns,
+            observed_ns: time_ns + 1,
+            severity_number: 9,
+            severity_text: severity.into(),
+            body: body.into(),
+            attributes: [("code.filepath", "dev.py".into()), ("code.lineno", 7.into())].into_iter().collect(),
+            trace_id: trace.into(),
+            span_id: span.into(),
+            flags: if span.is_empty() { 0 } else { 3 },
+        }
+    }
+
+    #[test]
+    fn logs_go_under_their_span_among_its_children_in_time() {
+        let t = "de19b7e0aaaaaaaaaaaaaaaaaaaaaaaa";
+        let spans = vec![
+            span(t, "a8613fc70000000a", "", 10, "server"),
+            span(t, "990bfa420000000a", "a8613fc70000000a", 20, "nested"),
+        ];
+        let logs = vec![
+            log(t, "a8613fc70000000a", 25, "INFO", "after the nested call started"),
+            log(t, "a8613fc70000000a", 15, "DEBUG", "before"),
+            log(t, "990bfa420000000a", 21, "WARN", "inside the nested call\nsecond line"),
+            log("", "", 5, "INFO", "outside any request"),
+            log(t, "ffffffff0000000a", 30, "ERROR", "of a span not stored"),
+        ];
+        let text = render_trees_with_logs(&spans, &logs);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        assert!(lines[0].starts_with("  - [SERVER] server "), "{text}");
+        assert_eq!(lines[1], "    > 00:00:00.000000Z DEBUG before [dev.py:7]");
+        assert!(lines[2].starts_with("    - [SERVER] nested "), "{text}");
+        assert_eq!(lines[3], "      > 00:00:00.000000Z WARN inside the nested call\\nsecond line [dev.py:7]");
+        assert_eq!(lines[4], "    > 00:00:00.000000Z INFO after the nested call started [dev.py:7]");
+        assert_eq!(
+            lines[5],
+            "  > 00:00:00.000000Z ERROR of a span not stored [dev.py:7] (span not seen) trace=de19b7e0 \
+             span=ffffffff"
+        );
+        // Without logs, the same trees as ever.
+        assert_eq!(render_trees_with_logs(&spans, &[]), render_trees(&spans));
+
+        let listed = render_logs(&logs);
+        let lines: Vec<&str> = listed.lines().collect();
+        assert_eq!(lines.len(), 5, "{listed}");
+        assert_eq!(
+            lines[0],
+            "1970-01-01T00:00:00.000000Z INFO svc=Demo/test/demo/1 trace=- span=- outside any request [dev.py:7]"
+        );
+        assert_eq!(
+            lines[1],
+            "1970-01-01T00:00:00.000000Z DEBUG svc=Demo/test/demo/1 trace=de19b7e0 span=a8613fc7 before [dev.py:7]"
+        );
     }
 
     #[test]

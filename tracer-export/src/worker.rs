@@ -17,8 +17,11 @@
 //!
 //! The worker logs once when its destination starts failing (error) and once when spans are
 //! actually delivered again (info); counts are in the statistics only.
+//!
+//! A worker carries one signal ([`Exportable`]): a destination of log records has a worker of
+//! its own, which does all of the above for log records.
 
-use std::{future::Future, hash::BuildHasher as _, sync::Arc};
+use std::{future::Future, hash::BuildHasher as _, marker::PhantomData, sync::Arc};
 
 use log::{debug, error, info};
 use tokio::{
@@ -27,14 +30,15 @@ use tokio::{
 };
 
 use crate::{
-    SpanRecord,
-    backlog::{Outcome, Taken},
+    Signal,
+    backlog::{Backlog, Outcome, Taken},
     console::ConsoleWriter,
     destination::Destination,
     hub::{ExportConfig, Shared},
     otlp::{GrpcSender, HttpSender, OtlpSender, Prepared},
+    record::Exportable,
     stats::DropCounts,
-    store::StoreWriter,
+    store::{StoreWriter, logs_path},
 };
 
 /// The shutdown's deadline, once shutdown has begun.
@@ -51,16 +55,23 @@ enum Sink {
 
 impl Sink {
     /// Must run inside the runtime (the gRPC channel is created there).
-    fn new(destination: &Destination, config: &ExportConfig) -> Result<Sink, String> {
+    fn new(destination: &Destination, config: &ExportConfig, signal: Signal) -> Result<Sink, String> {
+        let (timeout, gzip) = (config.request_timeout, config.gzip);
         let otlp = match destination {
             Destination::OtlpHttp { endpoint } => {
-                HttpSender::new(endpoint, config.request_timeout, config.gzip).map(OtlpSender::Http)
+                HttpSender::new(endpoint, timeout, gzip, signal).map(OtlpSender::Http)
             }
             Destination::OtlpGrpc { endpoint } => {
-                GrpcSender::new(endpoint, config.request_timeout, config.gzip).map(OtlpSender::Grpc)
+                GrpcSender::new(endpoint, timeout, gzip, signal).map(OtlpSender::Grpc)
             }
             Destination::Console { stream } => return Ok(Sink::Console(ConsoleWriter::new(*stream))),
-            Destination::Store { path } => return Ok(Sink::Store(StoreWriter::new(path.clone()))),
+            Destination::Store { path } => {
+                let path = match signal {
+                    Signal::Traces => path.clone(),
+                    Signal::Logs => logs_path(path),
+                };
+                return Ok(Sink::Store(StoreWriter::new(path)));
+            }
         };
         otlp.map(Sink::Otlp).map_err(|err| err.to_string())
     }
@@ -77,7 +88,7 @@ pub(crate) fn at_shutdown(d: &mut DropCounts) -> &mut u64 {
     &mut d.at_shutdown
 }
 
-pub(crate) struct Worker {
+pub(crate) struct Worker<R> {
     shared: Arc<Shared>,
     /// This destination's place in the hub.
     index: usize,
@@ -94,9 +105,12 @@ pub(crate) struct Worker {
     /// Whether the destination is failing, so that the change is logged once each way.
     failing: bool,
     jitter: Jitter,
+    /// How the destination is named in messages: with its signal when that is logs.
+    label: String,
+    record: PhantomData<fn(R)>,
 }
 
-impl Worker {
+impl<R: Exportable> Worker<R> {
     pub(crate) fn new(
         shared: Arc<Shared>,
         index: usize,
@@ -105,6 +119,10 @@ impl Worker {
         closing: Closing,
     ) -> Self {
         let config = shared.config.clone();
+        let label = match R::SIGNAL {
+            Signal::Traces => destination.to_string(),
+            Signal::Logs => format!("{destination} (logs)"),
+        };
         Worker {
             shared,
             index,
@@ -117,14 +135,16 @@ impl Worker {
             flush_all: false,
             failing: false,
             jitter: Jitter::new(),
+            label,
+            record: PhantomData,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        let mut sink = match Sink::new(&self.destination, &self.config) {
+        let mut sink = match Sink::new(&self.destination, &self.config, R::SIGNAL) {
             Ok(sink) => sink,
             Err(reason) => {
-                error!("export to {} cannot start: {reason}", self.destination);
+                error!("export to {} cannot start: {reason}", self.label);
                 self.with_backlog(|b| b.note_error(reason.clone()));
                 self.failing = true;
                 Sink::Broken(reason)
@@ -189,14 +209,14 @@ impl Worker {
             self.sync_store(&mut sink).await;
         }
         self.with_backlog(|b| b.drop_all(at_shutdown));
-        debug!("export to {}: worker done", self.destination);
+        debug!("export to {}: worker done", self.label);
     }
 
-    fn with_backlog<R>(&self, f: impl FnOnce(&mut crate::backlog::Backlog<Prepared>) -> R) -> Option<R> {
+    fn with_backlog<T>(&self, f: impl FnOnce(&mut Backlog<R, Prepared>) -> T) -> Option<T> {
         self.shared.backlog(self.index, f)
     }
 
-    /// Sends the parked batch or the oldest waiting spans, once.
+    /// Sends the parked batch or the oldest waiting records, once.
     async fn send_next(&mut self, sink: &mut Sink) {
         let max_batch = self.config.max_batch;
         match self.with_backlog(|b| b.take(max_batch)).unwrap_or(Taken::Nothing) {
@@ -213,9 +233,9 @@ impl Worker {
         }
     }
 
-    async fn deliver(&mut self, sink: &mut Sink, batch: Vec<SpanRecord>) {
+    async fn deliver(&mut self, sink: &mut Sink, batch: Vec<R>) {
         let written = match sink {
-            Sink::Otlp(sender) => match sender.prepare(batch) {
+            Sink::Otlp(sender) => match sender.prepare(R::otlp_request(batch)) {
                 Ok(prepared) => return self.attempt(sink, prepared).await,
                 Err(err) => {
                     self.settle(Outcome::Dropped(non_retryable), Some(err.to_string()));
@@ -261,8 +281,8 @@ impl Worker {
             Some(Ok(accepted)) => {
                 if accepted.rejected > 0 {
                     debug!(
-                        "export to {}: backend rejected {} span(s): {}",
-                        self.destination, accepted.rejected, accepted.message
+                        "export to {}: backend rejected {} record(s): {}",
+                        self.label, accepted.rejected, accepted.message
                     );
                 }
                 self.settle(Outcome::Delivered { rejected: accepted.rejected }, None);
@@ -274,7 +294,7 @@ impl Worker {
                 let wait = self.config.backoff(self.failures, self.jitter.next());
                 self.failures = self.failures.saturating_add(1);
                 self.retry_at = Some(Instant::now() + wait);
-                debug!("export to {}: attempt failed ({text}); next in {wait:?}", self.destination);
+                debug!("export to {}: attempt failed ({text}); next in {wait:?}", self.label);
                 self.failed(&text, true);
             }
             Some(Err(err)) => {
@@ -300,7 +320,7 @@ impl Worker {
             self.failing = false;
             // Whatever piled up meanwhile goes now, back to back.
             self.flush_all = true;
-            info!("export to {}: working again", self.destination);
+            info!("export to {}: working again", self.label);
         }
     }
 
@@ -311,12 +331,13 @@ impl Worker {
         self.failing = true;
         if retrying {
             error!(
-                "export to {}: {error}; retrying with backoff, keeping the newest spans within \
+                "export to {}: {error}; retrying with backoff, keeping the newest {} within \
                  the memory budget",
-                self.destination
+                self.label,
+                R::SIGNAL
             );
         } else {
-            error!("export to {}: {error}; the batch is dropped", self.destination);
+            error!("export to {}: {error}; the batch is dropped", self.label);
         }
     }
 

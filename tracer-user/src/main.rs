@@ -8,7 +8,7 @@ use tango_tracer::{
     peers::{PeerKey, PeerOptions},
     run::{self as daemon, RunOptions},
 };
-use tracer_export::{ConsoleStream, Destination, ExportConfig};
+use tracer_export::{ConsoleStream, Destination, ExportConfig, Signal};
 
 /// Zero-instrumentation tracing of Tango Controls device servers and clients.
 #[derive(Parser, Debug)]
@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root).
     Run(Box<RunArgs>),
-    /// Print the traces kept in the embedded store as trees.
+    /// Print the traces kept in the embedded store as trees, with their device log records.
     Show(ShowArgs),
     /// Ask or change a running daemon: traced processes and devices, their configuration.
     Ctl(CtlArgs),
@@ -55,6 +55,18 @@ enum CtlAction {
         #[arg(num_args = 2.., required = true)]
         pairs: Vec<String>,
     },
+    /// Export the device logs of the devices matching PATTERN, or not (like SetTelemetryLogging).
+    Logging {
+        pattern: String,
+        #[arg(value_enum)]
+        state: OnOff,
+    },
+    /// Send the matching devices' logs to EXPORTER ENDPOINT pairs (`http http://h:4318/v1/logs`).
+    LogEndpoints {
+        pattern: String,
+        #[arg(num_args = 2.., required = true)]
+        pairs: Vec<String>,
+    },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
     /// Counters and table sizes of every stage of the daemon.
@@ -67,7 +79,8 @@ enum CtlAction {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Exporter {
-    /// OTLP to OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL.
+    /// OTLP to OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT with OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL;
+    /// device logs to OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT (`/v1/logs`).
     Otlp,
     /// One line per span on standard output, as spans finish.
     Console,
@@ -77,7 +90,8 @@ enum Exporter {
 
 #[derive(Parser, Debug)]
 struct RunArgs {
-    /// Where spans go. Default: OTLP when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else the store.
+    /// Where spans and device logs go. Default: OTLP when OTEL_EXPORTER_OTLP_[TRACES_|LOGS_]ENDPOINT
+    /// is set (a signal without an endpoint goes to the store), else the store.
     #[arg(long = "exporter", value_enum)]
     exporters: Vec<Exporter>,
     /// File of the embedded store.
@@ -87,7 +101,8 @@ struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     export_interval: Duration,
     /// Memory for spans waiting to be exported, per destination (KiB, MiB, GiB); when it is full
-    /// (a backend down), the oldest spans are dropped and counted.
+    /// (a backend down), the oldest spans are dropped and counted. Each destination of device
+    /// log records has as much again for its records.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     export_memory: u64,
     /// Longest time the export takes at stop; what is not delivered by then is counted.
@@ -96,6 +111,9 @@ struct RunArgs {
     /// Bytes copied from each GIOP message (headers and Tango arguments fit in 1–2 KiB).
     #[arg(long, default_value_t = 2048)]
     capture_bytes: u32,
+    /// Bytes copied of each device log message; longer messages are cut (and counted).
+    #[arg(long, default_value_t = 4096)]
+    log_bytes: u32,
     /// File created once probes are attached to all current target processes.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -152,9 +170,13 @@ struct ShowArgs {
     /// Only this trace (full or leading hex digits of the trace id).
     #[arg(long)]
     trace: Option<String>,
-    /// Only the last N traces.
+    /// Only the last N traces (with --logs: the last N log records).
     #[arg(long)]
     last: Option<usize>,
+    /// List the device log records alone, one per line in order of time, those logged outside
+    /// any request included (without it, each record is shown under the span it was logged in).
+    #[arg(long)]
+    logs: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -192,29 +214,56 @@ fn parse_name_value(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected NAME=VALUE, got {text}"))
 }
 
-fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
-    let from_env = tracer_export::destinations_from_otel_env(|name| std::env::var(name).ok())
+/// Where spans and where device logs go: (spans, logs).
+fn destinations(args: &RunArgs) -> anyhow::Result<(Vec<Destination>, Vec<Destination>)> {
+    let env = |name: &str| std::env::var(name).ok();
+    let spans_env = tracer_export::destinations_from_otel_env(env)
         .context("reading the OTEL_EXPORTER_OTLP_* environment")?;
-    let exporters = if args.exporters.is_empty() {
-        vec![if from_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
+    let logs_env = tracer_export::otel_env_destinations(Signal::Logs, env)
+        .context("reading the OTEL_LOGS_EXPORTER and OTEL_EXPORTER_OTLP_* environment")?;
+    let defaulted = args.exporters.is_empty();
+    let exporters = if defaulted {
+        vec![if spans_env.is_some() || logs_env.is_some() { Exporter::Otlp } else { Exporter::Store }]
     } else {
         args.exporters.clone()
     };
-    let mut destinations = Vec::new();
+    let store = Destination::Store { path: args.store.clone() };
+    let (mut spans, mut logs) = (Vec::new(), Vec::new());
     for exporter in exporters {
         match exporter {
-            Exporter::Otlp => match &from_env {
-                Some(list) => destinations.extend(list.iter().cloned()),
-                None => bail!(
-                    "--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-                ),
-            },
-            Exporter::Console => destinations.push(Destination::Console { stream: ConsoleStream::Stdout }),
-            Exporter::Store => destinations.push(Destination::Store { path: args.store.clone() }),
+            Exporter::Otlp => {
+                if spans_env.is_none() && logs_env.is_none() {
+                    bail!(
+                        "--exporter otlp needs OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT \
+                         or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"
+                    );
+                }
+                // Left to their default, a signal the environment says nothing about goes to
+                // the store.
+                match &spans_env {
+                    Some(list) => spans.extend(list.iter().cloned()),
+                    None if defaulted => spans.push(store.clone()),
+                    None => {}
+                }
+                match &logs_env {
+                    Some(list) => logs.extend(list.iter().cloned()),
+                    None if defaulted => logs.push(store.clone()),
+                    None => {}
+                }
+            }
+            Exporter::Console => {
+                spans.push(Destination::Console { stream: ConsoleStream::Stdout });
+                logs.push(Destination::Console { stream: ConsoleStream::Stdout });
+            }
+            Exporter::Store => {
+                spans.push(store.clone());
+                logs.push(store.clone());
+            }
         }
     }
-    destinations.dedup();
-    for destination in &destinations {
+    spans.dedup();
+    logs.dedup();
+    for destination in spans.iter().chain(&logs) {
         if let Destination::Store { path } = destination {
             // Refused now rather than found out at the first write, spans lost.
             tracer_export::check_store(path).map_err(|err| {
@@ -224,7 +273,7 @@ fn destinations(args: &RunArgs) -> anyhow::Result<Vec<Destination>> {
             })?;
         }
     }
-    Ok(destinations)
+    Ok((spans, logs))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -234,6 +283,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         bail!(
             "--capture-bytes must be between {min} and {max}: a GIOP header and the Tango arguments need {min}"
         );
+    }
+    let (min, max) = (tango_tracer::probe::attach::MIN_LOG_BYTES, tango_tracer::probe::attach::MAX_LOG_BYTES);
+    if !(min..=max).contains(&args.log_bytes) {
+        bail!("--log-bytes must be between {min} and {max}");
     }
     if args.export_interval > Duration::from_secs(5) {
         bail!("--export-interval must be at most 5s so traces show up promptly");
@@ -249,10 +302,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Some(tango_tracer::discover::net_namespace_inode(path).context("--netns")?),
         None => None,
     };
+    let (destinations, log_destinations) = destinations(&args)?;
     let options = RunOptions {
-        destinations: destinations(&args)?,
+        destinations,
+        log_destinations,
         export,
         capture_bytes: args.capture_bytes,
+        log_bytes: args.log_bytes,
         ready_file: args.ready_file,
         select_env: args.select_env,
         select_pids: args.pids,
@@ -288,29 +344,8 @@ fn peer_options(args: &RunArgs) -> anyhow::Result<Option<PeerOptions>> {
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<()> {
-    // The rotated file holds the older spans; it may not exist.
-    let mut spans = tracer_export::read_store(tracer_export::rotated_path(&args.store)).unwrap_or_default();
-    spans.extend(
-        tracer_export::read_store(&args.store)
-            .with_context(|| format!("reading the store {}", args.store.display()))?,
-    );
-    if let Some(prefix) = &args.trace {
-        let prefix = prefix.to_ascii_lowercase();
-        spans.retain(|s| s.trace_id.starts_with(&prefix));
-    }
-    if let Some(last) = args.last {
-        let mut traces: Vec<(u64, String)> = Vec::new();
-        for span in &spans {
-            match traces.iter_mut().find(|(_, id)| *id == span.trace_id) {
-                Some(entry) => entry.0 = entry.0.min(span.start_ns),
-                None => traces.push((span.start_ns, span.trace_id.clone())),
-            }
-        }
-        traces.sort();
-        let keep: Vec<String> = traces.into_iter().rev().take(last).map(|(_, id)| id).collect();
-        spans.retain(|s| keep.contains(&s.trace_id));
-    }
-    print!("{}", tracer_export::tree::render_trees(&spans));
+    let options = tango_tracer::show::ShowOptions { trace: args.trace, last: args.last, logs: args.logs };
+    print!("{}", tango_tracer::show::show(&args.store, &options)?);
     Ok(())
 }
 
@@ -327,6 +362,17 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
             let exporters = pairs.iter().step_by(2).cloned().collect();
             let endpoints = pairs.iter().skip(1).step_by(2).cloned().collect();
             (CtlRequest::Endpoints { pattern, exporters, endpoints }, false)
+        }
+        CtlAction::Logging { pattern, state } => {
+            (CtlRequest::Logging { pattern, enable: state == OnOff::On }, false)
+        }
+        CtlAction::LogEndpoints { pattern, pairs } => {
+            if pairs.len() % 2 != 0 {
+                bail!("give EXPORTER ENDPOINT pairs");
+            }
+            let exporters = pairs.iter().step_by(2).cloned().collect();
+            let endpoints = pairs.iter().skip(1).step_by(2).cloned().collect();
+            (CtlRequest::LogEndpoints { pattern, exporters, endpoints }, false)
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
         CtlAction::Stats { json } => (CtlRequest::Stats, json),

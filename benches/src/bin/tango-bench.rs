@@ -13,6 +13,7 @@ use benches::{
     churn::{self, ChurnSizes},
     events::{self, EventSizes},
     legacy,
+    logs::{self, LogSizes},
     outage::{self, OutageSizes},
     procs, replay,
     report::{Assembly, Machine, Report},
@@ -65,6 +66,15 @@ struct Options {
     /// Leave out the event benchmark.
     #[arg(long)]
     skip_events: bool,
+    /// Rounds of the device-log benchmark (each runs both workloads untraced and traced).
+    #[arg(long)]
+    log_rounds: Option<usize>,
+    /// Messages of one logging burst.
+    #[arg(long)]
+    log_burst: Option<usize>,
+    /// Leave out the device-log benchmark.
+    #[arg(long)]
+    skip_logs: bool,
     /// Short-lived clients of the churn benchmark (after 100 for warming up).
     #[arg(long)]
     churn_clients: Option<usize>,
@@ -141,6 +151,8 @@ fn programs() -> anyhow::Result<Programs> {
         event_driver: python_script("bench_event_push.py"),
         churn: python_script("churn.py"),
         paced_client: root.join("benches/python/paced_read_loop.py"),
+        log_server: python_script("log_server.py"),
+        log_driver: python_script("bench_log_loop.py"),
     };
     let needed = [
         (&programs.python, "scripts/bootstrap.sh --test-stack"),
@@ -156,6 +168,8 @@ fn programs() -> anyhow::Result<Programs> {
         (&programs.event_driver, "the workspace"),
         (&programs.churn, "the workspace"),
         (&programs.paced_client, "the workspace"),
+        (&programs.log_server, "the workspace"),
+        (&programs.log_driver, "the workspace"),
     ];
     for (path, from) in needed {
         if !path.exists() {
@@ -272,6 +286,13 @@ fn main() -> anyhow::Result<()> {
         commands: options.command_pushes.unwrap_or(if options.quick { 1000 } else { 2000 }),
         quiet_budget: Duration::from_secs(if options.quick { 5 } else { 20 }),
     };
+    let log_sizes = LogSizes {
+        rounds: options.log_rounds.unwrap_or(if options.quick { 3 } else { 7 }),
+        burst: options.log_burst.unwrap_or(if options.quick { 20_000 } else { 50_000 }),
+        paced: if options.quick { 20_000 } else { 50_000 },
+        rate: 10_000,
+        quiet_budget: Duration::from_secs(if options.quick { 5 } else { 20 }),
+    };
     let churn_sizes = ChurnSizes {
         warmup_clients: 100,
         clients: options.churn_clients.unwrap_or(if options.quick { 300 } else { 1000 }),
@@ -311,7 +332,7 @@ fn main() -> anyhow::Result<()> {
 
     let machine = Machine::read();
     let started = Instant::now();
-    let (mut round_trips, mut legacy, mut events) = (None, None, None);
+    let (mut round_trips, mut legacy, mut events, mut device_logs) = (None, None, None, None);
     let (mut churn, mut outage) = (None, None);
     if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
@@ -345,6 +366,15 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("events ({})", logs()))?;
             events = Some(result);
         }
+        if !options.skip_logs {
+            eprintln!(
+                "tango-bench: device logs: {} rounds × 2 configurations × ({} messages in a burst, {} at {}/s)",
+                log_sizes.rounds, log_sizes.burst, log_sizes.paced, log_sizes.rate
+            );
+            let result = logs::run(&programs, log_sizes, &dir.path)
+                .with_context(|| format!("device logs ({})", logs()))?;
+            device_logs = Some(result);
+        }
         if !options.skip_churn {
             let result = churn::run(&programs, churn_sizes, &dir.path)
                 .with_context(|| format!("churn ({})", logs()))?;
@@ -364,6 +394,7 @@ fn main() -> anyhow::Result<()> {
         round_trips: round_trips.as_ref(),
         legacy: legacy.as_ref(),
         events: events.as_ref(),
+        logs: device_logs.as_ref(),
         churn: churn.as_ref(),
         outage: outage.as_ref(),
         assembly: Some(&assembly),

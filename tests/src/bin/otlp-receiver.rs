@@ -3,17 +3,18 @@
 //! ```text
 //! otlp-receiver --http 127.0.0.1:4318 --grpc 127.0.0.1:4317 --out spans.jsonl
 //! ```
-//! Accepts OTLP/HTTP (`POST /v1/traces`) and OTLP/gRPC, appends every span to `--out` as JSON
-//! lines (readable with `tracer_export::read_store`), reports each request on standard error,
-//! and prints all traces as trees when stopped with Ctrl-C or SIGTERM.
+//! Accepts OTLP/HTTP (`POST /v1/traces`, `POST /v1/logs`) and OTLP/gRPC, appends every span to
+//! `--out` as JSON lines (readable with `tracer_export::read_store`) and every log record to the
+//! file beside it (`tracer_export::logs_path`), reports each request on standard error, and
+//! prints all traces as trees, with their log records, when stopped with Ctrl-C or SIGTERM.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use integration_tests::otlp_receiver::{OtlpReceiver, ReceiverOptions};
-use tracer_export::tree::render_trees;
+use tracer_export::tree::{render_logs, render_trees_with_logs};
 
-/// Receives OTLP traces over HTTP and gRPC and keeps them as JSON lines.
+/// Receives OTLP traces and logs over HTTP and gRPC and keeps them as JSON lines.
 #[derive(Parser, Debug)]
 #[command(name = "otlp-receiver")]
 struct Options {
@@ -46,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut reported = 0;
+        let (mut reported, mut reported_logs) = (0, 0);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
@@ -65,15 +66,38 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             reported = log.len();
+            let log = receiver.log_request_log();
+            for request in log.iter().skip(reported_logs) {
+                eprintln!(
+                    "otlp-receiver: {} logs request: {} resource_logs, {} records{}",
+                    request.protocol.name(),
+                    request.resource_logs,
+                    request.records,
+                    if request.gzip { " (gzip)" } else { "" }
+                );
+            }
+            reported_logs = log.len();
         }
         anyhow::Ok(())
     })?;
     // Closed first: a request answered after the count would be delivered but never counted.
     receiver.close();
     let spans = receiver.spans();
-    eprintln!("otlp-receiver: {} spans in {} requests", spans.len(), receiver.requests());
+    let logs = receiver.logs();
+    eprintln!(
+        "otlp-receiver: {} spans in {} requests, {} log records in {} requests",
+        spans.len(),
+        receiver.requests(),
+        logs.len(),
+        receiver.log_request_log().len()
+    );
     if !options.quiet {
-        print!("{}", render_trees(&spans));
+        print!("{}", render_trees_with_logs(&spans, &logs));
+        let outside: Vec<_> = logs.into_iter().filter(|l| l.span_id.is_empty()).collect();
+        if !outside.is_empty() {
+            println!("log records outside any span:");
+            print!("{}", render_logs(&outside));
+        }
     }
     receiver.stop();
     Ok(())

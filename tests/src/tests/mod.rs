@@ -8,6 +8,8 @@ mod export;
 mod facts;
 mod faults;
 mod legacy;
+mod log_export;
+mod logs;
 mod netns;
 mod probes;
 mod pytango;

@@ -1151,6 +1151,11 @@ impl Effective {
     pub fn tracing_active(&self) -> bool {
         self.enable.0 && self.types.0.tracing
     }
+
+    /// Whether device logs are wanted: telemetry on with logging among its types.
+    pub fn logging_active(&self) -> bool {
+        self.enable.0 && self.types.0.logging
+    }
 }
 
 fn add(current: &mut (Vec<Destination>, Source), list: &[Destination], source: Source) {

@@ -7,7 +7,10 @@
 //! Values are parsed by [`crate::configure::cpptango`]. An invalid value is reported once, naming the
 //! process, device, source and value, and that setting falls back to the next lower source.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use log::warn;
 use tracer_export::Destination;
@@ -30,8 +33,10 @@ const MAX_DEVICES: usize = 65_536;
 pub struct Policy {
     /// Trace processes whose configuration does not enable telemetry.
     pub trace_by_default: bool,
-    /// The daemon's own destinations.
+    /// The daemon's own destinations of spans.
     pub destinations: Vec<Destination>,
+    /// The daemon's own destinations of device logs.
+    pub log_destinations: Vec<Destination>,
     /// Also trace operations native telemetry leaves out, whatever the topics say.
     pub extended_operations: bool,
 }
@@ -58,12 +63,25 @@ pub struct Configuration {
     reported: HashSet<String>,
     /// Routing decisions, valid until the next change of any source (one lookup per span).
     routes: std::cell::RefCell<HashMap<RouteKey, Routing>>,
+    /// Routing decisions of device logs by (pid, logger), likewise (one lookup per message).
+    log_routes: std::cell::RefCell<HashMap<(u32, Arc<str>), LogRouting>>,
     /// Device properties not kept because the table was full.
     refused_full: u64,
 }
 
 /// (pid, device, operation class): what a routing decision depends on besides the sources.
 type RouteKey = (u32, Option<String>, OperationClass);
+
+/// A device log message's routing decision; the destinations are shared by every message of the
+/// logger until the configuration changes (no copy per message).
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogRouting {
+    Export(Arc<[Destination]>),
+    /// Not wanted (telemetry off, logging not among the types).
+    Drop,
+    /// cppTango's own telemetry already exports it.
+    Native,
+}
 
 /// A span's routing decision.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +101,7 @@ impl Configuration {
             types: Some(Types::both()),
             topics: Some(Topics::native_default()),
             tracing: Some(policy.destinations.clone()),
-            logging: Some(Vec::new()),
+            logging: Some(policy.log_destinations.clone()),
         };
         Configuration {
             policy,
@@ -94,13 +112,14 @@ impl Configuration {
             ctl: Vec::new(),
             reported: HashSet::new(),
             routes: Default::default(),
+            log_routes: Default::default(),
             refused_full: 0,
         }
     }
 
     /// Reads the process's environment and tangorc files (once, when it becomes a target).
     pub fn add_process(&mut self, info: &ProcessInfo) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         let files: Vec<(&str, &str)> =
             info.tangorc_files.iter().map(|(path, text)| (path.as_str(), text.as_str())).collect();
         let (layers, warnings) = tc::layers_from_process(&info.environ, &files);
@@ -112,7 +131,7 @@ impl Configuration {
 
     /// libtango may be mapped after the process became a target.
     pub fn set_native_capable(&mut self, pid: u32, capable: bool) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         if let Some(process) = self.processes.get_mut(&pid) {
             process.native_capable = capable;
         }
@@ -120,14 +139,14 @@ impl Configuration {
 
     /// The process restarted or exited: its runtime changes end with it, as natively.
     pub fn remove_process(&mut self, pid: u32) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         self.processes.remove(&pid);
         self.runtime.remove(&pid);
     }
 
     /// The device's telemetry properties as the database holds them (read at device start-up).
     pub fn set_properties(&mut self, device: &str, properties: &[(String, Vec<String>)]) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         let telemetry: Vec<(String, Vec<String>)> = properties
             .iter()
             .filter(|(name, values)| {
@@ -148,7 +167,7 @@ impl Configuration {
     /// A command reached an admin device of server process `pid`; telemetry-changing commands
     /// apply to the matching devices of that process from now on. Queries change nothing.
     pub fn admin_command(&mut self, pid: u32, command: &str, argin: Option<&ArgValue>) -> bool {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         match parse_admin_command(command, argin) {
             None => false,
             Some(Ok(commands)) => {
@@ -166,13 +185,13 @@ impl Configuration {
 
     /// `tango-tracer ctl` changes, host-wide.
     pub fn ctl_commands(&mut self, commands: Vec<AdminCommand>) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         self.ctl.extend(commands);
     }
 
     /// Forgets `ctl` changes whose pattern is `pattern`.
     pub fn ctl_reset(&mut self, pattern: &str) {
-        self.routes.get_mut().clear();
+        self.sources_changed();
         self.ctl.retain(
             |c| !matches!(&c.targets, tc::DeviceSelector::Pattern(p) if p.eq_ignore_ascii_case(pattern)),
         );
@@ -240,6 +259,39 @@ impl Configuration {
         Routing::Export(effective.tracing.0)
     }
 
+    /// Where a log message of the logger `device` (the device's name) of `pid` goes: nowhere
+    /// unless telemetry is on with `logging` among its types; nowhere either when the process's
+    /// own cppTango 10 telemetry exports it (it was told to, by anything but the daemon's
+    /// default); else to the device's logging destinations.
+    pub fn route_log(&self, pid: u32, device: &Arc<str>) -> LogRouting {
+        let key = (pid, Arc::clone(device));
+        if let Some(routing) = self.log_routes.borrow().get(&key) {
+            return routing.clone();
+        }
+        let effective = self.effective(pid, Some(device));
+        let routing = if !effective.logging_active() || effective.logging.0.is_empty() {
+            LogRouting::Drop
+        } else if self.processes.get(&pid).is_some_and(|p| p.native_capable)
+            && effective.enable.1 != Source::Daemon
+        {
+            LogRouting::Native
+        } else {
+            LogRouting::Export(effective.logging.0.into())
+        };
+        let mut routes = self.log_routes.borrow_mut();
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(key, routing.clone());
+        routing
+    }
+
+    /// A source changed: every cached decision goes.
+    fn sources_changed(&mut self) {
+        self.routes.get_mut().clear();
+        self.log_routes.get_mut().clear();
+    }
+
     fn report(&mut self, process: &str, device: Option<&str>, warnings: Vec<ConfigWarning>) {
         for warning in warnings {
             let line = match device {
@@ -260,6 +312,7 @@ impl Configuration {
         out.size(STAGE, "runtime_command_entries", self.runtime.len());
         out.size(STAGE, "device_property_entries", self.properties.len());
         out.size(STAGE, "route_cache_entries", self.routes.borrow().len());
+        out.size(STAGE, "log_route_cache_entries", self.log_routes.borrow().len());
     }
 
     /// Warnings reported so far (for `ctl list`).
@@ -286,6 +339,7 @@ mod tests {
         Policy {
             trace_by_default: true,
             destinations: vec![Destination::Store { path: "/tmp/x".into() }],
+            log_destinations: vec![Destination::Console { stream: tracer_export::ConsoleStream::Stdout }],
             extended_operations: false,
         }
     }
@@ -380,5 +434,84 @@ mod tests {
             config.route(1, Some("a/b/2"), OperationClass::User),
             Routing::Export(policy().destinations)
         );
+    }
+
+    fn logger(name: &str) -> Arc<str> {
+        Arc::from(name)
+    }
+
+    #[test]
+    fn logs_go_to_the_daemon_default_then_per_device_destinations() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        let device = logger("a/b/c");
+        assert_eq!(config.route_log(1, &device), LogRouting::Export(policy().log_destinations.into()));
+        config.set_properties(
+            "A/B/C",
+            &[
+                ("telemetry_logging_exporters".into(), vec!["http,grpc".into()]),
+                (
+                    "telemetry_logging_endpoints".into(),
+                    vec!["http://127.0.0.1:1/v1/logs,grpc://127.0.0.1:2".into()],
+                ),
+            ],
+        );
+        let LogRouting::Export(list) = config.route_log(1, &device) else { panic!("exported") };
+        assert_eq!(
+            list.to_vec(),
+            vec![
+                Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/logs".into() },
+                Destination::OtlpGrpc { endpoint: "http://127.0.0.1:2".into() },
+            ]
+        );
+        assert_eq!(
+            config.route_log(1, &logger("x/y/z")),
+            LogRouting::Export(policy().log_destinations.into())
+        );
+        // At run time: SetTelemetryLoggingEndpoints, then SetTelemetryLogging off for the device.
+        let argin = ArgValue::StringArray(
+            ["a/b/*", "1", "http", "http://127.0.0.1:3/v1/logs"].map(String::from).to_vec(),
+        );
+        assert!(config.admin_command(1, "SetTelemetryLoggingEndpoints", Some(&argin)));
+        assert_eq!(
+            config.route_log(1, &device),
+            LogRouting::Export(
+                vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:3/v1/logs".into() }].into()
+            )
+        );
+        let off = ArgValue::LongStringArray { longs: vec![0], strings: vec!["a/b/c".into()] };
+        assert!(config.admin_command(1, "SetTelemetryLogging", Some(&off)));
+        assert_eq!(config.route_log(1, &device), LogRouting::Drop);
+        assert!(
+            matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)),
+            "spans go on"
+        );
+    }
+
+    #[test]
+    fn the_logging_type_gates_logs_as_tracing_gates_spans() {
+        let device = logger("a/b/c");
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"TANGO_TELEMETRY_TYPES=tracing\0", "9.3.4"));
+        assert_eq!(config.route_log(1, &device), LogRouting::Drop);
+        assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::User), Routing::Export(_)));
+        config.add_process(&process(2, b"TANGO_TELEMETRY_TYPES=logging\0", "9.3.4"));
+        assert!(matches!(config.route_log(2, &device), LogRouting::Export(_)));
+        assert_eq!(config.route(2, Some("a/b/c"), OperationClass::User), Routing::Drop);
+        // cppTango 10 exporting its own logs: not twice. Told nothing but the variables of
+        // logging: the daemon's default enable decides, and cppTango exports nothing.
+        config.add_process(&process(3, b"TANGO_TELEMETRY_ENABLE=on\0", "10.3.3"));
+        assert_eq!(config.route_log(3, &device), LogRouting::Native);
+        config.add_process(&process(4, b"TANGO_TELEMETRY_LOGGING_EXPORTERS=console\0", "10.3.3"));
+        assert_eq!(
+            config.route_log(4, &device),
+            LogRouting::Export(
+                vec![Destination::Console { stream: tracer_export::ConsoleStream::Stdout }].into()
+            )
+        );
+        let off = Policy { trace_by_default: false, ..policy() };
+        let mut config = Configuration::new(off);
+        config.add_process(&process(4, b"TANGO_TELEMETRY_TYPES=logging\0", "10.3.3"));
+        assert_eq!(config.route_log(4, &device), LogRouting::Drop, "the daemon's default enable is off");
     }
 }

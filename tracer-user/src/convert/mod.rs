@@ -1,4 +1,5 @@
-//! Assembled spans → export records: resources, scopes, SDK `SpanData`.
+//! Assembled spans and logs → export records: resources, scopes, SDK `SpanData`, log records.
 
+pub mod logdata;
 pub mod resources;
 pub mod spandata;

@@ -114,6 +114,20 @@ impl DeviceRegistry {
             .unwrap_or(key)
     }
 
+    /// The object key of the device `pid` serves under `name` (any case): one it was seen serving,
+    /// else one the database or the wire named so and no other process serves. Linear in the
+    /// devices known: callers keep what it found.
+    pub fn key_named(&self, pid: u32, name: &str) -> Option<Vec<u8>> {
+        let named = |key: &Vec<u8>| self.name(key).is_some_and(|n| n.eq_ignore_ascii_case(name));
+        if let Some(key) = self.served_by(pid).find(|key| named(key)) {
+            return Some(key.clone());
+        }
+        self.devices
+            .iter()
+            .find(|(key, device)| device.server_pid.is_none_or(|p| p == pid) && named(key))
+            .map(|(key, _)| key.clone())
+    }
+
     /// Whether the database at `tango_host` may be asked again now; notes the attempt.
     pub fn want_import(&mut self, tango_host: &str) -> bool {
         if self.imports.get(tango_host).is_some_and(|t| t.elapsed() < IMPORT_INTERVAL) {

@@ -5,7 +5,8 @@ use std::{borrow::Cow, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
-    LibraryRecord, MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, RecordHeader, chunk, direction, kind, unreadable,
+    LOG_RECORD_HEADER_LEN, LibraryRecord, LogRecord, MAX_CMDLINE, MAX_ENVIRON, MAX_LOG_FILE, MAX_LOG_MESSAGE,
+    MAX_LOGGER_NAME, MAX_PATH, RecordHeader, chunk, direction, kind, log_flags, unreadable,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -99,6 +100,50 @@ pub enum Record<'a> {
         ts_ns: u64,
         path: PathBuf,
     },
+    /// Thread `tid` logged a message that passed its logger's level check.
+    Log(LogMessage<'a>),
+}
+
+/// A device log message as the probe read it; the texts borrow from the ring-buffer item.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogMessage<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// log4tango's level (200 FATAL … 600 DEBUG).
+    pub level: i32,
+    /// The source line, when the call carried a location (cppTango ≥ 10).
+    pub line: Option<i32>,
+    /// The logger's name: the lowercased device name, or `dserver/<server>/<instance>`.
+    #[serde(with = "hex_bytes")]
+    pub logger: Cow<'a, [u8]>,
+    /// The last bytes of the source file's path (empty without a location).
+    #[serde(with = "hex_bytes")]
+    pub file: Cow<'a, [u8]>,
+    /// The first bytes of the message (`--log-bytes`).
+    #[serde(with = "hex_bytes")]
+    pub message: Cow<'a, [u8]>,
+    /// The message's whole length in the process.
+    pub message_len: u32,
+    /// Fields the probe could not read ([`tracer_common::log_flags`] bits other than the
+    /// location's).
+    pub unreadable: u32,
+}
+
+impl LogMessage<'_> {
+    /// Only a prefix of the message was copied.
+    pub fn truncated(&self) -> bool {
+        self.message.len() < self.message_len as usize
+    }
+
+    fn into_owned(self) -> LogMessage<'static> {
+        LogMessage {
+            logger: Cow::Owned(self.logger.into_owned()),
+            file: Cow::Owned(self.file.into_owned()),
+            message: Cow::Owned(self.message.into_owned()),
+            ..self
+        }
+    }
 }
 
 /// Facts the kernel copied about a process while it could not exit (see `FactsRecord`).
@@ -249,6 +294,7 @@ impl Record<'_> {
                 let path = bytes_at(raw, PATH, path_len, MAX_PATH);
                 Record::LibraryPath { pid, ts_ns, path: PathBuf::from(std::ffi::OsStr::from_bytes(path)) }
             }
+            kind::LOG => Record::Log(decode_log(raw, pid, tid, ts_ns)?),
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -275,6 +321,7 @@ impl Record<'_> {
             Record::ZmqSend { pid, tid, ts_ns } => Record::ZmqSend { pid, tid, ts_ns },
             Record::ProcessFacts(facts) => Record::ProcessFacts(facts),
             Record::LibraryPath { pid, ts_ns, path } => Record::LibraryPath { pid, ts_ns, path },
+            Record::Log(log) => Record::Log(log.into_owned()),
         }
     }
 
@@ -289,8 +336,44 @@ impl Record<'_> {
             | Record::ZmqSend { pid, .. }
             | Record::LibraryPath { pid, .. } => *pid,
             Record::ProcessFacts(facts) => facts.pid,
+            Record::Log(log) => log.pid,
         }
     }
+}
+
+/// Decodes a `LogRecord` (only `LOG_RECORD_HEADER_LEN` + the captured texts travel); the texts
+/// borrow from `raw`.
+fn decode_log(raw: &[u8], pid: u32, tid: u32, ts_ns: u64) -> Result<LogMessage<'_>, RecordError> {
+    use std::mem::offset_of;
+    if raw.len() < LOG_RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { kind: kind::LOG, len: raw.len() });
+    }
+    let field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+    let flags = field(offset_of!(LogRecord, flags));
+    let logger_captured = (field(offset_of!(LogRecord, logger_captured)) as usize).min(MAX_LOGGER_NAME);
+    let file_captured = (field(offset_of!(LogRecord, file_captured)) as usize).min(MAX_LOG_FILE);
+    let text = offset_of!(LogRecord, text);
+    let logger = bytes_at(raw, text, logger_captured as u32, MAX_LOGGER_NAME);
+    let file = bytes_at(raw, text + logger_captured, file_captured as u32, MAX_LOG_FILE);
+    let message = bytes_at(
+        raw,
+        text + logger_captured + file_captured,
+        field(offset_of!(LogRecord, message_captured)),
+        MAX_LOG_MESSAGE,
+    );
+    let has_location = flags & log_flags::HAS_LOCATION != 0;
+    Ok(LogMessage {
+        pid,
+        tid,
+        ts_ns,
+        level: field(offset_of!(LogRecord, level)) as i32,
+        line: has_location.then(|| field(offset_of!(LogRecord, line)) as i32),
+        logger: Cow::Borrowed(logger),
+        file: Cow::Borrowed(file),
+        message: Cow::Borrowed(message),
+        message_len: field(offset_of!(LogRecord, message_len)),
+        unreadable: flags & !log_flags::HAS_LOCATION,
+    })
 }
 
 /// Decodes a `FactsRecord` (only `FACTS_RECORD_HEADER_LEN` + the captured blocks travel).
@@ -590,5 +673,69 @@ mod tests {
         );
         raw[..4].copy_from_slice(&77u32.to_ne_bytes());
         assert_eq!(Record::decode(&raw), Err(RecordError::UnknownKind(77)));
+    }
+
+    /// A log record as the probe writes it: the logger's name, the file's last bytes and the
+    /// message's first bytes, packed; `message_len` is the message's true length.
+    fn raw_log(logger: &[u8], file: Option<(&[u8], i32)>, message: &[u8], message_len: u32) -> Vec<u8> {
+        use tracer_common::{LogRecord, log_flags};
+        let mut record = LogRecord {
+            header: RecordHeader { kind: kind::LOG, pid: 10, tid: 12, fd: -1, ts_ns: 99 },
+            level: 400,
+            line: 0,
+            flags: 0,
+            logger_len: logger.len() as u32,
+            logger_captured: logger.len() as u32,
+            file_len: 0,
+            file_captured: 0,
+            message_len,
+            message_captured: message.len() as u32,
+            _pad: 0,
+            text: [0; MAX_LOGGER_NAME + MAX_LOG_FILE + MAX_LOG_MESSAGE],
+        };
+        let mut at = 0;
+        record.text[..logger.len()].copy_from_slice(logger);
+        at += logger.len();
+        if let Some((file, line)) = file {
+            record.flags |= log_flags::HAS_LOCATION;
+            record.line = line;
+            record.file_len = file.len() as u32;
+            record.file_captured = file.len() as u32;
+            record.text[at..at + file.len()].copy_from_slice(file);
+            at += file.len();
+        }
+        record.text[at..at + message.len()].copy_from_slice(message);
+        at += message.len();
+        // SAFETY: a plain #[repr(C)] struct viewed as its bytes, as the ring buffer carries it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&record as *const LogRecord).cast::<u8>(), size_of::<LogRecord>())
+        };
+        bytes[..LOG_RECORD_HEADER_LEN + at].to_vec()
+    }
+
+    #[test]
+    fn log_records_borrow_their_texts_and_say_what_was_cut() {
+        let raw = raw_log(b"test/logdev/1", Some((b"/srv/dev/pydev2.py", 20)), b"hello \xff", 300);
+        let Ok(Record::Log(log)) = Record::decode(&raw) else { panic!("a log record") };
+        assert_eq!((log.pid, log.tid, log.ts_ns, log.level, log.line), (10, 12, 99, 400, Some(20)));
+        assert_eq!((&log.logger[..], &log.file[..]), (&b"test/logdev/1"[..], &b"/srv/dev/pydev2.py"[..]));
+        assert_eq!(&log.message[..], b"hello \xff");
+        assert!(log.truncated(), "300 bytes long, 7 copied");
+        assert!(matches!(log.message, Cow::Borrowed(_)));
+        let owned = Record::Log(log.clone()).into_owned();
+        assert_eq!(owned, Record::Log(log));
+
+        // cppTango 9: no location.
+        let raw = raw_log(b"sys/tg_test/1", None, b"TangoTest::DevVoid()  - sys/tg_test/1", 37);
+        let Ok(Record::Log(log)) = Record::decode(&raw) else { panic!("a log record") };
+        assert_eq!((log.line, log.file.len(), log.truncated()), (None, 0, false));
+
+        // Cut short by a bad length: refused below the fixed part, clamped above it.
+        assert_eq!(
+            Record::decode(&raw[..LOG_RECORD_HEADER_LEN - 1]),
+            Err(RecordError::Truncated { kind: kind::LOG, len: LOG_RECORD_HEADER_LEN - 1 })
+        );
+        let Ok(Record::Log(cut)) = Record::decode(&raw[..raw.len() - 5]) else { panic!("still decodes") };
+        assert_eq!(&cut.message[..], b"TangoTest::DevVoid()  - sys/tg_t");
     }
 }

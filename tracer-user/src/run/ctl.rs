@@ -27,6 +27,9 @@ pub struct StatsView {
     pub lost: Vec<Loss>,
     /// What happened to the spans of each destination.
     pub export: Vec<ExportView>,
+    /// What happened to the log records of each destination of logs (counted apart from spans).
+    #[serde(default)]
+    pub export_logs: Vec<ExportView>,
 }
 
 /// One export destination's counters.
@@ -42,6 +45,32 @@ pub struct ExportView {
     pub peak_bytes_held: u64,
     pub failing: bool,
     pub last_error: Option<String>,
+    /// The drops by cause, those that happened only.
+    #[serde(default)]
+    pub dropped_by_cause: std::collections::BTreeMap<String, u64>,
+}
+
+impl ExportView {
+    fn new(destination: &tracer_export::Destination, s: &tracer_export::DestinationStats) -> Self {
+        ExportView {
+            destination: destination.to_string(),
+            submitted: s.spans_submitted,
+            delivered: s.spans_delivered,
+            dropped: s.dropped.total(),
+            held: s.spans_held,
+            bytes_held: s.bytes_held,
+            peak_bytes_held: s.peak_bytes_held,
+            failing: s.failing,
+            last_error: s.last_error.clone(),
+            dropped_by_cause: s
+                .dropped
+                .by_cause()
+                .into_iter()
+                .filter(|(_, count)| *count > 0)
+                .map(|(cause, count)| (cause.to_owned(), count))
+                .collect(),
+        }
+    }
 }
 
 impl StatsView {
@@ -55,21 +84,8 @@ impl StatsView {
                 .map(|(stage, name, value)| (key(stage, name), value))
                 .collect(),
             lost,
-            export: export
-                .destinations
-                .iter()
-                .map(|(destination, s)| ExportView {
-                    destination: destination.to_string(),
-                    submitted: s.spans_submitted,
-                    delivered: s.spans_delivered,
-                    dropped: s.dropped.total(),
-                    held: s.spans_held,
-                    bytes_held: s.bytes_held,
-                    peak_bytes_held: s.peak_bytes_held,
-                    failing: s.failing,
-                    last_error: s.last_error.clone(),
-                })
-                .collect(),
+            export: export.destinations.iter().map(|(d, s)| ExportView::new(d, s)).collect(),
+            export_logs: export.logs.iter().map(|(d, s)| ExportView::new(d, s)).collect(),
         }
     }
 }
@@ -87,6 +103,11 @@ pub enum CtlRequest {
     Enable { pattern: String, enable: bool },
     /// Send the matching devices' spans to these exporters/endpoints instead.
     Endpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
+    /// Export (`enable: true`) or not the device logs of the devices matching `pattern`
+    /// (like `SetTelemetryLogging`).
+    Logging { pattern: String, enable: bool },
+    /// Send the matching devices' logs to these exporters/endpoints instead.
+    LogEndpoints { pattern: String, exporters: Vec<String>, endpoints: Vec<String> },
     /// Forget runtime changes made with `ctl` for the matching devices.
     Reset { pattern: String },
     /// Every stage's counters and table sizes.
@@ -117,6 +138,11 @@ pub struct TargetView {
     pub topics: SettingView,
     pub tracing: SettingView,
     pub spans: u64,
+    /// Where device logs go, and how many were exported.
+    #[serde(default)]
+    pub logging: Option<SettingView>,
+    #[serde(default)]
+    pub logs: u64,
 }
 
 /// The daemon's answer.
@@ -203,8 +229,25 @@ pub fn render_stats(stats: &StatsView) -> String {
     for loss in lost {
         out.push_str(&format!("    {:<40} {:<40} {}\n", loss.stage, loss.cause, loss.total));
     }
-    out.push_str("export\n");
-    for e in &stats.export {
+    render_export("export", &stats.export, &mut out);
+    // Logs appear once a destination of logs was used.
+    if !stats.export_logs.is_empty() {
+        render_export("export of logs", &stats.export_logs, &mut out);
+    }
+    for (title, map) in [("counters", &stats.counters), ("tables", &stats.tables)] {
+        out.push_str(title);
+        out.push('\n');
+        for (name, value) in map {
+            out.push_str(&format!("    {name:<48} {value}\n"));
+        }
+    }
+    out
+}
+
+fn render_export(title: &str, views: &[ExportView], out: &mut String) {
+    out.push_str(title);
+    out.push('\n');
+    for e in views {
         out.push_str(&format!(
             "    {}: {} submitted, {} delivered, {} dropped, {} held ({} bytes){}\n",
             e.destination,
@@ -218,15 +261,10 @@ pub fn render_stats(stats: &StatsView) -> String {
                 _ => String::new(),
             }
         ));
-    }
-    for (title, map) in [("counters", &stats.counters), ("tables", &stats.tables)] {
-        out.push_str(title);
-        out.push('\n');
-        for (name, value) in map {
-            out.push_str(&format!("    {name:<48} {value}\n"));
+        for (cause, count) in &e.dropped_by_cause {
+            out.push_str(&format!("        dropped, {cause}: {count}\n"));
         }
     }
-    out
 }
 
 /// Renders a `list` answer as a table.
@@ -247,7 +285,13 @@ pub fn render_targets(targets: &[TargetView], warnings: &[String]) -> String {
         {
             out.push_str(&format!("    {name:<8} {:<40} [{}]\n", setting.value, setting.source));
         }
+        if let Some(logging) = &t.logging {
+            out.push_str(&format!("    {:<8} {:<40} [{}]\n", "logging", logging.value, logging.source));
+        }
         out.push_str(&format!("    spans    {}\n", t.spans));
+        if t.device.is_some() {
+            out.push_str(&format!("    logs     {}\n", t.logs));
+        }
     }
     for warning in warnings {
         out.push_str(&format!("warning: {warning}\n"));
@@ -265,6 +309,40 @@ mod tests {
         reason = "tests"
     )]
     use super::*;
+
+    #[test]
+    fn stats_show_logs_apart_with_their_drops_by_cause() {
+        let store = tracer_export::Destination::Store { path: "spans.jsonl".into() };
+        let spans =
+            tracer_export::DestinationStats { spans_submitted: 4, spans_delivered: 4, ..Default::default() };
+        let mut logs = tracer_export::DestinationStats {
+            spans_submitted: 25,
+            spans_delivered: 10,
+            ..Default::default()
+        };
+        logs.dropped.budget_oldest = 15;
+        let export = tracer_export::ExportStats {
+            destinations: vec![(store.clone(), spans)],
+            logs: vec![(store, logs)],
+        };
+        let view = StatsView::new(&StageStats::default(), Vec::new(), &export);
+        assert_eq!((view.export.len(), view.export_logs.len()), (1, 1));
+        let text = render_stats(&view);
+        assert!(
+            text.contains(
+                "export\n    store spans.jsonl: 4 submitted, 4 delivered, 0 dropped, 0 held (0 bytes)\n\
+                 export of logs\n    store spans.jsonl: 25 submitted, 10 delivered, 15 dropped, 0 held (0 bytes)\n\
+                 \x20       dropped, memory budget full (oldest dropped): 15\n"
+            ),
+            "{text}"
+        );
+        // An answer of a daemon without logs still reads.
+        let mut json: serde_json::Value = serde_json::to_value(&view).unwrap();
+        json.as_object_mut().unwrap().remove("export_logs");
+        let old: StatsView = serde_json::from_value(json).unwrap();
+        assert!(old.export_logs.is_empty());
+        assert!(!render_stats(&old).contains("export of logs"));
+    }
 
     #[test]
     fn requests_round_trip_as_json() {

@@ -31,7 +31,7 @@ use self::{
     ctl::{CtlAnswer, CtlRequest},
     instance::Instance,
     losses::{Loss, LossReport},
-    pipeline::{DbQuery, OwnPorts, Pipeline, Routed},
+    pipeline::{DbQuery, OwnPorts, Pipeline, Routed, RoutedLog},
 };
 pub use crate::convert::spandata::{ClockOffset, monotonic_ns};
 use crate::{
@@ -62,9 +62,13 @@ const EXITED_KEEP: Duration = Duration::from_secs(5);
 /// Options of `tango-tracer run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// The daemon's own destinations of spans and of device logs.
     pub destinations: Vec<Destination>,
+    pub log_destinations: Vec<Destination>,
     pub export: tracer_export::ExportConfig,
     pub capture_bytes: u32,
+    /// Bytes copied of each device log message (longer ones are cut, counted).
+    pub log_bytes: u32,
     pub ready_file: Option<PathBuf>,
     /// Trace only processes whose environment has this `NAME=value` (tests, scoped sessions).
     pub select_env: Option<(String, String)>,
@@ -94,6 +98,7 @@ struct Daemon {
     hub: ExportHub,
     /// Export records of the last release (reused).
     routed: Vec<Routed>,
+    routed_logs: Vec<RoutedLog>,
     recorder: Option<std::io::BufWriter<std::fs::File>>,
     own_pid: u32,
     imported_tx: mpsc::UnboundedSender<dbclient::Import>,
@@ -119,7 +124,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(socket) => Some(Instance::acquire(socket)?),
         None => None,
     };
-    let (probes, ring) = Probes::load(options.capture_bytes, options.net_ns.unwrap_or(0))?;
+    let (probes, ring) = Probes::load(options.capture_bytes, options.net_ns.unwrap_or(0), options.log_bytes)?;
     if let Some(net_ns) = options.net_ns {
         info!("tracing only processes of network namespace net:[{net_ns}]");
     }
@@ -148,6 +153,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let policy = Policy {
         trace_by_default: options.trace_by_default,
         destinations: options.destinations.clone(),
+        log_destinations: options.log_destinations.clone(),
         extended_operations: options.extended_operations,
     };
     let mut daemon = Daemon {
@@ -157,6 +163,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         probes,
         hub,
         routed: Vec::new(),
+        routed_logs: Vec::new(),
         recorder,
         own_pid: std::process::id(),
         imported_tx,
@@ -174,6 +181,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut peer_rx = daemon.peers.as_mut().and_then(PeerLink::take_incoming);
     for destination in &daemon.options.destinations {
         info!("exporting spans to {destination:?}");
+    }
+    for destination in &daemon.options.log_destinations {
+        info!("exporting device logs to {destination:?}");
     }
     daemon.scan_existing();
     daemon.pipeline.import_all(&daemon.processes);
@@ -312,10 +322,13 @@ impl Daemon {
         for (stage, name, value) in self.peer_stats().losses() {
             losses.push(Loss::new(stage, name.replace('_', " "), value));
         }
-        for (destination, stats) in &self.hub.stats().destinations {
-            let stage = format!("export to {destination}");
-            for (cause, count) in stats.dropped.by_cause() {
-                losses.push(Loss::new(stage.clone(), cause, count));
+        let export = self.hub.stats();
+        for (signal, list) in [("", &export.destinations), ("logs ", &export.logs)] {
+            for (destination, stats) in list {
+                let stage = format!("export {signal}to {destination}");
+                for (cause, count) in stats.dropped.by_cause() {
+                    losses.push(Loss::new(stage.clone(), cause, count));
+                }
             }
         }
         losses
@@ -326,6 +339,10 @@ impl Daemon {
         self.pipeline.release(&self.processes, force, &mut self.routed);
         for Routed { record, destinations } in self.routed.drain(..) {
             self.hub.submit(record, &destinations);
+        }
+        self.pipeline.release_logs(&self.processes, force, &mut self.routed_logs);
+        for RoutedLog { record, destinations } in self.routed_logs.drain(..) {
+            self.hub.submit_log(record, &destinations);
         }
         self.pipeline.take_outgoing(&mut self.outgoing);
         match &self.peers {
@@ -380,20 +397,29 @@ impl Daemon {
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
             CtlRequest::Endpoints { pattern, exporters, endpoints } => {
-                if exporters.len() != endpoints.len() {
-                    return CtlAnswer::Error { message: "give as many endpoints as exporters".into() };
-                }
-                let mut list = Vec::new();
-                for (exporter, endpoint) in exporters.iter().zip(&endpoints) {
-                    let parsed = tc::Exporter::parse(exporter).and_then(|e| tc::destination(e, endpoint));
-                    match parsed {
-                        Ok(destination) => list.push(destination),
-                        Err(e) => return CtlAnswer::Error { message: format!("{exporter} {endpoint}: {e}") },
+                match ctl_destinations(&exporters, &endpoints) {
+                    Ok(list) => {
+                        let cmd = command(&pattern, AdminChange::SetTracing(list));
+                        self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
+                        CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
                     }
+                    Err(message) => CtlAnswer::Error { message },
                 }
-                let cmd = command(&pattern, AdminChange::SetTracing(list));
+            }
+            CtlRequest::Logging { pattern, enable } => {
+                let cmd = command(&pattern, AdminChange::Logging(enable));
                 self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+            }
+            CtlRequest::LogEndpoints { pattern, exporters, endpoints } => {
+                match ctl_destinations(&exporters, &endpoints) {
+                    Ok(list) => {
+                        let cmd = command(&pattern, AdminChange::SetLogging(list));
+                        self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
+                        CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
+                    }
+                    Err(message) => CtlAnswer::Error { message },
+                }
             }
             CtlRequest::Reset { pattern } => {
                 self.pipeline.configuration_mut().ctl_reset(&pattern);
@@ -441,6 +467,9 @@ impl Daemon {
                     source: source.to_string(),
                 };
                 let destinations: Vec<String> = effective.tracing.0.iter().map(|d| d.to_string()).collect();
+                let log_destinations: Vec<String> =
+                    effective.logging.0.iter().map(|d| d.to_string()).collect();
+                let logs = device.as_deref().map(|d| self.pipeline.released_logs(info.pid, d)).unwrap_or(0);
                 views.push(ctl::TargetView {
                     pid: info.pid,
                     process: info.comm.clone(),
@@ -453,6 +482,8 @@ impl Daemon {
                     topics: setting(effective.topics.0.names().join(","), &effective.topics.1),
                     tracing: setting(destinations.join(", "), &effective.tracing.1),
                     spans,
+                    logging: Some(setting(log_destinations.join(", "), &effective.logging.1)),
+                    logs,
                 });
             }
         }
@@ -475,15 +506,21 @@ impl Daemon {
         if let Some(line) = self.loss_report.since_last(&losses) {
             warn!("{line}");
         }
-        let export = self.hub.stats().total();
+        let stats = self.hub.stats();
+        let (export, logs) = (stats.total(), stats.logs_total());
         info!(
             "stopped: {messages} GIOP messages, {spans} spans, {unparsable} unparsable, {} probe records lost; \
-             export: {} submitted, {} delivered, {} dropped, {} held; lost: {}",
+             export: {} submitted, {} delivered, {} dropped, {} held; \
+             logs export: {} submitted, {} delivered, {} dropped, {} held; lost: {}",
             self.probes.lost_records(),
             export.spans_submitted,
             export.spans_delivered,
             export.dropped.total(),
             export.spans_held,
+            logs.spans_submitted,
+            logs.spans_delivered,
+            logs.dropped.total(),
+            logs.spans_held,
             losses::totals(&losses),
         );
         let stats = self.pipeline.report(&self.processes);
@@ -507,6 +544,26 @@ async fn next_peer_message(rx: &mut Option<mpsc::Receiver<Incoming>>) -> Incomin
         },
         None => std::future::pending().await,
     }
+}
+
+/// Destinations from `ctl`'s EXPORTER ENDPOINT pairs, checked as cppTango checks an admin
+/// command's.
+fn ctl_destinations(
+    exporters: &[String],
+    endpoints: &[String],
+) -> Result<Vec<tracer_export::Destination>, String> {
+    if exporters.len() != endpoints.len() {
+        return Err("give as many endpoints as exporters".into());
+    }
+    exporters
+        .iter()
+        .zip(endpoints)
+        .map(|(exporter, endpoint)| {
+            tc::Exporter::parse(exporter)
+                .and_then(|e| tc::destination(e, endpoint))
+                .map_err(|e| format!("{exporter} {endpoint}: {e}"))
+        })
+        .collect()
 }
 
 /// Runs one database query in the background; its answer comes back to the loop.

@@ -12,15 +12,16 @@ use std::{
 };
 
 use opentelemetry::trace::SpanKind;
-use tracer_export::{Destination, SpanRecord};
+use tracer_export::{Destination, LogRecord, SpanRecord};
 
 use crate::{
     assemble::{
         AssembledSpan, Assembler, Crossing, Observation,
         naming::{DATABASE_KEY, OperationClass},
     },
-    configure::{Configuration, Policy, Routing},
+    configure::{Configuration, LogRouting, Policy, Routing},
     convert::{
+        logdata,
         resources::{self, ResourceKey, Resources},
         spandata::{self, ClockOffset},
     },
@@ -28,6 +29,7 @@ use crate::{
     devices::{DeviceFacts, DeviceRegistry, dbclient},
     discover::{processes::Processes, procinfo::ProcessInfo},
     events::Events,
+    logs::{self, Logs, Waiting},
     probe::record::{Direction, Record},
     stats::StageStats,
 };
@@ -57,6 +59,12 @@ pub struct Routed {
     pub destinations: Vec<Destination>,
 }
 
+/// A device log record and where it goes.
+pub struct RoutedLog {
+    pub record: LogRecord,
+    pub destinations: std::sync::Arc<[Destination]>,
+}
+
 /// Counters of the pipeline's own steps.
 #[derive(Clone, Copy, Debug, Default)]
 struct PipelineStats {
@@ -67,12 +75,17 @@ struct PipelineStats {
     native: u64,
     /// Spans released before their device's facts were known because too many waited.
     waiting_overflow: u64,
+    /// Device log records released, not wanted by the configuration, exported by cppTango itself.
+    logs_released: u64,
+    logs_not_wanted: u64,
+    logs_native: u64,
 }
 
 /// Assembly, events, devices, configuration and conversion, in that order.
 pub struct Pipeline {
     assembler: Assembler,
     events: Events,
+    logs: Logs,
     devices: DeviceRegistry,
     config: Configuration,
     resources: Resources,
@@ -92,6 +105,8 @@ pub struct Pipeline {
     linker: Option<Linker>,
     /// Requests that crossed hosts, drained from the assembler (reused).
     crossings: Vec<Crossing>,
+    /// Device logs released per process and logger, for `ctl list`.
+    logs_released_by: HashMap<(u32, std::sync::Arc<str>), u64>,
 }
 
 impl Pipeline {
@@ -100,6 +115,7 @@ impl Pipeline {
         Pipeline {
             assembler: Assembler::new(capture_bytes),
             events: Events::default(),
+            logs: Logs::default(),
             devices: DeviceRegistry::default(),
             config: Configuration::new(policy),
             resources: Resources::default(),
@@ -111,6 +127,7 @@ impl Pipeline {
             queries: Vec::new(),
             stats: PipelineStats::default(),
             released_by: HashMap::new(),
+            logs_released_by: HashMap::new(),
             linker: None,
             crossings: Vec::new(),
         }
@@ -202,6 +219,10 @@ impl Pipeline {
                 let serving = self.assembler.serving_context(pid, *tid);
                 self.events.on_zmq_send(pid, *ts_ns, serving);
             }
+            Record::Log(message) => {
+                let serving = self.assembler.serving_context(pid, message.tid);
+                self.logs.push(message, serving, Instant::now());
+            }
             Record::Close { fd, .. } => {
                 self.assembler.push(record);
                 self.events.on_close(pid, *fd);
@@ -258,6 +279,85 @@ impl Pipeline {
             } else {
                 self.waiting.push_back((since, span));
             }
+        }
+    }
+
+    /// The per-log path: device log messages that are ready go to `out` with their destinations,
+    /// in the order they were logged. A message logged inside a request waits
+    /// [`logs::CONTEXT_SETTLE`] (its server span may still take its client's trace id); every
+    /// message waits until its device's facts are known, as spans do, at most
+    /// [`logs::MAX_WAIT`], unless `force`. The first message that must wait stops the release
+    /// (the ones after it are younger): a release costs what it releases, not what waits.
+    pub fn release_logs(&mut self, processes: &Processes, force: bool, out: &mut Vec<RoutedLog>) {
+        // Observations first: renamed server spans, device names and classes.
+        self.collect_finished(processes);
+        let now = Instant::now();
+        let mut unknown_hosts = Vec::new();
+        while let Some(waiting) = self.logs.next_waiting() {
+            let waited = now.saturating_duration_since(waiting.since);
+            let must_go = force || waiting.overflowed || waited >= logs::MAX_WAIT;
+            if waiting.log.context.is_some() && waited < logs::CONTEXT_SETTLE && !must_go {
+                self.logs.wait_again(waiting);
+                break;
+            }
+            let Waiting { since, mut log, .. } = waiting;
+            log.context = self.logs.context_of(&log);
+            let (pid, logger) = (log.pid, std::sync::Arc::clone(&log.logger));
+            let resource = match self.logs.target(pid, &logger) {
+                Some(target) if target.complete || !self.devices.is_known(&target.object_key) => {
+                    target.resource.clone()
+                }
+                _ => {
+                    let process = processes.info(pid);
+                    let mut key = self.devices.key_named(pid, &logger);
+                    if key.is_none()
+                        && let Some(facts) = admin_device_facts(&logger)
+                        && process.is_some_and(|p| p.cmdline.iter().any(|arg| arg == "-nodb"))
+                    {
+                        // Without a database, the admin device's key is its lowercased name,
+                        // and its name says its server.
+                        let object_key = logger.to_ascii_lowercase().into_bytes();
+                        self.devices.learn(object_key.clone(), facts);
+                        key = Some(object_key);
+                    }
+                    let known = key.as_deref().is_some_and(|k| self.devices.is_known(k));
+                    // A logger that went out once without its device's facts does not wait again.
+                    let waited_before = self.logs.target(pid, &logger).is_some();
+                    if !known && !must_go && !waited_before {
+                        if key.is_none()
+                            && let Some(host) = process.and_then(|p| p.tango_host())
+                        {
+                            unknown_hosts.push(host);
+                        }
+                        self.logs.wait_again(Waiting { since, log, overflowed: false });
+                        break;
+                    }
+                    // Without a database the object key is the lowercased device name.
+                    let object_key = key.unwrap_or_else(|| logger.to_ascii_lowercase().into_bytes());
+                    let name = self.devices.name(&object_key).unwrap_or_else(|| logger.to_string());
+                    let resource_key = ResourceKey::Device { pid, object_key: object_key.clone() };
+                    let facts = self.devices.facts(&object_key);
+                    let resource = self.resources.resolve(&resource_key, process, true, Some(&name), facts);
+                    let target =
+                        logs::LoggerTarget { object_key, resource: resource.clone(), complete: known };
+                    self.logs.set_target(pid, &logger, target);
+                    resource
+                }
+            };
+            match self.config.route_log(pid, &logger) {
+                LogRouting::Export(destinations) => {
+                    self.stats.logs_released += 1;
+                    *self.logs_released_by.entry((pid, logger)).or_default() += 1;
+                    let scope = self.logs.scope(pid, || logdata::log_scope_for(processes.info(pid)));
+                    let record = logdata::to_log_record(log, resource, scope, &self.clock);
+                    out.push(RoutedLog { record, destinations });
+                }
+                LogRouting::Native => self.stats.logs_native += 1,
+                LogRouting::Drop => self.stats.logs_not_wanted += 1,
+            }
+        }
+        for tango_host in unknown_hosts {
+            self.import(tango_host);
         }
     }
 
@@ -364,6 +464,7 @@ impl Pipeline {
     pub fn expire(&mut self, now_ns: u64) {
         self.assembler.expire(now_ns);
         self.events.expire(now_ns);
+        self.logs.expire(Instant::now());
     }
 
     /// A process is gone for good (some time after its exit, or its pid has a new process):
@@ -371,8 +472,10 @@ impl Pipeline {
     pub fn forget_process(&mut self, pid: u32) {
         self.config.remove_process(pid);
         self.released_by.retain(|(p, _), _| *p != pid);
+        self.logs_released_by.retain(|(p, _), _| *p != pid);
         self.devices.forget_process(pid);
         self.resources.forget(pid);
+        self.logs.forget_process(pid);
     }
 
     /// Ends every call still open (shutdown).
@@ -383,6 +486,15 @@ impl Pipeline {
     /// Spans released so far for `pid`'s `device` (`None`: the process's own spans).
     pub fn released(&self, pid: u32, device: Option<&str>) -> u64 {
         self.released_by.get(&(pid, device.map(str::to_string))).copied().unwrap_or(0)
+    }
+
+    /// Device logs released so far for `pid`'s `device`.
+    pub fn released_logs(&self, pid: u32, device: &str) -> u64 {
+        self.logs_released_by
+            .iter()
+            .filter(|((p, logger), _)| *p == pid && logger.eq_ignore_ascii_case(device))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     pub fn configuration(&self) -> &Configuration {
@@ -409,6 +521,7 @@ impl Pipeline {
         processes.report(&mut out);
         self.assembler.report(&mut out);
         self.events.report(&mut out);
+        self.logs.report(&mut out);
         self.devices.report(&mut out);
         self.config.stats(&mut out);
         self.resources.report(&mut out);
@@ -420,8 +533,12 @@ impl Pipeline {
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
         out.push(STAGE, "native", self.stats.native);
         out.push(STAGE, "waiting_overflow", self.stats.waiting_overflow);
+        out.push(STAGE, "logs_released", self.stats.logs_released);
+        out.push(STAGE, "logs_not_wanted", self.stats.logs_not_wanted);
+        out.push(STAGE, "logs_native", self.stats.logs_native);
         out.size(STAGE, "waiting_span_entries", self.waiting.len());
         out.size(STAGE, "released_count_entries", self.released_by.len());
+        out.size(STAGE, "released_log_count_entries", self.logs_released_by.len());
         out
     }
 
@@ -446,6 +563,7 @@ impl Pipeline {
                     );
                 }
             }
+            Observation::Renamed { old, new } => self.logs.rename(old, new, Instant::now()),
             Observation::Exported { pid, device } => {
                 if let Some(tango_host) = processes.info(pid).and_then(|p| p.tango_host()) {
                     self.queries.push(DbQuery::Properties { tango_host, device });
@@ -500,6 +618,17 @@ impl Pipeline {
         };
         location.starts_with("giop:tcp:") && self.own_ports.lock().is_ok_and(|ports| ports.contains(&port))
     }
+}
+
+/// The admin device `dserver/<server>/<instance>` is of class `DServer` and serves
+/// `<server>/<instance>`.
+fn admin_device_facts(name: &str) -> Option<DeviceFacts> {
+    let server = name.get(..8).filter(|p| p.eq_ignore_ascii_case("dserver/")).and(name.get(8..))?;
+    (server.split('/').count() == 2).then(|| DeviceFacts {
+        name: None,
+        dev_class: Some("DServer".to_string()),
+        server_id: Some(server.to_string()),
+    })
 }
 
 /// The database server (`DataBaseds <instance>`) serves `sys/database/2` of class `DataBase`.
@@ -577,6 +706,7 @@ mod tests {
         pipeline: Pipeline,
         processes: Processes,
         routed: Vec<Routed>,
+        routed_logs: Vec<RoutedLog>,
         ts_ns: u64,
     }
 
@@ -585,12 +715,14 @@ mod tests {
             let policy = Policy {
                 trace_by_default: true,
                 destinations: vec![Destination::Store { path: "test".into() }],
+                log_destinations: vec![Destination::Store { path: "test".into() }],
                 extended_operations: false,
             };
             Host {
                 pipeline: Pipeline::new(2048, policy),
                 processes: Processes::new(None),
                 routed: Vec::new(),
+                routed_logs: Vec::new(),
                 ts_ns: 1_000,
             }
         }
@@ -639,6 +771,7 @@ mod tests {
         /// Releases everything and forgets every process that exited, as the tick does later.
         fn settle(&mut self) -> usize {
             self.pipeline.release(&self.processes, true, &mut self.routed);
+            self.pipeline.release_logs(&self.processes, true, &mut self.routed_logs);
             self.pipeline.expire(self.ts_ns);
             for pid in self.processes.take_gone(Duration::ZERO) {
                 self.pipeline.forget_process(pid);
@@ -648,6 +781,142 @@ mod tests {
 
         fn tables(&self) -> Vec<(&'static str, &'static str, u64)> {
             self.pipeline.report(&self.processes).tables().collect()
+        }
+    }
+
+    /// A message logged by `tid` of `pid` through `logger`, at INFO, from `dev.py` line 12.
+    fn log(pid: u32, tid: u32, ts_ns: u64, logger: &str, text: &[u8]) -> Record<'static> {
+        Record::Log(crate::probe::record::LogMessage {
+            pid,
+            tid,
+            ts_ns,
+            level: 500,
+            line: Some(12),
+            logger: logger.as_bytes().to_vec().into(),
+            file: b"/srv/tango/dev.py".to_vec().into(),
+            message: text.to_vec().into(),
+            message_len: text.len() as u32,
+            unreadable: 0,
+        })
+    }
+
+    impl Host {
+        /// One call from `client` to `server`; `during` is logged by the serving thread between
+        /// the request and the reply.
+        fn call_logging(&mut self, client: u32, server: u32, id: u32, during: &[u8]) {
+            let request = with_request_id(fixture("demo-req-read_attributes_5"), id);
+            let reply = with_request_id(fixture("demo-rep-read_attributes_5"), id);
+            for (pid, fd, direction, bytes) in
+                [(client, 7, Direction::Send, &request), (server, 21, Direction::Recv, &request)]
+            {
+                let ts_ns = self.next_ts();
+                self.push(data(pid, fd, ts_ns, direction, bytes));
+            }
+            let ts_ns = self.next_ts();
+            self.push(log(server, server, ts_ns, "test/demo/1", during));
+            for (pid, fd, direction, bytes) in
+                [(server, 21, Direction::Send, &reply), (client, 7, Direction::Recv, &reply)]
+            {
+                let ts_ns = self.next_ts();
+                self.push(data(pid, fd, ts_ns, direction, bytes));
+            }
+        }
+    }
+
+    fn bodies(host: &Host) -> Vec<&str> {
+        host.routed_logs.iter().map(|l| l.record.body.as_str()).collect()
+    }
+
+    #[test]
+    fn a_message_logged_inside_a_request_joins_its_server_span_and_resource() {
+        let mut host = Host::new();
+        let (client, server) = (11, 10);
+        host.start(server);
+        host.start(client);
+        host.call_logging(client, server, 1, b"inside");
+        let ts_ns = host.next_ts();
+        // Another thread of the server, serving nothing; and the admin device's core logger.
+        host.push(log(server, server + 1, ts_ns, "test/demo/1", b"outside"));
+        host.push(log(server, server, ts_ns + 1, "dserver/Demo/demo", b"admin"));
+        host.pipeline.release(&host.processes, true, &mut host.routed);
+        host.pipeline.release_logs(&host.processes, true, &mut host.routed_logs);
+        assert_eq!(bodies(&host), vec!["inside", "outside", "admin"]);
+        let server_span = host
+            .routed
+            .iter()
+            .find(|r| r.record.data.span_kind == SpanKind::Server)
+            .expect("the server span");
+        let inside = &host.routed_logs[0].record;
+        let trace = inside.trace.expect("logged inside the request");
+        assert_eq!(trace.trace_id, server_span.record.data.span_context.trace_id());
+        assert_eq!(trace.span_id, server_span.record.data.span_context.span_id());
+        assert_eq!(trace.flags.to_u8(), 3);
+        assert_eq!(inside.resource, server_span.record.resource, "the device's own resource");
+        assert_eq!(inside.severity_text, "INFO");
+        let attributes: Vec<String> =
+            inside.attributes.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+        assert_eq!(attributes, vec!["code.filepath=dev.py", "code.lineno=12"]);
+        assert_eq!((inside.scope.name(), inside.scope.version()), ("cppTango", Some("unknown")));
+        let outside = &host.routed_logs[1].record;
+        assert!(outside.trace.is_none(), "no request on that thread");
+        assert_eq!(outside.resource, server_span.record.resource);
+        let admin = &host.routed_logs[2].record;
+        let instance = admin.resource.get(&opentelemetry::Key::new("service.instance.id"));
+        assert_eq!(instance.map(|v| v.to_string()).as_deref(), Some("dserver/demo/demo"));
+    }
+
+    #[test]
+    fn a_server_span_renamed_after_its_client_is_found_late_takes_its_messages_along() {
+        let mut host = Host::new();
+        let (client, server) = (11, 10);
+        host.start(server);
+        host.start(client);
+        let request = with_request_id(fixture("demo-req-read_attributes_5"), 1);
+        let reply = with_request_id(fixture("demo-rep-read_attributes_5"), 1);
+        // The server's read is reported before the client's write.
+        let ts_ns = host.next_ts();
+        host.push(data(server, 21, ts_ns + 10, Direction::Recv, &request));
+        host.push(log(server, server, ts_ns + 20, "test/demo/1", b"early"));
+        host.push(data(client, 7, ts_ns, Direction::Send, &request));
+        host.push(data(server, 21, ts_ns + 30, Direction::Send, &reply));
+        host.push(data(client, 7, ts_ns + 40, Direction::Recv, &reply));
+        host.pipeline.release(&host.processes, true, &mut host.routed);
+        host.pipeline.release_logs(&host.processes, true, &mut host.routed_logs);
+        let client_span = host
+            .routed
+            .iter()
+            .find(|r| r.record.data.span_kind == SpanKind::Client)
+            .expect("the client span");
+        let trace = host.routed_logs[0].record.trace.expect("in the request");
+        assert_eq!(trace.trace_id, client_span.record.data.span_context.trace_id());
+    }
+
+    #[test]
+    fn logs_follow_the_logging_configuration() {
+        let env = |pid: u32, vars: &[(&str, &str)], tango: &str| {
+            use crate::discover::procinfo::{MappedLibrary, TangoLibraries};
+            let environ = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let tango = Some(MappedLibrary { path: "libtango.so".into(), version: Some(tango.into()) });
+            let libraries = TangoLibraries { tango, ..Default::default() };
+            ProcessInfo { pid, comm: "server".into(), environ, libraries, ..Default::default() }
+        };
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, usize);
+        let cases: [Case; 5] = [
+            (&[], "9.3.4", 1),
+            (&[("TANGO_TELEMETRY_TYPES", "tracing")], "9.3.4", 0),
+            (&[("TANGO_TELEMETRY_ENABLE", "off")], "9.3.4", 0),
+            // cppTango 10 told to export its own telemetry: its logs are not exported twice.
+            (&[("TANGO_TELEMETRY_ENABLE", "on")], "10.3.3", 0),
+            // Only the types: the daemon's default enable decides, and cppTango exports nothing.
+            (&[("TANGO_TELEMETRY_TYPES", "logging")], "10.3.3", 1),
+        ];
+        for (vars, tango, expected) in cases {
+            let mut host = Host::new();
+            host.start_with(env(10, vars, tango));
+            let ts_ns = host.next_ts();
+            host.push(log(10, 10, ts_ns, "test/demo/1", b"hello"));
+            host.settle();
+            assert_eq!(host.routed_logs.len(), expected, "{vars:?} with libtango {tango}");
         }
     }
 
@@ -809,12 +1078,15 @@ mod tests {
         Exec { pid: usize },
         Fork { pid: usize, child: usize },
         ZmqSend { pid: usize, tid: u32 },
+        Log { pid: usize, tid: u32, logger: usize, text: Vec<u8> },
         RecordsLost,
         Expire { advance_ms: u64 },
         Release,
     }
 
     const PIDS: [u32; 4] = [10, 11, 12, 13];
+    /// The fixtures' device, another one, and an admin device's core logger.
+    const LOGGERS: [&str; 3] = ["test/demo/1", "test/other/2", "dserver/Demo/demo"];
 
     fn cut() -> impl proptest::strategy::Strategy<Value = Cut> {
         use proptest::prelude::*;
@@ -839,7 +1111,9 @@ mod tests {
             1 => pid.clone().prop_map(|pid| Op::Exit { pid }),
             1 => pid.clone().prop_map(|pid| Op::Exec { pid }),
             1 => (pid.clone(), pid.clone()).prop_map(|(pid, child)| Op::Fork { pid, child }),
-            1 => (pid, 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
+            1 => (pid.clone(), 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
+            2 => (pid, 0u32..3, 0..LOGGERS.len(), proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(pid, tid, logger, text)| Op::Log { pid, tid, logger, text }),
             1 => Just(Op::RecordsLost),
             1 => (0u64..3_000).prop_map(|advance_ms| Op::Expire { advance_ms }),
             1 => Just(Op::Release),
@@ -921,6 +1195,10 @@ mod tests {
                     let pid = pid_of(*pid);
                     self.push(Record::ZmqSend { pid, tid: pid + tid, ts_ns })
                 }
+                Op::Log { pid, tid, logger, text } => {
+                    let pid = pid_of(*pid);
+                    self.push(log(pid, pid + tid, ts_ns, LOGGERS[*logger], text));
+                }
                 Op::RecordsLost => self.pipeline.records_lost(ts_ns),
                 Op::Expire { advance_ms } => {
                     self.ts_ns += advance_ms * 1_000_000;
@@ -937,8 +1215,15 @@ mod tests {
     /// Tables that outlive the processes by design: facts about devices and their properties
     /// (kept by name for servers the daemon does not trace, until their table is full), the
     /// database import rate limit, and the routing cache (emptied at every configuration change).
-    const NOT_PER_PROCESS: [&str; 4] =
-        ["device_entries", "device_property_entries", "database_entries", "route_cache_entries"];
+    /// Renamed server spans are kept for a few seconds of wall-clock time for the messages logged
+    /// under them, whatever process they were in.
+    const NOT_PER_PROCESS: [&str; 5] = [
+        "device_entries",
+        "device_property_entries",
+        "database_entries",
+        "route_cache_entries",
+        "renamed_span_entries",
+    ];
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
