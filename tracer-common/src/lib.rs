@@ -50,6 +50,9 @@ pub mod kind {
     /// [`super::LibraryRecord`]: a path naming libomniORB4, libtango or libzmq that a target opened
     /// (or that a process opened just before it became a target).
     pub const LIBRARY_PATH: u32 = 9;
+    /// [`super::LogRecord`]: a device log message that passed its logger's level check
+    /// (`log4tango::Logger::log_unconditionally`).
+    pub const LOG: u32 = 10;
 }
 
 /// Causes of lost records or lost in-kernel state: the slots of the per-CPU `LOST` array.
@@ -221,6 +224,54 @@ pub struct LibraryRecord {
 
 /// Size of a [`LibraryRecord`] without its path.
 pub const LIBRARY_RECORD_HEADER_LEN: usize = core::mem::size_of::<LibraryRecord>() - MAX_PATH;
+
+/// Largest `--log-bytes`: the bytes of one log message copied into a [`LogRecord`].
+pub const MAX_LOG_MESSAGE: usize = 16384;
+/// Bytes of a logger's name copied (a Tango device name, or `dserver/<server>/<instance>`).
+pub const MAX_LOGGER_NAME: usize = 256;
+/// Bytes of a log call's source file copied: its last ones, where the base name is.
+pub const MAX_LOG_FILE: usize = 256;
+
+/// Bits of [`LogRecord::flags`].
+pub mod log_flags {
+    /// The call carried a source file and line (cppTango ≥ 10).
+    pub const HAS_LOCATION: u32 = 1;
+    /// The logger's name could not be read.
+    pub const LOGGER_UNREADABLE: u32 = 2;
+    /// The source file could not be read.
+    pub const FILE_UNREADABLE: u32 = 4;
+    /// The message could not be read.
+    pub const MESSAGE_UNREADABLE: u32 = 8;
+}
+
+/// One device log message, read at the entry of `log4tango::Logger::log_unconditionally` on the
+/// thread that logged it. Only `LOG_RECORD_HEADER_LEN + logger_captured + file_captured +
+/// message_captured` bytes cross the ring buffer: `text` holds the logger's name, then the
+/// file's last bytes, then the message's first bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LogRecord {
+    pub header: RecordHeader,
+    /// log4tango's level of the message (200 FATAL, 300 ERROR, 400 WARN, 500 INFO, 600 DEBUG).
+    pub level: i32,
+    /// Source line (valid with [`log_flags::HAS_LOCATION`]).
+    pub line: i32,
+    /// [`log_flags`] bits.
+    pub flags: u32,
+    /// True lengths and the bytes of each copied into `text`.
+    pub logger_len: u32,
+    pub logger_captured: u32,
+    pub file_len: u32,
+    pub file_captured: u32,
+    pub message_len: u32,
+    pub message_captured: u32,
+    pub _pad: u32,
+    pub text: [u8; MAX_LOGGER_NAME + MAX_LOG_FILE + MAX_LOG_MESSAGE],
+}
+
+/// Size of a [`LogRecord`] without its text.
+pub const LOG_RECORD_HEADER_LEN: usize =
+    core::mem::size_of::<LogRecord>() - MAX_LOGGER_NAME - MAX_LOG_FILE - MAX_LOG_MESSAGE;
 
 /// Offsets into kernel structs the facts are read from, found in the kernel's BTF by the daemon.
 #[repr(C)]

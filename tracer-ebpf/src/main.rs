@@ -28,9 +28,10 @@ use aya_ebpf::{
 };
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
-    LibraryRecord, MAX_CAPTURE, MAX_CMDLINE, MAX_ENVIRON, MAX_GIOP_BODY_LEN, MAX_HEADERS_PER_CALL,
+    LOG_RECORD_HEADER_LEN, LibraryRecord, LogRecord, MAX_CAPTURE, MAX_CMDLINE, MAX_ENVIRON,
+    MAX_GIOP_BODY_LEN, MAX_HEADERS_PER_CALL, MAX_LOG_FILE, MAX_LOG_MESSAGE, MAX_LOGGER_NAME,
     MAX_MESSAGES_PER_CALL, MAX_PATH, MAX_TARGETS, PendingCall, ProcessOffsets, ProcessRecord, RecordHeader,
-    SockOffsets, StreamKey, StreamState, TargetConfig, chunk, direction, kind, loss, unreadable,
+    SockOffsets, StreamKey, StreamState, TargetConfig, chunk, direction, kind, log_flags, loss, unreadable,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below. A plain hash map:
@@ -105,6 +106,14 @@ static PROCESS_OFFSETS: ProcessOffsets = ProcessOffsets {
     nsproxy_mnt_ns: 0,
     mnt_ns_inum: 0,
 };
+
+/// A log record being built, per CPU (too large for the stack).
+#[map]
+static LOG_SCRATCH: PerCpuArray<LogRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Bytes of each log message copied (`--log-bytes`, set by the daemon before loading).
+#[unsafe(no_mangle)]
+static LOG_MESSAGE_LEN: u32 = 4096;
 
 /// Capture limit for processes made targets in the kernel (set by the daemon before attaching).
 #[unsafe(no_mangle)]
@@ -1062,6 +1071,167 @@ pub fn zmq_msg_send(ctx: ProbeContext) -> u32 {
         emit_process(kind::ZMQ_SEND, pid, pid_tgid as u32, flags as i32);
     }
     0
+}
+
+/// cppTango 10: `log4tango::Logger::log_unconditionally(const std::string& file, int line,
+/// int level, const std::string& message)`; rdi = the logger, rsi = &file, edx = line,
+/// ecx = level, r8 = &message. Every device log message that passed its level check ends here,
+/// on the thread that logged it.
+#[uprobe]
+pub fn log_unconditionally_10(ctx: ProbeContext) -> u32 {
+    let logger: u64 = ctx.arg(0).unwrap_or(0);
+    let file: u64 = ctx.arg(1).unwrap_or(0);
+    let line: u64 = ctx.arg(2).unwrap_or(0);
+    let level: u64 = ctx.arg(3).unwrap_or(0);
+    let message: u64 = ctx.arg(4).unwrap_or(0);
+    let _ = emit_log(logger, Some((file, line as i32)), level as i32, message);
+    0
+}
+
+/// cppTango 9: `log4tango::Logger::log_unconditionally(int level, const std::string& message)`;
+/// rdi = the logger, esi = level, rdx = &message. No source location.
+#[uprobe]
+pub fn log_unconditionally_9(ctx: ProbeContext) -> u32 {
+    let logger: u64 = ctx.arg(0).unwrap_or(0);
+    let level: u64 = ctx.arg(1).unwrap_or(0);
+    let message: u64 = ctx.arg(2).unwrap_or(0);
+    let _ = emit_log(logger, None, level as i32, message);
+    0
+}
+
+/// `log4tango::Logger`: its name (a `std::string`) at +0x60, in cppTango 9.3 and 10.3 alike.
+const LOGGER_NAME_OFFSET: u64 = 0x60;
+
+/// A `std::string` (C++11 ABI): data pointer at +0, length at +8.
+#[inline(always)]
+fn read_std_string(at: u64) -> Result<(u64, u64), ()> {
+    let mut words = [0u64; 2];
+    // SAFETY: 16 bytes into a 16-byte buffer, from the traced thread's own memory.
+    let ret = unsafe { generated::bpf_probe_read_user(words.as_mut_ptr().cast(), 16, at as *const c_void) };
+    if ret != 0 {
+        return Err(());
+    }
+    Ok((words[0], words[1]))
+}
+
+/// Copies `len` bytes (≤ `limit`) at `src` into `text[at..]`; the bytes copied (0 on failure).
+#[inline(always)]
+fn copy_text(text: &mut [u8], at: usize, src: u64, len: u64, limit: usize) -> Result<u32, ()> {
+    let mut n = len as usize;
+    if n > limit {
+        n = limit;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let Some(dst) = text.get_mut(at..at + n) else {
+        return Err(());
+    };
+    // SAFETY: reading the traced thread's own memory with the fault-tolerant helper.
+    unsafe { bpf_probe_read_user_buf(src as *const u8, dst) }.map_err(|_| ())?;
+    Ok(n as u32)
+}
+
+/// Sends one log message of a target: its logger's name, its source location (the file's last
+/// bytes, where the base name is), its level and the first `LOG_MESSAGE_LEN` bytes of the message.
+/// A field that cannot be read is flagged, not guessed; the record still goes.
+#[inline(always)]
+fn emit_log(logger: u64, location: Option<(u64, i32)>, level: i32, message: u64) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is not used.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return Ok(());
+    }
+    let record = LOG_SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let record = unsafe { &mut *record };
+    record.header = RecordHeader {
+        kind: kind::LOG,
+        pid,
+        tid: pid_tgid as u32,
+        fd: -1,
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    record.level = level;
+    record.flags = 0;
+    record.line = 0;
+    record.logger_len = 0;
+    record.logger_captured = 0;
+    record.file_len = 0;
+    record.file_captured = 0;
+    record.message_len = 0;
+    record.message_captured = 0;
+    record._pad = 0;
+
+    match read_std_string(logger.wrapping_add(LOGGER_NAME_OFFSET)) {
+        Ok((ptr, len)) => {
+            record.logger_len = len.min(u32::MAX as u64) as u32;
+            match copy_text(&mut record.text, 0, ptr, len, MAX_LOGGER_NAME) {
+                Ok(n) => record.logger_captured = n,
+                Err(()) => record.flags |= log_flags::LOGGER_UNREADABLE,
+            }
+        }
+        Err(()) => record.flags |= log_flags::LOGGER_UNREADABLE,
+    }
+    let mut used = record.logger_captured as usize;
+    if used > MAX_LOGGER_NAME {
+        used = MAX_LOGGER_NAME;
+    }
+    if let Some((file, line)) = location {
+        record.flags |= log_flags::HAS_LOCATION;
+        record.line = line;
+        match read_std_string(file) {
+            Ok((ptr, len)) => {
+                record.file_len = len.min(u32::MAX as u64) as u32;
+                // The last bytes: the base name is at the end of the path.
+                let skip = len.saturating_sub(MAX_LOG_FILE as u64);
+                match copy_text(&mut record.text, used, ptr.wrapping_add(skip), len - skip, MAX_LOG_FILE) {
+                    Ok(n) => record.file_captured = n,
+                    Err(()) => record.flags |= log_flags::FILE_UNREADABLE,
+                }
+            }
+            Err(()) => record.flags |= log_flags::FILE_UNREADABLE,
+        }
+    }
+    let mut file_used = record.file_captured as usize;
+    if file_used > MAX_LOG_FILE {
+        file_used = MAX_LOG_FILE;
+    }
+    used += file_used;
+    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+    let mut limit = unsafe { core::ptr::read_volatile(&LOG_MESSAGE_LEN) } as usize;
+    if limit > MAX_LOG_MESSAGE {
+        limit = MAX_LOG_MESSAGE;
+    }
+    match read_std_string(message) {
+        Ok((ptr, len)) => {
+            record.message_len = len.min(u32::MAX as u64) as u32;
+            match copy_text(&mut record.text, used, ptr, len, limit) {
+                Ok(n) => record.message_captured = n,
+                Err(()) => record.flags |= log_flags::MESSAGE_UNREADABLE,
+            }
+        }
+        Err(()) => record.flags |= log_flags::MESSAGE_UNREADABLE,
+    }
+    let mut message_used = record.message_captured as usize;
+    if message_used > MAX_LOG_MESSAGE {
+        message_used = MAX_LOG_MESSAGE;
+    }
+    let size = LOG_RECORD_HEADER_LEN + used + message_used;
+    // SAFETY: the record lives in a map value of exactly `size_of::<LogRecord>()` bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (record as *const LogRecord).cast::<u8>(),
+            size.min(core::mem::size_of::<LogRecord>()),
+        )
+    };
+    // Like data records: the daemon drains the ring on its timer.
+    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost(loss::RING_FULL, 1);
+    }
+    Ok(())
 }
 
 #[cfg(not(test))]

@@ -1,23 +1,66 @@
-//! Where spans go, and how that is spelled in Tango's and OpenTelemetry's configuration.
+//! Where spans and logs go, and how that is spelled in Tango's and OpenTelemetry's
+//! configuration.
 //!
 //! Tango names an exporter (`http`, `grpc`, `console`) and an endpoint
 //! (`http(s)://host:port[/path]`, `grpc://host:port`, `cout`/`cerr`); the OpenTelemetry SDKs read
-//! `OTEL_TRACES_EXPORTER` and the `OTEL_EXPORTER_OTLP_*` variables. Both end up as a
-//! [`Destination`], normalised so that two spellings of one endpoint share one exporter.
+//! `OTEL_TRACES_EXPORTER`, `OTEL_LOGS_EXPORTER` and the `OTEL_EXPORTER_OTLP_*` variables. Both end
+//! up as a [`Destination`], normalised so that two spellings of one endpoint share one exporter.
+//!
+//! A [`Destination`] does not say which [`Signal`] it carries: Tango configures tracing and
+//! logging endpoints separately, and the export hub keeps the destinations of each signal apart
+//! (its own backlog, worker and counters per signal and destination), so a logging endpoint is
+//! never merged into a tracing one, even when both are spelled alike (one gRPC collector for
+//! both, the console). Only the defaults differ: an OTLP/HTTP endpoint without a path gets the
+//! signal's path (`/v1/traces` or `/v1/logs`), see [`Destination::parse_for`].
 
 use std::{fmt, path::PathBuf};
 
 use url::Url;
 
-/// Tango's and OpenTelemetry's default OTLP/HTTP traces endpoint.
-const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318/v1/traces";
+/// Tango's and OpenTelemetry's default OTLP/HTTP origin; the signal's path follows.
+const DEFAULT_HTTP_ORIGIN: &str = "http://localhost:4318";
 /// Tango's and OpenTelemetry's default OTLP/gRPC endpoint.
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
-/// The OTLP/HTTP path of traces, appended to a base endpoint.
-const TRACES_PATH: &str = "/v1/traces";
 const DEFAULT_GRPC_PORT: u16 = 4317;
 
-/// One place finished spans are sent to. Each distinct value gets its own exporter.
+/// What an exporter carries: spans or log records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// Spans (`/v1/traces`, `TraceService`).
+    Traces,
+    /// Log records (`/v1/logs`, `LogsService`).
+    Logs,
+}
+
+impl Signal {
+    /// The OTLP/HTTP path of the signal, appended to a base endpoint.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Logs => "/v1/logs",
+        }
+    }
+
+    /// The signal's word in OpenTelemetry's variable names (`TRACES`, `LOGS`).
+    fn env_word(self) -> &'static str {
+        match self {
+            Signal::Traces => "TRACES",
+            Signal::Logs => "LOGS",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Signal::Traces => "spans",
+            Signal::Logs => "logs",
+        })
+    }
+}
+
+/// One place finished spans or log records are sent to. Each distinct value gets its own
+/// exporter, per signal.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// OTLP/HTTP with protobuf bodies; `endpoint` is the full URL including the path,
@@ -37,7 +80,8 @@ pub enum Destination {
         /// Which standard stream the lines go to.
         stream: ConsoleStream,
     },
-    /// The embedded store: a JSON-lines file, one span per line (see [`crate::json`]).
+    /// The embedded store: a JSON-lines file, one span per line (see [`crate::json`]); log
+    /// records go to the file beside it ([`crate::logs_path`]).
     Store {
         /// The file spans are appended to; missing parent directories are created.
         path: PathBuf,
@@ -133,21 +177,38 @@ pub enum DestinationError {
         /// The unsupported entry.
         value: String,
     },
+    /// An `OTEL_LOGS_EXPORTER` entry this tracer does not support.
+    #[error("OTEL_LOGS_EXPORTER names {value:?}; supported are otlp, console and none")]
+    UnknownLogsExporter {
+        /// The unsupported entry.
+        value: String,
+    },
 }
 
 impl Destination {
-    /// Parses Tango's spelling of an exporter and its endpoint.
+    /// Parses Tango's spelling of a tracing exporter and its endpoint
+    /// ([`Destination::parse_for`] of [`Signal::Traces`]).
+    pub fn parse(exporter: &str, endpoint: &str) -> Result<Destination, DestinationError> {
+        Destination::parse_for(Signal::Traces, exporter, endpoint)
+    }
+
+    /// Parses Tango's spelling of an exporter and its endpoint for `signal`.
     ///
-    /// - `http`: `http(s)://host:port[/path]`; without a path, `/v1/traces` is used.
+    /// - `http`: `http(s)://host:port[/path]`; without a path, the signal's (`/v1/traces`,
+    ///   `/v1/logs`) is used.
     /// - `grpc`: `grpc://host:port` or `http(s)://host:port` (a missing port is 4317).
     /// - `console`: `cout`/`stdout` or `cerr`/`stderr`.
-    /// - `store`: a file path.
+    /// - `store`: a file path (the spans' file; logs go beside it).
     ///
     /// An empty endpoint means Tango's default for that exporter.
-    pub fn parse(exporter: &str, endpoint: &str) -> Result<Destination, DestinationError> {
+    pub fn parse_for(
+        signal: Signal,
+        exporter: &str,
+        endpoint: &str,
+    ) -> Result<Destination, DestinationError> {
         let endpoint = endpoint.trim();
         match exporter.trim().to_ascii_lowercase().as_str() {
-            "http" => http_destination(endpoint, true),
+            "http" => http_destination(signal, endpoint, true),
             "grpc" => grpc_destination(endpoint),
             "console" => console_destination(endpoint),
             "store" => {
@@ -175,11 +236,17 @@ impl fmt::Display for Destination {
 }
 
 /// Validates an OTLP/HTTP endpoint; with `default_path`, an endpoint without a path gets
-/// `/v1/traces` (Tango's rule), otherwise it is used as given (OpenTelemetry's rule for the
-/// signal-specific variable).
-fn http_destination(endpoint: &str, default_path: bool) -> Result<Destination, DestinationError> {
+/// the signal's path (Tango's rule), otherwise it is used as given (OpenTelemetry's rule for
+/// the signal-specific variable).
+fn http_destination(
+    signal: Signal,
+    endpoint: &str,
+    default_path: bool,
+) -> Result<Destination, DestinationError> {
     if endpoint.is_empty() {
-        return Ok(Destination::OtlpHttp { endpoint: DEFAULT_HTTP_ENDPOINT.to_owned() });
+        return Ok(Destination::OtlpHttp {
+            endpoint: format!("{DEFAULT_HTTP_ORIGIN}{}", signal.http_path()),
+        });
     }
     let mut url = parse_url("http", endpoint)?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -194,7 +261,7 @@ fn http_destination(endpoint: &str, default_path: bool) -> Result<Destination, D
         return Err(DestinationError::MissingHost { exporter: "http", endpoint: endpoint.to_owned() });
     }
     if default_path && matches!(url.path(), "" | "/") {
-        url.set_path(TRACES_PATH);
+        url.set_path(signal.http_path());
     }
     Ok(Destination::OtlpHttp { endpoint: url.to_string() })
 }
@@ -254,7 +321,7 @@ fn parse_url(exporter: &'static str, endpoint: &str) -> Result<Url, DestinationE
 }
 
 /// Refuses an endpoint variable without a scheme, naming the variable (the base endpoint
-/// would otherwise be reported with `/v1/traces` appended).
+/// would otherwise be reported with the signal's path appended).
 fn require_scheme(variable: &str, endpoint: &str) -> Result<(), DestinationError> {
     if endpoint.contains("://") {
         Ok(())
@@ -263,38 +330,51 @@ fn require_scheme(variable: &str, endpoint: &str) -> Result<(), DestinationError
     }
 }
 
-/// The destinations the standard OpenTelemetry environment variables ask for.
+/// The destinations of spans the standard OpenTelemetry environment variables ask for
+/// ([`otel_env_destinations`] of [`Signal::Traces`]).
+pub fn destinations_from_otel_env(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Vec<Destination>>, DestinationError> {
+    otel_env_destinations(Signal::Traces, env)
+}
+
+/// The destinations of `signal` the standard OpenTelemetry environment variables ask for.
 ///
-/// Reads (through `env`, so callers and tests choose the source):
+/// Reads (through `env`, so callers and tests choose the source), with `<S>` = `TRACES` or
+/// `LOGS`:
 /// - `OTEL_SDK_DISABLED=true`: no export at all;
-/// - `OTEL_TRACES_EXPORTER`: a comma-separated list of `otlp`, `console` (alias `logging`),
+/// - `OTEL_<S>_EXPORTER`: a comma-separated list of `otlp`, `console` (alias `logging`),
 ///   `none`;
-/// - `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as given), else `OTEL_EXPORTER_OTLP_ENDPOINT`
-///   (a base to which `/v1/traces` is appended for OTLP/HTTP);
-/// - `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`
+/// - `OTEL_EXPORTER_OTLP_<S>_ENDPOINT` (used as given), else `OTEL_EXPORTER_OTLP_ENDPOINT`
+///   (a base to which `/v1/traces` or `/v1/logs` is appended for OTLP/HTTP);
+/// - `OTEL_EXPORTER_OTLP_<S>_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf`
 ///   (the default) or `grpc`; `http/json` is refused.
 ///
 /// Returns `None` when none of the exporter or endpoint variables is set (a protocol alone does
 /// not ask for export), and `Some(vec![])` when export is explicitly off.
-pub fn destinations_from_otel_env(
+pub fn otel_env_destinations(
+    signal: Signal,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<Vec<Destination>>, DestinationError> {
     // An empty variable counts as unset, as in the SDKs.
     let var = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let word = signal.env_word();
+    let exporters_variable = format!("OTEL_{word}_EXPORTER");
+    let endpoint_variable = format!("OTEL_EXPORTER_OTLP_{word}_ENDPOINT");
 
     if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(Some(Vec::new()));
     }
-    let exporters = var("OTEL_TRACES_EXPORTER");
-    let traces_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let exporters = var(&exporters_variable);
+    let signal_endpoint = var(&endpoint_variable);
     let base_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
-    if let Some(endpoint) = &traces_endpoint {
-        require_scheme("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)?;
+    if let Some(endpoint) = &signal_endpoint {
+        require_scheme(&endpoint_variable, endpoint)?;
     }
     if let Some(endpoint) = &base_endpoint {
         require_scheme("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)?;
     }
-    if exporters.is_none() && traces_endpoint.is_none() && base_endpoint.is_none() {
+    if exporters.is_none() && signal_endpoint.is_none() && base_endpoint.is_none() {
         return Ok(None);
     }
 
@@ -304,9 +384,13 @@ pub fn destinations_from_otel_env(
         let destination = match name.to_ascii_lowercase().as_str() {
             "none" => return Ok(Some(Vec::new())),
             "console" | "logging" => Destination::Console { stream: ConsoleStream::Stdout },
-            "otlp" => otlp_from_env(&var, traces_endpoint.as_deref(), base_endpoint.as_deref())?,
+            "otlp" => otlp_from_env(signal, &var, signal_endpoint.as_deref(), base_endpoint.as_deref())?,
             _ => {
-                return Err(DestinationError::UnknownTracesExporter { value: name.to_owned() });
+                let value = name.to_owned();
+                return Err(match signal {
+                    Signal::Traces => DestinationError::UnknownTracesExporter { value },
+                    Signal::Logs => DestinationError::UnknownLogsExporter { value },
+                });
             }
         };
         if !destinations.contains(&destination) {
@@ -317,12 +401,17 @@ pub fn destinations_from_otel_env(
 }
 
 fn otlp_from_env(
+    signal: Signal,
     var: &impl Fn(&str) -> Option<String>,
-    traces_endpoint: Option<&str>,
+    signal_endpoint: Option<&str>,
     base_endpoint: Option<&str>,
 ) -> Result<Destination, DestinationError> {
-    let (variable, protocol) = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-        Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
+    let signal_protocol: &'static str = match signal {
+        Signal::Traces => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        Signal::Logs => "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    };
+    let (variable, protocol) = match var(signal_protocol) {
+        Some(p) => (signal_protocol, Some(p)),
         None => ("OTEL_EXPORTER_OTLP_PROTOCOL", var("OTEL_EXPORTER_OTLP_PROTOCOL")),
     };
     let grpc = match protocol.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -335,15 +424,15 @@ fn otlp_from_env(
             });
         }
     };
-    match (grpc, traces_endpoint, base_endpoint) {
+    match (grpc, signal_endpoint, base_endpoint) {
         (true, Some(endpoint), _) | (true, None, Some(endpoint)) => grpc_destination(endpoint),
         (true, None, None) => grpc_destination(""),
-        (false, Some(endpoint), _) => http_destination(endpoint, false),
+        (false, Some(endpoint), _) => http_destination(signal, endpoint, false),
         (false, None, Some(base)) => {
-            let endpoint = format!("{}{TRACES_PATH}", base.trim_end_matches('/'));
-            http_destination(&endpoint, false)
+            let endpoint = format!("{}{}", base.trim_end_matches('/'), signal.http_path());
+            http_destination(signal, &endpoint, false)
         }
-        (false, None, None) => http_destination("", false),
+        (false, None, None) => http_destination(signal, "", false),
     }
 }
 
@@ -377,7 +466,7 @@ mod tests {
             ("http://127.0.0.1:4318/", "http://127.0.0.1:4318/v1/traces"),
             ("https://collector.example:443/custom/path", "https://collector.example/custom/path"),
             ("http://[::1]:4318", "http://[::1]:4318/v1/traces"),
-            ("", DEFAULT_HTTP_ENDPOINT),
+            ("", "http://localhost:4318/v1/traces"),
         ];
         for (endpoint, expected) in cases {
             assert_eq!(Destination::parse("http", endpoint).unwrap(), http(expected), "{endpoint}");
@@ -519,7 +608,7 @@ mod tests {
         );
         assert_eq!(
             from_env(&[("OTEL_TRACES_EXPORTER", "otlp")]).unwrap(),
-            Some(vec![http(DEFAULT_HTTP_ENDPOINT)])
+            Some(vec![http("http://localhost:4318/v1/traces")])
         );
         assert_eq!(
             from_env(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap(),
@@ -549,6 +638,53 @@ mod tests {
             from_env(&[("OTEL_SDK_DISABLED", "TRUE"), ("OTEL_TRACES_EXPORTER", "console")]).unwrap(),
             Some(vec![])
         );
+    }
+
+    #[test]
+    fn logs_get_their_own_path_and_variables() {
+        // Tango's logging endpoints: `/v1/logs` when no path is given, as cppTango does.
+        let logs = |exporter, endpoint| Destination::parse_for(Signal::Logs, exporter, endpoint).unwrap();
+        assert_eq!(logs("http", ""), http("http://localhost:4318/v1/logs"));
+        assert_eq!(logs("http", "http://c:4318"), http("http://c:4318/v1/logs"));
+        assert_eq!(logs("http", "http://c:4318/custom"), http("http://c:4318/custom"));
+        assert_eq!(logs("grpc", "grpc://c:4317"), grpc("http://c:4317"));
+        assert_eq!(Destination::parse("http", "http://c:4318").unwrap(), http("http://c:4318/v1/traces"));
+
+        let logs_env = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> =
+                vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            otel_env_destinations(Signal::Logs, |name| vars.get(name).cloned())
+        };
+        assert_eq!(logs_env(&[]).unwrap(), None);
+        // Traces' variables say nothing about logs.
+        assert_eq!(logs_env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1")]).unwrap(), None);
+        assert_eq!(
+            logs_env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]).unwrap(),
+            Some(vec![http("http://c:4318/v1/logs")])
+        );
+        assert_eq!(
+            logs_env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://l:9999/x"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ])
+            .unwrap(),
+            Some(vec![http("http://l:9999/x")])
+        );
+        assert_eq!(
+            logs_env(&[("OTEL_LOGS_EXPORTER", "otlp,console"), ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc")])
+                .unwrap(),
+            Some(vec![grpc(DEFAULT_GRPC_ENDPOINT), Destination::Console { stream: ConsoleStream::Stdout }])
+        );
+        assert_eq!(
+            logs_env(&[("OTEL_LOGS_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c")]).unwrap(),
+            Some(vec![])
+        );
+        let err = logs_env(&[("OTEL_LOGS_EXPORTER", "loki")]).unwrap_err();
+        assert_eq!(err, DestinationError::UnknownLogsExporter { value: "loki".into() });
+        assert!(err.to_string().starts_with("OTEL_LOGS_EXPORTER names \"loki\""), "{err}");
+        let err = logs_env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "c:4318")]).unwrap_err();
+        assert!(err.to_string().starts_with("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT \"c:4318\" has no scheme"));
     }
 
     #[test]

@@ -50,7 +50,9 @@ mod worker;
 
 pub use backlog::span_bytes;
 pub use console::ConsoleError;
-pub use destination::{ConsoleStream, Destination, DestinationError, destinations_from_otel_env};
+pub use destination::{
+    ConsoleStream, Destination, DestinationError, Signal, destinations_from_otel_env, otel_env_destinations,
+};
 pub use hub::{ExportConfig, ExportHub};
 pub use otlp::OtlpError;
 pub use stats::{DestinationStats, DropCounts, ExportStats};
@@ -67,6 +69,54 @@ pub struct SpanRecord {
     /// The span itself, in the SDK's form.
     pub data: opentelemetry_sdk::trace::SpanData,
 }
+
+/// One device log message, as an OpenTelemetry log record, with the resource and scope it
+/// belongs to.
+///
+/// Shaped like cppTango's own log records: `body` is the message, `severity` and
+/// `severity_text` the level (`DEBUG` 5, `INFO` 9, `WARN` 13, `ERROR` 17, `FATAL` 21),
+/// `attributes` the source location (`code.filepath`, `code.lineno`) when it is known, and
+/// `trace` the request's SERVER span when the message was logged inside one.
+///
+/// The resource is the device's, the same value its spans carry (the SDK's [`Resource`] is
+/// reference-counted, so a clone per record costs no allocation); the scope (`cppTango` with the
+/// traced libtango's version) is shared the same way, built once per process.
+///
+/// [`Resource`]: opentelemetry_sdk::Resource
+#[derive(Clone, Debug)]
+pub struct LogRecord {
+    /// The device (or process) that logged the message.
+    pub resource: opentelemetry_sdk::Resource,
+    /// The instrumentation scope, shared by every record of a process.
+    pub scope: std::sync::Arc<opentelemetry::InstrumentationScope>,
+    /// When the message was logged.
+    pub timestamp: std::time::SystemTime,
+    /// When the tracer saw it.
+    pub observed_timestamp: std::time::SystemTime,
+    /// The normalised severity (its number is what OTLP carries).
+    pub severity: Severity,
+    /// The level as the logger names it (`WARN`, not `WARNING`).
+    pub severity_text: std::borrow::Cow<'static, str>,
+    /// The message.
+    pub body: String,
+    /// Attributes of the record (`code.filepath`, `code.lineno`).
+    pub attributes: Vec<opentelemetry::KeyValue>,
+    /// The span the message was logged under; `None` outside any request.
+    pub trace: Option<LogTraceContext>,
+}
+
+/// The span a log record was logged under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogTraceContext {
+    /// The span's trace.
+    pub trace_id: opentelemetry::trace::TraceId,
+    /// The span.
+    pub span_id: opentelemetry::trace::SpanId,
+    /// The record's trace flags (OTLP `LogRecord.flags`, the low 8 bits).
+    pub flags: opentelemetry::trace::TraceFlags,
+}
+
+pub use opentelemetry::logs::Severity;
 
 /// Every error of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ pub mod crosshost;
 pub mod devices;
 pub mod discover;
 pub mod events;
+pub mod logs;
 pub mod probe;
 pub mod run;
 pub mod stats;

@@ -93,6 +93,9 @@ struct RunArgs {
     /// Bytes copied from each GIOP message (headers and Tango arguments fit in 1–2 KiB).
     #[arg(long, default_value_t = 2048)]
     capture_bytes: u32,
+    /// Bytes copied of each device log message; longer messages are cut (and counted).
+    #[arg(long, default_value_t = 4096)]
+    log_bytes: u32,
     /// File created once probes are attached to all current target processes.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -214,6 +217,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "--capture-bytes must be between {min} and {max}: a GIOP header and the Tango arguments need {min}"
         );
     }
+    let (min, max) = (tango_tracer::probe::attach::MIN_LOG_BYTES, tango_tracer::probe::attach::MAX_LOG_BYTES);
+    if !(min..=max).contains(&args.log_bytes) {
+        bail!("--log-bytes must be between {min} and {max}");
+    }
     if args.export_interval > Duration::from_secs(5) {
         bail!("--export-interval must be at most 5s so traces show up promptly");
     }
@@ -227,6 +234,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         destinations: destinations(&args)?,
         export,
         capture_bytes: args.capture_bytes,
+        log_bytes: args.log_bytes,
         ready_file: args.ready_file,
         select_env: args.select_env,
         select_pids: args.pids,

@@ -328,6 +328,7 @@ impl Assembler {
             Record::Close { pid, fd, ts_ns } => self.on_close(*pid, *fd, *ts_ns),
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
             Record::ZmqSend { .. }
+            | Record::Log(_)
             | Record::LibOpened { .. }
             | Record::Fork { .. }
             | Record::ProcessFacts(_)
@@ -536,6 +537,7 @@ impl Assembler {
         call.context = SpanContextLite { trace_id: client.trace_id, span_id: old.span_id };
         let (pid, tid, new) = (key.0, call.tid, call.context);
         self.linking.rename_serving(pid, tid, old, new);
+        self.observations.push(Observation::Renamed { old, new });
     }
 
     /// Reports once per process that it serves the device behind `object_key`.

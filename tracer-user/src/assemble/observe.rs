@@ -3,6 +3,8 @@
 
 use tracer_wire::tango::ArgValue;
 
+use super::span::SpanContextLite;
+
 /// What is known of the device behind an object key, from `info` replies and database traffic.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceFacts {
@@ -44,6 +46,9 @@ pub enum Observation {
     Serves { pid: u32, object_key: Vec<u8> },
     /// Process `pid` exported (started) `device` through the database.
     Exported { pid: u32, device: String },
+    /// A server span took its client's trace id after it started (the client's write was
+    /// reported after the server's read): what was logged under `old` belongs to `new`.
+    Renamed { old: SpanContextLite, new: SpanContextLite },
 }
 
 /// `DbGetDeviceProperty` answers `[device, N, name₁, n₁, value…, name₂, n₂, value…, …]`.

@@ -91,6 +91,8 @@ pub struct Probes {
     ebpf: Ebpf,
     /// Library files (device, inode) whose functions are already probed.
     probed_files: std::collections::HashSet<(u64, u64)>,
+    /// libtango files (device, inode) whose logging function is already probed.
+    probed_tango: std::collections::HashSet<(u64, u64)>,
     targets: HashMap<MapData, u32, TargetConfig>,
     /// Syscalls in flight (key: pid_tgid) and partly moved messages: entries a process leaves
     /// behind when it dies are removed by [`Probes::forget_process`].
@@ -139,10 +141,11 @@ impl std::fmt::Display for ProbeLosses {
 
 impl Probes {
     /// Loads the programs and attaches every tracepoint. `capture_len` is clamped to
-    /// [`MAX_CAPTURE`].
-    pub fn load(capture_len: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+    /// [`MAX_CAPTURE`], `log_bytes` (bytes copied of each log message) to [`MAX_LOG_BYTES`].
+    pub fn load(capture_len: u32, log_bytes: u32) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         ensure_tracefs()?;
         let capture_len = capture_len.clamp(MIN_CAPTURE_BYTES, MAX_CAPTURE_BYTES);
+        let log_bytes = log_bytes.clamp(MIN_LOG_BYTES, MAX_LOG_BYTES);
         let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
         let sock_offsets = kernel_offsets::sock_offsets(vmlinux);
         let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
@@ -150,6 +153,7 @@ impl Probes {
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("PROCESS_OFFSETS", &process_offsets, true)
+            .override_global("LOG_MESSAGE_LEN", &log_bytes, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             let tp: &mut TracePoint =
@@ -178,8 +182,16 @@ impl Probes {
             "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
             TRACEPOINTS.len()
         );
-        let probes =
-            Self { ebpf, probed_files: Default::default(), targets, pending, streams, lost, capture_len };
+        let probes = Self {
+            ebpf,
+            probed_files: Default::default(),
+            probed_tango: Default::default(),
+            targets,
+            pending,
+            streams,
+            lost,
+            capture_len,
+        };
         Ok((probes, events))
     }
 
@@ -213,6 +225,43 @@ impl Probes {
             .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
         Ok(Some(format!(
             "uprobe zmq_msg_send at {}+{:#x} (first instruction {}, emulated)",
+            library.display(),
+            point.file_offset,
+            point.first_instruction
+        )))
+    }
+
+    /// Puts the uprobe on the logging function of the libtango `library` (a path valid in the
+    /// daemon's namespace) once per file, for every process that maps it; the kernel keeps only
+    /// targets' hits. Returns what was attached, for the log, or `None` when the file was done
+    /// already.
+    pub fn probe_tango(&mut self, library: &std::path::Path) -> Result<Option<String>, UprobeAttachError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(library).map_err(|e| {
+            UprobeAttachError::Point(uprobes::UprobeError::Read { path: library.into(), source: e })
+        })?;
+        if !self.probed_tango.insert((meta.dev(), meta.ino())) {
+            return Ok(None);
+        }
+        let (program, point) = uprobes::log_probe_point(library).map_err(UprobeAttachError::Point)?;
+        let uprobe: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(UprobeAttachError::Missing)?
+            .try_into()
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        if uprobe.fd().is_err() {
+            uprobe.load().map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        }
+        uprobe
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
+                library,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        Ok(Some(format!(
+            "uprobe log4tango::Logger::log_unconditionally at {}+{:#x} (first instruction {}, emulated)",
             library.display(),
             point.file_offset,
             point.first_instruction
@@ -339,6 +388,10 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub const MIN_CAPTURE_BYTES: u32 = 1024;
 /// Largest `--capture-bytes` (what one record holds).
 pub const MAX_CAPTURE_BYTES: u32 = MAX_CAPTURE as u32;
+/// Smallest `--log-bytes`: a Tango log line of one short sentence.
+pub const MIN_LOG_BYTES: u32 = 64;
+/// Largest `--log-bytes` (what one log record holds).
+pub const MAX_LOG_BYTES: u32 = tracer_common::MAX_LOG_MESSAGE as u32;
 
 fn ensure_tracefs() -> Result<(), ProbeError> {
     let events = std::path::Path::new(TRACEFS).join("events");

@@ -4,8 +4,9 @@
 use std::{borrow::Cow, os::unix::ffi::OsStrExt as _, path::PathBuf};
 
 use tracer_common::{
-    DATA_RECORD_HEADER_LEN, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN, LibraryRecord,
-    MAX_CMDLINE, MAX_ENVIRON, MAX_PATH, RecordHeader, direction, kind, unreadable,
+    DATA_RECORD_HEADER_LEN, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
+    LOG_RECORD_HEADER_LEN, LibraryRecord, LogRecord, MAX_CMDLINE, MAX_ENVIRON, MAX_LOG_FILE, MAX_LOG_MESSAGE,
+    MAX_LOGGER_NAME, MAX_PATH, RecordHeader, direction, kind, log_flags, unreadable,
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -99,6 +100,50 @@ pub enum Record<'a> {
         ts_ns: u64,
         path: PathBuf,
     },
+    /// Thread `tid` logged a message that passed its logger's level check.
+    Log(LogMessage<'a>),
+}
+
+/// A device log message as the probe read it; the texts borrow from the ring-buffer item.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogMessage<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// log4tango's level (200 FATAL … 600 DEBUG).
+    pub level: i32,
+    /// The source line, when the call carried a location (cppTango ≥ 10).
+    pub line: Option<i32>,
+    /// The logger's name: the lowercased device name, or `dserver/<server>/<instance>`.
+    #[serde(with = "hex_bytes")]
+    pub logger: Cow<'a, [u8]>,
+    /// The last bytes of the source file's path (empty without a location).
+    #[serde(with = "hex_bytes")]
+    pub file: Cow<'a, [u8]>,
+    /// The first bytes of the message (`--log-bytes`).
+    #[serde(with = "hex_bytes")]
+    pub message: Cow<'a, [u8]>,
+    /// The message's whole length in the process.
+    pub message_len: u32,
+    /// Fields the probe could not read ([`tracer_common::log_flags`] bits other than the
+    /// location's).
+    pub unreadable: u32,
+}
+
+impl LogMessage<'_> {
+    /// Only a prefix of the message was copied.
+    pub fn truncated(&self) -> bool {
+        self.message.len() < self.message_len as usize
+    }
+
+    fn into_owned(self) -> LogMessage<'static> {
+        LogMessage {
+            logger: Cow::Owned(self.logger.into_owned()),
+            file: Cow::Owned(self.file.into_owned()),
+            message: Cow::Owned(self.message.into_owned()),
+            ..self
+        }
+    }
 }
 
 /// Facts the kernel copied about a process while it could not exit (see `FactsRecord`).
@@ -223,6 +268,7 @@ impl Record<'_> {
                 let path = bytes_at(raw, PATH, path_len, MAX_PATH);
                 Record::LibraryPath { pid, ts_ns, path: PathBuf::from(std::ffi::OsStr::from_bytes(path)) }
             }
+            kind::LOG => Record::Log(decode_log(raw, pid, tid, ts_ns)?),
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -249,6 +295,7 @@ impl Record<'_> {
             Record::ZmqSend { pid, tid, ts_ns } => Record::ZmqSend { pid, tid, ts_ns },
             Record::ProcessFacts(facts) => Record::ProcessFacts(facts),
             Record::LibraryPath { pid, ts_ns, path } => Record::LibraryPath { pid, ts_ns, path },
+            Record::Log(log) => Record::Log(log.into_owned()),
         }
     }
 
@@ -263,8 +310,44 @@ impl Record<'_> {
             | Record::ZmqSend { pid, .. }
             | Record::LibraryPath { pid, .. } => *pid,
             Record::ProcessFacts(facts) => facts.pid,
+            Record::Log(log) => log.pid,
         }
     }
+}
+
+/// Decodes a `LogRecord` (only `LOG_RECORD_HEADER_LEN` + the captured texts travel); the texts
+/// borrow from `raw`.
+fn decode_log(raw: &[u8], pid: u32, tid: u32, ts_ns: u64) -> Result<LogMessage<'_>, RecordError> {
+    use std::mem::offset_of;
+    if raw.len() < LOG_RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { kind: kind::LOG, len: raw.len() });
+    }
+    let field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+    let flags = field(offset_of!(LogRecord, flags));
+    let logger_captured = (field(offset_of!(LogRecord, logger_captured)) as usize).min(MAX_LOGGER_NAME);
+    let file_captured = (field(offset_of!(LogRecord, file_captured)) as usize).min(MAX_LOG_FILE);
+    let text = offset_of!(LogRecord, text);
+    let logger = bytes_at(raw, text, logger_captured as u32, MAX_LOGGER_NAME);
+    let file = bytes_at(raw, text + logger_captured, file_captured as u32, MAX_LOG_FILE);
+    let message = bytes_at(
+        raw,
+        text + logger_captured + file_captured,
+        field(offset_of!(LogRecord, message_captured)),
+        MAX_LOG_MESSAGE,
+    );
+    let has_location = flags & log_flags::HAS_LOCATION != 0;
+    Ok(LogMessage {
+        pid,
+        tid,
+        ts_ns,
+        level: field(offset_of!(LogRecord, level)) as i32,
+        line: has_location.then(|| field(offset_of!(LogRecord, line)) as i32),
+        logger: Cow::Borrowed(logger),
+        file: Cow::Borrowed(file),
+        message: Cow::Borrowed(message),
+        message_len: field(offset_of!(LogRecord, message_len)),
+        unreadable: flags & !log_flags::HAS_LOCATION,
+    })
 }
 
 /// Decodes a `FactsRecord` (only `FACTS_RECORD_HEADER_LEN` + the captured blocks travel).

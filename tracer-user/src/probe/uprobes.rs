@@ -78,6 +78,26 @@ pub fn probe_point(path: &Path, symbol: &str) -> Result<ProbePoint, UprobeError>
     }
 }
 
+/// `log4tango::Logger::log_unconditionally(const std::string& file, int line, int level,
+/// const std::string& message)` of cppTango 10.
+pub const LOG_SYMBOL_10: &str =
+    "_ZN9log4tango6Logger19log_unconditionallyERKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEEiiS8_";
+/// `log4tango::Logger::log_unconditionally(int level, const std::string& message)` of cppTango 9.
+pub const LOG_SYMBOL_9: &str =
+    "_ZN9log4tango6Logger19log_unconditionallyEiRKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE";
+
+/// The logging function of a libtango and the eBPF program that reads its arguments: the
+/// cppTango 10 signature first, then cppTango 9's.
+pub fn log_probe_point(library: &Path) -> Result<(&'static str, ProbePoint), UprobeError> {
+    match probe_point(library, LOG_SYMBOL_10) {
+        Ok(point) => Ok(("log_unconditionally_10", point)),
+        Err(UprobeError::NoSymbol { .. }) => {
+            probe_point(library, LOG_SYMBOL_9).map(|point| ("log_unconditionally_9", point))
+        }
+        Err(other) => Err(other),
+    }
+}
+
 /// The x86-64 first instructions a uprobe handles without single-stepping.
 pub fn emulated_instruction(bytes: &[u8]) -> Option<&'static str> {
     match bytes {
@@ -108,6 +128,42 @@ mod tests {
         assert_eq!(emulated_instruction(&[0x48, 0x89, 0xf8]), None);
         assert_eq!(emulated_instruction(&[0xf3, 0x0f, 0x1e, 0xfa]), None);
         assert_eq!(emulated_instruction(&[]), None);
+    }
+
+    /// Debian's libtango 9.3.4 and the one PyTango 10.3.1's wheel bundles, where installed.
+    #[test]
+    fn the_logging_function_of_both_libtango_versions_starts_with_an_emulated_push() {
+        let debian = Path::new("/usr/lib/x86_64-linux-gnu/libtango.so.9");
+        let wheel = std::env::var_os("TANGO_TRACER_VENV").and_then(|venv| {
+            let lib = Path::new(&venv).join("lib");
+            let python = std::fs::read_dir(&lib)
+                .ok()?
+                .filter_map(Result::ok)
+                .find(|e| e.file_name().to_string_lossy().starts_with("python3"))?;
+            let libs = python.path().join("site-packages/pytango.libs");
+            std::fs::read_dir(libs)
+                .ok()?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libtango-")))
+        });
+        let mut checked = 0;
+        if debian.exists() {
+            let (program, point) = log_probe_point(debian).unwrap();
+            assert_eq!((program, point.symbol.as_str()), ("log_unconditionally_9", LOG_SYMBOL_9));
+            assert_eq!(point.first_instruction, "push %rbp");
+            checked += 1;
+        }
+        if let Some(wheel) = wheel {
+            let (program, point) = log_probe_point(&wheel).unwrap();
+            assert_eq!((program, point.symbol.as_str()), ("log_unconditionally_10", LOG_SYMBOL_10));
+            assert_eq!(point.first_instruction, "push %rbp");
+            checked += 1;
+        }
+        assert!(
+            checked > 0,
+            "neither Debian's libtango 9 nor PyTango's wheel (TANGO_TRACER_VENV) is installed"
+        );
     }
 
     #[test]

@@ -96,24 +96,32 @@ impl Daemon {
         self.probe_libraries(pid);
     }
 
-    /// Uprobes where sockets are blind: the ZMQ application thread pushing events.
+    /// Uprobes where sockets are blind: the ZMQ application thread pushing events, and the
+    /// function every device log message ends in.
     fn probe_libraries(&mut self, pid: u32) {
-        let Some(zmq) = self.processes.info(pid).and_then(|p| p.libraries.zmq.clone()) else {
+        let Some(libraries) = self.processes.info(pid).map(|p| p.libraries.clone()) else {
             return;
         };
-        // The library as the process sees it (through its root while it lives).
-        let Some(path) = self.processes.path_in_view(pid, &zmq.path) else {
-            return;
-        };
-        // The loader tries every directory of its search path in turn: an open that failed names
-        // no library, and the one that succeeds follows.
-        if !path.exists() {
-            return;
-        }
-        match self.probes.probe_zmq(&path) {
-            Ok(Some(what)) => info!("pid {pid}: {what}"),
-            Ok(None) => {}
-            Err(e) => warn!("pid {pid}: no ZMQ uprobe: {e}"),
+        for (library, zmq) in [(libraries.zmq, true), (libraries.tango, false)] {
+            let Some(library) = library else {
+                continue;
+            };
+            // The library as the process sees it (through its root while it lives).
+            let Some(path) = self.processes.path_in_view(pid, &library.path) else {
+                continue;
+            };
+            // The loader tries every directory of its search path in turn: an open that failed
+            // names no library, and the one that succeeds follows.
+            if !path.exists() {
+                continue;
+            }
+            let attached = if zmq { self.probes.probe_zmq(&path) } else { self.probes.probe_tango(&path) };
+            match attached {
+                Ok(Some(what)) => info!("pid {pid}: {what}"),
+                Ok(None) => {}
+                Err(e) if zmq => warn!("pid {pid}: no ZMQ uprobe: {e}"),
+                Err(e) => warn!("pid {pid}: no logging uprobe, its device logs are not seen: {e}"),
+            }
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub destinations: Vec<Destination>,
     pub export: tracer_export::ExportConfig,
     pub capture_bytes: u32,
+    /// Bytes copied of each device log message (longer ones are cut, counted).
+    pub log_bytes: u32,
     pub ready_file: Option<PathBuf>,
     /// Trace only processes whose environment has this `NAME=value` (tests, scoped sessions).
     pub select_env: Option<(String, String)>,
@@ -105,7 +107,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Some(socket) => Some(Instance::acquire(socket)?),
         None => None,
     };
-    let (probes, ring) = Probes::load(options.capture_bytes)?;
+    let (probes, ring) = Probes::load(options.capture_bytes, options.log_bytes)?;
     // SAFETY: the ring buffer owns its map fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register(ring) }.context("polling the ring buffer")?;
     let hub = ExportHub::start(options.export.clone());

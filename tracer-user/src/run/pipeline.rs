@@ -28,6 +28,7 @@ use crate::{
     devices::{DeviceFacts, DeviceRegistry, dbclient},
     discover::{processes::Processes, procinfo::ProcessInfo},
     events::Events,
+    logs::Logs,
     probe::record::{Direction, Record},
     stats::StageStats,
 };
@@ -73,6 +74,7 @@ struct PipelineStats {
 pub struct Pipeline {
     assembler: Assembler,
     events: Events,
+    logs: Logs,
     devices: DeviceRegistry,
     config: Configuration,
     resources: Resources,
@@ -100,6 +102,7 @@ impl Pipeline {
         Pipeline {
             assembler: Assembler::new(capture_bytes),
             events: Events::default(),
+            logs: Logs::default(),
             devices: DeviceRegistry::default(),
             config: Configuration::new(policy),
             resources: Resources::default(),
@@ -201,6 +204,10 @@ impl Pipeline {
             Record::ZmqSend { tid, ts_ns, .. } => {
                 let serving = self.assembler.serving_context(pid, *tid);
                 self.events.on_zmq_send(pid, *ts_ns, serving);
+            }
+            Record::Log(message) => {
+                let serving = self.assembler.serving_context(pid, message.tid);
+                self.logs.push(message, serving, Instant::now());
             }
             Record::Close { fd, .. } => {
                 self.assembler.push(record);
@@ -373,6 +380,7 @@ impl Pipeline {
         self.released_by.retain(|(p, _), _| *p != pid);
         self.devices.forget_process(pid);
         self.resources.forget(pid);
+        self.logs.forget_process(pid);
     }
 
     /// Ends every call still open (shutdown).
@@ -409,6 +417,7 @@ impl Pipeline {
         processes.report(&mut out);
         self.assembler.report(&mut out);
         self.events.report(&mut out);
+        self.logs.report(&mut out);
         self.devices.report(&mut out);
         self.config.stats(&mut out);
         self.resources.report(&mut out);
@@ -446,6 +455,7 @@ impl Pipeline {
                     );
                 }
             }
+            Observation::Renamed { old, new } => self.logs.rename(old, new),
             Observation::Exported { pid, device } => {
                 if let Some(tango_host) = processes.info(pid).and_then(|p| p.tango_host()) {
                     self.queries.push(DbQuery::Properties { tango_host, device });
