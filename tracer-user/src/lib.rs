@@ -1,7 +1,7 @@
 //! tango-tracer: rebuilds Tango operations seen by eBPF probes as OpenTelemetry spans.
 //!
 //! Data flows one way, one folder per stage: [`discover`] → [`probe`] → wire parsers
-//! (`tracer-wire`) → [`assemble`] → [`events`] → [`devices`] → [`configure`] → [`convert`] →
+//! (`tracer-wire`) → [`assemble`] → [`events`] → [`userspans`] → [`devices`] → [`configure`] → [`convert`] →
 //! export (`tracer-export`). [`run`] wires them together.
 
 pub mod assemble;
@@ -15,3 +15,4 @@ pub mod logs;
 pub mod probe;
 pub mod run;
 pub mod stats;
+pub mod userspans;

@@ -220,7 +220,8 @@ impl Configuration {
         let (topics, topics_source) = &effective.topics;
         let explicit_all = topics.all && *topics_source != Source::Daemon;
         let wanted = match class {
-            OperationClass::User => topics.all || topics.user,
+            // User code inside a request follows the request's own topic.
+            OperationClass::User | OperationClass::UserCode => topics.all || topics.user,
             OperationClass::Database => topics.all || topics.database,
             OperationClass::Event => topics.all || topics.events,
             // `all` set explicitly (not cppTango's unset default) asks for everything.
@@ -230,10 +231,12 @@ impl Configuration {
         if !wanted {
             return Routing::Drop;
         }
-        // A cppTango 10 process told to trace itself exports what it knows how to trace.
+        // A cppTango 10 process told to trace itself exports what it knows how to trace. Its
+        // SERVER spans are its own then, with ids the daemon cannot know: user-code spans would
+        // hang from nothing (PyTango's own telemetry makes them, when its SDK is there).
         let native = self.processes.get(&pid).is_some_and(|p| p.native_capable)
             && effective.enable.1 != Source::Daemon
-            && matches!(class, OperationClass::User | OperationClass::Database);
+            && matches!(class, OperationClass::User | OperationClass::Database | OperationClass::UserCode);
         if native {
             return Routing::Native;
         }

@@ -31,6 +31,7 @@ use crate::{
     logs::Logs,
     probe::record::{Direction, Record},
     stats::StageStats,
+    userspans::UserSpans,
 };
 
 /// How long a server span may wait for its device's class before it goes out without it.
@@ -75,6 +76,7 @@ pub struct Pipeline {
     assembler: Assembler,
     events: Events,
     logs: Logs,
+    userspans: UserSpans,
     devices: DeviceRegistry,
     config: Configuration,
     resources: Resources,
@@ -103,6 +105,7 @@ impl Pipeline {
             assembler: Assembler::new(capture_bytes),
             events: Events::default(),
             logs: Logs::default(),
+            userspans: UserSpans::default(),
             devices: DeviceRegistry::default(),
             config: Configuration::new(policy),
             resources: Resources::default(),
@@ -189,6 +192,13 @@ impl Pipeline {
                 let complete = bytes.len() >= *total_len as usize;
                 self.events.on_zmtp(pid, *fd, *ts_ns, *direction, bytes, complete, &mut self.finished);
             }
+            Record::Data { tid, direction: Direction::Send, bytes, .. }
+                if self.userspans.wants_reply(pid, *tid) && is_giop_reply(bytes) =>
+            {
+                // A method of this request threw: its error may be in the reply.
+                self.userspans.note_reply(pid, *tid, bytes);
+                self.assembler.push(record);
+            }
             Record::Data { fd, direction: Direction::Recv, bytes, peer, .. } => {
                 if is_giop_request(bytes)
                     && self.assembler.needs_location(pid, *fd)
@@ -204,6 +214,10 @@ impl Pipeline {
             Record::ZmqSend { tid, ts_ns, .. } => {
                 let serving = self.assembler.serving_context(pid, *tid);
                 self.events.on_zmq_send(pid, *ts_ns, serving);
+            }
+            Record::UserCode(hit) => {
+                let serving = self.assembler.serving_context(pid, hit.tid);
+                self.userspans.push(hit, serving);
             }
             Record::Log(message) => {
                 let serving = self.assembler.serving_context(pid, message.tid);
@@ -276,6 +290,12 @@ impl Pipeline {
         }
         let now = Instant::now();
         self.assembler.drain_into(&mut self.finished);
+        // The user code of a request follows its SERVER span, whatever its operation class.
+        let mut user_code = Vec::new();
+        for span in &self.finished {
+            self.userspans.on_server_end(span, &mut user_code);
+        }
+        self.finished.append(&mut user_code);
         let mut ready = std::mem::take(&mut self.ready);
         for mut span in std::mem::take(&mut self.finished) {
             span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
@@ -364,6 +384,7 @@ impl Pipeline {
     pub fn records_lost(&mut self, now_ns: u64) {
         self.assembler.records_lost(now_ns);
         self.events.records_lost();
+        self.userspans.records_lost();
     }
 
     /// Timer work: forgets links too old to matter, ends calls that waited too long or whose
@@ -381,6 +402,7 @@ impl Pipeline {
         self.devices.forget_process(pid);
         self.resources.forget(pid);
         self.logs.forget_process(pid);
+        self.userspans.forget_process(pid);
     }
 
     /// Ends every call still open (shutdown).
@@ -418,6 +440,7 @@ impl Pipeline {
         self.assembler.report(&mut out);
         self.events.report(&mut out);
         self.logs.report(&mut out);
+        self.userspans.report(&mut out);
         self.devices.report(&mut out);
         self.config.stats(&mut out);
         self.resources.report(&mut out);
@@ -541,6 +564,10 @@ fn class_of(span: &AssembledSpan, device: Option<&str>) -> OperationClass {
 
 fn is_giop_request(bytes: &[u8]) -> bool {
     bytes.get(..4) == Some(b"GIOP") && bytes.get(7) == Some(&0)
+}
+
+fn is_giop_reply(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(b"GIOP") && bytes.get(7) == Some(&1)
 }
 
 #[cfg(test)]
