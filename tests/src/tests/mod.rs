@@ -10,3 +10,4 @@ mod legacy;
 mod probes;
 mod pytango;
 mod setup;
+mod userspans;
