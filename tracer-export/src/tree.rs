@@ -10,7 +10,8 @@
 //!
 //! Roots come in order of start time, children under their parent in order of start time. A
 //! span whose parent is not among the spans given is shown as a root marked
-//! `(parent not seen)`. Source-location attributes (`code.*`) are left out, as in the summaries.
+//! `(parent not seen)`. Among two or more siblings, the one that took longest (strictly) ends
+//! with `<< slowest, N% of its parent`: where a request spent its time shows at a glance. Source-location attributes (`code.*`) are left out, as in the summaries.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -78,19 +79,43 @@ fn render(
     out: &mut String,
 ) {
     // Iterative, so a pathologically deep trace cannot overflow the stack.
-    let mut stack = vec![(start, start_depth, orphan)];
-    while let Some((i, depth, orphan)) = stack.pop() {
+    let mut stack = vec![(start, start_depth, orphan, None)];
+    while let Some((i, depth, orphan, share)) = stack.pop() {
         if std::mem::replace(&mut shown[i], true) {
             continue;
         }
-        line(&spans[i], depth, orphan, out);
+        line(&spans[i], depth, orphan, share, out);
         if let Some(list) = children.get(&i) {
-            stack.extend(list.iter().rev().map(|&c| (c, depth + 1, false)));
+            let slowest = slowest(spans, list);
+            let parent_us = spans[i].duration_us;
+            stack.extend(list.iter().rev().map(|&c| {
+                let share = (Some(c) == slowest).then(|| share_of(spans[c].duration_us, parent_us));
+                (c, depth + 1, false, share)
+            }));
         }
     }
 }
 
-fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
+/// The sibling that took strictly longest of two or more, if any.
+#[expect(clippy::indexing_slicing, reason = "`siblings` holds indices of `spans`")]
+fn slowest(spans: &[SpanJson], siblings: &[usize]) -> Option<usize> {
+    if siblings.len() < 2 {
+        return None;
+    }
+    let mut by_duration: Vec<usize> = siblings.to_vec();
+    by_duration.sort_by(|&a, &b| spans[b].duration_us.total_cmp(&spans[a].duration_us));
+    match by_duration.as_slice() {
+        [first, second, ..] if spans[*first].duration_us > spans[*second].duration_us => Some(*first),
+        _ => None,
+    }
+}
+
+/// A child's duration as a whole percentage of its parent's (0 when the parent took no time).
+fn share_of(child_us: f64, parent_us: f64) -> u32 {
+    if parent_us > 0.0 { (100.0 * child_us / parent_us).round().clamp(0.0, 999.0) as u32 } else { 0 }
+}
+
+fn line(span: &SpanJson, depth: usize, orphan: bool, slowest_share: Option<u32>, out: &mut String) {
     let short = |id: &str| id.get(..8).unwrap_or(id).to_owned();
     let parent = if span.parent_span_id.is_empty() { "-".to_owned() } else { short(&span.parent_span_id) };
     let process = |key| span.resource.get(key).map(value_text).unwrap_or_default();
@@ -114,6 +139,9 @@ fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
     );
     if span.is_error() {
         let _ = write!(out, " status=ERROR({:?})", span.status.message);
+    }
+    if let Some(share) = slowest_share {
+        let _ = write!(out, "  << slowest, {share}% of its parent");
     }
     out.push('\n');
 }
@@ -178,6 +206,33 @@ mod tests {
         assert!(lines[3].starts_with("      - [SERVER] connect "), "{text}");
         assert!(lines[4].starts_with("      - [SERVER] read "), "{text}");
         assert!(lines[4].ends_with("scope=tango.cpp {} dur=1.5us status=ERROR(\"boom\")"), "{text}");
+    }
+
+    #[test]
+    fn the_slowest_of_several_children_is_marked_with_its_share() {
+        let t = "00000000000000000000000000000002";
+        let mut parent = span(t, "000000000000000a", "", 0, "read_attributes_5");
+        parent.duration_us = 30_000.0;
+        let mut children = Vec::new();
+        for (i, (name, us)) in
+            [("hook", 2_000.0), ("fast", 1_000.0), ("slow", 20_000.0)].into_iter().enumerate()
+        {
+            let mut child = span(t, &format!("00000000000000b{i}"), "000000000000000a", 10 + i as u64, name);
+            child.duration_us = us;
+            children.push(child);
+        }
+        let mut spans = vec![parent];
+        spans.extend(children);
+        let text = render_trees(&spans);
+        let marked: Vec<&str> = text.lines().filter(|l| l.contains("<< slowest")).collect();
+        assert_eq!(marked.len(), 1, "{text}");
+        assert!(
+            marked[0].contains("] slow ") && marked[0].ends_with("<< slowest, 67% of its parent"),
+            "{text}"
+        );
+        // An only child, or a tie, is not marked.
+        spans.truncate(2);
+        assert!(!render_trees(&spans).contains("slowest"));
     }
 
     #[test]

@@ -138,8 +138,11 @@ fn exception_message(span: &SpanJson) -> String {
 fn a_pytango_request_shows_its_hook_each_attribute_read_and_its_command_in_order() {
     let receiver = OtlpReceiver::start_blocking();
     let marker = unique_marker("userspans");
-    let mut daemon =
-        TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))], &[]);
+    let mut daemon = TracerDaemon::start(
+        &marker,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))],
+        &["--exporter", "otlp", "--exporter", "store"],
+    );
     let device = "test/slow/1";
     let server = SlowServer::start(&marker, device);
     let url = format!("tango://127.0.0.1:{}/{device}#dbase=no", server.port);
@@ -223,6 +226,17 @@ fn a_pytango_request_shows_its_hook_each_attribute_read_and_its_command_in_order
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no userspans.unserved_hits in\n{stats}"));
     assert!(unserved >= 4, "the polling thread's reads were not seen: {stats}");
+
+    // `tango-tracer show` prints them from the embedded store, the slowest read marked.
+    let output = Command::new(crate::harness::tracer_binary())
+        .args(["show", "--store"])
+        .arg(daemon.dir.join("spans.jsonl"))
+        .output()
+        .expect("running tango-tracer show");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let slow = text.lines().find(|l| l.contains("[INTERNAL] Slow.slow ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(slow.contains("<< slowest, "), "the slowest read is not marked:\n{text}");
+    assert!(!text.lines().any(|l| l.contains("Slow.fast ") && l.contains("slowest")), "{text}");
 
     // One line per process says which probes it got.
     let log = daemon.log();

@@ -348,6 +348,21 @@ mod tests {
         assert!(matches!(config.route(1, None, OperationClass::Event), Routing::Export(_)));
     }
 
+    /// User code inside a request goes with the request: on with `user` (and `all`, the default),
+    /// off without it; none for a process that exports its own spans.
+    #[test]
+    fn user_code_spans_follow_the_user_topic() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::UserCode), Routing::Export(_)));
+        config.set_properties("a/b/db", &[("telemetry_topics".into(), vec!["database,events".into()])]);
+        assert_eq!(config.route(1, Some("a/b/db"), OperationClass::UserCode), Routing::Drop);
+        config.set_properties("a/b/user", &[("telemetry_topics".into(), vec!["user".into()])]);
+        assert!(matches!(config.route(1, Some("a/b/user"), OperationClass::UserCode), Routing::Export(_)));
+        config.add_process(&process(2, b"TANGO_TELEMETRY_ENABLE=on\0", "10.3.3"));
+        assert_eq!(config.route(2, Some("a/b/c"), OperationClass::UserCode), Routing::Native);
+    }
+
     #[test]
     fn the_events_topic_switches_event_spans_per_device() {
         let mut config = Configuration::new(policy());
