@@ -95,6 +95,9 @@ pub struct Programs {
     /// `tests/python/churn.py` (churn row) and `benches/python/paced_read_loop.py` (outage row).
     pub churn: PathBuf,
     pub paced_client: PathBuf,
+    /// `tests/python/user_code_server.py` and `benches/python/user_code_loop.py` (user-code row).
+    pub user_code_server: PathBuf,
+    pub user_code_client: PathBuf,
 }
 
 /// One client run.

@@ -5,9 +5,12 @@ Runs without a database on 127.0.0.1:PORT (class Slow):
 - `always_executed_hook` sleeps 2 ms;
 - attributes `fast`, `medium`, `slow` sleep 1, 5 and 20 ms in their read method; `broken`
   raises; `polled` is polled every 100 ms by the device's polling thread (1 ms a read);
-- commands `Work` (sleeps 3 ms, returns its argument doubled) and `Fail` (raises).
+- commands `Work` (sleeps 3 ms, returns its argument doubled) and `Fail` (raises);
+- attributes `n0` … `n7` return at once (the cost benchmark reads them).
+With USER_CODE_POLLING=off, `polled` is not polled (the cost benchmark measures requests only).
 """
 
+import os
 import sys
 import time
 
@@ -37,10 +40,21 @@ class Slow(Device):
     def broken(self):
         raise RuntimeError("the hardware did not answer")
 
-    @attribute(dtype=int, polling_period=100)
-    def polled(self):
+    def _polled(self):
         time.sleep(0.001)
         return 7
+
+    if os.environ.get("USER_CODE_POLLING") == "off":
+        polled = attribute(dtype=int, fget=_polled)
+    else:
+        polled = attribute(dtype=int, fget=_polled, polling_period=100)
+
+    def _instant(self):
+        return 0.0
+
+    for _i in range(8):
+        locals()[f"n{_i}"] = attribute(name=f"n{_i}", dtype=float, fget=_instant)
+    del _i
 
     @command(dtype_in=float, dtype_out=float)
     def Work(self, value):

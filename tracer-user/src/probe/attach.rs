@@ -292,7 +292,11 @@ impl Probes {
         if !self.user_code_reported.insert(pid) {
             return None;
         }
-        self.user_code_files.get(&file).cloned()
+        let at = library.display();
+        self.user_code_files.get(&file).map(|outcome| match outcome {
+            Ok(summary) => Ok(format!("{summary} at {at}")),
+            Err(why) => Err(format!("{why} ({at})")),
+        })
     }
 
     /// Attaches the one user-code program at every point of `library`, each with its cookie;
@@ -325,7 +329,7 @@ impl Probes {
                 }
             }
         }
-        Ok(format!("{} at {}", plan.summary(), library.display()))
+        Ok(plan.summary())
     }
 
     /// Makes `pid` a target (idempotent).

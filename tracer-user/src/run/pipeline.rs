@@ -846,6 +846,7 @@ mod tests {
         Exec { pid: usize },
         Fork { pid: usize, child: usize },
         ZmqSend { pid: usize, tid: u32 },
+        UserCode { pid: usize, tid: u32, point: u8 },
         RecordsLost,
         Expire { advance_ms: u64 },
         Release,
@@ -876,7 +877,8 @@ mod tests {
             1 => pid.clone().prop_map(|pid| Op::Exit { pid }),
             1 => pid.clone().prop_map(|pid| Op::Exec { pid }),
             1 => (pid.clone(), pid.clone()).prop_map(|(pid, child)| Op::Fork { pid, child }),
-            1 => (pid, 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
+            1 => (pid.clone(), 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
+            3 => (pid, 0u32..3, 0u8..8).prop_map(|(pid, tid, point)| Op::UserCode { pid, tid, point }),
             1 => Just(Op::RecordsLost),
             1 => (0u64..3_000).prop_map(|advance_ms| Op::Expire { advance_ms }),
             1 => Just(Op::Release),
@@ -957,6 +959,19 @@ mod tests {
                 Op::ZmqSend { pid, tid } => {
                     let pid = pid_of(*pid);
                     self.push(Record::ZmqSend { pid, tid: pid + tid, ts_ns })
+                }
+                Op::UserCode { pid, tid, point } => {
+                    let pid = pid_of(*pid);
+                    self.push(Record::UserCode(crate::probe::record::UserCodeHit {
+                        pid,
+                        tid: pid + tid,
+                        ts_ns,
+                        point: *point,
+                        device: 0x1000,
+                        class: b"Demo".to_vec().into(),
+                        name: format!("attr{point}").into_bytes().into(),
+                        unreadable: 0,
+                    }))
                 }
                 Op::RecordsLost => self.pipeline.records_lost(ts_ns),
                 Op::Expire { advance_ms } => {
