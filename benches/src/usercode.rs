@@ -43,8 +43,6 @@ pub struct UserCodeSample {
     /// The uprobe programs' own time and runs per call (`bpf_stats`), when traced.
     pub uprobe_ns: Option<f64>,
     pub uprobe_runs: Option<f64>,
-    /// The other programs' (syscall tracepoints, …) time per call, when traced.
-    pub other_bpf_ns: Option<f64>,
 }
 
 /// Everything the benchmark measured.
@@ -62,12 +60,12 @@ impl UserCodeCost {
     }
 }
 
-/// `run_time_ns` and `run_cnt` of a process's BPF programs, summed by kind (uprobes, others).
+/// `run_time_ns` and `run_cnt` of a process's uprobe programs, summed. (Its tracepoint programs
+/// run for every process of the machine: their time is not the traced requests' alone.)
 #[derive(Clone, Copy, Debug, Default)]
 struct BpfTimes {
     uprobe_ns: u64,
     uprobe_runs: u64,
-    other_ns: u64,
 }
 
 fn bpf_times(pid: u32) -> BpfTimes {
@@ -88,8 +86,6 @@ fn bpf_times(pid: u32) -> BpfTimes {
         if kind == u64::from(KPROBE) {
             times.uprobe_ns += ns;
             times.uprobe_runs += runs;
-        } else {
-            times.other_ns += ns;
         }
     }
     times
@@ -214,7 +210,6 @@ fn run_one(
     let bpf = daemon_pid.map(bpf_times).zip(bpf_before).map(|(after, before)| BpfTimes {
         uprobe_ns: after.uprobe_ns - before.uprobe_ns,
         uprobe_runs: after.uprobe_runs - before.uprobe_runs,
-        other_ns: after.other_ns - before.other_ns,
     });
     Ok(UserCodeSample {
         traced: daemon.is_some(),
@@ -225,6 +220,5 @@ fn run_one(
         daemon_cpu_us: daemon_pid.zip(daemon_before).map(|(pid, before)| per_call_us(before, cpu(pid))),
         uprobe_ns: bpf.map(|b| b.uprobe_ns as f64 / all_calls),
         uprobe_runs: bpf.map(|b| b.uprobe_runs as f64 / all_calls),
-        other_bpf_ns: bpf.map(|b| b.other_ns as f64 / all_calls),
     })
 }

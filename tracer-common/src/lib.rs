@@ -306,6 +306,16 @@ pub mod user_code {
         pub const ZF_SET: u8 = 1;
         /// Only when ZF is clear (a `jne` is taken).
         pub const ZF_CLEAR: u8 = 2;
+        /// Every hit, flagged [`super::flags::TAKEN`] when ZF is clear: the hook's `jne`, which
+        /// every request passes (its record names the device's class once per request) and which
+        /// is taken only when the device has a hook of its own.
+        pub const FLAG_ZF_CLEAR: u8 = 3;
+    }
+
+    /// Bits of `UserCodeRecord::flags`.
+    pub mod flags {
+        /// The branch goes to the user code (see [`super::condition::FLAG_ZF_CLEAR`]).
+        pub const TAKEN: u32 = 1;
     }
 
     /// Registers, numbered as the u64 slots of x86-64 `struct pt_regs`.
@@ -346,7 +356,8 @@ pub mod user_code {
         /// Offset of the name `std::string` in the object the point's object register holds
         /// (`Attribute::name` 0x20, `Command::name` 0x8).
         pub name_offset: u8,
-        /// Offset of the `DeviceClass*` in a `DeviceImpl` (0x88).
+        /// Offset of the `DeviceClass*` in a `DeviceImpl` (0x88); 0: the point reads no class
+        /// (an attribute read: the request's hook point named it).
         pub device_class_offset: u8,
         /// Offset of the class name `std::string` in a `DeviceClass` (0x8).
         pub class_name_offset: u8,
@@ -386,7 +397,8 @@ pub struct UserCodeRecord {
     /// Bytes of `text` holding the class name, then the attribute or command name.
     pub class_len: u16,
     pub name_len: u16,
-    pub _pad: u32,
+    /// [`user_code::flags`] bits.
+    pub flags: u32,
     pub text: [u8; user_code::MAX_CLASS_NAME + user_code::MAX_MEMBER_NAME],
 }
 

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     RecordHeader, USER_CODE_RECORD_HEADER_LEN, UserCodeRecord, kind, loss,
-    user_code::{MAX_CLASS_NAME, MAX_MEMBER_NAME, condition, cookie_byte, point, reg, unreadable},
+    user_code::{MAX_CLASS_NAME, MAX_MEMBER_NAME, condition, cookie_byte, flags, point, reg, unreadable},
 };
 
 use crate::{BPF_RB_NO_WAKEUP, EVENTS, TARGETS, copy_text, count_lost, read_std_string};
@@ -45,11 +45,12 @@ fn try_libtango_point(ctx: &ProbeContext) -> Result<(), ()> {
     // The trap fires before the branch runs: its flags decide where it goes.
     // SAFETY: the context's registers, a constant offset.
     let zero = unsafe { (*regs).eflags } & ZERO_FLAG != 0;
-    match cookie_byte(cookie, 1) {
+    let taken = match cookie_byte(cookie, 1) {
         condition::ZF_SET if !zero => return Ok(()),
         condition::ZF_CLEAR if zero => return Ok(()),
-        _ => {}
-    }
+        condition::FLAG_ZF_CLEAR => !zero,
+        _ => true,
+    };
     let what = cookie_byte(cookie, 0);
     let record = USER_CODE_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
@@ -67,17 +68,21 @@ fn try_libtango_point(ctx: &ProbeContext) -> Result<(), ()> {
     record.device = 0;
     record.class_len = 0;
     record.name_len = 0;
-    record._pad = 0;
+    record.flags = if taken { flags::TAKEN } else { 0 };
     if matches!(what, point::HOOK_START | point::READ_START | point::COMMAND_START) {
         let device = register(ctx, cookie_byte(cookie, 2));
         record.device = device;
-        // DeviceImpl → DeviceClass → its name.
-        let class = read_u64(device.wrapping_add(cookie_byte(cookie, 5) as u64))
-            .and_then(|class| read_std_string(class.wrapping_add(cookie_byte(cookie, 6) as u64)))
-            .and_then(|(ptr, len)| copy_text(&mut record.text, 0, ptr, len, MAX_CLASS_NAME));
-        match class {
-            Ok(n) => record.class_len = n as u16,
-            Err(()) => record.unreadable |= unreadable::CLASS,
+        // DeviceImpl → DeviceClass → its name; an attribute read leaves it to its request's hook
+        // point (three reads fewer per attribute).
+        let class_offset = cookie_byte(cookie, 5);
+        if class_offset != 0 {
+            let class = read_u64(device.wrapping_add(class_offset as u64))
+                .and_then(|class| read_std_string(class.wrapping_add(cookie_byte(cookie, 6) as u64)))
+                .and_then(|(ptr, len)| copy_text(&mut record.text, 0, ptr, len, MAX_CLASS_NAME));
+            match class {
+                Ok(n) => record.class_len = n as u16,
+                Err(()) => record.unreadable |= unreadable::CLASS,
+            }
         }
         let object_reg = cookie_byte(cookie, 3);
         if object_reg != reg::NONE {

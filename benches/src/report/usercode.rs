@@ -40,9 +40,9 @@ pub fn write(md: &mut String, cost: &UserCodeCost) -> std::fmt::Result {
     }
     writeln!(
         md,
-        "| attributes per call | calls/s untraced | calls/s traced | probe hits per call | uprobe eBPF ns/call | other eBPF ns/call | server CPU µs/call untraced | server CPU µs/call traced | daemon CPU µs/call |"
+        "| attributes per call | calls/s untraced | calls/s traced | probe hits per call | uprobe eBPF ns/call | server CPU µs/call untraced | server CPU µs/call traced | daemon CPU µs/call |"
     )?;
-    writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(md, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     let mut per_workload = Vec::new();
     for attributes in WORKLOADS {
         let untraced: Vec<&UserCodeSample> = cost.of(false, attributes).collect();
@@ -55,12 +55,11 @@ pub fn write(md: &mut String, cost: &UserCodeCost) -> std::fmt::Result {
         );
         writeln!(
             md,
-            "| {attributes} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {attributes} | {} | {} | {} | {} | {} | {} | {} |",
             cell(med(&untraced, |s| Some(s.calls_per_s)), 0),
             cell(med(&traced, |s| Some(s.calls_per_s)), 0),
             cell(med(&traced, |s| s.uprobe_runs), 2),
             cell(row.0, 0),
-            cell(med(&traced, |s| s.other_bpf_ns), 0),
             cell(row.2, 1),
             cell(row.3, 1),
             cell(row.1, 1),

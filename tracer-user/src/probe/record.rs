@@ -127,6 +127,9 @@ pub struct UserCodeHit<'a> {
     pub name: Cow<'a, [u8]>,
     /// `tracer_common::user_code::unreadable` bits.
     pub unreadable: u32,
+    /// The branch goes to the user code (a hook point: the device has a hook of its own).
+    #[serde(default)]
+    pub taken: bool,
 }
 
 /// A device log message as the probe read it; the texts borrow from the ring-buffer item.
@@ -407,6 +410,7 @@ fn decode_user_code(raw: &[u8], pid: u32, tid: u32, ts_ns: u64) -> Result<UserCo
         class: Cow::Borrowed(bytes_at(raw, text, class_len, MAX_CLASS_NAME)),
         name: Cow::Borrowed(bytes_at(raw, text + class_len as usize, name_len, MAX_MEMBER_NAME)),
         unreadable: field(offset_of!(UserCodeRecord, unreadable)),
+        taken: field(offset_of!(UserCodeRecord, flags)) & tracer_common::user_code::flags::TAKEN != 0,
     })
 }
 
@@ -640,7 +644,7 @@ mod tests {
             device: 0x7f00_1234_5678,
             class_len: class.len() as u16,
             name_len: name.len() as u16,
-            _pad: 0,
+            flags: tracer_common::user_code::flags::TAKEN,
             text: [0; MAX_CLASS_NAME + MAX_MEMBER_NAME],
         };
         record.text[..class.len()].copy_from_slice(class);
@@ -663,6 +667,7 @@ mod tests {
         assert_eq!((hit.pid, hit.tid, hit.ts_ns, hit.point), (10, 12, 77, point::READ_START));
         assert_eq!((&hit.class[..], &hit.name[..]), (&b"TangoTest"[..], &b"double_scalar"[..]));
         assert_eq!(hit.device, 0x7f00_1234_5678);
+        assert!(hit.taken);
         // An end point sends only the fixed part.
         let raw = raw_user_code(point::READ_END, b"", b"");
         assert_eq!(raw.len(), USER_CODE_RECORD_HEADER_LEN);

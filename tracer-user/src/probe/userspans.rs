@@ -40,10 +40,14 @@ const COMMAND_FUNCTION: &str = "_ZN5Tango11DeviceClass15command_handlerEPNS_10De
 const DEFAULT_HOOK: &str = "_ZN5Tango10DeviceImpl20always_executed_hookEv";
 const DEFAULT_IS_ALLOWED: &str = "_ZN5Tango7Command10is_allowedEPNS_10DeviceImplERKN5CORBA3AnyE";
 
-/// `Attribute::name`, `Command::name`, `DeviceImpl::device_class`, `DeviceClass::name`.
-const ATTRIBUTE_LAYOUT: Layout =
-    Layout { name_offset: 0x20, device_class_offset: 0x88, class_name_offset: 0x8 };
-const COMMAND_LAYOUT: Layout = Layout { name_offset: 0x8, ..ATTRIBUTE_LAYOUT };
+/// `DeviceImpl::device_class`, `DeviceClass::name`: the hook and command points name the class.
+const CLASS_LAYOUT: Layout = Layout { name_offset: 0, device_class_offset: 0x88, class_name_offset: 0x8 };
+/// `Command::name`.
+const COMMAND_LAYOUT: Layout = Layout { name_offset: 0x8, ..CLASS_LAYOUT };
+/// `Attribute::name`; no class (the request's hook point named it).
+const ATTRIBUTE_LAYOUT: Layout = Layout { name_offset: 0x20, device_class_offset: 0, class_name_offset: 0 };
+/// End points read nothing.
+const NO_LAYOUT: Layout = Layout { name_offset: 0, device_class_offset: 0, class_name_offset: 0 };
 
 /// One probe point: where, what it marks (the attach cookie), and the instruction there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,16 +143,17 @@ const fn known(
     device: u8,
     object: u8,
 ) -> KnownPoint {
-    let layout = if point == point::COMMAND_START || point == point::COMMAND_END {
-        COMMAND_LAYOUT
-    } else {
-        ATTRIBUTE_LAYOUT
+    let layout = match point {
+        point::HOOK_START => CLASS_LAYOUT,
+        point::READ_START => ATTRIBUTE_LAYOUT,
+        point::COMMAND_START => COMMAND_LAYOUT,
+        _ => NO_LAYOUT,
     };
     KnownPoint { offset, bytes, point, condition, device, object, layout }
 }
 
 use self::{
-    condition::{ALWAYS, ZF_CLEAR, ZF_SET},
+    condition::{ALWAYS, FLAG_ZF_CLEAR, ZF_SET},
     point::{COMMAND_END, COMMAND_START, HOOK_END, HOOK_START, READ_END, READ_START},
     reg::{NONE, R15, RBP, RBX, RDI},
 };
@@ -162,15 +167,15 @@ const KNOWN_BUILDS: &[KnownBuild] = &[
         build_id: "5af3102e6b1b506e5ca7c0c5d9fabc1a90a9db7f",
         version: "cppTango 9.3.4 (Debian)",
         points: &[
-            known(0x39ec49, &[0x0f, 0x85, 0x0d, 0x15, 0x00, 0x00], HOOK_START, ZF_CLEAR, R15, NONE),
+            known(0x39ec49, &[0x0f, 0x85, 0x0d, 0x15, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, R15, NONE),
             known(0x39ed4b, &[0x0f, 0x85, 0xc4, 0x1d, 0x00, 0x00], READ_START, ZF_SET, R15, RBX),
             known(0x39ed74, &[0x74, 0x12], READ_END, ALWAYS, NONE, NONE),
             known(0x3a0161, &[0xe9, 0xe9, 0xea, 0xff, 0xff], HOOK_END, ALWAYS, NONE, NONE),
-            known(0x3a027c, &[0x0f, 0x85, 0x99, 0xfe, 0xff, 0xff], HOOK_START, ZF_CLEAR, R15, NONE),
-            known(0x3b7cc1, &[0x0f, 0x85, 0xa9, 0x02, 0x00, 0x00], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x3a027c, &[0x0f, 0x85, 0x99, 0xfe, 0xff, 0xff], HOOK_START, FLAG_ZF_CLEAR, R15, NONE),
+            known(0x3b7cc1, &[0x0f, 0x85, 0xa9, 0x02, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x3b7cd8, &[0x0f, 0x85, 0xa2, 0x02, 0x00, 0x00], COMMAND_START, ZF_SET, RBP, RDI),
             known(0x3b7cf9, &[0x74, 0x10], COMMAND_END, ALWAYS, NONE, NONE),
-            known(0x3b7eeb, &[0x0f, 0x85, 0xac, 0x00, 0x00, 0x00], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x3b7eeb, &[0x0f, 0x85, 0xac, 0x00, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x3b7eff, &[0x0f, 0x85, 0xa2, 0x00, 0x00, 0x00], COMMAND_START, ZF_SET, RBP, RBX),
             known(0x3b7f13, &[0xe9, 0xd1, 0xfd, 0xff, 0xff], COMMAND_END, ALWAYS, NONE, NONE),
             known(0x3b7f75, &[0xe9, 0x4d, 0xfd, 0xff, 0xff], HOOK_END, ALWAYS, NONE, NONE),
@@ -183,16 +188,16 @@ const KNOWN_BUILDS: &[KnownBuild] = &[
         build_id: "74a6de257539aab3938884a35c88623371f16b0c",
         version: "cppTango 10.3.3 (PyTango 10.3.1 wheel)",
         points: &[
-            known(0x54b01a, &[0x0f, 0x85, 0xa8, 0x12, 0x00, 0x00], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x54b01a, &[0x0f, 0x85, 0xa8, 0x12, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x54b1a5, &[0x0f, 0x85, 0xf5, 0x20, 0x00, 0x00], READ_START, ZF_SET, RBP, RBX),
             known(0x54b1c6, &[0xe8, 0x45, 0xee, 0xc4, 0xff], READ_END, ALWAYS, NONE, NONE),
             known(0x54c2cd, &[0xe9, 0x4e, 0xed, 0xff, 0xff], HOOK_END, ALWAYS, NONE, NONE),
-            known(0x54c43b, &[0x0f, 0x85, 0x45, 0x07, 0x00, 0x00], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x54c43b, &[0x0f, 0x85, 0x45, 0x07, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x54cbe6, &[0xe9, 0x80, 0xe8, 0xff, 0xff], HOOK_END, ALWAYS, NONE, NONE),
-            known(0x572241, &[0x0f, 0x85, 0x59, 0x02, 0x00, 0x00], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x572241, &[0x0f, 0x85, 0x59, 0x02, 0x00, 0x00], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x572258, &[0x0f, 0x85, 0x1a, 0x02, 0x00, 0x00], COMMAND_START, ZF_SET, RBP, RDI),
             known(0x57226c, &[0xe8, 0x9f, 0x7d, 0xc2, 0xff], COMMAND_END, ALWAYS, NONE, NONE),
-            known(0x57244d, &[0x75, 0x5b], HOOK_START, ZF_CLEAR, RBP, NONE),
+            known(0x57244d, &[0x75, 0x5b], HOOK_START, FLAG_ZF_CLEAR, RBP, NONE),
             known(0x57245d, &[0x75, 0x52], COMMAND_START, ZF_SET, RBP, RBX),
             known(0x57246d, &[0xe9, 0xf7, 0xfd, 0xff, 0xff], COMMAND_END, ALWAYS, NONE, NONE),
             known(0x572491, &[0xe9, 0xc8, 0xfd, 0xff, 0xff], COMMAND_START, ALWAYS, RBP, RDI),
@@ -524,12 +529,13 @@ fn hook_points(
         };
         out.push(function.text.point(
             jne,
-            cookie(point::HOOK_START, condition::ZF_CLEAR, device_slot, reg::NONE, ATTRIBUTE_LAYOUT),
+            cookie(point::HOOK_START, condition::FLAG_ZF_CLEAR, device_slot, reg::NONE, CLASS_LAYOUT),
         )?);
-        out.push(function.text.point(
-            back,
-            cookie(point::HOOK_END, condition::ALWAYS, reg::NONE, reg::NONE, ATTRIBUTE_LAYOUT),
-        )?);
+        out.push(
+            function
+                .text
+                .point(back, cookie(point::HOOK_END, condition::ALWAYS, reg::NONE, reg::NONE, NO_LAYOUT))?,
+        );
         found += 1;
     }
     if found == 0 {
@@ -585,10 +591,11 @@ fn read_points(function: &Function<'_>, out: &mut Vec<UserCodePoint>) -> Result<
             start,
             cookie(point::READ_START, condition, device_slot, attribute_slot, ATTRIBUTE_LAYOUT),
         )?);
-        out.push(function.text.point(
-            end,
-            cookie(point::READ_END, condition::ALWAYS, reg::NONE, reg::NONE, ATTRIBUTE_LAYOUT),
-        )?);
+        out.push(
+            function
+                .text
+                .point(end, cookie(point::READ_END, condition::ALWAYS, reg::NONE, reg::NONE, NO_LAYOUT))?,
+        );
         found += 1;
     }
     if found == 0 {
@@ -672,10 +679,11 @@ fn command_points(
         let Some(end) = next_branch(rest.get(c + 1..).unwrap_or_default()) else {
             return Err(not_found(function, "branch after the execute call"));
         };
-        out.push(function.text.point(
-            end,
-            cookie(point::COMMAND_END, condition::ALWAYS, reg::NONE, reg::NONE, COMMAND_LAYOUT),
-        )?);
+        out.push(
+            function
+                .text
+                .point(end, cookie(point::COMMAND_END, condition::ALWAYS, reg::NONE, reg::NONE, NO_LAYOUT))?,
+        );
         found += 1;
     }
     if found == 0 {

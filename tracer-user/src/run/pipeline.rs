@@ -971,6 +971,7 @@ mod tests {
                         class: b"Demo".to_vec().into(),
                         name: format!("attr{point}").into_bytes().into(),
                         unreadable: 0,
+                        taken: tid % 2 == 0,
                     }))
                 }
                 Op::RecordsLost => self.pipeline.records_lost(ts_ns),

@@ -153,6 +153,9 @@ pub struct UserSpans {
     current: HashMap<(u32, u32), SpanId>,
     /// Interned names per process, by (family, class, member) bytes.
     names: HashMap<u32, HashMap<Vec<u8>, Arc<Member>>>,
+    /// The class of each device (pid, `DeviceImpl*`), named by its requests' hook points: an
+    /// attribute read's point does not read it again.
+    classes: HashMap<(u32, u64), Box<[u8]>>,
     /// Reused to build a name key without allocating.
     key: Vec<u8>,
     stats: UserSpanStats,
@@ -177,11 +180,15 @@ impl UserSpans {
         out.size(STAGE, "pass_entries", self.passes.len());
         out.size(STAGE, "serving_thread_entries", self.current.len());
         out.size(STAGE, "name_process_entries", self.names.len());
+        out.size(STAGE, "device_class_entries", self.classes.len());
     }
 
     /// A probe point hit; `serving` is the SERVER span the thread serves (from the assembly).
     pub fn push(&mut self, hit: &UserCodeHit<'_>, serving: Option<SpanContextLite>) {
         self.stats.hits += 1;
+        if !hit.class.is_empty() && hit.device != 0 {
+            self.learn_class(hit.pid, hit.device, &hit.class);
+        }
         let Some(server) = serving else {
             self.stats.unserved_hits += 1;
             return;
@@ -195,11 +202,19 @@ impl UserSpans {
             self.passes.insert(server.span_id, pass);
             self.current.insert(thread, server.span_id);
         }
+        if hit.point == point::HOOK_START && !hit.taken {
+            // Every request passes the hook's branch; the device has no hook of its own.
+            return;
+        }
         if let Some(family) = Family::of_start(hit.point) {
             if hit.unreadable != 0 {
                 self.stats.unreadable_names += 1;
             }
-            let member = self.member(hit.pid, family, &hit.class, &hit.name);
+            let class: &[u8] = match &hit.class[..] {
+                [] => self.classes.get(&(hit.pid, hit.device)).map_or(&[], |c| &c[..]),
+                named => named,
+            };
+            let member = intern(&mut self.names, &mut self.key, (hit.pid, family), class, &hit.name);
             let Some(pass) = self.passes.get_mut(&server.span_id) else {
                 return;
             };
@@ -318,36 +333,51 @@ impl UserSpans {
         self.passes.retain(|_, pass| pass.thread.0 != pid);
         self.current.retain(|thread, _| thread.0 != pid);
         self.names.remove(&pid);
+        self.classes.retain(|(p, _), _| *p != pid);
     }
 
-    /// The span name and argument of a method, interned per process.
-    fn member(&mut self, pid: u32, family: Family, class: &[u8], name: &[u8]) -> Arc<Member> {
-        self.key.clear();
-        self.key.push(family as u8);
-        self.key.extend_from_slice(class);
-        self.key.push(0);
-        self.key.extend_from_slice(name);
-        if let Some(member) = self.names.get(&pid).and_then(|names| names.get(self.key.as_slice())) {
-            return Arc::clone(member);
+    fn learn_class(&mut self, pid: u32, device: u64, class: &[u8]) {
+        let known = self.classes.get(&(pid, device)).is_some_and(|c| &c[..] == class);
+        if !known
+            && (self.classes.contains_key(&(pid, device))
+                || has_room(self.classes.len(), MAX_PASSES, &mut self.stats.refused_full))
+        {
+            self.classes.insert((pid, device), class.into());
         }
-        let class = if class.is_empty() { UNKNOWN_CLASS.into() } else { String::from_utf8_lossy(class) };
-        let name = String::from_utf8_lossy(name);
-        let member = Arc::new(match family {
-            Family::Hook => Member { name: format!("{class}.always_executed_hook"), argument: None },
-            Family::Read | Family::Command => Member {
-                name: format!("{class}.{name}"),
-                argument: Some(StringValue::from(name.into_owned())),
-            },
-        });
-        let room = self.names.contains_key(&pid) || self.names.len() < MAX_PROCESSES;
-        if room {
-            let names = self.names.entry(pid).or_default();
-            if names.len() < MAX_NAMES_PER_PROCESS {
-                names.insert(self.key.clone(), Arc::clone(&member));
-            }
-        }
-        member
     }
+}
+
+/// The span name and argument of a method, interned per process (`key` is reused scratch).
+fn intern(
+    names: &mut HashMap<u32, HashMap<Vec<u8>, Arc<Member>>>,
+    key: &mut Vec<u8>,
+    (pid, family): (u32, Family),
+    class: &[u8],
+    name: &[u8],
+) -> Arc<Member> {
+    key.clear();
+    key.push(family as u8);
+    key.extend_from_slice(class);
+    key.push(0);
+    key.extend_from_slice(name);
+    if let Some(member) = names.get(&pid).and_then(|names| names.get(key.as_slice())) {
+        return Arc::clone(member);
+    }
+    let class = if class.is_empty() { UNKNOWN_CLASS.into() } else { String::from_utf8_lossy(class) };
+    let name = String::from_utf8_lossy(name);
+    let member = Arc::new(match family {
+        Family::Hook => Member { name: format!("{class}.always_executed_hook"), argument: None },
+        Family::Read | Family::Command => {
+            Member { name: format!("{class}.{name}"), argument: Some(StringValue::from(name.into_owned())) }
+        }
+    });
+    if names.contains_key(&pid) || names.len() < MAX_PROCESSES {
+        let names = names.entry(pid).or_default();
+        if names.len() < MAX_NAMES_PER_PROCESS {
+            names.insert(key.clone(), Arc::clone(&member));
+        }
+    }
+    member
 }
 
 /// The error a method that did not return ended with: an attribute's own error in the reply,
@@ -422,6 +452,7 @@ mod tests {
             class: Cow::Borrowed(class.as_bytes()),
             name: Cow::Borrowed(name.as_bytes()),
             unreadable: 0,
+            taken: true,
         }
     }
 
@@ -464,9 +495,10 @@ mod tests {
         for h in [
             hit(20, 100, point::HOOK_START, "Demo", ""),
             hit(20, 2_100, point::HOOK_END, "", ""),
-            hit(20, 2_200, point::READ_START, "Demo", "fast"),
+            // Attribute reads leave the class to the hook point of their request.
+            hit(20, 2_200, point::READ_START, "", "fast"),
             hit(20, 3_200, point::READ_END, "", ""),
-            hit(20, 3_300, point::READ_START, "Demo", "slow"),
+            hit(20, 3_300, point::READ_START, "", "slow"),
             hit(20, 23_300, point::READ_END, "", ""),
         ] {
             stage.push(&h, serving);
@@ -510,6 +542,8 @@ mod tests {
     fn a_method_that_throws_ends_as_an_error_at_the_next_point_or_with_the_request() {
         let mut stage = UserSpans::default();
         let serving = context(6);
+        // A device without a hook of its own: its hook point names the class, no span.
+        stage.push(&UserCodeHit { taken: false, ..hit(21, 50, point::HOOK_START, "Demo", "") }, serving);
         stage.push(&hit(21, 100, point::COMMAND_START, "Demo", "Fail"), serving);
         assert!(stage.wants_reply(10, 21));
         let mut failed = server(6, 900);
