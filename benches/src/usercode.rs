@@ -121,7 +121,11 @@ struct LoopOutput {
 pub fn run(programs: &Programs, sizes: UserCodeSizes, dir: &Path) -> anyhow::Result<UserCodeCost> {
     anyhow::ensure!(sizes.rounds >= 1 && sizes.calls >= 1, "nothing to run");
     let marker = format!("usercode-{}", std::process::id());
-    let env = [(MARKER, marker.clone()), ("USER_CODE_POLLING", "off".to_string())];
+    let env = [
+        (MARKER, marker.clone()),
+        ("USER_CODE_POLLING", "off".to_string()),
+        ("USER_CODE_HOOK_MS", "0".to_string()),
+    ];
     let receiver = Receiver::start("usercode-receiver", programs, dir)?;
     let port = procs::free_port()?;
     let mut command = roundtrip::python_command(programs, &env);

@@ -7,7 +7,8 @@ Runs without a database on 127.0.0.1:PORT (class Slow):
   raises; `polled` is polled every 100 ms by the device's polling thread (1 ms a read);
 - commands `Work` (sleeps 3 ms, returns its argument doubled) and `Fail` (raises);
 - attributes `n0` … `n7` return at once (the cost benchmark reads them).
-With USER_CODE_POLLING=off, `polled` is not polled (the cost benchmark measures requests only).
+With USER_CODE_POLLING=off, `polled` is not polled, and USER_CODE_HOOK_MS sets the hook's sleep
+(the cost benchmark measures requests only, with `USER_CODE_HOOK_MS=0`).
 """
 
 import os
@@ -17,9 +18,13 @@ import time
 from tango.server import Device, attribute, command
 
 
+HOOK_S = float(os.environ.get("USER_CODE_HOOK_MS", "2")) / 1000
+
+
 class Slow(Device):
     def always_executed_hook(self):
-        time.sleep(0.002)
+        if HOOK_S:
+            time.sleep(HOOK_S)
 
     @attribute(dtype=float)
     def fast(self):

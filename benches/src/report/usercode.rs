@@ -25,7 +25,7 @@ pub fn write(md: &mut String, cost: &UserCodeCost) -> std::fmt::Result {
         md,
         "A Python loop of {} `read_attributes` calls (after {} untimed warm-up calls) of 1, then 8 \
          attributes that return at once, against a PyTango 10.3.1 device without database \
-         (`tests/python/user_code_server.py`, no polling), in {} rounds alternating untraced (no \
+         (`tests/python/user_code_server.py`, no polling, a hook that returns at once), in {} rounds alternating untraced (no \
          daemon) and traced. Each attribute read passes two libtango probe points (its read \
          method's start and end), each request two more (`always_executed_hook`). The probes' own \
          eBPF time is the kernel's `bpf_stats` (`run_time_ns` and `run_cnt` of the daemon's uprobe \
