@@ -143,7 +143,8 @@ pub fn run(programs: &Programs, sizes: UserCodeSizes, dir: &Path) -> anyhow::Res
         for traced in order {
             let daemon = if traced {
                 let name = format!("usercode-daemon-{round}");
-                Some(Daemon::start_logging(&name, programs, dir, &marker, &receiver, "info")?.0)
+                let on = ["--user-spans", "on"];
+                Some(Daemon::start_with_args(&name, programs, dir, (&marker, &receiver), "info", &on)?.0)
             } else {
                 None
             };

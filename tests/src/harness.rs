@@ -296,7 +296,9 @@ pub fn loss_reports(log: &str) -> Vec<String> {
 
 impl TracerDaemon {
     /// Starts `tango-tracer run` with `env` (OTEL_* settings) and extra arguments; waits for its
-    /// ready file.
+    /// ready file. Without `--user-spans` among `args` it runs with `--user-spans off`: the tests
+    /// compare with what cppTango emits natively, which has no spans for user code inside a
+    /// request; the user-level span tests turn them on.
     pub fn start(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
         require_root();
         let dir = std::env::temp_dir().join(format!("tango-tracer-{marker}"));
@@ -315,6 +317,7 @@ impl TracerDaemon {
             .arg("--control-socket")
             .arg(dir.join("ctl.sock"))
             .args(args)
+            .args(if args.contains(&"--user-spans") { &[][..] } else { &["--user-spans", "off"][..] })
             .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -141,7 +141,7 @@ fn a_pytango_request_shows_its_hook_each_attribute_read_and_its_command_in_order
     let mut daemon = TracerDaemon::start(
         &marker,
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))],
-        &["--exporter", "otlp", "--exporter", "store"],
+        &["--user-spans", "on", "--exporter", "otlp", "--exporter", "store"],
     );
     let device = "test/slow/1";
     let server = SlowServer::start(&marker, device);
@@ -252,8 +252,11 @@ fn tangotest_9_3_4_through_the_database_shows_its_reads_and_commands() {
     let receiver = OtlpReceiver::start_blocking();
     let marker = unique_marker("userspans-legacy");
     let stack = DbStack::start();
-    let mut daemon =
-        TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))], &[]);
+    let mut daemon = TracerDaemon::start(
+        &marker,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint(&receiver))],
+        &["--user-spans", "on"],
+    );
     let tangotest = TangoTestServer::start(&stack, &marker, "test");
     let out = run_db_client(
         &stack,

@@ -115,7 +115,7 @@ impl Daemon {
             if !path.exists() {
                 continue;
             }
-            if !zmq {
+            if !zmq && self.options.user_spans {
                 // User code inside requests: the other spans go on whatever this says.
                 match self.probes.probe_user_code(pid, &path) {
                     Some(Ok(what)) => info!("pid {pid}: user-level spans: {what}"),
