@@ -5,7 +5,8 @@
 //! ([`logs`]); the daemon's assembly
 //! throughput on a recorded session ([`replay`]); over a thousand short-lived clients and
 //! server restarts under one daemon ([`churn`]); a backend outage under steady load
-//! ([`outage`]); and BENCHMARKS.md ([`report`]).
+//! ([`outage`]); what the user-level spans cost per attribute read ([`usercode`]); and
+//! BENCHMARKS.md ([`report`]).
 
 pub mod churn;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod procs;
 pub mod replay;
 pub mod report;
 pub mod roundtrip;
+pub mod usercode;
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 mod churn;
 mod logs;
 mod outage;
+mod usercode;
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -97,6 +98,8 @@ pub struct Report<'a> {
     pub churn: Option<&'a Churn>,
     /// The backend down under steady load.
     pub outage: Option<&'a Outage>,
+    /// What the user-level spans cost per attribute read.
+    pub user_code: Option<&'a crate::usercode::UserCodeCost>,
     pub assembly: Option<&'a Assembly>,
 }
 
@@ -228,6 +231,9 @@ impl Report<'_> {
         }
         if let Some(o) = self.outage {
             outage::write(md, o)?;
+        }
+        if let Some(u) = self.user_code {
+            usercode::write(md, u)?;
         }
         self.write_commands(md)
     }

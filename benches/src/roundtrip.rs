@@ -98,6 +98,9 @@ pub struct Programs {
     /// `tests/python/log_server.py` and `bench_log_loop.py` (device-logs row).
     pub log_server: PathBuf,
     pub log_driver: PathBuf,
+    /// `tests/python/user_code_server.py` and `benches/python/user_code_loop.py` (user-code row).
+    pub user_code_server: PathBuf,
+    pub user_code_client: PathBuf,
 }
 
 /// One client run.
@@ -334,7 +337,7 @@ pub fn daemon_command_text() -> String {
     format!(
         "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:<port> OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
          tango-tracer run --ready-file <dir>/ready --select-env {MARKER}=<marker> \
-         --export-interval 1s --exporter otlp --control-socket <dir>/ctl.sock"
+         --export-interval 1s --exporter otlp --control-socket <dir>/ctl.sock --user-spans off"
     )
 }
 
@@ -393,6 +396,9 @@ impl Daemon {
             // Nor the system-wide control socket, which another daemon may own.
             .arg("--control-socket")
             .arg(&socket)
+            // The other sections compare with native telemetry, which has no user-level spans;
+            // the user-code section turns them on and measures what they add.
+            .args(if extra_args.contains(&"--user-spans") { &[][..] } else { &["--user-spans", "off"][..] })
             .args(extra_args)
             .env("RUST_LOG", rust_log);
         let started = Instant::now();

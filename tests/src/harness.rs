@@ -323,7 +323,9 @@ pub struct DaemonLaunch {
 
 impl TracerDaemon {
     /// Starts `tango-tracer run` with `env` (OTEL_* settings) and extra arguments; waits for its
-    /// ready file.
+    /// ready file. Without `--user-spans` among `args` it runs with `--user-spans off`: the tests
+    /// compare with what cppTango emits natively, which has no spans for user code inside a
+    /// request; the user-level span tests turn them on.
     pub fn start(marker: &str, env: &[(&str, &str)], args: &[&str]) -> TracerDaemon {
         TracerDaemon::launch(&DaemonLaunch {
             dir_name: format!("tango-tracer-{marker}"),
@@ -361,6 +363,13 @@ impl TracerDaemon {
             .arg("--control-socket")
             .arg(dir.join("ctl.sock"))
             .args(&launch.args)
+            // User-level spans only where a test asks for them: the other tests compare with
+            // native telemetry, which has none.
+            .args(if launch.args.iter().any(|a| a == "--user-spans") {
+                &[][..]
+            } else {
+                &["--user-spans", "off"][..]
+            })
             .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

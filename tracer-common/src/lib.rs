@@ -53,6 +53,9 @@ pub mod kind {
     /// [`super::LogRecord`]: a device log message that passed its logger's level check
     /// (`log4tango::Logger::log_unconditionally`).
     pub const LOG: u32 = 10;
+    /// [`super::UserCodeRecord`]: a thread passed a probe point of libtango that brackets user
+    /// code inside a request (`always_executed_hook`, an attribute read, a command).
+    pub const USER_CODE: u32 = 11;
 }
 
 /// Causes of lost records or lost in-kernel state: the slots of the per-CPU `LOST` array.
@@ -297,6 +300,136 @@ pub struct LogRecord {
 /// Size of a [`LogRecord`] without its text.
 pub const LOG_RECORD_HEADER_LEN: usize =
     core::mem::size_of::<LogRecord>() - MAX_LOGGER_NAME - MAX_LOG_FILE - MAX_LOG_MESSAGE;
+
+/// Probe points inside libtango that bracket user code: what each one is, how the program reads
+/// it, and the record it sends. A point is an offset uprobe on a branch instruction (emulated by
+/// the kernel, never single-stepped); its attach cookie ([`user_code::cookie`]) tells the one
+/// program what the point is and where the objects are.
+pub mod user_code {
+    /// What a probe point marks (`UserCodeRecord::point`).
+    pub mod point {
+        /// `always_executed_hook` is about to be called (reading attributes or running a command).
+        pub const HOOK_START: u8 = 1;
+        /// `always_executed_hook` returned.
+        pub const HOOK_END: u8 = 2;
+        /// An attribute's read method is about to be called (class and attribute name read).
+        pub const READ_START: u8 = 3;
+        /// The attribute's read method returned.
+        pub const READ_END: u8 = 4;
+        /// A command's execute method is about to be called (class and command name read).
+        pub const COMMAND_START: u8 = 5;
+        /// The command's execute method returned.
+        pub const COMMAND_END: u8 = 6;
+    }
+
+    /// When a point reports: a conditional branch is hit whether it is taken or not, and only
+    /// one way leads to the user code.
+    pub mod condition {
+        /// Every hit.
+        pub const ALWAYS: u8 = 0;
+        /// Only when ZF is set (a `jne` falls through, a `je` is taken).
+        pub const ZF_SET: u8 = 1;
+        /// Only when ZF is clear (a `jne` is taken).
+        pub const ZF_CLEAR: u8 = 2;
+        /// Every hit, flagged [`super::flags::TAKEN`] when ZF is clear: the hook's `jne`, which
+        /// every request passes (its record names the device's class once per request) and which
+        /// is taken only when the device has a hook of its own.
+        pub const FLAG_ZF_CLEAR: u8 = 3;
+    }
+
+    /// Bits of `UserCodeRecord::flags`.
+    pub mod flags {
+        /// The branch goes to the user code (see [`super::condition::FLAG_ZF_CLEAR`]).
+        pub const TAKEN: u32 = 1;
+    }
+
+    /// Registers, numbered as the u64 slots of x86-64 `struct pt_regs`.
+    pub mod reg {
+        pub const R15: u8 = 0;
+        pub const R14: u8 = 1;
+        pub const R13: u8 = 2;
+        pub const R12: u8 = 3;
+        pub const RBP: u8 = 4;
+        pub const RBX: u8 = 5;
+        pub const R11: u8 = 6;
+        pub const R10: u8 = 7;
+        pub const R9: u8 = 8;
+        pub const R8: u8 = 9;
+        pub const RAX: u8 = 10;
+        pub const RCX: u8 = 11;
+        pub const RDX: u8 = 12;
+        pub const RSI: u8 = 13;
+        pub const RDI: u8 = 14;
+        /// No register: nothing to read.
+        pub const NONE: u8 = 0xff;
+    }
+
+    /// Bits of `UserCodeRecord::unreadable`.
+    pub mod unreadable {
+        pub const CLASS: u32 = 1;
+        pub const NAME: u32 = 2;
+    }
+
+    /// Bytes of the device class name copied.
+    pub const MAX_CLASS_NAME: usize = 128;
+    /// Bytes of the attribute or command name copied.
+    pub const MAX_MEMBER_NAME: usize = 128;
+
+    /// Where the names are, beside the registers: the layouts of cppTango 9.3 and 10.3 alike.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Layout {
+        /// Offset of the name `std::string` in the object the point's object register holds
+        /// (`Attribute::name` 0x20, `Command::name` 0x8).
+        pub name_offset: u8,
+        /// Offset of the `DeviceClass*` in a `DeviceImpl` (0x88); 0: the point reads no class
+        /// (an attribute read: the request's hook point named it).
+        pub device_class_offset: u8,
+        /// Offset of the class name `std::string` in a `DeviceClass` (0x8).
+        pub class_name_offset: u8,
+    }
+
+    /// The attach cookie of a probe point: point, condition, device register, object register,
+    /// then the [`Layout`] offsets, one byte each from the lowest.
+    pub const fn cookie(point: u8, condition: u8, device_reg: u8, object_reg: u8, layout: Layout) -> u64 {
+        point as u64
+            | (condition as u64) << 8
+            | (device_reg as u64) << 16
+            | (object_reg as u64) << 24
+            | (layout.name_offset as u64) << 32
+            | (layout.device_class_offset as u64) << 40
+            | (layout.class_name_offset as u64) << 48
+    }
+
+    /// Byte `n` of a cookie.
+    pub const fn cookie_byte(cookie: u64, n: u32) -> u8 {
+        (cookie >> (8 * n)) as u8
+    }
+}
+
+/// A thread passed a libtango probe point (see [`user_code`]). Only
+/// `USER_CODE_RECORD_HEADER_LEN + class_len + name_len` bytes cross the ring buffer; end points
+/// carry no names.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UserCodeRecord {
+    pub header: RecordHeader,
+    /// [`user_code::point`].
+    pub point: u32,
+    /// [`user_code::unreadable`] bits.
+    pub unreadable: u32,
+    /// The `DeviceImpl*` of the device, 0 when the point reads none.
+    pub device: u64,
+    /// Bytes of `text` holding the class name, then the attribute or command name.
+    pub class_len: u16,
+    pub name_len: u16,
+    /// [`user_code::flags`] bits.
+    pub flags: u32,
+    pub text: [u8; user_code::MAX_CLASS_NAME + user_code::MAX_MEMBER_NAME],
+}
+
+/// Size of a [`UserCodeRecord`] without its names.
+pub const USER_CODE_RECORD_HEADER_LEN: usize =
+    core::mem::size_of::<UserCodeRecord>() - user_code::MAX_CLASS_NAME - user_code::MAX_MEMBER_NAME;
 
 /// Offsets into kernel structs the facts are read from, found in the kernel's BTF by the daemon.
 #[repr(C)]

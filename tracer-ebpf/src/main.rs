@@ -9,6 +9,8 @@
 //!   request is missed while the daemon reacts; its facts (environment, command line, euid, mount
 //!   namespace, library paths) are copied then, so a short-lived process is known even when it
 //!   has exited before the daemon reads anything. A target's forked children inherit both.
+//! - Offset uprobes inside libtango (`user_code`) mark where user code runs inside a request:
+//!   `always_executed_hook`, each attribute read, each command.
 //! - Scheduler tracepoints report exec and exit of targets so the daemon can free state; a BTF
 //!   `sched_process_fork` program makes a target's forked children targets.
 //! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` note the socket of each send and
@@ -18,6 +20,8 @@
 //!   omniORB open and at fork alike.
 #![no_std]
 #![no_main]
+
+mod user_code;
 
 use core::ffi::c_void;
 

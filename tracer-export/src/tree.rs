@@ -10,7 +10,9 @@
 //!
 //! Roots come in order of start time, children under their parent in order of start time. A
 //! span whose parent is not among the spans given is shown as a root marked
-//! `(parent not seen)`. Source-location attributes (`code.*`) are left out, as in the summaries.
+//! `(parent not seen)`. Among two or more siblings, the one that took longest (strictly) ends
+//! with `<< slowest, N% of its parent`: where a request spent its time shows at a glance.
+//! Source-location attributes (`code.*`) are left out, as in the summaries.
 //!
 //! With log records ([`render_trees_with_logs`]), each record logged inside a span is shown
 //! under it, among its children in order of time, as `> time SEVERITY message [file:line]`:
@@ -145,7 +147,7 @@ struct Tree<'a> {
 
 /// One line to come.
 enum Item<'a> {
-    Span { index: usize, depth: usize, orphan: bool },
+    Span { index: usize, depth: usize, orphan: bool, share: Option<u32> },
     Log { log: &'a LogJson, depth: usize },
 }
 
@@ -153,26 +155,31 @@ impl Tree<'_> {
     #[expect(clippy::indexing_slicing, reason = "`children` holds indices of `spans`, `shown` is as long")]
     fn render(&self, start: usize, start_depth: usize, orphan: bool, shown: &mut [bool], out: &mut String) {
         // Iterative, so a pathologically deep trace cannot overflow the stack.
-        let mut stack = vec![Item::Span { index: start, depth: start_depth, orphan }];
+        let mut stack = vec![Item::Span { index: start, depth: start_depth, orphan, share: None }];
         while let Some(item) = stack.pop() {
-            let (i, depth, orphan) = match item {
+            let (i, depth, orphan, share) = match item {
                 Item::Log { log, depth } => {
                     log_line(log, depth, "", out);
                     continue;
                 }
-                Item::Span { index, depth, orphan } => (index, depth, orphan),
+                Item::Span { index, depth, orphan, share } => (index, depth, orphan, share),
             };
             if std::mem::replace(&mut shown[i], true) {
                 continue;
             }
-            line(&self.spans[i], depth, orphan, out);
+            line(&self.spans[i], depth, orphan, share, out);
             // Children and records in order of time (a record first on a tie: it was logged
             // before the call it precedes could start).
             let mut next: Vec<(u64, Item<'_>)> = Vec::new();
-            for &child in self.children.get(&i).into_iter().flatten() {
+            let siblings = self.children.get(&i).map(Vec::as_slice).unwrap_or_default();
+            let slowest = slowest(self.spans, siblings);
+            let parent_us = self.spans[i].duration_us;
+            for &child in siblings {
+                let share =
+                    (Some(child) == slowest).then(|| share_of(self.spans[child].duration_us, parent_us));
                 next.push((
                     self.spans[child].start_ns,
-                    Item::Span { index: child, depth: depth + 1, orphan: false },
+                    Item::Span { index: child, depth: depth + 1, orphan: false, share },
                 ));
             }
             for &log in self.logs_of.get(&i).into_iter().flatten() {
@@ -206,7 +213,26 @@ fn log_line(log: &LogJson, depth: usize, note: &str, out: &mut String) {
     out.push('\n');
 }
 
-fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
+/// The sibling that took strictly longest of two or more, if any.
+#[expect(clippy::indexing_slicing, reason = "`siblings` holds indices of `spans`")]
+fn slowest(spans: &[SpanJson], siblings: &[usize]) -> Option<usize> {
+    if siblings.len() < 2 {
+        return None;
+    }
+    let mut by_duration: Vec<usize> = siblings.to_vec();
+    by_duration.sort_by(|&a, &b| spans[b].duration_us.total_cmp(&spans[a].duration_us));
+    match by_duration.as_slice() {
+        [first, second, ..] if spans[*first].duration_us > spans[*second].duration_us => Some(*first),
+        _ => None,
+    }
+}
+
+/// A child's duration as a whole percentage of its parent's (0 when the parent took no time).
+fn share_of(child_us: f64, parent_us: f64) -> u32 {
+    if parent_us > 0.0 { (100.0 * child_us / parent_us).round().clamp(0.0, 999.0) as u32 } else { 0 }
+}
+
+fn line(span: &SpanJson, depth: usize, orphan: bool, slowest_share: Option<u32>, out: &mut String) {
     let short = |id: &str| id.get(..8).unwrap_or(id).to_owned();
     let parent = if span.parent_span_id.is_empty() { "-".to_owned() } else { short(&span.parent_span_id) };
     let process = |key| span.resource.get(key).map(value_text).unwrap_or_default();
@@ -230,6 +256,9 @@ fn line(span: &SpanJson, depth: usize, orphan: bool, out: &mut String) {
     );
     if span.is_error() {
         let _ = write!(out, " status=ERROR({:?})", span.status.message);
+    }
+    if let Some(share) = slowest_share {
+        let _ = write!(out, "  << slowest, {share}% of its parent");
     }
     out.push('\n');
 }
@@ -356,6 +385,33 @@ mod tests {
             lines[1],
             "1970-01-01T00:00:00.000000Z DEBUG svc=Demo/test/demo/1 trace=de19b7e0 span=a8613fc7 before [dev.py:7]"
         );
+    }
+
+    #[test]
+    fn the_slowest_of_several_children_is_marked_with_its_share() {
+        let t = "00000000000000000000000000000002";
+        let mut parent = span(t, "000000000000000a", "", 0, "read_attributes_5");
+        parent.duration_us = 30_000.0;
+        let mut children = Vec::new();
+        for (i, (name, us)) in
+            [("hook", 2_000.0), ("fast", 1_000.0), ("slow", 20_000.0)].into_iter().enumerate()
+        {
+            let mut child = span(t, &format!("00000000000000b{i}"), "000000000000000a", 10 + i as u64, name);
+            child.duration_us = us;
+            children.push(child);
+        }
+        let mut spans = vec![parent];
+        spans.extend(children);
+        let text = render_trees(&spans);
+        let marked: Vec<&str> = text.lines().filter(|l| l.contains("<< slowest")).collect();
+        assert_eq!(marked.len(), 1, "{text}");
+        assert!(
+            marked[0].contains("] slow ") && marked[0].ends_with("<< slowest, 67% of its parent"),
+            "{text}"
+        );
+        // An only child, or a tie, is not marked.
+        spans.truncate(2);
+        assert!(!render_trees(&spans).contains("slowest"));
     }
 
     #[test]

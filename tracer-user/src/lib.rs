@@ -1,9 +1,9 @@
 //! tango-tracer: rebuilds Tango operations seen by eBPF probes as OpenTelemetry spans.
 //!
 //! Data flows one way, one folder per stage: [`discover`] → [`probe`] → wire parsers
-//! (`tracer-wire`) → [`assemble`] → [`events`] → [`devices`] → [`configure`] → [`convert`] →
-//! export (`tracer-export`). [`run`] wires them together; [`peers`] links it to the daemons of
-//! other hosts.
+//! (`tracer-wire`) → [`assemble`] → [`events`] → [`userspans`] → [`devices`] → [`configure`] →
+//! [`convert`] → export (`tracer-export`). [`run`] wires them together; [`peers`] links it to the
+//! daemons of other hosts.
 
 pub mod assemble;
 pub mod configure;
@@ -18,3 +18,4 @@ pub mod probe;
 pub mod run;
 pub mod show;
 pub mod stats;
+pub mod userspans;

@@ -138,6 +138,10 @@ struct RunArgs {
     /// only processes and devices that enable telemetry themselves.
     #[arg(long, value_enum, default_value = "on")]
     default_telemetry: OnOff,
+    /// User code inside requests as spans of their own (always_executed_hook, each attribute
+    /// read, each command; probes inside libtango): `off` attaches none of those probes.
+    #[arg(long, value_enum, default_value = "on")]
+    user_spans: OnOff,
     /// Control socket for `tango-tracer ctl`.
     #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
     control_socket: PathBuf,
@@ -316,6 +320,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         extended_operations: args.all_operations,
         record_to: args.record,
         trace_by_default: args.default_telemetry == OnOff::On,
+        user_spans: args.user_spans == OnOff::On,
         control_socket: Some(args.control_socket),
         proc_root: PathBuf::from("/proc"),
         peers,

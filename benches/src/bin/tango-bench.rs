@@ -18,7 +18,9 @@ use benches::{
     procs, replay,
     report::{Assembly, Machine, Report},
     roundtrip::{self, Programs, Sizes},
-    session_file, workspace_root,
+    session_file,
+    usercode::{self, UserCodeSizes},
+    workspace_root,
 };
 use clap::Parser;
 
@@ -96,6 +98,15 @@ struct Options {
     /// Leave out the outage benchmark.
     #[arg(long)]
     skip_outage: bool,
+    /// Rounds of the user-code benchmark (each runs both workloads untraced and traced).
+    #[arg(long)]
+    user_code_rounds: Option<usize>,
+    /// Timed read_attributes calls per run of the user-code benchmark.
+    #[arg(long)]
+    user_code_calls: Option<usize>,
+    /// Leave out the user-code benchmark.
+    #[arg(long)]
+    skip_user_code: bool,
     /// Seconds each replay of the recorded session runs (at least 2).
     #[arg(long)]
     replay_seconds: Option<f64>,
@@ -153,6 +164,8 @@ fn programs() -> anyhow::Result<Programs> {
         paced_client: root.join("benches/python/paced_read_loop.py"),
         log_server: python_script("log_server.py"),
         log_driver: python_script("bench_log_loop.py"),
+        user_code_server: python_script("user_code_server.py"),
+        user_code_client: root.join("benches/python/user_code_loop.py"),
     };
     let needed = [
         (&programs.python, "scripts/bootstrap.sh --test-stack"),
@@ -170,6 +183,8 @@ fn programs() -> anyhow::Result<Programs> {
         (&programs.paced_client, "the workspace"),
         (&programs.log_server, "the workspace"),
         (&programs.log_driver, "the workspace"),
+        (&programs.user_code_server, "the workspace"),
+        (&programs.user_code_client, "the workspace"),
     ];
     for (path, from) in needed {
         if !path.exists() {
@@ -316,6 +331,11 @@ fn main() -> anyhow::Result<()> {
             OUTAGE_BUDGET_MIB
         }),
     };
+    let user_code_sizes = UserCodeSizes {
+        rounds: options.user_code_rounds.unwrap_or(if options.quick { 3 } else { 7 }),
+        calls: options.user_code_calls.unwrap_or(if options.quick { 2000 } else { 5000 }),
+        warmup: sizes.warmup,
+    };
     let replay_seconds = options.replay_seconds.unwrap_or(if options.quick { 2.0 } else { 3.0 });
     let session = options.session.clone().unwrap_or_else(session_file);
 
@@ -333,7 +353,7 @@ fn main() -> anyhow::Result<()> {
     let machine = Machine::read();
     let started = Instant::now();
     let (mut round_trips, mut legacy, mut events, mut device_logs) = (None, None, None, None);
-    let (mut churn, mut outage) = (None, None);
+    let (mut churn, mut outage, mut user_code) = (None, None, None);
     if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
         let dir = WorkDir::create("tango-bench")?;
@@ -385,6 +405,18 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("backend outage ({})", logs()))?;
             outage = Some(result);
         }
+        if !options.skip_user_code {
+            eprintln!(
+                "tango-bench: user code: {} rounds × 2 configurations × {:?} attributes × {} calls (+{} warm-up)",
+                user_code_sizes.rounds,
+                usercode::WORKLOADS,
+                user_code_sizes.calls,
+                user_code_sizes.warmup
+            );
+            let result = usercode::run(&programs, user_code_sizes, &dir.path)
+                .with_context(|| format!("user code ({})", logs()))?;
+            user_code = Some(result);
+        }
         dir.done(options.keep_logs);
     }
     let assembly = assembly(&session, replay_seconds)?;
@@ -397,6 +429,7 @@ fn main() -> anyhow::Result<()> {
         logs: device_logs.as_ref(),
         churn: churn.as_ref(),
         outage: outage.as_ref(),
+        user_code: user_code.as_ref(),
         assembly: Some(&assembly),
     };
     let text = report.render();

@@ -96,6 +96,8 @@ fn daemon_command(marker: &str, dir: &Path) -> Command {
         .arg("200ms")
         .arg("--control-socket")
         .arg(dir.join("ctl.sock"))
+        // Like every test daemon comparing with native telemetry (see `TracerDaemon::start`).
+        .args(["--user-spans", "off"])
         .env("RUST_LOG", "info")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")

@@ -15,3 +15,4 @@ mod probes;
 mod pytango;
 mod setup;
 mod tcp_positions;
+mod userspans;

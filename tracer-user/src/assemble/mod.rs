@@ -329,6 +329,7 @@ impl Assembler {
             Record::Exit { pid, ts_ns } | Record::Exec { pid, ts_ns } => self.on_exit(*pid, *ts_ns),
             Record::ZmqSend { .. }
             | Record::Log(_)
+            | Record::UserCode(_)
             | Record::LibOpened { .. }
             | Record::Fork { .. }
             | Record::ProcessFacts(_)

@@ -22,6 +22,9 @@ pub enum OperationClass {
     Event,
     /// CORBA housekeeping (`_is_a`, `_non_existent`): never traced.
     Internal,
+    /// User code inside a request (`always_executed_hook`, an attribute read, a command): what
+    /// PyTango's own telemetry puts under `user`.
+    UserCode,
 }
 
 /// A classified GIOP operation.

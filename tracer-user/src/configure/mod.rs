@@ -239,7 +239,8 @@ impl Configuration {
         let (topics, topics_source) = &effective.topics;
         let explicit_all = topics.all && *topics_source != Source::Daemon;
         let wanted = match class {
-            OperationClass::User => topics.all || topics.user,
+            // User code inside a request follows the request's own topic.
+            OperationClass::User | OperationClass::UserCode => topics.all || topics.user,
             OperationClass::Database => topics.all || topics.database,
             OperationClass::Event => topics.all || topics.events,
             // `all` set explicitly (not cppTango's unset default) asks for everything.
@@ -249,10 +250,12 @@ impl Configuration {
         if !wanted {
             return Routing::Drop;
         }
-        // A cppTango 10 process told to trace itself exports what it knows how to trace.
+        // A cppTango 10 process told to trace itself exports what it knows how to trace. Its
+        // SERVER spans are its own then, with ids the daemon cannot know: user-code spans would
+        // hang from nothing (PyTango's own telemetry makes them, when its SDK is there).
         let native = self.processes.get(&pid).is_some_and(|p| p.native_capable)
             && effective.enable.1 != Source::Daemon
-            && matches!(class, OperationClass::User | OperationClass::Database);
+            && matches!(class, OperationClass::User | OperationClass::Database | OperationClass::UserCode);
         if native {
             return Routing::Native;
         }
@@ -397,6 +400,21 @@ mod tests {
         assert_eq!(config.route(1, None, OperationClass::User), Routing::Native);
         // Events are ours: cppTango emits nothing for them.
         assert!(matches!(config.route(1, None, OperationClass::Event), Routing::Export(_)));
+    }
+
+    /// User code inside a request goes with the request: on with `user` (and `all`, the default),
+    /// off without it; none for a process that exports its own spans.
+    #[test]
+    fn user_code_spans_follow_the_user_topic() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        assert!(matches!(config.route(1, Some("a/b/c"), OperationClass::UserCode), Routing::Export(_)));
+        config.set_properties("a/b/db", &[("telemetry_topics".into(), vec!["database,events".into()])]);
+        assert_eq!(config.route(1, Some("a/b/db"), OperationClass::UserCode), Routing::Drop);
+        config.set_properties("a/b/user", &[("telemetry_topics".into(), vec!["user".into()])]);
+        assert!(matches!(config.route(1, Some("a/b/user"), OperationClass::UserCode), Routing::Export(_)));
+        config.add_process(&process(2, b"TANGO_TELEMETRY_ENABLE=on\0", "10.3.3"));
+        assert_eq!(config.route(2, Some("a/b/c"), OperationClass::UserCode), Routing::Native);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use aya::{
 use log::{debug, info, warn};
 use tracer_common::{MAX_CAPTURE, PendingCall, StreamKey, StreamState, TargetConfig, loss};
 
-use super::{kernel_offsets, uprobes};
+use super::{kernel_offsets, uprobes, userspans};
 
 /// Why a uprobe was not attached.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,11 @@ pub struct Probes {
     probed_files: std::collections::HashSet<(u64, u64)>,
     /// libtango files (device, inode) whose logging function is already probed.
     probed_tango: std::collections::HashSet<(u64, u64)>,
+    /// libtango files (device, inode) and what their user-code points came to: what was
+    /// attached, or why nothing was.
+    user_code_files: std::collections::HashMap<(u64, u64), Result<String, String>>,
+    /// Processes whose user-code probes were reported (once each).
+    user_code_reported: std::collections::HashSet<u32>,
     targets: HashMap<MapData, u32, TargetConfig>,
     /// Syscalls in flight (key: pid_tgid) and partly moved messages: entries a process leaves
     /// behind when it dies are removed by [`Probes::forget_process`].
@@ -213,6 +218,8 @@ impl Probes {
             ebpf,
             probed_files: Default::default(),
             probed_tango: Default::default(),
+            user_code_files: Default::default(),
+            user_code_reported: Default::default(),
             targets,
             pending,
             streams,
@@ -301,6 +308,63 @@ impl Probes {
         )))
     }
 
+    /// Puts the probes around user code (see [`userspans`]) into the libtango `library` (a path
+    /// valid in the daemon's namespace), once per file for every process that maps it. Returns
+    /// the line to log for `pid` — what was attached, or why nothing was — the first time it is
+    /// asked for that process, `None` after.
+    pub fn probe_user_code(&mut self, pid: u32, library: &std::path::Path) -> Option<Result<String, String>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let file = match std::fs::metadata(library) {
+            Ok(meta) => (meta.dev(), meta.ino()),
+            Err(e) => return Some(Err(format!("reading {}: {e}", library.display()))),
+        };
+        if !self.user_code_files.contains_key(&file) {
+            let outcome = self.attach_user_code(library);
+            self.user_code_files.insert(file, outcome);
+        }
+        if !self.user_code_reported.insert(pid) {
+            return None;
+        }
+        let at = library.display();
+        self.user_code_files.get(&file).map(|outcome| match outcome {
+            Ok(summary) => Ok(format!("{summary} at {at}")),
+            Err(why) => Err(format!("{why} ({at})")),
+        })
+    }
+
+    /// Attaches the one user-code program at every point of `library`, each with its cookie;
+    /// all or nothing.
+    fn attach_user_code(&mut self, library: &std::path::Path) -> Result<String, String> {
+        let plan = userspans::plan(library).map_err(|e| e.to_string())?;
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut("libtango_point")
+            .ok_or("the eBPF object has no libtango_point program")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| format!("loading libtango_point: {e}"))?;
+        }
+        let mut links = Vec::with_capacity(plan.points.len());
+        for point in &plan.points {
+            let at = aya::programs::uprobe::UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(point.file_offset),
+                cookie: Some(point.cookie),
+            };
+            match program.attach([at], library, UProbeScope::AllProcesses) {
+                Ok(link) => links.push(link),
+                Err(e) => {
+                    // All or nothing: half the points would make spans that never end.
+                    for link in links {
+                        let _ = program.detach(link);
+                    }
+                    return Err(format!("attaching at {:#x}: {e}", point.file_offset));
+                }
+            }
+        }
+        Ok(plan.summary())
+    }
+
     /// Makes `pid` a target (idempotent).
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
         let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
@@ -379,6 +443,7 @@ impl Probes {
     /// once the process has exited or exec'd. Returns how many entries were removed. The maps
     /// hold only in-flight state, so walking them is short.
     pub fn forget_process(&mut self, pid: u32) -> usize {
+        self.user_code_reported.remove(&pid);
         let calls: Vec<u64> = self
             .pending
             .keys()

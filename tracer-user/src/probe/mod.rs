@@ -7,3 +7,4 @@ pub mod kernel_offsets;
 #[expect(clippy::indexing_slicing, reason = "lengths are checked before each index")]
 pub mod record;
 pub mod uprobes;
+pub mod userspans;

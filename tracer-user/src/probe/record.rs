@@ -6,7 +6,9 @@ use std::{borrow::Cow, os::unix::ffi::OsStrExt as _, path::PathBuf};
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
     LOG_RECORD_HEADER_LEN, LibraryRecord, LogRecord, MAX_CMDLINE, MAX_ENVIRON, MAX_LOG_FILE, MAX_LOG_MESSAGE,
-    MAX_LOGGER_NAME, MAX_PATH, RecordHeader, chunk, direction, kind, log_flags, unreadable,
+    MAX_LOGGER_NAME, MAX_PATH, RecordHeader, USER_CODE_RECORD_HEADER_LEN, UserCodeRecord, chunk, direction,
+    kind, log_flags, unreadable,
+    user_code::{MAX_CLASS_NAME, MAX_MEMBER_NAME},
 };
 
 /// Which way bytes moved, seen from the traced process.
@@ -102,6 +104,32 @@ pub enum Record<'a> {
     },
     /// Thread `tid` logged a message that passed its logger's level check.
     Log(LogMessage<'a>),
+    /// Thread `tid` passed a libtango probe point around user code.
+    UserCode(UserCodeHit<'a>),
+}
+
+/// What a libtango probe point around user code saw (`tracer_common::user_code`); the names
+/// borrow from the ring-buffer item.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserCodeHit<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub ts_ns: u64,
+    /// `tracer_common::user_code::point`.
+    pub point: u8,
+    /// The `DeviceImpl*` (0 at end points).
+    pub device: u64,
+    /// The device's class name (start points).
+    #[serde(with = "hex_bytes")]
+    pub class: Cow<'a, [u8]>,
+    /// The attribute or command name (read and command starts).
+    #[serde(with = "hex_bytes")]
+    pub name: Cow<'a, [u8]>,
+    /// `tracer_common::user_code::unreadable` bits.
+    pub unreadable: u32,
+    /// The branch goes to the user code (a hook point: the device has a hook of its own).
+    #[serde(default)]
+    pub taken: bool,
 }
 
 /// A device log message as the probe read it; the texts borrow from the ring-buffer item.
@@ -295,6 +323,7 @@ impl Record<'_> {
                 Record::LibraryPath { pid, ts_ns, path: PathBuf::from(std::ffi::OsStr::from_bytes(path)) }
             }
             kind::LOG => Record::Log(decode_log(raw, pid, tid, ts_ns)?),
+            kind::USER_CODE => Record::UserCode(decode_user_code(raw, pid, tid, ts_ns)?),
             other => return Err(RecordError::UnknownKind(other)),
         })
     }
@@ -322,6 +351,11 @@ impl Record<'_> {
             Record::ProcessFacts(facts) => Record::ProcessFacts(facts),
             Record::LibraryPath { pid, ts_ns, path } => Record::LibraryPath { pid, ts_ns, path },
             Record::Log(log) => Record::Log(log.into_owned()),
+            Record::UserCode(hit) => Record::UserCode(UserCodeHit {
+                class: Cow::Owned(hit.class.into_owned()),
+                name: Cow::Owned(hit.name.into_owned()),
+                ..hit
+            }),
         }
     }
 
@@ -337,6 +371,7 @@ impl Record<'_> {
             | Record::LibraryPath { pid, .. } => *pid,
             Record::ProcessFacts(facts) => facts.pid,
             Record::Log(log) => log.pid,
+            Record::UserCode(hit) => hit.pid,
         }
     }
 }
@@ -373,6 +408,35 @@ fn decode_log(raw: &[u8], pid: u32, tid: u32, ts_ns: u64) -> Result<LogMessage<'
         message: Cow::Borrowed(message),
         message_len: field(offset_of!(LogRecord, message_len)),
         unreadable: flags & !log_flags::HAS_LOCATION,
+    })
+}
+
+/// Decodes a `UserCodeRecord` (end points send only its fixed part); the names borrow from `raw`.
+fn decode_user_code(raw: &[u8], pid: u32, tid: u32, ts_ns: u64) -> Result<UserCodeHit<'_>, RecordError> {
+    use std::mem::offset_of;
+    if raw.len() < USER_CODE_RECORD_HEADER_LEN {
+        return Err(RecordError::Truncated { kind: kind::USER_CODE, len: raw.len() });
+    }
+    let field = |offset: usize| read_u32(raw, offset).unwrap_or_default();
+    let half = |offset: usize| raw.get(offset..offset + 2).map_or(0, |b| u16::from_ne_bytes([b[0], b[1]]));
+    let class_len = u32::from(half(offset_of!(UserCodeRecord, class_len))).min(MAX_CLASS_NAME as u32);
+    let name_len = u32::from(half(offset_of!(UserCodeRecord, name_len)));
+    let text = offset_of!(UserCodeRecord, text);
+    let device = raw
+        .get(offset_of!(UserCodeRecord, device)..)
+        .and_then(|b| b.get(..8))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_ne_bytes);
+    Ok(UserCodeHit {
+        pid,
+        tid,
+        ts_ns,
+        point: field(offset_of!(UserCodeRecord, point)) as u8,
+        device,
+        class: Cow::Borrowed(bytes_at(raw, text, class_len, MAX_CLASS_NAME)),
+        name: Cow::Borrowed(bytes_at(raw, text + class_len as usize, name_len, MAX_MEMBER_NAME)),
+        unreadable: field(offset_of!(UserCodeRecord, unreadable)),
+        taken: field(offset_of!(UserCodeRecord, flags)) & tracer_common::user_code::flags::TAKEN != 0,
     })
 }
 
@@ -737,5 +801,51 @@ mod tests {
         );
         let Ok(Record::Log(cut)) = Record::decode(&raw[..raw.len() - 5]) else { panic!("still decodes") };
         assert_eq!(&cut.message[..], b"TangoTest::DevVoid()  - sys/tg_t");
+    }
+
+    /// A record as the libtango probe builds it: `class` then `name` in its text, only the used
+    /// bytes sent.
+    fn raw_user_code(point: u8, class: &[u8], name: &[u8]) -> Vec<u8> {
+        let mut record = UserCodeRecord {
+            header: RecordHeader { kind: kind::USER_CODE, pid: 10, tid: 12, fd: -1, ts_ns: 77 },
+            point: point as u32,
+            unreadable: 0,
+            device: 0x7f00_1234_5678,
+            class_len: class.len() as u16,
+            name_len: name.len() as u16,
+            flags: tracer_common::user_code::flags::TAKEN,
+            text: [0; MAX_CLASS_NAME + MAX_MEMBER_NAME],
+        };
+        record.text[..class.len()].copy_from_slice(class);
+        record.text[class.len()..class.len() + name.len()].copy_from_slice(name);
+        // SAFETY: a plain #[repr(C)] struct viewed as its bytes, as the ring buffer carries it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const UserCodeRecord).cast::<u8>(),
+                size_of::<UserCodeRecord>(),
+            )
+        };
+        bytes[..USER_CODE_RECORD_HEADER_LEN + class.len() + name.len()].to_vec()
+    }
+
+    #[test]
+    fn user_code_records_carry_class_and_member_names() {
+        use tracer_common::user_code::point;
+        let raw = raw_user_code(point::READ_START, b"TangoTest", b"double_scalar");
+        let Record::UserCode(hit) = Record::decode(&raw).unwrap() else { panic!("not a user-code record") };
+        assert_eq!((hit.pid, hit.tid, hit.ts_ns, hit.point), (10, 12, 77, point::READ_START));
+        assert_eq!((&hit.class[..], &hit.name[..]), (&b"TangoTest"[..], &b"double_scalar"[..]));
+        assert_eq!(hit.device, 0x7f00_1234_5678);
+        assert!(hit.taken);
+        // An end point sends only the fixed part.
+        let raw = raw_user_code(point::READ_END, b"", b"");
+        assert_eq!(raw.len(), USER_CODE_RECORD_HEADER_LEN);
+        let Record::UserCode(hit) = Record::decode(&raw).unwrap() else { panic!("not a user-code record") };
+        assert!(hit.class.is_empty() && hit.name.is_empty());
+        // A record cut inside its fixed part is refused; names past the end are clamped.
+        assert!(Record::decode(&raw[..USER_CODE_RECORD_HEADER_LEN - 1]).is_err());
+        let raw = raw_user_code(point::COMMAND_START, b"Demo", b"Increment");
+        let Record::UserCode(hit) = Record::decode(&raw[..raw.len() - 3]).unwrap() else { panic!() };
+        assert_eq!(&hit.name[..], b"Increm");
     }
 }

@@ -1,8 +1,9 @@
 //! Where to put a uprobe, and whether it is cheap there.
 //!
-//! A uprobe replaces a function's first instruction with a breakpoint. x86-64 kernels emulate a
-//! few instructions (`push`, `nop`) in the trap itself (~0.8 µs a hit here); any other first
-//! instruction is single-stepped out of line, which costs 12–15 µs a hit. The daemon reads the
+//! A uprobe replaces an instruction with a breakpoint. x86-64 kernels emulate a few instructions
+//! in the trap itself: `push`, `nop` (~0.8 µs a hit here) and the relative branches `jcc`, `jmp`
+//! and `call rel32` (~0.5 µs); any other instruction is single-stepped out of line, which costs
+//! 12–15 µs a hit. The daemon reads the
 //! first bytes of every probed function from the ELF file and refuses to attach where it would
 //! be expensive.
 
@@ -98,13 +99,19 @@ pub fn log_probe_point(library: &Path) -> Result<(&'static str, ProbePoint), Upr
     }
 }
 
-/// The x86-64 first instructions a uprobe handles without single-stepping.
+/// The x86-64 instructions a uprobe handles without single-stepping (the kernel's
+/// `branch_setup_xol_ops` and `push_setup_xol_ops`); prefixed forms are left out.
 pub fn emulated_instruction(bytes: &[u8]) -> Option<&'static str> {
     match bytes {
         [0x55, ..] => Some("push %rbp"),
         [0x50..=0x57, ..] => Some("push reg"),
         [0x41, 0x50..=0x57, ..] => Some("push %r8–%r15"),
         [0x90, ..] => Some("nop"),
+        [0x70..=0x7f, ..] => Some("jcc rel8"),
+        [0x0f, 0x80..=0x8f, ..] => Some("jcc rel32"),
+        [0xeb, ..] => Some("jmp rel8"),
+        [0xe9, ..] => Some("jmp rel32"),
+        [0xe8, ..] => Some("call rel32"),
         _ => None,
     }
 }
@@ -124,6 +131,14 @@ mod tests {
     fn first_instructions() {
         assert_eq!(emulated_instruction(&[0x41, 0x55, 0x41, 0x54]), Some("push %r8–%r15"));
         assert_eq!(emulated_instruction(&[0x55, 0x48]), Some("push %rbp"));
+        // The branches libtango's user-code points sit on: jne rel32, je rel8, jmp rel32, call.
+        assert_eq!(emulated_instruction(&[0x0f, 0x85, 0xa8, 0x12, 0, 0]), Some("jcc rel32"));
+        assert_eq!(emulated_instruction(&[0x74, 0x12]), Some("jcc rel8"));
+        assert_eq!(emulated_instruction(&[0xe9, 0xe9, 0xea, 0xff, 0xff]), Some("jmp rel32"));
+        assert_eq!(emulated_instruction(&[0xe8, 0x45, 0xee, 0xc4, 0xff]), Some("call rel32"));
+        // Indirect calls and a prefixed jcc are single-stepped.
+        assert_eq!(emulated_instruction(&[0xff, 0x50, 0x18]), None);
+        assert_eq!(emulated_instruction(&[0x2e, 0x74, 0x12]), None);
         // mov %rdi,%rax and endbr64 are single-stepped.
         assert_eq!(emulated_instruction(&[0x48, 0x89, 0xf8]), None);
         assert_eq!(emulated_instruction(&[0xf3, 0x0f, 0x1e, 0xfa]), None);

@@ -130,6 +130,16 @@ impl Daemon {
             if !path.exists() {
                 continue;
             }
+            if !zmq && self.options.user_spans {
+                // User code inside requests: the other spans go on whatever this says.
+                match self.probes.probe_user_code(pid, &path) {
+                    Some(Ok(what)) => info!("pid {pid}: user-level spans: {what}"),
+                    Some(Err(why)) => {
+                        warn!("pid {pid}: no user-level spans (hook, attribute reads, commands): {why}")
+                    }
+                    None => {}
+                }
+            }
             let attached = if zmq { self.probes.probe_zmq(&path) } else { self.probes.probe_tango(&path) };
             match attached {
                 Ok(Some(what)) => info!("pid {pid}: {what}"),

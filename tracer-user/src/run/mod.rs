@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub extended_operations: bool,
     /// Trace processes whose own configuration says nothing (else only those that enable it).
     pub trace_by_default: bool,
+    /// Attach the probes around user code inside requests (user-level spans).
+    pub user_spans: bool,
     /// Where `tango-tracer ctl` reaches the daemon.
     pub control_socket: Option<PathBuf>,
     /// Write every probe record as a JSON line here (for replay and benchmarks).

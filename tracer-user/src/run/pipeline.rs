@@ -32,6 +32,7 @@ use crate::{
     logs::{self, Logs, Waiting},
     probe::record::{Direction, Record},
     stats::StageStats,
+    userspans::UserSpans,
 };
 
 /// How long a server span may wait for its device's class before it goes out without it.
@@ -86,6 +87,7 @@ pub struct Pipeline {
     assembler: Assembler,
     events: Events,
     logs: Logs,
+    userspans: UserSpans,
     devices: DeviceRegistry,
     config: Configuration,
     resources: Resources,
@@ -116,6 +118,7 @@ impl Pipeline {
             assembler: Assembler::new(capture_bytes),
             events: Events::default(),
             logs: Logs::default(),
+            userspans: UserSpans::default(),
             devices: DeviceRegistry::default(),
             config: Configuration::new(policy),
             resources: Resources::default(),
@@ -203,6 +206,13 @@ impl Pipeline {
                 let complete = bytes.len() >= *total_len as usize;
                 self.events.on_zmtp(pid, *fd, *ts_ns, *direction, bytes, complete, &mut self.finished);
             }
+            Record::Data { tid, direction: Direction::Send, bytes, .. }
+                if self.userspans.wants_reply(pid, *tid) && is_giop_reply(bytes) =>
+            {
+                // A method of this request threw: its error may be in the reply.
+                self.userspans.note_reply(pid, *tid, bytes);
+                self.assembler.push(record);
+            }
             Record::Data { fd, direction: Direction::Recv, bytes, peer, .. } => {
                 if is_giop_request(bytes)
                     && self.assembler.needs_location(pid, *fd)
@@ -218,6 +228,10 @@ impl Pipeline {
             Record::ZmqSend { tid, ts_ns, .. } => {
                 let serving = self.assembler.serving_context(pid, *tid);
                 self.events.on_zmq_send(pid, *ts_ns, serving);
+            }
+            Record::UserCode(hit) => {
+                let serving = self.assembler.serving_context(pid, hit.tid);
+                self.userspans.push(hit, serving);
             }
             Record::Log(message) => {
                 let serving = self.assembler.serving_context(pid, message.tid);
@@ -369,6 +383,12 @@ impl Pipeline {
         }
         let now = Instant::now();
         self.assembler.drain_into(&mut self.finished);
+        // The user code of a request follows its SERVER span, whatever its operation class.
+        let mut user_code = Vec::new();
+        for span in &self.finished {
+            self.userspans.on_server_end(span, &mut user_code);
+        }
+        self.finished.append(&mut user_code);
         let mut ready = std::mem::take(&mut self.ready);
         for mut span in std::mem::take(&mut self.finished) {
             span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
@@ -457,6 +477,7 @@ impl Pipeline {
     pub fn records_lost(&mut self, now_ns: u64) {
         self.assembler.records_lost(now_ns);
         self.events.records_lost();
+        self.userspans.records_lost();
     }
 
     /// Timer work: forgets links too old to matter, ends calls that waited too long or whose
@@ -476,6 +497,7 @@ impl Pipeline {
         self.devices.forget_process(pid);
         self.resources.forget(pid);
         self.logs.forget_process(pid);
+        self.userspans.forget_process(pid);
     }
 
     /// Ends every call still open (shutdown).
@@ -522,6 +544,7 @@ impl Pipeline {
         self.assembler.report(&mut out);
         self.events.report(&mut out);
         self.logs.report(&mut out);
+        self.userspans.report(&mut out);
         self.devices.report(&mut out);
         self.config.stats(&mut out);
         self.resources.report(&mut out);
@@ -660,6 +683,10 @@ fn class_of(span: &AssembledSpan, device: Option<&str>) -> OperationClass {
 
 fn is_giop_request(bytes: &[u8]) -> bool {
     bytes.get(..4) == Some(b"GIOP") && bytes.get(7) == Some(&0)
+}
+
+fn is_giop_reply(bytes: &[u8]) -> bool {
+    bytes.get(..4) == Some(b"GIOP") && bytes.get(7) == Some(&1)
 }
 
 #[cfg(test)]
@@ -1079,6 +1106,7 @@ mod tests {
         Fork { pid: usize, child: usize },
         ZmqSend { pid: usize, tid: u32 },
         Log { pid: usize, tid: u32, logger: usize, text: Vec<u8> },
+        UserCode { pid: usize, tid: u32, point: u8 },
         RecordsLost,
         Expire { advance_ms: u64 },
         Release,
@@ -1112,8 +1140,9 @@ mod tests {
             1 => pid.clone().prop_map(|pid| Op::Exec { pid }),
             1 => (pid.clone(), pid.clone()).prop_map(|(pid, child)| Op::Fork { pid, child }),
             1 => (pid.clone(), 0u32..3).prop_map(|(pid, tid)| Op::ZmqSend { pid, tid }),
-            2 => (pid, 0u32..3, 0..LOGGERS.len(), proptest::collection::vec(any::<u8>(), 0..40))
+            2 => (pid.clone(), 0u32..3, 0..LOGGERS.len(), proptest::collection::vec(any::<u8>(), 0..40))
                 .prop_map(|(pid, tid, logger, text)| Op::Log { pid, tid, logger, text }),
+            3 => (pid, 0u32..3, 0u8..8).prop_map(|(pid, tid, point)| Op::UserCode { pid, tid, point }),
             1 => Just(Op::RecordsLost),
             1 => (0u64..3_000).prop_map(|advance_ms| Op::Expire { advance_ms }),
             1 => Just(Op::Release),
@@ -1198,6 +1227,20 @@ mod tests {
                 Op::Log { pid, tid, logger, text } => {
                     let pid = pid_of(*pid);
                     self.push(log(pid, pid + tid, ts_ns, LOGGERS[*logger], text));
+                }
+                Op::UserCode { pid, tid, point } => {
+                    let pid = pid_of(*pid);
+                    self.push(Record::UserCode(crate::probe::record::UserCodeHit {
+                        pid,
+                        tid: pid + tid,
+                        ts_ns,
+                        point: *point,
+                        device: 0x1000,
+                        class: b"Demo".to_vec().into(),
+                        name: format!("attr{point}").into_bytes().into(),
+                        unreadable: 0,
+                        taken: tid % 2 == 0,
+                    }))
                 }
                 Op::RecordsLost => self.pipeline.records_lost(ts_ns),
                 Op::Expire { advance_ms } => {
