@@ -405,6 +405,14 @@ impl Linker {
         }
     }
 
+    /// The id spans of `trace_id` go out with (itself unless it was renamed).
+    pub fn final_trace(&self, trace_id: TraceId) -> TraceId {
+        match self.fates.get(&trace_id) {
+            Some(Fate::Settled { to, .. }) => *to,
+            _ => trace_id,
+        }
+    }
+
     /// Gives a span its settled trace id, and makes a server span whose client span nobody will
     /// export a root.
     pub fn rewrite(&mut self, span: &mut AssembledSpan, now: Instant) {

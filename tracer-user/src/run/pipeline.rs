@@ -314,8 +314,22 @@ impl Pipeline {
                 self.logs.wait_again(waiting);
                 break;
             }
+            // A log inside a request from another host waits for that request's trace, as its
+            // span does, and goes out under the trace's final id.
+            if let (Some(linker), Some(context)) = (self.linker.as_ref(), self.logs.context_of(&waiting.log))
+                && linker.holds(context.trace_id)
+                && !must_go
+            {
+                self.logs.wait_again(waiting);
+                break;
+            }
             let Waiting { since, mut log, .. } = waiting;
-            log.context = self.logs.context_of(&log);
+            log.context = self.logs.context_of(&log).map(|mut context| {
+                if let Some(linker) = self.linker.as_ref() {
+                    context.trace_id = linker.final_trace(context.trace_id);
+                }
+                context
+            });
             let (pid, logger) = (log.pid, std::sync::Arc::clone(&log.logger));
             let resource = match self.logs.target(pid, &logger) {
                 Some(target) if target.complete || !self.devices.is_known(&target.object_key) => {
