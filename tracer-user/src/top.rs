@@ -344,8 +344,9 @@ mod tests {
         assert_eq!(first(&rows), "quick");
         sort_rows(&mut rows, SortKey::Errors);
         assert_eq!(first(&rows), "broken");
+        // 50 calls of 10 ms on average outweigh 1000 of 0.25 ms.
         sort_rows(&mut rows, SortKey::Total);
-        assert_eq!(first(&rows), "quick");
+        assert_eq!(first(&rows), "sluggish");
     }
 
     #[test]

@@ -549,13 +549,16 @@ mod tests {
     use opentelemetry::KeyValue;
 
     use super::*;
-    use crate::assemble::{OperationClass, span::SpanContextLite};
+    use crate::assemble::{naming::OperationClass, span::SpanContextLite};
 
     fn span(kind: SpanKind, name: &str, argument: &str, target: &[u8], latency_ms: u64) -> AssembledSpan {
         AssembledSpan {
             name: name.to_string(),
             kind,
-            context: SpanContextLite { trace_id: 1, span_id: 2 },
+            context: SpanContextLite {
+                trace_id: opentelemetry::trace::TraceId::from(1),
+                span_id: opentelemetry::trace::SpanId::from(2),
+            },
             parent: None,
             parent_is_remote: false,
             trace_state: String::new(),
