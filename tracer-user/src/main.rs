@@ -26,6 +26,25 @@ enum Command {
     Show(ShowArgs),
     /// Ask or change a running daemon: traced processes and devices, their configuration.
     Ctl(CtlArgs),
+    /// Live view of a running daemon: per device and operation rates, errors and latency over
+    /// the last seconds, processes, events and the daemon's health.
+    Top(TopArgs),
+}
+
+#[derive(Parser, Debug)]
+struct TopArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = tango_tracer::run::ctl::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print one snapshot as text and exit.
+    #[arg(long)]
+    once: bool,
+    /// Print one snapshot as JSON and exit (rows in the order of --sort).
+    #[arg(long)]
+    json: bool,
+    /// What the rows are ordered by, largest first (keys t, r, p, e in the view).
+    #[arg(long, value_enum, default_value = "p99")]
+    sort: tango_tracer::top::SortKey,
 }
 
 #[derive(Parser, Debug)]
@@ -394,7 +413,29 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlAnswer::Changed { devices } => println!("changed: {}", devices.join(", ")),
         CtlAnswer::Stats(stats) => print!("{}", render_stats(&stats)),
+        CtlAnswer::Live(snapshot) => {
+            print!("{}", tango_tracer::top::render_text(&snapshot, Default::default()))
+        }
         CtlAnswer::Error { message } => bail!("{message}"),
+    }
+    Ok(())
+}
+
+fn top(args: TopArgs) -> anyhow::Result<()> {
+    use tango_tracer::top;
+    if !args.once && !args.json {
+        return top::run_interactive(&args.socket, args.sort);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let mut snapshot = rt.block_on(top::fetch(&args.socket))?;
+    if args.json {
+        top::sort_rows(&mut snapshot.rows, args.sort);
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        print!("{}", top::render_text(&snapshot, top::TextOptions { sort: args.sort }));
     }
     Ok(())
 }
@@ -416,6 +457,7 @@ fn main() -> ExitCode {
             .build()
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(ctl(args))),
+        Command::Top(args) => top(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

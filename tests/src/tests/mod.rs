@@ -15,4 +15,5 @@ mod probes;
 mod pytango;
 mod setup;
 mod tcp_positions;
+mod top;
 mod userspans;

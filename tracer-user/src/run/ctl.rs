@@ -112,6 +112,8 @@ pub enum CtlRequest {
     Reset { pattern: String },
     /// Every stage's counters and table sizes.
     Stats,
+    /// The live view's sliding window (`tango-tracer top`).
+    Live,
 }
 
 /// One setting with the source it came from.
@@ -152,6 +154,7 @@ pub enum CtlAnswer {
     Targets { targets: Vec<TargetView>, warnings: Vec<String> },
     Changed { devices: Vec<String> },
     Stats(StatsView),
+    Live(Box<crate::live::LiveSnapshot>),
     Error { message: String },
 }
 

@@ -393,6 +393,7 @@ impl Daemon {
                 }
                 CtlAnswer::Stats(ctl::StatsView::new(&stats, self.losses(), &self.hub.stats()))
             }
+            CtlRequest::Live => CtlAnswer::Live(Box::new(self.live_snapshot())),
             CtlRequest::Enable { pattern, enable } => {
                 let cmd = command(&pattern, AdminChange::Enable(enable));
                 self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
@@ -428,6 +429,27 @@ impl Daemon {
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
         }
+    }
+
+    /// `top`'s answer: the live window and the daemon's health.
+    fn live_snapshot(&mut self) -> crate::live::LiveSnapshot {
+        let mut snapshot = self.pipeline.live_snapshot(&self.processes);
+        let export = self.hub.stats();
+        let total = export.total();
+        snapshot.health = crate::live::HealthView {
+            traced_processes: self.processes.len() as u64,
+            records_lost: self.probes.lost_records(),
+            lost_total: self.losses().iter().map(|l| l.total).sum(),
+            spans_dropped: total.dropped.total(),
+            spans_exported: total.spans_delivered,
+            export_errors: export
+                .destinations
+                .iter()
+                .filter(|(_, s)| s.failing)
+                .map(|(d, s)| format!("{d}: {}", s.last_error.as_deref().unwrap_or("failing")))
+                .collect(),
+        };
+        snapshot
     }
 
     fn devices_matching(&self, pattern: &str) -> Vec<String> {

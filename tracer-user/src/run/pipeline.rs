@@ -29,6 +29,7 @@ use crate::{
     devices::{DeviceFacts, DeviceRegistry, dbclient},
     discover::{processes::Processes, procinfo::ProcessInfo},
     events::Events,
+    live::{LiveSnapshot, LiveView},
     logs::{self, Logs, Waiting},
     probe::record::{Direction, Record},
     stats::StageStats,
@@ -109,6 +110,8 @@ pub struct Pipeline {
     crossings: Vec<Crossing>,
     /// Device logs released per process and logger, for `ctl list`.
     logs_released_by: HashMap<(u32, std::sync::Arc<str>), u64>,
+    /// Every finished span over the last seconds, before the configuration's choice (`top`).
+    live: LiveView,
 }
 
 impl Pipeline {
@@ -133,6 +136,7 @@ impl Pipeline {
             logs_released_by: HashMap::new(),
             linker: None,
             crossings: Vec::new(),
+            live: LiveView::default(),
         }
     }
 
@@ -551,6 +555,16 @@ impl Pipeline {
         (stats.messages, stats.spans, stats.unparsable + self.events.stats().unparsable)
     }
 
+    /// The live view's window now (`top`), devices and processes named.
+    pub fn live_snapshot(&mut self, processes: &Processes) -> LiveSnapshot {
+        let devices = &self.devices;
+        self.live.snapshot(
+            Instant::now(),
+            |key| devices.name(key),
+            |pid| processes.info(pid).map(|p| p.comm.clone()),
+        )
+    }
+
     /// Every stage's counters and table sizes, in pipeline order.
     pub fn report(&self, processes: &Processes) -> StageStats {
         let mut out = StageStats::default();
@@ -565,6 +579,7 @@ impl Pipeline {
         if let Some(linker) = &self.linker {
             linker.report(&mut out);
         }
+        self.live.report(&mut out);
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
@@ -614,6 +629,7 @@ impl Pipeline {
         if let Some(linker) = self.linker.as_mut() {
             linker.rewrite(&mut span, Instant::now());
         }
+        self.live.observe(&span, Instant::now());
         let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
