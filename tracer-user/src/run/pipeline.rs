@@ -31,6 +31,7 @@ use crate::{
     events::Events,
     logs::{self, Logs, Waiting},
     probe::record::{Direction, Record},
+    sampling::{self, Sampler, TailSampling},
     stats::StageStats,
     userspans::UserSpans,
 };
@@ -109,6 +110,11 @@ pub struct Pipeline {
     crossings: Vec<Crossing>,
     /// Device logs released per process and logger, for `ctl list`.
     logs_released_by: HashMap<(u32, std::sync::Arc<str>), u64>,
+    /// Tail sampling of what is routed for export, when on.
+    sampler: Option<Sampler<Routed, RoutedLog>>,
+    /// Spans and logs routed in this release, on their way through the sampler (reused).
+    sampling_spans: Vec<Routed>,
+    sampling_logs: Vec<RoutedLog>,
 }
 
 impl Pipeline {
@@ -133,7 +139,15 @@ impl Pipeline {
             logs_released_by: HashMap::new(),
             linker: None,
             crossings: Vec::new(),
+            sampler: None,
+            sampling_spans: Vec::new(),
+            sampling_logs: Vec::new(),
         }
+    }
+
+    /// Turns tail sampling on: whole traces routed for export are kept or dropped by `rule`.
+    pub fn tail_sampling(&mut self, rule: TailSampling) {
+        self.sampler = Some(Sampler::new(rule));
     }
 
     /// Turns cross-host linking on: a server span of a request from another host waits at most
@@ -260,6 +274,7 @@ impl Pipeline {
     /// server spans wait a little for their device's class (learnt from `info` replies) unless
     /// `force`.
     pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
+        let start = out.len();
         self.note_crossings();
         if let Some(linker) = self.linker.as_mut() {
             let now = Instant::now();
@@ -294,6 +309,36 @@ impl Pipeline {
                 self.waiting.push_back((since, span));
             }
         }
+        // `out[start..]` holds this release's spans, final (trace ids rewritten) and routed:
+        // metrics that count every span belong here, before sampling.
+        self.sample_spans(out, start, force);
+    }
+
+    /// Tail sampling, when on, of the spans routed since `start`: those of kept traces stay in
+    /// `out` (with the held spans of traces kept now), the others are held; traces whose wait
+    /// is over (every trace when `force`) are decided.
+    fn sample_spans(&mut self, out: &mut Vec<Routed>, start: usize, force: bool) {
+        let Some(sampler) = self.sampler.as_mut() else { return };
+        let now = Instant::now();
+        self.sampling_spans.extend(out.drain(start..));
+        for routed in self.sampling_spans.drain(..) {
+            let facts = sampling::span_facts(&routed.record.data);
+            sampler.offer_span(facts, routed, now, out);
+        }
+        sampler.expire(now, force);
+    }
+
+    /// Tail sampling, when on, of the device logs routed since `start`: a log of a trace not
+    /// kept (yet) waits for its trace's decision; logs of traces kept since go out first.
+    fn sample_logs(&mut self, out: &mut Vec<RoutedLog>, start: usize) {
+        let Some(sampler) = self.sampler.as_mut() else { return };
+        let now = Instant::now();
+        self.sampling_logs.extend(out.drain(start..));
+        sampler.take_logs(out);
+        for routed in self.sampling_logs.drain(..) {
+            let trace_id = routed.record.trace.map(|t| t.trace_id);
+            sampler.offer_log(trace_id, routed, now, out);
+        }
     }
 
     /// The per-log path: device log messages that are ready go to `out` with their destinations,
@@ -303,6 +348,7 @@ impl Pipeline {
     /// [`logs::MAX_WAIT`], unless `force`. The first message that must wait stops the release
     /// (the ones after it are younger): a release costs what it releases, not what waits.
     pub fn release_logs(&mut self, processes: &Processes, force: bool, out: &mut Vec<RoutedLog>) {
+        let start = out.len();
         // Observations first: renamed server spans, device names and classes.
         self.collect_finished(processes);
         let now = Instant::now();
@@ -373,6 +419,7 @@ impl Pipeline {
         for tango_host in unknown_hosts {
             self.import(tango_host);
         }
+        self.sample_logs(out, start);
     }
 
     /// Moves what the stages finished to `waiting`; the oldest waiting span goes to `ready`
@@ -550,6 +597,9 @@ impl Pipeline {
         self.resources.report(&mut out);
         if let Some(linker) = &self.linker {
             linker.report(&mut out);
+        }
+        if let Some(sampler) = &self.sampler {
+            sampler.report(&mut out);
         }
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);

@@ -136,6 +136,18 @@ pub struct SpanFacts {
     pub error: bool,
 }
 
+/// What the decision needs of a span in its export form: an error is an error status or an
+/// exception event (OpenTelemetry's `exception`, or the tracer's `exception caught`).
+pub fn span_facts(data: &opentelemetry_sdk::trace::SpanData) -> SpanFacts {
+    let error = matches!(data.status, opentelemetry::trace::Status::Error { .. })
+        || data.events.events.iter().any(|e| e.name == "exception" || e.name == "exception caught");
+    SpanFacts {
+        trace_id: data.span_context.trace_id(),
+        duration: data.end_time.duration_since(data.start_time).unwrap_or_default(),
+        error,
+    }
+}
+
 /// Why a trace was kept (for the counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kept {
