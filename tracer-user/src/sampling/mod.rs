@@ -175,11 +175,11 @@ struct SamplingStats {
     traces_kept_ratio: u64,
     traces_kept_slow: u64,
     traces_kept_error: u64,
-    traces_dropped: u64,
+    traces_sampled_out: u64,
     spans_kept: u64,
-    spans_dropped: u64,
+    spans_sampled_out: u64,
     logs_kept: u64,
-    logs_dropped: u64,
+    logs_sampled_out: u64,
     /// Traces decided before their wait ended because too much was held.
     early_decisions: u64,
 }
@@ -338,24 +338,25 @@ impl<S, L> Sampler<S, L> {
         let Some(trace) = self.traces.remove(&trace_id) else { return };
         if let TraceState::Held { spans, logs } = trace.state {
             self.held -= spans.len() + logs.len();
-            self.stats.traces_dropped += 1;
-            self.stats.spans_dropped += spans.len() as u64;
-            self.stats.logs_dropped += logs.len() as u64;
+            self.stats.traces_sampled_out += 1;
+            self.stats.spans_sampled_out += spans.len() as u64;
+            self.stats.logs_sampled_out += logs.len() as u64;
         }
     }
 
-    /// Counters and table sizes (stage `sampling`); none is a loss: dropping is the point.
+    /// Counters and table sizes (stage `sampling`); none is a loss: dropping is the point, and
+    /// the counters say "sampled out" so no log line reads as a loss.
     pub fn report(&self, out: &mut StageStats) {
         const STAGE: &str = "sampling";
         let stats = &self.stats;
         out.push(STAGE, "traces_kept_ratio", stats.traces_kept_ratio);
         out.push(STAGE, "traces_kept_slow", stats.traces_kept_slow);
         out.push(STAGE, "traces_kept_error", stats.traces_kept_error);
-        out.push(STAGE, "traces_dropped", stats.traces_dropped);
+        out.push(STAGE, "traces_sampled_out", stats.traces_sampled_out);
         out.push(STAGE, "spans_kept", stats.spans_kept);
-        out.push(STAGE, "spans_dropped", stats.spans_dropped);
+        out.push(STAGE, "spans_sampled_out", stats.spans_sampled_out);
         out.push(STAGE, "logs_kept", stats.logs_kept);
-        out.push(STAGE, "logs_dropped", stats.logs_dropped);
+        out.push(STAGE, "logs_sampled_out", stats.logs_sampled_out);
         out.push(STAGE, "early_decisions", stats.early_decisions);
         out.size(STAGE, "trace_entries", self.traces.len());
         out.size(STAGE, "held_entries", self.held);
@@ -378,6 +379,7 @@ fn trace_key(trace_id: TraceId) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, reason = "tests")]
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
@@ -483,7 +485,7 @@ mod tests {
         without.offer_span(span(unlucky(2), 1, true), 1, t0, &mut out);
         without.expire(t0 + DEFAULT_DECISION_WAIT, false);
         assert!(out.is_empty());
-        assert_eq!(stat(&without, "traces_dropped"), 1);
+        assert_eq!(stat(&without, "traces_sampled_out"), 1);
     }
 
     #[test]
@@ -497,15 +499,15 @@ mod tests {
         // A span of `late` 90 ms on restarts its wait; `quiet` is due at 100 ms.
         sampler.offer_span(span(late, 1, false), 3, t0 + 90 * MS, &mut out);
         sampler.expire(t0 + 99 * MS, false);
-        assert_eq!(stat(&sampler, "traces_dropped"), 0, "nothing is due before its wait");
+        assert_eq!(stat(&sampler, "traces_sampled_out"), 0, "nothing is due before its wait");
         sampler.expire(t0 + 100 * MS, false);
-        assert_eq!(stat(&sampler, "traces_dropped"), 1, "quiet is dropped");
-        assert_eq!(stat(&sampler, "logs_dropped"), 1, "with its log");
+        assert_eq!(stat(&sampler, "traces_sampled_out"), 1, "quiet is dropped");
+        assert_eq!(stat(&sampler, "logs_sampled_out"), 1, "with its log");
         sampler.offer_span(span(late, 30, false), 4, t0 + 180 * MS, &mut out);
         assert_eq!(out, [1, 3, 4], "the slow span came within the wait after the last one");
         sampler.expire(t0 + 300 * MS, false);
         assert_eq!(stat(&sampler, "trace_entries"), 0, "every decision forgotten when traffic stops");
-        assert_eq!(stat(&sampler, "spans_dropped"), 1);
+        assert_eq!(stat(&sampler, "spans_sampled_out"), 1);
         let mut logs = Vec::new();
         sampler.take_logs(&mut logs);
         assert!(logs.is_empty());
@@ -544,7 +546,7 @@ mod tests {
         sampler.expire(t0, true);
         assert_eq!(stat(&sampler, "trace_entries"), 0);
         assert_eq!(stat(&sampler, "held_entries"), 0);
-        assert_eq!(stat(&sampler, "traces_dropped"), 3, "the early one, then 2 and 3 at the end");
-        assert_eq!(stat(&sampler, "spans_dropped"), 3);
+        assert_eq!(stat(&sampler, "traces_sampled_out"), 3, "the early one, then 2 and 3 at the end");
+        assert_eq!(stat(&sampler, "spans_sampled_out"), 3);
     }
 }
