@@ -17,6 +17,7 @@ pub mod logs;
 pub mod peers;
 pub mod probe;
 pub mod run;
+pub mod sampling;
 pub mod show;
 pub mod stats;
 pub mod top;

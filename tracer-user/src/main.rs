@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tango_tracer::{
     peers::{PeerKey, PeerOptions},
     run::{self as daemon, RunOptions},
+    sampling::TailSampling,
 };
 use tracer_export::{ConsoleStream, Destination, ExportConfig, Signal};
 
@@ -177,6 +178,12 @@ struct RunArgs {
     /// How long a host whose daemon did not answer is left alone before it is asked again.
     #[arg(long, default_value = "3s", value_parser = parse_duration, requires = "peer_key")]
     peer_retry: Duration,
+    /// Tail sampling (off by default): whole traces are kept when a span is slower than the
+    /// threshold or holds an error, and a fraction of the others by trace id (the same on every
+    /// host), e.g. `slower-than=5ms,errors,ratio=0.05`; also `decision-wait=3s` (how long a
+    /// trace waits for late spans after its last one) and `max-held=200000`.
+    #[arg(long, env = "TANGO_TRACER_TAIL_SAMPLING", value_parser = TailSampling::parse)]
+    tail_sampling: Option<TailSampling>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -343,6 +350,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         control_socket: Some(args.control_socket),
         proc_root: PathBuf::from("/proc"),
         peers,
+        tail_sampling: args.tail_sampling,
     };
     daemon::run(options).await
 }

@@ -13,6 +13,7 @@ mod logs;
 mod netns;
 mod probes;
 mod pytango;
+mod sampling;
 mod setup;
 mod tcp_positions;
 mod top;

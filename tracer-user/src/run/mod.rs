@@ -90,6 +90,8 @@ pub struct RunOptions {
     pub proc_root: PathBuf,
     /// Linking calls across hosts with the daemons there (on when a key is given).
     pub peers: Option<PeerOptions>,
+    /// Tail sampling of what goes to export (off when `None`).
+    pub tail_sampling: Option<crate::sampling::TailSampling>,
 }
 
 struct Daemon {
@@ -179,6 +181,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
         daemon.pipeline.set_local_addresses(&link.addrs());
+    }
+    if let Some(rule) = &daemon.options.tail_sampling {
+        info!("tail sampling on: {rule:?}");
+        daemon.pipeline.tail_sampling(rule.clone());
     }
     let mut peer_rx = daemon.peers.as_mut().and_then(PeerLink::take_incoming);
     for destination in &daemon.options.destinations {

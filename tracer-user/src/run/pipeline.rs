@@ -32,6 +32,7 @@ use crate::{
     live::{LiveSnapshot, LiveView},
     logs::{self, Logs, Waiting},
     probe::record::{Direction, Record},
+    sampling::{self, Sampler, TailSampling},
     stats::StageStats,
     userspans::UserSpans,
 };
@@ -112,6 +113,11 @@ pub struct Pipeline {
     logs_released_by: HashMap<(u32, std::sync::Arc<str>), u64>,
     /// Every finished span over the last seconds, before the configuration's choice (`top`).
     live: LiveView,
+    /// Tail sampling of what is routed for export, when on.
+    sampler: Option<Sampler<Routed, RoutedLog>>,
+    /// Spans and logs routed in this release, on their way through the sampler (reused).
+    sampling_spans: Vec<Routed>,
+    sampling_logs: Vec<RoutedLog>,
 }
 
 impl Pipeline {
@@ -137,7 +143,15 @@ impl Pipeline {
             linker: None,
             crossings: Vec::new(),
             live: LiveView::default(),
+            sampler: None,
+            sampling_spans: Vec::new(),
+            sampling_logs: Vec::new(),
         }
+    }
+
+    /// Turns tail sampling on: whole traces routed for export are kept or dropped by `rule`.
+    pub fn tail_sampling(&mut self, rule: TailSampling) {
+        self.sampler = Some(Sampler::new(rule));
     }
 
     /// Turns cross-host linking on: a server span of a request from another host waits at most
@@ -264,6 +278,7 @@ impl Pipeline {
     /// server spans wait a little for their device's class (learnt from `info` replies) unless
     /// `force`.
     pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
+        let start = out.len();
         self.note_crossings();
         if let Some(linker) = self.linker.as_mut() {
             let now = Instant::now();
@@ -298,6 +313,36 @@ impl Pipeline {
                 self.waiting.push_back((since, span));
             }
         }
+        // `out[start..]` holds this release's spans, final (trace ids rewritten) and routed:
+        // metrics that count every span belong here, before sampling.
+        self.sample_spans(out, start, force);
+    }
+
+    /// Tail sampling, when on, of the spans routed since `start`: those of kept traces stay in
+    /// `out` (with the held spans of traces kept now), the others are held; traces whose wait
+    /// is over (every trace when `force`) are decided.
+    fn sample_spans(&mut self, out: &mut Vec<Routed>, start: usize, force: bool) {
+        let Some(sampler) = self.sampler.as_mut() else { return };
+        let now = Instant::now();
+        self.sampling_spans.extend(out.drain(start..));
+        for routed in self.sampling_spans.drain(..) {
+            let facts = sampling::span_facts(&routed.record.data);
+            sampler.offer_span(facts, routed, now, out);
+        }
+        sampler.expire(now, force);
+    }
+
+    /// Tail sampling, when on, of the device logs routed since `start`: a log of a trace not
+    /// kept (yet) waits for its trace's decision; logs of traces kept since go out first.
+    fn sample_logs(&mut self, out: &mut Vec<RoutedLog>, start: usize) {
+        let Some(sampler) = self.sampler.as_mut() else { return };
+        let now = Instant::now();
+        self.sampling_logs.extend(out.drain(start..));
+        sampler.take_logs(out);
+        for routed in self.sampling_logs.drain(..) {
+            let trace_id = routed.record.trace.map(|t| t.trace_id);
+            sampler.offer_log(trace_id, routed, now, out);
+        }
     }
 
     /// The per-log path: device log messages that are ready go to `out` with their destinations,
@@ -307,6 +352,7 @@ impl Pipeline {
     /// [`logs::MAX_WAIT`], unless `force`. The first message that must wait stops the release
     /// (the ones after it are younger): a release costs what it releases, not what waits.
     pub fn release_logs(&mut self, processes: &Processes, force: bool, out: &mut Vec<RoutedLog>) {
+        let start = out.len();
         // Observations first: renamed server spans, device names and classes.
         self.collect_finished(processes);
         let now = Instant::now();
@@ -391,6 +437,7 @@ impl Pipeline {
         for tango_host in unknown_hosts {
             self.import(tango_host);
         }
+        self.sample_logs(out, start);
     }
 
     /// Moves what the stages finished to `waiting`; the oldest waiting span goes to `ready`
@@ -580,6 +627,9 @@ impl Pipeline {
             linker.report(&mut out);
         }
         self.live.report(&mut out);
+        if let Some(sampler) = &self.sampler {
+            sampler.report(&mut out);
+        }
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
