@@ -158,6 +158,8 @@ struct RunArgs {
     /// How long a host whose daemon did not answer is left alone before it is asked again.
     #[arg(long, default_value = "3s", value_parser = parse_duration, requires = "peer_key")]
     peer_retry: Duration,
+    #[command(flatten)]
+    metrics: tango_tracer::metrics::MetricsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -324,6 +326,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         control_socket: Some(args.control_socket),
         proc_root: PathBuf::from("/proc"),
         peers,
+        metrics: tango_tracer::metrics::MetricsOptions::from_args(&args.metrics, |name| {
+            std::env::var(name).ok()
+        })?,
     };
     daemon::run(options).await
 }

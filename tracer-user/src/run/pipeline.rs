@@ -30,6 +30,7 @@ use crate::{
     discover::{processes::Processes, procinfo::ProcessInfo},
     events::Events,
     logs::{self, Logs, Waiting},
+    metrics::SpanMetrics,
     probe::record::{Direction, Record},
     stats::StageStats,
     userspans::UserSpans,
@@ -109,6 +110,8 @@ pub struct Pipeline {
     crossings: Vec<Crossing>,
     /// Device logs released per process and logger, for `ctl list`.
     logs_released_by: HashMap<(u32, std::sync::Arc<str>), u64>,
+    /// RED metrics of every span routed, when on.
+    metrics: Option<SpanMetrics>,
 }
 
 impl Pipeline {
@@ -133,7 +136,19 @@ impl Pipeline {
             logs_released_by: HashMap::new(),
             linker: None,
             crossings: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Turns the RED metrics on: every span routed from now on is counted, whatever the
+    /// configuration does with it, in at most `max_series` series.
+    pub fn enable_metrics(&mut self, max_series: usize) {
+        self.metrics = Some(SpanMetrics::new(max_series));
+    }
+
+    /// The RED metrics, when on.
+    pub fn metrics(&self) -> Option<&SpanMetrics> {
+        self.metrics.as_ref()
     }
 
     /// Turns cross-host linking on: a server span of a request from another host waits at most
@@ -551,6 +566,9 @@ impl Pipeline {
         if let Some(linker) = &self.linker {
             linker.report(&mut out);
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.report(&mut out);
+        }
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
@@ -601,11 +619,17 @@ impl Pipeline {
             linker.rewrite(&mut span, Instant::now());
         }
         let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
+        let target =
+            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
+        // Counted before the configuration (or any sampling after it) keeps or drops the span.
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.observe(&span, device.as_deref(), target.as_deref());
+        }
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
                 *self.released_by.entry((span.pid, device.clone())).or_default() += 1;
-                let record = self.span_record(span, device, processes);
+                let record = self.span_record(span, device, target, processes);
                 out.push(Routed { record, destinations });
             }
             Routing::Native => self.stats.native += 1,
@@ -617,6 +641,7 @@ impl Pipeline {
         &mut self,
         span: AssembledSpan,
         device_name: Option<String>,
+        target: Option<String>,
         processes: &Processes,
     ) -> SpanRecord {
         let process = processes.info(span.pid);
@@ -628,8 +653,6 @@ impl Pipeline {
         let facts = span.device_key.as_deref().and_then(|k| self.devices.facts(k));
         let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
-        let target =
-            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
         let data = spandata::to_span_data(span, target, scope, &self.clock);
         SpanRecord { resource, data }
     }
