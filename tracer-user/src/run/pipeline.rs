@@ -1024,6 +1024,31 @@ mod tests {
     }
 
     #[test]
+    fn metrics_count_spans_the_configuration_drops_with_the_attribute_the_request_names() {
+        use crate::metrics::aggregate::{Instrument, Outcome};
+        let mut host = Host::new();
+        host.pipeline.enable_metrics(100);
+        host.start_with(telemetry_off(10));
+        host.short_client(11, 10, 21, 1);
+        host.short_client(12, 10, 22, 2);
+        assert_eq!(host.settle(), 2, "only the clients' spans: the server's telemetry is off");
+        let snapshot = host.pipeline.metrics().unwrap().snapshot(Vec::new());
+        let sides: Vec<_> = snapshot
+            .series
+            .iter()
+            .map(|s| (s.instrument, &*s.operation, &*s.argument, s.outcome, s.histogram.count))
+            .collect();
+        assert_eq!(
+            sides,
+            vec![
+                (Instrument::ServerCall, "read_attributes_5", "temperature", Outcome::Ok, 2),
+                (Instrument::ClientCall, "read_attribute", "temperature", Outcome::Ok, 2),
+            ]
+        );
+        assert_eq!(host.pipeline.report(&host.processes).get("metrics", "spans_observed"), Some(4));
+    }
+
+    #[test]
     fn a_pid_adopted_again_before_it_is_forgotten_starts_afresh() {
         let mut host = Host::new();
         host.start_with(telemetry_off(10));
