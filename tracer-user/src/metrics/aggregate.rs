@@ -385,7 +385,7 @@ impl SpanMetrics {
     pub fn report(&self, out: &mut crate::stats::StageStats) {
         const STAGE: &str = "metrics";
         out.push(STAGE, "spans_observed", self.observed);
-        out.loss(STAGE, "points_folded_into_overflow", self.folded);
+        out.push(STAGE, "points_folded_into_overflow", self.folded);
         out.size(STAGE, "series_entries", self.series.len());
         out.size(STAGE, "label_string_entries", self.strings.names.len());
     }

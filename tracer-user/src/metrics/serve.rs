@@ -116,7 +116,7 @@ pub fn push(
                     counters.requests.fetch_add(1, Relaxed);
                     if let Err(e) = sender.send(request.clone()).await {
                         let failed = counters.failed.fetch_add(1, Relaxed);
-                        if failed % 10 == 0 {
+                        if failed.is_multiple_of(10) {
                             warn!("metrics export failed ({} so far): {e}", failed + 1);
                         }
                     }
