@@ -57,6 +57,10 @@ use opentelemetry_proto::tonic::collector::{
         ExportLogsServiceRequest, ExportLogsServiceResponse,
         logs_service_server::{LogsService, LogsServiceServer},
     },
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
     trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -165,6 +169,8 @@ struct State {
     logs: Vec<LogJson>,
     logs_requests: Vec<LogRequestInfo>,
     logs_refused: usize,
+    /// Metrics requests as received (`/v1/metrics`, `MetricsService`), in order.
+    metrics: Vec<(Protocol, ExportMetricsServiceRequest)>,
 }
 
 impl Shared {
@@ -293,6 +299,11 @@ impl OtlpReceiver {
     /// The OTLP/HTTP traces URL, `http://127.0.0.1:PORT/v1/traces`.
     pub fn http_endpoint(&self) -> String {
         format!("http://{}/v1/traces", self.http_addr)
+    }
+
+    /// The metrics requests received so far, with the transport each came by.
+    pub fn metrics_requests(&self) -> Vec<(Protocol, ExportMetricsServiceRequest)> {
+        self.shared.lock().metrics.clone()
     }
 
     /// The OTLP/HTTP logs URL, `http://127.0.0.1:PORT/v1/logs`.
@@ -538,8 +549,10 @@ async fn serve(http: TcpListener, grpc: TcpListener, shared: Arc<Shared>, stoppe
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_SIZE);
+    let metrics_service = MetricsServiceServer::new(GrpcReceiver { shared: shared.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE);
     let grpc_server = tonic::transport::Server::builder().serve_with_incoming(
-        GrpcServices { traces: traces_service, logs: logs_service },
+        GrpcServices { traces: traces_service, logs: logs_service, metrics: metrics_service },
         tonic::transport::server::TcpIncoming::from(grpc),
     );
     tokio::select! {
@@ -581,8 +594,13 @@ async fn handle_http(
     let logs = match request.uri().path() {
         "/v1/traces" => false,
         "/v1/logs" => true,
+        "/v1/metrics" => return Ok(handle_http_metrics(request, shared).await),
         _ => {
-            return Ok(reply(StatusCode::NOT_FOUND, "text/plain", "only /v1/traces and /v1/logs are served"));
+            return Ok(reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "only /v1/traces, /v1/logs and /v1/metrics are served",
+            ));
         }
     };
     if request.method() != Method::POST {
@@ -647,6 +665,28 @@ async fn handle_http(
     }
 }
 
+/// `POST /v1/metrics` with a protobuf body: kept as received.
+async fn handle_http_metrics(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only");
+    }
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => return reply(StatusCode::BAD_REQUEST, "text/plain", err.to_string()),
+    };
+    match ExportMetricsServiceRequest::decode(body) {
+        Ok(export) => {
+            shared.lock().metrics.push((Protocol::Http, export));
+            reply(
+                StatusCode::OK,
+                "application/x-protobuf",
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            )
+        }
+        Err(err) => reply(StatusCode::BAD_REQUEST, "text/plain", err.to_string()),
+    }
+}
+
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -666,10 +706,13 @@ struct GrpcReceiver {
 struct GrpcServices {
     traces: TraceServiceServer<GrpcReceiver>,
     logs: LogsServiceServer<GrpcReceiver>,
+    metrics: MetricsServiceServer<GrpcReceiver>,
 }
 
 /// The path prefix of the logs service's methods.
 const LOGS_SERVICE_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/";
+/// The path prefix of the metrics service's methods.
+const METRICS_SERVICE_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/";
 
 impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for GrpcServices {
     type Response = tonic::codegen::http::Response<tonic::body::Body>;
@@ -684,6 +727,8 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
     fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         if request.uri().path().starts_with(LOGS_SERVICE_PATH) {
             self.logs.call(request)
+        } else if request.uri().path().starts_with(METRICS_SERVICE_PATH) {
+            self.metrics.call(request)
         } else {
             // The traces service answers `UNIMPLEMENTED` to anything it does not know.
             self.traces.call(request)
@@ -718,6 +763,17 @@ impl LogsService for GrpcReceiver {
         let gzip = grpc_gzip(&request);
         self.shared.record_logs(Protocol::Grpc, gzip, request.get_ref());
         Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.shared.lock().metrics.push((Protocol::Grpc, request.into_inner()));
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
     }
 }
 

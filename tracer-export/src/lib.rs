@@ -45,6 +45,7 @@ mod console;
 mod destination;
 mod hub;
 pub mod json;
+pub mod metrics;
 pub mod otlp;
 mod record;
 mod stats;

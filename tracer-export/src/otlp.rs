@@ -522,7 +522,7 @@ impl GrpcSender {
 }
 
 /// tonic wants `http(s)://`; Tango writes `grpc://`.
-fn grpc_uri(endpoint: &str) -> String {
+pub(crate) fn grpc_uri(endpoint: &str) -> String {
     if let Some(rest) = endpoint.strip_prefix("grpc://") {
         format!("http://{rest}")
     } else if let Some(rest) = endpoint.strip_prefix("grpcs://") {

@@ -14,6 +14,7 @@ pub mod discover;
 pub mod events;
 pub mod live;
 pub mod logs;
+pub mod metrics;
 pub mod peers;
 pub mod probe;
 pub mod run;

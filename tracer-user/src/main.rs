@@ -184,6 +184,8 @@ struct RunArgs {
     /// trace waits for late spans after its last one) and `max-held=200000`.
     #[arg(long, env = "TANGO_TRACER_TAIL_SAMPLING", value_parser = TailSampling::parse)]
     tail_sampling: Option<TailSampling>,
+    #[command(flatten)]
+    metrics: tango_tracer::metrics::MetricsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -351,6 +353,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         proc_root: PathBuf::from("/proc"),
         peers,
         tail_sampling: args.tail_sampling,
+        metrics: tango_tracer::metrics::MetricsOptions::from_args(&args.metrics, |name| {
+            std::env::var(name).ok()
+        })?,
     };
     daemon::run(options).await
 }

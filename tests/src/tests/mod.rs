@@ -10,6 +10,7 @@ mod faults;
 mod legacy;
 mod log_export;
 mod logs;
+mod metrics;
 mod netns;
 mod probes;
 mod pytango;

@@ -735,6 +735,15 @@ impl Assembler {
         } else {
             naming::client_span(&call.request.call, call.tid, &operation)
         };
+        // The attribute of a served read or write, for the metrics (the span does not name it).
+        let request_argument = match &mut call.request.call {
+            TangoCall::ReadAttributes { names } | TangoCall::WriteAttributes { names }
+                if is_server && names.len() == 1 =>
+            {
+                names.pop()
+            }
+            _ => None,
+        };
         attributes.extend(naming::subscription_attributes(&call.request.call));
         attributes.append(&mut call.reply_attributes);
         if is_server {
@@ -776,6 +785,7 @@ impl Assembler {
             target_key: (!is_server).then(|| call.object_key.clone()),
             device_key: call.device_key,
             operation: operation.class,
+            request_argument,
         });
     }
 

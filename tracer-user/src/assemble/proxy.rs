@@ -461,5 +461,6 @@ fn finish(pid: u32, tid: u32, construction: Construction, end: End) -> Assembled
         device_key: construction.device_key,
         target_key: None,
         operation: OperationClass::User,
+        request_argument: None,
     }
 }

@@ -49,6 +49,9 @@ pub struct AssembledSpan {
     pub target_key: Option<Vec<u8>>,
     /// What kind of operation this is, for topic filtering.
     pub operation: OperationClass,
+    /// The attribute a SERVER span's request names when the span itself does not say it
+    /// (cppTango's server spans name only commands): for the metrics, never exported.
+    pub request_argument: Option<String>,
 }
 
 /// Why a span's end was not seen. Such a span is exported with status unset, its start as its

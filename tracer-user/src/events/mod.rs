@@ -395,6 +395,7 @@ fn event_span(
         device_key,
         target_key: None,
         operation: OperationClass::Event,
+        request_argument: None,
     }
 }
 

@@ -572,6 +572,7 @@ mod tests {
             device_key: None,
             target_key: Some(target.to_vec()),
             operation: OperationClass::User,
+            request_argument: None,
         }
     }
 

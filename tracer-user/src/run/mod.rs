@@ -92,6 +92,8 @@ pub struct RunOptions {
     pub peers: Option<PeerOptions>,
     /// Tail sampling of what goes to export (off when `None`).
     pub tail_sampling: Option<crate::sampling::TailSampling>,
+    /// RED metrics and self-metrics: where they go (off when nowhere).
+    pub metrics: crate::metrics::MetricsOptions,
 }
 
 struct Daemon {
@@ -117,6 +119,8 @@ struct Daemon {
     peers: Option<PeerLink>,
     /// Messages for other hosts' daemons from the last release (reused).
     outgoing: Vec<Outgoing>,
+    /// Where metrics snapshots go, when the metrics are on.
+    metrics: Option<crate::metrics::serve::Publisher>,
 }
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT.
@@ -177,6 +181,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         last_loss_check: Instant::now(),
         peers,
         outgoing: Vec::new(),
+        metrics: None,
     };
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
@@ -192,6 +197,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     for destination in &daemon.options.log_destinations {
         info!("exporting device logs to {destination:?}");
+    }
+    if daemon.options.metrics.enabled() {
+        daemon.pipeline.enable_metrics(daemon.options.metrics.max_series);
+        daemon.metrics = Some(crate::metrics::serve::Publisher::start(&daemon.options.metrics)?);
     }
     daemon.scan_existing();
     daemon.pipeline.import_all(&daemon.processes);
@@ -305,6 +314,9 @@ impl Daemon {
         for pid in self.processes.take_gone(EXITED_KEEP) {
             self.pipeline.forget_process(pid);
         }
+        if self.metrics.as_ref().is_some_and(|m| m.due()) {
+            self.publish_metrics();
+        }
         if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
             self.last_loss_check = Instant::now();
             let losses = self.losses();
@@ -388,16 +400,7 @@ impl Daemon {
                 warnings: self.pipeline.configuration().warnings(),
             },
             CtlRequest::Stats => {
-                let mut stats = self.pipeline.report(&self.processes);
-                stats.push("probe", "lost_records", self.probes.lost_records());
-                let (pending, streams) = self.probes.in_flight();
-                stats.push("probe", "pending_syscall_entries", pending as u64);
-                stats.push("probe", "partial_message_entries", streams as u64);
-                stats.push("probe", "undecodable_records", self.undecodable);
-                if let Some(peers) = &self.peers {
-                    peers.report(&mut stats);
-                }
-                CtlAnswer::Stats(ctl::StatsView::new(&stats, self.losses(), &self.hub.stats()))
+                CtlAnswer::Stats(ctl::StatsView::new(&self.stats(), self.losses(), &self.hub.stats()))
             }
             CtlRequest::Live => CtlAnswer::Live(Box::new(self.live_snapshot())),
             CtlRequest::Enable { pattern, enable } => {
@@ -456,6 +459,39 @@ impl Daemon {
                 .collect(),
         };
         snapshot
+    }
+
+    /// Every stage's counters and table sizes, the probes' and the peer link's included.
+    fn stats(&self) -> StageStats {
+        let mut stats = self.pipeline.report(&self.processes);
+        stats.push("probe", "lost_records", self.probes.lost_records());
+        let (pending, streams) = self.probes.in_flight();
+        stats.push("probe", "pending_syscall_entries", pending as u64);
+        stats.push("probe", "partial_message_entries", streams as u64);
+        stats.push("probe", "undecodable_records", self.undecodable);
+        if let Some(peers) = &self.peers {
+            peers.report(&mut stats);
+        }
+        stats
+    }
+
+    /// A snapshot of the RED metrics with the self-metrics of this moment, for the metrics
+    /// endpoint and the OTLP push.
+    fn publish_metrics(&mut self) {
+        let (Some(publisher), Some(metrics)) = (&self.metrics, self.pipeline.metrics()) else {
+            return;
+        };
+        let own = crate::metrics::own_metrics(
+            &self.stats(),
+            &self.losses(),
+            &self.hub.stats(),
+            self.processes.len(),
+            publisher.counters(),
+        );
+        let snapshot = metrics.snapshot(own);
+        if let Some(publisher) = self.metrics.as_mut() {
+            publisher.publish(snapshot);
+        }
     }
 
     fn devices_matching(&self, pattern: &str) -> Vec<String> {
@@ -528,6 +564,10 @@ impl Daemon {
             peers.stop().await;
         }
         self.hub.shutdown().await;
+        self.publish_metrics();
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.finish(self.options.export.shutdown_timeout).await;
+        }
         if let Some(recorder) = &mut self.recorder {
             let _ = recorder.flush();
         }

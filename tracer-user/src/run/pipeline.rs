@@ -31,6 +31,7 @@ use crate::{
     events::Events,
     live::{LiveSnapshot, LiveView},
     logs::{self, Logs, Waiting},
+    metrics::SpanMetrics,
     probe::record::{Direction, Record},
     sampling::{self, Sampler, TailSampling},
     stats::StageStats,
@@ -118,6 +119,8 @@ pub struct Pipeline {
     /// Spans and logs routed in this release, on their way through the sampler (reused).
     sampling_spans: Vec<Routed>,
     sampling_logs: Vec<RoutedLog>,
+    /// RED metrics of every span routed, when on.
+    metrics: Option<SpanMetrics>,
 }
 
 impl Pipeline {
@@ -146,12 +149,24 @@ impl Pipeline {
             sampler: None,
             sampling_spans: Vec::new(),
             sampling_logs: Vec::new(),
+            metrics: None,
         }
     }
 
     /// Turns tail sampling on: whole traces routed for export are kept or dropped by `rule`.
     pub fn tail_sampling(&mut self, rule: TailSampling) {
         self.sampler = Some(Sampler::new(rule));
+    }
+
+    /// Turns the RED metrics on: every span routed from now on is counted, whatever the
+    /// configuration does with it, in at most `max_series` series.
+    pub fn enable_metrics(&mut self, max_series: usize) {
+        self.metrics = Some(SpanMetrics::new(max_series));
+    }
+
+    /// The RED metrics, when on.
+    pub fn metrics(&self) -> Option<&SpanMetrics> {
+        self.metrics.as_ref()
     }
 
     /// Turns cross-host linking on: a server span of a request from another host waits at most
@@ -630,6 +645,9 @@ impl Pipeline {
         if let Some(sampler) = &self.sampler {
             sampler.report(&mut out);
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.report(&mut out);
+        }
         const STAGE: &str = "pipeline";
         out.push(STAGE, "released", self.stats.released);
         out.push(STAGE, "not_wanted", self.stats.not_wanted);
@@ -681,11 +699,17 @@ impl Pipeline {
         }
         self.live.observe(&span, Instant::now());
         let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
+        let target =
+            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
+        // Counted before the configuration (or any sampling after it) keeps or drops the span.
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.observe(&span, device.as_deref(), target.as_deref());
+        }
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
                 *self.released_by.entry((span.pid, device.clone())).or_default() += 1;
-                let record = self.span_record(span, device, processes);
+                let record = self.span_record(span, device, target, processes);
                 out.push(Routed { record, destinations });
             }
             Routing::Native => self.stats.native += 1,
@@ -697,6 +721,7 @@ impl Pipeline {
         &mut self,
         span: AssembledSpan,
         device_name: Option<String>,
+        target: Option<String>,
         processes: &Processes,
     ) -> SpanRecord {
         let process = processes.info(span.pid);
@@ -708,8 +733,6 @@ impl Pipeline {
         let facts = span.device_key.as_deref().and_then(|k| self.devices.facts(k));
         let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
-        let target =
-            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
         let data = spandata::to_span_data(span, target, scope, &self.clock);
         SpanRecord { resource, data }
     }
@@ -1078,6 +1101,31 @@ mod tests {
         let report = host.pipeline.report(&host.processes);
         assert_eq!(report.get("pipeline", "not_wanted"), Some(1));
         assert_eq!(report.get("configure", "process_entries"), Some(0), "forgotten with the process");
+    }
+
+    #[test]
+    fn metrics_count_spans_the_configuration_drops_with_the_attribute_the_request_names() {
+        use crate::metrics::aggregate::{Instrument, Outcome};
+        let mut host = Host::new();
+        host.pipeline.enable_metrics(100);
+        host.start_with(telemetry_off(10));
+        host.short_client(11, 10, 21, 1);
+        host.short_client(12, 10, 22, 2);
+        assert_eq!(host.settle(), 2, "only the clients' spans: the server's telemetry is off");
+        let snapshot = host.pipeline.metrics().unwrap().snapshot(Vec::new());
+        let sides: Vec<_> = snapshot
+            .series
+            .iter()
+            .map(|s| (s.instrument, &*s.operation, &*s.argument, s.outcome, s.histogram.count))
+            .collect();
+        assert_eq!(
+            sides,
+            vec![
+                (Instrument::ServerCall, "read_attributes_5", "temperature", Outcome::Ok, 2),
+                (Instrument::ClientCall, "read_attribute", "temperature", Outcome::Ok, 2),
+            ]
+        );
+        assert_eq!(host.pipeline.report(&host.processes).get("metrics", "spans_observed"), Some(4));
     }
 
     #[test]

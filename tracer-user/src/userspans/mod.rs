@@ -324,6 +324,7 @@ impl UserSpans {
                 device_key: server.device_key.clone(),
                 target_key: None,
                 operation: OperationClass::UserCode,
+                request_argument: None,
             });
         }
     }
@@ -474,6 +475,7 @@ mod tests {
             device_key: Some(b"test/demo/1".to_vec()),
             target_key: None,
             operation: OperationClass::User,
+            request_argument: None,
         }
     }
 

@@ -1,0 +1,181 @@
+//! Where the snapshots go: the Prometheus endpoint (`GET /metrics`) and the periodic OTLP push.
+//! Both read the last snapshot the run loop published; neither touches the pipeline.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Incoming, header, server::conn::http1, service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use log::{debug, info, warn};
+use tokio::{sync::watch, task::JoinHandle};
+use tracer_export::{Destination, metrics::MetricsSender};
+
+use super::{ExportCounters, Snapshot, otlp, prometheus};
+
+/// The last snapshot, as the run loop publishes it.
+pub type Latest = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Longest time one OTLP metrics request takes.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Listens at `addr` now (an address taken is an error at start) and answers `GET /metrics`
+/// with the last snapshot; returns the address bound (port 0 picks one).
+pub fn listen(addr: SocketAddr, latest: Latest) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: try again in a moment.
+                    debug!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let latest = latest.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| answer(request, latest.clone()));
+                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                    debug!("metrics endpoint: connection ended: {e}");
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
+async fn answer(request: Request<Incoming>, latest: Latest) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status, content_type, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        if let Ok(value) = header::HeaderValue::from_str(content_type) {
+            response.headers_mut().insert(header::CONTENT_TYPE, value);
+        }
+        Ok(response)
+    };
+    if request.method() != Method::GET || request.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".to_owned());
+    }
+    let snapshot = latest.borrow().clone();
+    match snapshot {
+        Some(snapshot) => reply(StatusCode::OK, prometheus::CONTENT_TYPE, prometheus::render(&snapshot)),
+        None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no metrics yet\n".to_owned()),
+    }
+}
+
+/// Pushes the last snapshot to every destination every `interval`, and once more when `stop`
+/// is set (after the run loop published its last snapshot). A failed request is counted and
+/// logged (the first and then every tenth); metrics are cumulative, the next request repairs it.
+pub fn push(
+    destinations: &[Destination],
+    interval: Duration,
+    mut latest: Latest,
+    counters: Arc<ExportCounters>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let mut senders = Vec::new();
+    for destination in destinations {
+        match MetricsSender::new(destination, REQUEST_TIMEOUT) {
+            Some(Ok(sender)) => {
+                info!("exporting metrics to {destination} every {interval:?}");
+                senders.push(sender);
+            }
+            Some(Err(e)) => warn!("no metrics to {destination}: {e}"),
+            None => {}
+        }
+    }
+    if senders.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.changed() => true,
+            };
+            let snapshot = latest.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                let request = otlp::request(&snapshot);
+                for sender in &mut senders {
+                    counters.requests.fetch_add(1, Relaxed);
+                    if let Err(e) = sender.send(request.clone()).await {
+                        let failed = counters.failed.fetch_add(1, Relaxed);
+                        if failed.is_multiple_of(10) {
+                            warn!("metrics export failed ({} so far): {e}", failed + 1);
+                        }
+                    }
+                }
+            }
+            if last {
+                return;
+            }
+        }
+    }))
+}
+
+/// How often the run loop publishes a snapshot.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The run loop's end of the metrics: publishes snapshots to the endpoint and the OTLP push.
+pub struct Publisher {
+    latest: watch::Sender<Option<Arc<Snapshot>>>,
+    stop: watch::Sender<bool>,
+    push: Option<JoinHandle<()>>,
+    counters: Arc<ExportCounters>,
+    last: Option<std::time::Instant>,
+}
+
+impl Publisher {
+    /// Starts the endpoint (when `options.listen`) and the OTLP push (when destinations).
+    pub fn start(options: &super::MetricsOptions) -> anyhow::Result<Publisher> {
+        let (latest, receiver) = watch::channel(None);
+        if let Some(addr) = options.listen {
+            let bound = listen(addr, receiver.clone())?;
+            info!("metrics at http://{bound}/metrics");
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let counters = Arc::new(ExportCounters::default());
+        let push = push(&options.destinations, options.interval, receiver, Arc::clone(&counters), stop_rx);
+        Ok(Publisher { latest, stop, push, counters, last: None })
+    }
+
+    /// Whether a snapshot is due.
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|last| last.elapsed() >= PUBLISH_INTERVAL)
+    }
+
+    pub fn publish(&mut self, snapshot: Snapshot) {
+        self.last = Some(std::time::Instant::now());
+        self.latest.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    pub fn counters(&self) -> &ExportCounters {
+        &self.counters
+    }
+
+    /// Sends the last published snapshot once more and waits for it, at most `timeout`.
+    pub async fn finish(&mut self, timeout: Duration) {
+        self.stop.send_replace(true);
+        if let Some(push) = self.push.take()
+            && tokio::time::timeout(timeout, push).await.is_err()
+        {
+            warn!("the last metrics were not delivered within {timeout:?}");
+        }
+    }
+}
