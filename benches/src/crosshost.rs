@@ -86,13 +86,12 @@ pub struct Delays {
 }
 
 impl Delays {
+    /// Of `values` in ms (all zero when there are none).
     pub fn of(mut values: Vec<f64>) -> Delays {
-        if values.is_empty() {
-            return Delays::default();
-        }
         values.sort_by(f64::total_cmp);
-        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-        Delays { count: values.len(), p50: at(0.5), p99: at(0.99), max: values[values.len() - 1] }
+        let last = values.len().saturating_sub(1);
+        let at = |q: f64| values.get((last as f64 * q).round() as usize).copied().unwrap_or_default();
+        Delays { count: values.len(), p50: at(0.5), p99: at(0.99), max: at(1.0) }
     }
 }
 
@@ -354,4 +353,17 @@ pub fn run(programs: &Programs, sizes: CrossHostSizes, dir: &Path) -> anyhow::Re
         runs.push(run);
     }
     Ok(CrossHost { sizes, runs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Delays;
+
+    #[test]
+    fn delays_are_nearest_rank_percentiles_of_any_order() {
+        let d = Delays::of((1..=200).rev().map(f64::from).collect());
+        assert_eq!((d.count, d.p50, d.p99, d.max), (200, 101.0, 198.0, 200.0));
+        let none = Delays::of(Vec::new());
+        assert_eq!((none.count, none.max), (0, 0.0));
+    }
 }

@@ -429,6 +429,9 @@ impl Report<'_> {
         if let Some(o) = self.outage {
             outage::write_commands(md, o)?;
         }
+        if let Some(c) = self.cross_host {
+            crosshost::write_commands(md, c)?;
+        }
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ fn delays_cell(d: &Delays) -> String {
     if d.count == 0 { "–".to_string() } else { format!("{:.0} / {:.0} / {:.0}", d.p50, d.p99, d.max) }
 }
 
-pub fn write(md: &mut String, ch: &CrossHost) -> std::fmt::Result {
+pub(super) fn write(md: &mut String, ch: &CrossHost) -> std::fmt::Result {
     let sizes = ch.sizes;
     writeln!(md, "## Cross-host linking: how long server spans wait, what the daemons exchange")?;
     writeln!(md)?;
@@ -44,7 +44,7 @@ pub fn write(md: &mut String, ch: &CrossHost) -> std::fmt::Result {
     writeln!(md)?;
     writeln!(
         md,
-        "| workload | calls (/s achieved) | host | requests from other hosts | answered | unanswered / no daemon / refused / late | mean wait ms | max wait ms |"
+        "| workload | calls (/s achieved) | host | GIOP requests from other hosts | answered | unanswered / no daemon / refused / late | mean wait ms | max wait ms |"
     )?;
     writeln!(md, "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: |")?;
     for run in &ch.runs {
@@ -134,4 +134,36 @@ pub fn write(md: &mut String, ch: &CrossHost) -> std::fmt::Result {
     }
     writeln!(md)?;
     Ok(())
+}
+
+pub(super) fn write_commands(md: &mut String, ch: &CrossHost) -> std::fmt::Result {
+    writeln!(md)?;
+    writeln!(
+        md,
+        "The cross-host benchmark (`<X>` is host X's address on the bridge, `<netns X>` its network \
+         namespace; every process of a host runs under `nsenter --net=<netns X>` with the marker and \
+         `ORBclientTransportRule=* tcp`; each workload starts its three daemons afresh):"
+    )?;
+    writeln!(md)?;
+    writeln!(md, "```sh")?;
+    writeln!(md, "otlp-receiver on <bridge>:<port>        # one per daemon, in the benchmark's process")?;
+    writeln!(md, "python tests/python/demo_server.py crosshostb <B>:<port> test/benchb/1")?;
+    writeln!(md, "python tests/python/demo_server.py crosshostc <C>:<port> test/benchc/1")?;
+    writeln!(
+        md,
+        "tango-tracer run --netns <netns X> --peer-key <dir>/peer.key --peer-wait {PEER_WAIT} --select-env TANGO_BENCH=<marker> --export-interval 1s --exporter otlp --user-spans off   # on A, B and C"
+    )?;
+    writeln!(
+        md,
+        "python benches/python/paced_read_loop.py 'tango://<B>:<port>/test/benchb/1#dbase=no' {}          # on A, SIGTERM after {:.0} s",
+        ch.sizes.rate,
+        ch.sizes.seconds.as_secs_f64()
+    )?;
+    writeln!(
+        md,
+        "python benches/python/paced_read_loop.py 'tango://<B>:<port>/test/benchb/1#dbase=no' {} 'tango://<C>:<port>/test/benchc/1#dbase=no'   # ReadPeer, SIGTERM after {:.0} s",
+        ch.sizes.nested_rate,
+        ch.sizes.nested_seconds.as_secs_f64()
+    )?;
+    writeln!(md, "```")
 }
