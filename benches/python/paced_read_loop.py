@@ -1,6 +1,9 @@
 """Benchmark load: DeviceProxy.read_attribute("temperature") at a fixed rate until SIGTERM.
 
-Usage: paced_read_loop.py DEVICE_URL RATE
+Usage: paced_read_loop.py DEVICE_URL RATE [PEER]
+
+With PEER, each call is the device's `ReadPeer(PEER)` command instead (the device reads PEER's
+temperature while serving it: a nested call).
 
 Call i is due RATE-th seconds after the start times i; a call whose time has come is made at once,
 so a loop that fell behind catches up at full speed rather than dropping calls. Prints
@@ -28,11 +31,15 @@ def stop(_signum, _frame):
 
 def main():
     url, rate = sys.argv[1], float(sys.argv[2])
+    peer = sys.argv[3] if len(sys.argv) > 3 else None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     device = tango.DeviceProxy(url)
     print("ready", flush=True)
-    read = device.read_attribute
+    if peer is None:
+        call = lambda: device.read_attribute("temperature")  # noqa: E731
+    else:
+        call = lambda: device.command_inout("ReadPeer", peer)  # noqa: E731
     period = 1.0 / rate
     clock = time.monotonic
     start = clock()
@@ -46,7 +53,7 @@ def main():
                 break
         else:
             behind_max = max(behind_max, now - due)
-        read("temperature")
+        call()
         calls += 1
     result = {
         "pid": os.getpid(),

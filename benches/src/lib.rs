@@ -9,6 +9,7 @@
 //! BENCHMARKS.md ([`report`]).
 
 pub mod churn;
+pub mod crosshost;
 pub mod events;
 pub mod legacy;
 pub mod logs;

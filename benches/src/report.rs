@@ -1,6 +1,7 @@
 //! BENCHMARKS.md: the machine, the tables, and how they were made.
 
 mod churn;
+mod crosshost;
 mod logs;
 mod outage;
 mod usercode;
@@ -100,6 +101,8 @@ pub struct Report<'a> {
     pub outage: Option<&'a Outage>,
     /// What the user-level spans cost per attribute read.
     pub user_code: Option<&'a crate::usercode::UserCodeCost>,
+    /// Cross-host linking under steady load.
+    pub cross_host: Option<&'a crate::crosshost::CrossHost>,
     pub assembly: Option<&'a Assembly>,
 }
 
@@ -234,6 +237,9 @@ impl Report<'_> {
         }
         if let Some(u) = self.user_code {
             usercode::write(md, u)?;
+        }
+        if let Some(c) = self.cross_host {
+            crosshost::write(md, c)?;
         }
         self.write_commands(md)
     }
@@ -422,6 +428,9 @@ impl Report<'_> {
         }
         if let Some(o) = self.outage {
             outage::write_commands(md, o)?;
+        }
+        if let Some(c) = self.cross_host {
+            crosshost::write_commands(md, c)?;
         }
         Ok(())
     }

@@ -376,9 +376,32 @@ impl Daemon {
         rust_log: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<(Daemon, Duration)> {
+        Self::launch(name, programs, dir, (marker, receiver.base_url()), rust_log, extra_args, None)
+    }
+
+    /// Like [`start_with_args`](Self::start_with_args), exporting to the OTLP/HTTP `endpoint`
+    /// (`http://ADDRESS:PORT`), and run inside the network namespace `netns` when given (not
+    /// `ip netns exec`, which remounts `/sys` and hides tracefs).
+    pub(crate) fn launch(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        (marker, endpoint): (&str, &str),
+        rust_log: &str,
+        extra_args: &[&str],
+        netns: Option<&Path>,
+    ) -> anyhow::Result<(Daemon, Duration)> {
         let ready = dir.join(format!("{name}.ready"));
         let socket = dir.join(format!("{name}.sock"));
-        let mut command = Command::new(&programs.tracer);
+        let mut command = match netns {
+            Some(netns) => {
+                // nsenter execs the daemon (no fork for a network namespace): its pid is ours.
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(&programs.tracer);
+                command
+            }
+            None => Command::new(&programs.tracer),
+        };
         command
             .arg("run")
             .arg("--ready-file")
@@ -389,7 +412,7 @@ impl Daemon {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
             .env_remove("OTEL_TRACES_EXPORTER")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base_url())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             // Never the system-wide default store: nothing should be written there.
             .env("TANGO_TRACER_STORE", dir.join("store.jsonl"))

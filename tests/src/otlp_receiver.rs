@@ -109,6 +109,8 @@ pub struct RequestInfo {
     pub spans: usize,
     /// Whether its body was gzip-compressed.
     pub gzip: bool,
+    /// When it was accepted, in ns since the Unix epoch (the clock of span timestamps).
+    pub received_ns: u64,
 }
 
 /// One logs export request the receiver accepted.
@@ -206,8 +208,13 @@ impl Shared {
             span.transport = Some(protocol.name().to_owned());
         }
         append_lines(self.out.as_ref(), &spans, "spans");
-        let info =
-            RequestInfo { protocol, resource_spans: request.resource_spans.len(), spans: spans.len(), gzip };
+        let info = RequestInfo {
+            protocol,
+            resource_spans: request.resource_spans.len(),
+            spans: spans.len(),
+            gzip,
+            received_ns: crate::hosts::now_ns(),
+        };
         let mut state = self.lock();
         state.requests.push(info);
         state.spans.extend(spans);
@@ -329,6 +336,14 @@ impl OtlpReceiver {
     /// Every span received so far, in arrival order.
     pub fn spans(&self) -> Vec<SpanJson> {
         self.shared.lock().spans.clone()
+    }
+
+    /// Every span received so far with when its request was accepted (ns since the Unix epoch),
+    /// in arrival order.
+    pub fn spans_with_arrival(&self) -> Vec<(u64, SpanJson)> {
+        let state = self.shared.lock();
+        let arrivals = state.requests.iter().flat_map(|r| std::iter::repeat_n(r.received_ns, r.spans));
+        arrivals.zip(state.spans.iter().cloned()).collect()
     }
 
     /// How many export requests were accepted, both protocols together.

@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use benches::{
     churn::{self, ChurnSizes},
+    crosshost::{self, CrossHostSizes},
     events::{self, EventSizes},
     legacy,
     logs::{self, LogSizes},
@@ -107,6 +108,15 @@ struct Options {
     /// Leave out the user-code benchmark.
     #[arg(long)]
     skip_user_code: bool,
+    /// Read calls per second A → B in the cross-host benchmark.
+    #[arg(long)]
+    crosshost_rate: Option<u32>,
+    /// Seconds of each cross-host workload.
+    #[arg(long)]
+    crosshost_seconds: Option<f64>,
+    /// Leave out the cross-host benchmark.
+    #[arg(long)]
+    skip_crosshost: bool,
     /// Seconds each replay of the recorded session runs (at least 2).
     #[arg(long)]
     replay_seconds: Option<f64>,
@@ -336,6 +346,15 @@ fn main() -> anyhow::Result<()> {
         calls: options.user_code_calls.unwrap_or(if options.quick { 2000 } else { 5000 }),
         warmup: sizes.warmup,
     };
+    let crosshost_seconds =
+        Duration::from_secs_f64(options.crosshost_seconds.unwrap_or(if options.quick { 10.0 } else { 30.0 }));
+    let crosshost_sizes = CrossHostSizes {
+        rate: options.crosshost_rate.unwrap_or(1000),
+        seconds: crosshost_seconds,
+        // Each ReadPeer builds a DeviceProxy to C: a few ms of the server's time.
+        nested_rate: 100,
+        nested_seconds: crosshost_seconds,
+    };
     let replay_seconds = options.replay_seconds.unwrap_or(if options.quick { 2.0 } else { 3.0 });
     let session = options.session.clone().unwrap_or_else(session_file);
 
@@ -353,7 +372,7 @@ fn main() -> anyhow::Result<()> {
     let machine = Machine::read();
     let started = Instant::now();
     let (mut round_trips, mut legacy, mut events, mut device_logs) = (None, None, None, None);
-    let (mut churn, mut outage, mut user_code) = (None, None, None);
+    let (mut churn, mut outage, mut user_code, mut cross_host) = (None, None, None, None);
     if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
         let dir = WorkDir::create("tango-bench")?;
@@ -417,6 +436,11 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("user code ({})", logs()))?;
             user_code = Some(result);
         }
+        if !options.skip_crosshost {
+            let result = crosshost::run(&programs, crosshost_sizes, &dir.path)
+                .with_context(|| format!("cross-host ({})", logs()))?;
+            cross_host = Some(result);
+        }
         dir.done(options.keep_logs);
     }
     let assembly = assembly(&session, replay_seconds)?;
@@ -430,6 +454,7 @@ fn main() -> anyhow::Result<()> {
         churn: churn.as_ref(),
         outage: outage.as_ref(),
         user_code: user_code.as_ref(),
+        cross_host: cross_host.as_ref(),
         assembly: Some(&assembly),
     };
     let text = report.render();
