@@ -90,6 +90,9 @@ pub struct Linker {
     waiting_by_connection: HashMap<(SocketAddrV4, SocketAddrV4), Vec<LinkKey>>,
     /// Peer trace ids we were renamed to, with our provisional traces that wait for them.
     awaiting: HashMap<TraceId, Vec<TraceId>>,
+    /// Peer trace ids settled by their daemon, kept a while: a `Settled` can come before the
+    /// request it settles is read here (the peer's stream is ahead of this host's probes).
+    settled_remote: HashMap<TraceId, (TraceId, Instant)>,
     /// Calls announced by peers whose request was not read here yet.
     announced: HashMap<LinkKey, (TraceId, bool, Instant)>,
     /// Per connection from another host: the announced progress, and when it came.
@@ -122,6 +125,7 @@ impl Linker {
             deadlines: VecDeque::new(),
             waiting_by_connection: HashMap::new(),
             awaiting: HashMap::new(),
+            settled_remote: HashMap::new(),
             announced: HashMap::new(),
             progress: HashMap::new(),
             absent: HashMap::new(),
@@ -256,6 +260,11 @@ impl Linker {
                 }
             }
             Incoming::Settled { provisional, trace_id } => {
+                if self.settled_remote.contains_key(&provisional)
+                    || has_room(self.settled_remote.len(), MAX_ENTRIES, &mut self.stats.refused_full)
+                {
+                    self.settled_remote.insert(provisional, (trace_id, now));
+                }
                 for ours in self.awaiting.remove(&provisional).unwrap_or_default() {
                     if matches!(self.fates.get(&ours), Some(Fate::Renamed { to, .. }) if *to == provisional) {
                         self.settle(ours, trace_id, now);
@@ -313,6 +322,11 @@ impl Linker {
     fn rename(&mut self, provisional: TraceId, to: TraceId, settled: bool, now: Instant) {
         if settled {
             self.settle(provisional, to, now);
+            return;
+        }
+        // Its daemon may have settled it already.
+        if let Some(&(final_id, _)) = self.settled_remote.get(&to) {
+            self.settle(provisional, final_id, now);
             return;
         }
         // The chain above is still deciding: wait for it, once more the usual wait.
@@ -375,6 +389,7 @@ impl Linker {
         self.fates.retain(|_, fate| !matches!(fate, Fate::Settled { until, .. } if *until <= now));
         self.orphaned.retain(|_, until| *until > now);
         self.announced.retain(|_, (_, _, at)| now.duration_since(*at) < ANNOUNCED_TTL);
+        self.settled_remote.retain(|_, (_, at)| now.duration_since(*at) < ANNOUNCED_TTL);
         self.progress.retain(|_, (_, at)| now.duration_since(*at) < PROGRESS_TTL);
         self.wanted.retain(|_, at| now.duration_since(*at) < PROGRESS_TTL);
         let fates = &self.fates;
@@ -457,6 +472,7 @@ impl Linker {
         out.loss(STAGE, "refused_table_full", s.refused_full);
         out.size(STAGE, "provisional_trace_entries", self.fates.len());
         out.size(STAGE, "announced_call_entries", self.announced.len());
+        out.size(STAGE, "settled_remote_entries", self.settled_remote.len());
         out.size(STAGE, "connection_progress_entries", self.progress.len());
         out.size(STAGE, "orphan_entries", self.orphaned.len());
         out.size(STAGE, "absent_peer_entries", self.absent.len());
@@ -646,6 +662,24 @@ mod tests {
         let server = b.release(now).pop().expect("no wait for an absent peer");
         assert!(server.parent.is_none());
         assert_eq!(b.linker.stats().refused, 1);
+    }
+
+    #[test]
+    fn a_rename_settled_before_its_request_is_read_does_not_wait() {
+        let mut b = Linker::new(WAIT);
+        let now = Instant::now();
+        let key = LinkKey {
+            client: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 2), 41_000),
+            server: SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 3), 20_000),
+            seq: 900,
+        };
+        let theirs = TraceId::from_bytes([7; 16]);
+        // The peer's stream is ahead of this host's probes: its Call and its Settled come first.
+        b.on_incoming(Incoming::Call { key, trace_id: theirs, settled: false }, now);
+        b.on_incoming(Incoming::Settled { provisional: theirs, trace_id: theirs }, now);
+        b.on_crossing(Crossing::Received { key }, now);
+        assert!(!b.holds(key.trace_id()), "settled already: nothing to wait for");
+        assert_eq!(b.final_trace(key.trace_id()), theirs);
     }
 
     #[test]
