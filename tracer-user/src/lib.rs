@@ -15,6 +15,7 @@ pub mod events;
 pub mod logs;
 pub mod peers;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod show;
 pub mod stats;
