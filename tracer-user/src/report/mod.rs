@@ -250,7 +250,7 @@ fn sort_rows(rows: &mut [Row]) {
 /// The slowest root spans' traces, read by the trace index, with their critical paths.
 fn slowest_traces(reader: &DbReader, calls: &[CallRow]) -> anyhow::Result<Vec<SlowTrace>> {
     let mut roots: Vec<&CallRow> = calls.iter().filter(|c| c.parent_span_id == 0).collect();
-    roots.sort_by(|a, b| b.duration_ns.cmp(&a.duration_ns));
+    roots.sort_by_key(|c| std::cmp::Reverse(c.duration_ns));
     let mut traces = Vec::new();
     for root in roots.into_iter().take(SLOWEST_TRACES) {
         let spans = reader.trace_spans(&root.trace_id)?;
