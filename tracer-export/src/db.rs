@@ -57,6 +57,10 @@ fn db_error(path: &Path, reason: rusqlite::Error) -> StoreError {
 
 /// Opens (creating it, its directories and its tables) the database for writing.
 fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    if path.is_dir() {
+        let reason = std::io::Error::new(std::io::ErrorKind::IsADirectory, "a directory is in the way");
+        return Err(StoreError::Open { path: path.to_owned(), reason });
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|reason| StoreError::Open { path: path.to_owned(), reason })?;
     }
