@@ -19,7 +19,7 @@ want_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok
 
 for p in llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev python3-venv pkg-config protobuf-compiler; do want_pkg "$p"; done
 if [[ "$WANT_TEST_STACK" == "--test-stack" ]]; then
-    for p in mariadb-server tango-db tango-test python3-tango tmux; do want_pkg "$p"; done
+    for p in mariadb-server tango-db tango-test python3-tango tmux chromium; do want_pkg "$p"; done
 fi
 if ((${#need_apt[@]})); then
     log "apt: installing ${need_apt[*]}"

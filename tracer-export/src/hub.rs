@@ -69,6 +69,10 @@ pub struct ExportConfig {
     /// Longest time [`ExportHub::shutdown`] takes: what is not delivered by then is counted
     /// and given up (default 5 s).
     pub shutdown_timeout: Duration,
+    /// The session a database store records into (default `default`).
+    pub store_session: String,
+    /// Size limit of a database store; past it the oldest records are deleted (default 1 GiB).
+    pub store_max_bytes: u64,
 }
 
 impl Default for ExportConfig {
@@ -82,6 +86,8 @@ impl Default for ExportConfig {
             max_backoff: Duration::from_secs(5),
             gzip: true,
             shutdown_timeout: Duration::from_secs(5),
+            store_session: "default".to_owned(),
+            store_max_bytes: crate::db::DEFAULT_STORE_MAX_BYTES,
         }
     }
 }

@@ -42,6 +42,7 @@
 
 mod backlog;
 mod console;
+pub mod db;
 mod destination;
 mod hub;
 pub mod json;
@@ -57,6 +58,7 @@ mod worker;
 
 pub use backlog::{log_bytes, span_bytes};
 pub use console::ConsoleError;
+pub use db::{DEFAULT_STORE_MAX_BYTES, DbReader, SessionInfo, is_json_lines};
 pub use destination::{
     ConsoleStream, Destination, DestinationError, Signal, destinations_from_otel_env, otel_env_destinations,
 };

@@ -27,6 +27,9 @@ pub(crate) trait Exportable: Clone + Send + 'static {
     /// The store's lines of a batch (JSON, each ending in a newline).
     fn store_lines(batch: Vec<Self>) -> Result<Vec<u8>, serde_json::Error>;
 
+    /// The database store's rows of a batch.
+    fn db_rows(batch: Vec<Self>) -> crate::db::DbRows;
+
     /// The hub's destinations of this signal.
     fn table(state: &mut State) -> &mut Table<Self>;
 }
@@ -53,6 +56,10 @@ impl Exportable for SpanRecord {
 
     fn store_lines(batch: Vec<Self>) -> Result<Vec<u8>, serde_json::Error> {
         json_lines(request_to_json(&build_request(batch)))
+    }
+
+    fn db_rows(batch: Vec<Self>) -> crate::db::DbRows {
+        crate::db::DbRows::Spans(request_to_json(&build_request(batch)))
     }
 
     fn table(state: &mut State) -> &mut Table<Self> {
@@ -82,6 +89,10 @@ impl Exportable for LogRecord {
 
     fn store_lines(batch: Vec<Self>) -> Result<Vec<u8>, serde_json::Error> {
         json_lines(logs_request_to_json(&build_logs_request(batch)))
+    }
+
+    fn db_rows(batch: Vec<Self>) -> crate::db::DbRows {
+        crate::db::DbRows::Logs(logs_request_to_json(&build_logs_request(batch)))
     }
 
     fn table(state: &mut State) -> &mut Table<Self> {

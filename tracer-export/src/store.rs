@@ -63,6 +63,14 @@ pub enum StoreError {
         /// What the JSON parser objected to.
         reason: serde_json::Error,
     },
+    /// The SQLite database refused an operation.
+    #[error("span store {path}: {reason}")]
+    Database {
+        /// The store's file.
+        path: PathBuf,
+        /// SQLite's error.
+        reason: rusqlite::Error,
+    },
     /// A span or log record could not be turned into JSON.
     #[error("cannot encode a record for store {path}: {reason}")]
     Encode {
@@ -223,9 +231,12 @@ impl StoreWriter {
     }
 }
 
-/// Checks that spans can be stored at `path`, as a daemon should before it starts: creates the
+/// Checks that spans can be stored at `path` (a database, or JSON lines for a `.jsonl` path), as a daemon should before it starts: creates the
 /// missing directories and opens the file for appending once, exactly as every write will.
 pub fn check_store(path: impl AsRef<Path>) -> Result<(), StoreError> {
+    if !crate::db::is_json_lines(path.as_ref()) {
+        return crate::db::check_db(path.as_ref());
+    }
     open_for_append(path.as_ref()).map(drop)
 }
 

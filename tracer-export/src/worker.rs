@@ -33,6 +33,7 @@ use crate::{
     Signal,
     backlog::{Backlog, Outcome, Taken},
     console::ConsoleWriter,
+    db::DbWriter,
     destination::Destination,
     hub::{ExportConfig, Shared},
     otlp::{GrpcSender, HttpSender, OtlpSender, Prepared},
@@ -49,6 +50,8 @@ enum Sink {
     Otlp(OtlpSender),
     Console(ConsoleWriter),
     Store(StoreWriter),
+    /// The database store.
+    Db(DbWriter),
     /// The destination could not be set up; every batch fails with this error's text.
     Broken(String),
 }
@@ -65,6 +68,11 @@ impl Sink {
                 GrpcSender::new(endpoint, timeout, gzip, signal).map(OtlpSender::Grpc)
             }
             Destination::Console { stream } => return Ok(Sink::Console(ConsoleWriter::new(*stream))),
+            Destination::Store { path } if !crate::db::is_json_lines(path) => {
+                let writer =
+                    DbWriter::new(path.clone(), config.store_session.clone(), config.store_max_bytes);
+                return Ok(Sink::Db(writer));
+            }
             Destination::Store { path } => {
                 let path = match signal {
                     Signal::Traces => path.clone(),
@@ -248,6 +256,9 @@ impl<R: Exportable> Worker<R> {
                 return self.failed(&reason, false);
             }
             Sink::Console(console) => before_deadline(&mut self.closing, console.write(batch))
+                .await
+                .map(|r| r.map_err(|e| e.to_string())),
+            Sink::Db(db) => before_deadline(&mut self.closing, db.write(R::db_rows(batch)))
                 .await
                 .map(|r| r.map_err(|e| e.to_string())),
             Sink::Store(store) => {

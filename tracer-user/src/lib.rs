@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metrics;
 pub mod peers;
 pub mod probe;
+pub mod report;
 pub mod run;
 pub mod sampling;
 pub mod show;

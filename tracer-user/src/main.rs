@@ -30,6 +30,11 @@ enum Command {
     /// Live view of a running daemon: per device and operation rates, errors and latency over
     /// the last seconds, processes, events and the daemon's health.
     Top(TopArgs),
+    /// Per device, operation and argument of a session in the store: count, rate, errors,
+    /// percentiles; the slowest traces with their critical path; event delivery delays.
+    Report(ReportArgs),
+    /// What got faster or slower from session A to session B.
+    Compare(CompareArgs),
 }
 
 #[derive(Parser, Debug)]
@@ -47,6 +52,45 @@ struct TopArgs {
     #[arg(long, value_enum, default_value = "p99")]
     sort: tango_tracer::top::SortKey,
 }
+
+#[derive(Parser, Debug)]
+struct ReportArgs {
+    /// File of the embedded store (an SQLite database).
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = DEFAULT_STORE)]
+    store: PathBuf,
+    /// The session (default: the newest).
+    #[arg(long)]
+    session: Option<String>,
+    /// Print the rows as one JSON list, in the text's order.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with a latency histogram per row.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+#[derive(Parser, Debug)]
+struct CompareArgs {
+    /// The session before.
+    a: String,
+    /// The session after.
+    b: String,
+    /// File of the embedded store (an SQLite database).
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = DEFAULT_STORE)]
+    store: PathBuf,
+    /// Print the rows as one JSON list.
+    #[arg(long)]
+    json: bool,
+    /// Smallest shift of the median that counts as a change, relative to A's median.
+    #[arg(long, default_value_t = 0.2)]
+    min_shift_ratio: f64,
+    /// Smallest shift of the median that counts as a change, in ms (the larger of the two applies).
+    #[arg(long, default_value_t = 0.2)]
+    min_shift_ms: f64,
+}
+
+/// Where the embedded store is, unless told.
+const DEFAULT_STORE: &str = "/var/lib/tango-tracer/store.db";
 
 #[derive(Parser, Debug)]
 struct CtlArgs {
@@ -104,7 +148,8 @@ enum Exporter {
     Otlp,
     /// One line per span on standard output, as spans finish.
     Console,
-    /// The embedded store (JSON lines), read back with `tango-tracer show`.
+    /// The embedded store (an SQLite database; JSON lines for a `.jsonl` path), read back with
+    /// `tango-tracer show` and `report`.
     Store,
 }
 
@@ -114,9 +159,17 @@ struct RunArgs {
     /// is set (a signal without an endpoint goes to the store), else the store.
     #[arg(long = "exporter", value_enum)]
     exporters: Vec<Exporter>,
-    /// File of the embedded store.
-    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
+    /// File of the embedded store: an SQLite database, or JSON lines (no sessions) for a `.jsonl` path.
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = DEFAULT_STORE)]
     store: PathBuf,
+    /// Name of what this run records in the store (default: the start time, UTC); a name given
+    /// again adds to that session.
+    #[arg(long)]
+    session: Option<String>,
+    /// Size limit of the database store (KiB, MiB, GiB); past it the oldest spans and log
+    /// records are deleted first, and counted per session.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    store_max_bytes: u64,
     /// Longest time a finished span waits before it is exported.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     export_interval: Duration,
@@ -197,7 +250,7 @@ enum OnOff {
 #[derive(Parser, Debug)]
 struct ShowArgs {
     /// File of the embedded store.
-    #[arg(long, env = "TANGO_TRACER_STORE", default_value = "/var/lib/tango-tracer/spans.jsonl")]
+    #[arg(long, env = "TANGO_TRACER_STORE", default_value = DEFAULT_STORE)]
     store: PathBuf,
     /// Only this trace (full or leading hex digits of the trace id).
     #[arg(long)]
@@ -327,6 +380,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         flush_interval: args.export_interval,
         max_backlog_bytes: args.export_memory,
         shutdown_timeout: args.shutdown_timeout,
+        store_session: args.session.clone().unwrap_or_else(default_session),
+        store_max_bytes: args.store_max_bytes,
         ..ExportConfig::default()
     };
     let peers = peer_options(&args)?;
@@ -358,6 +413,52 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })?,
     };
     daemon::run(options).await
+}
+
+/// A session's default name: the daemon's start time, UTC, to the second.
+fn default_session() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let stamp = tracer_export::json::utc_timestamp(now.as_secs() * 1_000_000_000);
+    // `2026-11-21T08:03:46.000000Z` → `2026-11-21T08:03:46Z`.
+    match stamp.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}Z"),
+        None => stamp,
+    }
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    use tango_tracer::report;
+    let reader = report::open_store(&args.store)?;
+    let built = report::build(&reader, args.session.as_deref())?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::render_html(&built))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&built.rows)?);
+    } else {
+        print!("{}", report::render_text(&built));
+    }
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    use tango_tracer::report::{self, compare};
+    let reader = report::open_store(&args.store)?;
+    let a = report::build(&reader, Some(&args.a))?;
+    let b = report::build(&reader, Some(&args.b))?;
+    let threshold = compare::Threshold {
+        relative: args.min_shift_ratio,
+        absolute_ms: args.min_shift_ms,
+        ..compare::Threshold::default()
+    };
+    let rows = compare::compare(&a, &b, threshold);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", compare::render_text(&args.a, &args.b, &rows));
+    }
+    Ok(())
 }
 
 /// Cross-host linking: on when a key is given.
@@ -465,6 +566,8 @@ fn main() -> ExitCode {
             .context("starting the async runtime")
             .and_then(|rt| rt.block_on(run(*args))),
         Command::Show(args) => show(args),
+        Command::Report(args) => report(args),
+        Command::Compare(args) => compare(args),
         Command::Ctl(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -23,10 +23,35 @@ pub struct ShowOptions {
     pub logs: bool,
 }
 
-/// Reads the store at `store` (its rotated file first) and renders what `options` ask for.
+/// Reads the store at `store` and renders what `options` ask for: a database store by its
+/// indexes (one trace, the last traces), a JSON-lines store (its rotated file first) whole.
 pub fn show(store: &Path, options: &ShowOptions) -> anyhow::Result<String> {
+    if !tracer_export::is_json_lines(store) {
+        return show_db(store, options);
+    }
     let logs = read_logs(store)?;
     let spans = if options.logs { Vec::new() } else { read_spans(store)? };
+    Ok(render(spans, logs, options))
+}
+
+fn show_db(store: &Path, options: &ShowOptions) -> anyhow::Result<String> {
+    let reader = tracer_export::DbReader::open(store)
+        .with_context(|| format!("reading the store {}", store.display()))?;
+    let (spans, logs) = if let Some(prefix) = &options.trace {
+        let prefix = prefix.to_ascii_lowercase();
+        let spans = if options.logs { Vec::new() } else { reader.trace_spans(&prefix)? };
+        (spans, reader.trace_logs(&prefix)?)
+    } else if let (Some(last), false) = (options.last, options.logs) {
+        let (mut spans, mut logs) = (Vec::new(), Vec::new());
+        for id in reader.last_traces(last)?.iter().rev() {
+            spans.extend(reader.trace_spans(id)?);
+            logs.extend(reader.trace_logs(id)?);
+        }
+        (spans, logs)
+    } else {
+        let spans = if options.logs { Vec::new() } else { reader.all_spans()? };
+        (spans, reader.all_logs()?)
+    };
     Ok(render(spans, logs, options))
 }
 
