@@ -547,7 +547,7 @@ fn bad_export_settings_are_refused_at_start() {
             "OTEL_EXPORTER_OTLP_ENDPOINT \"127.0.0.1:4318\" has no scheme: add http:// or https:// in front \
              (for example \"http://127.0.0.1:4318\")",
         ),
-        (store(dir.path()), "Is a directory"),
+        (store(dir.path()), "a directory is in the way"),
         (store(&in_the_way.join("spans.jsonl")), "is not a directory"),
     ];
     for (env, expected) in cases {

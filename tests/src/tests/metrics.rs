@@ -240,8 +240,9 @@ fn a_tiny_series_cap_folds_the_rest_into_the_overflow_series_over_grpc_too() {
             "tango_tracer_stage_events_total",
             "stage=\"metrics\",name=\"points_folded_into_overflow\"",
         );
+        // Series are kept for cumulative export (bounded by the cap), not state that drains.
         let series =
-            sample(&text, "tango_tracer_state_entries", "stage=\"metrics\",table=\"series_entries\"");
+            sample(&text, "tango_tracer_stage_events_total", "stage=\"metrics\",name=\"series_held\"");
         if total >= calls && overflow > 0 && folded == Some(overflow) && series == Some(2) {
             Ok(())
         } else {

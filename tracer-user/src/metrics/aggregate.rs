@@ -386,8 +386,8 @@ impl SpanMetrics {
         const STAGE: &str = "metrics";
         out.push(STAGE, "spans_observed", self.observed);
         out.push(STAGE, "points_folded_into_overflow", self.folded);
-        out.size(STAGE, "series_entries", self.series.len());
-        out.size(STAGE, "label_string_entries", self.strings.names.len());
+        out.size(STAGE, "series_held", self.series.len());
+        out.size(STAGE, "label_strings_held", self.strings.names.len());
     }
 }
 
