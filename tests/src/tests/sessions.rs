@@ -296,10 +296,10 @@ fn the_html_report_is_self_contained_and_renders_its_plots_in_chromium() {
     let mut bar_columns = vec![false; width];
     let (mut top, mut bottom) = (height, 0);
     for y in 0..height {
-        for x in 0..width {
+        for (x, bar_column) in bar_columns.iter_mut().enumerate() {
             if pixel(x, y) == BAR {
                 bar_pixels += 1;
-                bar_columns[x] = true;
+                *bar_column = true;
                 top = top.min(y);
                 bottom = bottom.max(y);
             }
