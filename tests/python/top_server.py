@@ -1,11 +1,14 @@
-"""A PyTango device server for the live-view tests: fast attributes, and one that sleeps 20 ms
-on devices whose name has "slow" in it.
+"""A PyTango device server for the live-view and session tests: fast attributes, and one that
+sleeps 20 ms (TOP_LAGGING_MS, when set) on devices whose name has "slow" in it.
 
 Usage: top_server.py INSTANCE PORT DEVICE [DEVICE ...]
 """
 
+import os
 import sys
 import time
+
+LAGGING_S = float(os.environ.get("TOP_LAGGING_MS", "20")) / 1000
 
 from tango.server import Device, attribute
 
@@ -21,8 +24,8 @@ class TopDemo(Device):
 
     @attribute(dtype=float)
     def lagging(self):
-        if "slow" in self.get_name():
-            time.sleep(0.020)
+        if "slow" in self.get_name() and LAGGING_S > 0:
+            time.sleep(LAGGING_S)
         return 3.0
 
 

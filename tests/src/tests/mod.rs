@@ -15,6 +15,7 @@ mod netns;
 mod probes;
 mod pytango;
 mod sampling;
+mod sessions;
 mod setup;
 mod tcp_positions;
 mod top;

@@ -96,13 +96,15 @@ fn rows_slowest_first_with_server_arguments_from_their_clients() {
 }
 
 /// A report over a large session: how long it takes (`TANGO_TRACER_REPORT_SPANS`, default
-/// 100,000 spans; the README gives the time for a million).
+/// 100,000 spans; BENCHMARKS.md gives the time for a million). With `TANGO_TRACER_REPORT_STORE`
+/// the store is written there and kept, for timing `tango-tracer report` on it.
 #[test]
 fn a_large_session_is_reported() {
     let spans: u64 =
         std::env::var("TANGO_TRACER_REPORT_SPANS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let kept = std::env::var_os("TANGO_TRACER_REPORT_STORE").map(std::path::PathBuf::from);
     let dir = std::env::temp_dir().join(format!("tango-tracer-report-large-{}", std::process::id()));
-    let path = dir.join("store.db");
+    let path = kept.clone().unwrap_or_else(|| dir.join("store.db"));
     let started = Instant::now();
     for chunk in 0..spans / 20_000 {
         let mut batch = Vec::new();
@@ -121,5 +123,7 @@ fn a_large_session_is_reported() {
     eprintln!("{spans} spans: written in {written:?}, reported in {took:?}");
     assert_eq!(report.spans, spans);
     assert_eq!(report.rows[0].count, spans / 4);
-    std::fs::remove_dir_all(&dir).unwrap();
+    if kept.is_none() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
