@@ -208,6 +208,14 @@ impl Report<'_> {
              one run on the machine below; every number in this file comes from that run. \
              `cargo xtask bench -- --quick` is a shorter run of the same."
         )?;
+        if self.arguments.split_whitespace().any(|a| a == "--quick") {
+            writeln!(md)?;
+            writeln!(
+                md,
+                "**This file comes from a quick run** (`--quick`: fewer rounds, calls and \
+                 clients; see Commands), so its spreads are wider than a full run's."
+            )?;
+        }
         writeln!(md)?;
         self.write_machine(md)?;
         if let Some(rt) = self.round_trips {
