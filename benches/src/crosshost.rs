@@ -200,7 +200,7 @@ fn start_daemons(
             programs,
             dir,
             (marker, &format!("http://{}", receiver.http_addr())),
-            "info",
+            ("info", &[]),
             &["--netns", &netns_arg, "--peer-key", &key, "--peer-wait", PEER_WAIT],
             Some(&netns),
         )?;

@@ -8,6 +8,7 @@
 //! ([`outage`]); what the user-level spans cost per attribute read ([`usercode`]); and
 //! BENCHMARKS.md ([`report`]).
 
+pub mod bpf;
 pub mod churn;
 pub mod crosshost;
 pub mod events;

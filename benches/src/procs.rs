@@ -253,8 +253,31 @@ pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU time (user + system) a process has used so far, all its threads together.
+/// CPU time (user + system) a process has used so far, all its threads together (those that
+/// ended too): its CPU-time clock, to the nanosecond; `/proc/PID/stat` (in clock ticks, 10 ms,
+/// too coarse for a few µs per call over a few thousand calls) when that clock cannot be read.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
+    process_clock(pid).or_else(|| cpu_ticks(pid))
+}
+
+/// The CPU-time clock of another process (`clock_getcpuclockid`).
+fn process_clock(pid: u32) -> Option<Duration> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: `clock` is a valid place for the clock id; the call only writes it.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec the call writes; a clock of an ended process fails.
+    if unsafe { libc::clock_gettime(clock, &mut now) } != 0 {
+        return None;
+    }
+    Some(Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?))
+}
+
+/// `utime + stime` of `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

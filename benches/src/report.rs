@@ -21,6 +21,9 @@ use crate::{
 
 /// Target of traced / untraced round trips.
 pub const ROUND_TRIP_TARGET: f64 = 0.97;
+/// Targets of the daemon's CPU and of the eBPF programs' time per traced call, µs.
+pub const DAEMON_TARGET_US: f64 = 4.0;
+pub const EBPF_TARGET_US: f64 = 1.2;
 /// Target of the daemon's assembly throughput, Tango operations per second.
 pub const ASSEMBLY_TARGET: f64 = 200_000.0;
 
@@ -205,6 +208,14 @@ impl Report<'_> {
              one run on the machine below; every number in this file comes from that run. \
              `cargo xtask bench -- --quick` is a shorter run of the same."
         )?;
+        if self.arguments.split_whitespace().any(|a| a == "--quick") {
+            writeln!(md)?;
+            writeln!(
+                md,
+                "**This file comes from a quick run** (`--quick`: fewer rounds, calls and \
+                 clients; see Commands), so its spreads are wider than a full run's."
+            )?;
+        }
         writeln!(md)?;
         self.write_machine(md)?;
         if let Some(rt) = self.round_trips {
@@ -339,6 +350,17 @@ impl Report<'_> {
         writeln!(md, "{}", roundtrip::daemon_command_text())?;
         writeln!(md, "```")?;
         writeln!(md)?;
+        writeln!(md, "What each daemon setup of the round trips adds to that command:")?;
+        writeln!(md)?;
+        for (config, setup) in [
+            (Config::Traced, roundtrip::DaemonSetup::Spans),
+            (Config::TracedMetrics, roundtrip::DaemonSetup::Metrics),
+            (Config::TracedSampled, roundtrip::DaemonSetup::Sampling),
+        ] {
+            let also = if config == Config::Traced { " (and not selected)" } else { "" };
+            writeln!(md, "- {}{also}: {}", config.label(), roundtrip::setup_text(setup))?;
+        }
+        writeln!(md)?;
         writeln!(
             md,
             "Marked processes (server and client of the untraced and traced runs) have \
@@ -445,7 +467,8 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
         md,
         "A Python loop of {} `read_attribute(\"temperature\")` calls (after {} untimed warm-up \
          calls) against a PyTango device server without database, in {} rounds. Rounds \
-         alternate their order (untraced, native, traced, not selected; then the reverse) so \
+         alternate their order (untraced, native, traced + metrics, traced, not selected, \
+         traced + tail sampling; then the reverse) so \
          drift of the machine hits every configuration alike. Calls/s are medians over the \
          rounds; the ratio is the ratio of the medians, and its spread is the range of the \
          per-round ratios (each run against the untraced run of its round).",
@@ -530,6 +553,8 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
         )?;
     }
     writeln!(md)?;
+    write_daemon_setups(md, rt)?;
+    write_ebpf(md, rt)?;
 
     writeln!(md, "Every run, calls/s, in the order of its round:")?;
     writeln!(md)?;
@@ -560,7 +585,11 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
         writeln!(md, " {} |", opt(load, 2))?;
     }
     writeln!(md)?;
-    writeln!(md, "U untraced, N native, T traced, S daemon attached but process not selected.")?;
+    writeln!(
+        md,
+        "U untraced, N native, T traced (spans only), TM traced + RED metrics, TS traced + tail \
+         sampling, S daemon attached but process not selected."
+    )?;
     if rt.samples.iter().any(|s| s.other_tracer) {
         writeln!(
             md,
@@ -587,22 +616,177 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
          traced differ only by the daemon.\n\
          - **Traced** runs have the daemon running with `--select-env` matching the server and the \
          client, exporting OTLP/HTTP (protobuf, gzip, batches of up to 512 spans, every second) \
-         to a real OTLP receiver on the same machine.\n\
+         to a real OTLP receiver on the same machine, with the RED metrics off \
+         (`OTEL_METRICS_EXPORTER=none`): spans only.\n\
+         - **Traced + RED metrics**: the same with the metrics on, as the OTLP environment turns \
+         them on by default: aggregated for every call, pushed over OTLP/HTTP to \
+         `/v1/metrics` of the daemon's receiver every 10 s and served as Prometheus text at \
+         `--metrics-listen` (read once after each run, to check the count). A daemon of its own \
+         per round, exporting to a receiver of its own.\n\
+         - **Traced + tail sampling**: the spans-only daemon with `--tail-sampling` (see \
+         Commands); a daemon and a receiver of their own per round.\n\
          - **Native** runs use a server started with cppTango's telemetry on (see Commands) and a \
          client with the same environment, exporting OTLP/HTTP to a second receiver; no daemon.\n\
          - **Daemon attached, process not selected**: the daemon runs, but the client and the \
          server (a third one, without the marker) are not selected. This is what every other \
          process on a traced host pays: the syscall tracepoints fire for every `sendto`/`recvfrom` \
          on the machine and the in-kernel filter drops them, so nothing reaches the ring buffer.\n\
-         - The daemon is started once per round and kept running for that round's traced and \
+         - The spans-only daemon is started once per round and kept running for that round's traced and \
          not-selected runs, which come back to back (T S, or S T in reversed rounds), and is \
-         stopped (SIGTERM: it flushes) before the untraced and native runs. Keeping one daemon \
+         stopped (SIGTERM: it flushes) before the other runs. Keeping one daemon \
          for the whole benchmark and taking not-selected processes as the untraced baseline would \
          measure the cost other processes pay, but not the cost of installing tango-tracer at all; \
          with the daemon stopped for untraced runs the table shows both: traced vs untraced is the \
          full cost for a traced process, not selected vs untraced the cost for everyone else. \
          Stopping and starting it every round also makes each traced run start from a fresh \
          daemon, as a first deployment would."
+    )?;
+    writeln!(md)
+}
+
+/// The daemon's CPU per call in its three setups, next to the throughput ratios.
+fn write_daemon_setups(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
+    const SETUPS: [Config; 3] = [Config::Traced, Config::TracedMetrics, Config::TracedSampled];
+    if SETUPS.iter().any(|&c| rt.of(c).next().is_none()) {
+        return Ok(());
+    }
+    let base = median(&rt.of(Config::Untraced).map(|s| s.calls_per_s).collect::<Vec<_>>());
+    let spans_only = |round: usize| {
+        rt.samples
+            .iter()
+            .find(|s| s.round == round && s.config == Config::Traced)
+            .and_then(|s| s.daemon_cpu_us)
+    };
+    writeln!(md, "### Daemon CPU per call: spans only, with RED metrics, with tail sampling")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "The daemon's CPU time over each client run divided by all its calls (medians over the \
+         rounds, min–max next to them); \"added\" is the median, over the rounds, of each run \
+         minus the spans-only run of its round. Exported spans per read call are what the \
+         setup's own receiver got, divided by the calls of its runs."
+    )?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "| configuration | daemon CPU µs/call | min–max | added to spans only, µs/call | daemon wake-ups/call | calls/s ratio to untraced | per-round ratio min–max | exported spans per read call | target (≤ {DAEMON_TARGET_US} µs/call) |"
+    )?;
+    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    for config in SETUPS {
+        let samples: Vec<&Sample> = rt.of(config).collect();
+        let cpu: Vec<f64> = samples.iter().filter_map(|s| s.daemon_cpu_us).collect();
+        let (lo, hi) = min_max(&cpu);
+        let added: Vec<f64> =
+            samples.iter().filter_map(|s| Some(s.daemon_cpu_us? - spans_only(s.round)?)).collect();
+        let added = match config {
+            Config::Traced => "–".to_string(),
+            _ => opt((!added.is_empty()).then(|| median(&added)), 1),
+        };
+        let rate = median(&samples.iter().map(|s| s.calls_per_s).collect::<Vec<_>>());
+        let (ratio, spread) = ratio_cells(config, rate, base, &paired_ratios(rt, config));
+        let requests = match config {
+            Config::TracedMetrics => &rt.metrics_requests,
+            Config::TracedSampled => &rt.sampled_requests,
+            _ => &rt.traced_requests,
+        };
+        let calls = rt.calls_made(config);
+        let per_call = (calls > 0).then(|| requests.spans() as f64 / calls as f64);
+        let cpu_median = median(&cpu);
+        let verdict = if !cpu_median.is_finite() {
+            "–"
+        } else if cpu_median <= DAEMON_TARGET_US {
+            "met"
+        } else {
+            "**not met**"
+        };
+        writeln!(
+            md,
+            "| {} | **{}** | {}–{} | {added} | {} | {ratio} | {spread} | {} | {verdict} |",
+            config.label(),
+            opt(Some(cpu_median), 1),
+            opt(Some(lo), 1),
+            opt(Some(hi), 1),
+            opt(medians(&samples, |s| s.daemon_switches), 2),
+            opt(per_call, 3),
+        )?;
+    }
+    writeln!(md)?;
+    let calls_per_run = rt.sizes.calls + rt.sizes.warmup;
+    let counted: Vec<u64> = rt.of(Config::TracedMetrics).filter_map(|s| s.metrics_counted).collect();
+    if !counted.is_empty() {
+        let exact = counted.iter().filter(|&&n| n as usize == calls_per_run).count();
+        let (lo, hi) = counted.iter().fold((u64::MAX, 0), |(lo, hi), &n| (lo.min(n), hi.max(n)));
+        writeln!(
+            md,
+            "With metrics on, `/metrics` counted {lo}–{hi} server reads of `{}/{}` in \
+             `rpc_server_call_duration_seconds` after each run of {calls_per_run} reads (a fresh \
+             daemon each run): exactly the reads made in {exact} of {} runs.",
+            roundtrip::DEVICE,
+            roundtrip::ATTRIBUTE,
+            counted.len()
+        )?;
+    }
+    let sampled = rt.sampled_requests.spans() as f64;
+    let all = rt.calls_made(Config::TracedSampled) as f64 * 2.0;
+    if all > 0.0 {
+        writeln!(
+            md,
+            "Tail sampling (`{}`) exported {:.1}% of the spans the calls of its runs make (2 per \
+             call): the traces chosen by trace id, those slower than 5 ms, and the spans of the \
+             clients' `DeviceProxy` set-up.",
+            roundtrip::TAIL_SAMPLING,
+            100.0 * sampled / all
+        )?;
+    }
+    writeln!(md)
+}
+
+/// The eBPF programs' own time per call during the traced runs.
+fn write_ebpf(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
+    let samples: Vec<&Sample> = rt.of(Config::Traced).filter(|s| !s.bpf.is_empty()).collect();
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = samples.iter().flat_map(|s| s.bpf.iter().map(|p| p.0.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    let of = |name: &str, pick: fn(&(String, f64, f64)) -> f64| {
+        let values: Vec<f64> =
+            samples.iter().filter_map(|s| s.bpf.iter().find(|p| p.0 == name).map(pick)).collect();
+        median(&values)
+    };
+    let totals: Vec<f64> = samples.iter().map(|s| s.bpf.iter().map(|p| p.1).sum::<f64>()).collect();
+    let runs: Vec<f64> = samples.iter().map(|s| s.bpf.iter().map(|p| p.2).sum::<f64>()).collect();
+    let total = median(&totals);
+    let (lo, hi) = min_max(&totals);
+    writeln!(md, "### eBPF time per traced call")?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "The kernel's `bpf_stats` (`run_time_ns` and `run_cnt` of each program fd the daemon \
+         holds, read from `/proc/<daemon>/fdinfo`), switched on during the traced runs only and \
+         divided by the run's calls (warm-up included); medians over the rounds. Both ends of \
+         each call are traced, so the programs run for the client and for the server. The \
+         syscall tracepoints fire for every process of the machine, so these figures also hold \
+         what other processes' socket calls cost while filtered out (the receiver, the daemon's \
+         own export, other users)."
+    )?;
+    writeln!(md)?;
+    writeln!(md, "| program | ns per call | runs per call | ns per run |")?;
+    writeln!(md, "| --- | ---: | ---: | ---: |")?;
+    let mut rows: Vec<(&str, f64, f64)> =
+        names.iter().map(|&name| (name, of(name, |p| p.1), of(name, |p| p.2))).collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ns, per_call) in rows.iter().filter(|r| r.2 > 0.0) {
+        writeln!(md, "| `{name}` | {ns:.0} | {per_call:.2} | {:.0} |", ns / per_call)?;
+    }
+    writeln!(md, "| **all programs** | **{total:.0}** ({lo:.0}–{hi:.0}) | {:.2} | – |", median(&runs))?;
+    writeln!(md)?;
+    writeln!(
+        md,
+        "eBPF per traced call: **{:.2} µs** against a target of ≤ {EBPF_TARGET_US} µs: {}.",
+        total / 1e3,
+        if total / 1e3 <= EBPF_TARGET_US { "met" } else { "**not met**" }
     )?;
     writeln!(md)
 }
@@ -792,6 +976,14 @@ fn write_requests(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
     )?;
     writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     request_row(md, "tango-tracer (OTLP/HTTP)", &rt.traced_requests, rt.calls_made(Config::Traced))?;
+    if rt.of(Config::TracedMetrics).next().is_some() {
+        let calls = rt.calls_made(Config::TracedMetrics);
+        request_row(md, "tango-tracer + RED metrics (OTLP/HTTP)", &rt.metrics_requests, calls)?;
+    }
+    if rt.of(Config::TracedSampled).next().is_some() {
+        let calls = rt.calls_made(Config::TracedSampled);
+        request_row(md, "tango-tracer + tail sampling (OTLP/HTTP)", &rt.sampled_requests, calls)?;
+    }
     request_row(md, "cppTango native (OTLP/HTTP)", &rt.native_requests, rt.calls_made(Config::Native))?;
     if let Some((spans, requests)) = rt.traced_requests.totals
         && requests != rt.traced_requests.requests.len()

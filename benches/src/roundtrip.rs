@@ -1,10 +1,11 @@
 //! Round trips of a PyTango client against a PyTango device server, side by side in one run:
-//! untraced, traced by tango-tracer, cppTango's native telemetry, and the daemon attached while
-//! the process is not selected.
+//! untraced, traced by tango-tracer (spans only; with RED metrics on; with tail sampling on),
+//! cppTango's native telemetry, and the daemon attached while the process is not selected.
 //!
-//! Rounds alternate their order (U N T S, then S T N U, …) so slow drift of the machine hits
-//! every configuration alike, and the daemon is started once per round for its two
-//! configurations, which run back to back.
+//! Rounds alternate their order (U N TM T S TS, then the reverse) so slow drift of the machine
+//! hits every configuration alike. A daemon is started for each daemon setup of a round; the
+//! plain one serves the traced and the not-selected runs, which come back to back. The eBPF
+//! programs' own time is counted (`bpf_stats`) during the traced runs only.
 
 use std::{
     path::{Path, PathBuf},
@@ -15,12 +16,17 @@ use std::{
 use anyhow::{Context as _, bail};
 use tango_tracer::run::ctl::{CtlAnswer, StatsView};
 
-use crate::procs::{self, Proc};
+use crate::{
+    bpf::{self, BpfStats},
+    procs::{self, Proc},
+};
 
 /// Environment variable that marks the processes the daemon selects.
 pub const MARKER: &str = "TANGO_BENCH";
 /// The device every server serves.
 pub const DEVICE: &str = "test/bench/1";
+/// The attribute the client reads.
+pub const ATTRIBUTE: &str = "temperature";
 
 /// One way of running the same client loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,10 +39,35 @@ pub enum Config {
     Native,
     /// The daemon running, but the client and server are not selected.
     NotSelected,
+    /// Traced, with the RED metrics on: served at `--metrics-listen` and pushed over OTLP.
+    TracedMetrics,
+    /// Traced, with tail sampling on ([`TAIL_SAMPLING`]).
+    TracedSampled,
+}
+
+/// The tail-sampling rule of [`Config::TracedSampled`].
+pub const TAIL_SAMPLING: &str = "slower-than=5ms,errors,ratio=0.05";
+
+/// How a configuration's daemon is started; one daemon per setup and round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaemonSetup {
+    /// Spans only (`OTEL_METRICS_EXPORTER=none`).
+    Spans,
+    /// Spans and the RED metrics (OTLP `/v1/metrics` and `--metrics-listen`).
+    Metrics,
+    /// Spans through tail sampling, metrics off.
+    Sampling,
 }
 
 impl Config {
-    pub const ALL: [Config; 4] = [Config::Untraced, Config::Traced, Config::Native, Config::NotSelected];
+    pub const ALL: [Config; 6] = [
+        Config::Untraced,
+        Config::Traced,
+        Config::TracedMetrics,
+        Config::TracedSampled,
+        Config::Native,
+        Config::NotSelected,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -44,6 +75,8 @@ impl Config {
             Config::Traced => "traced by tango-tracer",
             Config::Native => "cppTango native telemetry (OTLP/HTTP)",
             Config::NotSelected => "daemon attached, process not selected",
+            Config::TracedMetrics => "traced + RED metrics",
+            Config::TracedSampled => "traced + tail sampling",
         }
     }
 
@@ -53,11 +86,18 @@ impl Config {
             Config::Traced => "T",
             Config::Native => "N",
             Config::NotSelected => "S",
+            Config::TracedMetrics => "TM",
+            Config::TracedSampled => "TS",
         }
     }
 
-    pub(crate) fn needs_daemon(self) -> bool {
-        matches!(self, Config::Traced | Config::NotSelected)
+    pub fn daemon_setup(self) -> Option<DaemonSetup> {
+        match self {
+            Config::Untraced | Config::Native => None,
+            Config::Traced | Config::NotSelected => Some(DaemonSetup::Spans),
+            Config::TracedMetrics => Some(DaemonSetup::Metrics),
+            Config::TracedSampled => Some(DaemonSetup::Sampling),
+        }
     }
 }
 
@@ -123,6 +163,12 @@ pub struct Sample {
     pub receiver_cpu_us: Option<f64>,
     /// Cores kept busy by processes not of the benchmark during the client's run.
     pub foreign_cores: Option<f64>,
+    /// The daemon's eBPF programs during the run, by name: (name, ns per call, runs per call);
+    /// traced runs only.
+    pub bpf: Vec<(String, f64, f64)>,
+    /// Server calls the daemon's `/metrics` counted in `rpc.server.call.duration` after the run
+    /// (metrics runs only; a fresh daemon each, so all of the run's calls).
+    pub metrics_counted: Option<u64>,
     /// Whether another tango-tracer (someone else's) ran when the client started.
     pub other_tracer: bool,
 }
@@ -150,6 +196,9 @@ pub struct RoundTrips {
     pub pytango: String,
     pub traced_requests: RequestStats,
     pub native_requests: RequestStats,
+    /// What the receivers of the metrics and of the sampling daemons got.
+    pub metrics_requests: RequestStats,
+    pub sampled_requests: RequestStats,
     /// Daemon (VmRSS, VmHWM) in KiB after each traced run.
     pub daemon_memory_kib: Vec<(u64, u64)>,
     /// Time from starting the daemon to its ready file, per start.
@@ -341,21 +390,24 @@ pub fn daemon_command_text() -> String {
     )
 }
 
-impl Daemon {
-    /// Starts `tango-tracer run` as `name` (its logs and ready file are named after it) and waits
-    /// until its probes are attached; returns it and how long that took.
-    pub(crate) fn start(
-        name: &str,
-        programs: &Programs,
-        dir: &Path,
-        marker: &str,
-        receiver: &Receiver,
-    ) -> anyhow::Result<(Daemon, Duration)> {
-        Self::start_logging(name, programs, dir, marker, receiver, "warn")
+/// What each daemon setup of the headline adds to [`daemon_command_text`].
+pub fn setup_text(setup: DaemonSetup) -> String {
+    match setup {
+        DaemonSetup::Spans => "OTEL_METRICS_EXPORTER=none (environment)".to_string(),
+        DaemonSetup::Metrics => {
+            "--metrics-listen 127.0.0.1:<port> (and the default OTLP push to <endpoint>/v1/metrics every 10 s)"
+                .to_string()
+        }
+        DaemonSetup::Sampling => {
+            format!("--tail-sampling '{TAIL_SAMPLING}', OTEL_METRICS_EXPORTER=none (environment)")
+        }
     }
+}
 
-    /// Like [`start`](Self::start) with `RUST_LOG=rust_log`: `info` makes it report on exit what
-    /// it handled and lost ([`DaemonTotals`]).
+impl Daemon {
+    /// Starts `tango-tracer run` as `name` (its logs and ready file are named after it) with
+    /// `RUST_LOG=rust_log` and waits until its probes are attached; returns it and how long that
+    /// took. `info` makes it report on exit what it handled and lost ([`DaemonTotals`]).
     pub(crate) fn start_logging(
         name: &str,
         programs: &Programs,
@@ -376,18 +428,51 @@ impl Daemon {
         rust_log: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<(Daemon, Duration)> {
-        Self::launch(name, programs, dir, (marker, receiver.base_url()), rust_log, extra_args, None)
+        Self::launch(name, programs, dir, (marker, receiver.base_url()), (rust_log, &[]), extra_args, None)
+    }
+
+    /// The daemon of one setup of the headline round trips; with metrics, also the address of
+    /// its `/metrics`.
+    pub(crate) fn start_setup(
+        name: &str,
+        programs: &Programs,
+        dir: &Path,
+        (marker, receiver): (&str, &Receiver),
+        setup: DaemonSetup,
+    ) -> anyhow::Result<(Daemon, Duration, Option<String>)> {
+        let metrics_off = [("OTEL_METRICS_EXPORTER", "none")];
+        let endpoint = (marker, receiver.base_url());
+        match setup {
+            DaemonSetup::Spans => {
+                let (daemon, took) =
+                    Self::launch(name, programs, dir, endpoint, ("warn", &metrics_off), &[], None)?;
+                Ok((daemon, took, None))
+            }
+            DaemonSetup::Metrics => {
+                let listen = format!("127.0.0.1:{}", procs::free_port()?);
+                let args = ["--metrics-listen", listen.as_str()];
+                let (daemon, took) = Self::launch(name, programs, dir, endpoint, ("warn", &[]), &args, None)?;
+                Ok((daemon, took, Some(listen)))
+            }
+            DaemonSetup::Sampling => {
+                let args = ["--tail-sampling", TAIL_SAMPLING];
+                let (daemon, took) =
+                    Self::launch(name, programs, dir, endpoint, ("warn", &metrics_off), &args, None)?;
+                Ok((daemon, took, None))
+            }
+        }
     }
 
     /// Like [`start_with_args`](Self::start_with_args), exporting to the OTLP/HTTP `endpoint`
-    /// (`http://ADDRESS:PORT`), and run inside the network namespace `netns` when given (not
-    /// `ip netns exec`, which remounts `/sys` and hides tracefs).
+    /// (`http://ADDRESS:PORT`), with `env` added to its environment, and run inside the network
+    /// namespace `netns` when given (not `ip netns exec`, which remounts `/sys` and hides
+    /// tracefs).
     pub(crate) fn launch(
         name: &str,
         programs: &Programs,
         dir: &Path,
         (marker, endpoint): (&str, &str),
-        rust_log: &str,
+        (rust_log, env): (&str, &[(&str, &str)]),
         extra_args: &[&str],
         netns: Option<&Path>,
     ) -> anyhow::Result<(Daemon, Duration)> {
@@ -423,6 +508,9 @@ impl Daemon {
             // the user-code section turns them on and measures what they add.
             .args(if extra_args.contains(&"--user-spans") { &[][..] } else { &["--user-spans", "off"][..] })
             .args(extra_args)
+            .env_remove("OTEL_METRICS_EXPORTER")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            .envs(env.iter().copied())
             .env("RUST_LOG", rust_log);
         let started = Instant::now();
         let mut proc = Proc::spawn(name, command, dir)?;
@@ -545,9 +633,17 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
     anyhow::ensure!(sizes.rounds >= 1 && sizes.calls >= 1, "nothing to run");
     let marker = format!("bench-{}", std::process::id());
     let marked = [(MARKER, marker.clone())];
+    // One receiver per daemon setup, so each one's spans per call can be told apart.
     let traced_receiver = Receiver::start("receiver-traced", programs, dir)?;
+    let metrics_receiver = Receiver::start("receiver-metrics", programs, dir)?;
+    let sampled_receiver = Receiver::start("receiver-sampled", programs, dir)?;
     let native_receiver = Receiver::start("receiver-native", programs, dir)?;
     let native = native_env(&native_receiver.traces_url);
+    let receiver_of = |setup: DaemonSetup| match setup {
+        DaemonSetup::Spans => &traced_receiver,
+        DaemonSetup::Metrics => &metrics_receiver,
+        DaemonSetup::Sampling => &sampled_receiver,
+    };
 
     // Untraced and traced runs use the same marked server: they differ only by the daemon.
     let marked_server = Server::start("server-marked", programs, dir, &marked)?;
@@ -560,6 +656,8 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
         pytango: String::new(),
         traced_requests: RequestStats::default(),
         native_requests: RequestStats::default(),
+        metrics_requests: RequestStats::default(),
+        sampled_requests: RequestStats::default(),
         daemon_memory_kib: Vec::new(),
         daemon_start: Vec::new(),
         calls_made: Vec::new(),
@@ -568,32 +666,50 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
     let mut quiet_budget = sizes.quiet_budget;
     let mut daemons = 0;
     for round in 0..sizes.rounds {
-        let mut order = [Config::Untraced, Config::Native, Config::Traced, Config::NotSelected];
+        let mut order = [
+            Config::Untraced,
+            Config::Native,
+            Config::TracedMetrics,
+            Config::Traced,
+            Config::NotSelected,
+            Config::TracedSampled,
+        ];
         if round % 2 == 1 {
             order.reverse();
         }
-        let mut daemon: Option<Daemon> = None;
+        // The running daemon, its setup and its `/metrics` address.
+        let mut daemon: Option<(Daemon, DaemonSetup, Option<String>)> = None;
         for config in order {
-            if config.needs_daemon() && daemon.is_none() {
-                let (started, took) =
-                    Daemon::start(&format!("daemon-{daemons}"), programs, dir, &marker, &traced_receiver)?;
-                daemons += 1;
-                result.daemon_start.push(took);
-                daemon = Some(started);
-            }
-            if !config.needs_daemon()
-                && let Some(running) = daemon.take()
+            let setup = config.daemon_setup();
+            if daemon.as_ref().map(|d| d.1) != setup
+                && let Some((running, _, _)) = daemon.take()
             {
                 let _ = running.stop()?;
             }
+            if let Some(setup) = setup
+                && daemon.is_none()
+            {
+                let name = format!("daemon-{daemons}");
+                let (started, took, metrics) =
+                    Daemon::start_setup(&name, programs, dir, (&marker, receiver_of(setup)), setup)?;
+                daemons += 1;
+                if setup == DaemonSetup::Spans {
+                    result.daemon_start.push(took);
+                }
+                daemon = Some((started, setup, metrics));
+            }
             let (server, env): (&Server, &[(&str, String)]) = match config {
-                Config::Untraced | Config::Traced => (&marked_server, &marked),
+                Config::Untraced | Config::Traced | Config::TracedMetrics | Config::TracedSampled => {
+                    (&marked_server, &marked)
+                }
                 Config::Native => (&native_server, &native),
                 Config::NotSelected => (&plain_server, &[]),
             };
-            let daemon_pid = daemon.as_ref().map(|d| d.proc.pid());
+            let daemon_pid = daemon.as_ref().map(|d| d.0.proc.pid());
             let ours: Vec<u32> = [
                 &traced_receiver.proc,
+                &metrics_receiver.proc,
+                &sampled_receiver.proc,
                 &native_receiver.proc,
                 &marked_server.proc,
                 &plain_server.proc,
@@ -608,10 +724,10 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
             let budget_before = quiet_budget;
             procs::wait_for_quiet(&ours, QUIET_THRESHOLD, &mut quiet_budget);
             result.quiet_waited += budget_before - quiet_budget;
-            let receiver = match config {
-                Config::Traced => Some(traced_receiver.proc.pid()),
-                Config::Native => Some(native_receiver.proc.pid()),
-                Config::Untraced | Config::NotSelected => None,
+            let receiver = match (config, setup) {
+                (Config::Native, _) => Some(native_receiver.proc.pid()),
+                (Config::NotSelected, _) | (_, None) => None,
+                (_, Some(setup)) => Some(receiver_of(setup).proc.pid()),
             };
             let pids = Pids { daemon: daemon_pid, receiver, ours: &ours };
             let mut command = python_command(programs, env);
@@ -628,15 +744,38 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
                 calls: sizes.calls,
                 warmup: sizes.warmup,
             };
-            let sample = run_client(dir, job, (round, config), &pids)?;
+            // The programs' own time, counted in the traced runs only: the statistics cost a
+            // little themselves.
+            let bpf_before = match (config, daemon_pid) {
+                (Config::Traced, Some(pid)) => Some((BpfStats::enable()?, bpf::program_times(pid))),
+                _ => None,
+            };
+            let mut sample = run_client(dir, job, (round, config), &pids)?;
+            if let (Some((stats, before)), Some(pid)) = (bpf_before, daemon_pid) {
+                let after = bpf::program_times(pid);
+                drop(stats);
+                let calls_run = (sizes.calls + sizes.warmup) as f64;
+                sample.0.bpf = bpf::ran_between(&before, &after)
+                    .into_iter()
+                    .map(|(name, ns, runs)| (name, ns as f64 / calls_run, runs as f64 / calls_run))
+                    .collect();
+            }
+            if let Some((_, _, Some(listen))) = &daemon {
+                // The snapshot is published every second: let the run's last calls be in it.
+                std::thread::sleep(Duration::from_millis(1500));
+                sample.0.metrics_counted = Some(server_calls_counted(listen)?);
+            }
+            let bpf_us: f64 = sample.0.bpf.iter().map(|(_, ns, _)| ns).sum::<f64>() / 1e3;
             eprintln!(
-                "tango-bench: round {}/{} {:<38} {:>8.0} calls/s  p50 {:>6.1} us  p99 {:>7.1} us  other load {:.2}",
+                "tango-bench: round {}/{} {:<38} {:>8.0} calls/s  p50 {:>6.1} us  p99 {:>7.1} us  daemon {:>5} us/call{}  other load {:.2}",
                 round + 1,
                 sizes.rounds,
                 config.label(),
                 sample.0.calls_per_s,
                 sample.0.p50_us,
                 sample.0.p99_us,
+                sample.0.daemon_cpu_us.map_or("–".into(), |v| format!("{v:.1}")),
+                if sample.0.bpf.is_empty() { String::new() } else { format!("  eBPF {bpf_us:.2} us/call") },
                 sample.0.foreign_cores.unwrap_or(f64::NAN),
             );
             if config == Config::Traced
@@ -648,7 +787,7 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
             result.samples.push(sample.0);
             result.calls_made.push((config, sizes.calls + sizes.warmup));
         }
-        if let Some(running) = daemon.take() {
+        if let Some((running, _, _)) = daemon.take() {
             let _ = running.stop()?;
         }
     }
@@ -657,8 +796,30 @@ pub fn run(programs: &Programs, sizes: Sizes, dir: &Path) -> anyhow::Result<Roun
     drop(marked_server);
     drop(plain_server);
     result.traced_requests = traced_receiver.finish();
+    result.metrics_requests = metrics_receiver.finish();
+    result.sampled_requests = sampled_receiver.finish();
     result.native_requests = native_receiver.finish();
     Ok(result)
+}
+
+/// The count of every `rpc_server_call_duration_seconds` series of the client's reads of
+/// [`ATTRIBUTE`] at `http://listen/metrics` (each outcome), added up.
+fn server_calls_counted(listen: &str) -> anyhow::Result<u64> {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect(listen).with_context(|| format!("connecting to {listen}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {listen}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).with_context(|| format!("reading http://{listen}/metrics"))?;
+    // The server side's operation is the IDL method (`read_attributes_5`).
+    let (device, argument) = (format!("device=\"{DEVICE}\""), format!("argument=\"{ATTRIBUTE}\""));
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("rpc_server_call_duration_seconds_count{"))
+        .filter(|l| l.contains(&device) && l.contains("operation=\"read_attributes") && l.contains(&argument))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
 }
 
 /// Processes whose CPU a client run accounts for.
@@ -738,6 +899,8 @@ pub(crate) fn run_client(
         receiver_cpu_us,
         foreign_cores,
         other_tracer,
+        bpf: Vec::new(),
+        metrics_counted: None,
     };
     Ok((sample, output.pytango))
 }

@@ -11,6 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, bail};
 
 use crate::{
+    bpf::{self, BpfStats},
     procs::{self, Proc},
     roundtrip::{self, Daemon, MARKER, Programs, Receiver},
 };
@@ -19,8 +20,6 @@ use crate::{
 pub const WORKLOADS: [usize; 2] = [1, 8];
 /// The device the benchmark's server serves.
 pub const DEVICE: &str = "bench/usercode/1";
-/// `prog_type` of uprobe programs in `fdinfo` (`BPF_PROG_TYPE_KPROBE`).
-const KPROBE: u32 = 2;
 
 /// Sizes of the user-code benchmark.
 #[derive(Clone, Copy, Debug)]
@@ -69,47 +68,9 @@ struct BpfTimes {
 }
 
 fn bpf_times(pid: u32) -> BpfTimes {
-    let mut times = BpfTimes::default();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return times;
-    };
-    for fd in fds.flatten() {
-        let Ok(text) = std::fs::read_to_string(fd.path()) else {
-            continue;
-        };
-        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
-        let (Some(kind), Some(ns), Some(runs)) =
-            (field("prog_type:"), field("run_time_ns:"), field("run_cnt:"))
-        else {
-            continue;
-        };
-        if kind == u64::from(KPROBE) {
-            times.uprobe_ns += ns;
-            times.uprobe_runs += runs;
-        }
-    }
-    times
-}
-
-/// `kernel.bpf_stats_enabled` on for as long as it lives, then back to what it was.
-struct BpfStats {
-    before: String,
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<BpfStats> {
-        let before = std::fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
-        std::fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats { before: before.trim().to_string() })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(BPF_STATS, &self.before);
-    }
+    bpf::program_times(pid).values().filter(|p| p.kind == bpf::KPROBE).fold(BpfTimes::default(), |sum, p| {
+        BpfTimes { uprobe_ns: sum.uprobe_ns + p.run_ns, uprobe_runs: sum.uprobe_runs + p.runs }
+    })
 }
 
 #[derive(serde::Deserialize)]
