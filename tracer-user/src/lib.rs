@@ -2,7 +2,7 @@
 //!
 //! Data flows one way, one folder per stage: [`discover`] → [`probe`] → wire parsers
 //! (`tracer-wire`) → [`assemble`] → [`events`] → [`userspans`] → [`devices`] → [`configure`] →
-//! [`convert`] → export (`tracer-export`). [`run`] wires them together; [`peers`] links it to the
+//! [`convert`] → export (`tracer-export`). [`run`] wires them together with the [`settings`]; [`peers`] links it to the
 //! daemons of other hosts.
 
 pub mod assemble;
@@ -20,6 +20,7 @@ pub mod probe;
 pub mod report;
 pub mod run;
 pub mod sampling;
+pub mod settings;
 pub mod show;
 pub mod stats;
 pub mod top;

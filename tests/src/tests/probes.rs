@@ -207,7 +207,7 @@ fn a_capture_too_small_for_tango_arguments_is_refused_at_start() {
         .expect("running tango-tracer");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--capture-bytes must be between 1024 and 8192"), "{stderr}");
+    assert!(stderr.contains("'--capture-bytes <CAPTURE_BYTES>': must be between 1024 and 8192"), "{stderr}");
 }
 
 #[test]

@@ -69,6 +69,17 @@ pub struct Configuration {
     refused_full: u64,
 }
 
+/// The lowest layer of every process's configuration: the daemon's policy.
+fn daemon_layer(policy: &Policy) -> Layer {
+    Layer {
+        enable: Some(policy.trace_by_default),
+        types: Some(Types::both()),
+        topics: Some(Topics::native_default()),
+        tracing: Some(policy.destinations.clone()),
+        logging: Some(policy.log_destinations.clone()),
+    }
+}
+
 /// (pid, device, operation class): what a routing decision depends on besides the sources.
 type RouteKey = (u32, Option<String>, OperationClass);
 
@@ -96,16 +107,9 @@ pub enum Routing {
 
 impl Configuration {
     pub fn new(policy: Policy) -> Self {
-        let daemon = Layer {
-            enable: Some(policy.trace_by_default),
-            types: Some(Types::both()),
-            topics: Some(Topics::native_default()),
-            tracing: Some(policy.destinations.clone()),
-            logging: Some(policy.log_destinations.clone()),
-        };
         Configuration {
+            daemon: daemon_layer(&policy),
             policy,
-            daemon,
             processes: HashMap::new(),
             properties: HashMap::new(),
             runtime: HashMap::new(),
@@ -115,6 +119,14 @@ impl Configuration {
             log_routes: Default::default(),
             refused_full: 0,
         }
+    }
+
+    /// The daemon's own policy changed (SIGHUP): spans routed from now on follow it; spans
+    /// already routed keep their destinations.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.sources_changed();
+        self.daemon = daemon_layer(&policy);
+        self.policy = policy;
     }
 
     /// Reads the process's environment and tangorc files (once, when it becomes a target).

@@ -16,22 +16,6 @@ use tracer_export::{Destination, ExportStats, Signal};
 pub use self::aggregate::{DEFAULT_MAX_SERIES, OwnMetric, Snapshot, SpanMetrics};
 use crate::{run::losses::Loss, stats::StageStats};
 
-/// The metrics options of `tango-tracer run`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct MetricsArgs {
-    /// Serve the metrics as Prometheus text at http://ADDR:PORT/metrics (turns the metrics on).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// How often the metrics are pushed over OTLP (to OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, or
-    /// OTEL_EXPORTER_OTLP_ENDPOINT + /v1/metrics; OTEL_METRICS_EXPORTER=none turns that off).
-    #[arg(long, default_value = "10s", value_parser = parse_interval)]
-    pub metrics_interval: Duration,
-    /// Most metric series (device × operation × argument × outcome × side); points of further
-    /// series fold into one overflow series per metric (`otel.metric.overflow=true`), counted.
-    #[arg(long, default_value_t = DEFAULT_MAX_SERIES)]
-    pub metrics_max_series: usize,
-}
-
 /// Where the metrics go; they are aggregated only when they go somewhere.
 #[derive(Clone, Debug, Default)]
 pub struct MetricsOptions {
@@ -43,36 +27,9 @@ pub struct MetricsOptions {
 }
 
 impl MetricsOptions {
-    /// From the command line and the OpenTelemetry environment (read through `env`).
-    pub fn from_args(args: &MetricsArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        if args.metrics_max_series == 0 {
-            anyhow::bail!("--metrics-max-series must be at least 1");
-        }
-        Ok(MetricsOptions {
-            listen: args.metrics_listen,
-            destinations: otel_env_metrics_destinations(env)?,
-            interval: args.metrics_interval,
-            max_series: args.metrics_max_series,
-        })
-    }
-
     pub fn enabled(&self) -> bool {
         self.listen.is_some() || !self.destinations.is_empty()
     }
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = match text.strip_suffix("ms") {
-        Some(ms) => (ms, 0.001),
-        None => (text.strip_suffix('s').unwrap_or(text), 1.0),
-    };
-    let seconds: f64 = number.parse().map_err(|_| format!("not a duration: {text} (e.g. 10s)"))?;
-    let interval = Duration::try_from_secs_f64(seconds * scale).map_err(|e| format!("{text}: {e}"))?;
-    if interval < Duration::from_millis(100) {
-        return Err(format!("{text}: at least 100ms"));
-    }
-    Ok(interval)
 }
 
 /// The OTLP destinations of the metrics, by the OpenTelemetry variables of the metrics signal:

@@ -81,7 +81,7 @@ async fn answer(request: Request<Incoming>, latest: Latest) -> Result<Response<F
 /// logged (the first and then every tenth); metrics are cumulative, the next request repairs it.
 pub fn push(
     destinations: &[Destination],
-    interval: Duration,
+    mut interval: watch::Receiver<Duration>,
     mut latest: Latest,
     counters: Arc<ExportCounters>,
     mut stop: watch::Receiver<bool>,
@@ -90,7 +90,7 @@ pub fn push(
     for destination in destinations {
         match MetricsSender::new(destination, REQUEST_TIMEOUT) {
             Some(Ok(sender)) => {
-                info!("exporting metrics to {destination} every {interval:?}");
+                info!("exporting metrics to {destination} every {:?}", *interval.borrow());
                 senders.push(sender);
             }
             Some(Err(e)) => warn!("no metrics to {destination}: {e}"),
@@ -101,13 +101,21 @@ pub fn push(
         return None;
     }
     Some(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let every = |period: Duration| {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let mut tick = every(*interval.borrow_and_update());
         loop {
             let last = tokio::select! {
                 _ = tick.tick() => false,
                 _ = stop.changed() => true,
+                Ok(()) = interval.changed() => {
+                    // A new interval (SIGHUP): the next push one new interval from now.
+                    tick = every(*interval.borrow_and_update());
+                    continue;
+                }
             };
             let snapshot = latest.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
@@ -136,6 +144,7 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Publisher {
     latest: watch::Sender<Option<Arc<Snapshot>>>,
     stop: watch::Sender<bool>,
+    interval: watch::Sender<Duration>,
     push: Option<JoinHandle<()>>,
     counters: Arc<ExportCounters>,
     last: Option<std::time::Instant>,
@@ -151,8 +160,14 @@ impl Publisher {
         }
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(ExportCounters::default());
-        let push = push(&options.destinations, options.interval, receiver, Arc::clone(&counters), stop_rx);
-        Ok(Publisher { latest, stop, push, counters, last: None })
+        let (interval, interval_rx) = watch::channel(options.interval);
+        let push = push(&options.destinations, interval_rx, receiver, Arc::clone(&counters), stop_rx);
+        Ok(Publisher { latest, stop, interval, push, counters, last: None })
+    }
+
+    /// How often the metrics are pushed over OTLP, from now on.
+    pub fn set_interval(&self, interval: Duration) {
+        self.interval.send_replace(interval);
     }
 
     /// Whether a snapshot is due.

@@ -3,7 +3,8 @@
 //! One task owns all state and reads the ring buffer when the kernel signals it and every 20 ms;
 //! a timer tick expires stale state, forgets processes gone for good and releases spans that
 //! waited for device facts. SIGINT, SIGTERM and SIGQUIT end every open call, flush the exporters
-//! and return; SIGHUP does not end the daemon. Every loss is logged with exact counts within
+//! and return; SIGHUP reads the settings again and applies what can change while running
+//! ([`crate::settings::plan_reload`]). Every loss is logged with exact counts within
 //! [`LOSS_REPORT_INTERVAL`], and the totals at stop.
 //! The stages' work per record and per span is the [`pipeline`]; this module adds what needs
 //! the kernel, the network and the clock.
@@ -58,6 +59,13 @@ const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the facts of an exited process are kept for spans still in flight: longer than any
 /// span waits for device facts (2 s) or for a lost reply (2 s).
 const EXITED_KEEP: Duration = Duration::from_secs(5);
+
+/// What SIGHUP reads the settings again with, and the settings running now.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    pub loader: crate::settings::Loader,
+    pub settings: crate::settings::Settings,
+}
 
 /// Options of `tango-tracer run`.
 #[derive(Clone, Debug)]
@@ -121,10 +129,15 @@ struct Daemon {
     outgoing: Vec<Outgoing>,
     /// Where metrics snapshots go, when the metrics are on.
     metrics: Option<crate::metrics::serve::Publisher>,
+    /// The settings and how to read them again (none: SIGHUP changes nothing).
+    reloader: Option<Reloader>,
 }
 
-/// Runs until SIGINT, SIGTERM or SIGQUIT.
-pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+/// Runs until SIGINT, SIGTERM or SIGQUIT; on SIGHUP reloads what `reloader` allows.
+pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Result<()> {
+    // First of all: from now on a SIGHUP waits for the loop instead of ending the daemon (its
+    // default action), also while the probes are loading.
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     privileges::check()?;
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
@@ -182,6 +195,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         peers,
         outgoing: Vec::new(),
         metrics: None,
+        reloader,
     };
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
@@ -221,7 +235,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
-    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -262,8 +275,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sigquit.recv() => break,
-            // Never an unflushed end: the configuration is read as processes and devices appear.
-            _ = sighup.recv() => info!("SIGHUP: nothing to reload; the daemon keeps running"),
+            // Never an end: the settings are read again and what can change is applied.
+            _ = sighup.recv() => {
+                daemon.reload();
+                daemon.release(false);
+            }
         }
     }
     // Records already in the ring buffer belong to calls that happened before the signal.
@@ -273,6 +289,93 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// SIGHUP: reads the configuration file again (the environment and the command line still on
+    /// top), applies what can change while running and logs one line per changed setting. A
+    /// file that cannot be read or is invalid changes nothing.
+    fn reload(&mut self) {
+        let Some(reloader) = &self.reloader else {
+            info!("SIGHUP: no settings to read again; the daemon keeps running");
+            return;
+        };
+        let file = reloader.loader.file.path.display().to_string();
+        let new = match reloader.loader.load() {
+            Ok(new) => new,
+            Err(e) => {
+                warn!("SIGHUP: {e}; the running settings stay");
+                return;
+            }
+        };
+        let plan = crate::settings::plan_reload(&reloader.settings, &new);
+        if plan.changes.is_empty() {
+            info!("SIGHUP: configuration file {file} read again: no setting changed");
+            return;
+        }
+        let env = |name: &str| std::env::var(name).ok();
+        let options = match plan.settings.run_options(&env).and_then(|options| {
+            crate::settings::check_stores(options.destinations.iter().chain(&options.log_destinations))
+                .map(|()| options)
+        }) {
+            Ok(options) => options,
+            Err(e) => {
+                warn!("SIGHUP: {e:#}; the running settings stay");
+                return;
+            }
+        };
+        info!("SIGHUP: configuration file {file} read again: {} setting(s) changed", plan.changes.len());
+        for change in &plan.changes {
+            if change.applied {
+                info!("SIGHUP: {change}");
+            } else {
+                warn!("SIGHUP: {change}");
+            }
+        }
+        self.apply(options);
+        if let Some(reloader) = &mut self.reloader {
+            reloader.settings = plan.settings;
+        }
+    }
+
+    /// Applies the settings a reload may change; the others in `new` equal the running ones.
+    fn apply(&mut self, new: RunOptions) {
+        let policy_changed = new.destinations != self.options.destinations
+            || new.log_destinations != self.options.log_destinations
+            || new.trace_by_default != self.options.trace_by_default
+            || new.extended_operations != self.options.extended_operations;
+        if policy_changed {
+            // Spans routed before keep their destinations: what the hub holds for an old one is
+            // still delivered there (or counted), nothing moves.
+            self.pipeline.configuration_mut().set_policy(Policy {
+                trace_by_default: new.trace_by_default,
+                destinations: new.destinations.clone(),
+                log_destinations: new.log_destinations.clone(),
+                extended_operations: new.extended_operations,
+            });
+            for destination in &new.destinations {
+                info!("exporting spans to {destination:?}");
+            }
+            for destination in &new.log_destinations {
+                info!("exporting device logs to {destination:?}");
+            }
+            self.options.destinations = new.destinations;
+            self.options.log_destinations = new.log_destinations;
+            self.options.trace_by_default = new.trace_by_default;
+            self.options.extended_operations = new.extended_operations;
+        }
+        if let Some(rule) = new.tail_sampling
+            && self.options.tail_sampling.as_ref() != Some(&rule)
+            && self.pipeline.set_tail_sampling_rule(rule.clone())
+        {
+            info!("tail sampling: {rule:?}");
+            self.options.tail_sampling = Some(rule);
+        }
+        if new.metrics.interval != self.options.metrics.interval {
+            if let Some(publisher) = &self.metrics {
+                publisher.set_interval(new.metrics.interval);
+            }
+            self.options.metrics.interval = new.metrics.interval;
+        }
+    }
+
     /// The one decode loop: every record in the ring buffer, in order.
     fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {

@@ -158,6 +158,17 @@ impl Pipeline {
         self.sampler = Some(Sampler::new(rule));
     }
 
+    /// Changes the rule of tail sampling while it is on (SIGHUP); false when it is off.
+    pub fn set_tail_sampling_rule(&mut self, rule: TailSampling) -> bool {
+        match &mut self.sampler {
+            Some(sampler) => {
+                sampler.set_rule(rule);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Turns the RED metrics on: every span routed from now on is counted, whatever the
     /// configuration does with it, in at most `max_series` series.
     pub fn enable_metrics(&mut self, max_series: usize) {

@@ -213,6 +213,12 @@ impl<S, L> Sampler<S, L> {
         &self.rule
     }
 
+    /// A new rule (SIGHUP): traces decided from now on follow it; those held stay held, to be
+    /// decided by it when they are due.
+    pub fn set_rule(&mut self, rule: TailSampling) {
+        self.rule = rule;
+    }
+
     /// A span routed for export: to `out` when its trace is kept (after every span of the
     /// trace held so far), else held.
     pub fn offer_span(&mut self, facts: SpanFacts, span: S, now: Instant, out: &mut Vec<S>) {
