@@ -16,6 +16,7 @@ mod probes;
 mod pytango;
 mod sampling;
 mod sessions;
+mod settings;
 mod setup;
 mod tcp_positions;
 mod top;

@@ -170,6 +170,20 @@ impl Publisher {
         self.interval.send_replace(interval);
     }
 
+    /// Pushes to `destinations` from now on (SIGHUP): the push to the old ones sends the last
+    /// snapshot once more and ends (metrics are cumulative: the new ones miss nothing).
+    pub fn set_destinations(&mut self, destinations: &[Destination]) {
+        let (stop, stop_rx) = watch::channel(false);
+        std::mem::replace(&mut self.stop, stop).send_replace(true);
+        self.push = push(
+            destinations,
+            self.interval.subscribe(),
+            self.latest.subscribe(),
+            Arc::clone(&self.counters),
+            stop_rx,
+        );
+    }
+
     /// Whether a snapshot is due.
     pub fn due(&self) -> bool {
         self.last.is_none_or(|last| last.elapsed() >= PUBLISH_INTERVAL)

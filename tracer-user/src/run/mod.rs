@@ -374,6 +374,20 @@ impl Daemon {
             }
             self.options.metrics.interval = new.metrics.interval;
         }
+        if new.metrics.destinations != self.options.metrics.destinations {
+            match &mut self.metrics {
+                Some(publisher) => {
+                    publisher.set_destinations(&new.metrics.destinations);
+                    self.options.metrics.destinations = new.metrics.destinations;
+                }
+                // Nothing aggregated them since the start: counting from now on would export
+                // totals that are not.
+                None => warn!(
+                    "SIGHUP: metrics were off at start: they are pushed to {:?} only after a restart",
+                    new.metrics.destinations
+                ),
+            }
+        }
     }
 
     /// The one decode loop: every record in the ring buffer, in order.

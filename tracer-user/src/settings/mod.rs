@@ -341,8 +341,8 @@ pub enum SettingsError {
     Read { path: PathBuf, source: std::io::Error },
     /// The file's syntax, an unknown key, a value of the wrong type or out of range (the
     /// message names the line, the column and the key).
-    #[error("configuration file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("configuration file {path}{}: {message}", at(position))]
+    Parse { path: PathBuf, position: Option<Position>, message: String },
     /// Values of the environment or combinations of settings that cannot be (one per line).
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
@@ -378,9 +378,37 @@ impl ConfigFile {
         };
         file::parse(&text).map(Some).map_err(|e| SettingsError::Parse {
             path: self.path.clone(),
+            position: e.span().map(|span| position(&text, span.start)),
             // serde's word for a key of the file.
-            message: e.to_string().trim_end().replace("unknown field", "unknown key"),
+            message: e.message().trim_end().replace("unknown field", "unknown key"),
         })
+    }
+}
+
+/// Where in a file: line and column (from 1) of byte `offset` of `text`, and that line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+    pub text: String,
+}
+
+fn position(text: &str, offset: usize) -> Position {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count();
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let text = text.lines().nth(line).unwrap_or_default().trim().to_string();
+    Position { line: line + 1, column, text }
+}
+
+/// `, line L, column C, at `TEXT`` when known.
+fn at(position: &Option<Position>) -> String {
+    match position {
+        Some(Position { line, column, text }) if !text.is_empty() => {
+            format!(", line {line}, column {column}, at `{text}`")
+        }
+        Some(Position { line, column, .. }) => format!(", line {line}, column {column}"),
+        None => String::new(),
     }
 }
 
@@ -1025,7 +1053,8 @@ pub struct ReloadPlan {
 /// Compares the running settings with those just read. What can change without losing state:
 /// the destinations of spans, device logs (exporters, endpoints, protocols), the policy for
 /// processes that say nothing and the operations traced (the routing of spans from now on),
-/// the tail-sampling rule while tail sampling stays on, and the metrics' interval. Everything
+/// the tail-sampling rule while tail sampling stays on, and the metrics' interval and OTLP
+/// destinations (those while the metrics are on: pushed or served since the start). Everything
 /// else is held by the kernel, a socket or a stage built at start, and needs a restart.
 pub fn plan_reload(running: &Settings, new: &Settings) -> ReloadPlan {
     let mut settings = running.clone();
@@ -1039,6 +1068,8 @@ pub fn plan_reload(running: &Settings, new: &Settings) -> ReloadPlan {
     settings.default_telemetry = new.default_telemetry.clone();
     settings.all_operations = new.all_operations.clone();
     settings.metrics_interval = new.metrics_interval.clone();
+    settings.metrics_endpoint = new.metrics_endpoint.clone();
+    settings.metrics_protocol = new.metrics_protocol.clone();
     // Turning it on or off would start or drop the traces held undecided.
     if running.tail_sampling.value.is_some() && new.tail_sampling.value.is_some() {
         settings.tail_sampling = new.tail_sampling.clone();
