@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root).
+    /// Trace every Tango process on this host until SIGINT/SIGTERM (needs root); SIGHUP reloads
+    /// the configuration file.
     Run(Box<RunArgs>),
     /// Print the traces kept in the embedded store as trees, with their device log records.
     Show(ShowArgs),

@@ -579,9 +579,9 @@ fn bad_export_settings_are_refused_at_start() {
         assert!(lines[0].contains(expected), "{stderr}");
         assert_eq!(lines[0].matches(expected).count(), 1, "said once: {stderr}");
         if expected != "has no scheme" && !expected.starts_with("OTEL") {
-            assert!(
-                lines[0].ends_with("give --store (or TANGO_TRACER_STORE) a file path the daemon can write")
-            );
+            assert!(lines[0].ends_with(
+                "give --store (or TANGO_TRACER_STORE, store.path) a file path the daemon can write"
+            ));
         }
     }
 }
