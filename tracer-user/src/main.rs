@@ -360,6 +360,12 @@ fn top(args: TopArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_)) {
+        // A SIGHUP (a reload) before the daemon takes it must not end the daemon, its default
+        // action: ignored (discarded, never pending) until the daemon's handler replaces this.
+        // SAFETY: sets this process's disposition of one signal; no memory is touched.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
     let result = match cli.command {
         // One thread: assembly and export hand nothing across threads, which on a busy host is
         // cheaper than any parallelism the daemon could use.

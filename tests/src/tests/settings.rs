@@ -11,7 +11,7 @@ use std::{
 use tracer_export::json::SpanJson;
 
 use crate::{
-    harness::{DemoServer, TracerDaemon, run_client, tracer_binary, unique_marker},
+    harness::{DemoServer, MARKER, Proc, TracerDaemon, run_client, tracer_binary, unique_marker},
     otlp_receiver::OtlpReceiver,
 };
 
@@ -337,5 +337,60 @@ fn sighup_moves_export_to_the_new_endpoint_without_a_restart_or_a_lost_span() {
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("ctl stats --json");
     let text = stats.to_string();
     assert!(text.contains(&a.http_endpoint()) && text.contains(&b.http_endpoint()), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether process `pid` ignores or catches SIGHUP (`SigIgn`/`SigCgt` of `/proc/PID/status`).
+fn sighup_taken(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|line| {
+        let mask = line.strip_prefix("SigIgn:").or_else(|| line.strip_prefix("SigCgt:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok()).is_some_and(|m| m & 1 != 0)
+    })
+}
+
+#[test]
+fn sighup_while_the_daemon_starts_does_not_end_it() {
+    crate::harness::require_root();
+    let dir = test_dir("sighup-start");
+    let ready = dir.join("ready");
+    let child = Command::new(tracer_binary())
+        .args(["run", "--user-spans", "off", "--select-env"])
+        .arg(format!("{MARKER}={}", unique_marker("sighup-start")))
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--control-socket")
+        .arg(dir.join("ctl.sock"))
+        .arg("--store")
+        .arg(dir.join("store.db"))
+        .env("TANGO_TRACER_CONFIG", "")
+        .spawn()
+        .expect("starting tango-tracer run");
+    let mut daemon = Proc { child, name: "tango-tracer".into() };
+    // Before its `main` runs (exec, dynamic loading) SIGHUP's default action still applies, as
+    // for any program: from the moment the process ignores or catches it (its first statement)
+    // until it is ready (loading the probes takes a while), a SIGHUP every 2 ms.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sighup_taken(daemon.pid()) {
+        assert!(
+            Instant::now() < deadline && matches!(daemon.child.try_wait(), Ok(None)),
+            "SIGHUP never taken"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut sent = 0;
+    while !ready.exists() {
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+        sent += 1;
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the daemon ended ({status}) after {sent} SIGHUP(s)");
+        }
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(sent > 10, "only {sent} SIGHUP(s) sent before it was ready");
+    let status = daemon.stop_status(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

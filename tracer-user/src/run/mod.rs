@@ -135,9 +135,6 @@ struct Daemon {
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT; on SIGHUP reloads what `reloader` allows.
 pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Result<()> {
-    // First of all: from now on a SIGHUP waits for the loop instead of ending the daemon (its
-    // default action), also while the probes are loading.
-    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     privileges::check()?;
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
@@ -146,6 +143,10 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
         None => None,
     };
     let (probes, ring) = Probes::load(options.capture_bytes, options.net_ns.unwrap_or(0), options.log_bytes)?;
+    // From now on a SIGHUP waits for the loop (a reload) instead of ending the daemon. Not
+    // before: `main` ignores it until here, as a signal caught while the kernel verifies a
+    // program fails the load (EAGAIN).
+    let mut sighup = tokio::signal::unix::signal(SignalKind::hangup())?;
     if let Some(net_ns) = options.net_ns {
         info!("tracing only processes of network namespace net:[{net_ns}]");
     }
