@@ -394,3 +394,35 @@ fn sighup_while_the_daemon_starts_does_not_end_it() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A signal caught while the kernel verifies a program fails the load with EAGAIN (aya retries
+/// it a few times): reloads, 50 a second, while the first Tango process makes the daemon load
+/// its uprobe programs, cost none of them.
+#[test]
+fn sighup_while_probes_are_loaded_for_a_new_process_loses_none() {
+    let marker = unique_marker("sighup-attach");
+    let daemon = TracerDaemon::start(&marker, &[("TANGO_TRACER_CONFIG", "")], &["--user-spans", "on"]);
+    let pid = daemon.proc.pid();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spammer = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: signalling our own child by its PID.
+                unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // The first Tango process makes the daemon load its uprobe programs (zmq, log4tango, user code).
+    let server = DemoServer::start(&marker, "sighup-attach", &["test/attach/1"]);
+    run_client(&marker, &[&server.url("test/attach/1"), "read_attribute"], &[]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = spammer.join();
+    let log = daemon.log();
+    assert!(log.contains("uprobe zmq_msg_send at"), "{log}");
+    assert!(log.contains("uprobe log4tango::Logger::log_unconditionally at"), "{log}");
+    assert!(!log.contains("failed"), "{log}");
+    assert!(log.matches("SIGHUP: no configuration file at").count() > 10, "{log}");
+    drop(server);
+}

@@ -228,14 +228,16 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
             Err(e) => warn!("no control socket at {}: {e}", path.display()),
         }
     }
+    // Before the ready file: whoever waits for it may stop the daemon at once, and must get a
+    // flushed end rather than the signals' default action.
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
     if let Some(path) = &daemon.options.ready_file {
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
     info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let mut sigquit = tokio::signal::unix::signal(SignalKind::quit())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -298,7 +300,7 @@ impl Daemon {
             info!("SIGHUP: no settings to read again; the daemon keeps running");
             return;
         };
-        let file = reloader.loader.file.path.display().to_string();
+        let path = reloader.loader.file.path.display();
         let new = match reloader.loader.load() {
             Ok(new) => new,
             Err(e) => {
@@ -307,8 +309,12 @@ impl Daemon {
             }
         };
         let plan = crate::settings::plan_reload(&reloader.settings, &new);
+        let file = match &new.file {
+            Some(_) => format!("configuration file {path} read again"),
+            None => format!("no configuration file at {path}"),
+        };
         if plan.changes.is_empty() {
-            info!("SIGHUP: configuration file {file} read again: no setting changed");
+            info!("SIGHUP: {file}: no setting changed");
             return;
         }
         let env = |name: &str| std::env::var(name).ok();
@@ -322,7 +328,7 @@ impl Daemon {
                 return;
             }
         };
-        info!("SIGHUP: configuration file {file} read again: {} setting(s) changed", plan.changes.len());
+        info!("SIGHUP: {file}: {} setting(s) changed", plan.changes.len());
         for change in &plan.changes {
             if change.applied {
                 info!("SIGHUP: {change}");
