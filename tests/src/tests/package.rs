@@ -7,7 +7,9 @@
 //!
 //! The test machine has no running systemd, so the unit's `User=`, `AmbientCapabilities=`,
 //! `CapabilityBoundingSet=` and `NoNewPrivileges=` are applied with `setpriv`, read from the
-//! installed unit; its `RuntimeDirectory=` is made as systemd would make it.
+//! installed unit; its `RuntimeDirectory=` is made as systemd would make it, and its read-only
+//! file system (`ProtectSystem=strict`, `ProtectKernelTunables=`) is approximated by a mount
+//! namespace where everything but those directories is read-only.
 //!
 //! The package is `target/debian/tango-tracer_<version>_amd64.deb` (`cargo xtask package`, which
 //! `cargo xtask test` runs first), or `TANGO_TRACER_DEB`. A package already installed when the
@@ -153,6 +155,26 @@ fn setpriv(capabilities: &BTreeSet<String>) -> Vec<String> {
         "--no-new-privs".into(),
         "--".into(),
     ]
+}
+
+/// What systemd's `ProtectSystem=strict` and `ProtectKernelTunables=` make of the file system,
+/// approximated: a mount namespace of its own in which every mount (`/sys`, tracefs and `/proc`
+/// included) is read-only but `writable` (the unit's state and runtime directories, the test's
+/// directory). Put in front of [`setpriv`].
+fn read_only_system(writable: &[&Path]) -> Vec<String> {
+    let script = r#"set -e
+for dir in "$@"; do [ "$dir" = -- ] && break; mount --bind "$dir" "$dir"; done
+for point in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+    mount -o remount,bind,ro "$point" 2>/dev/null || true
+done
+while [ "$1" != -- ]; do mount -o remount,bind,rw "$1" "$1"; shift; done
+shift
+exec "$@""#;
+    let mut wrapper: Vec<String> =
+        ["unshare", "--mount", "--propagation", "slave", "sh", "-c", script, "sh"].map(str::to_owned).into();
+    wrapper.extend(writable.iter().map(|p| p.display().to_string()));
+    wrapper.push("--".to_owned());
+    wrapper
 }
 
 /// Runs `tango-tracer run` as the service with only `capabilities`: it must refuse to start;
@@ -388,15 +410,20 @@ fn package_installs_runs_with_the_units_privileges_and_purges_without_a_trace() 
         );
     }
 
-    // With exactly the unit's capabilities, as its user, it traces a PyTango call end to end.
-    // systemd makes the RuntimeDirectory= before the start; here the test does.
+    // With exactly the unit's capabilities, as its user, on a read-only system, it traces a
+    // PyTango call end to end. systemd makes the RuntimeDirectory= before the start; here the
+    // test does.
     run_ok("install", &["-d", "-o", USER, "-g", USER, "-m", "0750", RUNTIME_DIR]);
     let receiver = OtlpReceiver::start_blocking();
     let marker = unique_marker("package");
     let server = DemoServer::start(&marker, "package", &["test/demo/1"]);
     let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_owned();
+    let dir_name = format!("tango-tracer-{marker}");
+    let test_dir = std::env::temp_dir().join(&dir_name);
+    let mut wrapper = read_only_system(&[Path::new(STATE_DIR), Path::new(RUNTIME_DIR), &test_dir]);
+    wrapper.extend(setpriv(&granted));
     let mut daemon = TracerDaemon::launch(&DaemonLaunch {
-        dir_name: format!("tango-tracer-{marker}"),
+        dir_name,
         select_marker: marker.clone(),
         env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint)],
         // User-level spans are on by default: as the unit runs it.
@@ -404,7 +431,7 @@ fn package_installs_runs_with_the_units_privileges_and_purges_without_a_trace() 
         enter_netns: None,
         log_prefix: String::new(),
         service: Some(ServiceLaunch {
-            wrapper: setpriv(&granted),
+            wrapper,
             exec_start: exec_start.clone(),
             owner: (uid, gid),
             control_socket: Path::new(RUNTIME_DIR).join("ctl.sock"),
