@@ -366,6 +366,14 @@ fn package_installs_runs_with_the_units_privileges_and_purges_without_a_trace() 
     // Installing started nothing here (no systemd running): the default is the unit's to start.
     assert!(processes_of(uid).is_empty(), "something runs as {USER} after dpkg -i: {:?}", processes_of(uid));
 
+    // Installing again (an upgrade's path through the maintainer scripts) keeps the
+    // administrator's configuration and the user.
+    let edited = format!("{}# edited by the administrator\n", std::fs::read_to_string(CONFIG).unwrap());
+    std::fs::write(CONFIG, &edited).unwrap();
+    run_ok("dpkg", &["-i", &deb.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(CONFIG).unwrap(), edited, "installing again replaced {CONFIG}");
+    assert_eq!(getent("passwd", USER), Some(user.clone()), "installing again changed the user");
+
     // The unit is clean for systemd.
     let verify = run("systemd-analyze", &["verify", &unit_path]);
     let said =
