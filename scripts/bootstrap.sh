@@ -8,9 +8,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NIGHTLY="${TANGO_TRACER_TOOLCHAIN:-$(sed -n 's/^TANGO_TRACER_TOOLCHAIN *= *"\(.*\)"/\1/p' "$ROOT/.cargo/config.toml")}"
 [[ -n "$NIGHTLY" ]] || { echo "[bootstrap] no pinned toolchain in .cargo/config.toml" >&2; exit 1; }
 BPF_LINKER_VERSION=0.13.0
+CARGO_DEB_VERSION=3.8.0
 PYTANGO_VERSION=10.3.1
 VENV="${TANGO_TRACER_VENV:-$ROOT/target/venv}"
-WANT_TEST_STACK="${1:-}"
+# --test-stack: also what the tests need; --package: also what `cargo xtask package` needs.
+WANT_TEST_STACK=""
+WANT_PACKAGE=""
+for arg in "$@"; do
+    case "$arg" in
+        --test-stack) WANT_TEST_STACK=--test-stack ;;
+        --package) WANT_PACKAGE=--package ;;
+        *) echo "[bootstrap] unknown option $arg" >&2; exit 1 ;;
+    esac
+done
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -46,6 +56,11 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
     log "cargo: installing bpf-linker $BPF_LINKER_VERSION (LLVM 22)"
     LLVM_PREFIX=/usr/lib/llvm-22 cargo +"$NIGHTLY" install bpf-linker --version "$BPF_LINKER_VERSION" \
         --locked --no-default-features --features llvm-22
+fi
+
+if [[ "$WANT_PACKAGE" == "--package" ]] && ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+    log "cargo: installing cargo-deb $CARGO_DEB_VERSION"
+    cargo +"$NIGHTLY" install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 
 if [[ "$WANT_TEST_STACK" == "--test-stack" ]]; then

@@ -234,6 +234,9 @@ pub fn run_reference_client(
 pub struct TracerDaemon {
     pub proc: Proc,
     pub dir: PathBuf,
+    /// Its control socket, and the binary whose `ctl` talks to it.
+    pub socket: PathBuf,
+    ctl_binary: PathBuf,
     /// Everything the daemon wrote to its standard error so far (also copied to the test's).
     log: Arc<Mutex<String>>,
     log_reader: Option<std::thread::JoinHandle<()>>,
@@ -319,6 +322,24 @@ pub struct DaemonLaunch {
     pub enter_netns: Option<PathBuf>,
     /// Put in front of each line of its log copied to the test's output (several daemons).
     pub log_prefix: String,
+    /// Runs it as its service would instead (see [`ServiceLaunch`]).
+    pub service: Option<ServiceLaunch>,
+}
+
+/// A daemon started the way its systemd unit starts it: an installed binary, under a wrapper
+/// that sets the unit's user and capabilities (`setpriv`), with the service's default control
+/// socket and store (no `--control-socket`, no `TANGO_TRACER_STORE`).
+#[derive(Clone, Debug)]
+pub struct ServiceLaunch {
+    /// The wrapper's program and arguments, put in front of `binary`.
+    pub wrapper: Vec<String>,
+    /// The daemon's binary and the arguments of the unit's `ExecStart=` (`run` included); that
+    /// binary's `ctl` talks to it.
+    pub exec_start: Vec<String>,
+    /// The service's user and group: the test directory (ready file) is theirs.
+    pub owner: (u32, u32),
+    /// Where the daemon's default control socket is, for [`TracerDaemon::ctl`].
+    pub control_socket: PathBuf,
 }
 
 impl TracerDaemon {
@@ -334,6 +355,7 @@ impl TracerDaemon {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             enter_netns: None,
             log_prefix: String::new(),
+            service: None,
         })
     }
 
@@ -344,24 +366,40 @@ impl TracerDaemon {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the daemon's test directory");
         let ready = dir.join("ready");
-        let mut command = match &launch.enter_netns {
-            Some(netns) => {
-                let mut command = Command::new("nsenter");
-                command.arg(format!("--net={}", netns.display())).arg("--").arg(tracer_binary());
+        let mut command = match (&launch.service, &launch.enter_netns) {
+            (Some(service), _) => {
+                let (uid, gid) = service.owner;
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("giving the test directory away");
+                let mut command = Command::new(&service.wrapper[0]);
+                command.args(&service.wrapper[1..]).args(&service.exec_start);
                 command
             }
-            None => Command::new(tracer_binary()),
+            (None, Some(netns)) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(tracer_binary()).arg("run");
+                command
+            }
+            (None, None) => {
+                let mut command = Command::new(tracer_binary());
+                command.arg("run");
+                command
+            }
+        };
+        let (socket, ctl_binary) = match &launch.service {
+            Some(service) => (service.control_socket.clone(), PathBuf::from(&service.exec_start[0])),
+            None => {
+                command.arg("--control-socket").arg(dir.join("ctl.sock"));
+                command.env("TANGO_TRACER_STORE", dir.join("spans.jsonl"));
+                (dir.join("ctl.sock"), tracer_binary())
+            }
         };
         command
-            .arg("run")
             .arg("--ready-file")
             .arg(&ready)
             .arg("--select-env")
             .arg(format!("{MARKER}={}", launch.select_marker))
             .arg("--export-interval")
             .arg("200ms")
-            .arg("--control-socket")
-            .arg(dir.join("ctl.sock"))
             .args(&launch.args)
             // User-level spans only where a test asks for them: the other tests compare with
             // native telemetry, which has none.
@@ -370,7 +408,6 @@ impl TracerDaemon {
             } else {
                 &["--user-spans", "off"][..]
             })
-            .env("TANGO_TRACER_STORE", dir.join("spans.jsonl"))
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -379,8 +416,7 @@ impl TracerDaemon {
         for (name, value) in &launch.env {
             command.env(name, value);
         }
-        let mut child =
-            command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let log_reader = child.stderr.take().map(|stderr| {
             let log = log.clone();
@@ -404,7 +440,7 @@ impl TracerDaemon {
             assert!(Instant::now() < deadline, "{} was not ready within 60 s", proc.name);
             std::thread::sleep(Duration::from_millis(50));
         }
-        TracerDaemon { proc, dir, log, log_reader, checked: false }
+        TracerDaemon { proc, dir, socket, ctl_binary, log, log_reader, checked: false }
     }
 
     /// What the daemon logged so far.
@@ -414,10 +450,10 @@ impl TracerDaemon {
 
     /// Runs `tango-tracer ctl <args>`; its standard output, or what went wrong.
     pub fn try_ctl(&self, args: &[&str]) -> Result<String, String> {
-        let output = Command::new(tracer_binary())
+        let output = Command::new(&self.ctl_binary)
             .arg("ctl")
             .arg("--socket")
-            .arg(self.dir.join("ctl.sock"))
+            .arg(&self.socket)
             .args(args)
             .output()
             .map_err(|e| format!("running tango-tracer ctl: {e}"))?;
@@ -440,10 +476,10 @@ impl TracerDaemon {
 
     /// Runs `tango-tracer ctl <args>` against this daemon; returns its standard output.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let output = Command::new(tracer_binary())
+        let output = Command::new(&self.ctl_binary)
             .arg("ctl")
             .arg("--socket")
-            .arg(self.dir.join("ctl.sock"))
+            .arg(&self.socket)
             .args(args)
             .output()
             .expect("running tango-tracer ctl");

@@ -6,6 +6,7 @@
 //! everywhere (`RUSTUP_AUTO_INSTALL=0`) — and runs every build with that nightly.
 
 mod bench;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::Options),
     /// Install what is missing (test stack included), build, check and run every test.
     Test(test::Options),
+    /// Build the Debian package target/debian/tango-tracer_<version>_amd64.deb (cargo-deb).
+    Package,
     /// Run the benchmarks and write BENCHMARKS.md.
     Bench(bench::Options),
     /// Only install what is missing (the pinned toolchain, bpf-linker, packages).
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(options) => run::run(options),
         Command::Test(options) => test::run(options),
+        Command::Package => package::run(),
         Command::Bench(options) => bench::run(options),
         Command::Setup(options) => setup::run(options),
         Command::Check => test::check(),
@@ -77,7 +81,11 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 /// Installs the toolchain pieces (and with `test_stack`, the Tango stacks and the venv).
 pub fn bootstrap(test_stack: bool) -> anyhow::Result<()> {
+    bootstrap_with(if test_stack { &["--test-stack"] } else { &[] })
+}
+
+/// Installs the toolchain pieces and the `parts` named (`--test-stack`, `--package`: cargo-deb).
+pub fn bootstrap_with(parts: &[&str]) -> anyhow::Result<()> {
     let toolchain = pinned_toolchain()?;
-    let args: &[&str] = if test_stack { &["--test-stack"] } else { &[] };
-    sh("scripts/bootstrap.sh", args, &[("TANGO_TRACER_TOOLCHAIN", &toolchain)])
+    sh("scripts/bootstrap.sh", parts, &[("TANGO_TRACER_TOOLCHAIN", &toolchain)])
 }

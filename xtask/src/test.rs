@@ -8,9 +8,11 @@ pub struct Options {
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
-    crate::bootstrap(true)?;
+    crate::bootstrap_with(&["--test-stack", "--package"])?;
     check()?;
     crate::cargo(&["build", "--package", "tango-tracer", "--package", "integration-tests"])?;
+    // The package tests install what ships: the release daemon in its package.
+    crate::package::build()?;
     let mut args = vec!["test", "--workspace", "--exclude", "tracer-ebpf", "--no-fail-fast"];
     args.extend(options.args.iter().map(String::as_str));
     // Integration tests start real servers and the daemon: one at a time keeps them clear.

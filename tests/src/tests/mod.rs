@@ -12,6 +12,7 @@ mod log_export;
 mod logs;
 mod metrics;
 mod netns;
+mod package;
 mod probes;
 mod pytango;
 mod sampling;

@@ -82,7 +82,7 @@ fn check_config_prints_every_setting_with_its_source_env_and_flags_over_the_file
     expect("selection.env", "\"BEAMLINE=id00\"", &file_source);
     expect("selection.pids", "[42]", "flag --pid");
     expect("sampling.tail", "\"slower-than=5ms,errors\"", &file_source);
-    expect("control.socket", "\"/run/tango-tracer.sock\"", "default");
+    expect("control.socket", "\"/run/tango-tracer/ctl.sock\"", "default");
     // Every setting of `run` is listed.
     assert_eq!(settings.len(), 34, "{stdout}");
     assert!(

@@ -90,8 +90,10 @@ impl StatsView {
     }
 }
 
-/// Default path of the control socket.
-pub const DEFAULT_SOCKET: &str = "/run/tango-tracer.sock";
+/// Default path of the control socket: in a directory of its own, so that the service, running
+/// as its own user, can create it there (systemd's `RuntimeDirectory=tango-tracer`, which also
+/// removes it when the service stops).
+pub const DEFAULT_SOCKET: &str = "/run/tango-tracer/ctl.sock";
 
 /// What `ctl` asks.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -171,7 +173,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let listener = UnixListener::bind(path)?;
-    // Only root may change what is traced.
+    // Only root (and the daemon's own user) may change what is traced.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     tokio::spawn(async move {
         loop {

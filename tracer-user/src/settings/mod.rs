@@ -210,7 +210,7 @@ pub struct RunFlags {
     /// [default: on].
     #[arg(long, value_enum)]
     pub user_spans: Option<OnOff>,
-    /// Control socket for `tango-tracer ctl` [default: /run/tango-tracer.sock].
+    /// Control socket for `tango-tracer ctl` [default: /run/tango-tracer/ctl.sock].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
     /// Shared key of the daemons of all hosts (at least 32 random bytes, e.g. 64 hex digits; a

@@ -165,12 +165,12 @@ fn a_reload_applies_destinations_and_rules_and_names_what_needs_a_restart() {
     );
     assert_eq!(
         plan.changes[3].to_string(),
-        "control.socket: \"/run/tango-tracer.sock\" → \"/run/other.sock\" (file /etc/tango-tracer/config.toml): \
+        "control.socket: \"/run/tango-tracer/ctl.sock\" → \"/run/other.sock\" (file /etc/tango-tracer/config.toml): \
          needs a restart (the running value stays)"
     );
     let rows = plan.settings.rows();
     assert_eq!(row(&rows, "export.endpoint").value, "\"http://b:4318\"");
-    assert_eq!(row(&rows, "control.socket").value, "\"/run/tango-tracer.sock\"");
+    assert_eq!(row(&rows, "control.socket").value, "\"/run/tango-tracer/ctl.sock\"");
     // The flag still wins over the file after a reload.
     assert_eq!(row(&rows, "export.interval").source, "flag --export-interval");
     // Turning tail sampling off needs a restart: held traces would go undecided.
