@@ -555,7 +555,7 @@ fn top(args: TopArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    tango_tracer::logging::init();
     let cli = Cli::parse();
     let result = match cli.command {
         // One thread: assembly and export hand nothing across threads, which on a busy host is
@@ -578,7 +578,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tango-tracer: {error:#}");
+            tango_tracer::logging::fatal(&error);
             ExitCode::FAILURE
         }
     }
