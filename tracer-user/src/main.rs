@@ -133,6 +133,13 @@ enum CtlAction {
     },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
+    /// Whether the daemon is healthy (exit status 0) or not (1, with the reasons): probes
+    /// attached, no export destination failing for long, no probe records lost lately.
+    Health {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Counters and table sizes of every stage of the daemon.
     Stats {
         /// Print JSON instead of text.
@@ -514,8 +521,20 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
         CtlAction::Stats { json } => (CtlRequest::Stats, json),
+        CtlAction::Health { json } => (CtlRequest::Health, json),
     };
     let answer = request(&args.socket, &req).await?;
+    if let CtlAnswer::Health(view) = &answer {
+        if json {
+            println!("{}", serde_json::to_string_pretty(view)?);
+        } else {
+            print!("{}", view.text());
+        }
+        if !view.healthy {
+            bail!("unhealthy: {}", view.reasons.join("; "));
+        }
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -530,6 +549,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         CtlAnswer::Live(snapshot) => {
             print!("{}", tango_tracer::top::render_text(&snapshot, Default::default()))
         }
+        CtlAnswer::Health(_) => {}
         CtlAnswer::Error { message } => bail!("{message}"),
     }
     Ok(())
