@@ -319,6 +319,11 @@ pub struct DaemonLaunch {
     pub enter_netns: Option<PathBuf>,
     /// Put in front of each line of its log copied to the test's output (several daemons).
     pub log_prefix: String,
+    /// A command the daemon runs under (`setpriv … --`: another user, fewer capabilities); its
+    /// directory is then writable by every user.
+    pub wrapper: Vec<String>,
+    /// The daemon binary, when not [`tracer_binary`].
+    pub binary: Option<PathBuf>,
 }
 
 impl TracerDaemon {
@@ -334,6 +339,8 @@ impl TracerDaemon {
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             enter_netns: None,
             log_prefix: String::new(),
+            wrapper: Vec::new(),
+            binary: None,
         })
     }
 
@@ -343,14 +350,25 @@ impl TracerDaemon {
         let dir = std::env::temp_dir().join(&launch.dir_name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the daemon's test directory");
+        if !launch.wrapper.is_empty() {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                .expect("opening the daemon's directory to its user");
+        }
         let ready = dir.join("ready");
-        let mut command = match &launch.enter_netns {
-            Some(netns) => {
+        let binary = launch.binary.clone().unwrap_or_else(tracer_binary);
+        let mut command = match (&launch.enter_netns, launch.wrapper.split_first()) {
+            (Some(netns), _) => {
                 let mut command = Command::new("nsenter");
-                command.arg(format!("--net={}", netns.display())).arg("--").arg(tracer_binary());
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(&binary);
                 command
             }
-            None => Command::new(tracer_binary()),
+            (None, Some((program, args))) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            (None, None) => Command::new(&binary),
         };
         command
             .arg("run")
@@ -379,8 +397,7 @@ impl TracerDaemon {
         for (name, value) in &launch.env {
             command.env(name, value);
         }
-        let mut child =
-            command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", tracer_binary().display()));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let log = Arc::new(Mutex::new(String::new()));
         let log_reader = child.stderr.take().map(|stderr| {
             let log = log.clone();

@@ -369,6 +369,9 @@ fn destinations(args: &RunArgs) -> anyhow::Result<(Vec<Destination>, Vec<Destina
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything touches the system (the store, sockets, probes): a missing capability is
+    // named, not met as some later failure.
+    daemon::privileges::check()?;
     let (min, max) =
         (tango_tracer::probe::attach::MIN_CAPTURE_BYTES, tango_tracer::probe::attach::MAX_CAPTURE_BYTES);
     if !(min..=max).contains(&args.capture_bytes) {

@@ -126,9 +126,9 @@ struct Daemon {
     health: health::Health,
 }
 
-/// Runs until SIGINT, SIGTERM or SIGQUIT.
+/// Runs until SIGINT, SIGTERM or SIGQUIT. The caller has checked the privileges
+/// ([`privileges::check`]) before it opened anything.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    privileges::check()?;
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
     let _instance = match &options.control_socket {
