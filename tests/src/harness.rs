@@ -324,6 +324,11 @@ pub struct DaemonLaunch {
     pub log_prefix: String,
     /// Runs it as its service would instead (see [`ServiceLaunch`]).
     pub service: Option<ServiceLaunch>,
+    /// A command the daemon runs under (`setpriv … --`: another user, fewer capabilities); its
+    /// directory is then writable by every user.
+    pub wrapper: Vec<String>,
+    /// The daemon binary, when not [`tracer_binary`].
+    pub binary: Option<PathBuf>,
 }
 
 /// A daemon started the way its systemd unit starts it: an installed binary, under a wrapper
@@ -356,6 +361,8 @@ impl TracerDaemon {
             enter_netns: None,
             log_prefix: String::new(),
             service: None,
+            wrapper: Vec::new(),
+            binary: None,
         })
     }
 
@@ -365,22 +372,33 @@ impl TracerDaemon {
         let dir = std::env::temp_dir().join(&launch.dir_name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the daemon's test directory");
+        if !launch.wrapper.is_empty() {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                .expect("opening the daemon's directory to its user");
+        }
         let ready = dir.join("ready");
-        let mut command = match (&launch.service, &launch.enter_netns) {
-            (Some(service), _) => {
+        let binary = launch.binary.clone().unwrap_or_else(tracer_binary);
+        let mut command = match (&launch.service, &launch.enter_netns, launch.wrapper.split_first()) {
+            (Some(service), _, _) => {
                 let (uid, gid) = service.owner;
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("giving the test directory away");
                 let mut command = Command::new(&service.wrapper[0]);
                 command.args(&service.wrapper[1..]).args(&service.exec_start);
                 command
             }
-            (None, Some(netns)) => {
+            (None, Some(netns), _) => {
                 let mut command = Command::new("nsenter");
-                command.arg(format!("--net={}", netns.display())).arg("--").arg(tracer_binary()).arg("run");
+                command.arg(format!("--net={}", netns.display())).arg("--").arg(&binary).arg("run");
                 command
             }
-            (None, None) => {
-                let mut command = Command::new(tracer_binary());
+            (None, None, Some((program, args))) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary).arg("run");
+                command
+            }
+            (None, None, None) => {
+                let mut command = Command::new(&binary);
                 command.arg("run");
                 command
             }
@@ -390,7 +408,7 @@ impl TracerDaemon {
             None => {
                 command.arg("--control-socket").arg(dir.join("ctl.sock"));
                 command.env("TANGO_TRACER_STORE", dir.join("spans.jsonl"));
-                (dir.join("ctl.sock"), tracer_binary())
+                (dir.join("ctl.sock"), binary.clone())
             }
         };
         command

@@ -468,7 +468,7 @@ impl Host {
             args: all_args,
             enter_netns: Some(self.netns_path()),
             log_prefix: format!("[{}{n}] ", self.name),
-            service: None,
+            ..Default::default()
         });
         HostDaemon { daemon, receiver, host: self.name.clone(), ready_ns: now_ns() }
     }

@@ -1196,8 +1196,20 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
 
 /// `zmq_msg_send(msg, socket, flags)`: the application thread hands ZMQ a message part. The last
 /// part (no `ZMQ_SNDMORE`) marks when and on which thread an event was pushed.
-#[uprobe]
+#[uprobe(multi)]
 pub fn zmq_msg_send(ctx: ProbeContext) -> u32 {
+    on_zmq_msg_send(&ctx)
+}
+
+/// [`zmq_msg_send`] attached the legacy way, one perf event per point: kernels before 6.6 have no
+/// uprobe_multi links (and need CAP_SYS_ADMIN for this way).
+#[uprobe]
+pub fn zmq_msg_send_perf(ctx: ProbeContext) -> u32 {
+    on_zmq_msg_send(&ctx)
+}
+
+#[inline(always)]
+fn on_zmq_msg_send(ctx: &ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     // SAFETY: a map lookup; the value is only read.
@@ -1216,8 +1228,20 @@ pub fn zmq_msg_send(ctx: ProbeContext) -> u32 {
 /// int level, const std::string& message)`; rdi = the logger, rsi = &file, edx = line,
 /// ecx = level, r8 = &message. Every device log message that passed its level check ends here,
 /// on the thread that logged it.
-#[uprobe]
+#[uprobe(multi)]
 pub fn log_unconditionally_10(ctx: ProbeContext) -> u32 {
+    on_log_unconditionally_10(&ctx)
+}
+
+/// [`log_unconditionally_10`] attached the legacy way, one perf event per point: kernels before 6.6 have no
+/// uprobe_multi links (and need CAP_SYS_ADMIN for this way).
+#[uprobe]
+pub fn log_unconditionally_10_perf(ctx: ProbeContext) -> u32 {
+    on_log_unconditionally_10(&ctx)
+}
+
+#[inline(always)]
+fn on_log_unconditionally_10(ctx: &ProbeContext) -> u32 {
     let logger: u64 = ctx.arg(0).unwrap_or(0);
     let file: u64 = ctx.arg(1).unwrap_or(0);
     let line: u64 = ctx.arg(2).unwrap_or(0);
@@ -1229,8 +1253,20 @@ pub fn log_unconditionally_10(ctx: ProbeContext) -> u32 {
 
 /// cppTango 9: `log4tango::Logger::log_unconditionally(int level, const std::string& message)`;
 /// rdi = the logger, esi = level, rdx = &message. No source location.
-#[uprobe]
+#[uprobe(multi)]
 pub fn log_unconditionally_9(ctx: ProbeContext) -> u32 {
+    on_log_unconditionally_9(&ctx)
+}
+
+/// [`log_unconditionally_9`] attached the legacy way, one perf event per point: kernels before 6.6 have no
+/// uprobe_multi links (and need CAP_SYS_ADMIN for this way).
+#[uprobe]
+pub fn log_unconditionally_9_perf(ctx: ProbeContext) -> u32 {
+    on_log_unconditionally_9(&ctx)
+}
+
+#[inline(always)]
+fn on_log_unconditionally_9(ctx: &ProbeContext) -> u32 {
     let logger: u64 = ctx.arg(0).unwrap_or(0);
     let level: u64 = ctx.arg(1).unwrap_or(0);
     let message: u64 = ctx.arg(2).unwrap_or(0);

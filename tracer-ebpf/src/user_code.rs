@@ -26,8 +26,16 @@ static USER_CODE_SCRATCH: PerCpuArray<UserCodeRecord> = PerCpuArray::with_max_en
 /// ZF in `eflags`.
 const ZERO_FLAG: u64 = 1 << 6;
 
-#[uprobe]
+#[uprobe(multi)]
 pub fn libtango_point(ctx: ProbeContext) -> u32 {
+    let _ = try_libtango_point(&ctx);
+    0
+}
+
+/// [`libtango_point`] attached the legacy way, one perf event per point: kernels before 6.6 have
+/// no uprobe_multi links (and need CAP_SYS_ADMIN for this way).
+#[uprobe]
+pub fn libtango_point_perf(ctx: ProbeContext) -> u32 {
     let _ = try_libtango_point(&ctx);
     0
 }

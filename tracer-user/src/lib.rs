@@ -13,6 +13,7 @@ pub mod devices;
 pub mod discover;
 pub mod events;
 pub mod live;
+pub mod logging;
 pub mod logs;
 pub mod metrics;
 pub mod peers;

@@ -132,6 +132,13 @@ enum CtlAction {
     },
     /// Forget what `ctl` changed for PATTERN.
     Reset { pattern: String },
+    /// Whether the daemon is healthy (exit status 0) or not (1, with the reasons): probes
+    /// attached, no export destination failing for long, no probe records lost lately.
+    Health {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Counters and table sizes of every stage of the daemon.
     Stats {
         /// Print JSON instead of text.
@@ -191,6 +198,9 @@ fn settings(args: &RunArgs) -> anyhow::Result<(Loader, Settings)> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Before anything touches the system (the store, sockets, probes): a missing capability is
+    // named, not met as some later failure.
+    daemon::privileges::check()?;
     let (loader, settings) = settings(&args)?;
     let env = |name: &str| std::env::var(name).ok();
     let options = settings.run_options(&env)?;
@@ -317,8 +327,20 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlAction::Reset { pattern } => (CtlRequest::Reset { pattern }, false),
         CtlAction::Stats { json } => (CtlRequest::Stats, json),
+        CtlAction::Health { json } => (CtlRequest::Health, json),
     };
     let answer = request(&args.socket, &req).await?;
+    if let CtlAnswer::Health(view) = &answer {
+        if json {
+            println!("{}", serde_json::to_string_pretty(view)?);
+        } else {
+            print!("{}", view.text());
+        }
+        if !view.healthy {
+            bail!("unhealthy: {}", view.reasons.join("; "));
+        }
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -333,6 +355,7 @@ async fn ctl(args: CtlArgs) -> anyhow::Result<()> {
         CtlAnswer::Live(snapshot) => {
             print!("{}", tango_tracer::top::render_text(&snapshot, Default::default()))
         }
+        CtlAnswer::Health(_) => {}
         CtlAnswer::Error { message } => bail!("{message}"),
     }
     Ok(())
@@ -358,7 +381,7 @@ fn top(args: TopArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    tango_tracer::logging::init();
     let cli = Cli::parse();
     if matches!(cli.command, Command::Run(_)) {
         // A SIGHUP (a reload) before the daemon takes it must not end the daemon, its default
@@ -388,7 +411,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("tango-tracer: {error:#}");
+            tango_tracer::logging::fatal(&error);
             ExitCode::FAILURE
         }
     }

@@ -23,7 +23,7 @@ fn endpoint(receiver: &OtlpReceiver) -> String {
 }
 
 /// Runs event_client.py; returns (pid, received values).
-fn event_client(marker: &str, args: &[&str]) -> (i64, usize) {
+pub(super) fn event_client(marker: &str, args: &[&str]) -> (i64, usize) {
     let output = Command::new(python())
         .arg(script("event_client.py"))
         .args(args)
@@ -38,7 +38,7 @@ fn event_client(marker: &str, args: &[&str]) -> (i64, usize) {
     (json["pid"].as_i64().expect("pid"), json["received"].as_array().map(Vec::len).unwrap_or(0))
 }
 
-fn of_pid<'a>(spans: &'a [SpanJson], pid: i64, name: &str) -> Vec<&'a SpanJson> {
+pub(super) fn of_pid<'a>(spans: &'a [SpanJson], pid: i64, name: &str) -> Vec<&'a SpanJson> {
     spans.iter().filter(|s| s.name == name && s.resource.get_i64("tango.process.id") == Some(pid)).collect()
 }
 

@@ -436,14 +436,13 @@ fn package_installs_runs_with_the_units_privileges_and_purges_without_a_trace() 
         env: vec![("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), endpoint)],
         // User-level spans are on by default: as the unit runs it.
         args: vec!["--user-spans".to_owned(), "on".to_owned()],
-        enter_netns: None,
-        log_prefix: String::new(),
         service: Some(ServiceLaunch {
             wrapper,
             exec_start: exec_start.clone(),
             owner: (uid, gid),
             control_socket: Path::new(RUNTIME_DIR).join("ctl.sock"),
         }),
+        ..Default::default()
     });
     let pid = daemon.proc.pid();
     assert_eq!(status_field(pid, "Uid").split_whitespace().next(), Some(uid.to_string().as_str()));

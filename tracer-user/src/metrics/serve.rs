@@ -20,16 +20,20 @@ use tokio::{sync::watch, task::JoinHandle};
 use tracer_export::{Destination, metrics::MetricsSender};
 
 use super::{ExportCounters, Snapshot, otlp, prometheus};
+use crate::run::health::HealthView;
 
 /// The last snapshot, as the run loop publishes it.
 pub type Latest = watch::Receiver<Option<Arc<Snapshot>>>;
+/// The daemon's last health verdict, as the run loop publishes it.
+pub type LatestHealth = watch::Receiver<HealthView>;
 
 /// Longest time one OTLP metrics request takes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Listens at `addr` now (an address taken is an error at start) and answers `GET /metrics`
-/// with the last snapshot; returns the address bound (port 0 picks one).
-pub fn listen(addr: SocketAddr, latest: Latest) -> anyhow::Result<SocketAddr> {
+/// with the last snapshot and `GET /healthz` with the last health verdict (200 healthy, 503
+/// not); returns the address bound (port 0 picks one).
+pub fn listen(addr: SocketAddr, latest: Latest, health: LatestHealth) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--metrics-listen {addr}"))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
@@ -46,8 +50,9 @@ pub fn listen(addr: SocketAddr, latest: Latest) -> anyhow::Result<SocketAddr> {
                 }
             };
             let latest = latest.clone();
+            let health = health.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| answer(request, latest.clone()));
+                let service = service_fn(move |request| answer(request, latest.clone(), health.clone()));
                 if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                     debug!("metrics endpoint: connection ended: {e}");
                 }
@@ -57,7 +62,11 @@ pub fn listen(addr: SocketAddr, latest: Latest) -> anyhow::Result<SocketAddr> {
     Ok(bound)
 }
 
-async fn answer(request: Request<Incoming>, latest: Latest) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    latest: Latest,
+    health: LatestHealth,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status, content_type, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -66,8 +75,17 @@ async fn answer(request: Request<Incoming>, latest: Latest) -> Result<Response<F
         }
         Ok(response)
     };
+    if request.method() == Method::GET && request.uri().path() == "/healthz" {
+        let view = health.borrow().clone();
+        let status = if view.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        return reply(status, "text/plain", view.text());
+    }
     if request.method() != Method::GET || request.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served\n".to_owned());
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only GET /metrics and /healthz are served\n".to_owned(),
+        );
     }
     let snapshot = latest.borrow().clone();
     match snapshot {
@@ -143,6 +161,7 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// The run loop's end of the metrics: publishes snapshots to the endpoint and the OTLP push.
 pub struct Publisher {
     latest: watch::Sender<Option<Arc<Snapshot>>>,
+    health: watch::Sender<HealthView>,
     stop: watch::Sender<bool>,
     interval: watch::Sender<Duration>,
     push: Option<JoinHandle<()>>,
@@ -154,15 +173,21 @@ impl Publisher {
     /// Starts the endpoint (when `options.listen`) and the OTLP push (when destinations).
     pub fn start(options: &super::MetricsOptions) -> anyhow::Result<Publisher> {
         let (latest, receiver) = watch::channel(None);
+        let starting = HealthView {
+            healthy: false,
+            reasons: vec!["starting: probes not attached yet".to_owned()],
+            status: String::new(),
+        };
+        let (health, health_receiver) = watch::channel(starting);
         if let Some(addr) = options.listen {
-            let bound = listen(addr, receiver.clone())?;
-            info!("metrics at http://{bound}/metrics");
+            let bound = listen(addr, receiver.clone(), health_receiver)?;
+            info!("metrics at http://{bound}/metrics, health at http://{bound}/healthz");
         }
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(ExportCounters::default());
         let (interval, interval_rx) = watch::channel(options.interval);
         let push = push(&options.destinations, interval_rx, receiver, Arc::clone(&counters), stop_rx);
-        Ok(Publisher { latest, stop, interval, push, counters, last: None })
+        Ok(Publisher { latest, health, stop, interval, push, counters, last: None })
     }
 
     /// How often the metrics are pushed over OTLP, from now on.
@@ -192,6 +217,11 @@ impl Publisher {
     pub fn publish(&mut self, snapshot: Snapshot) {
         self.last = Some(std::time::Instant::now());
         self.latest.send_replace(Some(Arc::new(snapshot)));
+    }
+
+    /// What `GET /healthz` answers from now on.
+    pub fn set_health(&self, view: HealthView) {
+        self.health.send_replace(view);
     }
 
     pub fn counters(&self) -> &ExportCounters {

@@ -22,10 +22,76 @@ use super::{kernel_offsets, uprobes, userspans};
 pub enum UprobeAttachError {
     #[error(transparent)]
     Point(uprobes::UprobeError),
-    #[error("the eBPF object has no uprobe program")]
-    Missing,
-    #[error("attaching the uprobe failed")]
+    #[error("attaching the uprobe failed: {}", error_chain(.0.as_ref()))]
     Attach(#[source] Box<aya::programs::ProgramError>),
+}
+
+/// `error: its source: …`, so that a log line says what the kernel answered (`EACCES`, …).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How this kernel takes uprobes. A BPF uprobe_multi link (Linux 6.6+) needs only CAP_BPF and
+/// CAP_PERFMON; a uprobe made through `perf_event_open` (the only way before 6.6) needs
+/// CAP_SYS_ADMIN since the kernel reverted uprobes to it (a probe in the middle of an
+/// instruction can corrupt the traced program). Each uprobe program exists in both forms
+/// (`NAME` and `NAME_perf`); the first is used where the kernel loads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UprobeLinks {
+    /// Not tried yet.
+    Unknown,
+    /// uprobe_multi links.
+    Multi,
+    /// One perf event per point.
+    Perf,
+}
+
+/// The uprobe program `name` loaded in the form this kernel takes (see [`UprobeLinks`]).
+fn loaded_uprobe<'a>(
+    ebpf: &'a mut Ebpf,
+    links: &mut UprobeLinks,
+    name: &str,
+) -> Result<&'a mut UProbe, aya::programs::ProgramError> {
+    if *links != UprobeLinks::Perf {
+        let multi: Result<(), aya::programs::ProgramError> = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing_program(name))
+            .and_then(<&mut UProbe>::try_from)
+            .and_then(|uprobe| if uprobe.fd().is_ok() { Ok(()) } else { uprobe.load() });
+        match multi {
+            Ok(()) => *links = UprobeLinks::Multi,
+            Err(e) => {
+                info!(
+                    "uprobes are attached one perf event per point (CAP_SYS_ADMIN needed): this kernel \
+                     refused a uprobe_multi program ({})",
+                    error_chain(&e)
+                );
+                *links = UprobeLinks::Perf;
+            }
+        }
+    }
+    let form = match *links {
+        UprobeLinks::Perf => format!("{name}_perf"),
+        UprobeLinks::Multi | UprobeLinks::Unknown => name.to_string(),
+    };
+    let uprobe: &mut UProbe = ebpf.program_mut(&form).ok_or_else(|| missing_program(&form))?.try_into()?;
+    if uprobe.fd().is_err() {
+        uprobe.load()?;
+    }
+    Ok(uprobe)
+}
+
+fn missing_program(name: &str) -> aya::programs::ProgramError {
+    aya::programs::ProgramError::IOError(std::io::Error::other(format!(
+        "the eBPF object has no program {name}"
+    )))
 }
 
 /// The compiled eBPF object, built by `build.rs` with the pinned nightly.
@@ -111,6 +177,8 @@ pub struct Probes {
     /// Whether data records of TCP/IPv4 sockets carry their TCP position (both `sock:*`
     /// tracepoints attached, every offset found).
     tcp_positions: bool,
+    /// How uprobes are attached on this kernel, found at the first.
+    uprobe_links: UprobeLinks,
 }
 
 /// Probe records and in-kernel state lost so far, by cause, summed over CPUs.
@@ -226,6 +294,7 @@ impl Probes {
             lost,
             capture_len,
             tcp_positions,
+            uprobe_links: UprobeLinks::Unknown,
         };
         Ok((probes, events))
     }
@@ -247,15 +316,8 @@ impl Probes {
             return Ok(None);
         }
         let point = uprobes::probe_point(library, "zmq_msg_send").map_err(UprobeAttachError::Point)?;
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut("zmq_msg_send")
-            .ok_or(UprobeAttachError::Missing)?
-            .try_into()
+        let program = loaded_uprobe(&mut self.ebpf, &mut self.uprobe_links, "zmq_msg_send")
             .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
-        }
         program
             .attach(
                 [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
@@ -284,15 +346,8 @@ impl Probes {
             return Ok(None);
         }
         let (program, point) = uprobes::log_probe_point(library).map_err(UprobeAttachError::Point)?;
-        let uprobe: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(UprobeAttachError::Missing)?
-            .try_into()
+        let uprobe = loaded_uprobe(&mut self.ebpf, &mut self.uprobe_links, program)
             .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
-        if uprobe.fd().is_err() {
-            uprobe.load().map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
-        }
         uprobe
             .attach(
                 [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
@@ -336,15 +391,8 @@ impl Probes {
     /// all or nothing.
     fn attach_user_code(&mut self, library: &std::path::Path) -> Result<String, String> {
         let plan = userspans::plan(library).map_err(|e| e.to_string())?;
-        let program: &mut UProbe = self
-            .ebpf
-            .program_mut("libtango_point")
-            .ok_or("the eBPF object has no libtango_point program")?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        if program.fd().is_err() {
-            program.load().map_err(|e| format!("loading libtango_point: {e}"))?;
-        }
+        let program = loaded_uprobe(&mut self.ebpf, &mut self.uprobe_links, "libtango_point")
+            .map_err(|e| format!("loading libtango_point: {}", error_chain(&e)))?;
         let mut links = Vec::with_capacity(plan.points.len());
         for point in &plan.points {
             let at = aya::programs::uprobe::UProbeAttachPoint {
@@ -358,7 +406,7 @@ impl Probes {
                     for link in links {
                         let _ = program.detach(link);
                     }
-                    return Err(format!("attaching at {:#x}: {e}", point.file_offset));
+                    return Err(format!("attaching at {:#x}: {}", point.file_offset, error_chain(&e)));
                 }
             }
         }
@@ -540,6 +588,12 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
     let events = std::path::Path::new(TRACEFS).join("events");
     if events.exists() {
         return Ok(());
+    }
+    if !crate::run::privileges::has_sys_admin() {
+        return Err(ProbeError::Tracefs(std::io::Error::other(format!(
+            "it is not mounted, and mounting it needs CAP_SYS_ADMIN: mount it before starting the daemon \
+             (mount -t tracefs nodev {TRACEFS}; systemd mounts it by itself)"
+        ))));
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", TRACEFS])

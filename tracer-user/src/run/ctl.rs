@@ -116,6 +116,8 @@ pub enum CtlRequest {
     Stats,
     /// The live view's sliding window (`tango-tracer top`).
     Live,
+    /// Healthy or not, and why (`tango-tracer ctl health`).
+    Health,
 }
 
 /// One setting with the source it came from.
@@ -157,6 +159,7 @@ pub enum CtlAnswer {
     Changed { devices: Vec<String> },
     Stats(StatsView),
     Live(Box<crate::live::LiveSnapshot>),
+    Health(crate::run::health::HealthView),
     Error { message: String },
 }
 
@@ -173,7 +176,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Pending>) -> std::io::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let listener = UnixListener::bind(path)?;
-    // Only root (and the daemon's own user) may change what is traced.
+    // Only the daemon's user (and root) may change what is traced.
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     tokio::spawn(async move {
         loop {

@@ -22,7 +22,11 @@ pub enum InstanceError {
          (`kill {pid}`), or give this one its own --control-socket"
     )]
     Running { pid: String, socket: PathBuf },
-    #[error("cannot use the lock file {path}: {source}")]
+    #[error(
+        "cannot use the lock file {path} (the daemon's user must be able to create files beside its \
+         control socket: give --control-socket a path in a directory it owns, e.g. one systemd makes \
+         with RuntimeDirectory=)"
+    )]
     Lock { path: PathBuf, source: std::io::Error },
 }
 

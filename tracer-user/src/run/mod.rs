@@ -10,6 +10,7 @@
 //! the kernel, the network and the clock.
 
 pub mod ctl;
+pub mod health;
 pub mod instance;
 mod lifecycle;
 pub mod losses;
@@ -131,11 +132,13 @@ struct Daemon {
     metrics: Option<crate::metrics::serve::Publisher>,
     /// The settings and how to read them again (none: SIGHUP changes nothing).
     reloader: Option<Reloader>,
+    /// Health for the service manager, `ctl health` and `GET /healthz`.
+    health: health::Health,
 }
 
-/// Runs until SIGINT, SIGTERM or SIGQUIT; on SIGHUP reloads what `reloader` allows.
+/// Runs until SIGINT, SIGTERM or SIGQUIT; on SIGHUP reloads what `reloader` allows. The caller
+/// has checked the privileges ([`privileges::check`]) before it opened anything.
 pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Result<()> {
-    privileges::check()?;
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
     let _instance = match &options.control_socket {
@@ -197,6 +200,7 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
         outgoing: Vec::new(),
         metrics: None,
         reloader,
+        health: health::Health::from_env(),
     };
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
@@ -238,6 +242,9 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
     info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
+    daemon.health.set_ready();
+    daemon.observe_health();
+    health::notify_ready(&daemon.health.view(Instant::now()).status);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -280,11 +287,14 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
             _ = sigquit.recv() => break,
             // Never an end: the settings are read again and what can change is applied.
             _ = sighup.recv() => {
+                health::notify_reloading();
                 daemon.reload();
+                health::notify_reloaded();
                 daemon.release(false);
             }
         }
     }
+    health::notify_stopping();
     // Records already in the ring buffer belong to calls that happened before the signal.
     daemon.drain_ring(ring.get_mut());
     daemon.shutdown().await;
@@ -441,6 +451,12 @@ impl Daemon {
         if self.metrics.as_ref().is_some_and(|m| m.due()) {
             self.publish_metrics();
         }
+        let now = Instant::now();
+        if self.health.check_due(now) {
+            self.observe_health();
+        }
+        // From the main loop only: a loop that is stuck stops the watchdog.
+        self.health.notify_due(now);
         if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
             self.last_loss_check = Instant::now();
             let losses = self.losses();
@@ -527,6 +543,10 @@ impl Daemon {
                 CtlAnswer::Stats(ctl::StatsView::new(&self.stats(), self.losses(), &self.hub.stats()))
             }
             CtlRequest::Live => CtlAnswer::Live(Box::new(self.live_snapshot())),
+            CtlRequest::Health => {
+                self.observe_health();
+                CtlAnswer::Health(self.health.view(Instant::now()))
+            }
             CtlRequest::Enable { pattern, enable } => {
                 let cmd = command(&pattern, AdminChange::Enable(enable));
                 self.pipeline.configuration_mut().ctl_commands(vec![cmd]);
@@ -561,6 +581,30 @@ impl Daemon {
                 self.pipeline.configuration_mut().ctl_reset(&pattern);
                 CtlAnswer::Changed { devices: self.devices_matching(&pattern) }
             }
+        }
+    }
+
+    /// Reads the counters health is worked out from, and hands the verdict to `GET /healthz`.
+    fn observe_health(&mut self) {
+        let export = self.hub.stats();
+        let failing = export
+            .destinations
+            .iter()
+            .chain(export.logs.iter())
+            .filter(|(_, s)| s.failing)
+            .map(|(d, s)| format!("{d}: {}", s.last_error.as_deref().unwrap_or("failing")))
+            .collect();
+        let observation = health::Observation {
+            traced_processes: self.processes.len(),
+            spans_exported: export.total().spans_delivered,
+            lost_total: self.losses().iter().map(|l| l.total).sum(),
+            records_lost: self.probes.lost_records(),
+            failing,
+        };
+        let now = Instant::now();
+        self.health.observe(observation, now);
+        if let Some(metrics) = &self.metrics {
+            metrics.set_health(self.health.view(now));
         }
     }
 
