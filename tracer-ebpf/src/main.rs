@@ -1,8 +1,14 @@
 //! eBPF programs of tango-tracer. All of them only read: they never write to a traced process.
 //!
-//! - Syscall tracepoints on `sendto`/`recvfrom` copy GIOP messages (TCP and Unix sockets alike) of
-//!   target processes into the ring buffer, at syscall exit, from the bytes that actually moved;
-//!   one record per message when a syscall moves several. Other processes pay one hash lookup.
+//! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` fire inside every socket transfer,
+//!   after the bytes moved, with the socket and the byte count: for a `sendto`/`recvfrom` of a
+//!   target process (the syscall read from its saved registers) they copy the GIOP messages (TCP
+//!   and Unix sockets alike) into the ring buffer, one record per message when a syscall moves
+//!   several, with the socket's peer and, for TCP/IPv4, its local end and the TCP sequence number
+//!   of each message's first byte, which both hosts of a connection see for the same bytes. Other
+//!   processes pay one hash lookup per socket transfer, and nothing for other syscalls.
+//! - Kernels without those tracepoints (before 6.3) read the same calls at the `sendto`/`recvfrom`
+//!   syscall tracepoints instead: arguments kept at entry (`PENDING`), bytes reported at exit.
 //! - Nothing is lost silently: every record or piece of state that cannot be kept is counted by
 //!   cause in `LOST` (see `tracer_common::loss`).
 //! - `openat` notices a process loading omniORB and makes it a target at once, in the kernel, so no
@@ -13,9 +19,6 @@
 //!   `always_executed_hook`, each attribute read, each command.
 //! - Scheduler tracepoints report exec and exit of targets so the daemon can free state; a BTF
 //!   `sched_process_fork` program makes a target's forked children targets.
-//! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` note the socket of each send and
-//!   receive in flight: its peer and, for TCP/IPv4, its local end and the TCP sequence number of
-//!   the first byte moved, which both hosts of a connection see for the same bytes.
 //! - With a network namespace chosen (`--netns`), only its processes become targets, at the
 //!   omniORB open and at fork alike.
 #![no_std]
@@ -49,7 +52,7 @@ use tracer_common::{
 static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Arguments of a `sendto`/`recvfrom` in flight, per thread (key: pid_tgid), read back when it
-/// returns. A plain hash map, not an LRU one: a full map fails the insert, which is counted,
+/// returns (the syscall-tracepoint path only). A plain hash map, not an LRU one: a full map fails the insert, which is counted,
 /// where an LRU map would evict another thread's call without a trace. Entries leave at syscall
 /// exit; the daemon removes those of a process that exited.
 #[map]
@@ -240,7 +243,7 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
         return Ok(());
     }
     // The target was looked up at entry (its capture length is in `call`); a process the daemon
-    // dropped meanwhile gives records the daemon ignores.
+    // dropped meanwhile gives records the daemon ignores. No socket here: peers come from `/proc`.
     let capture_len = call.capture_len;
     if dir == direction::RECV {
         // A receive's bytes exist once it returns.
@@ -250,53 +253,97 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     emit_data(pid_tgid, &call, ret as u64, capture_len)
 }
 
-/// `sock:sock_send_length` fires inside the send, after the bytes were queued, with the socket:
-/// its ends and the sequence number of the send's first byte are noted for the `sendto` in
-/// flight on this thread.
+/// `sock:sock_send_length` fires inside every socket send, after the bytes were queued, with the
+/// socket and the byte count: for a `sendto` of a target, the whole send is reported from here
+/// (the user buffer is intact), with no entry program and no state between programs.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = note_socket(&ctx, direction::SEND);
+    let _ = sock_transfer(&ctx, direction::SEND, SYS_SENDTO);
     0
 }
 
-/// `sock:sock_recv_length` fires inside the receive, after the bytes were copied, with the
-/// socket: its ends and the sequence number of the receive's first byte are noted for the
-/// `recvfrom` in flight on this thread.
+/// `sock:sock_recv_length` fires inside every socket receive, after the bytes were copied to the
+/// user buffer: a `recvfrom` of a target is reported from here.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = note_socket(&ctx, direction::RECV);
+    let _ = sock_transfer(&ctx, direction::RECV, SYS_RECVFROM);
     0
 }
 
 const AF_INET: u16 = 2;
 const MSG_PEEK: i32 = 2;
+/// x86_64 syscall numbers of the calls omniORB and ZMQ move their bytes with (`send`/`recv`
+/// are these syscalls too).
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+/// Offsets in x86_64 `struct pt_regs` (a fixed layout): the syscall number and its first two
+/// arguments as the task entered the kernel.
+const REGS_SI: usize = 13 * 8;
+const REGS_DI: usize = 14 * 8;
+const REGS_ORIG_AX: usize = 15 * 8;
 
-/// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
-/// number of the syscall's first byte. Threads without a syscall in flight pay one lookup.
+/// Reports the bytes one `sendto`/`recvfrom` of a target moved, from inside the transfer: the
+/// syscall's fd and buffer are the task's saved user registers, the socket is the tracepoint's.
+/// Other processes pay one map lookup; failed transfers (EAGAIN) and other syscalls that reach
+/// a socket (`sendmsg`, `write`, io_uring, the kernel's own sends) nothing more.
 ///
-/// The socket is read with plain loads, not helper calls: the verifier knows the argument's type
-/// from BTF and the offsets (read-only globals set before loading) as constants, checks each
-/// load against the struct, and makes it fault-tolerant.
+/// The socket and the registers are read with plain loads, not helper calls: the verifier knows
+/// both types from BTF and the offsets (read-only globals set before loading, or fixed) as
+/// constants, checks each load against the struct, and makes it fault-tolerant.
 #[inline(always)]
-fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
+fn sock_transfer(ctx: &BtfTracePointContext, dir: u8, syscall: u64) -> Result<(), ()> {
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return Ok(());
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = PENDING.get_ptr_mut(&pid_tgid) else {
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
         return Ok(());
     };
-    // SAFETY: the entry belongs to this thread's syscall in flight; only this thread touches it.
-    let call = unsafe { &mut *call };
+    let capture_len = target.capture_len;
+    // SAFETY: helpers of tracing programs; the result is the current task's saved user registers
+    // (a BTF pointer the verifier checks every load against).
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return Ok(());
+    }
+    // SAFETY (the loads): fields of `struct pt_regs` at its fixed x86_64 offsets.
+    if unsafe { regs.add(REGS_ORIG_AX).cast::<u64>().read_volatile() } != syscall {
+        return Ok(());
+    }
+    let fd = unsafe { regs.add(REGS_DI).cast::<u64>().read_volatile() } as i32;
+    let buf = unsafe { regs.add(REGS_SI).cast::<u64>().read_volatile() };
+    let mut call = PendingCall {
+        buf,
+        // A send is stamped once its bytes are queued (a few microseconds after it entered on
+        // loopback), a receive once they are copied.
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        capture_len,
+        direction: dir,
+        ..PendingCall::default()
+    };
+    let sk: *const u8 = ctx.arg(0);
+    if !sk.is_null() {
+        let flags: i32 = ctx.arg(2);
+        note_socket(&mut call, sk, ret, flags);
+    }
+    emit_data(pid_tgid, &call, ret as u64, capture_len)
+}
+
+/// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
+/// number of the transfer's first byte.
+#[inline(always)]
+fn note_socket(call: &mut PendingCall, sk: *const u8, ret: i32, flags: i32) {
     // SAFETY (the offsets): globals the daemon sets before loading; read one by one as volatile
     // so each stays a load the verifier resolves to a constant.
     let offset = |field: &u32| unsafe { core::ptr::read_volatile(field) } as usize;
-    if call.direction != dir || offset(&SOCK_OFFSETS.valid) != 1 {
-        return Ok(());
-    }
-    // TP_PROTO(struct sock *sk, int ret, int flags)
-    let sk: *const u8 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
-    if sk.is_null() {
-        return Ok(());
+    if offset(&SOCK_OFFSETS.valid) != 1 {
+        return;
     }
     // SAFETY (the loads): fields of the socket the tracepoint hands us, at BTF offsets.
     let family = unsafe { sk.add(offset(&SOCK_OFFSETS.family)).cast::<u16>().read_volatile() };
@@ -305,22 +352,22 @@ fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
     call.peer_family = family;
     call.peer_port = u16::from_be(dport);
     call.peer_addr = daddr;
-    if offset(&SOCK_OFFSETS.tcp_valid) != 1 || family != AF_INET || ret <= 0 {
-        return Ok(());
+    if offset(&SOCK_OFFSETS.tcp_valid) != 1 || family != AF_INET {
+        return;
     }
     // The kernel's own check (full socket, IPPROTO_TCP, SOCK_STREAM): only then is it a
     // `tcp_sock` whose sequence numbers may be read.
     // SAFETY: the helper only inspects the socket.
     let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
     if tp.is_null() {
-        return Ok(());
+        return;
     }
-    // The syscall's bytes end where the socket's counter now stands (it moved by `ret`), except
+    // The transfer's bytes end where the socket's counter now stands (it moved by `ret`), except
     // for a peek, which moves nothing. (A second thread moving bytes on the same socket between
     // the transfer and this tracepoint would shift the counter; omniORB and ZMQ give a connection
     // one writer and one reader at a time.)
     // SAFETY (the loads): fields of the TCP socket the kernel just checked, at BTF offsets.
-    let seq = if dir == direction::SEND {
+    let seq = if call.direction == direction::SEND {
         unsafe { tp.add(offset(&SOCK_OFFSETS.write_seq)).cast::<u32>().read_volatile() }
             .wrapping_sub(ret as u32)
     } else if flags & MSG_PEEK != 0 {
@@ -333,7 +380,6 @@ fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
     call.local_port = unsafe { sk.add(offset(&SOCK_OFFSETS.num)).cast::<u16>().read_volatile() };
     call.tcp_seq = seq;
     call.tcp_valid = 1;
-    Ok(())
 }
 
 /// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
