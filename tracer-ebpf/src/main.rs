@@ -64,14 +64,27 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 #[map]
 static STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(16384, 0);
 
-/// Sockets (pid, fd, direction) carrying Tango events over ZMTP: every chunk is copied, whole,
-/// because ZMQ batches several messages into one call and splits them across calls.
+/// Socket fds of targets (key: pid << 32 | fd) the probes have met: whether a record was sent
+/// (so `close` reports only those) and which directions carry Tango events over ZMTP (every
+/// chunk of those is copied, whole, because ZMQ batches several messages into one call and splits
+/// them across calls). One lookup per transfer answers both.
 #[map]
-static ZMTP_STREAMS: LruHashMap<StreamKey, u8> = LruHashMap::with_max_entries(4096, 0);
+static SOCKETS: LruHashMap<u64, SocketMarks> = LruHashMap::with_max_entries(65536, 0);
 
-/// Socket fds on which a record was sent, so `close` reports only those.
-#[map]
-static SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+/// What `SOCKETS` knows of a socket. One byte per fact, each written by one direction's thread
+/// in place (a byte store never clobbers the others); a new entry is inserted only if absent.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SocketMarks {
+    /// 1 once a record of this socket was sent.
+    reported: u8,
+    /// 1 when that direction (`direction::SEND`, `RECV`) carries a ZMTP event stream.
+    zmtp: [u8; 2],
+    _pad: u8,
+}
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// One record being built per CPU (too large for the 512-byte stack).
 #[map]
@@ -392,6 +405,18 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
     // SAFETY: a map lookup; the value is copied out.
     let state = unsafe { STREAMS.get(&key) }.copied();
     let had_state = state.is_some();
+    let socket = socket_key(pid, call.fd);
+    // SAFETY: a map lookup; the value is copied out.
+    let marks = unsafe { SOCKETS.get(&socket) }.copied();
+    let zmtp = marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1));
+    let reported = marks.is_some_and(|m| m.reported == 1);
+    if !had_state && !zmtp {
+        // The usual case: one whole GIOP message, or the start of one, copied by one read of the
+        // user buffer into the record, and no loop.
+        if let Some(done) = emit_whole_message(pid_tgid, call, len, capture_len, reported, &key) {
+            return done;
+        }
+    }
     // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
     // unknown at every loop step and proves the step once, instead of following `off` growing.
     let walk = WALKS.get_ptr_mut(0).ok_or(())?;
@@ -416,7 +441,8 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         tcp_valid: call.tcp_valid,
         in_stream: 0,
         finished: 0,
-        _pad: [0; 6],
+        reported: reported as u8,
+        _pad: [0; 5],
         state: state.unwrap_or_default(),
     };
     let lost_sync = state.is_some_and(|s| s.lost_sync == 1);
@@ -430,8 +456,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         walk.state = StreamState::default();
     }
     if !had_state || lost_sync {
-        // SAFETY: a map lookup; the value is not used.
-        if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
+        if zmtp {
             return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
         }
         if len < 4 {
@@ -442,7 +467,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
             let (b0, b2) = (lo as u8, (lo >> 16) as u8);
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
             if len >= 10 && b0 & 0x02 == 0 && ((lo >> 16) | (hi << 48)) == u64::from_le_bytes(*b"tango://") {
-                let _ = ZMTP_STREAMS.insert(&key, &1, 0);
+                mark_zmtp(socket, call.direction);
                 return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
@@ -454,7 +479,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
             return Ok(());
         }
         if len >= GIOP_HEADER_LEN as u64 {
-            // The usual case, one message or the start of one: no loop.
+            // One message or the start of one, after a desync: no loop.
             let message_len = giop_message_len(lo, hi).ok_or(())? as u64;
             if message_len >= len {
                 emit_chunk(walk, 0, len, capture_len, chunk::MESSAGE_START)?;
@@ -520,7 +545,9 @@ struct Walk {
     in_stream: u8,
     /// 1 when the walk reached the end of the bytes (or stopped on purpose).
     finished: u8,
-    _pad: [u8; 6],
+    /// 1 once `SOCKETS` says this socket sent a record.
+    reported: u8,
+    _pad: [u8; 5],
     /// The stream between syscalls: kept when the walk ends inside a message.
     state: StreamState,
 }
@@ -733,7 +760,7 @@ fn take_message_slot(walk: &Walk, index: u64) -> u8 {
 /// Copies one chunk (`len` bytes at `off` of the syscall's buffer, at most `capture_len` of them)
 /// into the ring buffer.
 #[inline(always)]
-fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> Result<(), ()> {
+fn emit_chunk(walk: &mut Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> Result<(), ()> {
     let pid = (walk.pid_tgid >> 32) as u32;
     let record = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
@@ -781,13 +808,130 @@ fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> R
     if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
         count_lost(loss::RING_FULL, 1);
     }
-    // A lookup is cheaper than an update, and the socket is known after its first message.
-    let socket = socket_key(pid, walk.fd);
-    // SAFETY: a map lookup; the value is not used.
-    if unsafe { SOCKETS.get(&socket) }.is_none() {
-        let _ = SOCKETS.insert(&socket, &1, 0);
+    if walk.reported == 0 {
+        mark_reported(socket_key(pid, walk.fd));
+        walk.reported = 1;
     }
     Ok(())
+}
+
+/// Notes that `socket` sent a record (so its `close` is reported).
+#[inline(always)]
+fn mark_reported(socket: u64) {
+    let marks = SocketMarks { reported: 1, ..SocketMarks::default() };
+    if SOCKETS.insert(&socket, &marks, BPF_NOEXIST).is_err()
+        && let Some(marks) = SOCKETS.get_ptr_mut(&socket)
+    {
+        // SAFETY: one byte of the entry, written in place (see `SocketMarks`).
+        unsafe { (*marks).reported = 1 };
+    }
+}
+
+/// Notes that direction `dir` of `socket` carries a ZMTP event stream.
+#[inline(always)]
+fn mark_zmtp(socket: u64, dir: u8) {
+    let mut marks = SocketMarks::default();
+    if let Some(mark) = marks.zmtp.get_mut(dir as usize) {
+        *mark = 1;
+    }
+    if SOCKETS.insert(&socket, &marks, BPF_NOEXIST).is_err()
+        && let Some(marks) = SOCKETS.get_ptr_mut(&socket)
+        // SAFETY: one byte of the entry, written in place (see `SocketMarks`).
+        && let Some(mark) = unsafe { (*marks).zmtp.get_mut(dir as usize) }
+    {
+        *mark = 1;
+    }
+}
+
+/// The fast path of [`emit_data`]: a syscall with no stream state that starts with a GIOP header
+/// and moves that message whole or its start only. The first `capture_len` bytes are read once,
+/// straight into the record, and the header is taken from there. `None` when the bytes are
+/// anything else: the general path reads them again.
+#[inline(always)]
+fn emit_whole_message(
+    pid_tgid: u64,
+    call: &PendingCall,
+    len: u64,
+    capture_len: u32,
+    reported: bool,
+    key: &StreamKey,
+) -> Option<Result<(), ()>> {
+    if len < GIOP_HEADER_LEN as u64 {
+        return None;
+    }
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let record = unsafe { &mut *record };
+    let mut captured = len as usize;
+    if captured > capture_len as usize {
+        captured = capture_len as usize;
+    }
+    if captured > MAX_CAPTURE {
+        captured = MAX_CAPTURE;
+    }
+    if captured < GIOP_HEADER_LEN {
+        return None;
+    }
+    let dst = record.data.get_mut(..captured)?;
+    // SAFETY: reading user memory the syscall itself read or wrote.
+    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, dst) }.is_err() {
+        return None;
+    }
+    // SAFETY: the first 12 bytes of the record's data, just copied (`captured` ≥ 12).
+    let (lo, hi) = unsafe {
+        let at = record.data.as_ptr();
+        (at.cast::<u64>().read_unaligned(), at.add(8).cast::<u32>().read_unaligned() as u64)
+    };
+    if lo as u32 != GIOP_MAGIC {
+        return None;
+    }
+    // A bad header is counted once, here, and ends the syscall as on the general path.
+    let Some(message_len) = giop_message_len(lo, hi) else {
+        return Some(Err(()));
+    };
+    let message_len = message_len as u64;
+    if message_len < len {
+        // Several messages: the walk.
+        return None;
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    record.header =
+        RecordHeader { kind: kind::DATA, pid, tid: pid_tgid as u32, fd: call.fd, ts_ns: call.ts_ns };
+    record.total_len = len.min(u32::MAX as u64) as u32;
+    record.captured_len = captured as u32;
+    record.direction = call.direction;
+    record.flags =
+        if call.tcp_valid == 1 { chunk::MESSAGE_START | chunk::TCP_POSITION } else { chunk::MESSAGE_START };
+    record.peer_family = call.peer_family;
+    record.peer_port = call.peer_port;
+    record.peer_addr = call.peer_addr;
+    record.local_port = call.local_port;
+    record.local_addr = call.local_addr;
+    record.tcp_seq = call.tcp_seq;
+    record._pad2 = 0;
+    let size = DATA_RECORD_HEADER_LEN + captured;
+    // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (record as *const DataRecord).cast::<u8>(),
+            size.min(core::mem::size_of::<DataRecord>()),
+        )
+    };
+    // No wake-up: see `emit_chunk`.
+    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost(loss::RING_FULL, 1);
+    }
+    if !reported {
+        mark_reported(socket_key(pid, call.fd));
+    }
+    if message_len > len {
+        let state =
+            StreamState { pending: (message_len - len) as u32, seen: len as u32, ..StreamState::default() };
+        if STREAMS.insert(key, &state, 0).is_err() {
+            count_lost(loss::STREAM_FULL, 1);
+        }
+    }
+    Some(Ok(()))
 }
 
 #[inline(always)]
@@ -836,10 +980,13 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     // not leave a partial message for the next connection that gets this fd number.
     for dir in [direction::SEND, direction::RECV] {
         let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
-        let _ = ZMTP_STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
     }
-    // `SOCKETS` only says whether the fd carried a record, so other closes are not reported.
-    if SOCKETS.remove(&socket_key(pid, fd)).is_ok() {
+    // `SOCKETS` says whether the fd carried a record, so other closes are not reported; its ZMTP
+    // marks go with it.
+    let socket = socket_key(pid, fd);
+    // SAFETY: a map lookup; the value is copied out.
+    let reported = unsafe { SOCKETS.get(&socket) }.is_some_and(|marks| marks.reported == 1);
+    if SOCKETS.remove(&socket).is_ok() && reported {
         emit_process(kind::CLOSE, pid, pid_tgid as u32, fd);
     }
     0
