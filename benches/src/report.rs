@@ -629,8 +629,9 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
          client with the same environment, exporting OTLP/HTTP to a second receiver; no daemon.\n\
          - **Daemon attached, process not selected**: the daemon runs, but the client and the \
          server (a third one, without the marker) are not selected. This is what every other \
-         process on a traced host pays: the syscall tracepoints fire for every `sendto`/`recvfrom` \
-         on the machine and the in-kernel filter drops them, so nothing reaches the ring buffer.\n\
+         process on a traced host pays: the socket programs run inside every socket send and receive \
+         on the machine (the syscall tracepoints, on kernels without `sock:*`) and the in-kernel \
+         filter drops them, so nothing reaches the ring buffer.\n\
          - The spans-only daemon is started once per round and kept running for that round's traced and \
          not-selected runs, which come back to back (T S, or S T in reversed rounds), and is \
          stopped (SIGTERM: it flushes) before the other runs. Keeping one daemon \
@@ -767,7 +768,7 @@ fn write_ebpf(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
          holds, read from `/proc/<daemon>/fdinfo`), switched on during the traced runs only and \
          divided by the run's calls (warm-up included); medians over the rounds. Both ends of \
          each call are traced, so the programs run for the client and for the server. The \
-         syscall tracepoints fire for every process of the machine, so these figures also hold \
+         socket programs run for every process of the machine, so these figures also hold \
          what other processes' socket calls cost while filtered out (the receiver, the daemon's \
          own export, other users)."
     )?;
@@ -883,8 +884,8 @@ fn write_costs(md: &mut String, rt: &RoundTrips, assembly: Option<&Assembly>) ->
         md,
         "- **Tracepoints alone** (daemon attached, process not selected, against untraced): \
          {:.3} of the untraced rate; client + server CPU {:.0} → {:.0} µs per call. The kernel \
-         runs the programs on every `sendto`/`recvfrom` and drops the records of processes not \
-         selected.",
+         runs the programs on every socket send and receive and drops the records of processes \
+         not selected.",
         not_selected / untraced,
         processes(Config::Untraced),
         processes(Config::NotSelected),

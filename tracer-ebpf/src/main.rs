@@ -1,8 +1,14 @@
 //! eBPF programs of tango-tracer. All of them only read: they never write to a traced process.
 //!
-//! - Syscall tracepoints on `sendto`/`recvfrom` copy GIOP messages (TCP and Unix sockets alike) of
-//!   target processes into the ring buffer, at syscall exit, from the bytes that actually moved;
-//!   one record per message when a syscall moves several. Other processes pay one hash lookup.
+//! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` fire inside every socket transfer,
+//!   after the bytes moved, with the socket and the byte count: for a `sendto`/`recvfrom` of a
+//!   target process (the syscall read from its saved registers) they copy the GIOP messages (TCP
+//!   and Unix sockets alike) into the ring buffer, one record per message when a syscall moves
+//!   several, with the socket's peer and, for TCP/IPv4, its local end and the TCP sequence number
+//!   of each message's first byte, which both hosts of a connection see for the same bytes. Other
+//!   processes pay one hash lookup per socket transfer, and nothing for other syscalls.
+//! - Kernels without those tracepoints (before 6.3) read the same calls at the `sendto`/`recvfrom`
+//!   syscall tracepoints instead: arguments kept at entry (`PENDING`), bytes reported at exit.
 //! - Nothing is lost silently: every record or piece of state that cannot be kept is counted by
 //!   cause in `LOST` (see `tracer_common::loss`).
 //! - `openat` notices a process loading omniORB and makes it a target at once, in the kernel, so no
@@ -13,9 +19,6 @@
 //!   `always_executed_hook`, each attribute read, each command.
 //! - Scheduler tracepoints report exec and exit of targets so the daemon can free state; a BTF
 //!   `sched_process_fork` program makes a target's forked children targets.
-//! - BTF tracepoints `sock:sock_send_length`/`sock_recv_length` note the socket of each send and
-//!   receive in flight: its peer and, for TCP/IPv4, its local end and the TCP sequence number of
-//!   the first byte moved, which both hosts of a connection see for the same bytes.
 //! - With a network namespace chosen (`--netns`), only its processes become targets, at the
 //!   omniORB open and at fork alike.
 #![no_std]
@@ -49,7 +52,7 @@ use tracer_common::{
 static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Arguments of a `sendto`/`recvfrom` in flight, per thread (key: pid_tgid), read back when it
-/// returns. A plain hash map, not an LRU one: a full map fails the insert, which is counted,
+/// returns (the syscall-tracepoint path only). A plain hash map, not an LRU one: a full map fails the insert, which is counted,
 /// where an LRU map would evict another thread's call without a trace. Entries leave at syscall
 /// exit; the daemon removes those of a process that exited.
 #[map]
@@ -61,14 +64,27 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 #[map]
 static STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(16384, 0);
 
-/// Sockets (pid, fd, direction) carrying Tango events over ZMTP: every chunk is copied, whole,
-/// because ZMQ batches several messages into one call and splits them across calls.
+/// Socket fds of targets (key: pid << 32 | fd) the probes have met: whether a record was sent
+/// (so `close` reports only those) and which directions carry Tango events over ZMTP (every
+/// chunk of those is copied, whole, because ZMQ batches several messages into one call and splits
+/// them across calls). One lookup per transfer answers both.
 #[map]
-static ZMTP_STREAMS: LruHashMap<StreamKey, u8> = LruHashMap::with_max_entries(4096, 0);
+static SOCKETS: LruHashMap<u64, SocketMarks> = LruHashMap::with_max_entries(65536, 0);
 
-/// Socket fds on which a record was sent, so `close` reports only those.
-#[map]
-static SOCKETS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+/// What `SOCKETS` knows of a socket. One byte per fact, each written by one direction's thread
+/// in place (a byte store never clobbers the others); a new entry is inserted only if absent.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SocketMarks {
+    /// 1 once a record of this socket was sent.
+    reported: u8,
+    /// 1 when that direction (`direction::SEND`, `RECV`) carries a ZMTP event stream.
+    zmtp: [u8; 2],
+    _pad: u8,
+}
+
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// One record being built per CPU (too large for the 512-byte stack).
 #[map]
@@ -240,7 +256,7 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
         return Ok(());
     }
     // The target was looked up at entry (its capture length is in `call`); a process the daemon
-    // dropped meanwhile gives records the daemon ignores.
+    // dropped meanwhile gives records the daemon ignores. No socket here: peers come from `/proc`.
     let capture_len = call.capture_len;
     if dir == direction::RECV {
         // A receive's bytes exist once it returns.
@@ -250,53 +266,97 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     emit_data(pid_tgid, &call, ret as u64, capture_len)
 }
 
-/// `sock:sock_send_length` fires inside the send, after the bytes were queued, with the socket:
-/// its ends and the sequence number of the send's first byte are noted for the `sendto` in
-/// flight on this thread.
+/// `sock:sock_send_length` fires inside every socket send, after the bytes were queued, with the
+/// socket and the byte count: for a `sendto` of a target, the whole send is reported from here
+/// (the user buffer is intact), with no entry program and no state between programs.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = note_socket(&ctx, direction::SEND);
+    let _ = sock_transfer(&ctx, direction::SEND, SYS_SENDTO);
     0
 }
 
-/// `sock:sock_recv_length` fires inside the receive, after the bytes were copied, with the
-/// socket: its ends and the sequence number of the receive's first byte are noted for the
-/// `recvfrom` in flight on this thread.
+/// `sock:sock_recv_length` fires inside every socket receive, after the bytes were copied to the
+/// user buffer: a `recvfrom` of a target is reported from here.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
-    let _ = note_socket(&ctx, direction::RECV);
+    let _ = sock_transfer(&ctx, direction::RECV, SYS_RECVFROM);
     0
 }
 
 const AF_INET: u16 = 2;
 const MSG_PEEK: i32 = 2;
+/// x86_64 syscall numbers of the calls omniORB and ZMQ move their bytes with (`send`/`recv`
+/// are these syscalls too).
+const SYS_SENDTO: u64 = 44;
+const SYS_RECVFROM: u64 = 45;
+/// Offsets in x86_64 `struct pt_regs` (a fixed layout): the syscall number and its first two
+/// arguments as the task entered the kernel.
+const REGS_SI: usize = 13 * 8;
+const REGS_DI: usize = 14 * 8;
+const REGS_ORIG_AX: usize = 15 * 8;
 
-/// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
-/// number of the syscall's first byte. Threads without a syscall in flight pay one lookup.
+/// Reports the bytes one `sendto`/`recvfrom` of a target moved, from inside the transfer: the
+/// syscall's fd and buffer are the task's saved user registers, the socket is the tracepoint's.
+/// Other processes pay one map lookup; failed transfers (EAGAIN) and other syscalls that reach
+/// a socket (`sendmsg`, `write`, io_uring, the kernel's own sends) nothing more.
 ///
-/// The socket is read with plain loads, not helper calls: the verifier knows the argument's type
-/// from BTF and the offsets (read-only globals set before loading) as constants, checks each
-/// load against the struct, and makes it fault-tolerant.
+/// The socket and the registers are read with plain loads, not helper calls: the verifier knows
+/// both types from BTF and the offsets (read-only globals set before loading, or fixed) as
+/// constants, checks each load against the struct, and makes it fault-tolerant.
 #[inline(always)]
-fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
+fn sock_transfer(ctx: &BtfTracePointContext, dir: u8, syscall: u64) -> Result<(), ()> {
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return Ok(());
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = PENDING.get_ptr_mut(&pid_tgid) else {
+    let pid = (pid_tgid >> 32) as u32;
+    // SAFETY: a map lookup; the value is only read.
+    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
         return Ok(());
     };
-    // SAFETY: the entry belongs to this thread's syscall in flight; only this thread touches it.
-    let call = unsafe { &mut *call };
+    let capture_len = target.capture_len;
+    // SAFETY: helpers of tracing programs; the result is the current task's saved user registers
+    // (a BTF pointer the verifier checks every load against).
+    let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return Ok(());
+    }
+    // SAFETY (the loads): fields of `struct pt_regs` at its fixed x86_64 offsets.
+    if unsafe { regs.add(REGS_ORIG_AX).cast::<u64>().read_volatile() } != syscall {
+        return Ok(());
+    }
+    let fd = unsafe { regs.add(REGS_DI).cast::<u64>().read_volatile() } as i32;
+    let buf = unsafe { regs.add(REGS_SI).cast::<u64>().read_volatile() };
+    let mut call = PendingCall {
+        buf,
+        // A send is stamped once its bytes are queued (a few microseconds after it entered on
+        // loopback), a receive once they are copied.
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        capture_len,
+        direction: dir,
+        ..PendingCall::default()
+    };
+    let sk: *const u8 = ctx.arg(0);
+    if !sk.is_null() {
+        let flags: i32 = ctx.arg(2);
+        note_socket(&mut call, sk, ret, flags);
+    }
+    emit_data(pid_tgid, &call, ret as u64, capture_len)
+}
+
+/// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
+/// number of the transfer's first byte.
+#[inline(always)]
+fn note_socket(call: &mut PendingCall, sk: *const u8, ret: i32, flags: i32) {
     // SAFETY (the offsets): globals the daemon sets before loading; read one by one as volatile
     // so each stays a load the verifier resolves to a constant.
     let offset = |field: &u32| unsafe { core::ptr::read_volatile(field) } as usize;
-    if call.direction != dir || offset(&SOCK_OFFSETS.valid) != 1 {
-        return Ok(());
-    }
-    // TP_PROTO(struct sock *sk, int ret, int flags)
-    let sk: *const u8 = ctx.arg(0);
-    let ret: i32 = ctx.arg(1);
-    let flags: i32 = ctx.arg(2);
-    if sk.is_null() {
-        return Ok(());
+    if offset(&SOCK_OFFSETS.valid) != 1 {
+        return;
     }
     // SAFETY (the loads): fields of the socket the tracepoint hands us, at BTF offsets.
     let family = unsafe { sk.add(offset(&SOCK_OFFSETS.family)).cast::<u16>().read_volatile() };
@@ -305,22 +365,22 @@ fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
     call.peer_family = family;
     call.peer_port = u16::from_be(dport);
     call.peer_addr = daddr;
-    if offset(&SOCK_OFFSETS.tcp_valid) != 1 || family != AF_INET || ret <= 0 {
-        return Ok(());
+    if offset(&SOCK_OFFSETS.tcp_valid) != 1 || family != AF_INET {
+        return;
     }
     // The kernel's own check (full socket, IPPROTO_TCP, SOCK_STREAM): only then is it a
     // `tcp_sock` whose sequence numbers may be read.
     // SAFETY: the helper only inspects the socket.
     let tp = unsafe { generated::bpf_skc_to_tcp_sock(sk as *mut c_void) } as *const u8;
     if tp.is_null() {
-        return Ok(());
+        return;
     }
-    // The syscall's bytes end where the socket's counter now stands (it moved by `ret`), except
+    // The transfer's bytes end where the socket's counter now stands (it moved by `ret`), except
     // for a peek, which moves nothing. (A second thread moving bytes on the same socket between
     // the transfer and this tracepoint would shift the counter; omniORB and ZMQ give a connection
     // one writer and one reader at a time.)
     // SAFETY (the loads): fields of the TCP socket the kernel just checked, at BTF offsets.
-    let seq = if dir == direction::SEND {
+    let seq = if call.direction == direction::SEND {
         unsafe { tp.add(offset(&SOCK_OFFSETS.write_seq)).cast::<u32>().read_volatile() }
             .wrapping_sub(ret as u32)
     } else if flags & MSG_PEEK != 0 {
@@ -333,7 +393,6 @@ fn note_socket(ctx: &BtfTracePointContext, dir: u8) -> Result<(), ()> {
     call.local_port = unsafe { sk.add(offset(&SOCK_OFFSETS.num)).cast::<u16>().read_volatile() };
     call.tcp_seq = seq;
     call.tcp_valid = 1;
-    Ok(())
 }
 
 /// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
@@ -346,6 +405,18 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
     // SAFETY: a map lookup; the value is copied out.
     let state = unsafe { STREAMS.get(&key) }.copied();
     let had_state = state.is_some();
+    let socket = socket_key(pid, call.fd);
+    // SAFETY: a map lookup; the value is copied out.
+    let marks = unsafe { SOCKETS.get(&socket) }.copied();
+    let zmtp = marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1));
+    let reported = marks.is_some_and(|m| m.reported == 1);
+    if !had_state && !zmtp {
+        // The usual case: one whole GIOP message, or the start of one, copied by one read of the
+        // user buffer into the record, and no loop.
+        if let Some(done) = emit_whole_message(pid_tgid, call, len, capture_len, reported, &key) {
+            return done;
+        }
+    }
     // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
     // unknown at every loop step and proves the step once, instead of following `off` growing.
     let walk = WALKS.get_ptr_mut(0).ok_or(())?;
@@ -370,7 +441,8 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         tcp_valid: call.tcp_valid,
         in_stream: 0,
         finished: 0,
-        _pad: [0; 6],
+        reported: reported as u8,
+        _pad: [0; 5],
         state: state.unwrap_or_default(),
     };
     let lost_sync = state.is_some_and(|s| s.lost_sync == 1);
@@ -384,8 +456,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         walk.state = StreamState::default();
     }
     if !had_state || lost_sync {
-        // SAFETY: a map lookup; the value is not used.
-        if unsafe { ZMTP_STREAMS.get(&key) }.is_some() {
+        if zmtp {
             return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
         }
         if len < 4 {
@@ -396,7 +467,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
             let (b0, b2) = (lo as u8, (lo >> 16) as u8);
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
             if len >= 10 && b0 & 0x02 == 0 && ((lo >> 16) | (hi << 48)) == u64::from_le_bytes(*b"tango://") {
-                let _ = ZMTP_STREAMS.insert(&key, &1, 0);
+                mark_zmtp(socket, call.direction);
                 return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
@@ -408,7 +479,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
             return Ok(());
         }
         if len >= GIOP_HEADER_LEN as u64 {
-            // The usual case, one message or the start of one: no loop.
+            // One message or the start of one, after a desync: no loop.
             let message_len = giop_message_len(lo, hi).ok_or(())? as u64;
             if message_len >= len {
                 emit_chunk(walk, 0, len, capture_len, chunk::MESSAGE_START)?;
@@ -474,7 +545,9 @@ struct Walk {
     in_stream: u8,
     /// 1 when the walk reached the end of the bytes (or stopped on purpose).
     finished: u8,
-    _pad: [u8; 6],
+    /// 1 once `SOCKETS` says this socket sent a record.
+    reported: u8,
+    _pad: [u8; 5],
     /// The stream between syscalls: kept when the walk ends inside a message.
     state: StreamState,
 }
@@ -687,7 +760,7 @@ fn take_message_slot(walk: &Walk, index: u64) -> u8 {
 /// Copies one chunk (`len` bytes at `off` of the syscall's buffer, at most `capture_len` of them)
 /// into the ring buffer.
 #[inline(always)]
-fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> Result<(), ()> {
+fn emit_chunk(walk: &mut Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> Result<(), ()> {
     let pid = (walk.pid_tgid >> 32) as u32;
     let record = SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
@@ -735,13 +808,130 @@ fn emit_chunk(walk: &Walk, off: u64, len: u64, capture_len: u32, flags: u8) -> R
     if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
         count_lost(loss::RING_FULL, 1);
     }
-    // A lookup is cheaper than an update, and the socket is known after its first message.
-    let socket = socket_key(pid, walk.fd);
-    // SAFETY: a map lookup; the value is not used.
-    if unsafe { SOCKETS.get(&socket) }.is_none() {
-        let _ = SOCKETS.insert(&socket, &1, 0);
+    if walk.reported == 0 {
+        mark_reported(socket_key(pid, walk.fd));
+        walk.reported = 1;
     }
     Ok(())
+}
+
+/// Notes that `socket` sent a record (so its `close` is reported).
+#[inline(always)]
+fn mark_reported(socket: u64) {
+    let marks = SocketMarks { reported: 1, ..SocketMarks::default() };
+    if SOCKETS.insert(&socket, &marks, BPF_NOEXIST).is_err()
+        && let Some(marks) = SOCKETS.get_ptr_mut(&socket)
+    {
+        // SAFETY: one byte of the entry, written in place (see `SocketMarks`).
+        unsafe { (*marks).reported = 1 };
+    }
+}
+
+/// Notes that direction `dir` of `socket` carries a ZMTP event stream.
+#[inline(always)]
+fn mark_zmtp(socket: u64, dir: u8) {
+    let mut marks = SocketMarks::default();
+    if let Some(mark) = marks.zmtp.get_mut(dir as usize) {
+        *mark = 1;
+    }
+    if SOCKETS.insert(&socket, &marks, BPF_NOEXIST).is_err()
+        && let Some(marks) = SOCKETS.get_ptr_mut(&socket)
+        // SAFETY: one byte of the entry, written in place (see `SocketMarks`).
+        && let Some(mark) = unsafe { (*marks).zmtp.get_mut(dir as usize) }
+    {
+        *mark = 1;
+    }
+}
+
+/// The fast path of [`emit_data`]: a syscall with no stream state that starts with a GIOP header
+/// and moves that message whole or its start only. The first `capture_len` bytes are read once,
+/// straight into the record, and the header is taken from there. `None` when the bytes are
+/// anything else: the general path reads them again.
+#[inline(always)]
+fn emit_whole_message(
+    pid_tgid: u64,
+    call: &PendingCall,
+    len: u64,
+    capture_len: u32,
+    reported: bool,
+    key: &StreamKey,
+) -> Option<Result<(), ()>> {
+    if len < GIOP_HEADER_LEN as u64 {
+        return None;
+    }
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let record = unsafe { &mut *record };
+    let mut captured = len as usize;
+    if captured > capture_len as usize {
+        captured = capture_len as usize;
+    }
+    if captured > MAX_CAPTURE {
+        captured = MAX_CAPTURE;
+    }
+    if captured < GIOP_HEADER_LEN {
+        return None;
+    }
+    let dst = record.data.get_mut(..captured)?;
+    // SAFETY: reading user memory the syscall itself read or wrote.
+    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, dst) }.is_err() {
+        return None;
+    }
+    // SAFETY: the first 12 bytes of the record's data, just copied (`captured` ≥ 12).
+    let (lo, hi) = unsafe {
+        let at = record.data.as_ptr();
+        (at.cast::<u64>().read_unaligned(), at.add(8).cast::<u32>().read_unaligned() as u64)
+    };
+    if lo as u32 != GIOP_MAGIC {
+        return None;
+    }
+    // A bad header is counted once, here, and ends the syscall as on the general path.
+    let Some(message_len) = giop_message_len(lo, hi) else {
+        return Some(Err(()));
+    };
+    let message_len = message_len as u64;
+    if message_len < len {
+        // Several messages: the walk.
+        return None;
+    }
+    let pid = (pid_tgid >> 32) as u32;
+    record.header =
+        RecordHeader { kind: kind::DATA, pid, tid: pid_tgid as u32, fd: call.fd, ts_ns: call.ts_ns };
+    record.total_len = len.min(u32::MAX as u64) as u32;
+    record.captured_len = captured as u32;
+    record.direction = call.direction;
+    record.flags =
+        if call.tcp_valid == 1 { chunk::MESSAGE_START | chunk::TCP_POSITION } else { chunk::MESSAGE_START };
+    record.peer_family = call.peer_family;
+    record.peer_port = call.peer_port;
+    record.peer_addr = call.peer_addr;
+    record.local_port = call.local_port;
+    record.local_addr = call.local_addr;
+    record.tcp_seq = call.tcp_seq;
+    record._pad2 = 0;
+    let size = DATA_RECORD_HEADER_LEN + captured;
+    // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
+    let bytes = unsafe {
+        core::slice::from_raw_parts(
+            (record as *const DataRecord).cast::<u8>(),
+            size.min(core::mem::size_of::<DataRecord>()),
+        )
+    };
+    // No wake-up: see `emit_chunk`.
+    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost(loss::RING_FULL, 1);
+    }
+    if !reported {
+        mark_reported(socket_key(pid, call.fd));
+    }
+    if message_len > len {
+        let state =
+            StreamState { pending: (message_len - len) as u32, seen: len as u32, ..StreamState::default() };
+        if STREAMS.insert(key, &state, 0).is_err() {
+            count_lost(loss::STREAM_FULL, 1);
+        }
+    }
+    Some(Ok(()))
 }
 
 #[inline(always)]
@@ -790,10 +980,13 @@ pub fn close_enter(ctx: TracePointContext) -> u32 {
     // not leave a partial message for the next connection that gets this fd number.
     for dir in [direction::SEND, direction::RECV] {
         let _ = STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
-        let _ = ZMTP_STREAMS.remove(&StreamKey { pid, fd, direction: dir as u32 });
     }
-    // `SOCKETS` only says whether the fd carried a record, so other closes are not reported.
-    if SOCKETS.remove(&socket_key(pid, fd)).is_ok() {
+    // `SOCKETS` says whether the fd carried a record, so other closes are not reported; its ZMTP
+    // marks go with it.
+    let socket = socket_key(pid, fd);
+    // SAFETY: a map lookup; the value is copied out.
+    let reported = unsafe { SOCKETS.get(&socket) }.is_some_and(|marks| marks.reported == 1);
+    if SOCKETS.remove(&socket).is_ok() && reported {
         emit_process(kind::CLOSE, pid, pid_tgid as u32, fd);
     }
     0

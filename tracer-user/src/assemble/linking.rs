@@ -38,6 +38,12 @@ const MATCH_WINDOW_NS: u64 = 10_000_000_000;
 /// return, so on one host the server's read can be reported a little before the client's write
 /// (microseconds; a drain or two of the ring buffer at most).
 const LATE_CLIENT_WINDOW_NS: u64 = 200_000_000;
+/// How much later than the server's read a client's write may be stamped. Where the probes read
+/// sends inside the transfer (`sock:sock_send_length`), a send is stamped once its bytes are
+/// queued; on one host the kernel delivers them to the reading socket and wakes the reader inside
+/// the send, so the reader can return (and be stamped) first: by microseconds, or by as long as
+/// the woken reader runs before the writer gets its CPU back.
+const SEND_STAMP_SLACK_NS: u64 = 5_000_000;
 /// Most client requests waiting for their server side; beyond, new ones are not offered.
 const MAX_UNMATCHED: usize = 65_536;
 /// Most threads serving at once (a stack each).
@@ -110,7 +116,9 @@ impl Linking {
         let mut found = None;
         while let Some((sent, ctx)) = window.pop_front() {
             self.unmatched_len -= 1;
-            if sent <= ts_ns && ts_ns - sent <= MATCH_WINDOW_NS {
+            if sent <= ts_ns.saturating_add(SEND_STAMP_SLACK_NS)
+                && ts_ns.saturating_sub(sent) <= MATCH_WINDOW_NS
+            {
                 found = Some(ctx);
                 break;
             }
@@ -141,7 +149,9 @@ impl Linking {
         let mut found = None;
         while let Some((read, call)) = window.pop_front() {
             self.early_servers_len -= 1;
-            if ts_ns <= read && read - ts_ns <= LATE_CLIENT_WINDOW_NS {
+            if ts_ns <= read.saturating_add(SEND_STAMP_SLACK_NS)
+                && read.saturating_sub(ts_ns) <= LATE_CLIENT_WINDOW_NS
+            {
                 found = Some(call);
                 break;
             }
@@ -199,5 +209,31 @@ impl Linking {
         out.size("assemble", "early_server_request_entries", self.early_servers_len);
         out.size("assemble", "serving_thread_entries", self.serving.len());
         out.size("assemble", "native_client_entries", self.native_clients.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn context(n: u8) -> SpanContextLite {
+        SpanContextLite { trace_id: TraceId::from_bytes([n; 16]), span_id: SpanId::from_bytes([n; 8]) }
+    }
+
+    #[test]
+    fn a_write_stamped_just_after_its_read_is_still_the_reads_parent() {
+        let request = b"GIOP request bytes";
+        let mut linking = Linking::default();
+        // The write is stamped 3 us after the server's read returned (stamped when queued).
+        linking.offer_client(request, 1_000_003_000, context(1));
+        assert_eq!(linking.take_client_match(request, 1_000_000_000), Some(context(1)));
+        // Far later than any delivery: not this read's write.
+        linking.offer_client(request, 1_000_000_000 + 2 * SEND_STAMP_SLACK_NS, context(2));
+        assert_eq!(linking.take_client_match(request, 1_000_000_000), None);
+        // An earlier write still matches as before.
+        linking.offer_client(request, 999_000_000, context(3));
+        assert_eq!(linking.take_client_match(request, 1_000_000_000), Some(context(3)));
     }
 }

@@ -97,17 +97,39 @@ fn missing_program(name: &str) -> aya::programs::ProgramError {
 /// The compiled eBPF object, built by `build.rs` with the pinned nightly.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// (program name, tracepoint category, tracepoint name)
+/// (program name, tracepoint category, tracepoint name), attached on every kernel.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("sendto_enter", "syscalls", "sys_enter_sendto"),
-    ("sendto_exit", "syscalls", "sys_exit_sendto"),
-    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
-    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
     ("close_enter", "syscalls", "sys_enter_close"),
     ("openat_enter", "syscalls", "sys_enter_openat"),
     ("process_exec", "sched", "sched_process_exec"),
     ("process_exit", "sched", "sched_process_exit"),
 ];
+
+/// The syscall tracepoints that read `sendto`/`recvfrom` where the kernel has no `sock:*`
+/// tracepoints (before 6.3): an entry and an exit program per direction, with the syscall's
+/// arguments kept in between.
+const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sendto_enter", "syscalls", "sys_enter_sendto"),
+    ("sendto_exit", "syscalls", "sys_exit_sendto"),
+    ("recvfrom_enter", "syscalls", "sys_enter_recvfrom"),
+    ("recvfrom_exit", "syscalls", "sys_exit_recvfrom"),
+];
+
+/// Set (to anything but `0`) in the daemon's environment, makes it read sends and receives at
+/// the syscall tracepoints even where the `sock:*` tracepoints exist: the path older kernels
+/// take, for testing it on a newer one.
+pub const SYSCALL_PROBES_ENV: &str = "TANGO_TRACER_SYSCALL_PROBES";
+
+/// Where the GIOP call path is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferProbes {
+    /// One BTF tracepoint program per direction (`sock:sock_send_length`/`sock_recv_length`),
+    /// inside the transfer, with the socket: nothing runs for other syscalls.
+    Socket,
+    /// Entry and exit programs on the `sendto`/`recvfrom` syscall tracepoints (no socket: peers
+    /// come from `/proc`, no TCP positions).
+    Syscalls,
+}
 
 /// Errors of loading and attaching the probes.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +201,8 @@ pub struct Probes {
     tcp_positions: bool,
     /// How uprobes are attached on this kernel, found at the first.
     uprobe_links: UprobeLinks,
+    /// Where sends and receives are read.
+    transfer: TransferProbes,
 }
 
 /// Probe records and in-kernel state lost so far, by cause, summed over CPUs.
@@ -242,32 +266,41 @@ impl Probes {
             .override_global("LOG_MESSAGE_LEN", &log_bytes, true)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
-            let tp: &mut TracePoint =
-                ebpf.program_mut(program).ok_or(ProbeError::Missing(program))?.try_into().map_err(
-                    |source| ProbeError::Attach { program, category, name, source: Box::new(source) },
-                )?;
-            tp.load()
-                .and_then(|()| tp.attach(category, name).map(|_| ()))
-                .map_err(|source| ProbeError::Attach { program, category, name, source: Box::new(source) })?;
-            debug!("attached {program} to tracepoint {category}:{name}");
+            attach_tracepoint(&mut ebpf, program, category, name)?;
         }
         attach_fork_facts(&mut ebpf)?;
-        // Without the peer's offsets the socket programs would do nothing: not attached then.
-        let [send_attached, recv_attached] = kernel_offsets::SOCK_TRACEPOINTS.map(|tracepoint| {
-            if sock_offsets.valid != 1 {
-                return Err("the kernel's BTF lacks the socket address fields".to_string());
+        let forced = std::env::var_os(SYSCALL_PROBES_ENV).is_some_and(|v| v != "0");
+        let socket_probes = if forced {
+            Err(format!("{SYSCALL_PROBES_ENV} is set"))
+        } else {
+            attach_sock_tracepoints(&mut ebpf)
+        };
+        let transfer = match &socket_probes {
+            Ok(()) => {
+                info!(
+                    "sends and receives are read inside the transfer (BTF tracepoints \
+                     sock:sock_send_length/sock_recv_length)"
+                );
+                TransferProbes::Socket
             }
-            attach_sock_tracepoint(&mut ebpf, tracepoint)
-        });
-        if let Err(e) = &recv_attached {
-            warn!(
-                "sock:sock_recv_length is not available ({e}): peers of server connections are read from \
-                 /proc (a connection that ends before the daemon looks keeps no tango.client_ident.location)"
-            );
-        }
-        let tcp_positions = match tcp_offsets.map_err(|e| e.to_string()).and(send_attached).and(recv_attached)
-        {
-            Ok(()) => true,
+            Err(e) => {
+                for &(program, category, name) in SYSCALL_TRACEPOINTS {
+                    attach_tracepoint(&mut ebpf, program, category, name)?;
+                }
+                info!("sends and receives are read at the syscall tracepoints sendto/recvfrom ({e})");
+                warn!(
+                    "peers of server connections are read from /proc (a connection that ends before the \
+                     daemon looks keeps no tango.client_ident.location)"
+                );
+                TransferProbes::Syscalls
+            }
+        };
+        let tcp_positions = match tcp_offsets.map_err(|e| e.to_string()).and(socket_probes) {
+            Ok(()) if sock_offsets.valid == 1 => true,
+            Ok(()) => {
+                info!("cross-host keys are unavailable: the kernel's BTF lacks the socket address fields");
+                false
+            }
             Err(e) => {
                 info!("cross-host keys are unavailable: {e}; probe records carry no TCP position");
                 false
@@ -278,10 +311,7 @@ impl Probes {
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
         let pending = HashMap::try_from(ebpf.take_map("PENDING").ok_or(ProbeError::Missing("PENDING"))?)?;
         let streams = HashMap::try_from(ebpf.take_map("STREAMS").ok_or(ProbeError::Missing("STREAMS"))?)?;
-        info!(
-            "probes attached: {} tracepoints, capturing up to {capture_len} bytes per message",
-            TRACEPOINTS.len()
-        );
+        info!("probes attached, capturing up to {capture_len} bytes per message");
         let probes = Self {
             ebpf,
             probed_files: Default::default(),
@@ -295,6 +325,7 @@ impl Probes {
             capture_len,
             tcp_positions,
             uprobe_links: UprobeLinks::Unknown,
+            transfer,
         };
         Ok((probes, events))
     }
@@ -302,6 +333,11 @@ impl Probes {
     /// Whether data records of TCP/IPv4 sockets carry their TCP position on this kernel.
     pub fn tcp_positions(&self) -> bool {
         self.tcp_positions
+    }
+
+    /// Where sends and receives are read.
+    pub fn transfer_probes(&self) -> TransferProbes {
+        self.transfer
     }
 
     /// Puts the uprobes of the ZMQ library `library` (a path valid in the daemon's namespace)
@@ -424,7 +460,12 @@ impl Probes {
     /// was not seen, so their exit would report nothing and the first request each one reads
     /// would be missed. `/proc/<pid>/task/<tid>/syscall` names the call and its arguments; each
     /// blocked `recvfrom` is noted as if its entry had been seen. Returns how many were noted.
+    /// (Only the syscall tracepoints need this: the socket tracepoints read the registers of the
+    /// receive when it completes.)
     pub fn adopt_blocked_receives(&mut self, proc_root: &std::path::Path, pid: u32) -> usize {
+        if self.transfer == TransferProbes::Socket {
+            return 0;
+        }
         let Ok(tasks) = std::fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
             return 0;
         };
@@ -555,17 +596,53 @@ fn attach_fork_facts(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// A BTF tracepoint `sock:<tracepoint>` (Linux ≥ 6.3) that tells the socket of each send or
-/// receive: its peer, its local end, its TCP sequence numbers. The program of the same name.
-fn attach_sock_tracepoint(ebpf: &mut Ebpf, tracepoint: &'static str) -> Result<(), String> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    let attach_error = |source| ProbeError::Attach { program, category, name, source: Box::new(source) };
+    let tp: &mut TracePoint =
+        ebpf.program_mut(program).ok_or(ProbeError::Missing(program))?.try_into().map_err(attach_error)?;
+    tp.load().and_then(|()| tp.attach(category, name).map(|_| ())).map_err(attach_error)?;
+    debug!("attached {program} to tracepoint {category}:{name}");
+    Ok(())
+}
+
+/// The BTF tracepoints `sock:sock_send_length`/`sock_recv_length` (Linux ≥ 6.3), one program
+/// each (of the same name), which read every `sendto`/`recvfrom` of a target inside the
+/// transfer. Both or neither: with one only, its direction would be read twice once the syscall
+/// tracepoints are attached.
+fn attach_sock_tracepoints(ebpf: &mut Ebpf) -> Result<(), String> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| format!("the kernel's BTF: {e}"))?;
-    let program = ebpf.program_mut(tracepoint).ok_or_else(|| format!("no program {tracepoint}"))?;
-    let program: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{tracepoint}: {e}"))?;
-    program
-        .load(tracepoint, &btf)
-        .and_then(|()| program.attach().map(|_| ()))
-        .map_err(|e| format!("attaching sock:{tracepoint}: {e}"))?;
-    debug!("attached {tracepoint} to BTF tracepoint sock:{tracepoint}");
+    let mut attached = Vec::with_capacity(2);
+    for tracepoint in kernel_offsets::SOCK_TRACEPOINTS {
+        let outcome = (|| {
+            let program = ebpf.program_mut(tracepoint).ok_or_else(|| format!("no program {tracepoint}"))?;
+            let program: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{tracepoint}: {e}"))?;
+            program
+                .load(tracepoint, &btf)
+                .and_then(|()| program.attach())
+                .map_err(|e| format!("attaching sock:{tracepoint}: {e}"))
+        })();
+        match outcome {
+            Ok(link) => {
+                debug!("attached {tracepoint} to BTF tracepoint sock:{tracepoint}");
+                attached.push((tracepoint, link));
+            }
+            Err(e) => {
+                for (tracepoint, link) in attached {
+                    let program: Option<&mut BtfTracePoint> =
+                        ebpf.program_mut(tracepoint).and_then(|p| p.try_into().ok());
+                    if let Some(program) = program {
+                        let _ = program.detach(link);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
     Ok(())
 }
 

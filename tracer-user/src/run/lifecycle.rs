@@ -10,7 +10,7 @@ use crate::{
         self,
         procinfo::{self, MappedLibrary, ProcessInfo},
     },
-    probe::record::Record,
+    probe::{attach::TransferProbes, record::Record},
 };
 
 impl Daemon {
@@ -97,8 +97,12 @@ impl Daemon {
         if adopted > 0 {
             debug!("pid {pid}: {adopted} receive(s) already waiting followed");
         }
+        let probes = match self.probes.transfer_probes() {
+            TransferProbes::Socket => "sock:sock_send_length/sock_recv_length",
+            TransferProbes::Syscalls => "syscalls sendto/recvfrom",
+        };
         info!(
-            "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: syscalls sendto/recvfrom (GIOP over TCP and Unix sockets)",
+            "tracing pid {pid} ({}): omniORB {}, libtango {}; probes: {probes} (GIOP over TCP and Unix sockets)",
             info.comm,
             lib_text(info.libraries.omniorb.as_ref()),
             lib_text(info.libraries.tango.as_ref()),
