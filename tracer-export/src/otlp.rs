@@ -261,20 +261,43 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
 #[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
 fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
     let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
+    // The daemon clones one cached resource per device into all its spans: the identity of
+    // the shared attribute table finds the group without hashing or comparing attributes.
+    let mut by_identity: HashMap<usize, usize> = HashMap::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
     // one candidate, so grouping stays linear in the batch size with thousands of devices.
     let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
     for (resource, item) in items {
+        let identity = identity(&resource);
+        if let Some(&i) = identity.and_then(|id| by_identity.get(&id)) {
+            groups[i].1.push(item);
+            continue;
+        }
         let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
-            Some(i) => groups[i].1.push(item),
+        let index = match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
+            Some(i) => {
+                groups[i].1.push(item);
+                i
+            }
             None => {
                 candidates.push(groups.len());
                 groups.push((resource, vec![item]));
+                groups.len() - 1
             }
+        };
+        if let Some(id) = identity {
+            by_identity.insert(id, index);
         }
     }
     groups
+}
+
+/// The address of a resource's first attribute: clones of one `Resource` share their attribute
+/// table (it is reference-counted), distinct tables alive at once never share an address, and
+/// every resource of a batch stays alive while it is grouped. `None` for a resource without
+/// attributes.
+fn identity(resource: &Resource) -> Option<usize> {
+    resource.iter().next().map(|(key, _)| std::ptr::from_ref(key) as usize)
 }
 
 /// A hash of a resource's attributes and schema URL, independent of attribute order.
