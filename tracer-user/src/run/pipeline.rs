@@ -60,7 +60,7 @@ pub enum DbQuery {
 /// An export record and where it goes.
 pub struct Routed {
     pub record: SpanRecord,
-    pub destinations: Vec<Destination>,
+    pub destinations: std::sync::Arc<[Destination]>,
 }
 
 /// A device log record and where it goes.
