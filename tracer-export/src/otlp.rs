@@ -36,11 +36,9 @@ use opentelemetry_proto::{
         common::v1::{AnyValue, any_value},
         logs::v1::{LogRecord as ProtoLogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource as ProtoResource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan},
     },
-    transform::{
-        common::tonic::{Attributes, ResourceAttributesWithSchema},
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
+    transform::common::tonic::{Attributes, ResourceAttributesWithSchema},
 };
 use opentelemetry_sdk::Resource;
 use prost::Message as _;
@@ -166,9 +164,35 @@ pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
     let groups = group_by_resource(records.into_iter().map(|SpanRecord { resource, data }| (resource, data)));
     let resource_spans = groups
         .into_iter()
-        .flat_map(|(resource, spans)| {
+        .map(|(resource, spans)| {
+            // One `ScopeSpans` per scope, in order of first appearance; a process's spans share
+            // one scope, so comparing with the few seen beats hashing each span's scope.
+            let mut scopes: Vec<(InstrumentationScope, Vec<ProtoSpan>)> = Vec::new();
+            for mut span in spans {
+                let scope = std::mem::take(&mut span.instrumentation_scope);
+                let proto = ProtoSpan::from(span);
+                match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                    Some((_, list)) => list.push(proto),
+                    None => scopes.push((scope, vec![proto])),
+                }
+            }
             let resource = ResourceAttributesWithSchema::from(&resource);
-            group_spans_by_resource_and_scope(spans, &resource)
+            ResourceSpans {
+                resource: Some(ProtoResource {
+                    attributes: resource.attributes.0,
+                    dropped_attributes_count: 0,
+                    entity_refs: vec![],
+                }),
+                scope_spans: scopes
+                    .into_iter()
+                    .map(|(scope, spans)| ScopeSpans {
+                        schema_url: scope.schema_url().unwrap_or_default().to_owned(),
+                        scope: Some((scope, None).into()),
+                        spans,
+                    })
+                    .collect(),
+                schema_url: resource.schema_url.unwrap_or_default(),
+            }
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }

@@ -447,7 +447,7 @@ mod tests {
         let Routing::Export(one) = config.route(1, Some("a/b/1"), OperationClass::User) else {
             panic!("exported");
         };
-        assert_eq!(one, vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/traces".into() }]);
+        assert_eq!(*one, [Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/traces".into() }]);
         assert_eq!(
             config.route(1, Some("a/b/2"), OperationClass::User),
             Routing::Export(policy().destinations.into())
