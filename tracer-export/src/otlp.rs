@@ -36,11 +36,9 @@ use opentelemetry_proto::{
         common::v1::{AnyValue, any_value},
         logs::v1::{LogRecord as ProtoLogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource as ProtoResource,
+        trace::v1::{ResourceSpans, ScopeSpans, Span as ProtoSpan},
     },
-    transform::{
-        common::tonic::{Attributes, ResourceAttributesWithSchema},
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
+    transform::common::tonic::{Attributes, ResourceAttributesWithSchema},
 };
 use opentelemetry_sdk::Resource;
 use prost::Message as _;
@@ -166,9 +164,35 @@ pub fn build_request(records: Vec<SpanRecord>) -> ExportTraceServiceRequest {
     let groups = group_by_resource(records.into_iter().map(|SpanRecord { resource, data }| (resource, data)));
     let resource_spans = groups
         .into_iter()
-        .flat_map(|(resource, spans)| {
+        .map(|(resource, spans)| {
+            // One `ScopeSpans` per scope, in order of first appearance; a process's spans share
+            // one scope, so comparing with the few seen beats hashing each span's scope.
+            let mut scopes: Vec<(InstrumentationScope, Vec<ProtoSpan>)> = Vec::new();
+            for mut span in spans {
+                let scope = std::mem::take(&mut span.instrumentation_scope);
+                let proto = ProtoSpan::from(span);
+                match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                    Some((_, list)) => list.push(proto),
+                    None => scopes.push((scope, vec![proto])),
+                }
+            }
             let resource = ResourceAttributesWithSchema::from(&resource);
-            group_spans_by_resource_and_scope(spans, &resource)
+            ResourceSpans {
+                resource: Some(ProtoResource {
+                    attributes: resource.attributes.0,
+                    dropped_attributes_count: 0,
+                    entity_refs: vec![],
+                }),
+                scope_spans: scopes
+                    .into_iter()
+                    .map(|(scope, spans)| ScopeSpans {
+                        schema_url: scope.schema_url().unwrap_or_default().to_owned(),
+                        scope: Some((scope, None).into()),
+                        spans,
+                    })
+                    .collect(),
+                schema_url: resource.schema_url.unwrap_or_default(),
+            }
         })
         .collect();
     ExportTraceServiceRequest { resource_spans }
@@ -261,20 +285,43 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
 #[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
 fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
     let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
+    // The daemon clones one cached resource per device into all its spans: the identity of
+    // the shared attribute table finds the group without hashing or comparing attributes.
+    let mut by_identity: HashMap<usize, usize> = HashMap::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
     // one candidate, so grouping stays linear in the batch size with thousands of devices.
     let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
     for (resource, item) in items {
+        let identity = identity(&resource);
+        if let Some(&i) = identity.and_then(|id| by_identity.get(&id)) {
+            groups[i].1.push(item);
+            continue;
+        }
         let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
-            Some(i) => groups[i].1.push(item),
+        let index = match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
+            Some(i) => {
+                groups[i].1.push(item);
+                i
+            }
             None => {
                 candidates.push(groups.len());
                 groups.push((resource, vec![item]));
+                groups.len() - 1
             }
+        };
+        if let Some(id) = identity {
+            by_identity.insert(id, index);
         }
     }
     groups
+}
+
+/// The address of a resource's first attribute: clones of one `Resource` share their attribute
+/// table (it is reference-counted), distinct tables alive at once never share an address, and
+/// every resource of a batch stays alive while it is grouped. `None` for a resource without
+/// attributes.
+fn identity(resource: &Resource) -> Option<usize> {
+    resource.iter().next().map(|(key, _)| std::ptr::from_ref(key) as usize)
 }
 
 /// A hash of a resource's attributes and schema URL, independent of attribute order.

@@ -25,7 +25,8 @@ pub struct Connections {
     max_keep: usize,
     connections: HashMap<(u32, i32), Connection>,
     /// Peer addresses of server-side connections, resolved by the run loop.
-    locations: HashMap<(u32, i32), String>,
+    /// Shared with every span of the connection (no copy of the text per span).
+    locations: HashMap<(u32, i32), std::sync::Arc<str>>,
     /// Server-side connections whose client is the daemon itself (its database queries).
     ignored: HashSet<(u32, i32)>,
     /// Bytes skipped because they did not start or continue a GIOP message.
@@ -90,11 +91,11 @@ impl Connections {
         if self.locations.contains_key(&(pid, fd))
             || has_room(self.locations.len(), MAX_CONNECTIONS, &mut self.refused_full)
         {
-            self.locations.insert((pid, fd), location);
+            self.locations.insert((pid, fd), location.into());
         }
     }
 
-    pub fn location(&self, pid: u32, fd: i32) -> Option<&String> {
+    pub fn location(&self, pid: u32, fd: i32) -> Option<&std::sync::Arc<str>> {
         self.locations.get(&(pid, fd))
     }
 

@@ -751,7 +751,8 @@ impl Assembler {
                 attributes.extend(naming::client_ident_attributes(ident));
             }
             if let Some(location) = self.connections.location(pid, call.fd) {
-                attributes.push(KeyValue::new("tango.client_ident.location", location.clone()));
+                attributes
+                    .push(KeyValue::new("tango.client_ident.location", std::sync::Arc::clone(location)));
             }
             if let Some(key) = &call.link {
                 attributes.push(KeyValue::new("client.address", key.client.ip().to_string()));

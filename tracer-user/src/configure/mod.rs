@@ -97,8 +97,8 @@ pub enum LogRouting {
 /// A span's routing decision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Routing {
-    /// Export to these destinations.
-    Export(Vec<Destination>),
+    /// Export to these destinations (shared by every span routed alike: no copy per span).
+    Export(Arc<[Destination]>),
     /// Not wanted (telemetry off, tracing not among the types, or the topic excluded).
     Drop,
     /// cppTango's own telemetry already exports this span.
@@ -271,7 +271,7 @@ impl Configuration {
         if native {
             return Routing::Native;
         }
-        Routing::Export(effective.tracing.0)
+        Routing::Export(effective.tracing.0.into())
     }
 
     /// Where a log message of the logger `device` (the device's name) of `pid` goes: nowhere
@@ -379,7 +379,7 @@ mod tests {
         config.add_process(&process(1, b"", "9.3.4"));
         assert_eq!(
             config.route(1, Some("a/b/c"), OperationClass::User),
-            Routing::Export(policy().destinations)
+            Routing::Export(policy().destinations.into())
         );
         assert_eq!(config.route(1, Some("a/b/c"), OperationClass::Extended), Routing::Drop);
     }
@@ -459,10 +459,10 @@ mod tests {
         let Routing::Export(one) = config.route(1, Some("a/b/1"), OperationClass::User) else {
             panic!("exported");
         };
-        assert_eq!(one, vec![Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/traces".into() }]);
+        assert_eq!(*one, [Destination::OtlpHttp { endpoint: "http://127.0.0.1:1/v1/traces".into() }]);
         assert_eq!(
             config.route(1, Some("a/b/2"), OperationClass::User),
-            Routing::Export(policy().destinations)
+            Routing::Export(policy().destinations.into())
         );
     }
 

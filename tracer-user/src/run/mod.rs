@@ -51,6 +51,9 @@ use crate::{
 
 /// How often the ring buffer is drained of records that did not wake the daemon.
 const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the kernel's loss counters are read after a drain: reading them is a map lookup
+/// per cause (system calls), too dear for every wake-up.
+const LOST_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// Most messages from other hosts' daemons handed to the pipeline between two releases.
 const PEER_BURST: usize = 1024;
 /// Longest time a loss waits before a log line reports it (the first one goes out at once).
@@ -122,6 +125,8 @@ struct Daemon {
     /// Probe records lost so far, as last seen: when it grows, the pipeline stops trusting what
     /// was in progress.
     records_lost_seen: u64,
+    /// When the kernel's loss counters were last read.
+    lost_checked: Instant,
     loss_report: LossReport,
     last_loss_check: Instant,
     /// The link to other hosts' daemons, when cross-host linking is on.
@@ -194,6 +199,7 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
         imported_tx,
         undecodable: 0,
         records_lost_seen: 0,
+        lost_checked: Instant::now(),
         loss_report: LossReport::new(LOSS_REPORT_INTERVAL),
         last_loss_check: Instant::now(),
         peers,
@@ -419,6 +425,10 @@ impl Daemon {
                 }
             }
         }
+        if self.lost_checked.elapsed() < LOST_CHECK_INTERVAL {
+            return;
+        }
+        self.lost_checked = Instant::now();
         let lost = self.probes.lost_records();
         if lost > self.records_lost_seen {
             self.records_lost_seen = lost;

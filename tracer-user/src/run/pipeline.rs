@@ -60,7 +60,7 @@ pub enum DbQuery {
 /// An export record and where it goes.
 pub struct Routed {
     pub record: SpanRecord,
-    pub destinations: Vec<Destination>,
+    pub destinations: std::sync::Arc<[Destination]>,
 }
 
 /// A device log record and where it goes.
@@ -329,7 +329,9 @@ impl Pipeline {
         for tango_host in unknown_hosts {
             self.import(tango_host);
         }
-        for (since, span) in std::mem::take(&mut self.waiting) {
+        // Rotated in place (not taken) so the queue keeps its capacity between releases.
+        for _ in 0..self.waiting.len() {
+            let Some((since, span)) = self.waiting.pop_front() else { break };
             let known = span.device_key.as_deref().is_none_or(|key| self.devices.is_known(key));
             // A span of a request from another host waits (boundedly) for its trace to be known.
             let held = self.linker.as_ref().is_some_and(|l| l.holds(span.context.trace_id));
@@ -481,7 +483,8 @@ impl Pipeline {
         }
         self.finished.append(&mut user_code);
         let mut ready = std::mem::take(&mut self.ready);
-        for mut span in std::mem::take(&mut self.finished) {
+        let mut finished = std::mem::take(&mut self.finished);
+        for mut span in finished.drain(..) {
             span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
             if span.operation == OperationClass::Internal {
                 continue;
@@ -495,6 +498,10 @@ impl Pipeline {
             self.waiting.push_back((now, span));
         }
         self.ready = ready;
+        // Kept for its capacity: finished spans pass through here at every release.
+        if self.finished.is_empty() {
+            self.finished = finished;
+        }
     }
 
     /// What a daemon on another host said about calls between our hosts.
