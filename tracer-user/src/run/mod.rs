@@ -9,6 +9,7 @@
 //! the kernel, the network and the clock.
 
 pub mod ctl;
+mod heap;
 pub mod instance;
 mod lifecycle;
 pub mod losses;
@@ -121,6 +122,8 @@ struct Daemon {
     outgoing: Vec<Outgoing>,
     /// Where metrics snapshots go, when the metrics are on.
     metrics: Option<crate::metrics::serve::Publisher>,
+    /// Freed heap handed back to the kernel now and then.
+    heap: heap::HeapTrim,
 }
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT.
@@ -182,6 +185,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         peers,
         outgoing: Vec::new(),
         metrics: None,
+        heap: heap::HeapTrim::now(),
     };
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
@@ -217,6 +221,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
+    // What start-up parsed (the kernel's BTF, the eBPF object, /proc) is freed: give it back.
+    daemon.heap = heap::HeapTrim::now();
     info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
@@ -317,6 +323,7 @@ impl Daemon {
         if self.metrics.as_ref().is_some_and(|m| m.due()) {
             self.publish_metrics();
         }
+        self.heap.when_due();
         if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
             self.last_loss_check = Instant::now();
             let losses = self.losses();
