@@ -7,6 +7,21 @@
 
 use std::time::{Duration, Instant};
 
+/// Allocations at least this large get pages of their own, returned to the kernel when freed.
+/// Fixed, because glibc's default threshold rises to the size of the largest such block freed
+/// (a library file read whole to find a probe point, tens of MiB), after which blocks that
+/// large come from the heap and stay resident once freed.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Sets the allocator up before start-up allocates: large blocks mapped apart.
+pub fn configure() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a parameter of the allocator; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    };
+}
+
 /// How often freed heap is handed back while running: often enough that a burst's freed
 /// memory does not stay resident for long, rarely enough that its cost (a walk of the free
 /// lists, then page faults where memory is reused) is nothing per record.

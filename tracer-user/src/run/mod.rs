@@ -128,6 +128,7 @@ struct Daemon {
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT.
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    heap::configure();
     privileges::check()?;
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
