@@ -5,8 +5,8 @@
 //! ([`logs`]); the daemon's assembly
 //! throughput on a recorded session ([`replay`]); over a thousand short-lived clients and
 //! server restarts under one daemon ([`churn`]); a backend outage under steady load
-//! ([`outage`]); what the user-level spans cost per attribute read ([`usercode`]); and
-//! BENCHMARKS.md ([`report`]).
+//! ([`outage`]); what the user-level spans cost per attribute read ([`usercode`]); the daemon's
+//! memory with a thousand traced devices ([`memory`]); and BENCHMARKS.md ([`report`]).
 
 pub mod bpf;
 pub mod churn;
@@ -14,6 +14,7 @@ pub mod crosshost;
 pub mod events;
 pub mod legacy;
 pub mod logs;
+pub mod memory;
 pub mod outage;
 pub mod procs;
 pub mod replay;

@@ -3,6 +3,7 @@
 mod churn;
 mod crosshost;
 mod logs;
+mod memory;
 mod outage;
 mod usercode;
 
@@ -100,6 +101,8 @@ pub struct Report<'a> {
     pub logs: Option<&'a crate::logs::Logs>,
     /// Short-lived clients and server restarts under one daemon.
     pub churn: Option<&'a Churn>,
+    /// Many traced devices under one daemon.
+    pub memory: Option<&'a crate::memory::Memory>,
     /// The backend down under steady load.
     pub outage: Option<&'a Outage>,
     /// What the user-level spans cost per attribute read.
@@ -239,6 +242,9 @@ impl Report<'_> {
         if let Some(rt) = self.round_trips {
             write_requests(md, rt)?;
             write_memory(md, rt)?;
+        }
+        if let Some(m) = self.memory {
+            memory::write(md, m)?;
         }
         if let Some(c) = self.churn {
             churn::write(md, c)?;
@@ -444,6 +450,9 @@ impl Report<'_> {
         }
         if let Some(l) = self.logs {
             logs::write_commands(md, l)?;
+        }
+        if let Some(m) = self.memory {
+            memory::write_commands(md, m)?;
         }
         if let Some(c) = self.churn {
             churn::write_commands(md, c)?;

@@ -141,6 +141,8 @@ pub struct Programs {
     /// `tests/python/user_code_server.py` and `benches/python/user_code_loop.py` (user-code row).
     pub user_code_server: PathBuf,
     pub user_code_client: PathBuf,
+    /// `benches/python/many_servers.py` (memory row).
+    pub many_servers: PathBuf,
 }
 
 /// One client run.

@@ -1412,8 +1412,55 @@ fn on_zmq_msg_send(ctx: &ProbeContext) -> u32 {
     const ZMQ_SNDMORE: u64 = 2;
     let flags: u64 = ctx.arg(2).unwrap_or(0);
     if flags & ZMQ_SNDMORE == 0 {
-        emit_process(kind::ZMQ_SEND, pid, pid_tgid as u32, flags as i32);
+        emit_push(pid, pid_tgid as u32, flags as i32);
     }
+    0
+}
+
+/// An application thread pushed an event (`kind::ZMQ_SEND`). No wake-up: the push is paired
+/// with the ZMTP frames that follow it in the ring, which the daemon drains on its timer, so a
+/// wake-up per push would only cost the pushing thread and the daemon a context switch each.
+#[inline(always)]
+fn emit_push(pid: u32, tid: u32, flags: i32) {
+    let record = ProcessRecord {
+        header: RecordHeader {
+            kind: kind::ZMQ_SEND,
+            pid,
+            tid,
+            fd: flags,
+            // SAFETY: helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+    };
+    if EVENTS.output(&record, BPF_RB_NO_WAKEUP).is_err() {
+        count_lost(loss::RING_FULL, 1);
+    }
+}
+
+/// `Tango::ZmqEventSupplier::push_event(...)`: cppTango hands one event message to ZMQ. One trap
+/// per push, where `zmq_msg_send` traps once per message part (four per event); it marks when
+/// and on which thread an event was pushed, as the last part's `zmq_msg_send` does.
+#[uprobe(multi)]
+pub fn tango_push_event(ctx: ProbeContext) -> u32 {
+    on_push_event(&ctx)
+}
+
+/// [`tango_push_event`] attached the legacy way, one perf event per point (kernels before 6.6).
+#[uprobe]
+pub fn tango_push_event_perf(ctx: ProbeContext) -> u32 {
+    on_push_event(&ctx)
+}
+
+#[inline(always)]
+fn on_push_event(ctx: &ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    let _ = ctx.as_ptr();
+    // SAFETY: a map lookup; the value is only read.
+    if unsafe { TARGETS.get(&pid) }.is_none() {
+        return 0;
+    }
+    emit_push(pid, pid_tgid as u32, 0);
     0
 }
 

@@ -15,6 +15,7 @@ use benches::{
     events::{self, EventSizes},
     legacy,
     logs::{self, LogSizes},
+    memory::{self, MemorySizes},
     outage::{self, OutageSizes},
     procs, replay,
     report::{Assembly, Machine, Report},
@@ -87,6 +88,15 @@ struct Options {
     /// Leave out the churn benchmark.
     #[arg(long)]
     skip_churn: bool,
+    /// Device servers of the memory benchmark (each runs `--memory-devices` devices).
+    #[arg(long)]
+    memory_servers: Option<usize>,
+    /// Devices per server of the memory benchmark.
+    #[arg(long)]
+    memory_devices: Option<usize>,
+    /// Leave out the memory benchmark (many traced devices under one daemon).
+    #[arg(long)]
+    skip_memory: bool,
     /// Seconds the backend is down in the outage benchmark.
     #[arg(long)]
     outage_seconds: Option<f64>,
@@ -176,6 +186,7 @@ fn programs() -> anyhow::Result<Programs> {
         log_driver: python_script("bench_log_loop.py"),
         user_code_server: python_script("user_code_server.py"),
         user_code_client: root.join("benches/python/user_code_loop.py"),
+        many_servers: root.join("benches/python/many_servers.py"),
     };
     let needed = [
         (&programs.python, "scripts/bootstrap.sh --test-stack"),
@@ -195,6 +206,7 @@ fn programs() -> anyhow::Result<Programs> {
         (&programs.log_driver, "the workspace"),
         (&programs.user_code_server, "the workspace"),
         (&programs.user_code_client, "the workspace"),
+        (&programs.many_servers, "the workspace"),
     ];
     for (path, from) in needed {
         if !path.exists() {
@@ -324,6 +336,10 @@ fn main() -> anyhow::Result<()> {
         parallel: 8,
         restarts: options.churn_restarts.unwrap_or(if options.quick { 20 } else { 50 }),
     };
+    let memory_sizes = MemorySizes {
+        servers: options.memory_servers.unwrap_or(if options.quick { 20 } else { 100 }),
+        devices_per_server: options.memory_devices.unwrap_or(10),
+    };
     let outage_sizes = OutageSizes {
         rate: options.outage_rate.unwrap_or(1000),
         steady: Duration::from_secs(if options.quick { 2 } else { 10 }),
@@ -373,6 +389,7 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut round_trips, mut legacy, mut events, mut device_logs) = (None, None, None, None);
     let (mut churn, mut outage, mut user_code, mut cross_host) = (None, None, None, None);
+    let mut daemon_memory = None;
     if !options.replay_only {
         procs::require_root("the round-trip benchmark")?;
         let dir = WorkDir::create("tango-bench")?;
@@ -419,6 +436,11 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("churn ({})", logs()))?;
             churn = Some(result);
         }
+        if !options.skip_memory {
+            let result = memory::run(&programs, memory_sizes, &dir.path)
+                .with_context(|| format!("memory ({})", logs()))?;
+            daemon_memory = Some(result);
+        }
         if !options.skip_outage {
             let result = outage::run(&programs, outage_sizes, &dir.path)
                 .with_context(|| format!("backend outage ({})", logs()))?;
@@ -452,6 +474,7 @@ fn main() -> anyhow::Result<()> {
         events: events.as_ref(),
         logs: device_logs.as_ref(),
         churn: churn.as_ref(),
+        memory: daemon_memory.as_ref(),
         outage: outage.as_ref(),
         user_code: user_code.as_ref(),
         cross_host: cross_host.as_ref(),

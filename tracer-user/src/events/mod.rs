@@ -1,6 +1,7 @@
 //! Tango events: push (PRODUCER) and delivery (CONSUMER) spans, beyond what cppTango emits.
 //!
-//! A push starts on an application thread (`zmq_msg_send`, seen by a uprobe) and leaves on the
+//! A push starts on an application thread (libtango's `ZmqEventSupplier::push_event`, or the last
+//! part's `zmq_msg_send`, seen by a uprobe) and leaves on the
 //! ZMQ I/O thread (`sendto` of ZMTP frames). The uprobe tells which thread pushed: when that
 //! thread was serving a request (a command that pushes), the push span is that request's child;
 //! pushed by polling or a device thread, it is a root. A PUB socket sends the same message to
@@ -152,8 +153,14 @@ impl Events {
         out: &mut Vec<AssembledSpan>,
     ) {
         let key = (pid, fd, direction);
-        let mut stream = self.partial.remove(&key).unwrap_or_default();
-        stream.extend_from_slice(bytes);
+        // Most calls start on a message boundary: their bytes are parsed where they are.
+        let stream: std::borrow::Cow<'_, [u8]> = match self.partial.remove(&key) {
+            Some(mut held) if !held.is_empty() => {
+                held.extend_from_slice(bytes);
+                held.into()
+            }
+            _ => bytes.into(),
+        };
         let (seen, rest) = match zmtp::split_messages(&stream) {
             Ok((messages, rest)) => {
                 (messages.iter().map(|frames| describe(frames)).collect::<Vec<_>>(), rest.to_vec())

@@ -184,6 +184,9 @@ pub struct Probes {
     probed_files: std::collections::HashSet<(u64, u64)>,
     /// libtango files (device, inode) whose logging function is already probed.
     probed_tango: std::collections::HashSet<(u64, u64)>,
+    /// libtango files (device, inode) and whether their `push_event` is probed (else the
+    /// processes mapping them need `zmq_msg_send`).
+    push_event_files: std::collections::HashMap<(u64, u64), bool>,
     /// libtango files (device, inode) and what their user-code points came to: what was
     /// attached, or why nothing was.
     user_code_files: std::collections::HashMap<(u64, u64), Result<String, String>>,
@@ -316,6 +319,7 @@ impl Probes {
             ebpf,
             probed_files: Default::default(),
             probed_tango: Default::default(),
+            push_event_files: Default::default(),
             user_code_files: Default::default(),
             user_code_reported: Default::default(),
             targets,
@@ -367,6 +371,50 @@ impl Probes {
             point.file_offset,
             point.first_instruction
         )))
+    }
+
+    /// Puts the uprobe on `ZmqEventSupplier::push_event` of the libtango `library` (a path valid
+    /// in the daemon's namespace) once per file, for every process that maps it: one trap per
+    /// push, where `zmq_msg_send` traps once per message part. Returns whether pushes of that
+    /// file are seen, and what was attached or why not, for the log, the first time per file.
+    pub fn probe_push_event(
+        &mut self,
+        library: &std::path::Path,
+    ) -> (bool, Option<Result<String, UprobeAttachError>>) {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = match std::fs::metadata(library) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let error = uprobes::UprobeError::Read { path: library.into(), source: e };
+                return (false, Some(Err(UprobeAttachError::Point(error))));
+            }
+        };
+        let file = (meta.dev(), meta.ino());
+        if let Some(&probed) = self.push_event_files.get(&file) {
+            return (probed, None);
+        }
+        let outcome = self.attach_push_event(library);
+        self.push_event_files.insert(file, outcome.is_ok());
+        (outcome.is_ok(), Some(outcome))
+    }
+
+    fn attach_push_event(&mut self, library: &std::path::Path) -> Result<String, UprobeAttachError> {
+        let point = uprobes::push_event_probe_point(library).map_err(UprobeAttachError::Point)?;
+        let program = loaded_uprobe(&mut self.ebpf, &mut self.uprobe_links, "tango_push_event")
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        program
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(point.file_offset)],
+                library,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|e| UprobeAttachError::Attach(Box::new(e)))?;
+        Ok(format!(
+            "uprobe Tango::ZmqEventSupplier::push_event at {}+{:#x} (first instruction {}, emulated)",
+            library.display(),
+            point.file_offset,
+            point.first_instruction
+        ))
     }
 
     /// Puts the uprobe on the logging function of the libtango `library` (a path valid in the

@@ -99,6 +99,21 @@ pub fn log_probe_point(library: &Path) -> Result<(&'static str, ProbePoint), Upr
     }
 }
 
+/// `Tango::ZmqEventSupplier::push_event(DeviceImpl*, std::string, const std::vector<std::string>&,
+/// …, const SuppliedEventData&, const std::string&, DevFailed*, bool)` of cppTango 10.
+pub const PUSH_EVENT_SYMBOL_10: &str = "_ZN5Tango16ZmqEventSupplier10push_eventEPNS_10DeviceImplENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERKSt6vectorIS8_SaIS8_EERKS9_IdSaIdEESD_RKS9_IlSaIlEERKNS_13EventSupplier17SuppliedEventDataERKS8_PNS_9DevFailedEb";
+/// The same of cppTango 9 (non-const references).
+pub const PUSH_EVENT_SYMBOL_9: &str = "_ZN5Tango16ZmqEventSupplier10push_eventEPNS_10DeviceImplENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEERSt6vectorIS8_SaIS8_EERS9_IdSaIdEESC_RS9_IlSaIlEERNS_13EventSupplier17SuppliedEventDataERS8_PNS_9DevFailedEb";
+
+/// The function of a libtango that hands one event message to ZMQ: the cppTango 10 signature
+/// first, then cppTango 9's. One trap per push instead of one per message part.
+pub fn push_event_probe_point(library: &Path) -> Result<ProbePoint, UprobeError> {
+    match probe_point(library, PUSH_EVENT_SYMBOL_10) {
+        Err(UprobeError::NoSymbol { .. }) => probe_point(library, PUSH_EVENT_SYMBOL_9),
+        other => other,
+    }
+}
+
 /// The x86-64 instructions a uprobe handles without single-stepping (the kernel's
 /// `branch_setup_xol_ops` and `push_setup_xol_ops`); prefixed forms are left out.
 pub fn emulated_instruction(bytes: &[u8]) -> Option<&'static str> {
@@ -147,7 +162,7 @@ mod tests {
 
     /// Debian's libtango 9.3.4 and the one PyTango 10.3.1's wheel bundles, where installed.
     #[test]
-    fn the_logging_function_of_both_libtango_versions_starts_with_an_emulated_push() {
+    fn the_logging_and_event_functions_of_both_libtango_versions_start_with_an_emulated_push() {
         let debian = Path::new("/usr/lib/x86_64-linux-gnu/libtango.so.9");
         let wheel = std::env::var_os("TANGO_TRACER_VENV").and_then(|venv| {
             let lib = Path::new(&venv).join("lib");
@@ -167,12 +182,22 @@ mod tests {
             let (program, point) = log_probe_point(debian).unwrap();
             assert_eq!((program, point.symbol.as_str()), ("log_unconditionally_9", LOG_SYMBOL_9));
             assert_eq!(point.first_instruction, "push %rbp");
+            let push = push_event_probe_point(debian).unwrap();
+            assert_eq!(
+                (push.symbol.as_str(), push.first_instruction),
+                (PUSH_EVENT_SYMBOL_9, "push %r8–%r15")
+            );
             checked += 1;
         }
         if let Some(wheel) = wheel {
             let (program, point) = log_probe_point(&wheel).unwrap();
             assert_eq!((program, point.symbol.as_str()), ("log_unconditionally_10", LOG_SYMBOL_10));
             assert_eq!(point.first_instruction, "push %rbp");
+            let push = push_event_probe_point(&wheel).unwrap();
+            assert_eq!(
+                (push.symbol.as_str(), push.first_instruction),
+                (PUSH_EVENT_SYMBOL_10, "push %r8–%r15")
+            );
             checked += 1;
         }
         assert!(

@@ -115,16 +115,23 @@ impl Daemon {
         self.probe_libraries(pid);
     }
 
-    /// Uprobes where sockets are blind: the ZMQ application thread pushing events, and the
+    /// Uprobes where sockets are blind: the application thread pushing events, and the
     /// function every device log message ends in.
     fn probe_libraries(&mut self, pid: u32) {
         let Some(libraries) = self.processes.info(pid).map(|p| p.libraries.clone()) else {
             return;
         };
-        for (library, zmq) in [(libraries.zmq, true), (libraries.tango, false)] {
+        // Pushes are marked in libtango (`push_event`, one trap per push) where it can be
+        // probed cheaply, else in libzmq (`zmq_msg_send`, one trap per message part). libtango
+        // is known first (the loader opens it before its libzmq); until it is, libzmq waits.
+        let mut pushes_seen = None;
+        for (library, zmq) in [(libraries.tango, false), (libraries.zmq, true)] {
             let Some(library) = library else {
                 continue;
             };
+            if !zmq {
+                pushes_seen = Some(false);
+            }
             // The library as the process sees it (through its root while it lives).
             let Some(path) = self.processes.path_in_view(pid, &library.path) else {
                 continue;
@@ -141,6 +148,18 @@ impl Daemon {
                     Some(Err(why)) => {
                         warn!("pid {pid}: no user-level spans (hook, attribute reads, commands): {why}")
                     }
+                    None => {}
+                }
+            }
+            if zmq && pushes_seen.unwrap_or(true) {
+                continue;
+            }
+            if !zmq {
+                let (seen, outcome) = self.probes.probe_push_event(&path);
+                pushes_seen = Some(seen);
+                match outcome {
+                    Some(Ok(what)) => info!("pid {pid}: {what}"),
+                    Some(Err(e)) => info!("pid {pid}: event pushes marked in libzmq instead: {e}"),
                     None => {}
                 }
             }

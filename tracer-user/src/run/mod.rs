@@ -11,6 +11,7 @@
 
 pub mod ctl;
 pub mod health;
+mod heap;
 pub mod instance;
 mod lifecycle;
 pub mod losses;
@@ -139,11 +140,14 @@ struct Daemon {
     reloader: Option<Reloader>,
     /// Health for the service manager, `ctl health` and `GET /healthz`.
     health: health::Health,
+    /// Freed heap handed back to the kernel now and then.
+    heap: heap::HeapTrim,
 }
 
 /// Runs until SIGINT, SIGTERM or SIGQUIT; on SIGHUP reloads what `reloader` allows. The caller
 /// has checked the privileges ([`privileges::check`]) before it opened anything.
 pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Result<()> {
+    heap::configure();
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
     let _instance = match &options.control_socket {
@@ -207,6 +211,7 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
         metrics: None,
         reloader,
         health: health::Health::from_env(),
+        heap: heap::HeapTrim::now(),
     };
     if let (Some(link), Some(peer_options)) = (&daemon.peers, &daemon.options.peers) {
         daemon.pipeline.link_hosts(peer_options.wait);
@@ -247,6 +252,8 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
         std::fs::write(path, format!("{}\n", daemon.own_pid))
             .with_context(|| format!("writing the ready file {}", path.display()))?;
     }
+    // What start-up parsed (the kernel's BTF, the eBPF object, /proc) is freed: give it back.
+    daemon.heap = heap::HeapTrim::now();
     info!("tango-tracer ready: {} target process(es)", daemon.processes.len());
     daemon.health.set_ready();
     daemon.observe_health();
@@ -467,6 +474,7 @@ impl Daemon {
         }
         // From the main loop only: a loop that is stuck stops the watchdog.
         self.health.notify_due(now);
+        self.heap.when_due();
         if self.last_loss_check.elapsed() >= LOSS_CHECK_INTERVAL {
             self.last_loss_check = Instant::now();
             let losses = self.losses();
