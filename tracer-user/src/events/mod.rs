@@ -32,10 +32,12 @@ struct AppSend {
     serving: Option<SpanContextLite>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Push {
     context: SpanContextLite,
     ts_ns: u64,
+    /// The server that pushed (a PUB socket sends the message once per subscriber).
+    pid: u32,
 }
 
 /// Most processes, topics or streams each event table follows; beyond, new ones are refused
@@ -67,12 +69,16 @@ pub struct EventStats {
 pub struct Events {
     ids: RandomIdGenerator,
     app_sends: HashMap<u32, VecDeque<AppSend>>,
-    /// Pushes by (server pid, topic, counter).
-    pushes: HashMap<(u32, String, u32), Push>,
-    /// Pushes by (topic, counter), for deliveries in other processes.
-    by_topic: HashMap<(String, u32), Push>,
+    /// Pushes by topic, then counter, for deliveries in other processes and for the copies a
+    /// PUB socket sends to its other subscribers. Nested so that a push or a delivery looks its
+    /// topic up by the bytes it parsed, without allocating a key.
+    pushes: HashMap<String, HashMap<u32, Push>>,
+    /// Entries of `pushes`, all topics together.
+    push_entries: usize,
     /// Last counter each subscriber process saw per topic.
-    last_counter: HashMap<(u32, String), u32>,
+    last_counter: HashMap<u32, HashMap<String, u32>>,
+    /// Entries of `last_counter`, all processes together.
+    counter_entries: usize,
     /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
     partial: HashMap<(u32, i32, Direction), Vec<u8>>,
     stats: EventStats,
@@ -113,9 +119,9 @@ impl Events {
         out.loss(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
         out.push(STAGE, "discarded_bytes", self.stats.discarded_bytes);
         out.size(STAGE, "app_send_entries", self.app_sends.len());
-        out.size(STAGE, "push_entries", self.pushes.len());
-        out.size(STAGE, "push_by_topic_entries", self.by_topic.len());
-        out.size(STAGE, "counter_entries", self.last_counter.len());
+        out.size(STAGE, "push_entries", self.push_entries);
+        out.size(STAGE, "push_topic_entries", self.pushes.len());
+        out.size(STAGE, "counter_entries", self.counter_entries);
         out.size(STAGE, "stream_entries", self.partial.len());
     }
 
@@ -191,7 +197,14 @@ impl Events {
         if !complete && direction == Direction::Recv {
             // Messages in the uncaptured tail were delivered unseen: a counter jump after this
             // is no evidence of loss.
-            self.last_counter.retain(|(p, _), _| *p != pid);
+            self.forget_counters(pid);
+        }
+    }
+
+    /// Forgets the counters a process saw.
+    fn forget_counters(&mut self, pid: u32) {
+        if let Some(topics) = self.last_counter.remove(&pid) {
+            self.counter_entries -= topics.len();
         }
     }
 
@@ -201,6 +214,7 @@ impl Events {
         self.stats.discarded_bytes += self.partial.values().map(|p| p.len() as u64).sum::<u64>();
         self.partial.clear();
         self.last_counter.clear();
+        self.counter_entries = 0;
     }
 
     /// A socket closed: its unfinished message goes with it.
@@ -211,8 +225,7 @@ impl Events {
     }
 
     fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32, out: &mut Vec<AssembledSpan>) {
-        let key = (pid, topic.clone(), counter);
-        if self.pushes.contains_key(&key) {
+        if self.pushes.get(topic.as_str()).and_then(|c| c.get(&counter)).is_some_and(|p| p.pid == pid) {
             // The same message to another subscriber.
             return;
         }
@@ -230,13 +243,7 @@ impl Events {
             span_id: self.ids.new_span_id(),
         };
         let start_ns = app.map(|a| a.ts_ns).unwrap_or(ts_ns);
-        let push = Push { context, ts_ns: start_ns };
-        if has_room(self.pushes.len().max(self.by_topic.len()), MAX_ENTRIES, &mut self.stats.refused_full) {
-            self.pushes.insert(key, push.clone());
-            self.by_topic.insert((topic.clone(), counter), push);
-        }
         self.stats.pushed += 1;
-        let device_key = zmtp::parse_topic(&topic).map(|t| t.device.to_ascii_lowercase().into_bytes());
         let span = event_span(
             "Tango::ZmqEventSupplier::push_event",
             SpanKind::Producer,
@@ -246,9 +253,18 @@ impl Events {
             &topic,
             counter,
             pid,
-            device_key,
+            true,
         );
         out.push(span);
+        let push = Push { context, ts_ns: start_ns, pid };
+        // Every topic holds at least one push: the cap on pushes caps the topics too.
+        if has_room(self.push_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
+            // Moved, not copied: the topic's first push keeps its bytes as the key.
+            let counters = self.pushes.entry(topic).or_default();
+            if counters.insert(counter, push).is_none() {
+                self.push_entries += 1;
+            }
+        }
     }
 
     fn on_delivery(
@@ -260,10 +276,11 @@ impl Events {
         out: &mut Vec<AssembledSpan>,
     ) {
         // cppTango's consumer drops a message whose counter it has already seen.
-        if self.last_counter.get(&(pid, topic.clone())) == Some(&counter) {
+        let previous = self.last_counter.get(&pid).and_then(|t| t.get(topic.as_str())).copied();
+        if previous == Some(counter) {
             return;
         }
-        let push = self.by_topic.get(&(topic.clone(), counter)).cloned();
+        let push = self.pushes.get(topic.as_str()).and_then(|c| c.get(&counter)).copied();
         let context = SpanContextLite {
             trace_id: push.as_ref().map(|p| p.context.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
@@ -277,21 +294,21 @@ impl Events {
             &topic,
             counter,
             pid,
-            None,
+            false,
         );
         if let Some(push) = &push {
             span.links.push(push.context);
             let delay_us = ts_ns.saturating_sub(push.ts_ns) / 1_000;
             span.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
         }
-        let key = (pid, topic);
-        let previous = if self.last_counter.contains_key(&key)
-            || has_room(self.last_counter.len(), MAX_ENTRIES, &mut self.stats.refused_full)
-        {
-            self.last_counter.insert(key, counter)
-        } else {
-            None
-        };
+        if previous.is_some() {
+            if let Some(last) = self.last_counter.get_mut(&pid).and_then(|t| t.get_mut(topic.as_str())) {
+                *last = counter;
+            }
+        } else if has_room(self.counter_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
+            self.last_counter.entry(pid).or_default().insert(topic, counter);
+            self.counter_entries += 1;
+        }
         if let Some(previous) = previous
             && counter > previous + 1
         {
@@ -308,7 +325,11 @@ impl Events {
             return;
         };
         // Counters restart mattering when a subscription starts again.
-        self.last_counter.remove(&(pid, topic.to_string()));
+        if let Some(topics) = self.last_counter.get_mut(&pid)
+            && topics.remove(topic).is_some()
+        {
+            self.counter_entries -= 1;
+        }
         let context = SpanContextLite { trace_id: self.ids.new_trace_id(), span_id: self.ids.new_span_id() };
         let mut span = event_span(
             "Tango::DeviceProxy::unsubscribe_event",
@@ -319,7 +340,7 @@ impl Events {
             topic,
             0,
             pid,
-            None,
+            false,
         );
         span.attributes.retain(|kv| kv.key.as_str() != "tango.event.counter");
         span.attributes.push(KeyValue::new("tango.event.action", "unsubscribe"));
@@ -329,15 +350,20 @@ impl Events {
     /// Forgets pushes too old to be linked to a delivery.
     pub fn expire(&mut self, now_ns: u64) {
         let fresh = |p: &Push| now_ns.saturating_sub(p.ts_ns) <= PUSH_MEMORY_NS;
-        self.pushes.retain(|_, p| fresh(p));
-        self.by_topic.retain(|_, p| fresh(p));
+        let mut entries = 0;
+        self.pushes.retain(|_, counters| {
+            counters.retain(|_, p| fresh(p));
+            entries += counters.len();
+            !counters.is_empty()
+        });
+        self.push_entries = entries;
     }
 
     /// Forgets the event state of an exited process.
     pub fn on_exit(&mut self, pid: u32) {
         self.app_sends.remove(&pid);
-        self.pushes.retain(|(p, _, _), _| *p != pid);
-        self.last_counter.retain(|(p, _), _| *p != pid);
+        // Its pushes stay (for deliveries still on their way) until they expire.
+        self.forget_counters(pid);
         self.partial.retain(|(p, _, _), _| *p != pid);
     }
 }
@@ -371,9 +397,11 @@ fn event_span(
     topic: &str,
     counter: u32,
     pid: u32,
-    device_key: Option<Vec<u8>>,
+    with_device_key: bool,
 ) -> AssembledSpan {
     let parsed = zmtp::parse_topic(topic);
+    let device_key =
+        parsed.as_ref().filter(|_| with_device_key).map(|t| t.device.to_ascii_lowercase().into_bytes());
     let mut attributes = Vec::new();
     if let Some(attribute) = parsed.as_ref().and_then(|t| t.attribute) {
         attributes.push(KeyValue::new("tango.event.attribute", attribute.to_string()));
