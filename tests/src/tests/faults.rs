@@ -384,8 +384,9 @@ fn backend_down_for_minutes_then_back_bounded_and_exactly_counted() {
         .expect("starting the paced client");
 
     std::thread::sleep(BEFORE);
-    let mut received = receiver.spans();
+    // Closed first, then read: a request answered while it closes is among the spans read.
     receiver.close();
+    let mut received = receiver.spans();
     let outage_start = Instant::now();
     let baseline_rss = rss_kib(daemon.pid());
     let mut peak_rss = baseline_rss;
@@ -412,8 +413,8 @@ fn backend_down_for_minutes_then_back_bounded_and_exactly_counted() {
     let stats = ctl_stats(&dir);
     daemon.signal(libc::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(30)).success(), "{}", daemon.log());
-    received.extend(receiver.spans());
     receiver.close();
+    received.extend(receiver.spans());
 
     // Every span accounted for, delivered or counted as dropped: a CLIENT and a SERVER span per
     // call, and the client's DeviceProxy span.

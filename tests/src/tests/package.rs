@@ -420,7 +420,9 @@ fn package_installs_runs_with_the_units_privileges_and_purges_without_a_trace() 
 
     // With exactly the unit's capabilities, as its user, on a read-only system, it traces a
     // PyTango call end to end. systemd makes the RuntimeDirectory= before the start; here the
-    // test does.
+    // test does, fresh as systemd makes it at each start (a lock file left by a daemon once run
+    // by hand as root would otherwise be in the way).
+    let _ = std::fs::remove_dir_all(RUNTIME_DIR);
     run_ok("install", &["-d", "-o", USER, "-g", USER, "-m", "0750", RUNTIME_DIR]);
     let receiver = OtlpReceiver::start_blocking();
     let marker = unique_marker("package");
