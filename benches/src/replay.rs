@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use opentelemetry::trace::SpanKind;
-use prost::Message as _;
 use tango_tracer::{
     configure::Policy,
     discover::{processes::Processes, procinfo::ProcessInfo},
@@ -228,8 +227,7 @@ fn run_pass(replayer: &mut Replayer, records: &[Record], otlp: bool, total: &mut
 
 /// Builds, encodes and compresses one request, as the OTLP/HTTP exporter does.
 fn send(batch: Vec<SpanRecord>, run: &mut ReplayRun) {
-    let request = tracer_export::otlp::build_request(batch);
-    let raw = request.encode_to_vec();
+    let raw = tracer_export::otlp_encode::encode_request(&batch);
     let mut gzip =
         flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
     // Writing into a Vec cannot fail.

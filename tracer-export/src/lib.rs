@@ -48,6 +48,7 @@ mod hub;
 pub mod json;
 pub mod metrics;
 pub mod otlp;
+pub mod otlp_encode;
 mod record;
 mod stats;
 mod store;

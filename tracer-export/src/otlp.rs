@@ -283,7 +283,7 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
 
 /// Groups items by resource, in order of first appearance.
 #[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
-fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
+pub(crate) fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
     let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
     // The daemon clones one cached resource per device into all its spans: the identity of
     // the shared attribute table finds the group without hashing or comparing attributes.
@@ -355,6 +355,9 @@ fn span_count(request: &ExportTraceServiceRequest) -> u64 {
 /// The request of one batch, of either signal.
 #[derive(Clone, Debug)]
 pub(crate) enum OtlpRequest {
+    /// A batch of spans not converted yet: an HTTP body is encoded straight from it, gRPC
+    /// converts it to [`OtlpRequest::Traces`].
+    Spans(Vec<SpanRecord>),
     Traces(ExportTraceServiceRequest),
     Logs(ExportLogsServiceRequest),
 }
@@ -362,6 +365,7 @@ pub(crate) enum OtlpRequest {
 impl OtlpRequest {
     fn encode_to_vec(&self) -> Vec<u8> {
         match self {
+            OtlpRequest::Spans(records) => crate::otlp_encode::encode_request(records),
             OtlpRequest::Traces(request) => request.encode_to_vec(),
             OtlpRequest::Logs(request) => request.encode_to_vec(),
         }
@@ -395,7 +399,10 @@ impl OtlpSender {
     pub(crate) fn prepare(&self, request: OtlpRequest) -> Result<Prepared, OtlpError> {
         match self {
             OtlpSender::Http(http) => http.encode(&request).map(Prepared::Http),
-            OtlpSender::Grpc(_) => Ok(Prepared::Grpc(request)),
+            OtlpSender::Grpc(_) => Ok(Prepared::Grpc(match request {
+                OtlpRequest::Spans(records) => OtlpRequest::Traces(build_request(records)),
+                other => other,
+            })),
         }
     }
 
@@ -547,6 +554,10 @@ impl GrpcSender {
     }
 
     async fn send(&mut self, request: OtlpRequest) -> Result<Accepted, OtlpError> {
+        let request = match request {
+            OtlpRequest::Spans(records) => OtlpRequest::Traces(build_request(records)),
+            other => other,
+        };
         let result = match (&mut self.client, request) {
             (GrpcClient::Traces(client), OtlpRequest::Traces(request)) => {
                 client.export(request).await.map(|response| accepted(response.into_inner()))
@@ -555,7 +566,9 @@ impl GrpcSender {
                 client.export(request).await.map(|response| accepted_logs(response.into_inner()))
             }
             // A worker prepares only its own signal.
-            (GrpcClient::Traces(_), OtlpRequest::Logs(_)) | (GrpcClient::Logs(_), OtlpRequest::Traces(_)) => {
+            (GrpcClient::Traces(_), OtlpRequest::Logs(_))
+            | (_, OtlpRequest::Spans(_))
+            | (GrpcClient::Logs(_), OtlpRequest::Traces(_)) => {
                 Err(tonic::Status::internal("a request of one signal cannot go to the other's service"))
             }
         };

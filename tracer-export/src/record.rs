@@ -42,7 +42,7 @@ impl Exportable for SpanRecord {
     }
 
     fn otlp_request(batch: Vec<Self>) -> OtlpRequest {
-        OtlpRequest::Traces(build_request(batch))
+        OtlpRequest::Spans(batch)
     }
 
     fn console_text(batch: Vec<Self>) -> String {

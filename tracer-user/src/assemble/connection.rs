@@ -2,8 +2,7 @@
 //! connections, and connections whose client is the daemon itself. Freed when the socket closes
 //! or its process exits.
 
-use std::collections::{HashMap, HashSet};
-
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracer_wire::giop::{AssembledMessage, MessageAssembler};
 
 use crate::{probe::record::Direction, stats::has_room};
@@ -23,6 +22,7 @@ struct Connection {
 pub struct Connections {
     /// Bytes kept per message (the capture length).
     max_keep: usize,
+    /// By (pid, fd): small integers, hashed by FxHash rather than SipHash.
     connections: HashMap<(u32, i32), Connection>,
     /// Peer addresses of server-side connections, resolved by the run loop.
     /// Shared with every span of the connection (no copy of the text per span).
@@ -39,9 +39,9 @@ impl Connections {
     pub fn new(max_keep: usize) -> Self {
         Connections {
             max_keep,
-            connections: HashMap::new(),
-            locations: HashMap::new(),
-            ignored: HashSet::new(),
+            connections: HashMap::default(),
+            locations: HashMap::default(),
+            ignored: HashSet::default(),
             discarded_bytes: 0,
             refused_full: 0,
         }

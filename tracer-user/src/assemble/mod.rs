@@ -135,8 +135,9 @@ struct Seen<'a> {
     wire_len: usize,
 }
 
-/// Pending calls by (pid, fd, request id).
-type Calls = HashMap<(u32, i32, u32), PendingCall>;
+/// Pending calls by (pid, fd, request id); keys are small integers, hashed by FxHash (SipHash
+/// was a tenth of the per-record path).
+type Calls = rustc_hash::FxHashMap<(u32, i32, u32), PendingCall>;
 
 /// Turns GIOP messages into spans and observations. Its state is per connection (freed at
 /// close), per call (freed at reply, close, exit or expiry) and per process (freed at exit).
@@ -148,7 +149,7 @@ pub struct Assembler {
     client_calls: Calls,
     server_calls: Calls,
     /// Processes seen serving requests.
-    servers: HashSet<u32>,
+    servers: rustc_hash::FxHashSet<u32>,
     /// Object keys each process was seen serving (each reported once).
     served: HashMap<u32, HashSet<Vec<u8>>>,
     finished: Vec<AssembledSpan>,
@@ -171,9 +172,9 @@ impl Assembler {
             connections: Connections::new(max_keep),
             linking: Linking::default(),
             constructions: Constructions::default(),
-            client_calls: HashMap::new(),
-            server_calls: HashMap::new(),
-            servers: HashSet::new(),
+            client_calls: Calls::default(),
+            server_calls: Calls::default(),
+            servers: rustc_hash::FxHashSet::default(),
             served: HashMap::new(),
             finished: Vec::new(),
             proxy_spans: Vec::new(),

@@ -16,49 +16,56 @@ pub const DEFAULT_SERVICE_NAME: &str = "tango.telemetry.default";
 /// cppTango's instrumentation scope name.
 pub const SCOPE_NAME: &str = "tango.cpp";
 
-/// Which resource a span carries.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ResourceKey {
+/// Which resource a span carries; borrowed, so that finding a cached resource copies nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResourceKey<'a> {
     /// A process outside any device context (a client, or a server's own threads).
     Process { pid: u32 },
     /// A device of a server process.
-    Device { pid: u32, object_key: Vec<u8> },
+    Device { pid: u32, object_key: &'a [u8] },
 }
 
 /// Builds and caches resources.
 #[derive(Default)]
 pub struct Resources {
-    /// By key and by whether the process serves (a client may turn into a server).
-    cache: HashMap<(ResourceKey, bool), Resource>,
+    /// Processes' resources, by pid and by whether the process serves (a client may turn into a
+    /// server).
+    processes: HashMap<(u32, bool), Resource>,
+    /// Devices' resources, by serving pid and object key (looked up by a borrowed key).
+    devices: HashMap<u32, HashMap<Vec<u8>, Resource>>,
 }
 
 impl Resources {
     pub fn report(&self, out: &mut StageStats) {
-        out.size("convert", "resource_entries", self.cache.len());
+        let devices: usize = self.devices.values().map(HashMap::len).sum();
+        out.size("convert", "resource_entries", self.processes.len() + devices);
     }
 
     /// Forgets everything about `pid` (it exited).
     pub fn forget(&mut self, pid: u32) {
-        self.cache.retain(|(key, _), _| match key {
-            ResourceKey::Process { pid: p } | ResourceKey::Device { pid: p, .. } => *p != pid,
-        });
+        self.processes.retain(|(p, _), _| *p != pid);
+        self.devices.remove(&pid);
     }
 
     /// The resource of `key`; `is_server` says whether the process serves devices.
     /// `device` is `None` while the device class is still unknown: such resources are not cached.
     pub fn resolve(
         &mut self,
-        key: &ResourceKey,
+        key: ResourceKey<'_>,
         process: Option<&ProcessInfo>,
         is_server: bool,
         device_name: Option<&str>,
         device: Option<&DeviceFacts>,
     ) -> Resource {
-        if let Some(resource) = self.cache.get(&(key.clone(), is_server)) {
+        let cached = match key {
+            ResourceKey::Process { pid } => self.processes.get(&(pid, is_server)),
+            ResourceKey::Device { pid, object_key } => self.devices.get(&pid).and_then(|d| d.get(object_key)),
+        };
+        if let Some(resource) = cached {
             return resource.clone();
         }
         let pid = match key {
-            ResourceKey::Process { pid } | ResourceKey::Device { pid, .. } => *pid,
+            ResourceKey::Process { pid } | ResourceKey::Device { pid, .. } => pid,
         };
         let mut attributes = vec![
             KeyValue::new("service.namespace", "tango"),
@@ -110,7 +117,14 @@ impl Resources {
         };
         let resource = Resource::builder_empty().with_attributes(attributes).build();
         if cacheable {
-            self.cache.insert((key.clone(), is_server), resource.clone());
+            match key {
+                ResourceKey::Process { pid } => {
+                    self.processes.insert((pid, is_server), resource.clone());
+                }
+                ResourceKey::Device { pid, object_key } => {
+                    self.devices.entry(pid).or_default().insert(object_key.to_vec(), resource.clone());
+                }
+            }
         }
         resource
     }

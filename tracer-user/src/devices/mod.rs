@@ -25,9 +25,12 @@ const IMPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Device name for an object key: without a database the key is the lowercased device name.
 /// Opaque keys (database servers) are named by the registry, or shown in hex.
 pub fn device_name_from_key(key: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(key).ok()?;
-    let printable = text.chars().all(|c| c.is_ascii_graphic());
-    (printable && !text.is_empty()).then(|| text.to_string())
+    key_is_name(key).then(|| String::from_utf8_lossy(key).into_owned())
+}
+
+/// Whether an object key is a device's name (printable ASCII, not empty).
+fn key_is_name(key: &[u8]) -> bool {
+    !key.is_empty() && key.iter().all(u8::is_ascii_graphic)
 }
 
 /// Facts about a device and the traced process serving it, if known.
@@ -95,7 +98,14 @@ impl DeviceRegistry {
 
     /// Whether the name and class of the device are both known.
     pub fn is_known(&self, object_key: &[u8]) -> bool {
-        self.class(object_key).is_some() && self.name(object_key).is_some()
+        self.class(object_key).is_some() && self.has_name(object_key)
+    }
+
+    /// Whether [`name`](Self::name) knows the device's name, without making it.
+    pub fn has_name(&self, object_key: &[u8]) -> bool {
+        self.facts(object_key).is_some_and(|f| f.name.is_some())
+            || object_key == DATABASE_KEY
+            || key_is_name(object_key)
     }
 
     /// Object keys `pid` serves.

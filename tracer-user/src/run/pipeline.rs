@@ -105,7 +105,7 @@ pub struct Pipeline {
     queries: Vec<DbQuery>,
     stats: PipelineStats,
     /// Spans released per process and device (`None`: the process's own), for `ctl list`.
-    released_by: HashMap<(u32, Option<String>), u64>,
+    released_by: HashMap<u32, ReleasedCounts>,
     /// Cross-host linking, when on.
     linker: Option<Linker>,
     /// Requests that crossed hosts, drained from the assembler (reused).
@@ -441,9 +441,9 @@ impl Pipeline {
                     // Without a database the object key is the lowercased device name.
                     let object_key = key.unwrap_or_else(|| logger.to_ascii_lowercase().into_bytes());
                     let name = self.devices.name(&object_key).unwrap_or_else(|| logger.to_string());
-                    let resource_key = ResourceKey::Device { pid, object_key: object_key.clone() };
+                    let resource_key = ResourceKey::Device { pid, object_key: &object_key };
                     let facts = self.devices.facts(&object_key);
-                    let resource = self.resources.resolve(&resource_key, process, true, Some(&name), facts);
+                    let resource = self.resources.resolve(resource_key, process, true, Some(&name), facts);
                     let target =
                         logs::LoggerTarget { object_key, resource: resource.clone(), complete: known };
                     self.logs.set_target(pid, &logger, target);
@@ -590,7 +590,7 @@ impl Pipeline {
     /// every stage frees its state.
     pub fn forget_process(&mut self, pid: u32) {
         self.config.remove_process(pid);
-        self.released_by.retain(|(p, _), _| *p != pid);
+        self.released_by.remove(&pid);
         self.logs_released_by.retain(|(p, _), _| *p != pid);
         self.devices.forget_process(pid);
         self.resources.forget(pid);
@@ -605,7 +605,11 @@ impl Pipeline {
 
     /// Spans released so far for `pid`'s `device` (`None`: the process's own spans).
     pub fn released(&self, pid: u32, device: Option<&str>) -> u64 {
-        self.released_by.get(&(pid, device.map(str::to_string))).copied().unwrap_or(0)
+        let Some(counts) = self.released_by.get(&pid) else { return 0 };
+        match device {
+            Some(device) => counts.devices.get(device).copied().unwrap_or(0),
+            None => counts.process,
+        }
     }
 
     /// Device logs released so far for `pid`'s `device`.
@@ -675,7 +679,9 @@ impl Pipeline {
         out.push(STAGE, "logs_not_wanted", self.stats.logs_not_wanted);
         out.push(STAGE, "logs_native", self.stats.logs_native);
         out.size(STAGE, "waiting_span_entries", self.waiting.len());
-        out.size(STAGE, "released_count_entries", self.released_by.len());
+        let released_entries: usize =
+            self.released_by.values().map(|c| usize::from(c.process > 0) + c.devices.len()).sum();
+        out.size(STAGE, "released_count_entries", released_entries);
         out.size(STAGE, "released_log_count_entries", self.logs_released_by.len());
         out
     }
@@ -726,7 +732,7 @@ impl Pipeline {
         match self.config.route(span.pid, device.as_deref(), class_of(&span, device.as_deref())) {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
-                *self.released_by.entry((span.pid, device.clone())).or_default() += 1;
+                self.released_by.entry(span.pid).or_default().count(device.as_deref());
                 let record = self.span_record(span, device, target, processes);
                 out.push(Routed { record, destinations });
             }
@@ -745,11 +751,11 @@ impl Pipeline {
         let process = processes.info(span.pid);
         let is_server = self.assembler.is_server(span.pid);
         let key = match &span.device_key {
-            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key: object_key.clone() },
+            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key },
             None => ResourceKey::Process { pid: span.pid },
         };
         let facts = span.device_key.as_deref().and_then(|k| self.devices.facts(k));
-        let resource = self.resources.resolve(&key, process, is_server, device_name.as_deref(), facts);
+        let resource = self.resources.resolve(key, process, is_server, device_name.as_deref(), facts);
         let scope = resources::scope_for(process);
         let data = spandata::to_span_data(span, target, scope, &self.clock);
         SpanRecord { resource, data }
@@ -761,6 +767,28 @@ impl Pipeline {
             return false;
         };
         location.starts_with("giop:tcp:") && self.own_ports.lock().is_ok_and(|ports| ports.contains(&port))
+    }
+}
+
+/// Spans released for one process: its own and each of its devices'.
+#[derive(Default)]
+struct ReleasedCounts {
+    process: u64,
+    /// By device name; a name is copied once, when its first span is counted.
+    devices: HashMap<String, u64>,
+}
+
+impl ReleasedCounts {
+    fn count(&mut self, device: Option<&str>) {
+        match device {
+            Some(name) => match self.devices.get_mut(name) {
+                Some(count) => *count += 1,
+                None => {
+                    self.devices.insert(name.to_owned(), 1);
+                }
+            },
+            None => self.process += 1,
+        }
     }
 }
 
