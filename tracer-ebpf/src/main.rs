@@ -133,11 +133,7 @@ struct SocketMarks {
     reported: u8,
     /// 1 when that direction (`direction::SEND`, `RECV`) carries a ZMTP event stream.
     zmtp: [u8; 2],
-    /// 1 when that direction has no message in progress in `STREAMS` (0: look it up). Set by
-    /// that direction's program once it finds none, cleared by it before it keeps one; a new
-    /// entry starts at 0, so an evicted and re-made entry only costs a lookup.
-    whole: [u8; 2],
-    _pad: [u8; 3],
+    _pad: u8,
 }
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
@@ -460,50 +456,22 @@ fn note_socket(call: &mut PendingCall, sk: *const u8, ret: i32, flags: i32) {
 /// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
 /// then each GIOP message that starts in them (one record per message, up to
 /// `MAX_MESSAGES_PER_CALL`), or a ZMTP frame of a Tango event stream.
-///
-/// `STREAMS` is looked up only when the socket's marks do not say that this direction has no
-/// message in progress (`SocketMarks::whole`): most syscalls move whole messages.
 #[inline(always)]
 fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
     let key = StreamKey { pid, fd: call.fd, direction: call.direction as u32 };
+    // SAFETY: a map lookup; the value is copied out.
+    let state = unsafe { STREAMS.get(&key) }.copied();
+    let had_state = state.is_some();
     let socket = socket_key(pid, call.fd);
     // SAFETY: a map lookup; the value is copied out.
     let marks = unsafe { SOCKETS.get(&socket) }.copied();
-    let whole = marks.is_some_and(|m| m.whole.get(call.direction as usize) == Some(&1));
-    // SAFETY: a map lookup; the value is copied out.
-    let state = if whole { None } else { unsafe { STREAMS.get(&key) }.copied() };
-    let done = emit_stream(pid_tgid, call, len, capture_len, &key, marks, state, whole);
-    // SAFETY: a map lookup; the value is not read.
-    if marks.is_some() && !whole && unsafe { STREAMS.get(&key) }.is_none() {
-        // Nothing left in progress: later syscalls of this direction skip `STREAMS`.
-        set_whole(socket, call.direction, 1);
-    }
-    done
-}
-
-/// [`emit_data`] once the stream's state is known (`None`: no message in progress).
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "one call site, all of it the syscall's state")]
-fn emit_stream(
-    pid_tgid: u64,
-    call: &PendingCall,
-    len: u64,
-    capture_len: u32,
-    key: &StreamKey,
-    marks: Option<SocketMarks>,
-    state: Option<StreamState>,
-    whole: bool,
-) -> Result<(), ()> {
-    let key = *key;
-    let had_state = state.is_some();
-    let socket = key_socket(&key);
     let zmtp = marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1));
     let reported = marks.is_some_and(|m| m.reported == 1);
     if !had_state && !zmtp {
         // The usual case: one whole GIOP message, or the start of one, copied by one read of the
         // user buffer into the record, and no loop.
-        if let Some(done) = emit_whole_message(pid_tgid, call, len, capture_len, reported, &key, whole) {
+        if let Some(done) = emit_whole_message(pid_tgid, call, len, capture_len, reported, &key) {
             return done;
         }
     }
@@ -579,7 +547,9 @@ fn emit_stream(
                         seen: len as u32,
                         ..StreamState::default()
                     };
-                    keep_stream(&key, &state, whole);
+                    if STREAMS.insert(&key, &state, 0).is_err() {
+                        count_lost(loss::STREAM_FULL, 1);
+                    }
                 } else if had_state {
                     let _ = STREAMS.remove(&key);
                 }
@@ -597,7 +567,9 @@ fn emit_stream(
     }
     let state = walk.state;
     if state.pending > 0 || state.header_len > 0 || state.lost_sync == 1 {
-        keep_stream(&key, &state, whole);
+        if STREAMS.insert(&key, &state, 0).is_err() {
+            count_lost(loss::STREAM_FULL, 1);
+        }
     } else if had_state {
         let _ = STREAMS.remove(&key);
     }
@@ -941,7 +913,6 @@ fn emit_whole_message(
     capture_len: u32,
     reported: bool,
     key: &StreamKey,
-    whole: bool,
 ) -> Option<Result<(), ()>> {
     if len < GIOP_HEADER_LEN as u64 {
         return None;
@@ -1014,37 +985,11 @@ fn emit_whole_message(
     if message_len > len {
         let state =
             StreamState { pending: (message_len - len) as u32, seen: len as u32, ..StreamState::default() };
-        keep_stream(key, &state, whole);
+        if STREAMS.insert(key, &state, 0).is_err() {
+            count_lost(loss::STREAM_FULL, 1);
+        }
     }
     Some(Ok(()))
-}
-
-/// Keeps a message in progress in `STREAMS`, after clearing the socket's mark that said this
-/// direction had none (`whole`: the mark was set when the syscall began).
-#[inline(always)]
-fn keep_stream(key: &StreamKey, state: &StreamState, whole: bool) {
-    if whole {
-        set_whole(key_socket(key), key.direction as u8, 0);
-    }
-    if STREAMS.insert(key, state, 0).is_err() {
-        count_lost(loss::STREAM_FULL, 1);
-    }
-}
-
-/// Sets `SocketMarks::whole` of direction `dir` of `socket`, if the socket has marks.
-#[inline(always)]
-fn set_whole(socket: u64, dir: u8, value: u8) {
-    if let Some(marks) = SOCKETS.get_ptr_mut(&socket)
-        // SAFETY: one byte of the entry, written in place (see `SocketMarks`).
-        && let Some(mark) = unsafe { (*marks).whole.get_mut(dir as usize) }
-    {
-        *mark = value;
-    }
-}
-
-#[inline(always)]
-fn key_socket(key: &StreamKey) -> u64 {
-    socket_key(key.pid, key.fd)
 }
 
 #[inline(always)]
