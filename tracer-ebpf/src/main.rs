@@ -6,7 +6,8 @@
 //!   and Unix sockets alike) into the ring buffer, one record per message when a syscall moves
 //!   several, with the socket's peer and, for TCP/IPv4, its local end and the TCP sequence number
 //!   of each message's first byte, which both hosts of a connection see for the same bytes. Other
-//!   processes pay one hash lookup per socket transfer, and nothing for other syscalls.
+//!   processes pay one load from a byte-per-pid array per socket transfer, and nothing for other
+//!   syscalls.
 //! - Kernels without those tracepoints (before 6.3) read the same calls at the `sendto`/`recvfrom`
 //!   syscall tracepoints instead: arguments kept at entry (`PENDING`), bytes reported at exit.
 //! - Nothing is lost silently: every record or piece of state that cannot be kept is counted by
