@@ -28,6 +28,13 @@ pub const MAX_HEADERS_PER_CALL: u32 = 1024;
 /// daemon has no room to know, and the daemon never keeps a process the kernel cannot capture.
 pub const MAX_TARGETS: u32 = 65_536;
 
+/// Pids per page of the in-kernel `TARGET_PIDS` filter (one byte each: 1 for a target).
+pub const TARGET_PIDS_PER_PAGE: usize = 4096;
+
+/// Pages of `TARGET_PIDS` that cover every pid the kernel can hand out (`PID_MAX_LIMIT`,
+/// 4,194,304, on 64-bit): the most the daemon sizes it to.
+pub const MAX_TARGET_PID_PAGES: u32 = 1024;
+
 /// Record kinds (the first field of every record).
 pub mod kind {
     /// [`super::DataRecord`]: bytes a target process sent or received on a socket.

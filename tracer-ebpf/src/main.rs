@@ -6,7 +6,8 @@
 //!   and Unix sockets alike) into the ring buffer, one record per message when a syscall moves
 //!   several, with the socket's peer and, for TCP/IPv4, its local end and the TCP sequence number
 //!   of each message's first byte, which both hosts of a connection see for the same bytes. Other
-//!   processes pay one hash lookup per socket transfer, and nothing for other syscalls.
+//!   processes pay one load from a byte-per-pid array per socket transfer, and nothing for other
+//!   syscalls.
 //! - Kernels without those tracepoints (before 6.3) read the same calls at the `sendto`/`recvfrom`
 //!   syscall tracepoints instead: arguments kept at entry (`PENDING`), bytes reported at exit.
 //! - Nothing is lost silently: every record or piece of state that cannot be kept is counted by
@@ -35,21 +36,74 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
     },
     macros::{btf_tracepoint, map, tracepoint, uprobe},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
 use tracer_common::{
     DATA_RECORD_HEADER_LEN, DataRecord, FACTS_RECORD_HEADER_LEN, FactsRecord, LIBRARY_RECORD_HEADER_LEN,
     LOG_RECORD_HEADER_LEN, LibraryRecord, LogRecord, MAX_CAPTURE, MAX_CMDLINE, MAX_ENVIRON,
     MAX_GIOP_BODY_LEN, MAX_HEADERS_PER_CALL, MAX_LOG_FILE, MAX_LOG_MESSAGE, MAX_LOGGER_NAME,
-    MAX_MESSAGES_PER_CALL, MAX_PATH, MAX_TARGETS, PendingCall, ProcessOffsets, ProcessRecord, RecordHeader,
-    SockOffsets, StreamKey, StreamState, TargetConfig, chunk, direction, kind, log_flags, loss, unreadable,
+    MAX_MESSAGES_PER_CALL, MAX_PATH, MAX_TARGET_PID_PAGES, MAX_TARGETS, PendingCall, ProcessOffsets,
+    ProcessRecord, RecordHeader, SockOffsets, StreamKey, StreamState, TARGET_PIDS_PER_PAGE, TargetConfig,
+    chunk, direction, kind, log_flags, loss, unreadable,
 };
 
 /// Target processes (key: tgid), written by the daemon and by `openat` below. A plain hash map:
 /// a full map fails the insert, which is counted, where an LRU map would silently drop a target.
 #[map]
 static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// The same targets as one byte per pid (1: a target), in pages of `TARGET_PIDS_PER_PAGE` pids:
+/// the first check of every socket transfer and `close` on the host, an indexed load where a hash
+/// lookup cost ~70 ns here. Written wherever `TARGETS` is (by the programs, and by the daemon
+/// through a shared mapping), one byte store at a time, so no writer overwrites another's pid.
+/// The daemon sizes it to `pid_max` before loading; a pid beyond it is looked up in `TARGETS`.
+#[map]
+static TARGET_PIDS: Array<[u8; TARGET_PIDS_PER_PAGE]> =
+    Array::with_max_entries(MAX_TARGET_PID_PAGES, BPF_F_MMAPABLE);
+
+/// `BPF_F_MMAPABLE`: the daemon maps `TARGET_PIDS` into its memory.
+const BPF_F_MMAPABLE: u32 = 1024;
+
+/// Whether `pid` is a target: one load from `TARGET_PIDS`, or `TARGETS` beyond its pages.
+#[inline(always)]
+fn is_target(pid: u32) -> bool {
+    let page = pid / TARGET_PIDS_PER_PAGE as u32;
+    let slot = pid as usize % TARGET_PIDS_PER_PAGE;
+    match TARGET_PIDS.get(page) {
+        Some(page) => page.get(slot).is_some_and(|&flag| flag == 1),
+        // SAFETY: a map lookup; the value is not read.
+        None => unsafe { TARGETS.get(&pid) }.is_some(),
+    }
+}
+
+/// Makes `pid` a target in `TARGETS` and `TARGET_PIDS`; a full `TARGETS` refuses it (counted).
+#[inline(always)]
+fn add_target(pid: u32, config: &TargetConfig) {
+    if TARGETS.insert(&pid, config, 0).is_err() {
+        count_lost(loss::TARGETS_FULL, 1);
+        return;
+    }
+    set_target_flag(pid, 1);
+}
+
+/// Stops capturing for `pid`; whether it was a target.
+#[inline(always)]
+fn remove_target(pid: u32) -> bool {
+    set_target_flag(pid, 0);
+    TARGETS.remove(&pid).is_ok()
+}
+
+#[inline(always)]
+fn set_target_flag(pid: u32, flag: u8) {
+    let slot = pid as usize % TARGET_PIDS_PER_PAGE;
+    if let Some(page) = TARGET_PIDS.get_ptr_mut(pid / TARGET_PIDS_PER_PAGE as u32)
+        // SAFETY: one byte of the page, written in place (see `TARGET_PIDS`).
+        && let Some(flag_at) = unsafe { (*page).get_mut(slot) }
+    {
+        *flag_at = flag;
+    }
+}
 
 /// Arguments of a `sendto`/`recvfrom` in flight, per thread (key: pid_tgid), read back when it
 /// returns (the syscall-tracepoint path only). A plain hash map, not an LRU one: a full map fails the insert, which is counted,
@@ -146,6 +200,13 @@ static LOG_MESSAGE_LEN: u32 = 4096;
 #[unsafe(no_mangle)]
 static DEFAULT_CAPTURE_LEN: u32 = 1024;
 
+/// Bytes copied of each message: the daemon's `--capture-bytes`, the same for every target.
+#[inline(always)]
+fn capture_len() -> u32 {
+    // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(&DEFAULT_CAPTURE_LEN) }
+}
+
 /// Where the peer address, the local address and the TCP sequence numbers live in a socket (set
 /// by the daemon from BTF).
 #[unsafe(no_mangle)]
@@ -209,11 +270,10 @@ pub fn recvfrom_exit(ctx: TracePointContext) -> u32 {
 fn stash_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+    if !is_target(pid) {
         return Ok(());
-    };
-    let capture_len = target.capture_len;
+    }
+    let capture_len = capture_len();
     // SAFETY: offsets come from the tracepoint's format file.
     let call = unsafe {
         PendingCall {
@@ -312,11 +372,10 @@ fn sock_transfer(ctx: &BtfTracePointContext, dir: u8, syscall: u64) -> Result<()
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    let Some(target) = (unsafe { TARGETS.get(&pid) }) else {
+    if !is_target(pid) {
         return Ok(());
-    };
-    let capture_len = target.capture_len;
+    }
+    let capture_len = capture_len();
     // SAFETY: helpers of tracing programs; the result is the current task's saved user registers
     // (a BTF pointer the verifier checks every load against).
     let regs = unsafe { generated::bpf_task_pt_regs(generated::bpf_get_current_task_btf()) } as *const u8;
@@ -967,8 +1026,7 @@ fn emit_process(kind: u32, pid: u32, tid: u32, fd: i32) {
 pub fn close_enter(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
-    // SAFETY: a map lookup; the value is only read.
-    if unsafe { TARGETS.get(&pid) }.is_none() {
+    if !is_target(pid) {
         return 0;
     }
     // SAFETY: offset comes from the tracepoint's format file.
@@ -1068,14 +1126,8 @@ fn become_target(pid_tgid: u64, opened: &LibraryRecord) -> Result<(), ()> {
     if !in_traced_net_ns(net_ns) {
         return Ok(());
     }
-    let config = TargetConfig {
-        // SAFETY: a global the daemon sets before loading; read as volatile so it is not folded.
-        capture_len: unsafe { core::ptr::read_volatile(&DEFAULT_CAPTURE_LEN) },
-        flags: 0,
-    };
-    if TARGETS.insert(&pid, &config, 0).is_err() {
-        count_lost(loss::TARGETS_FULL, 1);
-    }
+    let config = TargetConfig { capture_len: capture_len(), flags: 0 };
+    add_target(pid, &config);
     let Some(facts) = FACTS_SCRATCH.get_ptr_mut(0) else {
         // Never for a one-entry array; the daemon would then read /proc.
         emit_process(kind::LIB_OPENED, pid, pid_tgid as u32, -1);
@@ -1333,9 +1385,7 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
     if !in_traced_net_ns(net_ns) {
         return Ok(());
     }
-    if TARGETS.insert(&child_pid, &config, 0).is_err() {
-        count_lost(loss::TARGETS_FULL, 1);
-    }
+    add_target(child_pid, &config);
     let facts = FACTS_SCRATCH.get_ptr_mut(0).ok_or(())?;
     // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
     let facts = unsafe { &mut *facts };
@@ -1357,7 +1407,7 @@ fn try_fork_facts(ctx: &BtfTracePointContext) -> Result<(), ()> {
 pub fn process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
-    if TARGETS.remove(&pid).is_ok() {
+    if remove_target(pid) {
         emit_process(kind::EXEC, pid, pid_tgid as u32, -1);
     }
     forget_early_libraries(pid);
@@ -1380,7 +1430,7 @@ pub fn process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = ctx.as_ptr();
-    if TARGETS.remove(&pid).is_ok() {
+    if remove_target(pid) {
         emit_process(kind::EXIT, pid, pid_tgid as u32, -1);
     }
     forget_early_libraries(pid);

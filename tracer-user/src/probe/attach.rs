@@ -1,12 +1,12 @@
 //! Loading the eBPF programs, attaching them, and managing the set of target processes.
 //!
 //! Tracepoints are attached once, for the whole host; they filter by the `TARGETS` map in the
-//! kernel. A process joins that map either here (found by the daemon's scan) or in the kernel
+//! kernel (and its one-byte-per-pid copy `TARGET_PIDS`, see [`super::target_pids`]). A process joins that map either here (found by the daemon's scan) or in the kernel
 //! itself the moment it opens an omniORB library.
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
@@ -15,7 +15,7 @@ use aya::{
 use log::{debug, info, warn};
 use tracer_common::{MAX_CAPTURE, PendingCall, StreamKey, StreamState, TargetConfig, loss};
 
-use super::{kernel_offsets, uprobes, userspans};
+use super::{kernel_offsets, target_pids::TargetPids, uprobes, userspans};
 
 /// Why a uprobe was not attached.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +158,9 @@ pub enum ProbeError {
          kernel on this kernel"
     )]
     Offsets(#[from] kernel_offsets::OffsetError),
+    /// The target filter could not be mapped into the daemon.
+    #[error("mapping the eBPF target filter failed")]
+    TargetPids(#[source] std::io::Error),
     /// tracefs is not mounted and could not be mounted.
     #[error("tracefs is not available at /sys/kernel/tracing: {0}")]
     Tracefs(std::io::Error),
@@ -193,6 +196,8 @@ pub struct Probes {
     /// Processes whose user-code probes were reported (once each).
     user_code_reported: std::collections::HashSet<u32>,
     targets: HashMap<MapData, u32, TargetConfig>,
+    /// The same targets, one byte per pid, written next to `targets`.
+    target_pids: TargetPids,
     /// Syscalls in flight (key: pid_tgid) and partly moved messages: entries a process leaves
     /// behind when it dies are removed by [`Probes::forget_process`].
     pending: HashMap<MapData, u64, PendingCall>,
@@ -261,12 +266,14 @@ impl Probes {
         let vmlinux = std::path::Path::new("/sys/kernel/btf/vmlinux");
         let (sock_offsets, tcp_offsets) = kernel_offsets::sock_offsets(vmlinux);
         let process_offsets = kernel_offsets::process_offsets(vmlinux)?;
+        let target_pid_pages = super::target_pids::pages_for_pid_max();
         let mut ebpf = EbpfLoader::new()
             .override_global("DEFAULT_CAPTURE_LEN", &capture_len, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("PROCESS_OFFSETS", &process_offsets, true)
             .override_global("TARGET_NET_NS", &net_ns, true)
             .override_global("LOG_MESSAGE_LEN", &log_bytes, true)
+            .map_max_entries("TARGET_PIDS", target_pid_pages)
             .load(EBPF_OBJECT)?;
         for &(program, category, name) in TRACEPOINTS {
             attach_tracepoint(&mut ebpf, program, category, name)?;
@@ -311,6 +318,10 @@ impl Probes {
         };
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS"))?)?;
         let targets = HashMap::try_from(ebpf.take_map("TARGETS").ok_or(ProbeError::Missing("TARGETS"))?)?;
+        let Some(Map::Array(target_pids)) = ebpf.take_map("TARGET_PIDS") else {
+            return Err(ProbeError::Missing("TARGET_PIDS"));
+        };
+        let target_pids = TargetPids::map(target_pids, target_pid_pages).map_err(ProbeError::TargetPids)?;
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
         let pending = HashMap::try_from(ebpf.take_map("PENDING").ok_or(ProbeError::Missing("PENDING"))?)?;
         let streams = HashMap::try_from(ebpf.take_map("STREAMS").ok_or(ProbeError::Missing("STREAMS"))?)?;
@@ -323,6 +334,7 @@ impl Probes {
             user_code_files: Default::default(),
             user_code_reported: Default::default(),
             targets,
+            target_pids,
             pending,
             streams,
             lost,
@@ -501,6 +513,7 @@ impl Probes {
     pub fn add_target(&mut self, pid: u32) -> Result<(), ProbeError> {
         let config = TargetConfig { capture_len: self.capture_len, flags: 0 };
         self.targets.insert(&pid, &config, 0)?;
+        self.target_pids.set(pid, true);
         Ok(())
     }
 
@@ -547,6 +560,7 @@ impl Probes {
 
     /// Stops capturing for `pid` (idempotent).
     pub fn remove_target(&mut self, pid: u32) {
+        self.target_pids.set(pid, false);
         let _ = self.targets.remove(&pid);
     }
 
