@@ -422,7 +422,8 @@ fn sighup_while_probes_are_loaded_for_a_new_process_loses_none() {
     let log = daemon.log();
     // Event pushes are marked on libtango's push_event (zmq_msg_send only where it cannot be).
     assert!(
-        log.contains("uprobe Tango::ZmqEventSupplier::push_event at") || log.contains("uprobe zmq_msg_send at"),
+        log.contains("uprobe Tango::ZmqEventSupplier::push_event at")
+            || log.contains("uprobe zmq_msg_send at"),
         "{log}"
     );
     assert!(log.contains("uprobe log4tango::Logger::log_unconditionally at"), "{log}");
