@@ -7,11 +7,18 @@
 //! pushed by polling or a device thread, it is a root. A PUB socket sends the same message to
 //! every subscriber, so one push is one span however many connections carry it. Each subscriber's
 //! receive of the message is a delivery span, linked to (and, when seen, the child of) the push.
+//!
+//! What a topic says (device, attribute, event type, its span attributes) is worked out once per
+//! topic: a push or a delivery only looks its topic up and counts.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
-use opentelemetry::{KeyValue, trace::SpanKind};
+use opentelemetry::{KeyValue, Value, trace::SpanKind};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+use rustc_hash::FxHashMap;
 use tracer_wire::zmtp;
 
 use crate::{
@@ -40,6 +47,107 @@ struct Push {
     pid: u32,
 }
 
+/// Pushes of one topic still remembered, in the order they were seen. A server numbers the
+/// events of a topic consecutively, so they are kept in runs of consecutive counters: a push is
+/// found by arithmetic, and a new run starts only where counters jump (a restarted server,
+/// lost records).
+#[derive(Default)]
+struct TopicPushes {
+    pushes: VecDeque<Push>,
+    /// Where each run starts: its first counter and the position of its first push, counted
+    /// from the first push this topic ever remembered. Oldest first.
+    runs: VecDeque<(u32, u64)>,
+    /// Pushes forgotten from the front since this topic was first seen.
+    forgotten: u64,
+}
+
+impl TopicPushes {
+    fn len(&self) -> usize {
+        self.pushes.len()
+    }
+
+    /// The last push remembered with `counter` (a later run wins, as a newer push does).
+    fn get(&self, counter: u32) -> Option<&Push> {
+        self.pushes.get(self.index(counter)?)
+    }
+
+    /// Where the last push remembered with `counter` is in `pushes`.
+    fn index(&self, counter: u32) -> Option<usize> {
+        let mut run_end = self.forgotten + self.pushes.len() as u64;
+        for &(first, start) in self.runs.iter().rev() {
+            let at = start + u64::from(counter.wrapping_sub(first));
+            if at < run_end && at >= self.forgotten {
+                return usize::try_from(at - self.forgotten).ok();
+            }
+            run_end = start;
+        }
+        None
+    }
+
+    /// Remembers a push, the newest. One with a counter already remembered (a restarted
+    /// server) starts a run, and is the one found by that counter from now on.
+    fn push(&mut self, counter: u32, push: Push) {
+        let end = self.forgotten + self.pushes.len() as u64;
+        let continues = self
+            .runs
+            .back()
+            .is_some_and(|&(first, start)| u64::from(counter.wrapping_sub(first)) == end - start);
+        if !continues {
+            self.runs.push_back((counter, end));
+        }
+        self.pushes.push_back(push);
+    }
+
+    /// Forgets the pushes at the front older than `fresh` allows.
+    fn forget_old(&mut self, fresh: impl Fn(u64) -> bool) {
+        while self.pushes.front().is_some_and(|p| !fresh(p.ts_ns)) {
+            self.pushes.pop_front();
+            self.forgotten += 1;
+        }
+        // A run whose successor starts at or before the first remembered push is gone.
+        while self.runs.len() > 1 && self.runs.get(1).is_some_and(|&(_, start)| start <= self.forgotten) {
+            self.runs.pop_front();
+        }
+        if self.pushes.is_empty() {
+            self.runs.clear();
+        }
+    }
+}
+
+/// One event topic (`tango://host:port/device[/attribute].event`): its span attributes, worked
+/// out when it is first seen, and its pushes.
+struct Topic {
+    name: Arc<str>,
+    /// `tango.event.attribute`, `tango.event.device`, `tango.event.type`: those the topic has.
+    parts: Vec<KeyValue>,
+    /// The pushing device's object key (its name in lower case), when the topic names one.
+    device_key: Option<Vec<u8>>,
+    pushes: TopicPushes,
+    /// When a push or delivery of it was last seen.
+    last_seen_ns: u64,
+}
+
+impl Topic {
+    fn new(name: &str, ts_ns: u64) -> Topic {
+        let parsed = zmtp::parse_topic(name);
+        let mut parts = Vec::with_capacity(3);
+        if let Some(attribute) = parsed.as_ref().and_then(|t| t.attribute) {
+            parts.push(KeyValue::new("tango.event.attribute", Arc::<str>::from(attribute)));
+        }
+        if let Some(t) = &parsed {
+            parts.push(KeyValue::new("tango.event.device", Arc::<str>::from(t.device)));
+            parts.push(KeyValue::new("tango.event.type", Arc::<str>::from(event_type(t.event))));
+        }
+        Topic {
+            name: Arc::from(name),
+            parts,
+            device_key: parsed.map(|t| t.device.to_ascii_lowercase().into_bytes()),
+            pushes: TopicPushes::default(),
+            last_seen_ns: ts_ns,
+        }
+    }
+}
+
 /// Most processes, topics or streams each event table follows; beyond, new ones are refused
 /// and counted.
 const MAX_ENTRIES: usize = 65_536;
@@ -64,34 +172,35 @@ pub struct EventStats {
 }
 
 /// The events stage: ZMTP streams in, push and delivery spans out. Its state is per process
-/// (freed at exit) and per socket (freed at close); pushes are forgotten after a minute.
+/// (freed at exit) and per socket (freed at close); pushes are forgotten after a minute, and
+/// topics a minute after their last push or delivery.
 #[derive(Default)]
 pub struct Events {
     ids: RandomIdGenerator,
-    app_sends: HashMap<u32, VecDeque<AppSend>>,
-    /// Pushes by topic, then counter, for deliveries in other processes and for the copies a
-    /// PUB socket sends to its other subscribers. Nested so that a push or a delivery looks its
-    /// topic up by the bytes it parsed, without allocating a key.
-    pushes: HashMap<String, HashMap<u32, Push>>,
-    /// Entries of `pushes`, all topics together.
+    app_sends: FxHashMap<u32, VecDeque<AppSend>>,
+    /// Topics by name, with their pushes, for deliveries in other processes and for the copies
+    /// a PUB socket sends to its other subscribers. Looked up by the bytes a message carries,
+    /// without allocating a key.
+    topics: HashMap<Arc<str>, Topic>,
+    /// Pushes remembered, all topics together.
     push_entries: usize,
     /// Last counter each subscriber process saw per topic.
-    last_counter: HashMap<u32, HashMap<String, u32>>,
+    last_counter: FxHashMap<u32, HashMap<Arc<str>, u32>>,
     /// Entries of `last_counter`, all processes together.
     counter_entries: usize,
     /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
-    partial: HashMap<(u32, i32, Direction), Vec<u8>>,
+    partial: FxHashMap<(u32, i32, Direction), Vec<u8>>,
     stats: EventStats,
 }
 
 /// A ZMTP stream that keeps more than this without completing a message is not followed.
 const MAX_PARTIAL: usize = 1 << 20;
 
-/// What one ZMTP message says, owned (the stream buffer moves on).
-enum Seen {
+/// What one ZMTP message says, borrowed from the stream.
+enum Seen<'a> {
     Heartbeat,
-    Cancel(String),
-    Event { topic: String, counter: u32 },
+    Cancel(&'a [u8]),
+    Event { topic: &'a str, counter: u32 },
     Unparsable,
 }
 
@@ -100,6 +209,44 @@ pub fn event_type(event: &str) -> &str {
     match event.split_once('_') {
         Some((prefix, kind)) if prefix.starts_with("idl") => kind,
         _ => event,
+    }
+}
+
+/// The length of the whole messages at the start of `bytes` (the rest is an unfinished
+/// message), or None when the frames make no sense.
+fn whole_messages_len(bytes: &[u8]) -> Option<usize> {
+    let mut rest = bytes;
+    let mut whole = 0;
+    while !rest.is_empty() {
+        let (frame, after) = match zmtp::parse_frame(rest) {
+            Ok(v) => v,
+            Err(tracer_wire::WireError::Incomplete) => break,
+            Err(_) => return None,
+        };
+        rest = after;
+        if !frame.more || frame.command {
+            whole = bytes.len() - rest.len();
+        }
+    }
+    Some(whole)
+}
+
+/// Calls `each` with every message of `bytes`, which hold whole messages only.
+fn for_each_message<'a>(mut bytes: &'a [u8], mut each: impl FnMut(Seen<'a>)) {
+    const NO_FRAME: zmtp::Frame<'static> = zmtp::Frame { more: false, command: false, body: &[] };
+    // A Tango event has four frames; more than that is not one.
+    let mut frames = [NO_FRAME; 4];
+    let mut count = 0;
+    while let Ok((frame, after)) = zmtp::parse_frame(bytes) {
+        bytes = after;
+        if let Some(slot) = frames.get_mut(count) {
+            *slot = frame;
+        }
+        count += 1;
+        if !frame.more || frame.command {
+            each(describe(frames.get(..count).unwrap_or(&frames), count));
+            count = 0;
+        }
     }
 }
 
@@ -120,7 +267,7 @@ impl Events {
         out.push(STAGE, "discarded_bytes", self.stats.discarded_bytes);
         out.size(STAGE, "app_send_entries", self.app_sends.len());
         out.size(STAGE, "push_entries", self.push_entries);
-        out.size(STAGE, "push_topic_entries", self.pushes.len());
+        out.size(STAGE, "topic_entries", self.topics.len());
         out.size(STAGE, "counter_entries", self.counter_entries);
         out.size(STAGE, "stream_entries", self.partial.len());
     }
@@ -159,45 +306,69 @@ impl Events {
         out: &mut Vec<AssembledSpan>,
     ) {
         let key = (pid, fd, direction);
-        // Most calls start on a message boundary: their bytes are parsed where they are.
-        let stream: std::borrow::Cow<'_, [u8]> = match self.partial.remove(&key) {
-            Some(mut held) if !held.is_empty() => {
+        // Most calls start on a message boundary: their bytes are parsed where they are. The
+        // unfinished start of a message waits in a buffer kept (with its capacity) per stream.
+        let mut held = match self.partial.get_mut(&key) {
+            Some(held) if !held.is_empty() => {
                 held.extend_from_slice(bytes);
-                held.into()
+                Some(std::mem::take(held))
             }
-            _ => bytes.into(),
+            _ => None,
         };
-        let (seen, rest) = match zmtp::split_messages(&stream) {
-            Ok((messages, rest)) => {
-                (messages.iter().map(|frames| describe(frames)).collect::<Vec<_>>(), rest.to_vec())
+        let stream = held.as_deref().unwrap_or(bytes);
+        let whole = whole_messages_len(stream);
+        let rest = whole.and_then(|w| stream.get(w..)).unwrap_or_default();
+        if complete && rest.len() <= MAX_PARTIAL {
+            if let Some(kept) = self.partial.get_mut(&key) {
+                kept.clear();
+                kept.extend_from_slice(rest);
+            } else if has_room(self.partial.len(), MAX_ENTRIES, &mut self.stats.refused_full) {
+                self.partial.insert(key, rest.to_vec());
+            }
+        } else {
+            self.partial.remove(&key);
+        }
+        match whole {
+            Some(whole) => {
+                let messages = stream.get(..whole).unwrap_or_default();
+                for_each_message(messages, |message| self.on_message(pid, ts_ns, direction, message, out));
             }
             // Lost track of the frames: start again at the next call.
-            Err(_) => (vec![Seen::Unparsable], Vec::new()),
-        };
-        if complete
-            && rest.len() <= MAX_PARTIAL
-            && has_room(self.partial.len(), MAX_ENTRIES, &mut self.stats.refused_full)
-        {
-            self.partial.insert(key, rest);
+            None => self.stats.unparsable += 1,
         }
-        for message in seen {
-            match message {
-                Seen::Heartbeat => self.stats.heartbeats += 1,
-                Seen::Unparsable => self.stats.unparsable += 1,
-                Seen::Cancel(topic) if direction == Direction::Send => {
-                    self.on_cancel(pid, ts_ns, topic.as_bytes(), out)
-                }
-                Seen::Cancel(_) => {}
-                Seen::Event { topic, counter } => match direction {
-                    Direction::Send => self.on_push(pid, ts_ns, topic, counter, out),
-                    Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter, out),
-                },
-            }
+        // The buffer goes back to its stream (emptied) for the next unfinished message.
+        if let Some(mut buffer) = held.take()
+            && let Some(kept) = self.partial.get_mut(&key)
+            && kept.capacity() < buffer.capacity()
+        {
+            buffer.clear();
+            buffer.extend_from_slice(kept);
+            *kept = buffer;
         }
         if !complete && direction == Direction::Recv {
             // Messages in the uncaptured tail were delivered unseen: a counter jump after this
             // is no evidence of loss.
             self.forget_counters(pid);
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        direction: Direction,
+        message: Seen<'_>,
+        out: &mut Vec<AssembledSpan>,
+    ) {
+        match message {
+            Seen::Heartbeat => self.stats.heartbeats += 1,
+            Seen::Unparsable => self.stats.unparsable += 1,
+            Seen::Cancel(topic) if direction == Direction::Send => self.on_cancel(pid, ts_ns, topic, out),
+            Seen::Cancel(_) => {}
+            Seen::Event { topic, counter } => match direction {
+                Direction::Send => self.on_push(pid, ts_ns, topic, counter, out),
+                Direction::Recv => self.on_delivery(pid, ts_ns, topic, counter, out),
+            },
         }
     }
 
@@ -224,8 +395,35 @@ impl Events {
         }
     }
 
-    fn on_push(&mut self, pid: u32, ts_ns: u64, topic: String, counter: u32, out: &mut Vec<AssembledSpan>) {
-        if self.pushes.get(topic.as_str()).and_then(|c| c.get(&counter)).is_some_and(|p| p.pid == pid) {
+    /// The topic named `name`, followed from now on when the table has room; None when it is
+    /// new and the table is full (the caller works it out for this message only).
+    fn topic<'t>(
+        topics: &'t mut HashMap<Arc<str>, Topic>,
+        refused_full: &mut u64,
+        name: &str,
+        ts_ns: u64,
+    ) -> Option<&'t mut Topic> {
+        if !topics.contains_key(name) {
+            if !has_room(topics.len(), MAX_ENTRIES, refused_full) {
+                return None;
+            }
+            let topic = Topic::new(name, ts_ns);
+            topics.insert(Arc::clone(&topic.name), topic);
+        }
+        let topic = topics.get_mut(name)?;
+        topic.last_seen_ns = ts_ns;
+        Some(topic)
+    }
+
+    fn on_push(&mut self, pid: u32, ts_ns: u64, name: &str, counter: u32, out: &mut Vec<AssembledSpan>) {
+        let mut unfollowed = None;
+        let followed = Self::topic(&mut self.topics, &mut self.stats.refused_full, name, ts_ns);
+        let is_followed = followed.is_some();
+        let topic = match followed {
+            Some(topic) => topic,
+            None => unfollowed.insert(Topic::new(name, ts_ns)),
+        };
+        if topic.pushes.get(counter).is_some_and(|p| p.pid == pid) {
             // The same message to another subscriber.
             return;
         }
@@ -250,37 +448,36 @@ impl Events {
             context,
             parent,
             (start_ns, ts_ns),
-            &topic,
+            topic,
             counter,
             pid,
             true,
         );
         out.push(span);
         let push = Push { context, ts_ns: start_ns, pid };
-        // Every topic holds at least one push: the cap on pushes caps the topics too.
-        if has_room(self.push_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
-            // Moved, not copied: the topic's first push keeps its bytes as the key.
-            let counters = self.pushes.entry(topic).or_default();
-            if counters.insert(counter, push).is_none() {
-                self.push_entries += 1;
-            }
+        if is_followed && has_room(self.push_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
+            topic.pushes.push(counter, push);
+            self.push_entries += 1;
         }
     }
 
-    fn on_delivery(
-        &mut self,
-        pid: u32,
-        ts_ns: u64,
-        topic: String,
-        counter: u32,
-        out: &mut Vec<AssembledSpan>,
-    ) {
+    fn on_delivery(&mut self, pid: u32, ts_ns: u64, name: &str, counter: u32, out: &mut Vec<AssembledSpan>) {
         // cppTango's consumer drops a message whose counter it has already seen.
-        let previous = self.last_counter.get(&pid).and_then(|t| t.get(topic.as_str())).copied();
+        let last = self.last_counter.get_mut(&pid).and_then(|t| t.get_mut(name));
+        let previous = last.as_deref().copied();
         if previous == Some(counter) {
             return;
         }
-        let push = self.pushes.get(topic.as_str()).and_then(|c| c.get(&counter)).copied();
+        if let Some(last) = last {
+            *last = counter;
+        }
+        let mut unfollowed = None;
+        let followed = Self::topic(&mut self.topics, &mut self.stats.refused_full, name, ts_ns);
+        let topic = match followed {
+            Some(topic) => topic,
+            None => unfollowed.insert(Topic::new(name, ts_ns)),
+        };
+        let push = topic.pushes.get(counter).copied();
         let context = SpanContextLite {
             trace_id: push.as_ref().map(|p| p.context.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
@@ -291,7 +488,7 @@ impl Events {
             context,
             push.as_ref().map(|p| p.context),
             (ts_ns, ts_ns),
-            &topic,
+            topic,
             counter,
             pid,
             false,
@@ -301,12 +498,9 @@ impl Events {
             let delay_us = ts_ns.saturating_sub(push.ts_ns) / 1_000;
             span.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
         }
-        if previous.is_some() {
-            if let Some(last) = self.last_counter.get_mut(&pid).and_then(|t| t.get_mut(topic.as_str())) {
-                *last = counter;
-            }
-        } else if has_room(self.counter_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
-            self.last_counter.entry(pid).or_default().insert(topic, counter);
+        if previous.is_none() && has_room(self.counter_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
+            let name = Arc::clone(&topic.name);
+            self.last_counter.entry(pid).or_default().insert(name, counter);
             self.counter_entries += 1;
         }
         if let Some(previous) = previous
@@ -321,12 +515,10 @@ impl Events {
     /// A client's ZMQ socket cancels a subscription: cppTango's `unsubscribe_event` sends nothing
     /// else, so this is the unsubscribe's own client span.
     fn on_cancel(&mut self, pid: u32, ts_ns: u64, topic: &[u8], out: &mut Vec<AssembledSpan>) {
-        let Ok(topic) = std::str::from_utf8(topic) else {
-            return;
-        };
+        let topic = String::from_utf8_lossy(topic);
         // Counters restart mattering when a subscription starts again.
         if let Some(topics) = self.last_counter.get_mut(&pid)
-            && topics.remove(topic).is_some()
+            && topics.remove(&*topic).is_some()
         {
             self.counter_entries -= 1;
         }
@@ -337,7 +529,7 @@ impl Events {
             context,
             None,
             (ts_ns, ts_ns),
-            topic,
+            &Topic::new(&topic, ts_ns),
             0,
             pid,
             false,
@@ -347,14 +539,14 @@ impl Events {
         out.push(span);
     }
 
-    /// Forgets pushes too old to be linked to a delivery.
+    /// Forgets pushes too old to be linked to a delivery, and topics not seen for as long.
     pub fn expire(&mut self, now_ns: u64) {
-        let fresh = |p: &Push| now_ns.saturating_sub(p.ts_ns) <= PUSH_MEMORY_NS;
+        let fresh = |ts_ns: u64| now_ns.saturating_sub(ts_ns) <= PUSH_MEMORY_NS;
         let mut entries = 0;
-        self.pushes.retain(|_, counters| {
-            counters.retain(|_, p| fresh(p));
-            entries += counters.len();
-            !counters.is_empty()
+        self.topics.retain(|_, topic| {
+            topic.pushes.forget_old(fresh);
+            entries += topic.pushes.len();
+            topic.pushes.len() > 0 || fresh(topic.last_seen_ns)
         });
         self.push_entries = entries;
     }
@@ -368,12 +560,13 @@ impl Events {
     }
 }
 
-fn describe(frames: &[zmtp::Frame<'_>]) -> Seen {
-    if let [frame] = frames
+/// What a message of `count` frames says; `frames` holds its first four.
+fn describe<'a>(frames: &[zmtp::Frame<'a>], count: usize) -> Seen<'a> {
+    if let ([frame], 1) = (frames, count)
         && let Some(command) = frame.as_command()
     {
         return match command.name {
-            "CANCEL" => Seen::Cancel(String::from_utf8_lossy(command.data).into_owned()),
+            "CANCEL" => Seen::Cancel(command.data),
             _ => Seen::Unparsable,
         };
     }
@@ -381,8 +574,12 @@ fn describe(frames: &[zmtp::Frame<'_>]) -> Seen {
     if topic.is_some_and(|t| t.ends_with(".heartbeat")) {
         return Seen::Heartbeat;
     }
+    if count != frames.len() {
+        // More than the four frames of an event.
+        return Seen::Unparsable;
+    }
     match zmtp::parse_event(frames) {
-        Ok(event) => Seen::Event { topic: event.topic.to_string(), counter: event.call_info.ctr },
+        Ok(event) => Seen::Event { topic: event.topic, counter: event.call_info.ctr },
         Err(_) => Seen::Unparsable,
     }
 }
@@ -394,25 +591,17 @@ fn event_span(
     context: SpanContextLite,
     parent: Option<SpanContextLite>,
     (start_ns, end_ns): (u64, u64),
-    topic: &str,
+    topic: &Topic,
     counter: u32,
     pid: u32,
     with_device_key: bool,
 ) -> AssembledSpan {
-    let parsed = zmtp::parse_topic(topic);
-    let device_key =
-        parsed.as_ref().filter(|_| with_device_key).map(|t| t.device.to_ascii_lowercase().into_bytes());
-    let mut attributes = Vec::new();
-    if let Some(attribute) = parsed.as_ref().and_then(|t| t.attribute) {
-        attributes.push(KeyValue::new("tango.event.attribute", attribute.to_string()));
-    }
-    if let Some(t) = &parsed {
-        attributes.push(KeyValue::new("tango.event.device", t.device.to_string()));
-        attributes.push(KeyValue::new("tango.event.type", event_type(t.event).to_string()));
-    }
+    // Room for what a delivery adds (delay, lost events).
+    let mut attributes = Vec::with_capacity(topic.parts.len() + 5);
+    attributes.extend(topic.parts.iter().cloned());
     attributes.push(KeyValue::new("tango.event.counter", i64::from(counter)));
     attributes.push(KeyValue::new("messaging.system", "zeromq"));
-    attributes.push(KeyValue::new("messaging.destination.name", topic.to_string()));
+    attributes.push(KeyValue::new("messaging.destination.name", Value::from(Arc::clone(&topic.name))));
     AssembledSpan {
         name: name.to_string(),
         kind,
@@ -427,7 +616,7 @@ fn event_span(
         links: Vec::new(),
         incomplete: None,
         pid,
-        device_key,
+        device_key: topic.device_key.clone().filter(|_| with_device_key),
         target_key: None,
         operation: OperationClass::Event,
         request_argument: None,
@@ -443,6 +632,8 @@ mod tests {
         clippy::panic,
         reason = "tests"
     )]
+    use opentelemetry::trace::{SpanId, TraceId};
+
     use super::*;
     use crate::probe::record::Record;
 
@@ -563,6 +754,47 @@ mod tests {
         assert_eq!(counters, ["1", "2"]);
         assert!(spans.iter().all(|s| !s.attributes.iter().any(|kv| kv.key.as_str() == "tango.event.lost")));
         assert_eq!(spans[1].start_ns, 1_010, "delivered when its last byte arrived");
+    }
+
+    /// Pushes are found by counter across runs of consecutive counters, a newer push of a
+    /// counter wins, and old pushes are forgotten from the front.
+    #[test]
+    fn pushes_are_found_by_counter_across_runs() {
+        let push = |pid: u32, ts_ns: u64| Push {
+            context: SpanContextLite { trace_id: TraceId::INVALID, span_id: SpanId::INVALID },
+            ts_ns,
+            pid,
+        };
+        let mut pushes = TopicPushes::default();
+        for counter in 1..=5 {
+            pushes.push(counter, push(10, u64::from(counter)));
+        }
+        // The server restarted: its counters start again.
+        for counter in 1..=3 {
+            pushes.push(counter, push(20, 10 + u64::from(counter)));
+        }
+        // A jump (lost records).
+        pushes.push(9, push(20, 20));
+        assert_eq!(pushes.runs.len(), 3);
+        assert_eq!(pushes.get(2).map(|p| p.pid), Some(20), "the newer push of a counter wins");
+        assert_eq!(pushes.get(5).map(|p| (p.pid, p.ts_ns)), Some((10, 5)));
+        assert_eq!(pushes.get(9).map(|p| p.ts_ns), Some(20));
+        for missing in [0, 6, 8, 10, u32::MAX] {
+            assert!(pushes.get(missing).is_none(), "{missing}");
+        }
+        pushes.forget_old(|ts_ns| ts_ns >= 4);
+        assert_eq!(pushes.len(), 6);
+        assert!(pushes.get(3).is_some_and(|p| p.pid == 20) && pushes.get(4).is_some_and(|p| p.pid == 10));
+        pushes.forget_old(|ts_ns| ts_ns >= 12);
+        assert_eq!(pushes.runs.len(), 2, "the first run is gone");
+        assert!(pushes.get(1).is_none() && pushes.get(5).is_none());
+        assert_eq!(pushes.get(2).map(|p| p.ts_ns), Some(12));
+        pushes.push(10, push(20, 22));
+        assert_eq!(pushes.runs.len(), 2, "10 continues the last run");
+        pushes.forget_old(|_| false);
+        assert!(pushes.runs.is_empty() && pushes.get(10).is_none());
+        pushes.push(11, push(20, 30));
+        assert_eq!(pushes.get(11).map(|p| p.ts_ns), Some(30));
     }
 
     #[test]
