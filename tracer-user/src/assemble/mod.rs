@@ -17,11 +17,9 @@ pub mod observe;
 pub mod proxy;
 pub mod span;
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-};
+use std::net::Ipv4Addr;
 
+use hashbrown::{HashMap, HashSet};
 use opentelemetry::{
     KeyValue,
     trace::{SpanKind, TraceId},
@@ -749,7 +747,7 @@ impl Assembler {
         attributes.append(&mut call.reply_attributes);
         if is_server {
             if let Some(ident) = &call.request.client_ident {
-                attributes.extend(naming::client_ident_attributes(ident));
+                naming::add_client_ident_attributes(ident, &mut attributes);
             }
             if let Some(location) = self.connections.location(pid, call.fd) {
                 attributes

@@ -9,8 +9,9 @@
 
 pub mod histogram;
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
+use hashbrown::HashMap;
 use opentelemetry::{Value, trace::SpanKind};
 use serde::{Deserialize, Serialize};
 
