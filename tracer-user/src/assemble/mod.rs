@@ -252,7 +252,12 @@ impl Assembler {
 
     /// Moves the spans finished since the last call to `out`.
     pub fn drain_into(&mut self, out: &mut Vec<AssembledSpan>) {
-        out.append(&mut self.finished);
+        // Swapped when `out` is empty (it usually is): no span is copied.
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.finished);
+        } else {
+            out.append(&mut self.finished);
+        }
     }
 
     /// Observations made since the last call.
