@@ -394,6 +394,18 @@ mod tests {
     }
 
     #[test]
+    fn a_route_asked_again_is_found_in_the_cache_by_its_borrowed_name() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        for _ in 0..3 {
+            config.route(1, Some("a/b/c"), OperationClass::User);
+            config.route(1, None, OperationClass::User);
+            config.route(1, Some("a/b/c"), OperationClass::Database);
+        }
+        assert_eq!(config.routes.borrow().len(), 3, "one entry per key, however often asked");
+    }
+
+    #[test]
     fn environment_beats_default_property_beats_environment_admin_beats_property() {
         let mut config = Configuration::new(policy());
         config.add_process(&process(1, b"TANGO_TELEMETRY_ENABLE=off\0", "9.3.4"));

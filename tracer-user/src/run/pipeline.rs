@@ -1122,7 +1122,8 @@ mod tests {
     }
 
     fn telemetry_off(pid: u32) -> ProcessInfo {
-        let environ = std::collections::HashMap::from([("TANGO_TELEMETRY_ENABLE".to_string(), "off".to_string())]);
+        let environ =
+            std::collections::HashMap::from([("TANGO_TELEMETRY_ENABLE".to_string(), "off".to_string())]);
         ProcessInfo { pid, comm: "server".into(), environ, ..Default::default() }
     }
 
