@@ -16,11 +16,11 @@
 //! budget), worker and counters even when it is spelled like a destination of spans.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
+use hashbrown::HashMap;
 use log::debug;
 use tokio::{
     runtime::Handle,

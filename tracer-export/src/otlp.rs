@@ -426,11 +426,34 @@ impl OtlpSender {
     }
 }
 
+/// The gzip header flate2's `GzEncoder` writes at the fast level: no name, no time, "fastest"
+/// (XFL 4), unknown OS.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+/// `raw` as a gzip member (RFC 1952): the header, `raw` deflated by `encoder` (reset after, its
+/// tables kept), then the CRC-32 and length of `raw`.
+fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len() / 4 + GZIP_HEADER.len() + 8);
+    out.extend_from_slice(&GZIP_HEADER);
+    encoder.reset(out)?;
+    encoder.write_all(raw)?;
+    let mut out = encoder.reset(Vec::new())?;
+    let mut crc = flate2::Crc::new();
+    crc.update(raw);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE: the length modulo 2^32.
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    Ok(out)
+}
+
 /// OTLP/HTTP with protobuf bodies, optionally gzip-compressed.
 pub(crate) struct HttpSender {
     client: reqwest::Client,
     endpoint: String,
     gzip: bool,
+    /// The deflate state of the gzip bodies, kept between requests: made anew for each one, its
+    /// few hundred KiB of tables are allocated, cleared and freed at every batch.
+    deflate: std::sync::Mutex<Option<flate2::write::DeflateEncoder<Vec<u8>>>>,
     /// What the endpoint takes, and so how its answers read.
     signal: Signal,
 }
@@ -447,7 +470,7 @@ impl HttpSender {
             .connect_timeout(timeout)
             .build()
             .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
-        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, signal })
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, deflate: Default::default(), signal })
     }
 
     fn encode(&self, request: &OtlpRequest) -> Result<Bytes, OtlpError> {
@@ -455,13 +478,11 @@ impl HttpSender {
         if !self.gzip {
             return Ok(Bytes::from(raw));
         }
-        let compress = || {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), flate2::Compression::fast());
-            encoder.write_all(&raw)?;
-            encoder.finish()
-        };
-        compress()
+        let mut kept = self.deflate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let encoder = kept.get_or_insert_with(|| {
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast())
+        });
+        gzip(encoder, &raw)
             .map(Bytes::from)
             .map_err(|source| OtlpError::Compress { endpoint: self.endpoint.clone(), source })
     }
@@ -631,6 +652,24 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
     use super::*;
+
+    #[test]
+    fn gzip_bodies_are_those_of_gz_encoder_and_decode_with_a_kept_encoder() {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        for raw in [
+            b"first body, first body, first body".to_vec(),
+            (0..50_000u32).flat_map(u32::to_le_bytes).collect(),
+        ] {
+            let body = gzip(&mut encoder, &raw).unwrap();
+            let mut reference = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            reference.write_all(&raw).unwrap();
+            assert_eq!(body, reference.finish().unwrap());
+            let mut decoded = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body.as_slice()), &mut decoded)
+                .unwrap();
+            assert_eq!(decoded, raw);
+        }
+    }
 
     fn record(resource: &Resource, span_id: u64) -> SpanRecord {
         SpanRecord {

@@ -396,7 +396,12 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the async runtime")
-            .and_then(|rt| rt.block_on(run(*args))),
+            // Spawned rather than driven by `block_on`: a task woken on its own thread (a timer,
+            // the ring buffer) is queued directly, where `block_on`'s waker writes the runtime's
+            // eventfd and costs the loop a second `epoll_wait` at every wake-up.
+            .and_then(|rt| {
+                rt.block_on(async { tokio::spawn(run(*args)).await.context("the daemon's task panicked")? })
+            }),
         Command::Show(args) => show(args),
         Command::Report(args) => report(args),
         Command::Compare(args) => compare(args),

@@ -2,10 +2,11 @@
 //! stack of each thread.
 
 use std::{
-    collections::{HashMap, VecDeque, hash_map::DefaultHasher},
+    collections::{VecDeque, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
 };
 
+use hashbrown::HashMap;
 use opentelemetry::trace::{SpanId, TraceId};
 
 use super::span::SpanContextLite;

@@ -17,11 +17,9 @@ pub mod observe;
 pub mod proxy;
 pub mod span;
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::Ipv4Addr,
-};
+use std::net::Ipv4Addr;
 
+use hashbrown::{HashMap, HashSet};
 use opentelemetry::{
     KeyValue,
     trace::{SpanKind, TraceId},
@@ -254,7 +252,12 @@ impl Assembler {
 
     /// Moves the spans finished since the last call to `out`.
     pub fn drain_into(&mut self, out: &mut Vec<AssembledSpan>) {
-        out.append(&mut self.finished);
+        // Swapped when `out` is empty (it usually is): no span is copied.
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.finished);
+        } else {
+            out.append(&mut self.finished);
+        }
     }
 
     /// Observations made since the last call.
@@ -749,7 +752,7 @@ impl Assembler {
         attributes.append(&mut call.reply_attributes);
         if is_server {
             if let Some(ident) = &call.request.client_ident {
-                attributes.extend(naming::client_ident_attributes(ident));
+                naming::add_client_ident_attributes(ident, &mut attributes);
             }
             if let Some(location) = self.connections.location(pid, call.fd) {
                 attributes

@@ -29,14 +29,14 @@ pub enum OperationClass {
 
 /// A classified GIOP operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Operation {
-    /// The GIOP operation name (`read_attributes_5`).
-    pub giop: String,
+pub struct Operation<'a> {
+    /// The GIOP operation name (`read_attributes_5`), borrowed from the call.
+    pub giop: &'a str,
     pub class: OperationClass,
 }
 
-impl Operation {
-    pub fn classify(giop: &str, object_key: &[u8], call: &TangoCall) -> Operation {
+impl<'a> Operation<'a> {
+    pub fn classify(giop: &'a str, object_key: &[u8], call: &TangoCall) -> Operation<'a> {
         let user = matches!(
             call,
             TangoCall::ReadAttributes { .. }
@@ -55,7 +55,7 @@ impl Operation {
         } else {
             OperationClass::Extended
         };
-        Operation { giop: giop.to_string(), class }
+        Operation { giop, class }
     }
 
     /// `read_attributes_5` → 5; `command_inout` → 1.
@@ -66,7 +66,7 @@ impl Operation {
 
     /// The servant method cppTango names its SERVER span after: `Tango::Device_5Impl::read_attributes_5`.
     pub fn server_span_name(&self) -> String {
-        let method = match self.giop.as_str() {
+        let method = match self.giop {
             "_get_state" => "state",
             "_get_status" => "status",
             "_get_description" => "description",
@@ -163,8 +163,8 @@ pub fn subscription_attributes(call: &TangoCall) -> Vec<KeyValue> {
     attributes
 }
 
-pub fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
-    let mut attributes = Vec::new();
+/// The `ClntIdent` of a request as span attributes, added to `attributes`.
+pub fn add_client_ident_attributes(ident: &ClntIdent, attributes: &mut Vec<KeyValue>) {
     let lang = match ident.lang {
         LockerLanguage::Cpp | LockerLanguage::Cpp6 => "CPP",
         LockerLanguage::Java | LockerLanguage::Java6 => "JAVA",
@@ -183,12 +183,15 @@ pub fn client_ident_attributes(ident: &ClntIdent) -> Vec<KeyValue> {
             format!("{:016x}{:016x}", uuid[0], uuid[1]),
         ));
     }
-    attributes
 }
 
+/// Attributes a span usually ends with (operation, client ident, link, target), reserved at once.
+const SPAN_ATTRIBUTES: usize = 8;
+
 /// Server span name and attributes, as cppTango 10.3 names its servant methods.
-pub fn server_span(call: &TangoCall, operation: &Operation) -> (String, Vec<KeyValue>) {
-    let mut attributes = Vec::new();
+pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (String, Vec<KeyValue>) {
+    // Room for what the assembly adds after (client ident, location, link): one allocation.
+    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
     if let TangoCall::CommandInout { command, .. } = call {
         attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
     }
@@ -197,8 +200,8 @@ pub fn server_span(call: &TangoCall, operation: &Operation) -> (String, Vec<KeyV
 
 /// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
 /// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
-pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation) -> (String, Vec<KeyValue>) {
-    let mut attributes = Vec::new();
+pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation<'_>) -> (String, Vec<KeyValue>) {
+    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
     if let Some(argument) = operation.client_argument(call) {
         attributes.push(KeyValue::new("tango.operation.argument", argument));
     }
@@ -217,7 +220,7 @@ mod tests {
     )]
     use super::*;
 
-    fn op(giop: &str) -> Operation {
+    fn op(giop: &str) -> Operation<'_> {
         Operation::classify(giop, b"test/demo/1", &TangoCall::Other)
     }
 

@@ -7,11 +7,9 @@
 //! Values are parsed by [`crate::configure::cpptango`]. An invalid value is reported once, naming the
 //! process, device, source and value, and that setting falls back to the next lower source.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
 
+use hashbrown::{HashMap, HashSet};
 use log::warn;
 use tracer_export::Destination;
 use tracer_wire::tango::ArgValue;
@@ -82,6 +80,17 @@ fn daemon_layer(policy: &Policy) -> Layer {
 
 /// (pid, device, operation class): what a routing decision depends on besides the sources.
 type RouteKey = (u32, Option<String>, OperationClass);
+
+/// A [`RouteKey`] with the device's name borrowed: the cache is asked once per span without
+/// copying the name. Hashes as the owned key does (a `str` hashes as its `String`).
+#[derive(Hash)]
+struct RouteKeyRef<'a>(u32, Option<&'a str>, OperationClass);
+
+impl hashbrown::Equivalent<RouteKey> for RouteKeyRef<'_> {
+    fn equivalent(&self, key: &RouteKey) -> bool {
+        self.0 == key.0 && self.1 == key.1.as_deref() && self.2 == key.2
+    }
+}
 
 /// A device log message's routing decision; the destinations are shared by every message of the
 /// logger until the configuration changes (no copy per message).
@@ -230,10 +239,10 @@ impl Configuration {
 
     /// Where a span of `class` from device `device` of `pid` goes.
     pub fn route(&self, pid: u32, device: Option<&str>, class: OperationClass) -> Routing {
-        let key = (pid, device.map(str::to_string), class);
-        if let Some(routing) = self.routes.borrow().get(&key) {
+        if let Some(routing) = self.routes.borrow().get(&RouteKeyRef(pid, device, class)) {
             return routing.clone();
         }
+        let key = (pid, device.map(str::to_string), class);
         let routing = self.decide(pid, device, class);
         let mut routes = self.routes.borrow_mut();
         if routes.len() >= MAX_ROUTES {
@@ -382,6 +391,18 @@ mod tests {
             Routing::Export(policy().destinations.into())
         );
         assert_eq!(config.route(1, Some("a/b/c"), OperationClass::Extended), Routing::Drop);
+    }
+
+    #[test]
+    fn a_route_asked_again_is_found_in_the_cache_by_its_borrowed_name() {
+        let mut config = Configuration::new(policy());
+        config.add_process(&process(1, b"", "9.3.4"));
+        for _ in 0..3 {
+            config.route(1, Some("a/b/c"), OperationClass::User);
+            config.route(1, None, OperationClass::User);
+            config.route(1, Some("a/b/c"), OperationClass::Database);
+        }
+        assert_eq!(config.routes.borrow().len(), 3, "one entry per key, however often asked");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! OpenTelemetry resources and scopes of traced processes and devices, as cppTango builds them.
 
-use std::collections::HashMap;
-
+use hashbrown::HashMap;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 

@@ -23,11 +23,11 @@ pub fn to_span_data(
     scope: InstrumentationScope,
     clock: &ClockOffset,
 ) -> SpanData {
-    let mut attributes = Vec::with_capacity(span.attributes.len() + 2);
+    // The span's own list, grown in place: the target goes first.
+    let mut attributes = span.attributes;
     if let Some(name) = target {
-        attributes.push(KeyValue::new("tango.operation.target", name));
+        attributes.insert(0, KeyValue::new("tango.operation.target", name));
     }
-    attributes.extend(span.attributes);
     if let Some(why) = span.incomplete {
         attributes.push(KeyValue::new(INCOMPLETE_ATTRIBUTE, why.reason()));
     }
@@ -50,10 +50,18 @@ pub fn to_span_data(
         }
         None => Status::Unset,
     };
-    let trace_state = TraceState::from_key_value(
-        span.trace_state.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim())),
-    )
-    .unwrap_or_default();
+    // Most calls carry none: nothing to parse.
+    let trace_state = if span.trace_state.is_empty() {
+        TraceState::default()
+    } else {
+        TraceState::from_key_value(
+            span.trace_state
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim())),
+        )
+        .unwrap_or_default()
+    };
     let mut links = SpanLinks::default();
     links.links = span
         .links

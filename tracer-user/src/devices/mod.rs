@@ -5,9 +5,11 @@
 pub mod dbclient;
 
 use std::{
-    collections::{HashMap, HashSet},
+    borrow::Cow,
     time::{Duration, Instant},
 };
+
+use hashbrown::{HashMap, HashSet};
 
 pub use crate::assemble::DeviceFacts;
 use crate::{
@@ -87,13 +89,22 @@ impl DeviceRegistry {
     /// The device behind an object key: learnt from the database, else the key itself (devices
     /// without a database), `sys/database/2` for the database.
     pub fn name(&self, object_key: &[u8]) -> Option<String> {
-        if let Some(name) = self.facts(object_key).and_then(|f| f.name.clone()) {
-            return Some(name);
+        self.name_ref(object_key).map(Cow::into_owned)
+    }
+
+    /// [`name`](Self::name) without a copy (the per-span path).
+    pub fn name_ref<'a>(&'a self, object_key: &'a [u8]) -> Option<Cow<'a, str>> {
+        if let Some(name) = self.facts(object_key).and_then(|f| f.name.as_deref()) {
+            return Some(Cow::Borrowed(name));
         }
         if object_key == DATABASE_KEY {
-            return Some(DATABASE_DEVICE.to_string());
+            return Some(Cow::Borrowed(DATABASE_DEVICE));
         }
-        device_name_from_key(object_key)
+        if !key_is_name(object_key) {
+            return None;
+        }
+        // Printable ASCII: always UTF-8.
+        Some(String::from_utf8_lossy(object_key))
     }
 
     /// Whether the name and class of the device are both known.

@@ -3,10 +3,11 @@
 //! every stage frees what it kept for it.
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use hashbrown::HashMap;
 
 use super::{
     procinfo::{FactReader, ProcessInfo},

@@ -9,8 +9,9 @@
 
 pub mod histogram;
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
+use hashbrown::HashMap;
 use opentelemetry::{Value, trace::SpanKind};
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +116,8 @@ pub struct LiveView {
     rows: Vec<OpRow>,
     /// Row index by the hash of its key.
     index: HashMap<u64, usize>,
+    /// The seed of those hashes.
+    seed: hashbrown::DefaultHashBuilder,
     overflow: Option<OpRow>,
     processes: HashMap<u32, ProcessRow>,
     events: Box<[EventBucket; WINDOW_S]>,
@@ -164,25 +167,34 @@ pub fn short_operation(name: &str) -> &str {
     name.rsplit("::").next().unwrap_or(name)
 }
 
-fn row_hash(device: DeviceRef<'_>, operation: &str, argument: &str, server: bool) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+/// The hash of a row's key, seeded per process (the key comes from the wire). Foldhash: one
+/// span's few short strings cost a few ns, where a streaming xxh3 first fills its state.
+fn row_hash(
+    seed: &hashbrown::DefaultHashBuilder,
+    device: DeviceRef<'_>,
+    operation: &str,
+    argument: &str,
+    server: bool,
+) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = seed.build_hasher();
     match device {
         DeviceRef::Key(k) => {
-            h.update(&[1]);
-            h.update(k);
+            h.write_u8(1);
+            h.write(k);
         }
         DeviceRef::Name(n) => {
-            h.update(&[2]);
-            h.update(n.as_bytes());
+            h.write_u8(2);
+            h.write(n.as_bytes());
         }
-        DeviceRef::None => h.update(&[3]),
+        DeviceRef::None => h.write_u8(3),
     }
-    h.update(&[0xff]);
-    h.update(operation.as_bytes());
-    h.update(&[0xff]);
-    h.update(argument.as_bytes());
-    h.update(&[u8::from(server)]);
-    h.digest()
+    h.write_u8(0xff);
+    h.write(operation.as_bytes());
+    h.write_u8(0xff);
+    h.write(argument.as_bytes());
+    h.write_u8(u8::from(server));
+    h.finish()
 }
 
 impl LiveView {
@@ -191,6 +203,7 @@ impl LiveView {
             started,
             rows: Vec::new(),
             index: HashMap::new(),
+            seed: hashbrown::DefaultHashBuilder::default(),
             overflow: None,
             processes: HashMap::new(),
             events: Box::default(),
@@ -282,7 +295,7 @@ impl LiveView {
         server: bool,
         second: u64,
     ) -> Option<&mut OpRow> {
-        let hash = row_hash(device, operation, argument, server);
+        let hash = row_hash(&self.seed, device, operation, argument, server);
         let found = self.index.get(&hash).copied().filter(|&i| {
             self.rows.get(i).is_some_and(|r| {
                 r.server == server
@@ -328,7 +341,8 @@ impl LiveView {
         if self.rows.len() != before {
             self.index.clear();
             for (i, r) in self.rows.iter().enumerate() {
-                self.index.insert(row_hash(r.device_ref(), &r.operation, &r.argument, r.server), i);
+                self.index
+                    .insert(row_hash(&self.seed, r.device_ref(), &r.operation, &r.argument, r.server), i);
             }
         }
         self.processes.retain(|_, p| in_window(p.last_second, now));

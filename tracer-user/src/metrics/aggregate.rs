@@ -5,8 +5,9 @@
 //! lookups); the number of series is capped and what does not fit is folded into one overflow
 //! series per instrument (`otel.metric.overflow=true`), counted.
 
-use std::{collections::HashMap, sync::Arc, time::SystemTime};
+use std::{sync::Arc, time::SystemTime};
 
+use hashbrown::HashMap;
 use opentelemetry::{Value, trace::SpanKind};
 
 use crate::assemble::AssembledSpan;

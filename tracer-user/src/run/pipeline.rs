@@ -6,11 +6,13 @@
 //! uprobes and runs the database queries the pipeline asks for ([`Pipeline::take_queries`]).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    borrow::Cow,
+    collections::VecDeque,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use hashbrown::{HashMap, HashSet};
 use opentelemetry::trace::SpanKind;
 use tracer_export::{Destination, LogRecord, SpanRecord};
 
@@ -321,7 +323,7 @@ impl Pipeline {
             let opaque_unknown = span
                 .device_key
                 .as_deref()
-                .is_some_and(|k| self.devices.name(k).is_none() && since.elapsed() >= IMPORT_AFTER);
+                .is_some_and(|k| !self.devices.has_name(k) && since.elapsed() >= IMPORT_AFTER);
             if opaque_unknown && let Some(host) = processes.info(span.pid).and_then(|p| p.tango_host()) {
                 unknown_hosts.push(host);
             }
@@ -722,9 +724,13 @@ impl Pipeline {
             linker.rewrite(&mut span, Instant::now());
         }
         self.live.observe(&span, Instant::now());
-        let device = span.device_key.as_deref().and_then(|k| self.devices.name(k));
-        let target =
-            span.target_key.as_deref().map(|t| self.devices.name(t).unwrap_or_else(|| hex::encode(t)));
+        // Borrowed from the registry: the span's export form copies what it keeps.
+        let devices = &self.devices;
+        let device = span.device_key.as_deref().and_then(|k| devices.name_ref(k));
+        let target = span
+            .target_key
+            .as_deref()
+            .map(|t| devices.name_ref(t).map_or_else(|| hex::encode(t), Cow::into_owned));
         // Counted before the configuration (or any sampling after it) keeps or drops the span.
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.observe(&span, device.as_deref(), target.as_deref());
@@ -733,32 +739,21 @@ impl Pipeline {
             Routing::Export(destinations) if !destinations.is_empty() => {
                 self.stats.released += 1;
                 self.released_by.entry(span.pid).or_default().count(device.as_deref());
-                let record = self.span_record(span, device, target, processes);
-                out.push(Routed { record, destinations });
+                let process = processes.info(span.pid);
+                let is_server = self.assembler.is_server(span.pid);
+                let key = match &span.device_key {
+                    Some(object_key) => ResourceKey::Device { pid: span.pid, object_key },
+                    None => ResourceKey::Process { pid: span.pid },
+                };
+                let facts = span.device_key.as_deref().and_then(|k| devices.facts(k));
+                let resource = self.resources.resolve(key, process, is_server, device.as_deref(), facts);
+                let scope = resources::scope_for(process);
+                let data = spandata::to_span_data(span, target, scope, &self.clock);
+                out.push(Routed { record: SpanRecord { resource, data }, destinations });
             }
             Routing::Native => self.stats.native += 1,
             Routing::Export(_) | Routing::Drop => self.stats.not_wanted += 1,
         }
-    }
-
-    fn span_record(
-        &mut self,
-        span: AssembledSpan,
-        device_name: Option<String>,
-        target: Option<String>,
-        processes: &Processes,
-    ) -> SpanRecord {
-        let process = processes.info(span.pid);
-        let is_server = self.assembler.is_server(span.pid);
-        let key = match &span.device_key {
-            Some(object_key) => ResourceKey::Device { pid: span.pid, object_key },
-            None => ResourceKey::Process { pid: span.pid },
-        };
-        let facts = span.device_key.as_deref().and_then(|k| self.devices.facts(k));
-        let resource = self.resources.resolve(key, process, is_server, device_name.as_deref(), facts);
-        let scope = resources::scope_for(process);
-        let data = spandata::to_span_data(span, target, scope, &self.clock);
-        SpanRecord { resource, data }
     }
 
     /// Whether a server-side connection's client is one of the daemon's database connections.
@@ -1127,7 +1122,8 @@ mod tests {
     }
 
     fn telemetry_off(pid: u32) -> ProcessInfo {
-        let environ = HashMap::from([("TANGO_TELEMETRY_ENABLE".to_string(), "off".to_string())]);
+        let environ =
+            std::collections::HashMap::from([("TANGO_TELEMETRY_ENABLE".to_string(), "off".to_string())]);
         ProcessInfo { pid, comm: "server".into(), environ, ..Default::default() }
     }
 

@@ -18,8 +18,9 @@
 //! process is forgotten) and the span names made per process (interned: a name is
 //! made once per process, not once per read).
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
+use hashbrown::HashMap;
 use opentelemetry::{
     KeyValue, StringValue,
     trace::{SpanId, SpanKind},
