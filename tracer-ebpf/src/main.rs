@@ -484,21 +484,51 @@ fn note_socket(call: &mut PendingCall, sk: *const u8, ret: i32, flags: i32) {
     call.tcp_valid = 1;
 }
 
-/// What the store of a stream knew before a transfer: the stream's state (`None`: no message
-/// partly moved), whether this socket and fd sent a record, whether this direction carries ZMTP.
+/// What the store of a stream knew before a transfer: the stream's state (when `had_state`: a
+/// message partly moved), whether this socket and fd sent a record, whether this direction
+/// carries ZMTP. (Plain fields, no `Option`s: the verifier refuses to copy the undefined payload
+/// of a `None`.)
 #[derive(Clone, Copy, Default)]
 struct Known {
-    state: Option<StreamState>,
+    state: StreamState,
+    had_state: bool,
     reported: bool,
     zmtp: bool,
+}
+
+/// A stream's state after a transfer: `state` when `changed` (an inactive one: nothing partly
+/// moved any more), else as it was.
+#[derive(Clone, Copy)]
+struct Next {
+    changed: bool,
+    state: StreamState,
+}
+
+/// The stream's state did not change.
+const UNCHANGED: Next = Next { changed: false, state: NO_STREAM };
+
+/// Nothing partly moved (`StreamState::default()` as a constant).
+const NO_STREAM: StreamState = StreamState {
+    pending: 0,
+    seen: 0,
+    header_lo: 0,
+    header_hi: 0,
+    header_len: 0,
+    skip: 0,
+    lost_sync: 0,
+    _pad: 0,
+};
+
+/// The stream's state is now `state`.
+#[inline(always)]
+fn changed_to(state: StreamState) -> Next {
+    Next { changed: true, state }
 }
 
 /// What a transfer changed, for the store of its stream to keep.
 #[derive(Clone, Copy)]
 struct Transfer {
-    /// The stream's state after the transfer (an inactive one: nothing partly moved any more);
-    /// `None` when it is unchanged.
-    next: Option<StreamState>,
+    next: Next,
     /// A record of the transfer was sent (or `Known::reported` already said so).
     sent: bool,
     /// The transfer showed that its direction carries a ZMTP event stream.
@@ -534,18 +564,20 @@ fn transfer_on_socket(
     } else {
         // SAFETY: the storage the helper returned, valid for this run.
         let socket_state = unsafe { &*stored };
-        let state = socket_state.streams.get(dir).copied().unwrap_or_default();
+        let state = socket_state.streams.get(dir).copied().unwrap_or(NO_STREAM);
         Known {
-            state: if is_active(&state) { Some(state) } else { None },
+            state,
+            had_state: is_active(&state),
             reported: socket_state.reported_as == socket,
             zmtp: socket_state.zmtp.get(dir) == Some(&1),
         }
     };
     let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
-    let next = transfer.next.filter(|state| is_active(state) || known.state.is_some());
+    // An unchanged or still empty stream needs no storage.
+    let keep = transfer.next.changed && (is_active(&transfer.next.state) || known.had_state);
     let note_reported = transfer.sent && !known.reported;
     let note_zmtp = transfer.zmtp && !known.zmtp;
-    if next.is_none() && !note_reported && !note_zmtp {
+    if !keep && !note_reported && !note_zmtp {
         return Ok(());
     }
     if note_reported {
@@ -559,7 +591,7 @@ fn transfer_on_socket(
         }
         .cast::<SocketState>();
         if stored.is_null() {
-            if next.is_some() {
+            if keep {
                 count_lost(loss::STREAM_FULL, 1);
             }
             return Ok(());
@@ -568,10 +600,9 @@ fn transfer_on_socket(
     // SAFETY: the socket's storage, valid for this run; this direction's fields are written by
     // this direction's thread only.
     let socket_state = unsafe { &mut *stored };
-    if let Some(next) = next
-        && let Some(slot) = socket_state.streams.get_mut(dir)
-    {
-        *slot = if is_active(&next) { next } else { StreamState::default() };
+    if keep && let Some(slot) = socket_state.streams.get_mut(dir) {
+        let next = transfer.next.state;
+        *slot = if is_active(&next) { next } else { NO_STREAM };
     }
     if note_reported {
         socket_state.reported_as = socket;
@@ -593,17 +624,18 @@ fn transfer_keyed(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32)
     // SAFETY: a map lookup; the value is copied out.
     let marks = unsafe { SOCKETS.get(&socket) }.copied();
     let known = Known {
-        state,
+        state: state.unwrap_or(NO_STREAM),
+        had_state: state.is_some(),
         reported: marks.is_some_and(|m| m.reported == 1),
         zmtp: marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1)),
     };
     let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
-    if let Some(next) = transfer.next {
-        if is_active(&next) {
-            if STREAMS.insert(&key, &next, 0).is_err() {
+    if transfer.next.changed {
+        if is_active(&transfer.next.state) {
+            if STREAMS.insert(&key, &transfer.next.state, 0).is_err() {
                 count_lost(loss::STREAM_FULL, 1);
             }
-        } else if known.state.is_some() {
+        } else if known.had_state {
             let _ = STREAMS.remove(&key);
         }
     }
@@ -622,14 +654,16 @@ fn transfer_keyed(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32)
 /// the caller gives what its store knows and keeps what this returns, so both paths share it.
 #[inline(always)]
 fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, known: &Known) -> Transfer {
-    let unchanged = Transfer { next: None, sent: known.reported, zmtp: false };
-    if known.state.is_none() && !known.zmtp {
+    let unchanged = Transfer { next: UNCHANGED, sent: known.reported, zmtp: false };
+    if !known.had_state && !known.zmtp {
         // The usual case: one whole GIOP message, or the start of one, copied by one read of the
         // user buffer into the record, and no loop.
-        match emit_whole_message(pid_tgid, call, len, capture_len) {
-            Some(Ok(next)) => return Transfer { next, sent: true, zmtp: false },
-            Some(Err(())) => return unchanged,
-            None => {}
+        let fast = emit_whole_message(pid_tgid, call, len, capture_len);
+        if fast.sent {
+            return Transfer { next: fast.next, sent: true, zmtp: false };
+        }
+        if fast.taken {
+            return unchanged;
         }
     }
     // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
@@ -661,14 +695,14 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, know
         reported: known.reported as u8,
         zmtp: 0,
         _pad: [0; 4],
-        state: known.state.unwrap_or_default(),
+        state: known.state,
     };
-    let next = walk_data(walk, call, len, capture_len, known).unwrap_or(None);
+    let next = walk_data(walk, call, len, capture_len, known).unwrap_or(UNCHANGED);
     Transfer { next, sent: walk.reported == 1, zmtp: walk.zmtp == 1 }
 }
 
 /// [`emit_data`] beyond the usual case: the stream's state in `walk.state`, the bytes walked
-/// message by message. Returns the stream's next state (`None`: unchanged).
+/// message by message. Returns the stream's next state.
 #[inline(always)]
 fn walk_data(
     walk: &mut Walk,
@@ -676,25 +710,25 @@ fn walk_data(
     len: u64,
     capture_len: u32,
     known: &Known,
-) -> Result<Option<StreamState>, ()> {
-    let had_state = known.state.is_some();
-    let lost_sync = known.state.is_some_and(|s| s.lost_sync == 1);
+) -> Result<Next, ()> {
+    let had_state = known.had_state;
+    let lost_sync = had_state && known.state.lost_sync == 1;
     if lost_sync {
         // Only a syscall starting a message brings the stream back.
         let (lo, _) = read_words(call.buf, len.min(4))?;
         if len < 4 || lo as u32 != GIOP_MAGIC {
             count_lost(loss::DESYNC, 1);
-            return Ok(None);
+            return Ok(UNCHANGED);
         }
         walk.state = StreamState::default();
     }
     if !had_state || lost_sync {
         if known.zmtp {
             emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0)?;
-            return Ok(None);
+            return Ok(UNCHANGED);
         }
         if len < 4 {
-            return Ok(None);
+            return Ok(UNCHANGED);
         }
         let (lo, hi) = read_words(call.buf, len.min(GIOP_HEADER_LEN as u64))?;
         if lo as u32 != GIOP_MAGIC {
@@ -703,7 +737,7 @@ fn walk_data(
             if len >= 10 && b0 & 0x02 == 0 && ((lo >> 16) | (hi << 48)) == u64::from_le_bytes(*b"tango://") {
                 walk.zmtp = 1;
                 emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0)?;
-                return Ok(None);
+                return Ok(UNCHANGED);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
             // unsubscription leaving a client.
@@ -711,7 +745,7 @@ fn walk_data(
             if len >= 9 && b0 == 0x04 && b2 == 6 && ((lo >> 24) | (hi << 40)) & 0xffff_ffff_ffff == cancel {
                 emit_chunk(walk, 0, len, capture_len, 0)?;
             }
-            return Ok(None);
+            return Ok(UNCHANGED);
         }
         if len >= GIOP_HEADER_LEN as u64 {
             // One message or the start of one, after a desync: no loop.
@@ -719,13 +753,13 @@ fn walk_data(
             if message_len >= len {
                 emit_chunk(walk, 0, len, capture_len, chunk::MESSAGE_START)?;
                 if message_len > len {
-                    return Ok(Some(StreamState {
+                    return Ok(changed_to(StreamState {
                         pending: (message_len - len) as u32,
                         seen: len as u32,
                         ..StreamState::default()
                     }));
                 }
-                return Ok(Some(StreamState::default()));
+                return Ok(changed_to(NO_STREAM));
             }
         }
     }
@@ -737,7 +771,7 @@ fn walk_data(
         count_lost(loss::WALK_CUT, 1);
         walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
     }
-    Ok(Some(walk.state))
+    Ok(changed_to(walk.state))
 }
 
 /// One syscall's bytes being walked message by message (`bpf_loop` context).
@@ -1068,21 +1102,16 @@ fn mark_zmtp(socket: u64, dir: u8) {
 /// The fast path of [`emit_data`]: a syscall with no stream state that starts with a GIOP header
 /// and moves that message whole or its start only. The first `capture_len` bytes are read once,
 /// straight into the record, and the header is taken from there. `None` when the bytes are
-/// anything else: the general path reads them again. Once sent, the stream's state to keep when
-/// only the message's start moved.
+/// anything else: the general path reads them again.
+///
+/// A record of up to `SMALL_CAPTURE` bytes (most Tango calls) is built in the ring buffer itself,
+/// in a reservation of that constant size, so its bytes are copied once; a longer one in
+/// `SCRATCH`, then copied into the ring at its exact size.
 #[inline(always)]
-fn emit_whole_message(
-    pid_tgid: u64,
-    call: &PendingCall,
-    len: u64,
-    capture_len: u32,
-) -> Option<Result<Option<StreamState>, ()>> {
+fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Fast {
     if len < GIOP_HEADER_LEN as u64 {
-        return None;
+        return NOT_TAKEN;
     }
-    let record = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
-    let record = unsafe { &mut *record };
     let mut captured = len as usize;
     if captured > capture_len as usize {
         captured = capture_len as usize;
@@ -1091,66 +1120,137 @@ fn emit_whole_message(
         captured = MAX_CAPTURE;
     }
     if captured < GIOP_HEADER_LEN {
-        return None;
+        return NOT_TAKEN;
     }
-    let dst = record.data.get_mut(..captured)?;
+    if captured <= SMALL_CAPTURE
+        && let Some(mut entry) = EVENTS.reserve_bytes(DATA_RECORD_HEADER_LEN + SMALL_CAPTURE, 0)
+    {
+        let base = entry.as_mut_ptr();
+        // SAFETY: the reservation holds the record's fixed part, then `SMALL_CAPTURE` ≥ `captured`
+        // data bytes; both are built from `base` alone.
+        let written = unsafe {
+            let data = core::slice::from_raw_parts_mut(base.add(DATA_RECORD_HEADER_LEN), captured);
+            fill_whole_message(base.cast::<DataRecord>(), data, pid_tgid, call, len)
+        };
+        if written.sent {
+            // No wake-up: see `emit_chunk`.
+            entry.submit(BPF_RB_NO_WAKEUP);
+        } else {
+            entry.discard(BPF_RB_NO_WAKEUP);
+        }
+        return written;
+    }
+    // Longer, or the ring is full (then counted below, as for any record).
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return NOT_TAKEN;
+    };
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let Some(data) = (unsafe { (*record).data.get_mut(..captured) }) else {
+        return NOT_TAKEN;
+    };
+    // SAFETY: `record` is the whole scratch record.
+    let written = unsafe { fill_whole_message(record, data, pid_tgid, call, len) };
+    if written.sent {
+        let size = DATA_RECORD_HEADER_LEN + captured;
+        // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(record.cast::<u8>(), size.min(core::mem::size_of::<DataRecord>()))
+        };
+        // No wake-up: see `emit_chunk`.
+        if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+            count_lost(loss::RING_FULL, 1);
+        }
+    }
+    written
+}
+
+/// Data bytes of the records the fast path builds in the ring buffer itself.
+const SMALL_CAPTURE: usize = 512;
+
+/// Reads the syscall's first `data.len()` bytes into `data`, the data of `record`, and when they
+/// start a GIOP message that the syscall moved whole or the start of, fills the record's fixed
+/// part. What [`emit_whole_message`] returns.
+///
+/// # Safety
+/// `record` must point to writable memory holding at least the record's fixed part
+/// (`DATA_RECORD_HEADER_LEN` bytes), which `data` does not overlap.
+#[inline(always)]
+unsafe fn fill_whole_message(
+    record: *mut DataRecord,
+    data: &mut [u8],
+    pid_tgid: u64,
+    call: &PendingCall,
+    len: u64,
+) -> Fast {
+    let captured = data.len();
     // SAFETY: reading user memory the syscall itself read or wrote.
-    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, dst) }.is_err() {
-        return None;
+    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, data) }.is_err() {
+        return NOT_TAKEN;
     }
-    // SAFETY: the first 12 bytes of the record's data, just copied (`captured` ≥ 12).
+    // SAFETY: the first 12 bytes of the data, just copied (the caller gives at least 12).
     let (lo, hi) = unsafe {
-        let at = record.data.as_ptr();
+        let at = data.as_ptr();
         (at.cast::<u64>().read_unaligned(), at.add(8).cast::<u32>().read_unaligned() as u64)
     };
     if lo as u32 != GIOP_MAGIC {
-        return None;
+        return NOT_TAKEN;
     }
     // A bad header is counted once, here, and ends the syscall as on the general path.
     let Some(message_len) = giop_message_len(lo, hi) else {
-        return Some(Err(()));
+        return Fast { taken: true, sent: false, next: UNCHANGED };
     };
     let message_len = message_len as u64;
     if message_len < len {
         // Several messages: the walk.
-        return None;
+        return NOT_TAKEN;
     }
     let pid = (pid_tgid >> 32) as u32;
-    record.header =
-        RecordHeader { kind: kind::DATA, pid, tid: pid_tgid as u32, fd: call.fd, ts_ns: call.ts_ns };
-    record.total_len = len.min(u32::MAX as u64) as u32;
-    record.captured_len = captured as u32;
-    record.direction = call.direction;
-    record.flags =
-        if call.tcp_valid == 1 { chunk::MESSAGE_START | chunk::TCP_POSITION } else { chunk::MESSAGE_START };
-    record.peer_family = call.peer_family;
-    record.peer_port = call.peer_port;
-    record.peer_addr = call.peer_addr;
-    record.local_port = call.local_port;
-    record.local_addr = call.local_addr;
-    record.tcp_seq = call.tcp_seq;
-    record._pad2 = 0;
-    let size = DATA_RECORD_HEADER_LEN + captured;
-    // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (record as *const DataRecord).cast::<u8>(),
-            size.min(core::mem::size_of::<DataRecord>()),
-        )
+    // SAFETY: fields of the fixed part, which the caller guarantees is there (written through
+    // the raw pointer: a ring reservation holds only part of the data array).
+    unsafe {
+        use core::ptr::addr_of_mut;
+        addr_of_mut!((*record).header).write(RecordHeader {
+            kind: kind::DATA,
+            pid,
+            tid: pid_tgid as u32,
+            fd: call.fd,
+            ts_ns: call.ts_ns,
+        });
+        addr_of_mut!((*record).total_len).write(len.min(u32::MAX as u64) as u32);
+        addr_of_mut!((*record).captured_len).write(captured as u32);
+        addr_of_mut!((*record).direction).write(call.direction);
+        addr_of_mut!((*record).flags).write(if call.tcp_valid == 1 {
+            chunk::MESSAGE_START | chunk::TCP_POSITION
+        } else {
+            chunk::MESSAGE_START
+        });
+        addr_of_mut!((*record).peer_family).write(call.peer_family);
+        addr_of_mut!((*record).peer_port).write(call.peer_port);
+        addr_of_mut!((*record).peer_addr).write(call.peer_addr);
+        addr_of_mut!((*record).local_port).write(call.local_port);
+        addr_of_mut!((*record).local_addr).write(call.local_addr);
+        addr_of_mut!((*record).tcp_seq).write(call.tcp_seq);
+        addr_of_mut!((*record)._pad2).write(0);
+    }
+    let next = if message_len > len {
+        changed_to(StreamState { pending: (message_len - len) as u32, seen: len as u32, ..NO_STREAM })
+    } else {
+        UNCHANGED
     };
-    // No wake-up: see `emit_chunk`.
-    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
-        count_lost(loss::RING_FULL, 1);
-    }
-    if message_len > len {
-        return Some(Ok(Some(StreamState {
-            pending: (message_len - len) as u32,
-            seen: len as u32,
-            ..StreamState::default()
-        })));
-    }
-    Some(Ok(None))
+    Fast { taken: true, sent: true, next }
 }
+
+/// What the fast path did: nothing (`taken` false: the general path takes the bytes), or
+/// ended the syscall, having sent its record or not, leaving the stream's state `next`.
+#[derive(Clone, Copy)]
+struct Fast {
+    taken: bool,
+    sent: bool,
+    next: Next,
+}
+
+/// The fast path does not take the syscall.
+const NOT_TAKEN: Fast = Fast { taken: false, sent: false, next: UNCHANGED };
 
 #[inline(always)]
 fn socket_key(pid: u32, fd: i32) -> u64 {
