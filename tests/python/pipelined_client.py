@@ -1,6 +1,7 @@
 """Test client: many Tango requests written back to back in ONE write on one connection.
 
-Usage: pipelined_client.py [ADDRESS:]PORT DEVICE COUNT [--short-sends SERVER_PID | --fork | --half-and-exit]
+Usage: pipelined_client.py [ADDRESS:]PORT DEVICE COUNT [--short-sends SERVER_PID | --fork | --half-and-exit
+                          | --send-and-close]
                           [--tag-reasons]
 
 Takes two GIOP 1.2 requests captured from a real PyTango client (read_attributes_5 of
@@ -14,6 +15,8 @@ carries a 1 KiB filler service context, so that a send holds fewer requests. Wit
 process (forked after omniORB is loaded, so only the fork tells a tracer about it) does all this,
 a second after its birth; the parent waits for it. With --half-and-exit the client writes the
 first half of one request, prints {"pid"} and exits without closing the socket. With
+--send-and-close it writes one whole request, closes the socket without reading the reply, prints
+{"pid"} and stays alive for two seconds (so that only the close can end its call). With
 --tag-reasons each failing command gets its own reason, `B` and the request id in three digits
 (`B002`, ...), so that each request's spans can be told apart. The address defaults to
 127.0.0.1. Otherwise prints
@@ -183,6 +186,12 @@ def main():
     if sys.argv[4:5] == ["--half-and-exit"]:
         sock.send(requests[0][:len(requests[0]) // 2])
         print(json.dumps({"pid": os.getpid()}), flush=True)
+        os._exit(0)
+    if sys.argv[4:5] == ["--send-and-close"]:
+        sock.sendall(requests[0])
+        sock.close()
+        print(json.dumps({"pid": os.getpid()}), flush=True)
+        time.sleep(2)
         os._exit(0)
     counters = {"sends": 0, "eagain": 0, "sent_bytes": 0}
     if server_pid:

@@ -31,11 +31,12 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext as _,
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop,
         bpf_probe_read_kernel, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, generated,
     },
-    macros::{btf_tracepoint, map, tracepoint, uprobe},
+    macros::{btf_map, btf_tracepoint, map, tracepoint, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, ProbeContext, TracePointContext},
 };
@@ -118,12 +119,39 @@ static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 #[map]
 static STREAMS: HashMap<StreamKey, StreamState> = HashMap::with_max_entries(16384, 0);
 
-/// Socket fds of targets (key: pid << 32 | fd) the probes have met: whether a record was sent
-/// (so `close` reports only those) and which directions carry Tango events over ZMTP (every
-/// chunk of those is copied, whole, because ZMQ batches several messages into one call and splits
-/// them across calls). One lookup per transfer answers both.
+/// Socket fds of targets (key: pid << 32 | fd) that sent a record, so `close` (which knows only
+/// the fd) reports only those. On the syscall path it also says which directions carry Tango
+/// events over ZMTP (every chunk of those is copied, whole, because ZMQ batches several messages
+/// into one call and splits them across calls): one lookup per transfer answers both. The socket
+/// path keeps those marks in `SOCKET_STATES` and writes here once per socket and fd.
 #[map]
 static SOCKETS: LruHashMap<u64, SocketMarks> = LruHashMap::with_max_entries(65536, 0);
+
+/// The socket path's state of each socket a target reported from, in the socket's own storage:
+/// found from the tracepoint's socket without a hash lookup, and freed by the kernel with the
+/// socket (a new connection that reuses an fd number starts clean).
+#[btf_map]
+static SOCKET_STATES: SkStorage<SocketState> = SkStorage::new();
+
+/// What `SOCKET_STATES` keeps of a socket. Each direction's fields are written by that
+/// direction's thread only.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SocketState {
+    /// Each direction's stream between syscalls (index `direction::SEND`, `RECV`): all zero when
+    /// no message is partly moved (as when `STREAMS` has no entry).
+    streams: [StreamState; 2],
+    /// The `SOCKETS` key (pid << 32 | fd) this socket's record was noted under, so its `close`
+    /// is reported; 0 before its first record. Another process or fd sharing the socket (fork,
+    /// `dup`) is noted again under its own key.
+    reported_as: u64,
+    /// 1 when that direction carries a ZMTP event stream.
+    zmtp: [u8; 2],
+    _pad: [u8; 6],
+}
+
+/// `BPF_SK_STORAGE_GET_F_CREATE`: create the socket's storage (zeroed) when it has none.
+const SK_STORAGE_CREATE: u64 = 1;
 
 /// What `SOCKETS` knows of a socket. One byte per fact, each written by one direction's thread
 /// in place (a byte store never clobbers the others); a new entry is inserted only if absent.
@@ -323,7 +351,7 @@ fn finish_call(ctx: &TracePointContext, dir: u8) -> Result<(), ()> {
         // SAFETY: helper without arguments.
         call.ts_ns = unsafe { bpf_ktime_get_ns() };
     }
-    emit_data(pid_tgid, &call, ret as u64, capture_len)
+    transfer_keyed(pid_tgid, &call, ret as u64, capture_len)
 }
 
 /// `sock:sock_send_length` fires inside every socket send, after the bytes were queued, with the
@@ -400,11 +428,13 @@ fn sock_transfer(ctx: &BtfTracePointContext, dir: u8, syscall: u64) -> Result<()
         ..PendingCall::default()
     };
     let sk: *const u8 = ctx.arg(0);
-    if !sk.is_null() {
-        let flags: i32 = ctx.arg(2);
-        note_socket(&mut call, sk, ret, flags);
+    if sk.is_null() {
+        // Not seen in practice (a transfer has its socket); the keyed maps serve then.
+        return transfer_keyed(pid_tgid, &call, ret as u64, capture_len);
     }
-    emit_data(pid_tgid, &call, ret as u64, capture_len)
+    let flags: i32 = ctx.arg(2);
+    note_socket(&mut call, sk, ret, flags);
+    transfer_on_socket(pid_tgid, &call, ret as u64, capture_len, sk)
 }
 
 /// Notes the peer of the socket (any family) and, for TCP/IPv4, the local end and the sequence
@@ -454,31 +484,193 @@ fn note_socket(call: &mut PendingCall, sk: *const u8, ret: i32, flags: i32) {
     call.tcp_valid = 1;
 }
 
-/// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
-/// then each GIOP message that starts in them (one record per message, up to
-/// `MAX_MESSAGES_PER_CALL`), or a ZMTP frame of a Tango event stream.
+/// What the store of a stream knew before a transfer: the stream's state (when `had_state`: a
+/// message partly moved), whether this socket and fd sent a record, whether this direction
+/// carries ZMTP. (Plain fields, no `Option`s: the verifier refuses to copy the undefined payload
+/// of a `None`.)
+#[derive(Clone, Copy, Default)]
+struct Known {
+    state: StreamState,
+    had_state: bool,
+    reported: bool,
+    zmtp: bool,
+}
+
+/// A stream's state after a transfer: `state` when `changed` (an inactive one: nothing partly
+/// moved any more), else as it was.
+#[derive(Clone, Copy)]
+struct Next {
+    changed: bool,
+    state: StreamState,
+}
+
+/// The stream's state did not change.
+const UNCHANGED: Next = Next { changed: false, state: NO_STREAM };
+
+/// Nothing partly moved (`StreamState::default()` as a constant).
+const NO_STREAM: StreamState = StreamState {
+    pending: 0,
+    seen: 0,
+    header_lo: 0,
+    header_hi: 0,
+    header_len: 0,
+    skip: 0,
+    lost_sync: 0,
+    _pad: 0,
+};
+
+/// The stream's state is now `state`.
 #[inline(always)]
-fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Result<(), ()> {
+fn changed_to(state: StreamState) -> Next {
+    Next { changed: true, state }
+}
+
+/// What a transfer changed, for the store of its stream to keep.
+#[derive(Clone, Copy)]
+struct Transfer {
+    next: Next,
+    /// A record of the transfer was sent (or `Known::reported` already said so).
+    sent: bool,
+    /// The transfer showed that its direction carries a ZMTP event stream.
+    zmtp: bool,
+}
+
+/// Whether `state` holds anything to keep: a message partly moved, or lost track of.
+#[inline(always)]
+fn is_active(state: &StreamState) -> bool {
+    state.pending > 0 || state.header_len > 0 || state.lost_sync == 1
+}
+
+/// The socket path's store: the socket's own storage (`SOCKET_STATES`), found from the
+/// tracepoint's socket without a hash lookup, and created only when there is something to keep
+/// (its first record, a partly moved message, a ZMTP mark).
+#[inline(always)]
+fn transfer_on_socket(
+    pid_tgid: u64,
+    call: &PendingCall,
+    len: u64,
+    capture_len: u32,
+    sk: *const u8,
+) -> Result<(), ()> {
+    let dir = call.direction as usize;
+    let socket = socket_key((pid_tgid >> 32) as u32, call.fd);
+    let states = core::ptr::from_ref(&SOCKET_STATES).cast_mut().cast::<c_void>();
+    // SAFETY: a helper returning the storage of the tracepoint's socket, or null when it has none.
+    let mut stored =
+        unsafe { generated::bpf_sk_storage_get(states, sk as *mut c_void, core::ptr::null_mut(), 0) }
+            .cast::<SocketState>();
+    let known = if stored.is_null() {
+        Known::default()
+    } else {
+        // SAFETY: the storage the helper returned, valid for this run.
+        let socket_state = unsafe { &*stored };
+        let state = socket_state.streams.get(dir).copied().unwrap_or(NO_STREAM);
+        Known {
+            state,
+            had_state: is_active(&state),
+            reported: socket_state.reported_as == socket,
+            zmtp: socket_state.zmtp.get(dir) == Some(&1),
+        }
+    };
+    let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
+    // An unchanged or still empty stream needs no storage.
+    let keep = transfer.next.changed && (is_active(&transfer.next.state) || known.had_state);
+    let note_reported = transfer.sent && !known.reported;
+    let note_zmtp = transfer.zmtp && !known.zmtp;
+    if !keep && !note_reported && !note_zmtp {
+        return Ok(());
+    }
+    if note_reported {
+        // `close` knows only the fd: it learns from `SOCKETS` that this one is to be reported.
+        mark_reported(socket);
+    }
+    if stored.is_null() {
+        // SAFETY: as above; the kernel allocates the socket's storage, zeroed.
+        stored = unsafe {
+            generated::bpf_sk_storage_get(states, sk as *mut c_void, core::ptr::null_mut(), SK_STORAGE_CREATE)
+        }
+        .cast::<SocketState>();
+        if stored.is_null() {
+            if keep {
+                count_lost(loss::STREAM_FULL, 1);
+            }
+            return Ok(());
+        }
+    }
+    // SAFETY: the socket's storage, valid for this run; this direction's fields are written by
+    // this direction's thread only.
+    let socket_state = unsafe { &mut *stored };
+    if keep && let Some(slot) = socket_state.streams.get_mut(dir) {
+        let next = transfer.next.state;
+        *slot = if is_active(&next) { next } else { NO_STREAM };
+    }
+    if note_reported {
+        socket_state.reported_as = socket;
+    }
+    if note_zmtp && let Some(mark) = socket_state.zmtp.get_mut(dir) {
+        *mark = 1;
+    }
+    Ok(())
+}
+
+/// The syscall path's store (no socket there): `STREAMS` and `SOCKETS`, keyed by pid and fd.
+#[inline(always)]
+fn transfer_keyed(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Result<(), ()> {
     let pid = (pid_tgid >> 32) as u32;
     let key = StreamKey { pid, fd: call.fd, direction: call.direction as u32 };
     // SAFETY: a map lookup; the value is copied out.
     let state = unsafe { STREAMS.get(&key) }.copied();
-    let had_state = state.is_some();
     let socket = socket_key(pid, call.fd);
     // SAFETY: a map lookup; the value is copied out.
     let marks = unsafe { SOCKETS.get(&socket) }.copied();
-    let zmtp = marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1));
-    let reported = marks.is_some_and(|m| m.reported == 1);
-    if !had_state && !zmtp {
+    let known = Known {
+        state: state.unwrap_or(NO_STREAM),
+        had_state: state.is_some(),
+        reported: marks.is_some_and(|m| m.reported == 1),
+        zmtp: marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1)),
+    };
+    let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
+    if transfer.next.changed {
+        if is_active(&transfer.next.state) {
+            if STREAMS.insert(&key, &transfer.next.state, 0).is_err() {
+                count_lost(loss::STREAM_FULL, 1);
+            }
+        } else if known.had_state {
+            let _ = STREAMS.remove(&key);
+        }
+    }
+    if transfer.zmtp && !known.zmtp {
+        mark_zmtp(socket, call.direction);
+    }
+    if transfer.sent && !known.reported {
+        mark_reported(socket);
+    }
+    Ok(())
+}
+
+/// Reports the `len` bytes one syscall moved: the rest of a message an earlier syscall began,
+/// then each GIOP message that starts in them (one record per message, up to
+/// `MAX_MESSAGES_PER_CALL`), or a ZMTP frame of a Tango event stream. Reads and writes no store:
+/// the caller gives what its store knows and keeps what this returns, so both paths share it.
+#[inline(always)]
+fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, known: &Known) -> Transfer {
+    let unchanged = Transfer { next: UNCHANGED, sent: known.reported, zmtp: false };
+    if !known.had_state && !known.zmtp {
         // The usual case: one whole GIOP message, or the start of one, copied by one read of the
         // user buffer into the record, and no loop.
-        if let Some(done) = emit_whole_message(pid_tgid, call, len, capture_len, reported, &key) {
-            return done;
+        let fast = emit_whole_message(pid_tgid, call, len, capture_len);
+        if fast.sent {
+            return Transfer { next: fast.next, sent: true, zmtp: false };
+        }
+        if fast.taken {
+            return unchanged;
         }
     }
     // The walk lives in a per-CPU map, not on the stack: the verifier then sees its fields as
     // unknown at every loop step and proves the step once, instead of following `off` growing.
-    let walk = WALKS.get_ptr_mut(0).ok_or(())?;
+    let Some(walk) = WALKS.get_ptr_mut(0) else {
+        return unchanged;
+    };
     // SAFETY: the per-CPU entry is ours for the duration of this program.
     let walk = unsafe { &mut *walk };
     *walk = Walk {
@@ -500,42 +692,60 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         tcp_valid: call.tcp_valid,
         in_stream: 0,
         finished: 0,
-        reported: reported as u8,
-        _pad: [0; 5],
-        state: state.unwrap_or_default(),
+        reported: known.reported as u8,
+        zmtp: 0,
+        _pad: [0; 4],
+        state: known.state,
     };
-    let lost_sync = state.is_some_and(|s| s.lost_sync == 1);
+    let next = walk_data(walk, call, len, capture_len, known).unwrap_or(UNCHANGED);
+    Transfer { next, sent: walk.reported == 1, zmtp: walk.zmtp == 1 }
+}
+
+/// [`emit_data`] beyond the usual case: the stream's state in `walk.state`, the bytes walked
+/// message by message. Returns the stream's next state.
+#[inline(always)]
+fn walk_data(
+    walk: &mut Walk,
+    call: &PendingCall,
+    len: u64,
+    capture_len: u32,
+    known: &Known,
+) -> Result<Next, ()> {
+    let had_state = known.had_state;
+    let lost_sync = had_state && known.state.lost_sync == 1;
     if lost_sync {
         // Only a syscall starting a message brings the stream back.
         let (lo, _) = read_words(call.buf, len.min(4))?;
         if len < 4 || lo as u32 != GIOP_MAGIC {
             count_lost(loss::DESYNC, 1);
-            return Ok(());
+            return Ok(UNCHANGED);
         }
         walk.state = StreamState::default();
     }
     if !had_state || lost_sync {
-        if zmtp {
-            return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
+        if known.zmtp {
+            emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0)?;
+            return Ok(UNCHANGED);
         }
         if len < 4 {
-            return Ok(());
+            return Ok(UNCHANGED);
         }
         let (lo, hi) = read_words(call.buf, len.min(GIOP_HEADER_LEN as u64))?;
         if lo as u32 != GIOP_MAGIC {
             let (b0, b2) = (lo as u8, (lo >> 16) as u8);
             // A ZMTP short frame (flags, size) whose body is a Tango event topic.
             if len >= 10 && b0 & 0x02 == 0 && ((lo >> 16) | (hi << 48)) == u64::from_le_bytes(*b"tango://") {
-                mark_zmtp(socket, call.direction);
-                return emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0);
+                walk.zmtp = 1;
+                emit_chunk(walk, 0, len, MAX_CAPTURE as u32, 0)?;
+                return Ok(UNCHANGED);
             }
             // A ZMTP CANCEL command (flags 0x04, size, name length 6, "CANCEL", topic): an
             // unsubscription leaving a client.
             let cancel = u64::from_le_bytes(*b"CANCEL\0\0");
             if len >= 9 && b0 == 0x04 && b2 == 6 && ((lo >> 24) | (hi << 40)) & 0xffff_ffff_ffff == cancel {
-                return emit_chunk(walk, 0, len, capture_len, 0);
+                emit_chunk(walk, 0, len, capture_len, 0)?;
             }
-            return Ok(());
+            return Ok(UNCHANGED);
         }
         if len >= GIOP_HEADER_LEN as u64 {
             // One message or the start of one, after a desync: no loop.
@@ -543,18 +753,13 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
             if message_len >= len {
                 emit_chunk(walk, 0, len, capture_len, chunk::MESSAGE_START)?;
                 if message_len > len {
-                    let state = StreamState {
+                    return Ok(changed_to(StreamState {
                         pending: (message_len - len) as u32,
                         seen: len as u32,
                         ..StreamState::default()
-                    };
-                    if STREAMS.insert(&key, &state, 0).is_err() {
-                        count_lost(loss::STREAM_FULL, 1);
-                    }
-                } else if had_state {
-                    let _ = STREAMS.remove(&key);
+                    }));
                 }
-                return Ok(());
+                return Ok(changed_to(NO_STREAM));
             }
         }
     }
@@ -566,15 +771,7 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> R
         count_lost(loss::WALK_CUT, 1);
         walk.state = StreamState { lost_sync: 1, ..StreamState::default() };
     }
-    let state = walk.state;
-    if state.pending > 0 || state.header_len > 0 || state.lost_sync == 1 {
-        if STREAMS.insert(&key, &state, 0).is_err() {
-            count_lost(loss::STREAM_FULL, 1);
-        }
-    } else if had_state {
-        let _ = STREAMS.remove(&key);
-    }
-    Ok(())
+    Ok(changed_to(walk.state))
 }
 
 /// One syscall's bytes being walked message by message (`bpf_loop` context).
@@ -604,9 +801,11 @@ struct Walk {
     in_stream: u8,
     /// 1 when the walk reached the end of the bytes (or stopped on purpose).
     finished: u8,
-    /// 1 once `SOCKETS` says this socket sent a record.
+    /// 1 once this socket and fd sent a record (its store said so, or the walk sent one).
     reported: u8,
-    _pad: [u8; 5],
+    /// 1 when the walk found its direction carries a ZMTP event stream.
+    zmtp: u8,
+    _pad: [u8; 4],
     /// The stream between syscalls: kept when the walk ends inside a message.
     state: StreamState,
 }
@@ -867,10 +1066,8 @@ fn emit_chunk(walk: &mut Walk, off: u64, len: u64, capture_len: u32, flags: u8) 
     if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
         count_lost(loss::RING_FULL, 1);
     }
-    if walk.reported == 0 {
-        mark_reported(socket_key(pid, walk.fd));
-        walk.reported = 1;
-    }
+    // The caller notes it in its store, so the socket's `close` is reported.
+    walk.reported = 1;
     Ok(())
 }
 
@@ -906,21 +1103,15 @@ fn mark_zmtp(socket: u64, dir: u8) {
 /// and moves that message whole or its start only. The first `capture_len` bytes are read once,
 /// straight into the record, and the header is taken from there. `None` when the bytes are
 /// anything else: the general path reads them again.
+///
+/// A record of up to `SMALL_CAPTURE` bytes (most Tango calls) is built in the ring buffer itself,
+/// in a reservation of that constant size, so its bytes are copied once; a longer one in
+/// `SCRATCH`, then copied into the ring at its exact size.
 #[inline(always)]
-fn emit_whole_message(
-    pid_tgid: u64,
-    call: &PendingCall,
-    len: u64,
-    capture_len: u32,
-    reported: bool,
-    key: &StreamKey,
-) -> Option<Result<(), ()>> {
+fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Fast {
     if len < GIOP_HEADER_LEN as u64 {
-        return None;
+        return NOT_TAKEN;
     }
-    let record = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
-    let record = unsafe { &mut *record };
     let mut captured = len as usize;
     if captured > capture_len as usize {
         captured = capture_len as usize;
@@ -929,69 +1120,137 @@ fn emit_whole_message(
         captured = MAX_CAPTURE;
     }
     if captured < GIOP_HEADER_LEN {
-        return None;
+        return NOT_TAKEN;
     }
-    let dst = record.data.get_mut(..captured)?;
+    if captured <= SMALL_CAPTURE
+        && let Some(mut entry) = EVENTS.reserve_bytes(DATA_RECORD_HEADER_LEN + SMALL_CAPTURE, 0)
+    {
+        let base = entry.as_mut_ptr();
+        // SAFETY: the reservation holds the record's fixed part, then `SMALL_CAPTURE` ≥ `captured`
+        // data bytes; both are built from `base` alone.
+        let written = unsafe {
+            let data = core::slice::from_raw_parts_mut(base.add(DATA_RECORD_HEADER_LEN), captured);
+            fill_whole_message(base.cast::<DataRecord>(), data, pid_tgid, call, len)
+        };
+        if written.sent {
+            // No wake-up: see `emit_chunk`.
+            entry.submit(BPF_RB_NO_WAKEUP);
+        } else {
+            entry.discard(BPF_RB_NO_WAKEUP);
+        }
+        return written;
+    }
+    // Longer, or the ring is full (then counted below, as for any record).
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return NOT_TAKEN;
+    };
+    // SAFETY: the per-CPU scratch entry is ours for the duration of this program.
+    let Some(data) = (unsafe { (*record).data.get_mut(..captured) }) else {
+        return NOT_TAKEN;
+    };
+    // SAFETY: `record` is the whole scratch record.
+    let written = unsafe { fill_whole_message(record, data, pid_tgid, call, len) };
+    if written.sent {
+        let size = DATA_RECORD_HEADER_LEN + captured;
+        // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(record.cast::<u8>(), size.min(core::mem::size_of::<DataRecord>()))
+        };
+        // No wake-up: see `emit_chunk`.
+        if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+            count_lost(loss::RING_FULL, 1);
+        }
+    }
+    written
+}
+
+/// Data bytes of the records the fast path builds in the ring buffer itself.
+const SMALL_CAPTURE: usize = 512;
+
+/// Reads the syscall's first `data.len()` bytes into `data`, the data of `record`, and when they
+/// start a GIOP message that the syscall moved whole or the start of, fills the record's fixed
+/// part. What [`emit_whole_message`] returns.
+///
+/// # Safety
+/// `record` must point to writable memory holding at least the record's fixed part
+/// (`DATA_RECORD_HEADER_LEN` bytes), which `data` does not overlap.
+#[inline(always)]
+unsafe fn fill_whole_message(
+    record: *mut DataRecord,
+    data: &mut [u8],
+    pid_tgid: u64,
+    call: &PendingCall,
+    len: u64,
+) -> Fast {
+    let captured = data.len();
     // SAFETY: reading user memory the syscall itself read or wrote.
-    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, dst) }.is_err() {
-        return None;
+    if unsafe { bpf_probe_read_user_buf(call.buf as *const u8, data) }.is_err() {
+        return NOT_TAKEN;
     }
-    // SAFETY: the first 12 bytes of the record's data, just copied (`captured` ≥ 12).
+    // SAFETY: the first 12 bytes of the data, just copied (the caller gives at least 12).
     let (lo, hi) = unsafe {
-        let at = record.data.as_ptr();
+        let at = data.as_ptr();
         (at.cast::<u64>().read_unaligned(), at.add(8).cast::<u32>().read_unaligned() as u64)
     };
     if lo as u32 != GIOP_MAGIC {
-        return None;
+        return NOT_TAKEN;
     }
     // A bad header is counted once, here, and ends the syscall as on the general path.
     let Some(message_len) = giop_message_len(lo, hi) else {
-        return Some(Err(()));
+        return Fast { taken: true, sent: false, next: UNCHANGED };
     };
     let message_len = message_len as u64;
     if message_len < len {
         // Several messages: the walk.
-        return None;
+        return NOT_TAKEN;
     }
     let pid = (pid_tgid >> 32) as u32;
-    record.header =
-        RecordHeader { kind: kind::DATA, pid, tid: pid_tgid as u32, fd: call.fd, ts_ns: call.ts_ns };
-    record.total_len = len.min(u32::MAX as u64) as u32;
-    record.captured_len = captured as u32;
-    record.direction = call.direction;
-    record.flags =
-        if call.tcp_valid == 1 { chunk::MESSAGE_START | chunk::TCP_POSITION } else { chunk::MESSAGE_START };
-    record.peer_family = call.peer_family;
-    record.peer_port = call.peer_port;
-    record.peer_addr = call.peer_addr;
-    record.local_port = call.local_port;
-    record.local_addr = call.local_addr;
-    record.tcp_seq = call.tcp_seq;
-    record._pad2 = 0;
-    let size = DATA_RECORD_HEADER_LEN + captured;
-    // SAFETY: the record lives in a map value of exactly `size_of::<DataRecord>()` bytes.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            (record as *const DataRecord).cast::<u8>(),
-            size.min(core::mem::size_of::<DataRecord>()),
-        )
+    // SAFETY: fields of the fixed part, which the caller guarantees is there (written through
+    // the raw pointer: a ring reservation holds only part of the data array).
+    unsafe {
+        use core::ptr::addr_of_mut;
+        addr_of_mut!((*record).header).write(RecordHeader {
+            kind: kind::DATA,
+            pid,
+            tid: pid_tgid as u32,
+            fd: call.fd,
+            ts_ns: call.ts_ns,
+        });
+        addr_of_mut!((*record).total_len).write(len.min(u32::MAX as u64) as u32);
+        addr_of_mut!((*record).captured_len).write(captured as u32);
+        addr_of_mut!((*record).direction).write(call.direction);
+        addr_of_mut!((*record).flags).write(if call.tcp_valid == 1 {
+            chunk::MESSAGE_START | chunk::TCP_POSITION
+        } else {
+            chunk::MESSAGE_START
+        });
+        addr_of_mut!((*record).peer_family).write(call.peer_family);
+        addr_of_mut!((*record).peer_port).write(call.peer_port);
+        addr_of_mut!((*record).peer_addr).write(call.peer_addr);
+        addr_of_mut!((*record).local_port).write(call.local_port);
+        addr_of_mut!((*record).local_addr).write(call.local_addr);
+        addr_of_mut!((*record).tcp_seq).write(call.tcp_seq);
+        addr_of_mut!((*record)._pad2).write(0);
+    }
+    let next = if message_len > len {
+        changed_to(StreamState { pending: (message_len - len) as u32, seen: len as u32, ..NO_STREAM })
+    } else {
+        UNCHANGED
     };
-    // No wake-up: see `emit_chunk`.
-    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
-        count_lost(loss::RING_FULL, 1);
-    }
-    if !reported {
-        mark_reported(socket_key(pid, call.fd));
-    }
-    if message_len > len {
-        let state =
-            StreamState { pending: (message_len - len) as u32, seen: len as u32, ..StreamState::default() };
-        if STREAMS.insert(key, &state, 0).is_err() {
-            count_lost(loss::STREAM_FULL, 1);
-        }
-    }
-    Some(Ok(()))
+    Fast { taken: true, sent: true, next }
 }
+
+/// What the fast path did: nothing (`taken` false: the general path takes the bytes), or
+/// ended the syscall, having sent its record or not, leaving the stream's state `next`.
+#[derive(Clone, Copy)]
+struct Fast {
+    taken: bool,
+    sent: bool,
+    next: Next,
+}
+
+/// The fast path does not take the syscall.
+const NOT_TAKEN: Fast = Fast { taken: false, sent: false, next: UNCHANGED };
 
 #[inline(always)]
 fn socket_key(pid: u32, fd: i32) -> u64 {

@@ -28,6 +28,8 @@ enum Mode {
     ForkedChild,
     /// Half a request, then exit.
     HalfAndExit,
+    /// One whole request, then close the connection without reading the reply.
+    SendAndClose,
 }
 
 /// Runs `pipelined_client.py`: `count` requests (odd ids read `temperature`, even ids call
@@ -47,8 +49,8 @@ fn pipelined_client(marker: &str, server: &DemoServer, count: u64, mode: Mode) -
         Mode::ForkedChild => {
             command.arg("--fork");
         }
-        Mode::HalfAndExit => {
-            command.arg("--half-and-exit");
+        Mode::HalfAndExit | Mode::SendAndClose => {
+            command.arg(if mode == Mode::HalfAndExit { "--half-and-exit" } else { "--send-and-close" });
             let output = command.env(MARKER, marker).output().expect("running pipelined_client.py");
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
             return serde_json::from_slice(&output.stdout).expect("client output");
@@ -197,6 +199,28 @@ fn a_forked_child_is_traced_from_its_facts_record() {
     assert_eq!(tally(&spans, "CLIENT", child_pid), (10, 0, 10, 10));
     assert_eq!(tally(&spans, "SERVER", server_pid), (10, 0, 10, 10));
     assert_eq!(losses, HashMap::new());
+}
+
+#[test]
+fn a_call_whose_connection_closes_before_its_reply_ends_with_the_close() {
+    // The client's close is the only thing that ends its call: it reads no reply and lives on.
+    let receiver = OtlpReceiver::start_blocking();
+    let marker = unique_marker("sendclose");
+    let server = DemoServer::start(&marker, "c", &["test/demo/1"]);
+    let endpoint = receiver.http_endpoint().trim_end_matches("/v1/traces").to_string();
+    let daemon = TracerDaemon::start(&marker, &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)], &[]);
+    let out = pipelined_client(&marker, &server, 1, Mode::SendAndClose);
+    let client_pid = out["pid"].as_u64().expect("client pid");
+    let client_span = |spans: &[SpanJson]| {
+        spans
+            .iter()
+            .find(|s| s.kind == "CLIENT" && s.resource.get_i64("tango.process.id") == Some(client_pid as i64))
+            .cloned()
+    };
+    receiver.wait_for_blocking(|spans| client_span(spans).is_some(), WAIT);
+    let span = client_span(&receiver.spans()).expect("the client's span");
+    assert_eq!(span.attributes.get_str("tango_tracer.incomplete"), Some("connection closed"), "{span:?}");
+    assert_eq!(stop(daemon), HashMap::new());
 }
 
 #[test]

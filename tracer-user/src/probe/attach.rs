@@ -202,6 +202,10 @@ pub struct Probes {
     /// behind when it dies are removed by [`Probes::forget_process`].
     pending: HashMap<MapData, u64, PendingCall>,
     streams: HashMap<MapData, StreamKey, StreamState>,
+    /// Socket fds (key: pid << 32 | fd) whose `close` is reported: a process that exits closes
+    /// them without `close`, so [`Probes::forget_sockets`] removes its entries (the socket path
+    /// notes an fd once, and an LRU map would evict untouched live entries before stale ones).
+    sockets: HashMap<MapData, u64, [u8; 4]>,
     lost: PerCpuArray<MapData, u64>,
     capture_len: u32,
     /// Whether data records of TCP/IPv4 sockets carry their TCP position (both `sock:*`
@@ -325,6 +329,7 @@ impl Probes {
         let lost = PerCpuArray::try_from(ebpf.take_map("LOST").ok_or(ProbeError::Missing("LOST"))?)?;
         let pending = HashMap::try_from(ebpf.take_map("PENDING").ok_or(ProbeError::Missing("PENDING"))?)?;
         let streams = HashMap::try_from(ebpf.take_map("STREAMS").ok_or(ProbeError::Missing("STREAMS"))?)?;
+        let sockets = HashMap::try_from(ebpf.take_map("SOCKETS").ok_or(ProbeError::Missing("SOCKETS"))?)?;
         info!("probes attached, capturing up to {capture_len} bytes per message");
         let probes = Self {
             ebpf,
@@ -337,6 +342,7 @@ impl Probes {
             target_pids,
             pending,
             streams,
+            sockets,
             lost,
             capture_len,
             tcp_positions,
@@ -611,6 +617,14 @@ impl Probes {
             removed += usize::from(self.streams.remove(stream).is_ok());
         }
         removed
+    }
+
+    /// Removes the socket fds the kernel noted for `pid` (see `sockets`), once it has exited: its
+    /// fds were closed without `close`. Returns how many entries were removed.
+    pub fn forget_sockets(&mut self, pid: u32) -> usize {
+        let sockets: Vec<u64> =
+            self.sockets.keys().filter_map(Result::ok).filter(|key| (key >> 32) as u32 == pid).collect();
+        sockets.iter().filter(|key| self.sockets.remove(key).is_ok()).count()
     }
 
     /// Entries in the in-kernel maps of syscalls in flight and partly moved messages (for tests

@@ -64,8 +64,15 @@ impl Daemon {
                 }
                 true
             }
-            Record::Exit { pid, .. } | Record::Exec { pid, .. } => {
-                // What the kernel still holds for it (syscalls in flight, partly moved messages).
+            Record::Exit { pid, .. } => {
+                // What the kernel still holds for it (syscalls in flight, partly moved messages,
+                // the sockets its exit closed).
+                self.probes.forget_process(*pid);
+                self.probes.forget_sockets(*pid);
+                false
+            }
+            Record::Exec { pid, .. } => {
+                // Its sockets may outlive the exec: their fds stay noted.
                 self.probes.forget_process(*pid);
                 false
             }
