@@ -567,7 +567,7 @@ mod tests {
 
     fn span(kind: SpanKind, name: &str, argument: &str, target: &[u8], latency_ms: u64) -> AssembledSpan {
         AssembledSpan {
-            name: name.to_string(),
+            name: name.to_string().into(),
             kind,
             context: SpanContextLite {
                 trace_id: opentelemetry::trace::TraceId::from(1),
