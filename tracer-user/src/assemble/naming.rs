@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 use tracer_wire::tango::{ArgValue, ClntIdent, LockerLanguage, TangoCall};
 
 /// The object key of the Tango database device when reached through `TANGO_HOST`.
@@ -253,16 +253,17 @@ pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (Cow<'static,
 
 /// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
 /// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
+/// `thread_id`: the calling thread's `thread.id`, formatted once per thread.
 pub fn client_span(
     call: &TangoCall,
-    tid: u32,
+    thread_id: Value,
     operation: &Operation<'_>,
 ) -> (Cow<'static, str>, Vec<KeyValue>) {
     let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
     if let Some(argument) = operation.client_argument(call) {
         attributes.push(KeyValue::new("tango.operation.argument", argument));
     }
-    attributes.push(KeyValue::new("thread.id", tid.to_string()));
+    attributes.push(KeyValue::new("thread.id", thread_id));
     (operation.client_span_name(call), attributes)
 }
 
