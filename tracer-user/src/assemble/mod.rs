@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use hashbrown::{HashMap, HashSet};
 use opentelemetry::{
-    KeyValue,
+    KeyValue, Value,
     trace::{SpanKind, TraceId},
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
@@ -159,8 +159,13 @@ pub struct Assembler {
     local_addresses: HashSet<Ipv4Addr>,
     /// Requests that crossed hosts since the last drain.
     crossings: Vec<Crossing>,
+    /// `thread.id` of each client thread seen, formatted once: (pid, tid) → decimal tid.
+    thread_ids: rustc_hash::FxHashMap<(u32, u32), Value>,
     stats: AssemblyStats,
 }
+
+/// Client threads whose `thread.id` is kept; past it the cache starts over (threads end unseen).
+const MAX_THREAD_IDS: usize = 4096;
 
 impl Assembler {
     /// `max_keep` bounds the bytes kept per message (the capture length).
@@ -179,6 +184,7 @@ impl Assembler {
             observations: Vec::new(),
             local_addresses: HashSet::new(),
             crossings: Vec::new(),
+            thread_ids: rustc_hash::FxHashMap::default(),
             stats: AssemblyStats::default(),
         }
     }
@@ -737,7 +743,8 @@ impl Assembler {
         let (name, mut attributes) = if is_server {
             naming::server_span(&call.request.call, &operation)
         } else {
-            naming::client_span(&call.request.call, call.tid, &operation)
+            let thread_id = self.thread_id(pid, call.tid);
+            naming::client_span(&call.request.call, thread_id, &operation)
         };
         // The attribute of a served read or write, for the metrics (the span does not name it).
         let request_argument = match &mut call.request.call {
@@ -794,6 +801,17 @@ impl Assembler {
         });
     }
 
+    /// The `thread.id` attribute value of a client thread, shared between its spans.
+    fn thread_id(&mut self, pid: u32, tid: u32) -> Value {
+        if self.thread_ids.len() >= MAX_THREAD_IDS && !self.thread_ids.contains_key(&(pid, tid)) {
+            self.thread_ids.clear();
+        }
+        self.thread_ids
+            .entry((pid, tid))
+            .or_insert_with(|| Value::from(std::sync::Arc::<str>::from(tid.to_string())))
+            .clone()
+    }
+
     /// A connection closed: its calls still waiting for a reply end incomplete.
     fn on_close(&mut self, pid: u32, fd: i32, ts_ns: u64) {
         self.connections.on_close(pid, fd);
@@ -809,6 +827,7 @@ impl Assembler {
         self.linking.on_exit(pid);
         self.servers.remove(&pid);
         self.served.remove(&pid);
+        self.thread_ids.retain(|&(p, _), _| p != pid);
     }
 
     /// Ends the pending calls `matches` selects as incomplete, for the reason `why` gives;

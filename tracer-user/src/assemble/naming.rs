@@ -1,7 +1,9 @@
 //! Which Tango operation a GIOP operation is, what cppTango 10.3 calls its spans, and which
 //! telemetry topic it belongs to; span names and attributes from the operation.
 
-use opentelemetry::KeyValue;
+use std::borrow::Cow;
+
+use opentelemetry::{KeyValue, Value};
 use tracer_wire::tango::{ArgValue, ClntIdent, LockerLanguage, TangoCall};
 
 /// The object key of the Tango database device when reached through `TANGO_HOST`.
@@ -65,7 +67,15 @@ impl<'a> Operation<'a> {
     }
 
     /// The servant method cppTango names its SERVER span after: `Tango::Device_5Impl::read_attributes_5`.
-    pub fn server_span_name(&self) -> String {
+    /// The operations clients send most are named without formatting (once per span).
+    pub fn server_span_name(&self) -> Cow<'static, str> {
+        match known_server_span_name(self.giop) {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(self.formatted_server_span_name()),
+        }
+    }
+
+    fn formatted_server_span_name(&self) -> String {
         let method = match self.giop {
             "_get_state" => "state",
             "_get_status" => "status",
@@ -81,28 +91,28 @@ impl<'a> Operation<'a> {
     }
 
     /// The client API method cppTango names its CLIENT span after.
-    pub fn client_span_name(&self, call: &TangoCall) -> String {
+    pub fn client_span_name(&self, call: &TangoCall) -> Cow<'static, str> {
         let base = self.giop.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('_');
         match call {
             TangoCall::ReadAttributes { names } if names.len() == 1 => {
-                "Tango::DeviceProxy::read_attribute".into()
+                Cow::Borrowed("Tango::DeviceProxy::read_attribute")
             }
             TangoCall::ReadAttributes { .. } => {
-                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes".into()
+                Cow::Borrowed("std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes")
             }
             TangoCall::WriteAttributes { names } if names.len() == 1 => {
-                "Tango::DeviceProxy::write_attribute".into()
+                Cow::Borrowed("Tango::DeviceProxy::write_attribute")
             }
-            TangoCall::WriteAttributes { .. } => "Tango::DeviceProxy::write_attributes".into(),
+            TangoCall::WriteAttributes { .. } => Cow::Borrowed("Tango::DeviceProxy::write_attributes"),
             TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
-                "Tango::DeviceProxy::write_read_attribute".into()
+                Cow::Borrowed("Tango::DeviceProxy::write_read_attribute")
             }
-            TangoCall::WriteReadAttributes { .. } => {
-                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::write_read_attributes".into()
-            }
-            TangoCall::CommandInout { .. } => "Tango::Connection::command_inout".into(),
-            TangoCall::SetAttributeConfig { .. } => "Tango::DeviceProxy::set_attribute_config".into(),
-            TangoCall::Pipe { .. } => format!("Tango::DeviceProxy::{base}"),
+            TangoCall::WriteReadAttributes { .. } => Cow::Borrowed(
+                "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::write_read_attributes",
+            ),
+            TangoCall::CommandInout { .. } => Cow::Borrowed("Tango::Connection::command_inout"),
+            TangoCall::SetAttributeConfig { .. } => Cow::Borrowed("Tango::DeviceProxy::set_attribute_config"),
+            TangoCall::Pipe { .. } => Cow::Owned(format!("Tango::DeviceProxy::{base}")),
             TangoCall::Other => {
                 let method = match base {
                     "_get_state" => "state",
@@ -114,7 +124,10 @@ impl<'a> Operation<'a> {
                     "command_inout_history" => "command_history",
                     other => other,
                 };
-                format!("Tango::DeviceProxy::{method}")
+                match known_client_span_name(method) {
+                    Some(name) => Cow::Borrowed(name),
+                    None => Cow::Owned(format!("Tango::DeviceProxy::{method}")),
+                }
             }
         }
     }
@@ -137,6 +150,46 @@ impl<'a> Operation<'a> {
             _ => None,
         }
     }
+}
+
+/// Server span names of the servant methods clients call most, spelled out so that naming a
+/// span formats nothing; [`Operation::server_span_name`] formats any other.
+fn known_server_span_name(giop: &str) -> Option<&'static str> {
+    Some(match giop {
+        "read_attributes_5" => "Tango::Device_5Impl::read_attributes_5",
+        "read_attributes_4" => "Tango::Device_4Impl::read_attributes_4",
+        "read_attributes_3" => "Tango::Device_3Impl::read_attributes_3",
+        "read_attributes_2" => "Tango::Device_2Impl::read_attributes_2",
+        "write_attributes_4" => "Tango::Device_4Impl::write_attributes_4",
+        "write_attributes_3" => "Tango::Device_3Impl::write_attributes_3",
+        "write_read_attributes_5" => "Tango::Device_5Impl::write_read_attributes_5",
+        "write_read_attributes_4" => "Tango::Device_4Impl::write_read_attributes_4",
+        "command_inout_4" => "Tango::Device_4Impl::command_inout_4",
+        "command_inout_2" => "Tango::Device_2Impl::command_inout_2",
+        "command_inout" => "Tango::DeviceImpl::command_inout",
+        "ping" => "Tango::DeviceImpl::ping",
+        "info" => "Tango::DeviceImpl::info",
+        "info_3" => "Tango::Device_3Impl::info_3",
+        "_get_state" => "Tango::DeviceImpl::state",
+        "_get_status" => "Tango::DeviceImpl::status",
+        _ => return None,
+    })
+}
+
+/// Client span names of the DeviceProxy methods named after their GIOP operation that clients
+/// call most, spelled out so that naming a span formats nothing.
+fn known_client_span_name(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "ping" => "Tango::DeviceProxy::ping",
+        "info" => "Tango::DeviceProxy::info",
+        "state" => "Tango::DeviceProxy::state",
+        "status" => "Tango::DeviceProxy::status",
+        "get_attribute_config" => "Tango::DeviceProxy::get_attribute_config",
+        "command_list_query" => "Tango::DeviceProxy::command_list_query",
+        "command_query" => "Tango::DeviceProxy::command_query",
+        "black_box" => "Tango::DeviceProxy::black_box",
+        _ => return None,
+    })
 }
 
 /// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
@@ -189,7 +242,7 @@ pub fn add_client_ident_attributes(ident: &ClntIdent, attributes: &mut Vec<KeyVa
 const SPAN_ATTRIBUTES: usize = 8;
 
 /// Server span name and attributes, as cppTango 10.3 names its servant methods.
-pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (String, Vec<KeyValue>) {
+pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (Cow<'static, str>, Vec<KeyValue>) {
     // Room for what the assembly adds after (client ident, location, link): one allocation.
     let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
     if let TangoCall::CommandInout { command, .. } = call {
@@ -200,12 +253,17 @@ pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (String, Vec<
 
 /// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
 /// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
-pub fn client_span(call: &TangoCall, tid: u32, operation: &Operation<'_>) -> (String, Vec<KeyValue>) {
+/// `thread_id`: the calling thread's `thread.id`, formatted once per thread.
+pub fn client_span(
+    call: &TangoCall,
+    thread_id: Value,
+    operation: &Operation<'_>,
+) -> (Cow<'static, str>, Vec<KeyValue>) {
     let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
     if let Some(argument) = operation.client_argument(call) {
         attributes.push(KeyValue::new("tango.operation.argument", argument));
     }
-    attributes.push(KeyValue::new("thread.id", tid.to_string()));
+    attributes.push(KeyValue::new("thread.id", thread_id));
     (operation.client_span_name(call), attributes)
 }
 
@@ -231,6 +289,47 @@ mod tests {
         assert_eq!(op("command_inout_4").server_span_name(), "Tango::Device_4Impl::command_inout_4");
         assert_eq!(op("command_inout").server_span_name(), "Tango::DeviceImpl::command_inout");
         assert_eq!(op("_get_state").server_span_name(), "Tango::DeviceImpl::state");
+    }
+
+    #[test]
+    fn spelled_out_names_are_the_formatted_ones() {
+        for giop in [
+            "read_attributes_5",
+            "read_attributes_4",
+            "read_attributes_3",
+            "read_attributes_2",
+            "write_attributes_4",
+            "write_attributes_3",
+            "write_read_attributes_5",
+            "write_read_attributes_4",
+            "command_inout_4",
+            "command_inout_2",
+            "command_inout",
+            "ping",
+            "info",
+            "info_3",
+            "_get_state",
+            "_get_status",
+        ] {
+            let known = known_server_span_name(giop).unwrap();
+            assert_eq!(known, op(giop).formatted_server_span_name(), "{giop}");
+        }
+        for giop in [
+            "ping",
+            "info",
+            "info_3",
+            "_get_state",
+            "_get_status",
+            "get_attribute_config_5",
+            "command_list_query",
+            "command_query",
+            "black_box",
+        ] {
+            let name = op(giop).client_span_name(&TangoCall::Other);
+            assert!(matches!(name, Cow::Borrowed(_)), "{giop}");
+            let method = name.strip_prefix("Tango::DeviceProxy::").unwrap();
+            assert!(giop.trim_start_matches("_get_").starts_with(method), "{giop} → {name}");
+        }
     }
 
     #[test]

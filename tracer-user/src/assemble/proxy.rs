@@ -14,7 +14,7 @@
 //! tracer stops. The span's argument is reconstructed: the `DbImportDevice` name, or
 //! `tango://<peer address>:<port>/<device>#dbase=no` from the connection and the object key.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, collections::HashMap};
 
 use opentelemetry::{KeyValue, trace::SpanKind};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
@@ -445,7 +445,7 @@ fn finish(pid: u32, tid: u32, construction: Construction, end: End) -> Assembled
     }
     attributes.push(KeyValue::new("thread.id", tid.to_string()));
     AssembledSpan {
-        name: SPAN_NAME.to_string(),
+        name: Cow::Borrowed(SPAN_NAME),
         kind: SpanKind::Internal,
         context: construction.context,
         parent: construction.parent,

@@ -1,5 +1,7 @@
 //! What the assembly and events stages produce: a finished span without its resource.
 
+use std::borrow::Cow;
+
 use opentelemetry::{
     KeyValue,
     trace::{SpanId, SpanKind, TraceId},
@@ -25,7 +27,8 @@ pub struct ExceptionEvent {
 /// A finished span without its resource; timestamps are kernel monotonic nanoseconds.
 #[derive(Clone, Debug)]
 pub struct AssembledSpan {
-    pub name: String,
+    /// Borrowed for the names of the operations clients call most (no allocation per span).
+    pub name: Cow<'static, str>,
     pub kind: SpanKind,
     pub context: SpanContextLite,
     pub parent: Option<SpanContextLite>,

@@ -1,9 +1,6 @@
 //! Assembled spans as the OpenTelemetry SDK's `SpanData`, on the wall clock.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::{
     InstrumentationScope, KeyValue,
@@ -83,7 +80,7 @@ pub fn to_span_data(
         parent_span_id: span.parent.map(|p| p.span_id).unwrap_or(opentelemetry::trace::SpanId::INVALID),
         parent_span_is_remote: span.parent_is_remote,
         span_kind: span.kind,
-        name: Cow::Owned(span.name),
+        name: span.name,
         start_time: clock.to_system(span.start_ns),
         end_time: clock.to_system(span.end_ns),
         attributes,

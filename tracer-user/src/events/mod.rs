@@ -12,6 +12,7 @@
 //! topic: a push or a delivery only looks its topic up and counts.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     sync::Arc,
 };
@@ -586,7 +587,7 @@ fn describe<'a>(frames: &[zmtp::Frame<'a>], count: usize) -> Seen<'a> {
 
 #[expect(clippy::too_many_arguments, reason = "the fields of one event span")]
 fn event_span(
-    name: &str,
+    name: &'static str,
     kind: SpanKind,
     context: SpanContextLite,
     parent: Option<SpanContextLite>,
@@ -603,7 +604,7 @@ fn event_span(
     attributes.push(KeyValue::new("messaging.system", "zeromq"));
     attributes.push(KeyValue::new("messaging.destination.name", Value::from(Arc::clone(&topic.name))));
     AssembledSpan {
-        name: name.to_string(),
+        name: Cow::Borrowed(name),
         kind,
         context,
         parent,

@@ -147,12 +147,37 @@ fn in_window(held: u64, now: u64) -> bool {
     held <= now && now - held < WINDOW_S as u64
 }
 
-/// The value of a string attribute of `span`.
-fn string_attribute<'a>(span: &'a AssembledSpan, key: &str) -> Option<&'a str> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == key).and_then(|kv| match &kv.value {
-        Value::String(s) => Some(s.as_str()),
-        _ => None,
-    })
+/// The string attributes a span's row is keyed by, read in one pass over its attributes.
+struct RowAttributes<'a> {
+    event_device: Option<&'a str>,
+    argument: Option<&'a str>,
+    event_attribute: Option<&'a str>,
+}
+
+impl<'a> RowAttributes<'a> {
+    fn of(span: &'a AssembledSpan) -> Self {
+        // The first attribute of each key counts, as a search from the front would find it.
+        let (mut event_device, mut argument, mut event_attribute) = (None, None, None);
+        for kv in &span.attributes {
+            let slot = match kv.key.as_str() {
+                "tango.event.device" => &mut event_device,
+                "tango.operation.argument" => &mut argument,
+                "tango.event.attribute" => &mut event_attribute,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(match &kv.value {
+                    Value::String(s) => Some(s.as_str()),
+                    _ => None,
+                });
+            }
+        }
+        RowAttributes {
+            event_device: event_device.flatten(),
+            argument: argument.flatten(),
+            event_attribute: event_attribute.flatten(),
+        }
+    }
 }
 
 fn int_attribute(span: &AssembledSpan, key: &str) -> Option<i64> {
@@ -223,16 +248,14 @@ impl LiveView {
         let error = span.exception.is_some();
         let timed = span.incomplete.is_none();
         let latency_us = span.end_ns.saturating_sub(span.start_ns) / 1_000;
-        let event_device = string_attribute(span, "tango.event.device");
-        let device = match (event_device, &span.kind, &span.target_key, &span.device_key) {
+        let keys = RowAttributes::of(span);
+        let device = match (keys.event_device, &span.kind, &span.target_key, &span.device_key) {
             (Some(name), ..) => DeviceRef::Name(name),
             (None, SpanKind::Client, Some(target), _) => DeviceRef::Key(target),
             (None, _, _, Some(key)) => DeviceRef::Key(key),
             _ => DeviceRef::None,
         };
-        let argument = string_attribute(span, "tango.operation.argument")
-            .or_else(|| string_attribute(span, "tango.event.attribute"))
-            .unwrap_or("");
+        let argument = keys.argument.or(keys.event_attribute).unwrap_or("");
         let operation = short_operation(&span.name);
         if let Some(row) = self.row(device, operation, argument, server, second) {
             row.last_second = second;
@@ -567,7 +590,7 @@ mod tests {
 
     fn span(kind: SpanKind, name: &str, argument: &str, target: &[u8], latency_ms: u64) -> AssembledSpan {
         AssembledSpan {
-            name: name.to_string(),
+            name: name.to_string().into(),
             kind,
             context: SpanContextLite {
                 trace_id: opentelemetry::trace::TraceId::from(1),

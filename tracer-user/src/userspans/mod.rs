@@ -306,7 +306,7 @@ impl UserSpans {
             let end_ns = if incomplete.is_some() { ran.start_ns } else { ran.end_ns };
             self.stats.spans += 1;
             out.push(AssembledSpan {
-                name: ran.member.name.clone(),
+                name: ran.member.name.clone().into(),
                 kind: SpanKind::Internal,
                 context: SpanContextLite {
                     trace_id: server.context.trace_id,
@@ -509,7 +509,7 @@ mod tests {
         let mut out = Vec::new();
         // The server span ends with the trace id it took meanwhile: the children follow it.
         stage.on_server_end(&server(5, 30_000), &mut out);
-        let names: Vec<_> = out.iter().map(|s| (s.name.as_str(), s.end_ns - s.start_ns)).collect();
+        let names: Vec<_> = out.iter().map(|s| (&*s.name, s.end_ns - s.start_ns)).collect();
         assert_eq!(
             names,
             [("Demo.always_executed_hook", 2_000), ("Demo.fast", 1_000), ("Demo.slow", 20_000)]
@@ -536,7 +536,7 @@ mod tests {
         let mut out = Vec::new();
         stage.on_server_end(&server(5, 250), &mut out);
         stage.on_server_end(&server(6, 450), &mut out);
-        let names: Vec<_> = out.iter().map(|s| (s.name.as_str(), s.parent.unwrap().span_id)).collect();
+        let names: Vec<_> = out.iter().map(|s| (&*s.name, s.parent.unwrap().span_id)).collect();
         assert_eq!(names, [("Demo.a", SpanId::from(5u64)), ("Demo.Go", SpanId::from(6u64))]);
         assert_eq!(stage.passes.len() + stage.current.len(), 0);
     }
@@ -559,7 +559,7 @@ mod tests {
         let mut out = Vec::new();
         stage.on_server_end(&failed, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((out[0].name.as_str(), out[0].start_ns, out[0].end_ns), ("Demo.Fail", 100, 900));
+        assert_eq!((&*out[0].name, out[0].start_ns, out[0].end_ns), ("Demo.Fail", 100, 900));
         assert_eq!(
             out[0].exception.as_ref().unwrap().message,
             "REASON:PyDs_PythonError;DESC:boom;ORIGIN:Demo.Fail"
