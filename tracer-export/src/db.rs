@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::{
     StoreError,
@@ -64,13 +64,33 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|reason| StoreError::Open { path: path.to_owned(), reason })?;
     }
-    let conn = Connection::open(path).map_err(|e| db_error(path, e))?;
+    // The span and log writers may open a new database at the same moment: switching it to
+    // WAL needs the database to itself and fails at once (no busy handler) while the other
+    // connection holds it, so that step is retried for as long as the busy timeout.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match open_connection(path) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result.map_err(|e| db_error(path, e)),
+        }
+    }
+}
+
+/// How long a writer waits for the other writer's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers (`report`, `show`) never block the daemon's writes; NORMAL: a commit is
     // not an fsync (a crash loses at most the last batches, never the database).
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_error(path, e))?;
-    conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| db_error(path, e))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| db_error(path, e))?;
-    conn.execute_batch(SCHEMA).map_err(|e| db_error(path, e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
 
@@ -195,7 +215,9 @@ impl DbWriter {
 }
 
 fn insert(conn: &mut Connection, session: i64, rows: DbRows) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: the write lock is taken (waiting for the other writer) at BEGIN; a deferred
+    // transaction upgrading from its read would fail at once when the other writer committed.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     match rows {
         DbRows::Spans(spans) => {
             let mut statement = tx.prepare_cached(
@@ -253,7 +275,7 @@ fn enforce_limit(conn: &mut Connection, max_bytes: u64) -> rusqlite::Result<()> 
         if used_bytes(conn)? <= max_bytes {
             return Ok(());
         }
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut deleted = 0;
         for (table, counter) in [("spans", "evicted_spans"), ("logs", "evicted_logs")] {
             let rows: i64 = tx.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
@@ -539,7 +561,7 @@ mod tests {
             hub.submit_log(log, std::slice::from_ref(&store));
         }
         let stats = hub.shutdown().await;
-        assert_eq!(stats.get(&store).unwrap().spans_delivered, 2);
+        assert_eq!(stats.get(&store).unwrap().spans_delivered, 2, "{stats:?}");
 
         let reader = DbReader::open(&path).unwrap();
         let sessions = reader.sessions().unwrap();
@@ -554,7 +576,7 @@ mod tests {
         let trace = &client.trace_id;
         assert_eq!(reader.trace_spans(&trace[..6]).unwrap().len(), 2);
         assert!(reader.trace_spans("ffff").unwrap().is_empty());
-        assert_eq!(reader.all_logs().unwrap().len(), 3);
+        assert_eq!(reader.all_logs().unwrap().len(), 3, "{stats:?}");
         assert_eq!(reader.last_traces(5).unwrap(), vec![trace.clone()]);
         // The trace index is used, not a scan.
         let plan: String = reader
