@@ -13,6 +13,8 @@
 //! and GIOP 1.2 to objects whose IOR came from the database. It leaves padding bytes
 //! uninitialised, so padding is skipped, never checked.
 
+use std::borrow::Cow;
+
 use crate::{WireError, cdr::CdrReader};
 
 /// `"GIOP"`, the first four bytes of every message.
@@ -371,6 +373,50 @@ pub struct AssembledMessage {
     pub stream_start: u64,
 }
 
+/// One whole GIOP message cut out of a stream, borrowed from the chunk that holds it whole
+/// (see [`MessageAssembler::next_message`]). The fields mean what [`AssembledMessage`]'s do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    pub bytes: Cow<'a, [u8]>,
+    pub total_len: usize,
+    pub complete_capture: bool,
+    pub stream_start: u64,
+}
+
+impl MessageRef<'_> {
+    /// The message with its bytes owned.
+    pub fn into_owned(self) -> AssembledMessage {
+        AssembledMessage {
+            bytes: self.bytes.into_owned(),
+            total_len: self.total_len,
+            complete_capture: self.complete_capture,
+            stream_start: self.stream_start,
+        }
+    }
+}
+
+impl From<AssembledMessage> for MessageRef<'_> {
+    fn from(message: AssembledMessage) -> Self {
+        MessageRef {
+            bytes: Cow::Owned(message.bytes),
+            total_len: message.total_len,
+            complete_capture: message.complete_capture,
+            stream_start: message.stream_start,
+        }
+    }
+}
+
+/// Where [`MessageAssembler::next_message`] is in the chunk [`MessageAssembler::feed`] started.
+#[derive(Debug)]
+pub struct Feed {
+    /// Offset of the next byte to assemble.
+    at: usize,
+    /// Bytes that moved in the chunk, captured or not.
+    total: usize,
+    /// Stream position of the chunk's first byte.
+    base: u64,
+}
+
 /// Counters of a [`MessageAssembler`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AssemblerStats {
@@ -482,19 +528,38 @@ impl MessageAssembler {
     /// Feeds one chunk: `captured` holds the first bytes of the `total_len` bytes that moved.
     /// Whole messages are appended to `out`.
     pub fn push(&mut self, captured: &[u8], total_len: usize, out: &mut Vec<AssembledMessage>) {
+        let mut feed = self.feed(captured, total_len);
+        while let Some(message) = self.next_message(&mut feed, captured) {
+            out.push(message.into_owned());
+        }
+    }
+
+    /// Starts feeding one chunk: `captured` holds the first bytes of the `total_len` bytes that
+    /// moved. Take its whole messages with [`next_message`](Self::next_message) until `None`;
+    /// bytes not taken are not assembled.
+    pub fn feed(&mut self, captured: &[u8], total_len: usize) -> Feed {
         let total = total_len.max(captured.len());
         let base = self.pushed;
         self.pushed += total as u64;
+        let mut at = 0;
         if self.resync {
             if captured.starts_with(&MAGIC) {
                 self.resync = false;
             } else {
                 self.stats.discarded_bytes += total as u64;
-                return;
+                at = total;
             }
         }
-        let mut p = 0;
-        while p < total {
+        Feed { at, total, base }
+    }
+
+    /// The next whole message of the chunk [`feed`](Self::feed) started (`captured` is the
+    /// same chunk). A message that lies whole in the chunk, as most do, is borrowed from it;
+    /// one that spans chunks or fragments was kept in the assembler and is handed over.
+    pub fn next_message<'a>(&mut self, feed: &mut Feed, captured: &'a [u8]) -> Option<MessageRef<'a>> {
+        let total = feed.total;
+        while feed.at < total {
+            let p = feed.at;
             if let Some(cur) = self.current.as_mut() {
                 let n = (cur.total_len - cur.seen).min(total - p);
                 let known = captured.get(p..(p + n).min(captured.len())).unwrap_or_default();
@@ -510,9 +575,11 @@ impl MessageAssembler {
                     self.stats.missing_bytes += (n.min(room) - known.len()) as u64;
                 }
                 cur.seen += n;
-                p += n;
-                if cur.seen == cur.total_len {
-                    self.finish(out);
+                feed.at += n;
+                if cur.seen == cur.total_len
+                    && let Some(message) = self.finish()
+                {
+                    return Some(message.into());
                 }
                 continue;
             }
@@ -521,8 +588,14 @@ impl MessageAssembler {
                 // The next header was not captured: boundaries are lost.
                 self.stats.missing_bytes += (total - p) as u64;
                 self.lose_sync();
-                return;
+                feed.at = total;
+                return None;
             };
+            if self.header_len == 0
+                && let Some(message) = self.whole_in_chunk(feed, avail)
+            {
+                return Some(message);
+            }
             let take = (HEADER_LEN - self.header_len).min(avail.len());
             if let (Some(dst), Some(src)) =
                 (self.header.get_mut(self.header_len..self.header_len + take), avail.get(..take))
@@ -535,33 +608,55 @@ impl MessageAssembler {
             match parse_header(header) {
                 Ok(h) => {
                     let keep = HEADER_LEN.min(self.max_keep);
+                    // Room for what is kept, as far as this chunk shows it exists.
+                    let room = h.message_len().min(self.max_keep).min(had + avail.len());
+                    let mut bytes = Vec::with_capacity(room);
+                    bytes.extend_from_slice(self.header.get(..keep).unwrap_or_default());
                     self.current = Some(Partial {
-                        bytes: self.header.get(..keep).unwrap_or_default().to_vec(),
+                        bytes,
                         total_len: h.message_len(),
                         seen: HEADER_LEN,
                         complete_capture: true,
-                        stream_start: (base + p as u64).saturating_sub(had as u64),
+                        stream_start: (feed.base + p as u64).saturating_sub(had as u64),
                     });
                     self.header_len = 0;
-                    p += take;
-                    if h.body_len == 0 {
-                        self.finish(out);
+                    feed.at += take;
+                    if h.body_len == 0
+                        && let Some(message) = self.finish()
+                    {
+                        return Some(message.into());
                     }
                 }
-                Err(WireError::Incomplete) => p += take,
+                Err(WireError::Incomplete) => feed.at += take,
                 Err(_) => {
                     self.stats.discarded_bytes += (had + total - p) as u64;
                     self.lose_sync();
-                    return;
+                    feed.at = total;
+                    return None;
                 }
             }
         }
+        None
     }
 
-    fn finish(&mut self, out: &mut Vec<AssembledMessage>) {
-        let Some(cur) = self.current.take() else {
-            return;
-        };
+    /// A message that starts at the feed's position and whose kept bytes are all captured in
+    /// this chunk, unless it is a fragment or fragmented: borrowed, nothing copied.
+    fn whole_in_chunk<'a>(&mut self, feed: &mut Feed, avail: &'a [u8]) -> Option<MessageRef<'a>> {
+        let h = parse_header(avail).ok()?;
+        let len = h.message_len();
+        if h.msg_type == MsgType::Fragment || h.more_fragments || len > feed.total - feed.at {
+            return None;
+        }
+        let bytes = avail.get(..len.min(self.max_keep))?;
+        let stream_start = feed.base + feed.at as u64;
+        feed.at += len;
+        self.stats.messages += 1;
+        Some(MessageRef { bytes: Cow::Borrowed(bytes), total_len: len, complete_capture: true, stream_start })
+    }
+
+    /// The message just completed, unless it is fragmented and waits for more fragments.
+    fn finish(&mut self) -> Option<AssembledMessage> {
+        let cur = self.current.take()?;
         let message = AssembledMessage {
             bytes: cur.bytes,
             total_len: cur.total_len,
@@ -570,15 +665,18 @@ impl MessageAssembler {
         };
         // The header was whole when the message started, so at least its kept part is here.
         match message.bytes.first_chunk::<HEADER_LEN>().map(|h| parse_header(h)) {
-            Some(Ok(h)) if h.msg_type == MsgType::Fragment => self.continue_fragmented(&h, message, out),
-            Some(Ok(h)) if h.more_fragments => self.open_fragmented(&h, message),
-            _ => self.emit(message, out),
+            Some(Ok(h)) if h.msg_type == MsgType::Fragment => self.continue_fragmented(&h, message),
+            Some(Ok(h)) if h.more_fragments => {
+                self.open_fragmented(&h, message);
+                None
+            }
+            _ => Some(self.emit(message)),
         }
     }
 
-    fn emit(&mut self, message: AssembledMessage, out: &mut Vec<AssembledMessage>) {
+    fn emit(&mut self, message: AssembledMessage) -> AssembledMessage {
         self.stats.messages += 1;
-        out.push(message);
+        message
     }
 
     /// The first part of a fragmented message: kept until its last fragment.
@@ -610,8 +708,7 @@ impl MessageAssembler {
         &mut self,
         header: &Header,
         fragment: AssembledMessage,
-        out: &mut Vec<AssembledMessage>,
-    ) {
+    ) -> Option<AssembledMessage> {
         let (index, body_at) = if header.minor >= 2 {
             let id = request_id_at(&fragment.bytes, HEADER_LEN, header);
             let index = id.and_then(|id| self.fragmented.iter().position(|f| f.request_id == Some(id)));
@@ -621,11 +718,9 @@ impl MessageAssembler {
         };
         let Some(index) = index else {
             self.stats.orphan_fragments += 1;
-            return;
+            return None;
         };
-        let Some(open) = self.fragmented.get_mut(index) else {
-            return;
-        };
+        let open = self.fragmented.get_mut(index)?;
         let body_len = fragment.total_len.saturating_sub(body_at);
         if open.complete_capture && open.bytes.len() == open.total_len {
             // Everything so far is kept: the fragment's body goes right after it.
@@ -639,7 +734,7 @@ impl MessageAssembler {
         open.complete_capture &= fragment.complete_capture;
         open.total_len += body_len;
         if header.more_fragments {
-            return;
+            return None;
         }
         let open = self.fragmented.remove(index);
         let mut bytes = open.bytes;
@@ -652,15 +747,12 @@ impl MessageAssembler {
             head[8..].copy_from_slice(&len);
         }
         self.stats.joined += 1;
-        self.emit(
-            AssembledMessage {
-                bytes,
-                total_len: open.total_len,
-                complete_capture: open.complete_capture,
-                stream_start: open.stream_start,
-            },
-            out,
-        );
+        Some(self.emit(AssembledMessage {
+            bytes,
+            total_len: open.total_len,
+            complete_capture: open.complete_capture,
+            stream_start: open.stream_start,
+        }))
     }
 }
 
@@ -799,6 +891,30 @@ mod tests {
         assert_eq!(out[0].bytes, PING_1_0);
         assert_eq!(out[1].bytes, NON_EXISTENT_1_2);
         assert!(out.iter().all(|m| m.complete_capture));
+    }
+
+    #[test]
+    fn messages_whole_in_a_chunk_are_borrowed_others_handed_over() {
+        let mut a = MessageAssembler::new(40);
+        // One whole message (kept to 40 bytes), then the first 30 bytes of the next.
+        let mut chunk = PING_1_0.to_vec();
+        chunk.extend_from_slice(&NON_EXISTENT_1_2[..30]);
+        let mut feed = a.feed(&chunk, chunk.len());
+        let first = a.next_message(&mut feed, &chunk).expect("the whole message");
+        assert!(matches!(first.bytes, Cow::Borrowed(_)));
+        assert_eq!(first.bytes, &PING_1_0[..40]);
+        assert_eq!((first.total_len, first.complete_capture, first.stream_start), (56, true, 0));
+        assert!(a.next_message(&mut feed, &chunk).is_none());
+        assert!(a.in_message());
+        // The rest arrives, only its first 10 bytes captured: the kept 40 were all seen.
+        let rest = &NON_EXISTENT_1_2[30..];
+        let mut feed = a.feed(&rest[..10], rest.len());
+        let second = a.next_message(&mut feed, &rest[..10]).expect("the split message");
+        assert!(matches!(second.bytes, Cow::Owned(_)));
+        assert_eq!(second.bytes, &NON_EXISTENT_1_2[..40]);
+        assert_eq!((second.total_len, second.complete_capture, second.stream_start), (88, true, 56));
+        assert!(a.next_message(&mut feed, &rest[..10]).is_none());
+        assert_eq!(a.stats().messages, 2);
     }
 
     #[test]

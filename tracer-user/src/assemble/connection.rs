@@ -3,7 +3,7 @@
 //! or its process exits.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use tracer_wire::giop::{AssembledMessage, MessageAssembler};
+use tracer_wire::giop::{Feed, MessageAssembler, MessageRef};
 
 use crate::{probe::record::Direction, stats::has_room};
 
@@ -52,19 +52,20 @@ impl Connections {
         bytes.starts_with(b"GIOP") || self.connections.contains_key(&(pid, fd))
     }
 
-    /// Feeds the bytes of one call; whole messages go to `out`. Returns the stream position of
-    /// the call's first byte (see [`AssembledMessage::stream_start`]).
-    pub fn push(
+    /// Starts feeding the bytes of one call; take its whole messages with
+    /// [`Connections::next_message`]. Returns `None` when the connection is not followed, else
+    /// the feed and the stream position of the call's first byte (see
+    /// [`MessageRef::stream_start`]).
+    pub fn feed(
         &mut self,
         (pid, fd, direction): (u32, i32, Direction),
         bytes: &[u8],
         total_len: usize,
-        out: &mut Vec<AssembledMessage>,
-    ) -> u64 {
+    ) -> Option<(Feed, u64)> {
         if !self.connections.contains_key(&(pid, fd))
             && !has_room(self.connections.len(), MAX_CONNECTIONS, &mut self.refused_full)
         {
-            return 0;
+            return None;
         }
         let connection = self.connections.entry((pid, fd)).or_default();
         let (slot, resync) = match direction {
@@ -74,16 +75,34 @@ impl Connections {
         if *resync {
             if !bytes.starts_with(b"GIOP") {
                 self.discarded_bytes += total_len.max(bytes.len()) as u64;
-                return 0;
+                return None;
             }
             *resync = false;
         }
         let assembler = slot.get_or_insert_with(|| MessageAssembler::new(self.max_keep));
         let discarded = assembler.stats().discarded_bytes;
         let position = assembler.pushed();
-        assembler.push(bytes, total_len, out);
+        let feed = assembler.feed(bytes, total_len);
         self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
-        position
+        Some((feed, position))
+    }
+
+    /// The next whole message of the call [`Connections::feed`] started; `bytes` are its bytes.
+    pub fn next_message<'a>(
+        &mut self,
+        (pid, fd, direction): (u32, i32, Direction),
+        feed: &mut Feed,
+        bytes: &'a [u8],
+    ) -> Option<MessageRef<'a>> {
+        let connection = self.connections.get_mut(&(pid, fd))?;
+        let assembler = match direction {
+            Direction::Send => connection.assemblers[0].as_mut(),
+            Direction::Recv => connection.assemblers[1].as_mut(),
+        }?;
+        let discarded = assembler.stats().discarded_bytes;
+        let message = assembler.next_message(feed, bytes);
+        self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
+        message
     }
 
     /// The run loop tells where the client of a server-side connection is (`giop:tcp:…`).

@@ -314,10 +314,12 @@ impl Assembler {
                 if !self.carries_giop(*pid, *fd, bytes) {
                     return;
                 }
-                let mut messages = Vec::new();
-                let position =
-                    self.connections.push((*pid, *fd, *direction), bytes, *total_len as usize, &mut messages);
-                for message in messages {
+                let stream = (*pid, *fd, *direction);
+                let Some((mut feed, position)) = self.connections.feed(stream, bytes, *total_len as usize)
+                else {
+                    return;
+                };
+                while let Some(message) = self.connections.next_message(stream, &mut feed, bytes) {
                     let seen = Seen {
                         pid: *pid,
                         tid: *tid,
