@@ -2,6 +2,8 @@
 //! connections, and connections whose client is the daemon itself. Freed when the socket closes
 //! or its process exits.
 
+use std::sync::Arc;
+
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracer_wire::giop::{Feed, MessageAssembler, MessageRef};
 
@@ -10,12 +12,18 @@ use crate::{probe::record::Direction, stats::has_room};
 /// Most connections followed at once; beyond, new ones are refused and counted.
 const MAX_CONNECTIONS: usize = 65_536;
 
+/// Object keys kept per connection: omniORB multiplexes the calls to every device of one server
+/// process over one connection, but a connection mostly carries one or a few.
+const OBJECT_KEYS_PER_CONNECTION: usize = 4;
+
 #[derive(Default)]
 struct Connection {
     assemblers: [Option<MessageAssembler>; 2],
     /// Per direction: probe records were lost, so bytes are skipped until one starts a GIOP
     /// message (a lost chunk would otherwise splice the wrong bytes into a message).
     resync: [bool; 2],
+    /// Object keys of the latest requests, most recent last: shared by their calls and spans.
+    object_keys: Vec<Arc<[u8]>>,
 }
 
 /// Every traced connection.
@@ -103,6 +111,28 @@ impl Connections {
         let message = assembler.next_message(feed, bytes);
         self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
         message
+    }
+
+    /// `object_key` as shared by the calls on this connection: made once per device, not per call.
+    pub fn object_key(&mut self, pid: u32, fd: i32, object_key: &[u8]) -> Arc<[u8]> {
+        let Some(connection) = self.connections.get_mut(&(pid, fd)) else {
+            return Arc::from(object_key);
+        };
+        let keys = &mut connection.object_keys;
+        if let Some(key) = keys.last().filter(|key| ***key == *object_key) {
+            return Arc::clone(key);
+        }
+        if let Some(at) = keys.iter().position(|key| **key == *object_key) {
+            let key = keys.remove(at);
+            keys.push(Arc::clone(&key));
+            return key;
+        }
+        if keys.len() >= OBJECT_KEYS_PER_CONNECTION {
+            keys.remove(0);
+        }
+        let key: Arc<[u8]> = Arc::from(object_key);
+        keys.push(Arc::clone(&key));
+        key
     }
 
     /// The run loop tells where the client of a server-side connection is (`giop:tcp:…`).

@@ -4,9 +4,10 @@
 use std::{
     collections::{VecDeque, hash_map::DefaultHasher},
     hash::{Hash, Hasher},
+    sync::Arc,
 };
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, hash_map::Entry};
 use opentelemetry::trace::{SpanId, TraceId};
 
 use super::span::SpanContextLite;
@@ -55,19 +56,110 @@ const MAX_SERVING_THREADS: usize = 65_536;
 /// A server call's key: (pid, fd, request id).
 type ServerCall = (u32, i32, u32);
 
-/// Server spans open on one thread, with the object key each serves; innermost last.
-type ServingStack = Vec<(SpanContextLite, Vec<u8>)>;
+/// Server spans open on one thread, with the object key each serves. A thread usually serves
+/// one request at a time: the innermost is kept inline, so entering allocates nothing.
+struct ServingStack {
+    innermost: (SpanContextLite, Arc<[u8]>),
+    /// The ones it is nested in, outermost first.
+    outer: Vec<(SpanContextLite, Arc<[u8]>)>,
+}
+
+impl ServingStack {
+    fn push(&mut self, entry: (SpanContextLite, Arc<[u8]>)) {
+        self.outer.push(std::mem::replace(&mut self.innermost, entry));
+    }
+
+    /// Removes `context`; false when that emptied the stack.
+    fn remove(&mut self, context: SpanContextLite) -> bool {
+        self.outer.retain(|(ctx, _)| *ctx != context);
+        if self.innermost.0 != context {
+            return true;
+        }
+        match self.outer.pop() {
+            Some(next) => {
+                self.innermost = next;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut (SpanContextLite, Arc<[u8]>)> {
+        self.outer.iter_mut().chain(std::iter::once(&mut self.innermost))
+    }
+}
+
+/// Entries waiting under one request fingerprint, oldest first. Usually one: it is kept inline,
+/// so offering a request allocates nothing.
+struct Window<T> {
+    oldest: (u64, T),
+    newer: VecDeque<(u64, T)>,
+}
+
+impl<T> Window<T> {
+    fn new(entry: (u64, T)) -> Self {
+        Window { oldest: entry, newer: VecDeque::new() }
+    }
+
+    fn len(&self) -> usize {
+        1 + self.newer.len()
+    }
+
+    /// Takes the oldest entry; `None` when it was the last (the window is then empty).
+    fn pop_front(&mut self) -> Option<(u64, T)> {
+        let next = self.newer.pop_front()?;
+        Some(std::mem::replace(&mut self.oldest, next))
+    }
+
+    /// Keeps the entries `keep` accepts; false when none is left.
+    fn retain(&mut self, mut keep: impl FnMut(&(u64, T)) -> bool) -> bool {
+        self.newer.retain(&mut keep);
+        if keep(&self.oldest) {
+            return true;
+        }
+        match self.newer.pop_front() {
+            Some(next) => {
+                self.oldest = next;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Takes the oldest entry of `key`'s window that `fits`, dropping the older ones that do not;
+/// the window goes when emptied. `len` counts the entries of all windows.
+fn take_oldest<T: Copy>(
+    windows: &mut HashMap<u64, Window<T>>,
+    len: &mut usize,
+    key: u64,
+    fits: impl Fn(u64) -> bool,
+) -> Option<T> {
+    let window = windows.get_mut(&key)?;
+    loop {
+        *len -= 1;
+        match window.pop_front() {
+            Some((at, value)) if fits(at) => return Some(value),
+            Some(_) => {}
+            None => {
+                let (at, value) = window.oldest;
+                windows.remove(&key);
+                return fits(at).then_some(value);
+            }
+        }
+    }
+}
 
 /// Linking state: per request fingerprint (expired after [`MATCH_WINDOW_NS`]), per thread
 /// (freed when its last server span ends) and per process (freed at exit).
 #[derive(Default)]
 pub struct Linking {
     /// Client requests not yet seen arriving at a traced server, by request fingerprint.
-    unmatched: HashMap<u64, VecDeque<(u64, SpanContextLite)>>,
+    unmatched: HashMap<u64, Window<SpanContextLite>>,
     unmatched_len: usize,
     /// Server requests no client request had been seen for, by request fingerprint: (time read,
     /// the server call's key (pid, fd, request id)). Expired after [`LATE_CLIENT_WINDOW_NS`].
-    early_servers: HashMap<u64, VecDeque<(u64, ServerCall)>>,
+    early_servers: HashMap<u64, Window<ServerCall>>,
     early_servers_len: usize,
     /// Server spans being served, per (pid, tid), innermost last.
     serving: HashMap<(u32, u32), ServingStack>,
@@ -79,27 +171,29 @@ pub struct Linking {
 
 impl Linking {
     /// The innermost server span `tid` of `pid` is serving, with its object key.
-    pub fn serving(&self, pid: u32, tid: u32) -> Option<&(SpanContextLite, Vec<u8>)> {
-        self.serving.get(&(pid, tid)).and_then(|stack| stack.last())
+    pub fn serving(&self, pid: u32, tid: u32) -> Option<(SpanContextLite, &Arc<[u8]>)> {
+        self.serving.get(&(pid, tid)).map(|stack| (stack.innermost.0, &stack.innermost.1))
     }
 
     /// `tid` of `pid` starts serving `context` for the device behind `object_key`.
-    pub fn enter(&mut self, pid: u32, tid: u32, context: SpanContextLite, object_key: &[u8]) {
-        if !self.serving.contains_key(&(pid, tid))
-            && !crate::stats::has_room(self.serving.len(), MAX_SERVING_THREADS, &mut self.refused_full)
-        {
-            return;
+    pub fn enter(&mut self, pid: u32, tid: u32, context: SpanContextLite, object_key: Arc<[u8]>) {
+        match self.serving.get_mut(&(pid, tid)) {
+            Some(stack) => stack.push((context, object_key)),
+            None => {
+                if crate::stats::has_room(self.serving.len(), MAX_SERVING_THREADS, &mut self.refused_full) {
+                    let stack = ServingStack { innermost: (context, object_key), outer: Vec::new() };
+                    self.serving.insert((pid, tid), stack);
+                }
+            }
         }
-        self.serving.entry((pid, tid)).or_default().push((context, object_key.to_vec()));
     }
 
     /// `tid` of `pid` ends serving `context`.
     pub fn leave(&mut self, pid: u32, tid: u32, context: SpanContextLite) {
-        if let Some(stack) = self.serving.get_mut(&(pid, tid)) {
-            stack.retain(|(ctx, _)| *ctx != context);
-            if stack.is_empty() {
-                self.serving.remove(&(pid, tid));
-            }
+        if let Some(stack) = self.serving.get_mut(&(pid, tid))
+            && !stack.remove(context)
+        {
+            self.serving.remove(&(pid, tid));
         }
     }
 
@@ -108,28 +202,20 @@ impl Linking {
         if !crate::stats::has_room(self.unmatched_len, MAX_UNMATCHED, &mut self.refused_full) {
             return;
         }
-        self.unmatched.entry(fingerprint(bytes)).or_default().push_back((ts_ns, context));
+        match self.unmatched.entry(fingerprint(bytes)) {
+            Entry::Occupied(mut window) => window.get_mut().newer.push_back((ts_ns, context)),
+            Entry::Vacant(slot) => {
+                slot.insert(Window::new((ts_ns, context)));
+            }
+        }
         self.unmatched_len += 1;
     }
 
     /// The oldest client request with the same bytes sent within the window, if any.
     pub fn take_client_match(&mut self, bytes: &[u8], ts_ns: u64) -> Option<SpanContextLite> {
-        let key = fingerprint(bytes);
-        let window = self.unmatched.get_mut(&key)?;
-        let mut found = None;
-        while let Some((sent, ctx)) = window.pop_front() {
-            self.unmatched_len -= 1;
-            if sent <= ts_ns.saturating_add(SEND_STAMP_SLACK_NS)
-                && ts_ns.saturating_sub(sent) <= MATCH_WINDOW_NS
-            {
-                found = Some(ctx);
-                break;
-            }
-        }
-        if window.is_empty() {
-            self.unmatched.remove(&key);
-        }
-        found
+        take_oldest(&mut self.unmatched, &mut self.unmatched_len, fingerprint(bytes), |sent| {
+            sent <= ts_ns.saturating_add(SEND_STAMP_SLACK_NS) && ts_ns.saturating_sub(sent) <= MATCH_WINDOW_NS
+        })
     }
 
     /// A server read `bytes` at `ts_ns` before any client was seen writing them: a client write
@@ -138,7 +224,12 @@ impl Linking {
         if !crate::stats::has_room(self.early_servers_len, MAX_UNMATCHED, &mut self.refused_full) {
             return;
         }
-        self.early_servers.entry(fingerprint(bytes)).or_default().push_back((ts_ns, call));
+        match self.early_servers.entry(fingerprint(bytes)) {
+            Entry::Occupied(mut window) => window.get_mut().newer.push_back((ts_ns, call)),
+            Entry::Vacant(slot) => {
+                slot.insert(Window::new((ts_ns, call)));
+            }
+        }
         self.early_servers_len += 1;
     }
 
@@ -147,22 +238,10 @@ impl Linking {
         if self.early_servers.is_empty() {
             return None;
         }
-        let key = fingerprint(bytes);
-        let window = self.early_servers.get_mut(&key)?;
-        let mut found = None;
-        while let Some((read, call)) = window.pop_front() {
-            self.early_servers_len -= 1;
-            if ts_ns <= read.saturating_add(SEND_STAMP_SLACK_NS)
+        take_oldest(&mut self.early_servers, &mut self.early_servers_len, fingerprint(bytes), |read| {
+            ts_ns <= read.saturating_add(SEND_STAMP_SLACK_NS)
                 && read.saturating_sub(ts_ns) <= LATE_CLIENT_WINDOW_NS
-            {
-                found = Some(call);
-                break;
-            }
-        }
-        if window.is_empty() {
-            self.early_servers.remove(&key);
-        }
-        found
+        })
     }
 
     /// `tid` of `pid` serves `old` under a new identity (its client was found late).
@@ -187,16 +266,20 @@ impl Linking {
     pub fn expire(&mut self, now_ns: u64) {
         let mut len = 0;
         self.unmatched.retain(|_, window| {
-            window.retain(|(sent, _)| now_ns.saturating_sub(*sent) <= MATCH_WINDOW_NS);
-            len += window.len();
-            !window.is_empty()
+            let kept = window.retain(|(sent, _)| now_ns.saturating_sub(*sent) <= MATCH_WINDOW_NS);
+            if kept {
+                len += window.len();
+            }
+            kept
         });
         self.unmatched_len = len;
         let mut len = 0;
         self.early_servers.retain(|_, window| {
-            window.retain(|(read, _)| now_ns.saturating_sub(*read) <= LATE_CLIENT_WINDOW_NS);
-            len += window.len();
-            !window.is_empty()
+            let kept = window.retain(|(read, _)| now_ns.saturating_sub(*read) <= LATE_CLIENT_WINDOW_NS);
+            if kept {
+                len += window.len();
+            }
+            kept
         });
         self.early_servers_len = len;
     }

@@ -17,7 +17,7 @@ pub mod observe;
 pub mod proxy;
 pub mod span;
 
-use std::net::Ipv4Addr;
+use std::{borrow::Cow, net::Ipv4Addr, sync::Arc};
 
 use hashbrown::{HashMap, HashSet};
 use opentelemetry::{
@@ -85,15 +85,17 @@ struct PendingCall {
     fd: i32,
     tid: u32,
     start_ns: u64,
-    object_key: Vec<u8>,
-    operation: String,
+    /// Shared with the connection's other calls to (or of) the same device.
+    object_key: Arc<[u8]>,
+    /// Borrowed for Tango's own operations (see [`naming::operation_name`]).
+    operation: Cow<'static, str>,
     request: TangoRequest,
     context: SpanContextLite,
     parent: Option<SpanContextLite>,
     parent_is_remote: bool,
     trace_state: String,
     /// For server calls: the serving device; for client calls: the device served by the thread.
-    device_key: Option<Vec<u8>>,
+    device_key: Option<Arc<[u8]>>,
     /// Native telemetry of the client already traces this call: emit no client span.
     suppressed: bool,
     /// Attributes learnt from the reply (event subscription endpoints).
@@ -161,6 +163,8 @@ pub struct Assembler {
     crossings: Vec<Crossing>,
     /// `thread.id` of each client thread seen, formatted once: (pid, tid) → decimal tid.
     thread_ids: rustc_hash::FxHashMap<(u32, u32), Value>,
+    /// A span's attributes while they are gathered (reused).
+    attributes: Vec<KeyValue>,
     stats: AssemblyStats,
 }
 
@@ -185,6 +189,7 @@ impl Assembler {
             local_addresses: HashSet::new(),
             crossings: Vec::new(),
             thread_ids: rustc_hash::FxHashMap::default(),
+            attributes: Vec::new(),
             stats: AssemblyStats::default(),
         }
     }
@@ -284,7 +289,7 @@ impl Assembler {
     /// The server span thread `tid` of `pid` is serving, if any (events pushed from it are its
     /// children).
     pub fn serving_context(&self, pid: u32, tid: u32) -> Option<SpanContextLite> {
-        self.linking.serving(pid, tid).map(|(ctx, _)| *ctx)
+        self.linking.serving(pid, tid).map(|(ctx, _)| ctx)
     }
 
     /// Whether bytes on `fd` are GIOP (else they are ZMTP, for the events stage).
@@ -395,7 +400,7 @@ impl Assembler {
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
         let (serving, device_key) = match self.linking.serving(pid, tid) {
-            Some((ctx, key)) => (Some(*ctx), Some(key.clone())),
+            Some((ctx, key)) => (Some(ctx), Some(Arc::clone(key))),
             None => (None, None),
         };
         // A call made while building a DeviceProxy is a child of the proxy's span.
@@ -444,8 +449,8 @@ impl Assembler {
             fd,
             tid,
             start_ns: ts_ns,
-            object_key: object_key.to_vec(),
-            operation: operation.to_string(),
+            object_key: self.connections.object_key(pid, fd, object_key),
+            operation: naming::operation_name(operation),
             request,
             context,
             parent,
@@ -509,18 +514,19 @@ impl Assembler {
             trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
         };
+        let object_key = self.connections.object_key(pid, fd, object_key);
         let call = PendingCall {
             fd,
             tid,
             start_ns: ts_ns,
-            object_key: object_key.to_vec(),
-            operation: operation.to_string(),
+            object_key: Arc::clone(&object_key),
+            operation: naming::operation_name(operation),
             request,
             context,
             parent,
             parent_is_remote,
             trace_state,
-            device_key: Some(object_key.to_vec()),
+            device_key: Some(Arc::clone(&object_key)),
             suppressed: false,
             reply_attributes: Vec::new(),
             loss_deadline: None,
@@ -590,7 +596,7 @@ impl Assembler {
                         server_id: Some(info.server_id),
                     };
                     self.observations
-                        .push(Observation::Device { object_key: call.object_key.clone(), facts });
+                        .push(Observation::Device { object_key: call.object_key.to_vec(), facts });
                 } else if kind == SpanKind::Client
                     && call.operation == "_get_adm_name"
                     && let Ok(name) = body.clone().string()
@@ -616,7 +622,7 @@ impl Assembler {
                     if let Some(event) = endpoints.get(1) {
                         call.reply_attributes.push(KeyValue::new("tango.event.endpoint", event.clone()));
                     }
-                } else if call.object_key == DATABASE_KEY
+                } else if *call.object_key == *DATABASE_KEY
                     && call.operation.starts_with("command_inout")
                     && let TangoCall::CommandInout { command, argin } = &call.request.call
                 {
@@ -742,11 +748,15 @@ impl Assembler {
             // The admin device's side of a subscription belongs to the `events` topic.
             operation.class = OperationClass::Event;
         }
-        let (name, mut attributes) = if is_server {
-            naming::server_span(&call.request.call, &operation)
+        // Gathered in a reused buffer, then copied to an allocation of the exact size.
+        let mut attributes = std::mem::take(&mut self.attributes);
+        attributes.clear();
+        let subscription = naming::subscription_attributes(&call.request.call);
+        let name = if is_server {
+            naming::server_span(&call.request.call, &operation, &mut attributes)
         } else {
             let thread_id = self.thread_id(pid, call.tid);
-            naming::client_span(&call.request.call, thread_id, &operation)
+            naming::client_span(&mut call.request.call, thread_id, &operation, &mut attributes)
         };
         // The attribute of a served read or write, for the metrics (the span does not name it).
         let request_argument = match &mut call.request.call {
@@ -757,7 +767,7 @@ impl Assembler {
             }
             _ => None,
         };
-        attributes.extend(naming::subscription_attributes(&call.request.call));
+        attributes.extend(subscription);
         attributes.append(&mut call.reply_attributes);
         if is_server {
             if let Some(ident) = &call.request.client_ident {
@@ -776,6 +786,12 @@ impl Assembler {
             // Both sides carry the key: a backend can join them even when no daemon answered.
             attributes.push(KeyValue::new(LINK_KEY_ATTRIBUTE, key.attribute()));
         }
+        // Room for what the conversion adds: a client span's target, the reason it is incomplete.
+        let added = usize::from(!is_server) + usize::from(incomplete.is_some());
+        let mut exact = Vec::with_capacity(attributes.len() + added);
+        exact.append(&mut attributes);
+        self.attributes = attributes;
+        let attributes = exact;
         self.stats.spans += 1;
         if let Some(why) = incomplete {
             self.stats.incomplete.add(why);
@@ -796,8 +812,8 @@ impl Assembler {
             links: Vec::new(),
             incomplete,
             pid,
-            target_key: (!is_server).then(|| call.object_key.clone()),
-            device_key: call.device_key,
+            target_key: (!is_server).then(|| call.object_key.to_vec()),
+            device_key: call.device_key.map(|key| key.to_vec()),
             operation: operation.class,
             request_argument,
         });

@@ -131,25 +131,6 @@ impl<'a> Operation<'a> {
             }
         }
     }
-
-    /// `tango.operation.argument` of a CLIENT span: the attribute, command or pipe name.
-    pub fn client_argument(&self, call: &TangoCall) -> Option<String> {
-        match call {
-            TangoCall::ReadAttributes { names }
-            | TangoCall::WriteAttributes { names }
-            | TangoCall::SetAttributeConfig { names }
-                if names.len() == 1 =>
-            {
-                names.first().cloned()
-            }
-            TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
-                written.first().cloned()
-            }
-            TangoCall::CommandInout { command, .. } => Some(command.clone()),
-            TangoCall::Pipe { name } => Some(name.clone()),
-            _ => None,
-        }
-    }
 }
 
 /// Server span names of the servant methods clients call most, spelled out so that naming a
@@ -191,6 +172,67 @@ fn known_client_span_name(method: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// A GIOP operation name as a call keeps it: Tango's own operations are borrowed from a table
+/// (no allocation per call), any other is copied.
+pub fn operation_name(giop: &str) -> Cow<'static, str> {
+    match TANGO_OPERATIONS.iter().find(|known| **known == giop) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(giop.to_owned()),
+    }
+}
+
+/// The operations of Tango's `Device_*` interfaces (IDL 6) and the CORBA ones clients send, most
+/// frequent first.
+const TANGO_OPERATIONS: &[&str] = &[
+    "read_attributes_5",
+    "command_inout_4",
+    "write_attributes_4",
+    "write_read_attributes_5",
+    "ping",
+    "_get_state",
+    "_get_status",
+    "read_attributes_4",
+    "read_attributes_3",
+    "read_attributes_2",
+    "read_attributes",
+    "command_inout_2",
+    "command_inout",
+    "write_attributes_3",
+    "write_attributes",
+    "write_read_attributes_4",
+    "info",
+    "info_3",
+    "_get_name",
+    "_get_description",
+    "_get_adm_name",
+    "_non_existent",
+    "_is_a",
+    "get_attribute_config_5",
+    "get_attribute_config_3",
+    "get_attribute_config_2",
+    "get_attribute_config",
+    "set_attribute_config_5",
+    "set_attribute_config_4",
+    "set_attribute_config_3",
+    "set_attribute_config",
+    "command_list_query_2",
+    "command_list_query",
+    "command_query_2",
+    "command_query",
+    "black_box",
+    "read_attribute_history_5",
+    "read_attribute_history_4",
+    "read_attribute_history_3",
+    "read_attribute_history_2",
+    "command_inout_history_4",
+    "command_inout_history_2",
+    "read_pipe_5",
+    "write_pipe_5",
+    "write_read_pipe_5",
+    "set_pipe_config_5",
+    "get_pipe_config_5",
+];
 
 /// The admin-device command a client sends to subscribe to (or unsubscribe from) events.
 pub const SUBSCRIPTION_COMMAND: &str = "ZmqEventSubscriptionChange";
@@ -238,33 +280,54 @@ pub fn add_client_ident_attributes(ident: &ClntIdent, attributes: &mut Vec<KeyVa
     }
 }
 
-/// Attributes a span usually ends with (operation, client ident, link, target), reserved at once.
-const SPAN_ATTRIBUTES: usize = 8;
-
-/// Server span name and attributes, as cppTango 10.3 names its servant methods.
-pub fn server_span(call: &TangoCall, operation: &Operation<'_>) -> (Cow<'static, str>, Vec<KeyValue>) {
-    // Room for what the assembly adds after (client ident, location, link): one allocation.
-    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
+/// Server span name, as cppTango 10.3 names its servant methods; its attributes go to `attributes`.
+pub fn server_span(
+    call: &TangoCall,
+    operation: &Operation<'_>,
+    attributes: &mut Vec<KeyValue>,
+) -> Cow<'static, str> {
     if let TangoCall::CommandInout { command, .. } = call {
         attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
     }
-    (operation.server_span_name(), attributes)
+    operation.server_span_name()
 }
 
-/// Client span name and attributes, as cppTango 10.3's DeviceProxy/Connection name them.
+/// Client span name, as cppTango 10.3's DeviceProxy/Connection name them; its attributes go to
+/// `attributes`, the argument moved out of `call`.
 /// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
 /// `thread_id`: the calling thread's `thread.id`, formatted once per thread.
 pub fn client_span(
-    call: &TangoCall,
+    call: &mut TangoCall,
     thread_id: Value,
     operation: &Operation<'_>,
-) -> (Cow<'static, str>, Vec<KeyValue>) {
-    let mut attributes = Vec::with_capacity(SPAN_ATTRIBUTES);
-    if let Some(argument) = operation.client_argument(call) {
+    attributes: &mut Vec<KeyValue>,
+) -> Cow<'static, str> {
+    let name = operation.client_span_name(call);
+    if let Some(argument) = take_client_argument(call) {
         attributes.push(KeyValue::new("tango.operation.argument", argument));
     }
     attributes.push(KeyValue::new("thread.id", thread_id));
-    (operation.client_span_name(call), attributes)
+    name
+}
+
+/// `tango.operation.argument` of a CLIENT span, moved out of `call`: the attribute, command or
+/// pipe name.
+pub fn take_client_argument(call: &mut TangoCall) -> Option<String> {
+    match call {
+        TangoCall::ReadAttributes { names }
+        | TangoCall::WriteAttributes { names }
+        | TangoCall::SetAttributeConfig { names }
+            if names.len() == 1 =>
+        {
+            names.pop()
+        }
+        TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
+            written.pop()
+        }
+        TangoCall::CommandInout { command, .. } => Some(std::mem::take(command)),
+        TangoCall::Pipe { name } => Some(std::mem::take(name)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -338,12 +401,12 @@ mod tests {
         let two = TangoCall::ReadAttributes { names: vec!["a".into(), "b".into()] };
         let o = op("read_attributes_5");
         assert_eq!(o.client_span_name(&one), "Tango::DeviceProxy::read_attribute");
-        assert_eq!(o.client_argument(&one).as_deref(), Some("temperature"));
+        assert_eq!(take_client_argument(&mut one.clone()).as_deref(), Some("temperature"));
         assert_eq!(
             o.client_span_name(&two),
             "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes"
         );
-        assert_eq!(o.client_argument(&two), None);
+        assert_eq!(take_client_argument(&mut two.clone()), None);
         let cmd = TangoCall::CommandInout { command: "Echo".into(), argin: None };
         assert_eq!(op("command_inout_4").client_span_name(&cmd), "Tango::Connection::command_inout");
         assert_eq!(op("_get_state").client_span_name(&TangoCall::Other), "Tango::DeviceProxy::state");
