@@ -32,6 +32,7 @@ pub struct CdrReader<'a> {
 macro_rules! primitive {
     ($(#[$doc:meta] $name:ident -> $t:ty;)*) => {$(
         #[$doc]
+        #[inline]
         pub fn $name(&mut self) -> Result<$t, WireError> {
             const N: usize = std::mem::size_of::<$t>();
             self.align(N)?;
@@ -77,11 +78,13 @@ impl<'a> CdrReader<'a> {
     }
 
     /// Offset of the next byte from the alignment origin.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.pos.wrapping_add(self.shift)
     }
 
     /// Bytes left to read.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.end.saturating_sub(self.pos)
     }
@@ -124,18 +127,26 @@ impl<'a> CdrReader<'a> {
     }
 
     /// Padding needed to reach a multiple of `n` (a power of two) from the origin.
+    #[inline]
     fn padding(&self, n: usize) -> usize {
-        let n = n.max(1);
-        (n - self.offset() % n) % n
+        if n.is_power_of_two() {
+            // A mask, not a division: this runs for every primitive read.
+            self.offset().wrapping_neg() & (n - 1)
+        } else {
+            let n = n.max(1);
+            (n - self.offset() % n) % n
+        }
     }
 
     /// Skips padding up to the next multiple of `n` (1, 2, 4 or 8) from the origin.
+    #[inline]
     pub fn align(&mut self, n: usize) -> Result<(), WireError> {
         let pad = self.padding(n);
         self.skip(pad)
     }
 
     /// Skips `n` bytes.
+    #[inline]
     pub fn skip(&mut self, n: usize) -> Result<(), WireError> {
         if n > self.remaining() {
             return Err(self.short());
@@ -154,6 +165,7 @@ impl<'a> CdrReader<'a> {
     }
 
     /// Takes the next `n` bytes.
+    #[inline]
     pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.remaining() {
             return Err(self.short());
@@ -163,12 +175,14 @@ impl<'a> CdrReader<'a> {
         Ok(out)
     }
 
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let bytes = self.bytes(N)?;
         bytes.try_into().map_err(|_| WireError::Malformed("internal: slice length"))
     }
 
     /// `octet`.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, WireError> {
         let [b] = self.array::<1>()?;
         Ok(b)
@@ -206,6 +220,7 @@ impl<'a> CdrReader<'a> {
     /// against the bytes present so a caller may allocate `count` elements.
     ///
     /// With `min_elem_size == 0` nothing bounds the count, so it must stay small.
+    #[inline]
     pub fn seq_len(&mut self, min_elem_size: usize) -> Result<usize, WireError> {
         let count = self.u32()? as usize;
         let need = if min_elem_size == 0 {
@@ -224,6 +239,7 @@ impl<'a> CdrReader<'a> {
 
     /// A `string` as raw bytes without its NUL: u32 length including the NUL, the bytes,
     /// the NUL. A zero length (sent by some ORBs for "") reads as empty.
+    #[inline]
     pub fn string_bytes(&mut self) -> Result<&'a [u8], WireError> {
         // u32 length (including NUL) | bytes | NUL
         let len = self.u32()? as usize;
@@ -238,12 +254,14 @@ impl<'a> CdrReader<'a> {
     }
 
     /// A `string`; text that is not UTF-8 is [`WireError::Malformed`].
+    #[inline]
     pub fn string(&mut self) -> Result<&'a str, WireError> {
         let raw = self.string_bytes()?;
         std::str::from_utf8(raw).map_err(|_| self.fail(WireError::Malformed("string is not UTF-8")))
     }
 
     /// `sequence<octet>`.
+    #[inline]
     pub fn octets(&mut self) -> Result<&'a [u8], WireError> {
         // u32 count | count octets
         let len = self.u32()? as usize;
