@@ -417,6 +417,13 @@ pub struct Feed {
     base: u64,
 }
 
+impl Feed {
+    /// Whether every byte of the chunk has been assembled: no message is left in it.
+    pub fn is_done(&self) -> bool {
+        self.at >= self.total
+    }
+}
+
 /// Counters of a [`MessageAssembler`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct AssemblerStats {

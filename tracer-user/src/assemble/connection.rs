@@ -2,7 +2,7 @@
 //! connections, and connections whose client is the daemon itself. Freed when the socket closes
 //! or its process exits.
 
-use std::sync::Arc;
+use std::{collections::hash_map::Entry, sync::Arc};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tracer_wire::giop::{Feed, MessageAssembler, MessageRef};
@@ -70,12 +70,14 @@ impl Connections {
         bytes: &[u8],
         total_len: usize,
     ) -> Option<(Feed, u64)> {
-        if !self.connections.contains_key(&(pid, fd))
-            && !has_room(self.connections.len(), MAX_CONNECTIONS, &mut self.refused_full)
-        {
-            return None;
-        }
-        let connection = self.connections.entry((pid, fd)).or_default();
+        let followed = self.connections.len();
+        let connection = match self.connections.entry((pid, fd)) {
+            Entry::Occupied(connection) => connection.into_mut(),
+            Entry::Vacant(slot) if has_room(followed, MAX_CONNECTIONS, &mut self.refused_full) => {
+                slot.insert(Connection::default())
+            }
+            Entry::Vacant(_) => return None,
+        };
         let (slot, resync) = match direction {
             Direction::Send => (&mut connection.assemblers[0], &mut connection.resync[0]),
             Direction::Recv => (&mut connection.assemblers[1], &mut connection.resync[1]),
@@ -102,6 +104,9 @@ impl Connections {
         feed: &mut Feed,
         bytes: &'a [u8],
     ) -> Option<MessageRef<'a>> {
+        if feed.is_done() {
+            return None;
+        }
         let connection = self.connections.get_mut(&(pid, fd))?;
         let assembler = match direction {
             Direction::Send => connection.assemblers[0].as_mut(),

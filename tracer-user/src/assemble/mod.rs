@@ -477,8 +477,8 @@ impl Assembler {
         let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
-        if self.servers.contains(&pid)
-            || has_room(self.servers.len(), MAX_PROCESSES, &mut self.stats.refused_full)
+        if !self.servers.contains(&pid)
+            && has_room(self.servers.len(), MAX_PROCESSES, &mut self.stats.refused_full)
         {
             self.servers.insert(pid);
         }
@@ -561,16 +561,15 @@ impl Assembler {
 
     /// Reports once per process that it serves the device behind `object_key`.
     fn note_served(&mut self, pid: u32, object_key: &[u8]) {
-        if !self.served.contains_key(&pid)
-            && !has_room(self.served.len(), MAX_PROCESSES, &mut self.stats.refused_full)
-        {
-            return;
+        match self.served.get(&pid) {
+            // The usual case, a device already noted: no key is copied.
+            Some(keys) if keys.contains(object_key) => return,
+            Some(_) => {}
+            None if has_room(self.served.len(), MAX_PROCESSES, &mut self.stats.refused_full) => {}
+            None => return,
         }
-        let keys = self.served.entry(pid).or_default();
-        if !keys.contains(object_key) {
-            keys.insert(object_key.to_vec());
-            self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });
-        }
+        self.served.entry(pid).or_default().insert(object_key.to_vec());
+        self.observations.push(Observation::Serves { pid, object_key: object_key.to_vec() });
     }
 
     fn finish_call(

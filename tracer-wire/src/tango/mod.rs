@@ -20,11 +20,14 @@ const MAX_BLOB_DEPTH: u32 = 8;
 
 /// Reads a `string` as text, taking bytes that are not UTF-8 as Latin-1.
 pub(crate) fn text(r: &mut CdrReader<'_>) -> Result<String, WireError> {
-    let raw = r.string_bytes()?;
-    Ok(match std::str::from_utf8(raw) {
+    Ok(latin1_or_utf8(r.string_bytes()?))
+}
+
+fn latin1_or_utf8(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
         Ok(s) => s.to_owned(),
         Err(_) => raw.iter().map(|&b| char::from(b)).collect(),
-    })
+    }
 }
 
 /// `Tango::LockerLanguage`, the discriminant of `ClntIdent`.
@@ -64,8 +67,10 @@ pub struct ClntIdent {
     pub trace_state: Option<String>,
 }
 
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
+/// Reads a `string` as text, `None` when empty (no work for the empty strings clients send).
+fn non_empty_text(r: &mut CdrReader<'_>) -> Result<Option<String>, WireError> {
+    let raw = r.string_bytes()?;
+    Ok((!raw.is_empty()).then(|| latin1_or_utf8(raw)))
 }
 
 /// Reads a `ClntIdent`.
@@ -85,7 +90,7 @@ pub fn parse_clnt_ident(r: &mut CdrReader<'_>) -> Result<ClntIdent, WireError> {
         LockerLanguage::Cpp | LockerLanguage::Cpp6 => id.pid = Some(r.u32()?),
         LockerLanguage::Java | LockerLanguage::Java6 => {
             // JavaClntIdent: string MainClass | u64 uuid[2]
-            id.java_main_class = non_empty(text(r)?);
+            id.java_main_class = non_empty_text(r)?;
             id.java_uuid = Some([r.u64()?, r.u64()?]);
         }
         LockerLanguage::Unknown(_) => return Ok(id),
@@ -93,8 +98,8 @@ pub fn parse_clnt_ident(r: &mut CdrReader<'_>) -> Result<ClntIdent, WireError> {
     if matches!(lang, LockerLanguage::Cpp6 | LockerLanguage::Java6) {
         // TraceContext: u32 kind (0 = W3C_TC_V0) | string trace_parent | string trace_state
         if r.u32()? == 0 {
-            id.trace_parent = non_empty(text(r)?);
-            id.trace_state = non_empty(text(r)?);
+            id.trace_parent = non_empty_text(r)?;
+            id.trace_state = non_empty_text(r)?;
         }
     }
     Ok(id)
