@@ -320,4 +320,47 @@ mod tests {
         linking.offer_client(request, 999_000_000, context(3));
         assert_eq!(linking.take_client_match(request, 1_000_000_000), Some(context(3)));
     }
+
+    #[test]
+    fn identical_requests_pair_oldest_first_and_stale_ones_are_skipped() {
+        let request = b"GIOP same bytes";
+        let mut linking = Linking::default();
+        let second = 2 * MATCH_WINDOW_NS;
+        linking.offer_client(request, 1_000, context(1));
+        linking.offer_client(request, second, context(2));
+        linking.offer_client(request, second + 10, context(3));
+        // The first is too old for this read: dropped, and the next one pairs.
+        assert_eq!(linking.take_client_match(request, second + 20), Some(context(2)));
+        assert_eq!(linking.unmatched_len, 1);
+        assert_eq!(linking.take_client_match(request, second + 30), Some(context(3)));
+        assert_eq!(linking.take_client_match(request, second + 40), None);
+        assert!(linking.unmatched.is_empty() && linking.unmatched_len == 0);
+        // Expiry keeps the recent ones of a window, in order.
+        linking.offer_client(request, 1_000, context(4));
+        linking.offer_client(request, second, context(5));
+        linking.offer_client(request, second + 10, context(6));
+        linking.expire(second + 50);
+        assert_eq!(linking.unmatched_len, 2);
+        assert_eq!(linking.take_client_match(request, second + 60), Some(context(5)));
+        assert_eq!(linking.take_client_match(request, second + 70), Some(context(6)));
+        assert!(linking.unmatched.is_empty());
+    }
+
+    #[test]
+    fn nested_serving_unwinds_in_any_order() {
+        let mut linking = Linking::default();
+        let key = |k: &[u8]| Arc::<[u8]>::from(k);
+        linking.enter(1, 2, context(1), key(b"outer"));
+        linking.enter(1, 2, context(2), key(b"middle"));
+        linking.enter(1, 2, context(3), key(b"inner"));
+        assert_eq!(linking.serving(1, 2).map(|(ctx, k)| (ctx, &**k)), Some((context(3), &b"inner"[..])));
+        linking.rename_serving(1, 2, context(1), context(9));
+        // A middle one ends first: the innermost stays.
+        linking.leave(1, 2, context(2));
+        assert_eq!(linking.serving(1, 2).map(|(ctx, _)| ctx), Some(context(3)));
+        linking.leave(1, 2, context(3));
+        assert_eq!(linking.serving(1, 2).map(|(ctx, k)| (ctx, &**k)), Some((context(9), &b"outer"[..])));
+        linking.leave(1, 2, context(9));
+        assert!(linking.serving(1, 2).is_none() && linking.serving.is_empty());
+    }
 }
