@@ -473,7 +473,7 @@ impl Assembler {
         }
     }
 
-    fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
+    fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, mut request: TangoRequest) {
         let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
@@ -509,7 +509,7 @@ impl Assembler {
             self.linking.offer_server(bytes, ts_ns, (pid, fd, request_id));
         }
         let trace_state =
-            request.client_ident.as_ref().and_then(|c| c.trace_state.clone()).unwrap_or_default();
+            request.client_ident.as_mut().and_then(|c| c.trace_state.take()).unwrap_or_default();
         let context = SpanContextLite {
             trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),

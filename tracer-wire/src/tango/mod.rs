@@ -190,9 +190,12 @@ fn read_args(op: &str, r: &mut CdrReader<'_>, req: &mut TangoRequest) -> Result<
         "command_inout" | "command_inout_2" | "command_inout_4" => {
             // string command | any argin [| DevSource] [| ClntIdent]
             let command = text(r)?;
-            let argin = parse_any(r);
-            req.call = TangoCall::CommandInout { command, argin: argin.as_ref().ok().cloned() };
-            argin?;
+            let (argin, res) = match parse_any(r) {
+                Ok(argin) => (Some(argin), Ok(())),
+                Err(e) => (None, Err(e)),
+            };
+            req.call = TangoCall::CommandInout { command, argin };
+            res?;
             match op {
                 "command_inout" => (false, false),
                 "command_inout_2" => (true, false),
