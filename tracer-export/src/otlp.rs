@@ -13,7 +13,7 @@
 //! logger, which a tracer of other processes does not have).
 
 use std::{
-    collections::HashMap,
+    borrow::Borrow,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     io::Write as _,
     sync::Arc,
@@ -283,22 +283,24 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
 
 /// Groups items by resource, in order of first appearance.
 #[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
-pub(crate) fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
-    let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
+pub(crate) fn group_by_resource<R: Borrow<Resource>, T>(
+    items: impl Iterator<Item = (R, T)>,
+) -> Vec<(R, Vec<T>)> {
+    let mut groups: Vec<(R, Vec<T>)> = Vec::new();
     // The daemon clones one cached resource per device into all its spans: the identity of
     // the shared attribute table finds the group without hashing or comparing attributes.
-    let mut by_identity: HashMap<usize, usize> = HashMap::new();
+    let mut by_identity: hashbrown::HashMap<usize, usize> = hashbrown::HashMap::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
     // one candidate, so grouping stays linear in the batch size with thousands of devices.
-    let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut by_fingerprint: hashbrown::HashMap<u64, Vec<usize>> = hashbrown::HashMap::new();
     for (resource, item) in items {
-        let identity = identity(&resource);
+        let identity = identity(resource.borrow());
         if let Some(&i) = identity.and_then(|id| by_identity.get(&id)) {
             groups[i].1.push(item);
             continue;
         }
-        let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        let index = match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
+        let candidates = by_fingerprint.entry(fingerprint(resource.borrow())).or_default();
+        let index = match candidates.iter().copied().find(|&i| groups[i].0.borrow() == resource.borrow()) {
             Some(i) => {
                 groups[i].1.push(item);
                 i
@@ -363,11 +365,12 @@ pub(crate) enum OtlpRequest {
 }
 
 impl OtlpRequest {
-    fn encode_to_vec(&self) -> Vec<u8> {
+    /// Appends the encoded request to `out`; `spans` encodes a batch of spans.
+    fn encode(&self, spans: &mut crate::otlp_encode::Encoder, out: &mut Vec<u8>) {
         match self {
-            OtlpRequest::Spans(records) => crate::otlp_encode::encode_request(records),
-            OtlpRequest::Traces(request) => request.encode_to_vec(),
-            OtlpRequest::Logs(request) => request.encode_to_vec(),
+            OtlpRequest::Spans(records) => spans.encode(records, out),
+            OtlpRequest::Traces(request) => request.encode_raw(out),
+            OtlpRequest::Logs(request) => request.encode_raw(out),
         }
     }
 }
@@ -446,14 +449,26 @@ fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std
     Ok(out)
 }
 
+/// What an HTTP sender keeps between requests, so that encoding a batch reuses the memory of
+/// the one before.
+#[derive(Default)]
+struct Kept {
+    /// The deflate state of the gzip bodies: made anew for each one, its few hundred KiB of
+    /// tables are allocated, cleared and freed at every batch.
+    deflate: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
+    /// The span encoder's buffers.
+    spans: crate::otlp_encode::Encoder,
+    /// The uncompressed body of a gzip request.
+    raw: Vec<u8>,
+}
+
 /// OTLP/HTTP with protobuf bodies, optionally gzip-compressed.
 pub(crate) struct HttpSender {
     client: reqwest::Client,
     endpoint: String,
     gzip: bool,
-    /// The deflate state of the gzip bodies, kept between requests: made anew for each one, its
-    /// few hundred KiB of tables are allocated, cleared and freed at every batch.
-    deflate: std::sync::Mutex<Option<flate2::write::DeflateEncoder<Vec<u8>>>>,
+    /// What encoding keeps between requests.
+    kept: std::sync::Mutex<Kept>,
     /// What the endpoint takes, and so how its answers read.
     signal: Signal,
 }
@@ -470,19 +485,23 @@ impl HttpSender {
             .connect_timeout(timeout)
             .build()
             .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
-        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, deflate: Default::default(), signal })
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, kept: Default::default(), signal })
     }
 
     fn encode(&self, request: &OtlpRequest) -> Result<Bytes, OtlpError> {
-        let raw = request.encode_to_vec();
+        let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Kept { deflate, spans, raw } = &mut *kept;
         if !self.gzip {
-            return Ok(Bytes::from(raw));
+            let mut body = Vec::new();
+            request.encode(spans, &mut body);
+            return Ok(Bytes::from(body));
         }
-        let mut kept = self.deflate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let encoder = kept.get_or_insert_with(|| {
+        raw.clear();
+        request.encode(spans, raw);
+        let encoder = deflate.get_or_insert_with(|| {
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast())
         });
-        gzip(encoder, &raw)
+        gzip(encoder, raw)
             .map(Bytes::from)
             .map_err(|source| OtlpError::Compress { endpoint: self.endpoint.clone(), source })
     }
