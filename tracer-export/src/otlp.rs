@@ -42,6 +42,7 @@ use opentelemetry_proto::{
 };
 use opentelemetry_sdk::Resource;
 use prost::Message as _;
+use reqwest::header::HeaderValue;
 use tonic::{
     Code,
     codec::CompressionEncoding,
@@ -466,9 +467,12 @@ struct Kept {
 pub(crate) struct HttpSender {
     client: reqwest::Client,
     endpoint: String,
+    /// The endpoint parsed once rather than at every request; `None` when it does not parse,
+    /// and then each request fails as the client says.
+    url: Option<reqwest::Url>,
     gzip: bool,
-    /// What encoding keeps between requests.
-    kept: std::sync::Mutex<Kept>,
+    /// What encoding keeps between requests (boxed: it is large, and used once per batch).
+    kept: std::sync::Mutex<Box<Kept>>,
     /// What the endpoint takes, and so how its answers read.
     signal: Signal,
 }
@@ -485,12 +489,13 @@ impl HttpSender {
             .connect_timeout(timeout)
             .build()
             .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
-        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, kept: Default::default(), signal })
+        let url = reqwest::Url::parse(endpoint).ok();
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), url, gzip, kept: Default::default(), signal })
     }
 
     fn encode(&self, request: &OtlpRequest) -> Result<Bytes, OtlpError> {
         let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Kept { deflate, spans, raw } = &mut *kept;
+        let Kept { deflate, spans, raw } = &mut **kept;
         if !self.gzip {
             let mut body = Vec::new();
             request.encode(spans, &mut body);
@@ -507,13 +512,15 @@ impl HttpSender {
     }
 
     async fn send(&self, body: Bytes) -> Result<Accepted, OtlpError> {
-        let mut request = self
-            .client
-            .post(&self.endpoint)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+        let request = match &self.url {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(&self.endpoint),
+        };
+        let mut request = request
+            .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"))
             .body(body);
         if self.gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            request = request.header(reqwest::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let http_error = |source| OtlpError::Http { endpoint: self.endpoint.clone(), source };
         let response = request.send().await.map_err(http_error)?;
