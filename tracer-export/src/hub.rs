@@ -49,7 +49,7 @@ pub struct ExportConfig {
     /// How often a worker sends what waits (default 1 s).
     pub flush_interval: Duration,
     /// A worker sends as soon as this many spans wait; also the most spans per request
-    /// (default 512).
+    /// (default 2048).
     pub max_batch: usize,
     /// Memory budget of each destination: the most bytes of spans (estimated by
     /// [`crate::span_bytes`]) it holds while they wait, wait for a retry, or are being sent.
@@ -79,7 +79,7 @@ impl Default for ExportConfig {
     fn default() -> Self {
         ExportConfig {
             flush_interval: Duration::from_secs(1),
-            max_batch: 512,
+            max_batch: 2048,
             max_backlog_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(100),
