@@ -15,7 +15,6 @@
 use std::{
     borrow::Borrow,
     hash::{DefaultHasher, Hash as _, Hasher as _},
-    io::Write as _,
     sync::Arc,
     time::Duration,
 };
@@ -434,14 +433,30 @@ impl OtlpSender {
 /// (XFL 4), unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
 
-/// `raw` as a gzip member (RFC 1952): the header, `raw` deflated by `encoder` (reset after, its
-/// tables kept), then the CRC-32 and length of `raw`.
-fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `raw` as a gzip member (RFC 1952): the header, `raw` deflated by `deflate` (reset first, its
+/// tables kept), then the CRC-32 and length of `raw`. The deflate stream is written straight
+/// into the body, with one reset per body.
+fn gzip(deflate: &mut flate2::Compress, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    deflate.reset();
     let mut out = Vec::with_capacity(raw.len() / 4 + GZIP_HEADER.len() + 8);
     out.extend_from_slice(&GZIP_HEADER);
-    encoder.reset(out)?;
-    encoder.write_all(raw)?;
-    let mut out = encoder.reset(Vec::new())?;
+    let mut consumed = 0;
+    let mut flush = flate2::FlushCompress::None;
+    loop {
+        let before = deflate.total_in();
+        let rest = raw.get(consumed..).unwrap_or_default();
+        let status = deflate.compress_vec(rest, &mut out, flush).map_err(std::io::Error::other)?;
+        consumed += usize::try_from(deflate.total_in() - before).unwrap_or(rest.len());
+        match status {
+            flate2::Status::StreamEnd => break,
+            // Everything is in: what deflate holds comes out with the end of the stream.
+            _ if consumed >= raw.len() => flush = flate2::FlushCompress::Finish,
+            _ => {}
+        }
+        if out.len() == out.capacity() || status == flate2::Status::BufError {
+            out.reserve(out.capacity().max(4096));
+        }
+    }
     let mut crc = flate2::Crc::new();
     crc.update(raw);
     out.extend_from_slice(&crc.sum().to_le_bytes());
@@ -456,7 +471,7 @@ fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std
 struct Kept {
     /// The deflate state of the gzip bodies: made anew for each one, its few hundred KiB of
     /// tables are allocated, cleared and freed at every batch.
-    deflate: Option<flate2::write::DeflateEncoder<Vec<u8>>>,
+    deflate: Option<flate2::Compress>,
     /// The span encoder's buffers.
     spans: crate::otlp_encode::Encoder,
     /// The uncompressed body of a gzip request.
@@ -503,9 +518,8 @@ impl HttpSender {
         }
         raw.clear();
         request.encode(spans, raw);
-        let encoder = deflate.get_or_insert_with(|| {
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast())
-        });
+        let encoder =
+            deflate.get_or_insert_with(|| flate2::Compress::new(flate2::Compression::fast(), false));
         gzip(encoder, raw)
             .map(Bytes::from)
             .map_err(|source| OtlpError::Compress { endpoint: self.endpoint.clone(), source })
@@ -669,7 +683,10 @@ mod tests {
         reason = "tests"
     )]
 
-    use std::time::{Duration, SystemTime};
+    use std::{
+        io::Write as _,
+        time::{Duration, SystemTime},
+    };
 
     use opentelemetry::{
         InstrumentationScope, KeyValue,
@@ -681,10 +698,21 @@ mod tests {
 
     #[test]
     fn gzip_bodies_are_those_of_gz_encoder_and_decode_with_a_kept_encoder() {
-        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut encoder = flate2::Compress::new(flate2::Compression::fast(), false);
         for raw in [
             b"first body, first body, first body".to_vec(),
             (0..50_000u32).flat_map(u32::to_le_bytes).collect(),
+            Vec::new(),
+            // Incompressible: the body outgrows the room first reserved for it.
+            (1..=30_000u64)
+                .scan(0x9e37_79b9_7f4a_7c15u64, |x, _| {
+                    *x ^= *x << 13;
+                    *x ^= *x >> 7;
+                    *x ^= *x << 17;
+                    Some(*x)
+                })
+                .flat_map(u64::to_le_bytes)
+                .collect(),
         ] {
             let body = gzip(&mut encoder, &raw).unwrap();
             let mut reference = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
