@@ -49,7 +49,7 @@ pub struct ExportConfig {
     /// How often a worker sends what waits (default 1 s).
     pub flush_interval: Duration,
     /// A worker sends as soon as this many spans wait; also the most spans per request
-    /// (default 512).
+    /// (default 2048).
     pub max_batch: usize,
     /// Memory budget of each destination: the most bytes of spans (estimated by
     /// [`crate::span_bytes`]) it holds while they wait, wait for a retry, or are being sent.
@@ -79,7 +79,7 @@ impl Default for ExportConfig {
     fn default() -> Self {
         ExportConfig {
             flush_interval: Duration::from_secs(1),
-            max_batch: 512,
+            max_batch: 2048,
             max_backlog_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(100),
@@ -137,6 +137,9 @@ pub(crate) struct State {
     pub(crate) spans: Table<SpanRecord>,
     pub(crate) logs: Table<LogRecord>,
 }
+
+/// How many destinations of a signal a submit compares before it looks its destination up.
+const SCANNED_DESTINATIONS: usize = 4;
 
 /// The destinations of one signal.
 pub(crate) struct Table<R> {
@@ -224,8 +227,12 @@ impl ExportHub {
     fn push<R: Exportable>(&self, state: &mut State, destination: &Destination, record: R, bytes: u64) {
         let closed = state.closed;
         let table = R::table(state);
-        let index = match table.index.get(destination) {
-            Some(&index) => index,
+        // A daemon has a destination or two: comparing with the first few beats hashing the
+        // endpoint for every span.
+        let first =
+            table.entries.iter().take(SCANNED_DESTINATIONS).position(|e| e.destination == *destination);
+        let index = match first.or_else(|| table.index.get(destination).copied()) {
+            Some(index) => index,
             None => self.add_destination(closed, table, destination),
         };
         let Some(entry) = table.entries.get_mut(index) else {

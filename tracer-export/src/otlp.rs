@@ -13,9 +13,8 @@
 //! logger, which a tracer of other processes does not have).
 
 use std::{
-    collections::HashMap,
+    borrow::Borrow,
     hash::{DefaultHasher, Hash as _, Hasher as _},
-    io::Write as _,
     sync::Arc,
     time::Duration,
 };
@@ -42,6 +41,7 @@ use opentelemetry_proto::{
 };
 use opentelemetry_sdk::Resource;
 use prost::Message as _;
+use reqwest::header::HeaderValue;
 use tonic::{
     Code,
     codec::CompressionEncoding,
@@ -283,22 +283,24 @@ fn unix_nanos(time: std::time::SystemTime) -> u64 {
 
 /// Groups items by resource, in order of first appearance.
 #[expect(clippy::indexing_slicing, reason = "indices come from `groups` itself, pushed just before")]
-pub(crate) fn group_by_resource<T>(items: impl Iterator<Item = (Resource, T)>) -> Vec<(Resource, Vec<T>)> {
-    let mut groups: Vec<(Resource, Vec<T>)> = Vec::new();
+pub(crate) fn group_by_resource<R: Borrow<Resource>, T>(
+    items: impl Iterator<Item = (R, T)>,
+) -> Vec<(R, Vec<T>)> {
+    let mut groups: Vec<(R, Vec<T>)> = Vec::new();
     // The daemon clones one cached resource per device into all its spans: the identity of
     // the shared attribute table finds the group without hashing or comparing attributes.
-    let mut by_identity: HashMap<usize, usize> = HashMap::new();
+    let mut by_identity: hashbrown::HashMap<usize, usize> = hashbrown::HashMap::new();
     // Resources are not `Hash`; a fingerprint narrows the equality checks to (almost always)
     // one candidate, so grouping stays linear in the batch size with thousands of devices.
-    let mut by_fingerprint: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut by_fingerprint: hashbrown::HashMap<u64, Vec<usize>> = hashbrown::HashMap::new();
     for (resource, item) in items {
-        let identity = identity(&resource);
+        let identity = identity(resource.borrow());
         if let Some(&i) = identity.and_then(|id| by_identity.get(&id)) {
             groups[i].1.push(item);
             continue;
         }
-        let candidates = by_fingerprint.entry(fingerprint(&resource)).or_default();
-        let index = match candidates.iter().copied().find(|&i| groups[i].0 == resource) {
+        let candidates = by_fingerprint.entry(fingerprint(resource.borrow())).or_default();
+        let index = match candidates.iter().copied().find(|&i| groups[i].0.borrow() == resource.borrow()) {
             Some(i) => {
                 groups[i].1.push(item);
                 i
@@ -363,11 +365,12 @@ pub(crate) enum OtlpRequest {
 }
 
 impl OtlpRequest {
-    fn encode_to_vec(&self) -> Vec<u8> {
+    /// Appends the encoded request to `out`; `spans` encodes a batch of spans.
+    fn encode(&self, spans: &mut crate::otlp_encode::Encoder, out: &mut Vec<u8>) {
         match self {
-            OtlpRequest::Spans(records) => crate::otlp_encode::encode_request(records),
-            OtlpRequest::Traces(request) => request.encode_to_vec(),
-            OtlpRequest::Logs(request) => request.encode_to_vec(),
+            OtlpRequest::Spans(records) => spans.encode(records, out),
+            OtlpRequest::Traces(request) => request.encode_raw(out),
+            OtlpRequest::Logs(request) => request.encode_raw(out),
         }
     }
 }
@@ -430,14 +433,30 @@ impl OtlpSender {
 /// (XFL 4), unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
 
-/// `raw` as a gzip member (RFC 1952): the header, `raw` deflated by `encoder` (reset after, its
-/// tables kept), then the CRC-32 and length of `raw`.
-fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `raw` as a gzip member (RFC 1952): the header, `raw` deflated by `deflate` (reset first, its
+/// tables kept), then the CRC-32 and length of `raw`. The deflate stream is written straight
+/// into the body, with one reset per body.
+fn gzip(deflate: &mut flate2::Compress, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    deflate.reset();
     let mut out = Vec::with_capacity(raw.len() / 4 + GZIP_HEADER.len() + 8);
     out.extend_from_slice(&GZIP_HEADER);
-    encoder.reset(out)?;
-    encoder.write_all(raw)?;
-    let mut out = encoder.reset(Vec::new())?;
+    let mut consumed = 0;
+    let mut flush = flate2::FlushCompress::None;
+    loop {
+        let before = deflate.total_in();
+        let rest = raw.get(consumed..).unwrap_or_default();
+        let status = deflate.compress_vec(rest, &mut out, flush).map_err(std::io::Error::other)?;
+        consumed += usize::try_from(deflate.total_in() - before).unwrap_or(rest.len());
+        match status {
+            flate2::Status::StreamEnd => break,
+            // Everything is in: what deflate holds comes out with the end of the stream.
+            _ if consumed >= raw.len() => flush = flate2::FlushCompress::Finish,
+            _ => {}
+        }
+        if out.len() == out.capacity() || status == flate2::Status::BufError {
+            out.reserve(out.capacity().max(4096));
+        }
+    }
     let mut crc = flate2::Crc::new();
     crc.update(raw);
     out.extend_from_slice(&crc.sum().to_le_bytes());
@@ -446,14 +465,29 @@ fn gzip(encoder: &mut flate2::write::DeflateEncoder<Vec<u8>>, raw: &[u8]) -> std
     Ok(out)
 }
 
+/// What an HTTP sender keeps between requests, so that encoding a batch reuses the memory of
+/// the one before.
+#[derive(Default)]
+struct Kept {
+    /// The deflate state of the gzip bodies: made anew for each one, its few hundred KiB of
+    /// tables are allocated, cleared and freed at every batch.
+    deflate: Option<flate2::Compress>,
+    /// The span encoder's buffers.
+    spans: crate::otlp_encode::Encoder,
+    /// The uncompressed body of a gzip request.
+    raw: Vec<u8>,
+}
+
 /// OTLP/HTTP with protobuf bodies, optionally gzip-compressed.
 pub(crate) struct HttpSender {
     client: reqwest::Client,
     endpoint: String,
+    /// The endpoint parsed once rather than at every request; `None` when it does not parse,
+    /// and then each request fails as the client says.
+    url: Option<reqwest::Url>,
     gzip: bool,
-    /// The deflate state of the gzip bodies, kept between requests: made anew for each one, its
-    /// few hundred KiB of tables are allocated, cleared and freed at every batch.
-    deflate: std::sync::Mutex<Option<flate2::write::DeflateEncoder<Vec<u8>>>>,
+    /// What encoding keeps between requests (boxed: it is large, and used once per batch).
+    kept: std::sync::Mutex<Box<Kept>>,
     /// What the endpoint takes, and so how its answers read.
     signal: Signal,
 }
@@ -470,31 +504,37 @@ impl HttpSender {
             .connect_timeout(timeout)
             .build()
             .map_err(|source| OtlpError::HttpClient { endpoint: endpoint.to_owned(), source })?;
-        Ok(HttpSender { client, endpoint: endpoint.to_owned(), gzip, deflate: Default::default(), signal })
+        let url = reqwest::Url::parse(endpoint).ok();
+        Ok(HttpSender { client, endpoint: endpoint.to_owned(), url, gzip, kept: Default::default(), signal })
     }
 
     fn encode(&self, request: &OtlpRequest) -> Result<Bytes, OtlpError> {
-        let raw = request.encode_to_vec();
+        let mut kept = self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Kept { deflate, spans, raw } = &mut **kept;
         if !self.gzip {
-            return Ok(Bytes::from(raw));
+            let mut body = Vec::new();
+            request.encode(spans, &mut body);
+            return Ok(Bytes::from(body));
         }
-        let mut kept = self.deflate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let encoder = kept.get_or_insert_with(|| {
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast())
-        });
-        gzip(encoder, &raw)
+        raw.clear();
+        request.encode(spans, raw);
+        let encoder =
+            deflate.get_or_insert_with(|| flate2::Compress::new(flate2::Compression::fast(), false));
+        gzip(encoder, raw)
             .map(Bytes::from)
             .map_err(|source| OtlpError::Compress { endpoint: self.endpoint.clone(), source })
     }
 
     async fn send(&self, body: Bytes) -> Result<Accepted, OtlpError> {
-        let mut request = self
-            .client
-            .post(&self.endpoint)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-protobuf")
+        let request = match &self.url {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(&self.endpoint),
+        };
+        let mut request = request
+            .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"))
             .body(body);
         if self.gzip {
-            request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
+            request = request.header(reqwest::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let http_error = |source| OtlpError::Http { endpoint: self.endpoint.clone(), source };
         let response = request.send().await.map_err(http_error)?;
@@ -643,7 +683,10 @@ mod tests {
         reason = "tests"
     )]
 
-    use std::time::{Duration, SystemTime};
+    use std::{
+        io::Write as _,
+        time::{Duration, SystemTime},
+    };
 
     use opentelemetry::{
         InstrumentationScope, KeyValue,
@@ -655,10 +698,21 @@ mod tests {
 
     #[test]
     fn gzip_bodies_are_those_of_gz_encoder_and_decode_with_a_kept_encoder() {
-        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut encoder = flate2::Compress::new(flate2::Compression::fast(), false);
         for raw in [
             b"first body, first body, first body".to_vec(),
             (0..50_000u32).flat_map(u32::to_le_bytes).collect(),
+            Vec::new(),
+            // Incompressible: the body outgrows the room first reserved for it.
+            (1..=30_000u64)
+                .scan(0x9e37_79b9_7f4a_7c15u64, |x, _| {
+                    *x ^= *x << 13;
+                    *x ^= *x >> 7;
+                    *x ^= *x << 17;
+                    Some(*x)
+                })
+                .flat_map(u64::to_le_bytes)
+                .collect(),
         ] {
             let body = gzip(&mut encoder, &raw).unwrap();
             let mut reference = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -4,8 +4,10 @@
 //! (every id a `Vec`, every name and attribute key a `String`) only for prost to walk them once
 //! and free them. For an HTTP body the daemon writes the same bytes itself: each resource and
 //! scope once per request through its proto message, each span field by field with prost's
-//! encoding primitives, without intermediate structs. The bytes are those prost writes for
-//! `build_request`'s output (a unit test compares them).
+//! encoding primitives, without intermediate structs. Attribute lengths are worked out before
+//! they are written; a span's body is written once into a buffer of its resource and copied
+//! once into the request when the lengths of its scope and resource are known. The bytes are
+//! those prost writes for `build_request`'s output (a unit test compares them).
 
 use opentelemetry::{
     InstrumentationScope, Value,
@@ -62,83 +64,163 @@ mod field {
     pub const ANY_DOUBLE: u32 = 4;
 }
 
-/// Scratch buffers reused across the spans of one request, so that writing a span allocates
-/// nothing once they have grown.
+/// The buffers of an encoder, kept between requests, so that encoding allocates nothing per
+/// span once they have grown.
 #[derive(Default)]
-struct Scratch {
-    /// The span being written, before its length is known.
-    span: Vec<u8>,
-    /// One attribute value (an `AnyValue`), before its length is known.
-    value: Vec<u8>,
-    /// The spans of the scope being written.
-    scope: Vec<u8>,
-    /// The scopes of the resource being written.
-    resource: Vec<u8>,
+pub struct Encoder {
+    /// The spans of the resource being written, each a `Span` message's body, back to back:
+    /// a span's length is known only once it is written, and its enclosing messages' lengths
+    /// only once all of their spans are.
+    bodies: Vec<u8>,
+    /// Where each span of `bodies` ends.
+    ends: Vec<usize>,
 }
 
 /// The encoded `ExportTraceServiceRequest` of `records`: one `ResourceSpans` per distinct
 /// resource (in order of first appearance) and, inside it, one `ScopeSpans` per scope, as
 /// [`build_request`](crate::otlp::build_request) makes them.
 pub fn encode_request(records: &[SpanRecord]) -> Vec<u8> {
-    let groups =
-        crate::otlp::group_by_resource(records.iter().map(|record| (record.resource.clone(), &record.data)));
-    let mut out = Vec::with_capacity(records.len() * 320);
-    let mut scratch = Scratch::default();
-    for (resource, spans) in groups {
-        scratch.resource.clear();
-        // A process's spans share one scope: comparing with the few seen beats hashing.
-        let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
-        for span in spans {
-            let scope = &span.instrumentation_scope;
-            match scopes.iter_mut().find(|(s, _)| *s == scope) {
-                Some((_, list)) => list.push(span),
-                None => scopes.push((scope, vec![span])),
-            }
-        }
-        for (scope, spans) in scopes {
-            scratch.scope.clear();
-            let proto: ProtoScope = (scope, None).into();
-            prost::encoding::message::encode(field::SCOPE_SPANS_SCOPE, &proto, &mut scratch.scope);
-            for span in spans {
-                scratch.span.clear();
-                encode_span(span, &mut scratch.span, &mut scratch.value);
-                bytes_field(field::SCOPE_SPANS_SPANS, &scratch.span, &mut scratch.scope);
-            }
-            string_field(
-                field::SCOPE_SPANS_SCHEMA_URL,
-                scope.schema_url().unwrap_or_default(),
-                &mut scratch.scope,
-            );
-            bytes_field(field::RESOURCE_SPANS_SCOPE_SPANS, &scratch.scope, &mut scratch.resource);
-        }
-        let resource = ResourceAttributesWithSchema::from(&resource);
-        let mut head = Vec::new();
-        let proto = ProtoResource {
-            attributes: resource.attributes.0,
-            dropped_attributes_count: 0,
-            entity_refs: vec![],
-        };
-        prost::encoding::message::encode(field::RESOURCE_SPANS_RESOURCE, &proto, &mut head);
-        let schema_url = resource.schema_url.unwrap_or_default();
-        let schema_len = if schema_url.is_empty() {
-            0
-        } else {
-            key_len(field::RESOURCE_SPANS_SCHEMA_URL)
-                + encoded_len_varint(schema_url.len() as u64)
-                + schema_url.len()
-        };
-        let length = head.len() + scratch.resource.len() + schema_len;
-        encode_key(field::REQUEST_RESOURCE_SPANS, WireType::LengthDelimited, &mut out);
-        encode_varint(length as u64, &mut out);
-        out.extend_from_slice(&head);
-        out.extend_from_slice(&scratch.resource);
-        string_field(field::RESOURCE_SPANS_SCHEMA_URL, &schema_url, &mut out);
-    }
+    let mut out = Vec::new();
+    Encoder::default().encode(records, &mut out);
     out
 }
 
+impl Encoder {
+    /// Appends the encoded request of `records` to `out` (see [`encode_request`]).
+    pub fn encode(&mut self, records: &[SpanRecord], out: &mut Vec<u8>) {
+        let groups =
+            crate::otlp::group_by_resource(records.iter().map(|record| (&record.resource, &record.data)));
+        out.reserve(records.len() * 320);
+        for (resource, spans) in groups {
+            // A process's spans share one scope: comparing with the few seen beats hashing.
+            let mut scopes: Vec<(&InstrumentationScope, Vec<&SpanData>)> = Vec::new();
+            for span in spans {
+                let scope = &span.instrumentation_scope;
+                match scopes.iter_mut().find(|(s, _)| same_scope(s, scope)) {
+                    Some((_, list)) => list.push(span),
+                    None => scopes.push((scope, vec![span])),
+                }
+            }
+            self.bodies.clear();
+            self.ends.clear();
+            // The spans were made on another thread a while ago and are out of the cache: their
+            // attribute tables are fetched a few spans ahead, their texts one span ahead.
+            let mut tables = scopes.iter().flat_map(|(_, spans)| spans).skip(TABLES_AHEAD);
+            let mut texts = scopes.iter().flat_map(|(_, spans)| spans).skip(1);
+            for span in scopes.iter().flat_map(|(_, spans)| spans) {
+                if let Some(ahead) = tables.next() {
+                    prefetch_slice(&ahead.attributes);
+                }
+                if let Some(ahead) = texts.next() {
+                    prefetch_texts(ahead);
+                }
+                encode_span(span, &mut self.bodies);
+                self.ends.push(self.bodies.len());
+            }
+            // Each scope's message and length, then the resource's, before anything is written.
+            let mut written = Vec::with_capacity(scopes.len());
+            let mut ends = self.ends.iter();
+            let mut start = 0;
+            let mut scopes_len = 0;
+            for (scope, spans) in &scopes {
+                let mut head = Vec::new();
+                let proto: ProtoScope = (*scope, None).into();
+                prost::encoding::message::encode(field::SCOPE_SPANS_SCOPE, &proto, &mut head);
+                let schema_url = scope.schema_url().unwrap_or_default();
+                let mut len = head.len() + string_field_len(field::SCOPE_SPANS_SCHEMA_URL, schema_url);
+                for end in ends.by_ref().take(spans.len()) {
+                    len += bytes_field_len(field::SCOPE_SPANS_SPANS, end - start);
+                    start = *end;
+                }
+                scopes_len += bytes_field_len(field::RESOURCE_SPANS_SCOPE_SPANS, len);
+                written.push((head, len, schema_url, spans.len()));
+            }
+            let resource = ResourceAttributesWithSchema::from(resource);
+            let mut head = Vec::new();
+            let proto = ProtoResource {
+                attributes: resource.attributes.0,
+                dropped_attributes_count: 0,
+                entity_refs: vec![],
+            };
+            prost::encoding::message::encode(field::RESOURCE_SPANS_RESOURCE, &proto, &mut head);
+            let schema_url = resource.schema_url.unwrap_or_default();
+            let length =
+                head.len() + scopes_len + string_field_len(field::RESOURCE_SPANS_SCHEMA_URL, &schema_url);
+            encode_key(field::REQUEST_RESOURCE_SPANS, WireType::LengthDelimited, out);
+            encode_varint(length as u64, out);
+            out.extend_from_slice(&head);
+            let mut ends = self.ends.iter();
+            let mut start = 0;
+            for (head, len, schema_url, count) in written {
+                encode_key(field::RESOURCE_SPANS_SCOPE_SPANS, WireType::LengthDelimited, out);
+                encode_varint(len as u64, out);
+                out.extend_from_slice(&head);
+                for &end in ends.by_ref().take(count) {
+                    bytes_field(
+                        field::SCOPE_SPANS_SPANS,
+                        self.bodies.get(start..end).unwrap_or_default(),
+                        out,
+                    );
+                    start = end;
+                }
+                string_field(field::SCOPE_SPANS_SCHEMA_URL, schema_url, out);
+            }
+            string_field(field::RESOURCE_SPANS_SCHEMA_URL, &schema_url, out);
+        }
+    }
+}
+
+/// How many spans ahead of the one being written its attribute table is fetched.
+const TABLES_AHEAD: usize = 3;
+
+/// Asks the CPU to bring the memory of `items` into its cache.
+fn prefetch_slice<T>(items: &[T]) {
+    let bytes = size_of_val(items);
+    let start = items.as_ptr().cast::<u8>();
+    for offset in (0..bytes).step_by(64) {
+        prefetch(start.wrapping_add(offset));
+    }
+}
+
+/// Asks the CPU to bring the texts of a span's name and attribute values into its cache.
+fn prefetch_texts(span: &SpanData) {
+    prefetch(span.name.as_ptr());
+    for attribute in &span.attributes {
+        if let Value::String(text) = &attribute.value {
+            prefetch(text.as_str().as_ptr());
+        }
+    }
+}
+
+/// A hint to load the cache line of `address`; it reads nothing and cannot fault.
+fn prefetch(address: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch only hints the cache; any address is allowed, none is dereferenced.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+/// Whether two scopes are equal; the scopes of one process's spans are clones of one, whose
+/// texts share their (static) storage, so the addresses almost always decide.
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    let same = |x: Option<&str>, y: Option<&str>| match (x, y) {
+        (Some(x), Some(y)) => std::ptr::eq(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    (same(Some(a.name()), Some(b.name()))
+        && same(a.version(), b.version())
+        && same(a.schema_url(), b.schema_url())
+        && a.attributes().next().is_none()
+        && b.attributes().next().is_none())
+        || a == b
+}
+
 /// One span's fields, in field-number order as prost writes them; defaults left out.
-fn encode_span(span: &SpanData, out: &mut Vec<u8>, value: &mut Vec<u8>) {
+fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
     let context = &span.span_context;
     bytes_field(field::SPAN_TRACE_ID, &context.trace_id().to_bytes(), out);
     bytes_field(field::SPAN_SPAN_ID, &context.span_id().to_bytes(), out);
@@ -153,7 +235,7 @@ fn encode_span(span: &SpanData, out: &mut Vec<u8>, value: &mut Vec<u8>) {
     fixed64_field(field::SPAN_START, unix_nanos(span.start_time), out);
     fixed64_field(field::SPAN_END, unix_nanos(span.end_time), out);
     for attribute in &span.attributes {
-        encode_key_value(attribute.key.as_str(), &attribute.value, out, value);
+        encode_key_value(attribute.key.as_str(), &attribute.value, out);
     }
     varint_field(field::SPAN_DROPPED_ATTRIBUTES, u64::from(span.dropped_attributes_count), out);
     // Events and links are rare: they go through their proto messages.
@@ -182,11 +264,7 @@ fn encode_span(span: &SpanData, out: &mut Vec<u8>, value: &mut Vec<u8>) {
         Status::Error { description } => (StatusCode::Error, description.as_ref()),
     };
     let code = code as i32;
-    let message_len = if message.is_empty() {
-        0
-    } else {
-        key_len(field::STATUS_MESSAGE) + encoded_len_varint(message.len() as u64) + message.len()
-    };
+    let message_len = string_field_len(field::STATUS_MESSAGE, message);
     let code_len =
         if code == 0 { 0 } else { key_len(field::STATUS_CODE) + encoded_len_varint(i64::from(code) as u64) };
     encode_key(field::SPAN_STATUS, WireType::LengthDelimited, out);
@@ -203,42 +281,58 @@ fn encode_span(span: &SpanData, out: &mut Vec<u8>, value: &mut Vec<u8>) {
     }
 }
 
-/// One attribute as a `KeyValue` message (field 9 of a span).
-fn encode_key_value(key: &str, attribute: &Value, out: &mut Vec<u8>, value: &mut Vec<u8>) {
-    value.clear();
-    match attribute {
-        // Oneof members are written even when they hold their default.
-        Value::String(text) => {
-            encode_key(field::ANY_STRING, WireType::LengthDelimited, value);
-            encode_varint(text.as_str().len() as u64, value);
-            value.extend_from_slice(text.as_str().as_bytes());
-        }
-        Value::Bool(b) => {
-            encode_key(field::ANY_BOOL, WireType::Varint, value);
-            encode_varint(u64::from(*b), value);
-        }
-        Value::I64(i) => {
-            encode_key(field::ANY_INT, WireType::Varint, value);
-            encode_varint(*i as u64, value);
-        }
-        Value::F64(f) => {
-            encode_key(field::ANY_DOUBLE, WireType::SixtyFourBit, value);
-            value.extend_from_slice(&f.to_le_bytes());
-        }
-        // Arrays (and kinds added later) are rare: their proto message is written.
-        other => AnyValue::from(other.clone()).encode_raw(value),
-    }
-    let key_field = if key.is_empty() {
-        0
-    } else {
-        key_len(field::KEY_VALUE_KEY) + encoded_len_varint(key.len() as u64) + key.len()
+/// One attribute as a `KeyValue` message (field 9 of a span), its lengths worked out first so
+/// that every byte is written once.
+fn encode_key_value(key: &str, attribute: &Value, out: &mut Vec<u8>) {
+    // Arrays (and kinds added later) are rare: their proto message is written.
+    let rare = match attribute {
+        Value::String(_) | Value::Bool(_) | Value::I64(_) | Value::F64(_) => None,
+        other => Some(AnyValue::from(other.clone())),
     };
-    let value_field = key_len(field::KEY_VALUE_VALUE) + encoded_len_varint(value.len() as u64) + value.len();
-    encode_key(field::SPAN_ATTRIBUTES, WireType::LengthDelimited, out);
-    encode_varint((key_field + value_field) as u64, out);
-    string_field(field::KEY_VALUE_KEY, key, out);
+    // Oneof members are written even when they hold their default.
+    let value_len = match (attribute, &rare) {
+        (_, Some(proto)) => proto.encoded_len(),
+        (Value::String(text), None) => bytes_field_len(field::ANY_STRING, text.as_str().len()),
+        (Value::Bool(_), None) => key_len(field::ANY_BOOL) + 1,
+        (Value::I64(i), None) => key_len(field::ANY_INT) + encoded_len_varint(*i as u64),
+        (_, None) => key_len(field::ANY_DOUBLE) + 8,
+    };
     // The value is always present (the conversion makes `Some`), so written even when empty.
-    bytes_field(field::KEY_VALUE_VALUE, value, out);
+    let len =
+        string_field_len(field::KEY_VALUE_KEY, key) + bytes_field_len(field::KEY_VALUE_VALUE, value_len);
+    encode_key(field::SPAN_ATTRIBUTES, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
+    string_field(field::KEY_VALUE_KEY, key, out);
+    encode_key(field::KEY_VALUE_VALUE, WireType::LengthDelimited, out);
+    encode_varint(value_len as u64, out);
+    match (attribute, rare) {
+        (_, Some(proto)) => proto.encode_raw(out),
+        (Value::String(text), None) => bytes_field(field::ANY_STRING, text.as_str().as_bytes(), out),
+        (Value::Bool(b), None) => {
+            encode_key(field::ANY_BOOL, WireType::Varint, out);
+            encode_varint(u64::from(*b), out);
+        }
+        (Value::I64(i), None) => {
+            encode_key(field::ANY_INT, WireType::Varint, out);
+            encode_varint(*i as u64, out);
+        }
+        (Value::F64(f), None) => {
+            encode_key(field::ANY_DOUBLE, WireType::SixtyFourBit, out);
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        // Written above.
+        _ => {}
+    }
+}
+
+/// The length of a length-delimited field of `len` bytes, written even when empty.
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// The length of a proto3 string field: nothing when empty.
+fn string_field_len(tag: u32, text: &str) -> usize {
+    if text.is_empty() { 0 } else { bytes_field_len(tag, text.len()) }
 }
 
 /// The length of a field's key.

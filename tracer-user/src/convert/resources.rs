@@ -1,5 +1,7 @@
 //! OpenTelemetry resources and scopes of traced processes and devices, as cppTango builds them.
 
+use std::borrow::Cow;
+
 use hashbrown::HashMap;
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
@@ -131,6 +133,31 @@ impl Resources {
 
 /// The instrumentation scope of spans of a process: cppTango's, versioned by its libtango.
 pub fn scope_for(process: Option<&ProcessInfo>) -> InstrumentationScope {
-    let version = process.and_then(|p| p.tango_version()).unwrap_or("unknown").to_string();
-    InstrumentationScope::builder(SCOPE_NAME).with_version(version).build()
+    let version = process.and_then(|p| p.tango_version()).unwrap_or("unknown");
+    InstrumentationScope::builder(SCOPE_NAME).with_version(interned_version(version)).build()
+}
+
+/// Most distinct libtango versions whose text is kept for the daemon's life.
+const MAX_INTERNED_VERSIONS: usize = 32;
+
+thread_local! {
+    /// The libtango versions seen: a host has a handful, and every span carries one.
+    static VERSIONS: std::cell::RefCell<Vec<&'static str>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `version` in storage that lives as long as the daemon, so that the scope of every span
+/// borrows it rather than copying it (an allocation per span, freed by the exporter); past
+/// [`MAX_INTERNED_VERSIONS`] a copy.
+fn interned_version(version: &str) -> Cow<'static, str> {
+    VERSIONS.with_borrow_mut(|versions| {
+        if let Some(kept) = versions.iter().find(|kept| **kept == version) {
+            return Cow::Borrowed(*kept);
+        }
+        if versions.len() >= MAX_INTERNED_VERSIONS {
+            return Cow::Owned(version.to_owned());
+        }
+        let kept: &'static str = Box::leak(version.into());
+        versions.push(kept);
+        Cow::Borrowed(kept)
+    })
 }
