@@ -395,7 +395,7 @@ impl SpanMetrics {
 /// The method a span's name ends with: `Tango::Device_5Impl::read_attributes_5` →
 /// `read_attributes_5`, `Tango::DeviceProxy::read_attribute` → `read_attribute`.
 fn method(name: &str) -> &str {
-    name.rsplit("::").next().unwrap_or(name)
+    crate::live::short_operation(name)
 }
 
 fn string_attribute<'a>(span: &'a AssembledSpan, key: &str) -> Option<&'a str> {
