@@ -221,7 +221,7 @@ impl Pipeline {
     /// Routes every span `pid` left, ready or not, to the next release.
     fn route_process(&mut self, pid: u32, processes: &Processes) {
         let now = Instant::now();
-        self.collect_finished(processes, now, false);
+        self.collect_finished(processes, now, None);
         let mut ready = std::mem::take(&mut self.ready);
         for (since, span) in std::mem::take(&mut self.waiting) {
             if span.pid == pid {
@@ -318,8 +318,9 @@ impl Pipeline {
                 linker.expire(now);
             }
         }
-        self.collect_finished(processes, now, true);
+        // Spans routed earlier (a process's exit) go first, then this release's.
         out.append(&mut self.ready);
+        self.collect_finished(processes, now, Some(out));
         let mut unknown_hosts = Vec::new();
         for (since, span) in &self.waiting {
             let opaque_unknown = span.device_key.as_deref().is_some_and(|k| {
@@ -384,7 +385,7 @@ impl Pipeline {
         let start = out.len();
         // Observations first: renamed server spans, device names and classes.
         let now = Instant::now();
-        self.collect_finished(processes, now, false);
+        self.collect_finished(processes, now, None);
         let mut unknown_hosts = Vec::new();
         while let Some(waiting) = self.logs.next_waiting() {
             let waited = now.saturating_duration_since(waiting.since);
@@ -469,11 +470,11 @@ impl Pipeline {
         self.sample_logs(out, start);
     }
 
-    /// Moves what the stages finished to `waiting`; the oldest waiting span goes to `ready`
-    /// when too many wait. With `route_ready` (a release), spans that need not wait are routed
-    /// to `ready` at once while nothing waits: the order is the one `waiting` would give, and
-    /// a span is not moved through the queue for nothing.
-    fn collect_finished(&mut self, processes: &Processes, now: Instant, route_ready: bool) {
+    /// Moves what the stages finished to `waiting`; the oldest waiting span is routed when too
+    /// many wait, to `release` in a release, else to `ready`. In a release, spans that need not
+    /// wait are routed at once while nothing waits: the order is the one `waiting` would give,
+    /// and a span is not moved through the queue for nothing.
+    fn collect_finished(&mut self, processes: &Processes, now: Instant, release: Option<&mut Vec<Routed>>) {
         for observation in self.assembler.drain_observations() {
             self.on_observation(observation, processes);
         }
@@ -485,6 +486,8 @@ impl Pipeline {
         }
         self.finished.append(&mut user_code);
         let mut ready = std::mem::take(&mut self.ready);
+        let route_ready = release.is_some();
+        let out = release.unwrap_or(&mut ready);
         let mut finished = std::mem::take(&mut self.finished);
         for mut span in finished.drain(..) {
             span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
@@ -492,14 +495,14 @@ impl Pipeline {
                 continue;
             }
             if route_ready && self.waiting.is_empty() && self.may_go(&span) {
-                self.route(span, processes, &mut ready, now);
+                self.route(span, processes, out, now);
                 continue;
             }
             if self.waiting.len() >= MAX_WAITING
                 && let Some((_, oldest)) = self.waiting.pop_front()
             {
                 self.stats.waiting_overflow += 1;
-                self.route(oldest, processes, &mut ready, now);
+                self.route(oldest, processes, out, now);
             }
             self.waiting.push_back((now, span));
         }
