@@ -297,7 +297,7 @@ impl LiveView {
     }
 
     fn observe_process(&mut self, span: &AssembledSpan, second: u64, error: bool) {
-        if !self.processes.contains_key(&span.pid) && self.processes.len() >= MAX_PROCESSES {
+        if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&span.pid) {
             self.prune(second);
             if self.processes.len() >= MAX_PROCESSES {
                 self.processes_refused += 1;
