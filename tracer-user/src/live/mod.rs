@@ -189,7 +189,17 @@ fn int_attribute(span: &AssembledSpan, key: &str) -> Option<i64> {
 
 /// The method a span is named after (`Tango::Device_6Impl::read_attributes_5` → `read_attributes_5`).
 pub fn short_operation(name: &str) -> &str {
-    name.rsplit("::").next().unwrap_or(name)
+    // The last "::" found by a byte scan from the end: a substring search costs more than
+    // these few bytes (it runs once per span). The byte after a ':' is a char boundary.
+    let bytes = name.as_bytes();
+    let mut i = bytes.len();
+    while i >= 2 {
+        if bytes.get(i - 1) == Some(&b':') && bytes.get(i - 2) == Some(&b':') {
+            return name.get(i..).unwrap_or(name);
+        }
+        i -= 1;
+    }
+    name
 }
 
 /// The hash of a row's key, seeded per process (the key comes from the wire). Foldhash: one
@@ -287,7 +297,7 @@ impl LiveView {
     }
 
     fn observe_process(&mut self, span: &AssembledSpan, second: u64, error: bool) {
-        if !self.processes.contains_key(&span.pid) && self.processes.len() >= MAX_PROCESSES {
+        if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&span.pid) {
             self.prune(second);
             if self.processes.len() >= MAX_PROCESSES {
                 self.processes_refused += 1;
@@ -645,6 +655,25 @@ mod tests {
         let later = view.snapshot(t0 + Duration::from_secs(20), |_| None, |_| None);
         assert!(later.rows.is_empty() && later.processes.is_empty());
         assert!(view.rows.is_empty() && view.index.is_empty() && view.processes.is_empty());
+    }
+
+    #[test]
+    fn short_operation_is_what_follows_the_last_double_colon() {
+        for name in [
+            "Tango::Device_6Impl::read_attributes_5",
+            "read_attribute",
+            "",
+            ":",
+            "::",
+            ":::",
+            "a::",
+            "::b",
+            "a:::b",
+            "a::b:c",
+            "Ä::ö::ü",
+        ] {
+            assert_eq!(short_operation(name), name.rsplit("::").next().unwrap_or(name), "{name:?}");
+        }
     }
 
     #[test]

@@ -177,6 +177,25 @@ impl Interner {
     fn name(&self, id: u32) -> Arc<str> {
         self.names.get(id as usize).cloned().unwrap_or_else(|| Arc::from(""))
     }
+
+    /// The string of `id` (empty when there is none).
+    fn text(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |name| name)
+    }
+}
+
+/// The hash of one series' labels, as strings: a span finds its series by its labels without
+/// interning them first.
+fn labels_hash(
+    seed: &hashbrown::DefaultHashBuilder,
+    instrument: Instrument,
+    device: &str,
+    operation: &str,
+    argument: &str,
+    outcome: Outcome,
+) -> u64 {
+    use std::hash::BuildHasher as _;
+    seed.hash_one((instrument, device, operation, argument, outcome))
 }
 
 /// One series of a snapshot.
@@ -223,7 +242,11 @@ pub struct SpanMetrics {
     max_series: usize,
     start: SystemTime,
     strings: Interner,
-    index: HashMap<SeriesKey, usize>,
+    /// Index in `series` by the hash of the label strings ([`labels_hash`]): one hash and one
+    /// comparison per span.
+    index: hashbrown::HashTable<usize>,
+    /// The seed of those hashes (labels come from the wire).
+    seed: hashbrown::DefaultHashBuilder,
     series: Vec<(SeriesKey, Histogram)>,
     /// The overflow series, per instrument.
     overflow: [Histogram; 4],
@@ -244,7 +267,8 @@ impl SpanMetrics {
             max_series,
             start: SystemTime::now(),
             strings,
-            index: HashMap::new(),
+            index: hashbrown::HashTable::new(),
+            seed: hashbrown::DefaultHashBuilder::default(),
             series: Vec::new(),
             overflow: Default::default(),
             folded: 0,
@@ -295,6 +319,20 @@ impl SpanMetrics {
         outcome: Outcome,
         seconds: f64,
     ) {
+        let hash = labels_hash(&self.seed, instrument, device, operation, argument, outcome);
+        let Self { index, series, strings, .. } = self;
+        let is_series = |key: &SeriesKey| {
+            key.instrument == instrument
+                && key.outcome == outcome
+                && strings.text(key.device) == device
+                && strings.text(key.operation) == operation
+                && strings.text(key.argument) == argument
+        };
+        let found = index.find(hash, |&i| series.get(i).is_some_and(|(key, _)| is_series(key))).copied();
+        if let Some((_, histogram)) = found.and_then(|i| series.get_mut(i)) {
+            histogram.record(seconds);
+            return;
+        }
         let cap = self.max_series.saturating_mul(3).saturating_add(1);
         let key = (|| {
             Some(SeriesKey {
@@ -305,17 +343,22 @@ impl SpanMetrics {
                 outcome,
             })
         })();
+        // A new series, when there is room (its labels were not found above).
+        let Self { index, series, strings, seed, .. } = self;
         let slot = match key {
-            Some(key) => match self.index.get(&key) {
-                Some(&i) => self.series.get_mut(i).map(|(_, h)| h),
-                None if self.series.len() < self.max_series => {
-                    self.index.insert(key, self.series.len());
-                    self.series.push((key, Histogram::default()));
-                    self.series.last_mut().map(|(_, h)| h)
-                }
-                None => None,
-            },
-            None => None,
+            Some(key) if series.len() < self.max_series => {
+                let rehash = |&i: &usize| {
+                    series.get(i).map_or(0, |(k, _)| {
+                        let (device, operation, argument) =
+                            (strings.text(k.device), strings.text(k.operation), strings.text(k.argument));
+                        labels_hash(seed, k.instrument, device, operation, argument, k.outcome)
+                    })
+                };
+                index.insert_unique(hash, series.len(), rehash);
+                series.push((key, Histogram::default()));
+                series.last_mut().map(|(_, h)| h)
+            }
+            _ => None,
         };
         match slot {
             Some(histogram) => histogram.record(seconds),
@@ -395,7 +438,7 @@ impl SpanMetrics {
 /// The method a span's name ends with: `Tango::Device_5Impl::read_attributes_5` →
 /// `read_attributes_5`, `Tango::DeviceProxy::read_attribute` → `read_attribute`.
 fn method(name: &str) -> &str {
-    name.rsplit("::").next().unwrap_or(name)
+    crate::live::short_operation(name)
 }
 
 fn string_attribute<'a>(span: &'a AssembledSpan, key: &str) -> Option<&'a str> {

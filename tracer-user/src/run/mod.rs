@@ -306,6 +306,13 @@ pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Res
                 daemon.release(false);
             }
             Some(pending) = ctl_rx.recv() => {
+                // What the probes saw before the command is routed under the configuration it
+                // met: data records do not wake the daemon, so they are collected first.
+                if daemon.drain_ring(ring.get_mut()) > 0 && ring_idle {
+                    ring_idle = false;
+                    drain.reset();
+                }
+                daemon.release(false);
                 let answer = daemon.on_ctl(pending.request);
                 let _ = pending.reply.send(answer);
                 daemon.release(false);

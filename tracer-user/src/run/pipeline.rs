@@ -220,11 +220,12 @@ impl Pipeline {
 
     /// Routes every span `pid` left, ready or not, to the next release.
     fn route_process(&mut self, pid: u32, processes: &Processes) {
-        self.collect_finished(processes);
+        let now = Instant::now();
+        self.collect_finished(processes, now, None);
         let mut ready = std::mem::take(&mut self.ready);
         for (since, span) in std::mem::take(&mut self.waiting) {
             if span.pid == pid {
-                self.route(span, processes, &mut ready);
+                self.route(span, processes, &mut ready, now);
             } else {
                 self.waiting.push_back((since, span));
             }
@@ -307,23 +308,24 @@ impl Pipeline {
     /// `force`.
     pub fn release(&mut self, processes: &Processes, force: bool, out: &mut Vec<Routed>) {
         let start = out.len();
+        // One clock read for the whole release: its spans are routed within microseconds.
+        let now = Instant::now();
         self.note_crossings();
         if let Some(linker) = self.linker.as_mut() {
-            let now = Instant::now();
             if force {
                 linker.settle_all(now);
             } else {
                 linker.expire(now);
             }
         }
-        self.collect_finished(processes);
+        // Spans routed earlier (a process's exit) go first, then this release's.
         out.append(&mut self.ready);
+        self.collect_finished(processes, now, Some(out));
         let mut unknown_hosts = Vec::new();
         for (since, span) in &self.waiting {
-            let opaque_unknown = span
-                .device_key
-                .as_deref()
-                .is_some_and(|k| !self.devices.has_name(k) && since.elapsed() >= IMPORT_AFTER);
+            let opaque_unknown = span.device_key.as_deref().is_some_and(|k| {
+                !self.devices.has_name(k) && now.saturating_duration_since(*since) >= IMPORT_AFTER
+            });
             if opaque_unknown && let Some(host) = processes.info(span.pid).and_then(|p| p.tango_host()) {
                 unknown_hosts.push(host);
             }
@@ -334,11 +336,9 @@ impl Pipeline {
         // Rotated in place (not taken) so the queue keeps its capacity between releases.
         for _ in 0..self.waiting.len() {
             let Some((since, span)) = self.waiting.pop_front() else { break };
-            let known = span.device_key.as_deref().is_none_or(|key| self.devices.is_known(key));
-            // A span of a request from another host waits (boundedly) for its trace to be known.
-            let held = self.linker.as_ref().is_some_and(|l| l.holds(span.context.trace_id));
-            if force || (!held && (known || since.elapsed() >= DEVICE_FACTS_WAIT)) {
-                self.route(span, processes, out);
+            let waited_enough = now.saturating_duration_since(since) >= DEVICE_FACTS_WAIT;
+            if force || self.may_go(&span) || (waited_enough && !self.is_held(&span)) {
+                self.route(span, processes, out, now);
             } else {
                 self.waiting.push_back((since, span));
             }
@@ -384,8 +384,8 @@ impl Pipeline {
     pub fn release_logs(&mut self, processes: &Processes, force: bool, out: &mut Vec<RoutedLog>) {
         let start = out.len();
         // Observations first: renamed server spans, device names and classes.
-        self.collect_finished(processes);
         let now = Instant::now();
+        self.collect_finished(processes, now, None);
         let mut unknown_hosts = Vec::new();
         while let Some(waiting) = self.logs.next_waiting() {
             let waited = now.saturating_duration_since(waiting.since);
@@ -470,13 +470,14 @@ impl Pipeline {
         self.sample_logs(out, start);
     }
 
-    /// Moves what the stages finished to `waiting`; the oldest waiting span goes to `ready`
-    /// when too many wait.
-    fn collect_finished(&mut self, processes: &Processes) {
+    /// Moves what the stages finished to `waiting`; the oldest waiting span is routed when too
+    /// many wait, to `release` in a release, else to `ready`. In a release, spans that need not
+    /// wait are routed at once while nothing waits: the order is the one `waiting` would give,
+    /// and a span is not moved through the queue for nothing.
+    fn collect_finished(&mut self, processes: &Processes, now: Instant, release: Option<&mut Vec<Routed>>) {
         for observation in self.assembler.drain_observations() {
             self.on_observation(observation, processes);
         }
-        let now = Instant::now();
         self.assembler.drain_into(&mut self.finished);
         // The user code of a request follows its SERVER span, whatever its operation class.
         let mut user_code = Vec::new();
@@ -485,17 +486,23 @@ impl Pipeline {
         }
         self.finished.append(&mut user_code);
         let mut ready = std::mem::take(&mut self.ready);
+        let route_ready = release.is_some();
+        let out = release.unwrap_or(&mut ready);
         let mut finished = std::mem::take(&mut self.finished);
         for mut span in finished.drain(..) {
             span.device_key = span.device_key.map(|key| self.devices.served_key(span.pid, key));
             if span.operation == OperationClass::Internal {
                 continue;
             }
+            if route_ready && self.waiting.is_empty() && self.may_go(&span) {
+                self.route(span, processes, out, now);
+                continue;
+            }
             if self.waiting.len() >= MAX_WAITING
                 && let Some((_, oldest)) = self.waiting.pop_front()
             {
                 self.stats.waiting_overflow += 1;
-                self.route(oldest, processes, &mut ready);
+                self.route(oldest, processes, out, now);
             }
             self.waiting.push_back((now, span));
         }
@@ -719,11 +726,12 @@ impl Pipeline {
     }
 
     /// Where a span goes, by the configuration of its device (or process), and its export form.
-    fn route(&mut self, mut span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>) {
+    /// `now` is the time of the release routing it.
+    fn route(&mut self, mut span: AssembledSpan, processes: &Processes, out: &mut Vec<Routed>, now: Instant) {
         if let Some(linker) = self.linker.as_mut() {
-            linker.rewrite(&mut span, Instant::now());
+            linker.rewrite(&mut span, now);
         }
-        self.live.observe(&span, Instant::now());
+        self.live.observe(&span, now);
         // Borrowed from the registry: the span's export form copies what it keeps.
         let devices = &self.devices;
         let device = span.device_key.as_deref().and_then(|k| devices.name_ref(k));
@@ -754,6 +762,18 @@ impl Pipeline {
             Routing::Native => self.stats.native += 1,
             Routing::Export(_) | Routing::Drop => self.stats.not_wanted += 1,
         }
+    }
+
+    /// Whether `span` needs to wait no longer: its device's facts are known and no other host's
+    /// daemon is awaited.
+    fn may_go(&self, span: &AssembledSpan) -> bool {
+        let known = span.device_key.as_deref().is_none_or(|key| self.devices.is_known(key));
+        known && !self.is_held(span)
+    }
+
+    /// A span of a request from another host waits (boundedly) for its trace to be known.
+    fn is_held(&self, span: &AssembledSpan) -> bool {
+        self.linker.as_ref().is_some_and(|l| l.holds(span.context.trace_id))
     }
 
     /// Whether a server-side connection's client is one of the daemon's database connections.
