@@ -28,8 +28,6 @@ use crate::{
 
 /// The daemon's default capture length (`--capture-bytes`).
 pub const CAPTURE_BYTES: usize = 2048;
-/// The exporter's default batch size (`ExportConfig::max_batch`).
-const MAX_BATCH: usize = 512;
 
 /// Reads a session file: one [`Record`] per line, as `--record` writes them.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Record<'static>>> {
@@ -199,6 +197,8 @@ fn run_pass(replayer: &mut Replayer, records: &[Record], otlp: bool, total: &mut
     this.records = records.len() as u64;
     this.messages = messages - messages_before;
     this.spans = spans - spans_before;
+    // Batches as large as the exporter's.
+    let max_batch = tracer_export::ExportConfig::default().max_batch;
     let mut batch = Vec::new();
     for Routed { record, .. } in replayer.routed.drain(..) {
         this.exported_spans += 1;
@@ -207,7 +207,7 @@ fn run_pass(replayer: &mut Replayer, records: &[Record], otlp: bool, total: &mut
         }
         if otlp {
             batch.push(record);
-            if batch.len() == MAX_BATCH {
+            if batch.len() == max_batch {
                 send(std::mem::take(&mut batch), &mut this);
             }
         }

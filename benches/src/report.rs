@@ -624,7 +624,7 @@ fn write_round_trips(md: &mut String, rt: &RoundTrips) -> std::fmt::Result {
          tango-tracer. They use the same server process as the traced runs, so untraced and \
          traced differ only by the daemon.\n\
          - **Traced** runs have the daemon running with `--select-env` matching the server and the \
-         client, exporting OTLP/HTTP (protobuf, gzip, batches of up to 512 spans, every second) \
+         client, exporting OTLP/HTTP (protobuf, gzip, batches of up to 2,048 spans, every second) \
          to a real OTLP receiver on the same machine, with the RED metrics off \
          (`OTEL_METRICS_EXPORTER=none`): spans only.\n\
          - **Traced + RED metrics**: the same with the metrics on, as the OTLP environment turns \
@@ -856,7 +856,7 @@ fn write_assembly(md: &mut String, assembly: &Assembly) -> std::fmt::Result {
             md,
             "The second row also groups the pipeline's export records by resource and builds, \
              encodes and gzip-compresses OTLP requests \
-             of up to 512 spans, as the daemon and its OTLP/HTTP exporter do; only the network is \
+             of up to 2,048 spans, as the daemon and its OTLP/HTTP exporter do; only the network is \
              left out. It exports {:.0}% of the assembled spans (the rest are operations native \
              telemetry does not trace either) in requests of {:.0} compressed bytes per span.",
             100.0 * otlp.exported_spans as f64 / otlp.spans.max(1) as f64,
