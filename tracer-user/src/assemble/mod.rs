@@ -136,8 +136,9 @@ struct Seen<'a> {
 }
 
 /// Pending calls by (pid, fd, request id); keys are small integers, hashed by FxHash (SipHash
-/// was a tenth of the per-record path).
-type Calls = rustc_hash::FxHashMap<(u32, i32, u32), PendingCall>;
+/// was a tenth of the per-record path). Boxed: a call is a few hundred bytes, moved into and out
+/// of the table and through the finishing steps as a pointer.
+type Calls = rustc_hash::FxHashMap<(u32, i32, u32), Box<PendingCall>>;
 
 /// Turns GIOP messages into spans and observations. Its state is per connection (freed at
 /// close), per call (freed at reply, close, exit or expiry) and per process (freed at exit).
@@ -445,7 +446,7 @@ impl Assembler {
                 None => self.linking.offer_client(bytes, ts_ns, context),
             }
         }
-        let call = PendingCall {
+        let call = Box::new(PendingCall {
             fd,
             tid,
             start_ns: ts_ns,
@@ -461,7 +462,7 @@ impl Assembler {
             reply_attributes: Vec::new(),
             loss_deadline: None,
             link,
-        };
+        });
         let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
         if !response_expected {
             self.finish_call(pid, SpanKind::Client, call, end, ReplyStatus::NoException, no_body());
@@ -515,7 +516,7 @@ impl Assembler {
             span_id: self.ids.new_span_id(),
         };
         let object_key = self.connections.object_key(pid, fd, object_key);
-        let call = PendingCall {
+        let call = Box::new(PendingCall {
             fd,
             tid,
             start_ns: ts_ns,
@@ -531,7 +532,7 @@ impl Assembler {
             reply_attributes: Vec::new(),
             loss_deadline: None,
             link,
-        };
+        });
         let end = Ended { request_id, ts_ns, peer: Peer::Unknown };
         if !response_expected {
             self.finish_call(pid, SpanKind::Server, call, end, ReplyStatus::NoException, no_body());
@@ -576,7 +577,7 @@ impl Assembler {
         &mut self,
         pid: u32,
         kind: SpanKind,
-        mut call: PendingCall,
+        mut call: Box<PendingCall>,
         end: Ended,
         status: ReplyStatus,
         body: CdrReader<'_>,
@@ -696,7 +697,14 @@ impl Assembler {
     }
 
     /// Ends a call whose reply was not seen: what is known, no invented duration, not an error.
-    fn end_incomplete(&mut self, pid: u32, kind: SpanKind, call: PendingCall, end: Ended, why: Incomplete) {
+    fn end_incomplete(
+        &mut self,
+        pid: u32,
+        kind: SpanKind,
+        call: Box<PendingCall>,
+        end: Ended,
+        why: Incomplete,
+    ) {
         if kind == SpanKind::Client {
             let thread = (pid, call.tid);
             let ended = CallEnd::Incomplete(why);
@@ -733,7 +741,7 @@ impl Assembler {
         &mut self,
         pid: u32,
         kind: SpanKind,
-        mut call: PendingCall,
+        mut call: Box<PendingCall>,
         end_ns: u64,
         exception: Option<ExceptionEvent>,
         incomplete: Option<Incomplete>,
