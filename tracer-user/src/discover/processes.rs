@@ -20,6 +20,8 @@ use crate::{
 
 /// Most processes traced at once; beyond, new ones are refused and counted.
 const MAX_PROCESSES: usize = tracer_common::MAX_TARGETS as usize;
+/// Most connections whose peer is kept at once; beyond, new ones are refused and counted.
+const MAX_CONNECTION_PEERS: usize = 65_536;
 
 struct TracedProcess {
     info: ProcessInfo,
@@ -35,13 +37,22 @@ pub struct Processes {
     table: HashMap<u32, TracedProcess>,
     /// Builds what is known about a process, and counts what could not be read.
     facts: FactReader,
+    /// Peers of connections whose records carry none (the syscall probes have no socket), by
+    /// (pid, fd): read from `/proc` once per connection, freed when it closes or its process exits.
+    connection_peers: HashMap<(u32, i32), Peer>,
     refused_full: u64,
 }
 
 impl Processes {
     pub fn new(proc_root: Option<PathBuf>) -> Self {
         let facts = FactReader::new(proc_root.as_deref());
-        Processes { proc_root, table: HashMap::new(), facts, refused_full: 0 }
+        Processes {
+            proc_root,
+            table: HashMap::new(),
+            facts,
+            connection_peers: HashMap::new(),
+            refused_full: 0,
+        }
     }
 
     /// What a process the kernel has just made a target is: the kernel's copy first (a forked
@@ -110,6 +121,7 @@ impl Processes {
             process.exited_at = Some(Instant::now());
             self.facts.process_ended(&process.info);
         }
+        self.connection_peers.retain(|&(p, _), _| p != pid);
     }
 
     /// Forgets processes that exited more than `keep` ago and returns their pids.
@@ -123,6 +135,9 @@ impl Processes {
         for pid in &gone {
             self.table.remove(pid);
         }
+        if !gone.is_empty() {
+            self.connection_peers.retain(|(pid, _), _| !gone.contains(pid));
+        }
         gone
     }
 
@@ -135,6 +150,31 @@ impl Processes {
             Peer::Unknown | Peer::Other(_) => None,
         };
         from_kernel.or_else(|| sockets::peer_location(self.proc_root.as_deref()?, pid, fd))
+    }
+
+    /// The peer of socket `fd` of a running process whose records carry none: read from `/proc`
+    /// on the connection's first such record, then kept until [`Processes::connection_closed`].
+    pub fn connection_peer(&mut self, pid: u32, fd: i32) -> Peer {
+        if let Some(peer) = self.connection_peers.get(&(pid, fd)) {
+            return *peer;
+        }
+        let Some(proc_root) = self.proc_root.as_deref() else {
+            return Peer::Unknown;
+        };
+        if !self.is_running(pid) {
+            return Peer::Unknown;
+        }
+        // Kept even when unknown: `/proc` is read once per connection, not once per record.
+        let peer = sockets::peer(proc_root, pid, fd);
+        if has_room(self.connection_peers.len(), MAX_CONNECTION_PEERS, &mut self.refused_full) {
+            self.connection_peers.insert((pid, fd), peer);
+        }
+        peer
+    }
+
+    /// Socket `fd` of `pid` closed: its fd number may name another connection next.
+    pub fn connection_closed(&mut self, pid: u32, fd: i32) {
+        self.connection_peers.remove(&(pid, fd));
     }
 
     /// The Unix-socket address of a server (the same for all its Unix connections).
@@ -153,5 +193,60 @@ impl Processes {
             out.loss("discover", cause, total);
         }
         out.size("discover", "process_entries", self.table.len());
+        out.size("discover", "connection_peer_entries", self.connection_peers.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+    use std::{fs, net::Ipv4Addr, path::PathBuf};
+
+    use super::*;
+
+    const PID: u32 = 4242;
+    /// A row of `/proc/net/tcp`: 127.0.0.1:45000 connected to 127.0.0.1:58490, inode 123456.
+    const TCP_TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:AFC8 0100007F:E47A 01 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 20 4 30 10 -1\n";
+    const UNIX_TABLE: &str = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 777\n";
+
+    /// A `/proc` with one process: fd 7 a TCP socket, fd 8 a Unix socket, fd 9 a file.
+    fn proc_root(test: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("tango-tracer-processes-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let dir = root.join(PID.to_string());
+        fs::create_dir_all(dir.join("fd")).unwrap();
+        fs::create_dir_all(dir.join("net")).unwrap();
+        std::os::unix::fs::symlink("socket:[123456]", dir.join("fd/7")).unwrap();
+        std::os::unix::fs::symlink("socket:[777]", dir.join("fd/8")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", dir.join("fd/9")).unwrap();
+        fs::write(dir.join("net/tcp"), TCP_TABLE).unwrap();
+        fs::write(dir.join("net/tcp6"), "").unwrap();
+        fs::write(dir.join("net/unix"), UNIX_TABLE).unwrap();
+        root
+    }
+
+    #[test]
+    fn a_connection_peer_is_read_from_proc_once_and_forgotten_at_close_and_exit() {
+        let root = proc_root("peer");
+        let mut processes = Processes::new(Some(root.clone()));
+        assert_eq!(processes.connection_peer(PID, 7), Peer::Unknown, "not traced: not looked up");
+        assert!(processes.insert(ProcessInfo { pid: PID, ..ProcessInfo::default() }));
+        let tcp = Peer::Inet(Ipv4Addr::LOCALHOST, 58490);
+        assert_eq!(processes.connection_peer(PID, 7), tcp);
+        assert_eq!(processes.connection_peer(PID, 8), Peer::Unix);
+        assert_eq!(processes.connection_peer(PID, 9), Peer::Unknown);
+        // Kept: the table is not read again while the connection lasts.
+        fs::write(root.join(format!("{PID}/net/tcp")), "").unwrap();
+        assert_eq!(processes.connection_peer(PID, 7), tcp);
+        // Its fd closed: the next connection on that number is looked up again.
+        processes.connection_closed(PID, 7);
+        assert_eq!(processes.connection_peer(PID, 7), Peer::Unknown);
+        assert_eq!(processes.connection_peers.len(), 3);
+        processes.mark_exited(PID);
+        assert!(processes.connection_peers.is_empty());
+        assert_eq!(processes.connection_peer(PID, 8), Peer::Unknown, "exited: not looked up");
+        let _ = fs::remove_dir_all(root);
     }
 }

@@ -1,14 +1,44 @@
-//! Where the peer of a socket is, read from `/proc` (for `tango.client_ident.location`).
+//! Where the peer of a socket is, read from `/proc` (for `tango.client_ident.location`, and for
+//! records whose probe could not read it).
 
 use std::{fs, net::Ipv4Addr, path::Path};
+
+use crate::probe::record::Peer;
+
+/// `AF_INET6`: the family the socket probes report for an IPv6 socket.
+const AF_INET6: u16 = 10;
+
+/// The peer of socket `fd` as the socket probes would have read it from the socket: the address
+/// of an IPv4 TCP peer, only the family otherwise; `Peer::Unknown` when `/proc` cannot tell.
+pub fn peer(proc_root: &Path, pid: u32, fd: i32) -> Peer {
+    let dir = proc_root.join(pid.to_string());
+    let Some(inode) = socket_inode(&dir, fd) else {
+        return Peer::Unknown;
+    };
+    let net = dir.join("net");
+    let read = |table: &str| fs::read_to_string(net.join(table)).ok();
+    if let Some(table) = read("tcp")
+        && let Some((addr, port)) = tcp_remote(&table, inode)
+    {
+        return match u32::from_str_radix(addr, 16) {
+            Ok(addr) => Peer::Inet(Ipv4Addr::from(addr.swap_bytes()), port),
+            Err(_) => Peer::Unknown,
+        };
+    }
+    if read("tcp6").is_some_and(|table| tcp_remote(&table, inode).is_some()) {
+        return Peer::Other(AF_INET6);
+    }
+    if read("unix").is_some_and(|table| unix_row(&table, inode).is_some()) {
+        return Peer::Unix;
+    }
+    Peer::Unknown
+}
 
 /// `giop:tcp:<ip>:<port>` of the remote end of TCP socket `fd`, or `giop:unix:<path>` for a Unix
 /// socket, as omniORB names a connection's peer.
 pub fn peer_location(proc_root: &Path, pid: u32, fd: i32) -> Option<String> {
     let dir = proc_root.join(pid.to_string());
-    let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
-    let link = link.to_str()?;
-    let inode: u64 = link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+    let inode = socket_inode(&dir, fd)?;
     let net = dir.join("net");
     for table in ["tcp", "tcp6"] {
         if let Some(location) = fs::read_to_string(net.join(table)).ok().and_then(|t| tcp_peer(&t, inode)) {
@@ -41,22 +71,34 @@ pub fn unix_listen_location(proc_root: &Path, pid: u32) -> Option<String> {
     })
 }
 
-/// Finds `inode` in a `/proc/net/tcp{,6}` table and formats its remote address.
-fn tcp_peer(table: &str, inode: u64) -> Option<String> {
+/// The inode of socket `fd` of the process whose `/proc` directory is `dir`.
+fn socket_inode(dir: &Path, fd: i32) -> Option<u64> {
+    let link = fs::read_link(dir.join("fd").join(fd.to_string())).ok()?;
+    link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Finds `inode` in a `/proc/net/tcp{,6}` table: its remote address (hexadecimal, as the table
+/// prints it) and port.
+fn tcp_remote(table: &str, inode: u64) -> Option<(&str, u16)> {
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.get(9)?.parse::<u64>().ok()? != inode {
             return None;
         }
         let (addr, port) = fields.get(2)?.split_once(':')?;
-        let port = u16::from_str_radix(port, 16).ok()?;
-        let ip = match addr.len() {
-            8 => Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.swap_bytes()).to_string(),
-            32 => ipv6_text(addr)?,
-            _ => return None,
-        };
-        Some(format!("giop:tcp:{ip}:{port}"))
+        Some((addr, u16::from_str_radix(port, 16).ok()?))
     })
+}
+
+/// Finds `inode` in a `/proc/net/tcp{,6}` table and formats its remote address.
+fn tcp_peer(table: &str, inode: u64) -> Option<String> {
+    let (addr, port) = tcp_remote(table, inode)?;
+    let ip = match addr.len() {
+        8 => Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.swap_bytes()).to_string(),
+        32 => ipv6_text(addr)?,
+        _ => return None,
+    };
+    Some(format!("giop:tcp:{ip}:{port}"))
 }
 
 /// `/proc/net/tcp6` prints four host-order 32-bit words; IPv4-mapped addresses become dotted.
@@ -73,15 +115,17 @@ fn ipv6_text(hex: &str) -> Option<String> {
     })
 }
 
-/// The path bound to a Unix socket (an accepted socket shows the listener's path).
-fn unix_path(table: &str, inode: u64) -> Option<String> {
+/// The fields of `inode`'s row of a `/proc/net/unix` table.
+fn unix_row(table: &str, inode: u64) -> Option<Vec<&str>> {
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(6)?.parse::<u64>().ok()? != inode {
-            return None;
-        }
-        Some(format!("giop:unix:{}", fields.get(7)?))
+        (fields.get(6)?.parse::<u64>().ok()? == inode).then_some(fields)
     })
+}
+
+/// The path bound to a Unix socket (an accepted socket shows the listener's path).
+fn unix_path(table: &str, inode: u64) -> Option<String> {
+    Some(format!("giop:unix:{}", unix_row(table, inode)?.get(7)?))
 }
 
 #[cfg(test)]

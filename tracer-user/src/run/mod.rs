@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod privileges;
 
 use std::{
+    borrow::Cow,
     io::Write as _,
     path::PathBuf,
     time::{Duration, Instant},
@@ -46,7 +47,10 @@ use crate::{
     devices::dbclient,
     discover::processes::Processes,
     peers::{PeerLink, PeerOptions},
-    probe::{attach::Probes, record::Record},
+    probe::{
+        attach::Probes,
+        record::{Peer, Record},
+    },
     stats::StageStats,
 };
 
@@ -468,6 +472,8 @@ impl Daemon {
     }
 
     fn on_record(&mut self, record: &Record) {
+        let filled = self.with_connection_peer(record);
+        let record = filled.as_ref().unwrap_or(record);
         if let Some(recorder) = &mut self.recorder
             && let Ok(line) = serde_json::to_string(record)
         {
@@ -476,7 +482,34 @@ impl Daemon {
         if self.on_lifecycle(record) {
             return;
         }
+        if let Record::Close { pid, fd, .. } = record {
+            self.processes.connection_closed(*pid, *fd);
+        }
         self.pipeline.push(record, &mut self.processes);
+    }
+
+    /// Bytes the probes read without their socket (the syscall probes), with the peer from
+    /// `/proc` (read once per connection, at its first record: `/proc` tells it only while the
+    /// connection exists), as the socket probes would have read it. `None` when the record has
+    /// its peer or `/proc` cannot tell.
+    fn with_connection_peer<'a>(&mut self, record: &'a Record<'_>) -> Option<Record<'a>> {
+        let &Record::Data { pid, tid, fd, ts_ns, direction, total_len, ref bytes, peer: Peer::Unknown, tcp } =
+            record
+        else {
+            return None;
+        };
+        let peer = self.processes.connection_peer(pid, fd);
+        (peer != Peer::Unknown).then(|| Record::Data {
+            pid,
+            tid,
+            fd,
+            ts_ns,
+            direction,
+            total_len,
+            bytes: Cow::Borrowed(bytes.as_ref()),
+            peer,
+            tcp,
+        })
     }
 
     fn on_tick(&mut self) {
