@@ -7,6 +7,7 @@ Prints one JSON object: {"pid": ..., "steps": {"name": "ok" | "DevFailed:<reason
 import json
 import os
 import sys
+import time
 
 import tango
 
@@ -25,6 +26,8 @@ def main():
         "fail": lambda: device.command_inout("Fail", "BoomReason"),
         "nested": lambda: device.command_inout("ReadPeer", peer),
         "ping": lambda: device.ping(),
+        # Keeps the connection open past the daemon's next look at the ring buffer (100 ms).
+        "pause": lambda: time.sleep(0.5),
     }
     for name in rest:
         try:

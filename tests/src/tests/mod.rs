@@ -21,6 +21,7 @@ mod service;
 mod sessions;
 mod settings;
 mod setup;
+mod syscall_probes;
 mod tcp_positions;
 mod top;
 mod userspans;
