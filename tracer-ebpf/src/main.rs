@@ -258,6 +258,8 @@ static TARGET_NET_NS: u32 = 0;
 const GIOP_HEADER_LEN: usize = 12;
 /// `bpf_ringbuf_output` flag: do not wake the consumer.
 const BPF_RB_NO_WAKEUP: u64 = 1;
+/// `bpf_ringbuf_output` flag: wake the consumer.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 // Offsets of the syscall tracepoint fields (see events/syscalls/*/format): args start at 16.
 const ARG0: usize = 16;
@@ -494,6 +496,9 @@ struct Known {
     had_state: bool,
     reported: bool,
     zmtp: bool,
+    /// The first record of the socket wakes the daemon (the syscall path: the daemon reads the
+    /// connection's peer from `/proc`, which tells it only while the connection exists).
+    wake_first: bool,
 }
 
 /// A stream's state after a transfer: `state` when `changed` (an inactive one: nothing partly
@@ -570,6 +575,7 @@ fn transfer_on_socket(
             had_state: is_active(&state),
             reported: socket_state.reported_as == socket,
             zmtp: socket_state.zmtp.get(dir) == Some(&1),
+            wake_first: false,
         }
     };
     let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
@@ -628,6 +634,7 @@ fn transfer_keyed(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32)
         had_state: state.is_some(),
         reported: marks.is_some_and(|m| m.reported == 1),
         zmtp: marks.is_some_and(|m| m.zmtp.get(call.direction as usize) == Some(&1)),
+        wake_first: true,
     };
     let transfer = emit_data(pid_tgid, call, len, capture_len, &known);
     if transfer.next.changed {
@@ -658,7 +665,8 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, know
     if !known.had_state && !known.zmtp {
         // The usual case: one whole GIOP message, or the start of one, copied by one read of the
         // user buffer into the record, and no loop.
-        let fast = emit_whole_message(pid_tgid, call, len, capture_len);
+        let wake = if known.wake_first && !known.reported { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+        let fast = emit_whole_message(pid_tgid, call, len, capture_len, wake);
         if fast.sent {
             return Transfer { next: fast.next, sent: true, zmtp: false };
         }
@@ -694,7 +702,8 @@ fn emit_data(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, know
         finished: 0,
         reported: known.reported as u8,
         zmtp: 0,
-        _pad: [0; 4],
+        wake_first: known.wake_first as u8,
+        _pad: [0; 3],
         state: known.state,
     };
     let next = walk_data(walk, call, len, capture_len, known).unwrap_or(UNCHANGED);
@@ -805,7 +814,9 @@ struct Walk {
     reported: u8,
     /// 1 when the walk found its direction carries a ZMTP event stream.
     zmtp: u8,
-    _pad: [u8; 4],
+    /// 1 when the socket's first record wakes the daemon (see [`Known::wake_first`]).
+    wake_first: u8,
+    _pad: [u8; 3],
     /// The stream between syscalls: kept when the walk ends inside a message.
     state: StreamState,
 }
@@ -1062,8 +1073,11 @@ fn emit_chunk(walk: &mut Walk, off: u64, len: u64, capture_len: u32, flags: u8) 
         )
     };
     // No wake-up per message: the daemon drains the ring on a short timer (and whenever a
-    // lifecycle record wakes it), which saves two context switches per Tango call.
-    if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+    // lifecycle record wakes it), which saves two context switches per Tango call. A socket's
+    // first record on the syscall path wakes it: once per connection.
+    let wake =
+        if walk.wake_first == 1 && walk.reported == 0 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    if EVENTS.output(bytes, wake).is_err() {
         count_lost(loss::RING_FULL, 1);
     }
     // The caller notes it in its store, so the socket's `close` is reported.
@@ -1108,7 +1122,7 @@ fn mark_zmtp(socket: u64, dir: u8) {
 /// in a reservation of that constant size, so its bytes are copied once; a longer one in
 /// `SCRATCH`, then copied into the ring at its exact size.
 #[inline(always)]
-fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32) -> Fast {
+fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: u32, wake: u64) -> Fast {
     if len < GIOP_HEADER_LEN as u64 {
         return NOT_TAKEN;
     }
@@ -1133,8 +1147,8 @@ fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: 
             fill_whole_message(base.cast::<DataRecord>(), data, pid_tgid, call, len)
         };
         if written.sent {
-            // No wake-up: see `emit_chunk`.
-            entry.submit(BPF_RB_NO_WAKEUP);
+            // Wake-up as in `emit_chunk`.
+            entry.submit(wake);
         } else {
             entry.discard(BPF_RB_NO_WAKEUP);
         }
@@ -1156,8 +1170,8 @@ fn emit_whole_message(pid_tgid: u64, call: &PendingCall, len: u64, capture_len: 
         let bytes = unsafe {
             core::slice::from_raw_parts(record.cast::<u8>(), size.min(core::mem::size_of::<DataRecord>()))
         };
-        // No wake-up: see `emit_chunk`.
-        if EVENTS.output(bytes, BPF_RB_NO_WAKEUP).is_err() {
+        // Wake-up as in `emit_chunk`.
+        if EVENTS.output(bytes, wake).is_err() {
             count_lost(loss::RING_FULL, 1);
         }
     }
