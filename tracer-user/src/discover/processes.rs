@@ -166,6 +166,7 @@ impl Processes {
         }
         // Kept even when unknown: `/proc` is read once per connection, not once per record.
         let peer = sockets::peer(proc_root, pid, fd);
+        log::debug!("peer of fd {fd} of pid {pid}, from /proc: {peer:?}");
         if has_room(self.connection_peers.len(), MAX_CONNECTION_PEERS, &mut self.refused_full) {
             self.connection_peers.insert((pid, fd), peer);
         }
