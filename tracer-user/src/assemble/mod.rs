@@ -406,7 +406,7 @@ impl Assembler {
         };
         // A call made while building a DeviceProxy is a child of the proxy's span.
         let sent = Sent { pid, tid, fd, request_id, ts_ns, object_key, operation, call: &request.call };
-        let serving_key = serving.zip(device_key.as_deref());
+        let serving_key = serving.zip(device_key.as_ref());
         let proxy = self.constructions.on_request(&sent, serving_key, &self.ids, &mut self.proxy_spans);
         self.collect_proxy_spans();
         let parent = proxy.or(serving);
@@ -819,8 +819,8 @@ impl Assembler {
             links: Vec::new(),
             incomplete,
             pid,
-            target_key: (!is_server).then(|| call.object_key.to_vec()),
-            device_key: call.device_key.map(|key| key.to_vec()),
+            target_key: (!is_server).then_some(call.object_key),
+            device_key: call.device_key,
             operation: operation.class,
             request_argument,
         });
