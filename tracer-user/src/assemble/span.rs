@@ -55,7 +55,7 @@ pub struct AssembledSpan {
     pub operation: OperationClass,
     /// The attribute a SERVER span's request names when the span itself does not say it
     /// (cppTango's server spans name only commands): for the metrics, never exported.
-    pub request_argument: Option<String>,
+    pub request_argument: Option<Arc<str>>,
 }
 
 /// Why a span's end was not seen. Such a span is exported with status unset, its start as its
