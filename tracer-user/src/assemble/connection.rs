@@ -5,8 +5,12 @@
 use std::{collections::hash_map::Entry, sync::Arc};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use tracer_wire::giop::{Feed, MessageAssembler, MessageRef};
+use tracer_wire::{
+    cdr::CdrReader,
+    giop::{Feed, MessageAssembler, MessageRef},
+};
 
+use super::request::{ParsedRequest, RecentRequests};
 use crate::{probe::record::Direction, stats::has_room};
 
 /// Most connections followed at once; beyond, new ones are refused and counted.
@@ -24,6 +28,8 @@ struct Connection {
     resync: [bool; 2],
     /// Object keys of the latest requests, most recent last: shared by their calls and spans.
     object_keys: Vec<Arc<[u8]>>,
+    /// Per direction: the latest requests, parsed (a repeat is not parsed again).
+    recent_requests: [RecentRequests; 2],
 }
 
 /// Every traced connection.
@@ -116,6 +122,23 @@ impl Connections {
         let message = assembler.next_message(feed, bytes);
         self.discarded_bytes += assembler.stats().discarded_bytes - discarded;
         message
+    }
+
+    /// The arguments of a request on this stream, parsed once for repeated bytes.
+    pub fn parse_request(
+        &mut self,
+        (pid, fd, direction): (u32, i32, Direction),
+        operation: &str,
+        body: CdrReader<'_>,
+    ) -> Arc<ParsedRequest> {
+        let Some(connection) = self.connections.get_mut(&(pid, fd)) else {
+            return Arc::new(ParsedRequest::parse(operation, body));
+        };
+        let recent = match direction {
+            Direction::Send => &mut connection.recent_requests[0],
+            Direction::Recv => &mut connection.recent_requests[1],
+        };
+        recent.parse(operation, body)
     }
 
     /// `object_key` as shared by the calls on this connection: made once per device, not per call.

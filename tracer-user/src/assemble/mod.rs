@@ -15,6 +15,7 @@ pub mod linking;
 pub mod naming;
 pub mod observe;
 pub mod proxy;
+pub mod request;
 pub mod span;
 
 use std::{borrow::Cow, net::Ipv4Addr, sync::Arc};
@@ -28,7 +29,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_wire::{
     cdr::CdrReader,
     giop::{self, Message, ReplyStatus},
-    tango::{self, ArgValue, TangoCall, TangoRequest},
+    tango::{self, ArgValue, TangoCall},
 };
 
 use self::{
@@ -36,6 +37,7 @@ use self::{
     linking::Linking,
     naming::{DATABASE_KEY, Operation, OperationClass, SUBSCRIPTION_COMMAND},
     proxy::{CallEnd, Constructions, Sent},
+    request::ParsedRequest,
 };
 pub use self::{
     linking::parse_traceparent,
@@ -89,7 +91,8 @@ struct PendingCall {
     object_key: Arc<[u8]>,
     /// Borrowed for Tango's own operations (see [`naming::operation_name`]).
     operation: Cow<'static, str>,
-    request: TangoRequest,
+    /// Shared with the stream's other calls that sent the same arguments.
+    request: Arc<ParsedRequest>,
     context: SpanContextLite,
     parent: Option<SpanContextLite>,
     parent_is_remote: bool,
@@ -364,13 +367,15 @@ impl Assembler {
         };
         match (message, direction) {
             (Message::Request(request), Direction::Send) => {
-                let parsed = tango::parse_request(request.operation, request.body.clone());
+                let stream = (pid, fd, direction);
+                let parsed = self.connections.parse_request(stream, request.operation, request.body.clone());
                 self.on_client_request(seen, &request, parsed);
             }
             (Message::Request(_), Direction::Recv) | (Message::Reply(_), Direction::Send)
                 if self.connections.is_ignored(pid, fd) => {}
             (Message::Request(request), Direction::Recv) => {
-                let parsed = tango::parse_request(request.operation, request.body.clone());
+                let stream = (pid, fd, direction);
+                let parsed = self.connections.parse_request(stream, request.operation, request.body.clone());
                 self.on_server_request(seen, &request, parsed);
             }
             (Message::Reply(reply), Direction::Recv) => {
@@ -396,7 +401,7 @@ impl Assembler {
         }
     }
 
-    fn on_client_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: TangoRequest) {
+    fn on_client_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: Arc<ParsedRequest>) {
         let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
@@ -406,7 +411,7 @@ impl Assembler {
         };
         // A call made while building a DeviceProxy is a child of the proxy's span.
         let sent = Sent { pid, tid, fd, request_id, ts_ns, object_key, operation, call: &request.call };
-        let serving_key = serving.zip(device_key.as_deref());
+        let serving_key = serving.zip(device_key.as_ref());
         let proxy = self.constructions.on_request(&sent, serving_key, &self.ids, &mut self.proxy_spans);
         self.collect_proxy_spans();
         let parent = proxy.or(serving);
@@ -474,7 +479,7 @@ impl Assembler {
         }
     }
 
-    fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, mut request: TangoRequest) {
+    fn on_server_request(&mut self, at: Seen<'_>, wire: &giop::Request<'_>, request: Arc<ParsedRequest>) {
         let Seen { pid, tid, fd, ts_ns, bytes, .. } = at;
         let (request_id, object_key, operation) = (wire.request_id, wire.object_key, wire.operation);
         let response_expected = wire.response_expected;
@@ -510,7 +515,7 @@ impl Assembler {
             self.linking.offer_server(bytes, ts_ns, (pid, fd, request_id));
         }
         let trace_state =
-            request.client_ident.as_mut().and_then(|c| c.trace_state.take()).unwrap_or_default();
+            request.client_ident.as_ref().and_then(|c| c.trace_state.clone()).unwrap_or_default();
         let context = SpanContextLite {
             trace_id: parent.map(|p| p.trace_id).unwrap_or_else(|| self.ids.new_trace_id()),
             span_id: self.ids.new_span_id(),
@@ -759,18 +764,23 @@ impl Assembler {
         let mut attributes = std::mem::take(&mut self.attributes);
         attributes.clear();
         let subscription = naming::subscription_attributes(&call.request.call);
+        let request = &call.request;
         let name = if is_server {
-            naming::server_span(&call.request.call, &operation, &mut attributes)
+            naming::server_span(&request.call, request.argument.as_ref(), &operation, &mut attributes)
         } else {
             let thread_id = self.thread_id(pid, call.tid);
-            naming::client_span(&mut call.request.call, thread_id, &operation, &mut attributes)
+            naming::client_span(
+                &request.call,
+                request.argument.as_ref(),
+                thread_id,
+                &operation,
+                &mut attributes,
+            )
         };
         // The attribute of a served read or write, for the metrics (the span does not name it).
-        let request_argument = match &mut call.request.call {
-            TangoCall::ReadAttributes { names } | TangoCall::WriteAttributes { names }
-                if is_server && names.len() == 1 =>
-            {
-                names.pop()
+        let request_argument = match &request.call {
+            TangoCall::ReadAttributes { .. } | TangoCall::WriteAttributes { .. } if is_server => {
+                request.argument.clone()
             }
             _ => None,
         };
@@ -819,8 +829,8 @@ impl Assembler {
             links: Vec::new(),
             incomplete,
             pid,
-            target_key: (!is_server).then(|| call.object_key.to_vec()),
-            device_key: call.device_key.map(|key| key.to_vec()),
+            target_key: (!is_server).then_some(call.object_key),
+            device_key: call.device_key,
             operation: operation.class,
             request_argument,
         });

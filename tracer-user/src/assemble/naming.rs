@@ -1,7 +1,7 @@
 //! Which Tango operation a GIOP operation is, what cppTango 10.3 calls its spans, and which
 //! telemetry topic it belongs to; span names and attributes from the operation.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use opentelemetry::{KeyValue, Value};
 use tracer_wire::tango::{ArgValue, ClntIdent, LockerLanguage, TangoCall};
@@ -281,51 +281,54 @@ pub fn add_client_ident_attributes(ident: &ClntIdent, attributes: &mut Vec<KeyVa
 }
 
 /// Server span name, as cppTango 10.3 names its servant methods; its attributes go to `attributes`.
+/// `argument`: the call's [`argument`], shared.
 pub fn server_span(
     call: &TangoCall,
+    argument: Option<&Arc<str>>,
     operation: &Operation<'_>,
     attributes: &mut Vec<KeyValue>,
 ) -> Cow<'static, str> {
-    if let TangoCall::CommandInout { command, .. } = call {
-        attributes.push(KeyValue::new("tango.operation.argument", command.clone()));
+    if let (TangoCall::CommandInout { .. }, Some(command)) = (call, argument) {
+        attributes.push(KeyValue::new("tango.operation.argument", Value::from(Arc::clone(command))));
     }
     operation.server_span_name()
 }
 
 /// Client span name, as cppTango 10.3's DeviceProxy/Connection name them; its attributes go to
-/// `attributes`, the argument moved out of `call`.
+/// `attributes`. `argument`: the call's [`argument`], shared.
 /// `tango.operation.target` is added by the resource resolution, which maps object keys to names.
 /// `thread_id`: the calling thread's `thread.id`, formatted once per thread.
 pub fn client_span(
-    call: &mut TangoCall,
+    call: &TangoCall,
+    argument: Option<&Arc<str>>,
     thread_id: Value,
     operation: &Operation<'_>,
     attributes: &mut Vec<KeyValue>,
 ) -> Cow<'static, str> {
     let name = operation.client_span_name(call);
-    if let Some(argument) = take_client_argument(call) {
-        attributes.push(KeyValue::new("tango.operation.argument", argument));
+    if let Some(argument) = argument {
+        attributes.push(KeyValue::new("tango.operation.argument", Value::from(Arc::clone(argument))));
     }
     attributes.push(KeyValue::new("thread.id", thread_id));
     name
 }
 
-/// `tango.operation.argument` of a CLIENT span, moved out of `call`: the attribute, command or
-/// pipe name.
-pub fn take_client_argument(call: &mut TangoCall) -> Option<String> {
+/// `tango.operation.argument` of a CLIENT span: the attribute, command or pipe name. SERVER
+/// spans carry it for commands only.
+pub fn argument(call: &TangoCall) -> Option<&str> {
     match call {
         TangoCall::ReadAttributes { names }
         | TangoCall::WriteAttributes { names }
         | TangoCall::SetAttributeConfig { names }
             if names.len() == 1 =>
         {
-            names.pop()
+            names.first().map(String::as_str)
         }
         TangoCall::WriteReadAttributes { written, read } if written.len() == 1 && read.len() <= 1 => {
-            written.pop()
+            written.first().map(String::as_str)
         }
-        TangoCall::CommandInout { command, .. } => Some(std::mem::take(command)),
-        TangoCall::Pipe { name } => Some(std::mem::take(name)),
+        TangoCall::CommandInout { command, .. } => Some(command),
+        TangoCall::Pipe { name } => Some(name),
         _ => None,
     }
 }
@@ -401,12 +404,12 @@ mod tests {
         let two = TangoCall::ReadAttributes { names: vec!["a".into(), "b".into()] };
         let o = op("read_attributes_5");
         assert_eq!(o.client_span_name(&one), "Tango::DeviceProxy::read_attribute");
-        assert_eq!(take_client_argument(&mut one.clone()).as_deref(), Some("temperature"));
+        assert_eq!(argument(&one), Some("temperature"));
         assert_eq!(
             o.client_span_name(&two),
             "std::vector<Tango::DeviceAttribute>* Tango::DeviceProxy::read_attributes"
         );
-        assert_eq!(take_client_argument(&mut two.clone()), None);
+        assert_eq!(argument(&two), None);
         let cmd = TangoCall::CommandInout { command: "Echo".into(), argin: None };
         assert_eq!(op("command_inout_4").client_span_name(&cmd), "Tango::Connection::command_inout");
         assert_eq!(op("_get_state").client_span_name(&TangoCall::Other), "Tango::DeviceProxy::state");

@@ -14,7 +14,7 @@
 //! tracer stops. The span's argument is reconstructed: the `DbImportDevice` name, or
 //! `tango://<peer address>:<port>/<device>#dbase=no` from the connection and the object key.
 
-use std::{borrow::Cow, collections::HashMap};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use opentelemetry::{KeyValue, trace::SpanKind};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
@@ -55,7 +55,7 @@ struct Construction {
     /// The serving span when the proxy is built inside a request.
     parent: Option<SpanContextLite>,
     /// The served device when built inside a request (the span carries its resource).
-    device_key: Option<Vec<u8>>,
+    device_key: Option<Arc<[u8]>>,
     /// The device name given to `DbImportDevice`.
     imported: Option<String>,
     /// The device's object key as text (or the admin name as the server spells it).
@@ -174,7 +174,7 @@ impl Constructions {
     pub fn on_request(
         &mut self,
         sent: &Sent<'_>,
-        serving: Option<(SpanContextLite, &[u8])>,
+        serving: Option<(SpanContextLite, &Arc<[u8]>)>,
         ids: &RandomIdGenerator,
         out: &mut Vec<AssembledSpan>,
     ) -> Option<SpanContextLite> {
@@ -377,7 +377,7 @@ fn construction_end(construction: &mut Construction, call: (i32, u32), end: Call
 fn start(
     step: &Step<'_>,
     sent: &Sent<'_>,
-    serving: Option<(SpanContextLite, &[u8])>,
+    serving: Option<(SpanContextLite, &Arc<[u8]>)>,
     admin_name: Option<String>,
     ids: &RandomIdGenerator,
 ) -> Option<Construction> {
@@ -407,7 +407,7 @@ fn start(
         start_ns: sent.ts_ns,
         context,
         parent,
-        device_key: serving.map(|(_, key)| key.to_vec()),
+        device_key: serving.map(|(_, key)| Arc::clone(key)),
         import_call: imported.is_some().then_some((sent.fd, sent.request_id)),
         imported,
         path,

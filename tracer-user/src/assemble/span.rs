@@ -1,6 +1,6 @@
 //! What the assembly and events stages produce: a finished span without its resource.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use opentelemetry::{
     KeyValue,
@@ -46,15 +46,16 @@ pub struct AssembledSpan {
     /// The process the span belongs to.
     pub pid: u32,
     /// Object key of the device whose resource the span carries: the served device for server
-    /// spans and for calls made while serving; `None` for plain client processes.
-    pub device_key: Option<Vec<u8>>,
+    /// spans and for calls made while serving; `None` for plain client processes. Shared with
+    /// the connection's other calls to the device (no copy per span).
+    pub device_key: Option<Arc<[u8]>>,
     /// Object key of the device a client span calls.
-    pub target_key: Option<Vec<u8>>,
+    pub target_key: Option<Arc<[u8]>>,
     /// What kind of operation this is, for topic filtering.
     pub operation: OperationClass,
     /// The attribute a SERVER span's request names when the span itself does not say it
     /// (cppTango's server spans name only commands): for the metrics, never exported.
-    pub request_argument: Option<String>,
+    pub request_argument: Option<Arc<str>>,
 }
 
 /// Why a span's end was not seen. Such a span is exported with status unset, its start as its

@@ -6,6 +6,7 @@ pub mod dbclient;
 
 use std::{
     borrow::Cow,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -125,14 +126,13 @@ impl DeviceRegistry {
     }
 
     /// Event spans name their device; database servers know it by an opaque key.
-    pub fn served_key(&self, pid: u32, key: Vec<u8>) -> Vec<u8> {
-        if self.devices.get(&key).is_some_and(|d| d.facts != DeviceFacts::default()) {
+    pub fn served_key(&self, pid: u32, key: Arc<[u8]>) -> Arc<[u8]> {
+        if self.devices.get(&*key).is_some_and(|d| d.facts != DeviceFacts::default()) {
             return key;
         }
         self.served_by(pid)
-            .find(|served| self.name(served).is_some_and(|name| name.as_bytes() == key.as_slice()))
-            .cloned()
-            .unwrap_or(key)
+            .find(|served| self.name(served).is_some_and(|name| name.as_bytes() == &*key))
+            .map_or(key, |served| Arc::from(served.as_slice()))
     }
 
     /// The object key of the device `pid` serves under `name` (any case): one it was seen serving,

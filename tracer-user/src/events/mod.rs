@@ -122,7 +122,7 @@ struct Topic {
     /// `tango.event.attribute`, `tango.event.device`, `tango.event.type`: those the topic has.
     parts: Vec<KeyValue>,
     /// The pushing device's object key (its name in lower case), when the topic names one.
-    device_key: Option<Vec<u8>>,
+    device_key: Option<Arc<[u8]>>,
     pushes: TopicPushes,
     /// When a push or delivery of it was last seen.
     last_seen_ns: u64,
@@ -142,7 +142,7 @@ impl Topic {
         Topic {
             name: Arc::from(name),
             parts,
-            device_key: parsed.map(|t| t.device.to_ascii_lowercase().into_bytes()),
+            device_key: parsed.map(|t| Arc::from(t.device.to_ascii_lowercase().into_bytes())),
             pushes: TopicPushes::default(),
             last_seen_ns: ts_ns,
         }

@@ -617,7 +617,7 @@ mod tests {
             incomplete: None,
             pid: 42,
             device_key: None,
-            target_key: Some(target.to_vec()),
+            target_key: Some(target.into()),
             operation: OperationClass::User,
             request_argument: None,
         }

@@ -473,7 +473,7 @@ mod tests {
             links: Vec::new(),
             incomplete: None,
             pid: 10,
-            device_key: Some(b"test/demo/1".to_vec()),
+            device_key: Some(b"test/demo/1"[..].into()),
             target_key: None,
             operation: OperationClass::User,
             request_argument: None,
