@@ -84,11 +84,6 @@ pub(crate) struct Held {
     pub(crate) bytes: u64,
 }
 
-struct Waiting<R> {
-    span: R,
-    bytes: u64,
-}
-
 /// A batch that failed and waits for its retry, already in the form it is sent in (`P`).
 struct Parked<P> {
     payload: P,
@@ -119,8 +114,16 @@ pub(crate) enum Outcome<P> {
 /// pushes, the destination's worker takes batches and settles them.
 pub(crate) struct Backlog<R, P> {
     budget: u64,
-    waiting: VecDeque<Waiting<R>>,
+    /// The spans waiting, oldest first, in chunks of up to `chunk` spans: a batch that is a
+    /// whole chunk is handed to the worker as it is, without moving its spans again.
+    waiting: VecDeque<VecDeque<R>>,
+    /// The bytes of each waiting span, oldest first.
+    sizes: VecDeque<u64>,
     waiting_bytes: u64,
+    /// The most spans of a chunk: the worker's batch size.
+    chunk: usize,
+    /// Spans of the last batch taken, to size the next chunk for the traffic.
+    last_batch: usize,
     parked: Option<Parked<P>>,
     sending: Option<Held>,
     /// Newer spans were dropped for room while the batch was out.
@@ -129,12 +132,16 @@ pub(crate) struct Backlog<R, P> {
 }
 
 impl<R, P> Backlog<R, P> {
-    /// An empty backlog holding at most `budget` bytes (as estimated by [`span_bytes`]).
-    pub(crate) fn new(budget: u64) -> Self {
+    /// An empty backlog holding at most `budget` bytes (as estimated by [`span_bytes`]), whose
+    /// spans are taken in batches of up to `batch`.
+    pub(crate) fn new(budget: u64, batch: usize) -> Self {
         Backlog {
             budget,
             waiting: VecDeque::new(),
+            sizes: VecDeque::new(),
             waiting_bytes: 0,
+            chunk: batch.max(1),
+            last_batch: 0,
             parked: None,
             sending: None,
             evicted_while_sending: false,
@@ -150,23 +157,44 @@ impl<R, P> Backlog<R, P> {
         if sending.saturating_add(bytes) > self.budget {
             // Dropping everything that may be dropped would not make room.
             self.stats.dropped.budget_newest += 1;
-            return self.waiting.len();
+            return self.sizes.len();
         }
         while self.held_bytes() + bytes > self.budget {
             if let Some(parked) = self.parked.take() {
                 self.stats.dropped.budget_oldest += parked.held.spans;
-            } else if let Some(oldest) = self.waiting.pop_front() {
-                self.waiting_bytes -= oldest.bytes;
+            } else if let Some(oldest) = self.sizes.pop_front() {
+                self.drop_oldest_waiting();
+                self.waiting_bytes -= oldest;
                 self.stats.dropped.budget_oldest += 1;
                 self.evicted_while_sending |= self.sending.is_some();
             } else {
                 break; // Unreachable: only `sending` is left, and it leaves room (checked above).
             }
         }
-        self.waiting.push_back(Waiting { span, bytes });
+        match self.waiting.back_mut() {
+            Some(last) if last.len() < self.chunk => last.push_back(span),
+            _ => {
+                // Sized for what the last batch held, so that a chunk seldom grows (moving its
+                // spans) and light traffic does not reserve a whole batch per interval.
+                let capacity = self.last_batch.saturating_add(self.last_batch / 4).max(16).min(self.chunk);
+                let mut chunk = VecDeque::with_capacity(capacity);
+                chunk.push_back(span);
+                self.waiting.push_back(chunk);
+            }
+        }
+        self.sizes.push_back(bytes);
         self.waiting_bytes += bytes;
         self.stats.peak_bytes_held = self.stats.peak_bytes_held.max(self.held_bytes());
-        self.waiting.len()
+        self.sizes.len()
+    }
+
+    fn drop_oldest_waiting(&mut self) {
+        if let Some(front) = self.waiting.front_mut() {
+            front.pop_front();
+            if front.is_empty() {
+                self.waiting.pop_front();
+            }
+        }
     }
 
     /// Counts a span that was refused because the hub is shut down.
@@ -177,7 +205,7 @@ impl<R, P> Backlog<R, P> {
 
     /// Spans waiting to be sent (the parked batch not included).
     pub(crate) fn waiting(&self) -> usize {
-        self.waiting.len()
+        self.sizes.len()
     }
 
     /// Takes the next batch to send, oldest first: the parked batch if there is one, else up to
@@ -188,19 +216,31 @@ impl<R, P> Backlog<R, P> {
             self.sending = Some(parked.held);
             return Taken::Retry(parked.payload);
         }
-        if self.waiting.is_empty() {
+        if self.sizes.is_empty() {
             return Taken::Nothing;
         }
-        let count = max.clamp(1, self.waiting.len());
-        let mut held = Held { spans: count as u64, bytes: 0 };
-        let spans = self
-            .waiting
-            .drain(..count)
-            .map(|w| {
-                held.bytes += w.bytes;
-                w.span
-            })
-            .collect();
+        let count = max.clamp(1, self.sizes.len());
+        let held = Held { spans: count as u64, bytes: self.sizes.drain(..count).sum() };
+        let spans = match self.waiting.pop_front() {
+            // The usual batch: one whole chunk, handed over as it is.
+            Some(chunk) if chunk.len() == count => Vec::from(chunk),
+            first => {
+                let mut spans = Vec::with_capacity(count);
+                let mut chunks = first.into_iter();
+                while spans.len() < count {
+                    let Some(mut chunk) = chunks.next().or_else(|| self.waiting.pop_front()) else {
+                        break; // Unreachable: `sizes` counts the spans of the chunks.
+                    };
+                    let n = (count - spans.len()).min(chunk.len());
+                    spans.extend(chunk.drain(..n));
+                    if !chunk.is_empty() {
+                        self.waiting.push_front(chunk);
+                    }
+                }
+                spans
+            }
+        };
+        self.last_batch = count;
         self.waiting_bytes -= held.bytes;
         self.sending = Some(held);
         Taken::Fresh(spans)
@@ -228,6 +268,7 @@ impl<R, P> Backlog<R, P> {
         let held = self.held_spans();
         *cause(&mut self.stats.dropped) += held;
         self.waiting.clear();
+        self.sizes.clear();
         self.waiting_bytes = 0;
         self.parked = None;
         self.sending = None;
@@ -268,7 +309,7 @@ impl<R, P> Backlog<R, P> {
     }
 
     fn held_spans(&self) -> u64 {
-        self.waiting.len() as u64
+        self.sizes.len() as u64
             + self.parked.as_ref().map_or(0, |p| p.held.spans)
             + self.sending.map_or(0, |s| s.spans)
     }
@@ -327,7 +368,7 @@ mod tests {
 
     #[test]
     fn a_full_budget_drops_the_oldest_and_keeps_the_newest() {
-        let mut backlog = Backlog::<SpanRecord, ()>::new(1000); // ten spans of 100 bytes
+        let mut backlog = Backlog::<SpanRecord, ()>::new(1000, 4); // ten spans of 100 bytes
         for (span, bytes) in spans(25, 1) {
             backlog.push(span, bytes);
             assert_balanced(&backlog);
@@ -343,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_parked_batch_is_the_oldest_and_goes_first() {
-        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000, 4);
         for (span, bytes) in spans(6, 1) {
             backlog.push(span, bytes);
         }
@@ -364,7 +405,7 @@ mod tests {
 
     #[test]
     fn the_batch_out_is_never_dropped_but_leaves_no_room() {
-        let mut backlog = Backlog::<SpanRecord, ()>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, ()>::new(1000, 4);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }
@@ -401,7 +442,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_older_than_spans_dropped_meanwhile_goes_too() {
-        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000);
+        let mut backlog = Backlog::<SpanRecord, &'static str>::new(1000, 4);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }
@@ -421,8 +462,38 @@ mod tests {
     }
 
     #[test]
+    fn batches_keep_the_order_across_chunks_and_evictions() {
+        // Chunks of 3, batches of 1, 2, 3 or 7 spans, a budget of 8 spans: whatever the cuts,
+        // the spans come out oldest first, each once, and the bytes balance.
+        for max in [1, 2, 3, 7] {
+            let mut backlog = Backlog::<SpanRecord, ()>::new(800, 3);
+            let mut expected = VecDeque::new();
+            let mut taken = Vec::new();
+            for (i, (span, bytes)) in spans(40, 1).into_iter().enumerate() {
+                expected.push_back(seq(&span));
+                backlog.push(span, bytes);
+                if expected.len() > 8 {
+                    expected.pop_front();
+                }
+                if i % 5 == 4 {
+                    let Taken::Fresh(batch) = backlog.take(max) else { panic!("spans wait") };
+                    backlog.settle(Outcome::Delivered { rejected: 0 });
+                    let want: Vec<i64> = expected.drain(..batch.len()).collect();
+                    assert_eq!(batch.iter().map(seq).collect::<Vec<_>>(), want, "batches of {max}");
+                    taken.extend(want);
+                }
+                assert_balanced(&backlog);
+                assert_eq!(backlog.waiting(), expected.len());
+            }
+            let stats = backlog.stats();
+            assert_eq!(stats.spans_delivered, taken.len() as u64);
+            assert_eq!(stats.bytes_held, 100 * expected.len() as u64);
+        }
+    }
+
+    #[test]
     fn every_end_is_counted_once() {
-        let mut backlog = Backlog::<SpanRecord, ()>::new(10_000);
+        let mut backlog = Backlog::<SpanRecord, ()>::new(10_000, 4);
         for (span, bytes) in spans(10, 1) {
             backlog.push(span, bytes);
         }

@@ -271,7 +271,10 @@ impl ExportHub {
         });
         table.entries.push(DestinationEntry {
             destination: destination.clone(),
-            backlog: Backlog::new(self.inner.shared.config.max_backlog_bytes),
+            backlog: Backlog::new(
+                self.inner.shared.config.max_backlog_bytes,
+                self.inner.shared.config.max_batch,
+            ),
             wake,
             immediate: matches!(destination, Destination::Console { .. }),
             task,
