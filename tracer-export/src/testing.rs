@@ -229,6 +229,123 @@ pub fn many_spans(resource: &Resource, n: u64, first_id: u64) -> Vec<SpanRecord>
         .collect()
 }
 
+/// A batch of `n` spans as a busy Tango control system sends them: the client and server
+/// spans of calls from 8 client processes to 32 devices of 8 servers (the references' names and
+/// attributes), random trace and span ids, times that advance. For compression measurements.
+pub fn tango_batch(n: usize) -> Vec<SpanRecord> {
+    // (client span, server span, client file, client line, arguments)
+    const OPERATIONS: [(&str, &str, &str, &str, [&str; 3]); 4] = [
+        (
+            "Tango::DeviceProxy::read_attribute",
+            "Tango::Device_5Impl::read_attributes_5",
+            "DeviceProxy.cpp",
+            "4575",
+            ["temperature", "pressure", "State"],
+        ),
+        (
+            "Tango::Connection::command_inout",
+            "Tango::Device_4Impl::command_inout_4",
+            "Connection.cpp",
+            "1219",
+            ["Increment", "Reset", "Status"],
+        ),
+        (
+            "Tango::DeviceProxy::write_attribute",
+            "Tango::Device_4Impl::write_attributes_4",
+            "DeviceProxy.cpp",
+            "5208",
+            ["setpoint", "current", "voltage"],
+        ),
+        (
+            "Tango::DeviceProxy::read_attribute",
+            "Tango::Device_5Impl::read_attributes_5",
+            "DeviceProxy.cpp",
+            "4575",
+            ["position", "velocity", "Status"],
+        ),
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let clients: Vec<Resource> = (0..8).map(|i| client_resource(20_000 + i)).collect();
+    let devices: Vec<(String, Resource)> = (0..32)
+        .map(|i| {
+            let device = format!("test/bench/{i}");
+            let server = format!("Bench/{}", i / 4);
+            let resource = device_resource("Bench", &device, &server, 30_000 + i / 4);
+            (device, resource)
+        })
+        .collect();
+    let mut start_ns = 1_795_245_242_594_098_044u64;
+    let mut spans = Vec::with_capacity(n);
+    for call in 0..n.div_ceil(2) as u64 {
+        let client = (call % 8) as usize;
+        // Each pick is in range (an index modulo the length).
+        let (
+            Some(&(client_name, server_name, filepath, lineno, arguments)),
+            Some(client_resource),
+            Some((device, device_resource)),
+        ) = (
+            OPERATIONS.get((random() % 4) as usize),
+            clients.get(client),
+            devices.get((random() % 32) as usize),
+        )
+        else {
+            continue;
+        };
+        let argument = arguments.get((random() % 3) as usize).copied().unwrap_or_default();
+        let trace_id = TraceId::from(u128::from(random()) << 64 | u128::from(random()));
+        let (client_id, server_id) = (SpanId::from(random()), SpanId::from(random()));
+        start_ns += 20_000 + random() % 200_000;
+        let context = |id| SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::default());
+        let mut client_span = span_data(SpanSpec {
+            trace_id: "",
+            span_id: "",
+            parent_span_id: "",
+            kind: SpanKind::Client,
+            name: client_name,
+            start_ns,
+            end_ns: start_ns + 500_000 + random() % 600_000,
+            attributes: vec![
+                KeyValue::new("tango.operation.argument", argument),
+                KeyValue::new("tango.operation.target", device.clone()),
+                KeyValue::new("code.filepath", filepath),
+                KeyValue::new("code.lineno", lineno),
+                KeyValue::new("thread.id", (139_831_653_333_888 + client as u64 * 4096).to_string()),
+            ],
+        });
+        client_span.span_context = context(client_id);
+        let mut server_span = span_data(SpanSpec {
+            trace_id: "",
+            span_id: "",
+            parent_span_id: "",
+            kind: SpanKind::Server,
+            name: server_name,
+            start_ns: start_ns + 200_000 + random() % 100_000,
+            end_ns: start_ns + 450_000 + random() % 50_000,
+            attributes: vec![
+                KeyValue::new("tango.client_ident.lang", "CPP"),
+                KeyValue::new(
+                    "tango.client_ident.location",
+                    format!("giop:tcp:127.0.0.1:{}", 40_000 + client),
+                ),
+                KeyValue::new("tango.client_ident.pid", 20_000 + client as i64),
+                KeyValue::new("tango.operation.argument", argument),
+            ],
+        });
+        server_span.span_context = context(server_id);
+        server_span.parent_span_id = client_id;
+        spans.push(SpanRecord { resource: client_resource.clone(), data: client_span });
+        spans.push(SpanRecord { resource: device_resource.clone(), data: server_span });
+    }
+    spans.truncate(n);
+    spans
+}
+
 /// The scope of cppTango 10.3.3's log records.
 pub fn logs_scope() -> Arc<InstrumentationScope> {
     Arc::new(InstrumentationScope::builder("cppTango").with_version("10.3.3").build())
