@@ -835,5 +835,53 @@ mod tests {
         assert_eq!(delivery.parent, Some(push.context));
         assert_eq!(delivery.links, vec![push.context]);
         assert!(delivery.attributes.contains(&KeyValue::new("tango.event.delay_us", 0i64)));
+        let keys =
+            |span: &AssembledSpan| span.attributes.iter().map(|kv| kv.key.to_string()).collect::<Vec<_>>();
+        let common = [
+            "tango.event.attribute",
+            "tango.event.device",
+            "tango.event.type",
+            "tango.event.counter",
+            "messaging.system",
+            "messaging.destination.name",
+        ];
+        assert_eq!(keys(push), common);
+        assert_eq!(keys(delivery), [&common[..], &["tango.event.delay_us"]].concat());
+    }
+
+    /// With the topic table full, a new topic's push and delivery still get their spans, with
+    /// the attributes a followed topic gets; only the link between them is lost, and counted.
+    #[test]
+    fn a_full_topic_table_refuses_new_topics_but_keeps_their_spans() {
+        let mut a = Harness::default();
+        for n in 0..MAX_ENTRIES {
+            let name = format!("tango://host:1/test/full/{n}/a.idl5_change");
+            let topic = Topic::new(&name, 0);
+            a.events.topics.insert(Arc::clone(&topic.name), topic);
+        }
+        // One subscriber's copy of the message: without the topic's pushes remembered, the
+        // copy to a second subscriber could not be told from another push.
+        let sent = fixture("srv-send-event-temperature-x2");
+        a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 900 });
+        a.push(&data(200, 1_000, Direction::Send, &sent[..sent.len() / 2]));
+        a.push(&data(100, 1_500, Direction::Recv, &fixture("client-recv-event-temperature")));
+        let spans = a.drain();
+        let kinds: Vec<_> = spans.iter().map(|s| s.kind.clone()).collect();
+        assert_eq!(kinds, [SpanKind::Producer, SpanKind::Consumer], "{spans:#?}");
+        let (push, delivery) = (&spans[0], &spans[1]);
+        assert!(push.attributes.contains(&KeyValue::new("tango.event.attribute", "temperature")));
+        assert_eq!(push.device_key.as_deref(), Some(&b"test/demo/1"[..]));
+        assert!(delivery.attributes.contains(&KeyValue::new("tango.event.type", "change")));
+        assert_eq!((delivery.parent, delivery.links.len()), (None, 0), "the push was not remembered");
+        assert_eq!(a.events.topics.len(), MAX_ENTRIES);
+        assert_eq!(a.events.stats.refused_full, 2, "the push's topic and the delivery's");
+        // A topic already followed is still found.
+        let followed = "tango://host:1/test/full/7/a.idl5_change";
+        let mut refused = 0;
+        assert!(
+            Events::topic(&mut a.events.topics, &mut refused, followed, 5)
+                .is_some_and(|t| t.last_seen_ns == 5)
+        );
+        assert_eq!(refused, 0);
     }
 }
