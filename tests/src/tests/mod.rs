@@ -13,6 +13,7 @@ mod logs;
 mod metrics;
 mod netns;
 mod package;
+mod priority;
 mod privileges;
 mod probes;
 mod pytango;

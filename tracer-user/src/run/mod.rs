@@ -16,6 +16,7 @@ pub mod instance;
 mod lifecycle;
 pub mod losses;
 pub mod pipeline;
+pub mod priority;
 pub mod privileges;
 
 use std::{
@@ -117,6 +118,8 @@ pub struct RunOptions {
     pub user_spans: bool,
     /// Where `tango-tracer ctl` reaches the daemon.
     pub control_socket: Option<PathBuf>,
+    /// The nice value the daemon lowers its scheduling priority to (0: as started).
+    pub nice: i32,
     /// Write every probe record as a JSON line here (for replay and benchmarks).
     pub record_to: Option<PathBuf>,
     pub proc_root: PathBuf,
@@ -167,6 +170,11 @@ struct Daemon {
 /// has checked the privileges ([`privileges::check`]) before it opened anything.
 pub async fn run(options: RunOptions, reloader: Option<Reloader>) -> anyhow::Result<()> {
     heap::configure();
+    match priority::lower_to(options.nice) {
+        Ok(Some(nice)) => info!("running at nice {nice}: busy cores serve the traced processes first"),
+        Ok(None) => {}
+        Err(error) => warn!("keeping the priority the daemon was started with: {error:#}"),
+    }
     // Held until the daemon returns: a second daemon on the same socket is refused meanwhile,
     // and the socket is removed when it drops.
     let _instance = match &options.control_socket {

@@ -102,6 +102,7 @@ pub struct SamplingSection {
 pub struct ControlSection {
     pub socket: Option<FilePath>,
     pub ready_file: Option<FilePath>,
+    pub nice: Option<Nice>,
 }
 
 /// A value written as a string in the file, checked by the parser every source shares.
@@ -152,6 +153,7 @@ text_value!(MetricsInterval(Duration) = values::metrics_interval);
 number_value!(GiopBytes(u32, "u32") = values::check_capture_bytes);
 number_value!(LogBytes(u32, "u32") = values::check_log_bytes);
 number_value!(MaxSeries(usize, "usize") = values::check_max_series);
+number_value!(Nice(i32, "i32") = values::check_nice);
 
 /// A process id: a positive integer.
 #[derive(Clone, Copy, Debug, Deserialize)]

@@ -39,6 +39,9 @@ pub const CONFIG_ENV: &str = "TANGO_TRACER_CONFIG";
 pub const DEFAULT_STORE: &str = "/var/lib/tango-tracer/store.db";
 /// The control socket, unless told.
 pub const DEFAULT_SOCKET: &str = crate::run::ctl::DEFAULT_SOCKET;
+/// The daemon's nice value unless configured: below the traced processes, so that on busy cores
+/// they run first.
+pub const DEFAULT_NICE: i32 = 10;
 
 /// Where a setting's value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +216,12 @@ pub struct RunFlags {
     /// Control socket for `tango-tracer ctl` [default: /run/tango-tracer/ctl.sock].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
+    /// Scheduling priority of the daemon, as a nice value 0–19: the traced processes get the
+    /// CPU first when the cores are busy, and the probes' ring buffer holds their records until
+    /// the daemon catches up. Never raises a priority it was started with; 0 leaves it as
+    /// started [default: 10].
+    #[arg(long, value_parser = values::nice)]
+    pub nice: Option<i32>,
     /// Shared key of the daemons of all hosts (at least 32 random bytes, e.g. 64 hex digits; a
     /// file only its owner can read). Given, calls between hosts become one trace.
     #[arg(long)]
@@ -291,6 +300,7 @@ keys! {
     TAIL_SAMPLING = "sampling.tail", Some("--tail-sampling"), Some("TANGO_TRACER_TAIL_SAMPLING");
     CONTROL_SOCKET = "control.socket", Some("--control-socket"), Some("TANGO_TRACER_CONTROL_SOCKET");
     READY_FILE = "control.ready_file", Some("--ready-file"), Some("TANGO_TRACER_READY_FILE");
+    NICE = "control.nice", Some("--nice"), Some("TANGO_TRACER_NICE");
 }
 
 /// The daemon's effective settings, each with its source.
@@ -331,6 +341,7 @@ pub struct Settings {
     pub metrics_protocol: Sourced<Option<String>>,
     pub tail_sampling: Sourced<Option<SamplingRule>>,
     pub control_socket: Sourced<PathBuf>,
+    pub nice: Sourced<i32>,
     pub ready_file: Sourced<Option<PathBuf>>,
 }
 
@@ -713,6 +724,7 @@ pub fn resolve(
             |t| values::path(t).map(Some),
             flags.ready_file.clone().map(Some),
         ),
+        nice: r.pick(&NICE, DEFAULT_NICE, f.control.nice.clone().map(|v| v.0), values::nice, flags.nice),
     };
     let mut errors = r.errors;
     if settings.peer_key.value.is_none() {
@@ -848,6 +860,7 @@ impl Settings {
             }),
             row(&self.control_socket, path),
             row(&self.ready_file, opt_path),
+            row(&self.nice, i32::to_string),
         ]
     }
 
@@ -975,6 +988,7 @@ impl Settings {
             trace_by_default: self.default_telemetry.value,
             user_spans: self.user_spans.value,
             control_socket: Some(self.control_socket.value.clone()),
+            nice: self.nice.value,
             proc_root: PathBuf::from("/proc"),
             peers: self.peer_options()?,
             tail_sampling: self.tail_sampling.value.as_ref().map(|r| r.rule.clone()),

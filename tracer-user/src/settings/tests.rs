@@ -123,6 +123,21 @@ fn an_endpoint_of_the_file_exports_as_the_same_variable_would() {
 }
 
 #[test]
+fn the_nice_value_only_lowers_the_priority() {
+    let rows = resolve_text("[control]\nnice = 15\n", &[], &RunFlags::default()).unwrap().rows();
+    assert_eq!(row(&rows, "control.nice").value, "15");
+    let rows = resolve_text("", &[("TANGO_TRACER_NICE", "0")], &RunFlags::default()).unwrap().rows();
+    assert_eq!(
+        (row(&rows, "control.nice").value.as_str(), row(&rows, "control.nice").source.as_str()),
+        ("0", "env TANGO_TRACER_NICE")
+    );
+    let error = resolve_text("", &[("TANGO_TRACER_NICE", "-5")], &RunFlags::default()).unwrap_err();
+    assert!(error.to_string().contains("must be between 0 and 19"), "{error}");
+    let error = super::file::parse("[control]\nnice = 20\n").unwrap_err().to_string();
+    assert!(error.contains("must be between 0 and 19") && error.contains("line 2"), "{error}");
+}
+
+#[test]
 fn a_bad_environment_value_is_named() {
     let error = resolve_text("", &[("TANGO_TRACER_PEER_WAIT", "20s")], &RunFlags::default()).unwrap_err();
     let message = error.to_string();

@@ -127,6 +127,19 @@ pub fn check_max_series(value: usize) -> Result<usize, String> {
     if value == 0 { Err("must be at least 1".to_string()) } else { Ok(value) }
 }
 
+pub fn nice(text: &str) -> Result<i32, String> {
+    let value: i32 = text.trim().parse().map_err(|_| format!("not a nice value: {text:?}"))?;
+    check_nice(value)
+}
+
+pub fn check_nice(value: i32) -> Result<i32, String> {
+    if (0..=19).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("must be between 0 and 19: the daemon only ever lowers its priority (got {value})"))
+    }
+}
+
 pub fn socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.trim().parse().map_err(|_| format!("not an ADDRESS:PORT: {text:?} (e.g. 0.0.0.0:4320)"))
 }
