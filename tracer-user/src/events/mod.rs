@@ -102,6 +102,18 @@ impl TopicPushes {
             self.pushes.pop_front();
             self.forgotten += 1;
         }
+        self.drop_forgotten_runs();
+    }
+
+    /// Forgets the oldest push.
+    fn forget_oldest(&mut self) {
+        if self.pushes.pop_front().is_some() {
+            self.forgotten += 1;
+        }
+        self.drop_forgotten_runs();
+    }
+
+    fn drop_forgotten_runs(&mut self) {
         // A run whose successor starts at or before the first remembered push is gone.
         while self.runs.len() > 1 && self.runs.get(1).is_some_and(|&(_, start)| start <= self.forgotten) {
             self.runs.pop_front();
@@ -167,6 +179,9 @@ pub struct EventStats {
     pub app_sends_dropped: u64,
     /// Bytes of unfinished messages dropped because probe records were lost.
     pub discarded_bytes: u64,
+    /// Pushes forgotten before their minute because the table was full: a delivery of one that
+    /// comes later is not linked to it.
+    pub pushes_forgotten_early: u64,
 }
 
 /// The events stage: ZMTP streams in, push and delivery spans out. Its state is per process
@@ -264,6 +279,7 @@ impl Events {
         out.loss(STAGE, "refused_table_full", self.stats.refused_full);
         out.loss(STAGE, "app_sends_dropped", self.stats.app_sends_dropped);
         out.push(STAGE, "discarded_bytes", self.stats.discarded_bytes);
+        out.push(STAGE, "pushes_forgotten_early", self.stats.pushes_forgotten_early);
         out.size(STAGE, "app_send_entries", self.app_sends.len());
         out.size(STAGE, "push_entries", self.push_entries);
         out.size(STAGE, "topic_entries", self.topics.len());
@@ -459,9 +475,20 @@ impl Events {
         );
         out.push(span);
         let push = Push { context, ts_ns: start_ns, pid };
-        if is_followed && has_room(self.push_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
+        if !is_followed {
+            // A topic the full topic table refused: counted there.
+        } else if self.push_entries < MAX_ENTRIES {
             topic.pushes.push(counter, push);
             self.push_entries += 1;
+        } else if topic.pushes.len() > 0 {
+            // Full: the topic's own oldest push makes room, the one of its pushes least likely
+            // to be delivered still. Refusing instead would leave every later push of a busy
+            // topic unlinked until the oldest expire, a minute on.
+            topic.pushes.forget_oldest();
+            topic.pushes.push(counter, push);
+            self.stats.pushes_forgotten_early += 1;
+        } else {
+            self.stats.refused_full += 1;
         }
     }
 
@@ -847,6 +874,40 @@ mod tests {
         ];
         assert_eq!(keys(push), common);
         assert_eq!(keys(delivery), [&common[..], &["tango.event.delay_us"]].concat());
+    }
+
+    /// A busy topic that fills the push table keeps linking: its oldest pushes make room for
+    /// new ones, counted, instead of every new push being refused until the oldest expire.
+    #[test]
+    fn a_full_push_table_forgets_the_topics_oldest_pushes_first() {
+        let mut a = Harness::default();
+        let sent = fixture("srv-send-event-temperature-x2");
+        let one = &sent[..sent.len() / 2];
+        let received = fixture("client-recv-event-temperature");
+        let counter_at = 2 + usize::from(one[1]) + 3 + 2 + 4;
+        let with_counter = |bytes: &[u8], counter: u32| {
+            let mut bytes = bytes.to_vec();
+            bytes[counter_at..counter_at + 4].copy_from_slice(&counter.to_le_bytes());
+            bytes
+        };
+        let pushes = MAX_ENTRIES as u32 + 10;
+        for counter in 1..=pushes {
+            a.push(&data(200, u64::from(counter), Direction::Send, &with_counter(one, counter)));
+        }
+        assert_eq!(a.events.push_entries, MAX_ENTRIES);
+        assert_eq!(a.events.stats.pushes_forgotten_early, 10);
+        assert_eq!(a.events.stats.refused_full, 0);
+        let spans = a.drain();
+        let newest = spans.last().unwrap().context;
+        // The newest push is linked; one of the ten forgotten is not.
+        let delivery = &received[..received.len() / 2];
+        a.push(&data(100, u64::from(pushes) + 5, Direction::Recv, &with_counter(delivery, pushes)));
+        a.push(&data(101, u64::from(pushes) + 6, Direction::Recv, &with_counter(delivery, 3)));
+        let spans = a.drain();
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].parent, Some(newest));
+        assert_eq!(spans[1].parent, None);
+        assert!(a.events.topics.values().all(|t| t.pushes.get(10).is_none() && t.pushes.get(11).is_some()));
     }
 
     /// With the topic table full, a new topic's push and delivery still get their spans, with
