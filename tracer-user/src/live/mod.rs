@@ -36,17 +36,6 @@ enum DeviceId {
     None,
 }
 
-impl DeviceId {
-    fn matches(&self, other: DeviceRef<'_>) -> bool {
-        match (self, other) {
-            (DeviceId::Key(a), DeviceRef::Key(b)) => a == b,
-            (DeviceId::Name(a), DeviceRef::Name(b)) => a == b,
-            (DeviceId::None, DeviceRef::None) => true,
-            _ => false,
-        }
-    }
-}
-
 /// [`DeviceId`] borrowed from a span.
 #[derive(Clone, Copy)]
 enum DeviceRef<'a> {
@@ -78,6 +67,8 @@ struct OpBucket {
 
 /// One device, operation, argument and side.
 struct OpRow {
+    /// The row's key as [`write_key`] writes it.
+    key: Box<[u8]>,
     device: DeviceId,
     operation: String,
     argument: String,
@@ -118,6 +109,8 @@ pub struct LiveView {
     index: HashMap<u64, usize>,
     /// The seed of those hashes.
     seed: hashbrown::DefaultHashBuilder,
+    /// The key of the span being counted, kept for its capacity.
+    key: Vec<u8>,
     overflow: Option<OpRow>,
     processes: HashMap<u32, ProcessRow>,
     events: Box<[EventBucket; WINDOW_S]>,
@@ -202,33 +195,38 @@ pub fn short_operation(name: &str) -> &str {
     name
 }
 
-/// The hash of a row's key, seeded per process (the key comes from the wire). Foldhash: one
-/// span's few short strings cost a few ns, where a streaming xxh3 first fills its state.
-fn row_hash(
-    seed: &hashbrown::DefaultHashBuilder,
-    device: DeviceRef<'_>,
-    operation: &str,
-    argument: &str,
-    server: bool,
-) -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = seed.build_hasher();
+/// Writes a row's key into `out` as one run of bytes: each part after its length, so no two keys
+/// write the same bytes. A row keeps its key so, and a span's key is written into a reused buffer,
+/// so that finding its row hashes one slice and compares it with one slice the row holds, rather
+/// than comparing three texts that each live elsewhere on the heap.
+fn write_key(out: &mut Vec<u8>, device: DeviceRef<'_>, operation: &str, argument: &str, server: bool) {
+    out.clear();
+    let part = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
     match device {
         DeviceRef::Key(k) => {
-            h.write_u8(1);
-            h.write(k);
+            out.push(1);
+            part(out, k);
         }
         DeviceRef::Name(n) => {
-            h.write_u8(2);
-            h.write(n.as_bytes());
+            out.push(2);
+            part(out, n.as_bytes());
         }
-        DeviceRef::None => h.write_u8(3),
+        DeviceRef::None => out.push(3),
     }
-    h.write_u8(0xff);
-    h.write(operation.as_bytes());
-    h.write_u8(0xff);
-    h.write(argument.as_bytes());
-    h.write_u8(u8::from(server));
+    part(out, operation.as_bytes());
+    part(out, argument.as_bytes());
+    out.push(u8::from(server));
+}
+
+/// The hash of a row's key (as [`write_key`] writes it), seeded per process (the key comes from
+/// the wire). Foldhash: one span's few dozen bytes cost a few ns.
+fn row_hash(seed: &hashbrown::DefaultHashBuilder, key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = seed.build_hasher();
+    h.write(key);
     h.finish()
 }
 
@@ -239,6 +237,7 @@ impl LiveView {
             rows: Vec::new(),
             index: HashMap::new(),
             seed: hashbrown::DefaultHashBuilder::default(),
+            key: Vec::new(),
             overflow: None,
             processes: HashMap::new(),
             events: Box::default(),
@@ -328,15 +327,10 @@ impl LiveView {
         server: bool,
         second: u64,
     ) -> Option<&mut OpRow> {
-        let hash = row_hash(&self.seed, device, operation, argument, server);
-        let found = self.index.get(&hash).copied().filter(|&i| {
-            self.rows.get(i).is_some_and(|r| {
-                r.server == server
-                    && r.operation == operation
-                    && r.argument == argument
-                    && r.device.matches(device)
-            })
-        });
+        write_key(&mut self.key, device, operation, argument, server);
+        let hash = row_hash(&self.seed, &self.key);
+        let found =
+            self.index.get(&hash).copied().filter(|&i| self.rows.get(i).is_some_and(|r| *r.key == *self.key));
         if let Some(i) = found {
             return self.rows.get_mut(i);
         }
@@ -347,6 +341,7 @@ impl LiveView {
         if self.rows.len() >= MAX_ROWS || self.index.contains_key(&hash) {
             self.rows_overflowed += 1;
             return Some(self.overflow.get_or_insert_with(|| OpRow {
+                key: Box::default(),
                 device: DeviceId::Name(OVERFLOW_DEVICE.to_string()),
                 operation: String::new(),
                 argument: String::new(),
@@ -357,6 +352,7 @@ impl LiveView {
         }
         self.index.insert(hash, self.rows.len());
         self.rows.push(OpRow {
+            key: self.key.as_slice().into(),
             device: device.to_owned_id(),
             operation: operation.to_string(),
             argument: argument.to_string(),
@@ -374,8 +370,7 @@ impl LiveView {
         if self.rows.len() != before {
             self.index.clear();
             for (i, r) in self.rows.iter().enumerate() {
-                self.index
-                    .insert(row_hash(&self.seed, r.device_ref(), &r.operation, &r.argument, r.server), i);
+                self.index.insert(row_hash(&self.seed, &r.key), i);
             }
         }
         self.processes.retain(|_, p| in_window(p.last_second, now));
@@ -465,14 +460,6 @@ fn ms(us: u64) -> f64 {
 }
 
 impl OpRow {
-    fn device_ref(&self) -> DeviceRef<'_> {
-        match &self.device {
-            DeviceId::Key(k) => DeviceRef::Key(k),
-            DeviceId::Name(n) => DeviceRef::Name(n),
-            DeviceId::None => DeviceRef::None,
-        }
-    }
-
     fn summary(
         &self,
         second: u64,
@@ -674,6 +661,39 @@ mod tests {
         ] {
             assert_eq!(short_operation(name), name.rsplit("::").next().unwrap_or(name), "{name:?}");
         }
+    }
+
+    #[test]
+    fn keys_whose_parts_run_together_are_rows_apart() {
+        let t0 = Instant::now();
+        let mut view = LiveView::new(t0);
+        for (name, argument, target) in [
+            ("X::ab", "c", &b"k"[..]),
+            ("X::a", "bc", b"k"),
+            ("X::a", "c", b"kb"),
+            ("X::ba", "c", b"k"),
+            ("X::ab", "c", b"k"),
+        ] {
+            view.observe(&span(SpanKind::Client, name, argument, target, 1), t0);
+        }
+        view.observe(&span(SpanKind::Server, "X::ab", "c", b"k", 1), t0);
+        let snap = view.snapshot(t0, |k| Some(String::from_utf8_lossy(k).into_owned()), |_| None);
+        let mut rows: Vec<_> = snap
+            .rows
+            .iter()
+            .map(|r| (r.device.as_str(), r.operation.as_str(), r.argument.as_str(), r.side.as_str(), r.count))
+            .collect();
+        rows.sort_unstable();
+        assert_eq!(
+            rows,
+            [
+                ("", "ab", "c", "server", 1),
+                ("k", "a", "bc", "client", 1),
+                ("k", "ab", "c", "client", 2),
+                ("k", "ba", "c", "client", 1),
+                ("kb", "a", "c", "client", 1),
+            ]
+        );
     }
 
     #[test]

@@ -626,9 +626,8 @@ impl Daemon {
     /// Sends finished spans to their destinations and starts the database queries asked for.
     fn release(&mut self, force: bool) {
         self.pipeline.release(&self.processes, force, &mut self.routed);
-        for Routed { record, destinations } in self.routed.drain(..) {
-            self.hub.submit(record, &destinations);
-        }
+        self.hub
+            .submit_all(self.routed.drain(..).map(|Routed { record, destinations }| (record, destinations)));
         self.pipeline.release_logs(&self.processes, force, &mut self.routed_logs);
         for RoutedLog { record, destinations } in self.routed_logs.drain(..) {
             self.hub.submit_log(record, &destinations);
