@@ -9,7 +9,7 @@
 
 use std::{
     path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -100,6 +100,9 @@ pub struct EventSample {
     pub server_cpu_us: Option<f64>,
     pub subscriber_cpu_us: f64,
     pub daemon_cpu_us: Option<f64>,
+    /// The daemon's CPU per push without what it spends idle (its timers, measured for a second
+    /// before the run and taken off for the run's length), as the device-log section reports it.
+    pub daemon_busy_us: Option<f64>,
     pub foreign_cores: Option<f64>,
     pub other_tracer: bool,
     /// Spans the receiver got for this run (traced runs).
@@ -268,6 +271,11 @@ impl Run<'_> {
             .chain(daemon_pid)
             .collect();
         procs::wait_for_quiet(&ours, roundtrip::QUIET_THRESHOLD, quiet_budget);
+        let idle_per_s = daemon_pid.and_then(|pid| {
+            let start = (procs::cpu_time(pid)?, Instant::now());
+            std::thread::sleep(Duration::from_secs(1));
+            Some(procs::cpu_time(pid)?.checked_sub(start.0)?.as_secs_f64() / start.1.elapsed().as_secs_f64())
+        });
 
         let window_start = now_ns();
         // Generous: even traced, a push and its delivery take well under 1 ms.
@@ -289,6 +297,7 @@ impl Run<'_> {
         ours.push(sink.pid());
 
         let cpu_of = |pid: Option<u32>| pid.and_then(procs::cpu_time);
+        let started = Instant::now();
         let before = (cpu_of(Some(server_pid)), cpu_of(daemon_pid));
         let machine_before = procs::CpuSnapshot::take(&ours);
         let other_tracer = !procs::others_named(procs::TRACER_COMM, &ours).is_empty();
@@ -316,6 +325,8 @@ impl Run<'_> {
         };
         let server_cpu_us = per_push(before.0, Some(server_pid));
         let daemon_cpu_us = per_push(before.1, daemon_pid);
+        let idle_us = idle_per_s.map(|idle| idle * started.elapsed().as_secs_f64() * 1e6 / pushes as f64);
+        let daemon_busy_us = daemon_cpu_us.zip(idle_us).map(|(cpu, idle)| (cpu - idle).max(0.0));
         let window_end = now_ns();
 
         let driven: DriverOutput = last_json(&driver)?;
@@ -339,6 +350,7 @@ impl Run<'_> {
             server_cpu_us,
             subscriber_cpu_us: sunk.cpu_s * 1e6 / pushes as f64,
             daemon_cpu_us,
+            daemon_busy_us,
             foreign_cores,
             other_tracer,
             spans: None,

@@ -1278,18 +1278,21 @@ fn write_events(md: &mut String, ev: &Events) -> std::fmt::Result {
     writeln!(
         md,
         "CPU per push (medians over the rounds: the server's and the daemon's over the whole run, the \
-         subscriber's from its subscription on; in the command loop they include the commands) and the event spans the daemon's receiver got \
+         subscriber's from its subscription on; in the command loop they include the commands; *busy* leaves out what the daemon spends \
+         with nothing to do, its timers, measured for a second before each traced run and subtracted for the run's length, as in the \
+         device-log section: the run also holds the driver's and subscriber's start and the subscriber's {}-s wait for late events) and the event spans the daemon's receiver got \
          (traced runs: the server's PRODUCER spans `{}` and the subscriber's CONSUMER spans `{}`, \
          per push over all runs, with the range of single runs):",
+        events::IDLE_S,
         events::PUSH_SPAN,
         events::DELIVERY_SPAN
     )?;
     writeln!(md)?;
     writeln!(
         md,
-        "| workload | configuration | server CPU µs/push | subscriber CPU µs/push | daemon CPU µs/push | PRODUCER spans/push | CONSUMER spans/push | CONSUMER spans child of their PRODUCER | `tango.event.lost` reported | other processes (cores) |"
+        "| workload | configuration | server CPU µs/push | subscriber CPU µs/push | daemon CPU µs/push | of it, busy (target ≤ 4 µs) | PRODUCER spans/push | CONSUMER spans/push | CONSUMER spans child of their PRODUCER | `tango.event.lost` reported | other processes (cores) |"
     )?;
-    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for workload in Workload::ALL {
         for config in events::CONFIGS {
             let samples: Vec<&EventSample> = ev.of(workload, config).collect();
@@ -1310,12 +1313,13 @@ fn write_events(md: &mut String, ev: &Events) -> std::fmt::Result {
                 samples.iter().filter_map(|s| s.spans.map(|sp| sp.lost_attribute)).reduce(|a, b| a + b);
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {linked} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {linked} | {} | {} |",
                 workload.label(),
                 config.label(),
                 opt(cpu(&|s| s.server_cpu_us), 1),
                 opt(cpu(&|s| Some(s.subscriber_cpu_us)), 1),
                 opt(cpu(&|s| s.daemon_cpu_us), 1),
+                opt(cpu(&|s| s.daemon_busy_us), 1),
                 per_push_cell(&samples, |s| s.producer),
                 per_push_cell(&samples, |s| s.consumer),
                 lost.map_or("–".to_string(), |l| thousands(l as f64)),
