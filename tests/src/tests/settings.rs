@@ -83,8 +83,9 @@ fn check_config_prints_every_setting_with_its_source_env_and_flags_over_the_file
     expect("selection.pids", "[42]", "flag --pid");
     expect("sampling.tail", "\"slower-than=5ms,errors\"", &file_source);
     expect("control.socket", "\"/run/tango-tracer/ctl.sock\"", "default");
+    expect("control.nice", "10", "default");
     // Every setting of `run` is listed.
-    assert_eq!(settings.len(), 34, "{stdout}");
+    assert_eq!(settings.len(), 35, "{stdout}");
     assert!(
         stdout.contains(
             "# spans go to: OTLP/HTTP http://collector:4318/v1/traces, store /srv/tt/store.db\n\
