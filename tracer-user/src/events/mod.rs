@@ -29,6 +29,10 @@ use crate::{
 const PUSH_MEMORY_NS: u64 = 60_000_000_000;
 /// How long an application-thread send waits for the I/O thread to put it on the wire.
 const APP_SEND_WINDOW_NS: u64 = 5_000_000_000;
+/// How long a delivery whose push is not known yet waits for it. The push's record can come
+/// after its delivery's: the server's send is reported when its system call ends, and by then
+/// the subscriber, woken on the other core, may have received the message already.
+const DELIVERY_WAIT_NS: u64 = 50_000_000;
 
 #[derive(Clone, Copy, Debug)]
 struct AppSend {
@@ -204,6 +208,10 @@ pub struct Events {
     counter_entries: usize,
     /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
     partial: FxHashMap<(u32, i32, Direction), Vec<u8>>,
+    /// Deliveries waiting for their push, by topic and counter, oldest first per key.
+    unlinked: HashMap<(Arc<str>, u32), Vec<AssembledSpan>>,
+    /// Deliveries in `unlinked`, all keys together.
+    unlinked_entries: usize,
     stats: EventStats,
 }
 
@@ -285,6 +293,7 @@ impl Events {
         out.size(STAGE, "topic_entries", self.topics.len());
         out.size(STAGE, "counter_entries", self.counter_entries);
         out.size(STAGE, "stream_entries", self.partial.len());
+        out.size(STAGE, "unlinked_delivery_entries", self.unlinked_entries);
     }
 
     /// An application thread queued the last part of a ZMQ message; `serving` is the server
@@ -475,6 +484,15 @@ impl Events {
         );
         out.push(span);
         let push = Push { context, ts_ns: start_ns, pid };
+        if self.unlinked_entries > 0
+            && let Some(waiting) = self.unlinked.remove(&(Arc::clone(&topic.name), counter))
+        {
+            self.unlinked_entries -= waiting.len();
+            for mut delivery in waiting {
+                link_delivery(&mut delivery, &push);
+                out.push(delivery);
+            }
+        }
         if !is_followed {
             // A topic the full topic table refused: counted there.
         } else if self.push_entries < MAX_ENTRIES {
@@ -523,13 +541,11 @@ impl Events {
             counter,
             pid,
             false,
-            // The delay, when the push is known; a lost count is rare enough to grow for.
-            usize::from(push.is_some()),
+            // The delay, once the push is known; a lost count is rare enough to grow for.
+            1,
         );
         if let Some(push) = &push {
-            span.links = vec![push.context];
-            let delay_us = ts_ns.saturating_sub(push.ts_ns) / 1_000;
-            span.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
+            link_delivery(&mut span, push);
         }
         if previous.is_none() && has_room(self.counter_entries, MAX_ENTRIES, &mut self.stats.refused_full) {
             let name = Arc::clone(&topic.name);
@@ -542,7 +558,35 @@ impl Events {
             span.attributes.push(KeyValue::new("tango.event.lost", i64::from(counter - previous - 1)));
         }
         self.stats.delivered += 1;
-        out.push(span);
+        if push.is_none() && self.unlinked_entries < MAX_ENTRIES {
+            // Its push may still come (see DELIVERY_WAIT_NS).
+            self.unlinked.entry((Arc::clone(&topic.name), counter)).or_default().push(span);
+            self.unlinked_entries += 1;
+        } else {
+            out.push(span);
+        }
+    }
+
+    /// Deliveries that waited long enough for their push, or all with `force` (at stop), go
+    /// out unlinked.
+    pub fn release_unlinked(&mut self, now_ns: u64, force: bool, out: &mut Vec<AssembledSpan>) {
+        if self.unlinked_entries == 0 {
+            return;
+        }
+        let before = out.len();
+        self.unlinked.retain(|_, waiting| {
+            let due =
+                force || waiting.first().is_some_and(|d| now_ns.saturating_sub(d.end_ns) >= DELIVERY_WAIT_NS);
+            if due {
+                out.append(waiting);
+            }
+            !due
+        });
+        self.unlinked_entries -= out.len() - before;
+        // In the order they were received, whatever the table's.
+        if let Some(released) = out.get_mut(before..) {
+            released.sort_by_key(|span| span.end_ns);
+        }
     }
 
     /// A client's ZMQ socket cancels a subscription: cppTango's `unsubscribe_event` sends nothing
@@ -616,6 +660,15 @@ fn describe<'a>(frames: &[zmtp::Frame<'a>], count: usize) -> Seen<'a> {
         Ok(event) => Seen::Event { topic: event.topic, counter: event.call_info.ctr },
         Err(_) => Seen::Unparsable,
     }
+}
+
+/// Makes `delivery` the child of `push`, in its trace, linked to it, with the delay between.
+fn link_delivery(delivery: &mut AssembledSpan, push: &Push) {
+    delivery.context.trace_id = push.context.trace_id;
+    delivery.parent = Some(push.context);
+    delivery.links = vec![push.context];
+    let delay_us = delivery.end_ns.saturating_sub(push.ts_ns) / 1_000;
+    delivery.attributes.push(KeyValue::new("tango.event.delay_us", delay_us as i64));
 }
 
 #[expect(clippy::too_many_arguments, reason = "the fields of one event span")]
@@ -696,7 +749,9 @@ mod tests {
             }
         }
 
+        /// The spans so far, deliveries still waiting for their push included.
         fn drain(&mut self) -> Vec<AssembledSpan> {
+            self.events.release_unlinked(0, true, &mut self.spans);
             std::mem::take(&mut self.spans)
         }
     }
@@ -874,6 +929,38 @@ mod tests {
         ];
         assert_eq!(keys(push), common);
         assert_eq!(keys(delivery), [&common[..], &["tango.event.delay_us"]].concat());
+    }
+
+    /// The server's send is reported when its system call ends, and the subscriber may have
+    /// received the message by then: a delivery whose record comes before its push's still
+    /// becomes the push's child. One whose push never comes goes out unlinked after a wait.
+    #[test]
+    fn a_delivery_seen_before_its_push_waits_for_it() {
+        let mut a = Harness::default();
+        a.push(&data(100, 1_500, Direction::Recv, &fixture("client-recv-event-temperature")));
+        a.events.release_unlinked(1_500 + DELIVERY_WAIT_NS - 1, false, &mut a.spans);
+        assert!(a.spans.is_empty(), "waits for its push: {:#?}", a.spans);
+        a.push(&Record::ZmqSend { pid: 200, tid: 201, ts_ns: 900 });
+        a.push(&data(200, 1_600, Direction::Send, &fixture("srv-send-event-temperature-x2")));
+        let spans = a.drain();
+        let kinds: Vec<_> = spans.iter().map(|s| s.kind.clone()).collect();
+        assert_eq!(kinds, [SpanKind::Producer, SpanKind::Consumer], "{spans:#?}");
+        let (push, delivery) = (&spans[0], &spans[1]);
+        assert_eq!(delivery.parent, Some(push.context));
+        assert_eq!(delivery.context.trace_id, push.context.trace_id);
+        assert_eq!(delivery.links, vec![push.context]);
+        assert!(delivery.attributes.contains(&KeyValue::new("tango.event.delay_us", 0i64)));
+        assert_eq!(a.events.unlinked_entries, 0);
+
+        // No push: out unlinked once it waited long enough, not before.
+        let mut a = Harness::default();
+        a.push(&data(100, 1_500, Direction::Recv, &fixture("client-recv-event-temperature")));
+        a.events.release_unlinked(1_500 + DELIVERY_WAIT_NS - 1, false, &mut a.spans);
+        assert!(a.spans.is_empty());
+        a.events.release_unlinked(1_500 + DELIVERY_WAIT_NS, false, &mut a.spans);
+        assert_eq!(a.spans.len(), 1, "the capture holds one message twice: one delivery");
+        assert!(a.spans.iter().all(|s| s.parent.is_none() && s.links.is_empty()));
+        assert_eq!(a.events.unlinked_entries, 0);
     }
 
     /// A busy topic that fills the push table keeps linking: its oldest pushes make room for

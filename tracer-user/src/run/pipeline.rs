@@ -320,6 +320,7 @@ impl Pipeline {
         }
         // Spans routed earlier (a process's exit) go first, then this release's.
         out.append(&mut self.ready);
+        self.events.release_unlinked(crate::convert::spandata::monotonic_ns(), force, &mut self.finished);
         self.collect_finished(processes, now, Some(out));
         let mut unknown_hosts = Vec::new();
         for (since, span) in &self.waiting {
