@@ -208,12 +208,18 @@ pub struct Events {
     counter_entries: usize,
     /// The start of a ZMTP message a call left unfinished, per (pid, fd, direction).
     partial: FxHashMap<(u32, i32, Direction), Vec<u8>>,
-    /// Deliveries waiting for their push, by topic and counter, oldest first per key.
-    unlinked: HashMap<(Arc<str>, u32), Vec<AssembledSpan>>,
+    /// Deliveries waiting for their push, by topic and counter, oldest first per key, each with
+    /// its place in the order deliveries came.
+    unlinked: HashMap<(Arc<str>, u32), Vec<WaitingDelivery>>,
+    /// Deliveries that ever waited: the place of the next one.
+    unlinked_seq: u64,
     /// Deliveries in `unlinked`, all keys together.
     unlinked_entries: usize,
     stats: EventStats,
 }
+
+/// A delivery waiting for its push, with its place in the order deliveries came.
+type WaitingDelivery = (u64, AssembledSpan);
 
 /// A ZMTP stream that keeps more than this without completing a message is not followed.
 const MAX_PARTIAL: usize = 1 << 20;
@@ -488,7 +494,7 @@ impl Events {
             && let Some(waiting) = self.unlinked.remove(&(Arc::clone(&topic.name), counter))
         {
             self.unlinked_entries -= waiting.len();
-            for mut delivery in waiting {
+            for (_, mut delivery) in waiting {
                 link_delivery(&mut delivery, &push);
                 out.push(delivery);
             }
@@ -560,7 +566,11 @@ impl Events {
         self.stats.delivered += 1;
         if push.is_none() && self.unlinked_entries < MAX_ENTRIES {
             // Its push may still come (see DELIVERY_WAIT_NS).
-            self.unlinked.entry((Arc::clone(&topic.name), counter)).or_default().push(span);
+            self.unlinked
+                .entry((Arc::clone(&topic.name), counter))
+                .or_default()
+                .push((self.unlinked_seq, span));
+            self.unlinked_seq += 1;
             self.unlinked_entries += 1;
         } else {
             out.push(span);
@@ -573,20 +583,19 @@ impl Events {
         if self.unlinked_entries == 0 {
             return;
         }
-        let before = out.len();
+        let mut due = Vec::new();
         self.unlinked.retain(|_, waiting| {
-            let due =
-                force || waiting.first().is_some_and(|d| now_ns.saturating_sub(d.end_ns) >= DELIVERY_WAIT_NS);
-            if due {
-                out.append(waiting);
+            let is_due = force
+                || waiting.first().is_some_and(|(_, d)| now_ns.saturating_sub(d.end_ns) >= DELIVERY_WAIT_NS);
+            if is_due {
+                due.append(waiting);
             }
-            !due
+            !is_due
         });
-        self.unlinked_entries -= out.len() - before;
-        // In the order they were received, whatever the table's.
-        if let Some(released) = out.get_mut(before..) {
-            released.sort_by_key(|span| span.end_ns);
-        }
+        self.unlinked_entries -= due.len();
+        // In the order they came, whatever the table's.
+        due.sort_unstable_by_key(|(seq, _)| *seq);
+        out.extend(due.into_iter().map(|(_, span)| span));
     }
 
     /// A client's ZMQ socket cancels a subscription: cppTango's `unsubscribe_event` sends nothing
